@@ -1,0 +1,125 @@
+//! The maps' names, keys and values. A changed layout gets a new versioned
+//! name (`_V2`), so an agent never reinterprets a pinned map of the old shape.
+
+use crate::addr::{BeU16, NetAddr};
+
+pub const MAP_SERVICES: &str = "LB_SERVICES_V1";
+pub const MAP_BACKENDS: &str = "LB_BACKENDS_V1";
+pub const MAP_SOCK_REV: &str = "LB_SOCK_REV_V1";
+pub const MAP_STATUS: &str = "LB_STATUS_V1";
+
+pub const DEFAULT_SERVICES_MAX: u32 = 65536;
+pub const DEFAULT_BACKENDS_MAX: u32 = 65536;
+pub const DEFAULT_SOCK_REV_MAX: u32 = 65536;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Scope of a service entry: the backend set clients inside the cluster use.
+pub const SCOPE_INTERNAL: u8 = 0;
+/// Reserved for externalTrafficPolicy: Local (node-local backends only).
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// Slot 0 of (address, port 0, protocol 0) marks an address as a service
+/// address: a port there that no service entry matches is refused.
+pub const SVC_FLAG_ADDR_ONLY: u8 = 1 << 0;
+
+/// Key of `LB_SERVICES_V1`. Slot 0 is the frontend; slots 1..=count hold
+/// backend ids, so choosing a backend is one hash lookup after the frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: NetAddr,
+    pub port: BeU16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub _pad: [u8; 2],
+}
+
+impl ServiceKey {
+    pub const fn frontend(addr: NetAddr, port: BeU16, proto: u8, scope: u8) -> Self {
+        Self { addr, port, proto, scope, slot: 0, _pad: [0; 2] }
+    }
+    pub const fn with_slot(&self, slot: u16) -> Self {
+        Self { slot, ..*self }
+    }
+    /// The entry that marks `addr` as a service address.
+    pub const fn addr_only(addr: NetAddr) -> Self {
+        Self::frontend(addr, BeU16(0), 0, SCOPE_INTERNAL)
+    }
+}
+
+/// Value of `LB_SERVICES_V1`: at slot 0 `count`, `flags`, `service_id`,
+/// `affinity_timeout`; at slots >= 1 `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+    pub affinity_timeout: u32,
+}
+
+/// Value of `LB_BACKENDS_V1` (key: backend id, u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: NetAddr,
+    pub port: BeU16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Key of `LB_SOCK_REV_V1`: which frontend a socket reached a backend through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: NetAddr,
+    pub port: BeU16,
+    pub _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    pub addr: NetAddr,
+    pub port: BeU16,
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+}
+
+/// The one entry of `LB_STATUS_V1`, written by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub synced_generation: u64,
+    pub synced_at_unix_ms: u64,
+    pub agent_pid: u32,
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 24);
+    assert!(core::mem::align_of::<ServiceKey>() == 4);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<SockRevKey>() == 32);
+    assert!(core::mem::size_of::<SockRevValue>() == 24);
+    assert!(core::mem::size_of::<Status>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), made of integers and byte arrays with
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::Status {}
+}

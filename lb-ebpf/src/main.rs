@@ -1,0 +1,60 @@
+//! Kernel programs of the load balancer. Entry points are thin: each calls a
+//! function of its concern's module and turns the outcome into a verdict.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod service;
+mod sock;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Family::V4, sock::Hook::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Family::V6, sock::Hook::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Family::V4, sock::Hook::Sendmsg)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Family::V6, sock::Hook::Sendmsg)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Family::V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeer4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_getpeer6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Family::V6)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,63 @@
+//! Service lookup and backend choice: one hash lookup for the frontend, one
+//! for the chosen slot, one for the backend. Never a loop over backends.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{
+    Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
+    ServiceValue,
+};
+
+use crate::maps::{LB_BACKENDS_V1, LB_SERVICES_V1};
+
+pub enum Lookup {
+    /// Not a service address: leave the socket alone.
+    NotService,
+    /// A service address with no usable backend, or a port no service has.
+    Refuse,
+    Backend { backend: Backend, frontend: ServiceValue },
+}
+
+/// How a connection picks its slot: TCP at random per connection; UDP from
+/// the socket cookie, so every datagram of one socket goes to one backend.
+#[inline(always)]
+fn pick(count: u16, proto: u8, cookie: u64) -> u16 {
+    let r = if proto == PROTO_TCP {
+        // SAFETY: helper without arguments or memory access.
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        // Cookies are sequential: mix them so consecutive sockets spread.
+        let h = cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as u32
+    };
+    (r % count as u32) as u16 + 1
+}
+
+#[inline(always)]
+pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64) -> Lookup {
+    let key = ServiceKey::frontend(addr, port, proto, SCOPE_INTERNAL);
+    // SAFETY: the agent writes whole values with a map update; the value is
+    // copied out at once and never held across another helper call.
+    let Some(fe) = (unsafe { LB_SERVICES_V1.get(&key) }).copied() else {
+        // SAFETY: as above.
+        return match unsafe { LB_SERVICES_V1.get(&ServiceKey::addr_only(addr)) } {
+            Some(v) if v.flags & SVC_FLAG_ADDR_ONLY != 0 => Lookup::Refuse,
+            _ => Lookup::NotService,
+        };
+    };
+    if fe.count == 0 {
+        return Lookup::Refuse;
+    }
+    let slot = pick(fe.count, proto, cookie);
+    // SAFETY: as above.
+    let Some(slot_value) = (unsafe { LB_SERVICES_V1.get(&key.with_slot(slot)) }) else {
+        // The agent writes slots before the count that covers them, so this
+        // is a race with a removal: nothing usable right now.
+        return Lookup::Refuse;
+    };
+    let backend_id = slot_value.backend_id;
+    // SAFETY: as above.
+    match unsafe { LB_BACKENDS_V1.get(&backend_id) } {
+        Some(b) => Lookup::Backend { backend: *b, frontend: fe },
+        None => Lookup::Refuse,
+    }
+}

@@ -1,0 +1,163 @@
+//! Socket-level translation (cgroup sock_addr hooks): connect and sendmsg
+//! pick a backend and rewrite the destination; recvmsg and getpeername
+//! rewrite the backend back into the frontend the socket asked for.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
+use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue};
+
+use crate::{
+    maps::LB_SOCK_REV_V1,
+    service::{self, Lookup},
+};
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Sendmsg,
+}
+
+#[inline(always)]
+fn sa(ctx: &SockAddrContext) -> *mut bpf_sock_addr {
+    ctx.sock_addr
+}
+
+#[inline(always)]
+fn read_addr(ctx: &SockAddrContext, family: Family) -> NetAddr {
+    let p = sa(ctx);
+    // SAFETY: `p` is the verifier-checked context; these are 4-byte reads of
+    // fields every sock_addr attach type may read.
+    unsafe {
+        match family {
+            Family::V4 => NetAddr::from_v4_raw((*p).user_ip4),
+            Family::V6 => NetAddr([
+                (*p).user_ip6[0],
+                (*p).user_ip6[1],
+                (*p).user_ip6[2],
+                (*p).user_ip6[3],
+            ]),
+        }
+    }
+}
+
+#[inline(always)]
+fn write_addr(ctx: &SockAddrContext, family: Family, addr: NetAddr, port: BeU16) {
+    let p = sa(ctx);
+    // SAFETY: 4-byte stores to user_ip4/user_ip6/user_port, which connect,
+    // sendmsg, recvmsg and getpeername programs may write.
+    unsafe {
+        match family {
+            Family::V4 => (*p).user_ip4 = addr.v4_raw(),
+            Family::V6 => {
+                (*p).user_ip6[0] = addr.0[0];
+                (*p).user_ip6[1] = addr.0[1];
+                (*p).user_ip6[2] = addr.0[2];
+                (*p).user_ip6[3] = addr.0[3];
+            }
+        }
+        (*p).user_port = port.0 as u32;
+    }
+}
+
+#[inline(always)]
+fn read_port(ctx: &SockAddrContext) -> BeU16 {
+    // SAFETY: 4-byte read of user_port; the port is its low 16 bits, network order.
+    BeU16(unsafe { (*sa(ctx)).user_port } as u16)
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper takes the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// connect4/6 and sendmsg4/6.
+#[inline(always)]
+pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
+    // SAFETY: 4-byte read of a field readable by every sock_addr attach type.
+    let proto = unsafe { (*sa(ctx)).protocol } as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return ALLOW;
+    }
+    if hook == Hook::Sendmsg && proto != PROTO_UDP {
+        return ALLOW;
+    }
+    let addr = read_addr(ctx, family);
+    // An IPv6 address on an IPv4 hook cannot happen; a v6 hook may carry a
+    // v4-mapped address, which finds the IPv4 entries through the same key.
+    let port = read_port(ctx);
+    let cookie = cookie(ctx);
+    match service::lookup(addr, port, proto, cookie) {
+        Lookup::NotService => ALLOW,
+        Lookup::Refuse => {
+            // SAFETY: helper without memory arguments; sets the syscall's error.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REJECT
+        }
+        Lookup::Backend { backend, frontend } => {
+            if family == Family::V4 && !backend.addr.is_v4() {
+                // A v6 backend behind a v4 frontend: the agent never writes one.
+                // SAFETY: as above.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+                return REJECT;
+            }
+            let key = SockRevKey {
+                cookie,
+                addr: backend.addr,
+                port: backend.port,
+                _pad: [0; 6],
+            };
+            let value = SockRevValue {
+                addr,
+                port,
+                _pad: [0; 2],
+                service_id: frontend.service_id,
+            };
+            // Unconnected UDP runs this per datagram: skip the write when the
+            // entry already says the same.
+            // SAFETY: copied out at once.
+            let same = unsafe { LB_SOCK_REV_V1.get(&key) }.is_some_and(|v| *v == value);
+            if !same {
+                // A full LRU evicts; a failed insert only costs the reverse
+                // rewrite, never the connection.
+                let _ = LB_SOCK_REV_V1.insert(&key, &value, 0);
+            }
+            write_addr(ctx, family, backend.addr, backend.port);
+            ALLOW
+        }
+    }
+}
+
+/// recvmsg4/6 and getpeername4/6: show the frontend, not the backend, to a
+/// socket that the forward path translated. Accepted sockets have their own
+/// cookies, so a server keeps seeing its real client.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
+    let key = SockRevKey {
+        cookie: cookie(ctx),
+        addr: read_addr(ctx, family),
+        port: read_port(ctx),
+        _pad: [0; 6],
+    };
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { LB_SOCK_REV_V1.get(&key) }.copied() {
+        if family == Family::V6 || v.addr.is_v4() {
+            write_addr(ctx, family, v.addr, v.port);
+        }
+    }
+    ALLOW
+}
