@@ -1,0 +1,261 @@
+//! Desired datapath state of one Service: pure, no I/O. Each frontend
+//! (cluster IP, port, protocol) with the backends Kubernetes says it has.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use lb_common::{
+    Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
+};
+
+use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    /// Slot 0 key.
+    pub key: ServiceKey,
+    pub flags: u8,
+    /// Sorted, without duplicates: the order is the agent's, not the API's.
+    pub backends: Vec<Backend>,
+}
+
+pub fn net_addr(ip: IpAddr) -> NetAddr {
+    match ip {
+        IpAddr::V4(v4) => NetAddr::from_octets(v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => NetAddr::from_octets(v6.octets()),
+    }
+}
+
+pub fn ip_of(addr: &NetAddr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr.octets());
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn proto_num(p: Proto) -> Option<u8> {
+    match p {
+        Proto::Tcp => Some(PROTO_TCP),
+        Proto::Udp => Some(PROTO_UDP),
+        // The socket hooks see no SCTP; packet-level SCTP is not built.
+        Proto::Sctp => None,
+    }
+}
+
+/// Frontends of `svc` given the EndpointSlices that name it.
+pub fn service_frontends(svc: &ServiceInfo, slices: &[&SliceInfo]) -> Vec<Frontend> {
+    if svc.skip.is_some() {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for ip in &svc.cluster_ips {
+        let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+        let addr = net_addr(*ip);
+        // Marks the address so ports no Service has are refused, not routed.
+        out.push(Frontend {
+            key: ServiceKey::addr_only(addr),
+            flags: SVC_FLAG_ADDR_ONLY,
+            backends: vec![],
+        });
+        for sp in &svc.ports {
+            let Some(proto) = proto_num(sp.proto) else { continue };
+            out.push(Frontend {
+                key: ServiceKey::frontend(addr, BeU16::from_host(sp.port), proto, SCOPE_INTERNAL),
+                flags: 0,
+                backends: backends_for(slices, family, &sp.name, sp.proto, proto),
+            });
+        }
+    }
+    out.sort_by_key(|f| f.key);
+    out.dedup_by_key(|f| f.key);
+    out
+}
+
+/// Ready endpoints; when none is ready, the serving and terminating ones
+/// (kube-proxy's fallback so connections drain instead of failing).
+fn backends_for(
+    slices: &[&SliceInfo],
+    family: Family,
+    port_name: &str,
+    proto: Proto,
+    proto_n: u8,
+) -> Vec<Backend> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for s in slices.iter().filter(|s| s.family == Some(family)) {
+        // EndpointSlice ports are resolved per slice (a named targetPort can
+        // differ between pods), so the port comes from the slice.
+        let Some(port) = s.ports.iter().find(|p| p.name == port_name && p.proto == proto) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let set = if e.ready {
+                &mut ready
+            } else if e.serving && e.terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for a in &e.addrs {
+                set.insert(Backend {
+                    addr: net_addr(*a),
+                    port: BeU16::from_host(port.port),
+                    proto: proto_n,
+                    flags: 0,
+                });
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{EndpointInfo, ObjRef, ServicePortInfo, SlicePortInfo};
+
+    fn svc(ips: &[&str], ports: &[(&str, u16, Proto)]) -> ServiceInfo {
+        ServiceInfo {
+            key: ObjRef::new("x", "web"),
+            skip: None,
+            cluster_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ports: ports
+                .iter()
+                .map(|(n, p, pr)| ServicePortInfo { name: n.to_string(), port: *p, proto: *pr })
+                .collect(),
+        }
+    }
+
+    fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
+        EndpointInfo {
+            addrs: vec![addr.parse().unwrap()],
+            ready,
+            serving,
+            terminating,
+            node: None,
+        }
+    }
+
+    fn slice(family: Family, ports: &[(&str, u16, Proto)], eps: Vec<EndpointInfo>) -> SliceInfo {
+        SliceInfo {
+            key: ObjRef::new("x", "web-abc"),
+            service: Some(ObjRef::new("x", "web")),
+            family: Some(family),
+            ports: ports
+                .iter()
+                .map(|(n, p, pr)| SlicePortInfo { name: n.to_string(), port: *p, proto: *pr })
+                .collect(),
+            endpoints: eps,
+        }
+    }
+
+    fn backends(fe: &[Frontend], port: u16, proto: u8) -> Vec<String> {
+        let f = fe
+            .iter()
+            .find(|f| f.key.port == BeU16::from_host(port) && f.key.proto == proto)
+            .expect("frontend");
+        f.backends
+            .iter()
+            .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_conditions_pick_ready_else_serving_terminating() {
+        // (endpoints, expected backends)
+        let cases: Vec<(Vec<EndpointInfo>, Vec<&str>)> = vec![
+            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", true, true, false)], vec![
+                "10.0.0.1:80",
+                "10.0.0.2:80",
+            ]),
+            // not ready and not terminating: never used
+            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", false, false, false)], vec![
+                "10.0.0.1:80",
+            ]),
+            // a ready one hides the terminating ones
+            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", false, true, true)], vec![
+                "10.0.0.1:80",
+            ]),
+            // no ready one: serving+terminating ones serve
+            (vec![ep("10.0.0.2", false, true, true), ep("10.0.0.3", false, false, true)], vec![
+                "10.0.0.2:80",
+            ]),
+            (vec![ep("10.0.0.3", false, false, true)], vec![]),
+            (vec![], vec![]),
+        ];
+        for (eps, want) in cases {
+            let s = svc(&["10.96.0.10"], &[("http", 8080, Proto::Tcp)]);
+            let sl = slice(Family::V4, &[("http", 80, Proto::Tcp)], eps.clone());
+            let fe = service_frontends(&s, &[&sl]);
+            assert_eq!(backends(&fe, 8080, PROTO_TCP), want, "endpoints {eps:?}");
+        }
+    }
+
+    #[test]
+    fn named_target_port_resolves_per_slice() {
+        let s = svc(&["10.96.0.10"], &[("http", 8080, Proto::Tcp)]);
+        let mut a = slice(Family::V4, &[("http", 80, Proto::Tcp)], vec![ep(
+            "10.0.0.1", true, true, false,
+        )]);
+        a.key.name = "a".into();
+        let b = slice(Family::V4, &[("http", 9090, Proto::Tcp)], vec![ep(
+            "10.0.0.2", true, true, false,
+        )]);
+        let fe = service_frontends(&s, &[&a, &b]);
+        assert_eq!(backends(&fe, 8080, PROTO_TCP), vec!["10.0.0.1:80", "10.0.0.2:9090"]);
+    }
+
+    #[test]
+    fn one_port_number_over_tcp_and_udp_and_several_ports() {
+        let s = svc(&["10.96.0.10"], &[
+            ("dns-tcp", 53, Proto::Tcp),
+            ("dns", 53, Proto::Udp),
+            ("metrics", 9153, Proto::Tcp),
+        ]);
+        let sl = slice(
+            Family::V4,
+            &[("dns-tcp", 5353, Proto::Tcp), ("dns", 5354, Proto::Udp), ("metrics", 9153, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
+        let fe = service_frontends(&s, &[&sl]);
+        assert_eq!(backends(&fe, 53, PROTO_TCP), vec!["10.0.0.1:5353"]);
+        assert_eq!(backends(&fe, 53, PROTO_UDP), vec!["10.0.0.1:5354"]);
+        assert_eq!(backends(&fe, 9153, PROTO_TCP), vec!["10.0.0.1:9153"]);
+        // three ports + the address marker
+        assert_eq!(fe.len(), 4);
+        assert_eq!(fe.iter().filter(|f| f.flags & SVC_FLAG_ADDR_ONLY != 0).count(), 1);
+    }
+
+    #[test]
+    fn families_take_only_their_slices() {
+        let s = svc(&["10.96.0.10", "fd00:96::a"], &[("", 80, Proto::Tcp)]);
+        let v4 = slice(Family::V4, &[("", 8080, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
+        let mut v6 = slice(Family::V6, &[("", 8080, Proto::Tcp)], vec![ep("fd00::1", true, true, false)]);
+        v6.key.name = "v6".into();
+        let fe = service_frontends(&s, &[&v4, &v6]);
+        let v4fe: Vec<_> = fe.iter().filter(|f| f.key.addr.is_v4() && f.key.port.to_host() == 80).collect();
+        let v6fe: Vec<_> = fe.iter().filter(|f| !f.key.addr.is_v4() && f.key.port.to_host() == 80).collect();
+        assert_eq!(v4fe.len(), 1);
+        assert_eq!(v6fe.len(), 1);
+        assert_eq!(ip_of(&v4fe[0].backends[0].addr).to_string(), "10.0.0.1");
+        assert_eq!(ip_of(&v6fe[0].backends[0].addr).to_string(), "fd00::1");
+    }
+
+    #[test]
+    fn skipped_services_get_nothing() {
+        let mut s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
+        s.skip = Some("headless");
+        let sl = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
+        assert!(service_frontends(&s, &[&sl]).is_empty());
+    }
+
+    #[test]
+    fn duplicate_endpoints_across_slices_count_once() {
+        let s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
+        let a = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
+        let mut b = a.clone();
+        b.key.name = "b".into();
+        assert_eq!(backends(&service_frontends(&s, &[&a, &b]), 80, PROTO_TCP), vec!["10.0.0.1:80"]);
+    }
+}

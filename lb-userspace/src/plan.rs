@@ -1,0 +1,418 @@
+//! The plan: a diff of desired frontends against a mirror of what the maps
+//! hold, as ordered map operations. Pure: the writer applies the ops.
+//!
+//! Order is the property that keeps the datapath whole at every instant:
+//! backends first, then slots, then the frontend (whose count makes the
+//! slots reachable); removals in reverse. Slots keep their positions where
+//! they can, so a change rewrites only the entries it must.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use lb_common::{Backend, ServiceKey, ServiceValue};
+
+use crate::desired::Frontend;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend { id: u32, backend: Backend },
+    PutService { key: ServiceKey, value: ServiceValue },
+    DelService { key: ServiceKey },
+    DelBackend { id: u32 },
+}
+
+/// What the kernel maps hold, plus the indexes that make a diff O(change).
+#[derive(Default, Debug, Clone)]
+pub struct Mirror {
+    services: HashMap<ServiceKey, ServiceValue>,
+    backends: HashMap<u32, Backend>,
+    backend_ids: HashMap<Backend, u32>,
+    backend_refs: HashMap<u32, u32>,
+    free_backend_ids: BTreeSet<u32>,
+    next_backend_id: u32,
+    service_ids: BTreeSet<u32>,
+    free_service_ids: BTreeSet<u32>,
+    next_service_id: u32,
+}
+
+impl Mirror {
+    /// Rebuilds the indexes from map contents read from the kernel.
+    pub fn from_entries(
+        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+    ) -> Self {
+        let mut m = Mirror { next_backend_id: 1, next_service_id: 1, ..Default::default() };
+        m.services = services.into_iter().collect();
+        for (id, b) in backends {
+            m.backends.insert(id, b);
+            m.backend_ids.insert(b, id);
+            m.next_backend_id = m.next_backend_id.max(id + 1);
+        }
+        for (k, v) in &m.services {
+            if k.slot == 0 {
+                if v.service_id != 0 {
+                    m.service_ids.insert(v.service_id);
+                    m.next_service_id = m.next_service_id.max(v.service_id + 1);
+                }
+            } else {
+                *m.backend_refs.entry(v.backend_id).or_default() += 1;
+            }
+        }
+        for id in 1..m.next_backend_id {
+            if !m.backends.contains_key(&id) {
+                m.free_backend_ids.insert(id);
+            }
+        }
+        for id in 1..m.next_service_id {
+            if !m.service_ids.contains(&id) {
+                m.free_service_ids.insert(id);
+            }
+        }
+        m
+    }
+
+    pub fn services(&self) -> &HashMap<ServiceKey, ServiceValue> {
+        &self.services
+    }
+
+    pub fn backends(&self) -> &HashMap<u32, Backend> {
+        &self.backends
+    }
+
+    /// Slot-0 keys: every frontend the maps hold.
+    pub fn frontends(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys().filter(|k| k.slot == 0)
+    }
+
+    fn slot_ids(&self, key: &ServiceKey) -> Vec<u32> {
+        let count = self.services.get(key).map_or(0, |v| v.count);
+        (1..=count)
+            .filter_map(|s| self.services.get(&key.with_slot(s)).map(|v| v.backend_id))
+            .collect()
+    }
+
+    fn take_backend_id(&mut self, b: Backend, ops: &mut Vec<Op>) -> u32 {
+        if let Some(id) = self.backend_ids.get(&b) {
+            return *id;
+        }
+        let id = self.free_backend_ids.pop_first().unwrap_or_else(|| {
+            self.next_backend_id += 1;
+            self.next_backend_id - 1
+        });
+        self.backends.insert(id, b);
+        self.backend_ids.insert(b, id);
+        ops.push(Op::PutBackend { id, backend: b });
+        id
+    }
+
+    fn take_service_id(&mut self) -> u32 {
+        let id = self.free_service_ids.pop_first().unwrap_or_else(|| {
+            self.next_service_id += 1;
+            self.next_service_id - 1
+        });
+        self.service_ids.insert(id);
+        id
+    }
+
+    fn put(&mut self, key: ServiceKey, value: ServiceValue, ops: &mut Vec<Op>) {
+        if self.services.get(&key) != Some(&value) {
+            self.services.insert(key, value);
+            ops.push(Op::PutService { key, value });
+        }
+    }
+
+    fn unref(&mut self, id: u32, orphans: &mut Vec<u32>) {
+        if let Some(r) = self.backend_refs.get_mut(&id) {
+            *r -= 1;
+            if *r == 0 {
+                self.backend_refs.remove(&id);
+                orphans.push(id);
+            }
+        }
+    }
+
+    fn drop_orphans(&mut self, orphans: Vec<u32>, ops: &mut Vec<Op>) {
+        for id in orphans {
+            if self.backend_refs.contains_key(&id) {
+                continue; // picked up again by another slot of this plan
+            }
+            if let Some(b) = self.backends.remove(&id) {
+                self.backend_ids.remove(&b);
+                self.free_backend_ids.insert(id);
+                ops.push(Op::DelBackend { id });
+            }
+        }
+    }
+
+    /// Ops that make the maps hold `fe`, appended to `ops`.
+    pub fn upsert(&mut self, fe: &Frontend, ops: &mut Vec<Op>) {
+        let key = fe.key;
+        let old = self.services.get(&key).copied();
+        let old_ids = self.slot_ids(&key);
+
+        let want: Vec<u32> = fe.backends.iter().map(|b| self.take_backend_id(*b, ops)).collect();
+        let want_set: BTreeSet<u32> = want.iter().copied().collect();
+
+        // Keep every surviving backend in its slot; fill holes with new ones;
+        // close remaining holes with entries moved from the end.
+        let mut placed = BTreeSet::new();
+        let mut slots: Vec<Option<u32>> = old_ids
+            .iter()
+            .map(|id| (want_set.contains(id) && placed.insert(*id)).then_some(*id))
+            .collect();
+        let mut to_place: VecDeque<u32> = want.iter().copied().filter(|id| !placed.contains(id)).collect();
+        for s in slots.iter_mut().filter(|s| s.is_none()) {
+            *s = to_place.pop_front();
+        }
+        slots.extend(to_place.into_iter().map(Some));
+        while let Some(pos) = slots.iter().position(Option::is_none) {
+            while slots.last() == Some(&None) {
+                slots.pop();
+            }
+            if pos < slots.len() {
+                slots[pos] = slots.pop().flatten();
+            }
+        }
+        let new_ids: Vec<u32> = slots.into_iter().flatten().collect();
+
+        for id in &new_ids {
+            *self.backend_refs.entry(*id).or_default() += 1;
+        }
+        for (i, id) in new_ids.iter().enumerate() {
+            let v = ServiceValue { backend_id: *id, ..Default::default() };
+            self.put(key.with_slot(i as u16 + 1), v, ops);
+        }
+        let service_id = match old {
+            Some(v) if v.service_id != 0 || fe.flags != 0 => v.service_id,
+            _ if fe.flags != 0 => 0,
+            _ => self.take_service_id(),
+        };
+        let front = ServiceValue {
+            backend_id: 0,
+            count: new_ids.len() as u16,
+            flags: fe.flags,
+            _pad: 0,
+            service_id,
+            affinity_timeout: 0,
+        };
+        self.put(key, front, ops);
+        for s in new_ids.len() + 1..=old_ids.len() {
+            let k = key.with_slot(s as u16);
+            self.services.remove(&k);
+            ops.push(Op::DelService { key: k });
+        }
+        let mut orphans = Vec::new();
+        for id in old_ids {
+            self.unref(id, &mut orphans);
+        }
+        self.drop_orphans(orphans, ops);
+    }
+
+    /// Ops that remove the frontend `key` (slot 0) and its slots.
+    pub fn remove(&mut self, key: &ServiceKey, ops: &mut Vec<Op>) {
+        let Some(front) = self.services.get(key).copied() else { return };
+        let ids = self.slot_ids(key);
+        self.services.remove(key);
+        ops.push(Op::DelService { key: *key });
+        for s in 1..=front.count {
+            let k = key.with_slot(s);
+            if self.services.remove(&k).is_some() {
+                ops.push(Op::DelService { key: k });
+            }
+        }
+        if front.service_id != 0 && self.service_ids.remove(&front.service_id) {
+            self.free_service_ids.insert(front.service_id);
+        }
+        let mut orphans = Vec::new();
+        for id in ids {
+            self.unref(id, &mut orphans);
+        }
+        self.drop_orphans(orphans, ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::net_addr;
+    use lb_common::{BeU16, PROTO_TCP, SCOPE_INTERNAL};
+
+    fn fe(ip: &str, port: u16, backends: &[u8]) -> Frontend {
+        Frontend {
+            key: ServiceKey::frontend(net_addr(ip.parse().unwrap()), BeU16::from_host(port), PROTO_TCP, SCOPE_INTERNAL),
+            flags: 0,
+            backends: backends
+                .iter()
+                .map(|b| Backend {
+                    addr: net_addr(format!("10.0.0.{b}").parse().unwrap()),
+                    port: BeU16::from_host(80),
+                    proto: PROTO_TCP,
+                    flags: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// A fake kernel that applies ops one at a time and checks, after each,
+    /// that every reachable slot and backend exists.
+    #[derive(Default)]
+    struct Kernel {
+        services: HashMap<ServiceKey, ServiceValue>,
+        backends: HashMap<u32, Backend>,
+    }
+
+    impl Kernel {
+        fn apply(&mut self, op: &Op) {
+            match op {
+                Op::PutBackend { id, backend } => {
+                    self.backends.insert(*id, *backend);
+                }
+                Op::PutService { key, value } => {
+                    self.services.insert(*key, *value);
+                }
+                Op::DelService { key } => {
+                    assert!(self.services.remove(key).is_some(), "deleting absent {key:?}");
+                }
+                Op::DelBackend { id } => {
+                    assert!(self.backends.remove(id).is_some(), "deleting absent backend {id}");
+                }
+            }
+            self.assert_whole(op);
+        }
+
+        fn assert_whole(&self, after: &Op) {
+            for (k, v) in self.services.iter().filter(|(k, _)| k.slot == 0) {
+                for s in 1..=v.count {
+                    let slot = self.services.get(&k.with_slot(s));
+                    let slot = slot.unwrap_or_else(|| panic!("after {after:?}: slot {s} of {k:?} missing"));
+                    assert!(
+                        self.backends.contains_key(&slot.backend_id),
+                        "after {after:?}: backend {} of {k:?} missing",
+                        slot.backend_id
+                    );
+                }
+            }
+        }
+
+        fn backends_of(&self, key: &ServiceKey) -> BTreeSet<Backend> {
+            let n = self.services.get(key).map_or(0, |v| v.count);
+            (1..=n).map(|s| self.backends[&self.services[&key.with_slot(s)].backend_id]).collect()
+        }
+    }
+
+    #[test]
+    fn first_write_orders_backends_slots_frontend() {
+        let mut m = Mirror::from_entries([], []);
+        let mut ops = vec![];
+        m.upsert(&fe("10.96.0.10", 80, &[1, 2]), &mut ops);
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|o| match o {
+                Op::PutBackend { .. } => "backend",
+                Op::PutService { key, .. } if key.slot == 0 => "frontend",
+                Op::PutService { .. } => "slot",
+                Op::DelService { .. } => "del",
+                Op::DelBackend { .. } => "delbackend",
+            })
+            .collect();
+        assert_eq!(kinds, ["backend", "backend", "slot", "slot", "frontend"]);
+    }
+
+    #[test]
+    fn removal_orders_frontend_slots_backends() {
+        let mut m = Mirror::from_entries([], []);
+        let f = fe("10.96.0.10", 80, &[1, 2]);
+        m.upsert(&f, &mut vec![]);
+        let mut ops = vec![];
+        m.remove(&f.key, &mut ops);
+        assert!(matches!(ops[0], Op::DelService { key } if key.slot == 0));
+        assert!(matches!(ops[1], Op::DelService { key } if key.slot != 0));
+        assert!(matches!(ops[2], Op::DelService { key } if key.slot != 0));
+        assert!(matches!(ops[3], Op::DelBackend { .. }));
+        assert!(matches!(ops[4], Op::DelBackend { .. }));
+        assert_eq!(ops.len(), 5);
+    }
+
+    #[test]
+    fn unchanged_entries_are_not_rewritten() {
+        let mut m = Mirror::from_entries([], []);
+        let f = fe("10.96.0.10", 80, &[1, 2, 3]);
+        m.upsert(&f, &mut vec![]);
+        let mut ops = vec![];
+        m.upsert(&f, &mut ops);
+        assert!(ops.is_empty(), "{ops:?}");
+        // Removing one backend rewrites its slot (with the moved tail), the
+        // count, deletes the tail slot and the backend: nothing else.
+        m.upsert(&fe("10.96.0.10", 80, &[2, 3]), &mut ops);
+        assert_eq!(ops.len(), 4, "{ops:?}");
+    }
+
+    #[test]
+    fn shared_backend_lives_while_any_frontend_uses_it() {
+        let mut m = Mirror::from_entries([], []);
+        let a = fe("10.96.0.10", 80, &[1]);
+        let b = fe("10.96.0.11", 80, &[1]);
+        let mut ops = vec![];
+        m.upsert(&a, &mut ops);
+        m.upsert(&b, &mut ops);
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::PutBackend { .. })).count(), 1);
+        ops.clear();
+        m.remove(&a.key, &mut ops);
+        assert!(!ops.iter().any(|o| matches!(o, Op::DelBackend { .. })));
+        m.remove(&b.key, &mut ops);
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::DelBackend { .. })).count(), 1);
+    }
+
+    #[test]
+    fn mirror_reloaded_from_maps_plans_nothing_new() {
+        let mut m = Mirror::from_entries([], []);
+        let fs = [fe("10.96.0.10", 80, &[1, 2]), fe("10.96.0.11", 53, &[2, 3, 4])];
+        let mut k = Kernel::default();
+        let mut ops = vec![];
+        for f in &fs {
+            m.upsert(f, &mut ops);
+        }
+        ops.iter().for_each(|o| k.apply(o));
+        let mut again = Mirror::from_entries(k.services.clone(), k.backends.clone());
+        let mut ops = vec![];
+        for f in &fs {
+            again.upsert(f, &mut ops);
+        }
+        assert!(ops.is_empty(), "{ops:?}");
+        // and new ids never collide with adopted ones
+        again.upsert(&fe("10.96.0.12", 80, &[9]), &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert_eq!(k.backends.len(), 5);
+    }
+
+    #[test]
+    fn random_changes_keep_every_reachable_entry_whole() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut m = Mirror::from_entries([], []);
+        let mut k = Kernel::default();
+        let ips = ["10.96.0.10", "10.96.0.11", "fd00:96::a"];
+        for _ in 0..2000 {
+            let ip = ips[rnd(3) as usize];
+            let mut ops = vec![];
+            if rnd(5) == 0 {
+                m.remove(&fe(ip, 80, &[]).key, &mut ops);
+                ops.iter().for_each(|o| k.apply(o));
+                assert!(k.backends_of(&fe(ip, 80, &[]).key).is_empty());
+            } else {
+                let n = rnd(8);
+                let bs: Vec<u8> = (0..n).map(|_| rnd(12) as u8 + 1).collect::<BTreeSet<_>>().into_iter().collect();
+                let f = fe(ip, 80, &bs);
+                m.upsert(&f, &mut ops);
+                ops.iter().for_each(|o| k.apply(o));
+                assert_eq!(k.backends_of(&f.key), f.backends.iter().copied().collect());
+            }
+            assert_eq!(&k.services, m.services());
+            assert_eq!(&k.backends, m.backends());
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The cluster as the agent needs it: plain structs converted from
+//! k8s-openapi objects, indexed so that a change finds the Services it
+//! touches without a scan.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::IpAddr,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::manifest::Object;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjRef {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for ObjRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    fn parse(s: Option<&str>) -> Result<Self, String> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
+            other => Err(format!("unknown protocol `{other}`")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    pub name: String,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub key: ObjRef,
+    /// Why the service gets no datapath entries (headless, ExternalName, ...).
+    pub skip: Option<&'static str>,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePortInfo {
+    pub name: String,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub addrs: Vec<IpAddr>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub key: ObjRef,
+    pub service: Option<ObjRef>,
+    /// None for FQDN slices, which kube-proxy ignores too.
+    pub family: Option<Family>,
+    pub ports: Vec<SlicePortInfo>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+fn port16(v: i32, object: &str, field: &str) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{object}: {field}: port {v} is out of range 1-65535"))
+}
+
+fn meta_ref(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: &str,
+) -> Result<ObjRef, String> {
+    let name = meta.name.as_deref().ok_or_else(|| format!("{kind}: metadata.name is missing"))?;
+    Ok(ObjRef::new(meta.namespace.as_deref().unwrap_or("default"), name))
+}
+
+pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
+    let key = meta_ref(&svc.metadata, "Service")?;
+    let object = format!("Service {key}");
+    let labels = svc.metadata.labels.as_ref();
+    let has_label = |l: &str| labels.is_some_and(|m| m.contains_key(l));
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        ports.push(ServicePortInfo {
+            name: p.name.clone().unwrap_or_default(),
+            port: port16(p.port, &object, &format!("spec.ports[{i}].port"))?,
+            proto: Proto::parse(p.protocol.as_deref())
+                .map_err(|e| format!("{object}: spec.ports[{i}].protocol: {e}"))?,
+        });
+    }
+    let raw_ips: Vec<String> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.clone(),
+        _ => spec.cluster_ip.iter().cloned().collect(),
+    };
+    let headless = raw_ips.iter().any(|ip| ip == "None");
+    let skip = if spec.type_.as_deref() == Some("ExternalName") {
+        Some("type ExternalName")
+    } else if headless {
+        Some("headless (clusterIP None)")
+    } else if has_label(HEADLESS_LABEL) {
+        Some("labelled service.kubernetes.io/headless")
+    } else if has_label(PROXY_NAME_LABEL) {
+        Some("labelled service.kubernetes.io/service-proxy-name")
+    } else {
+        None
+    };
+    let mut cluster_ips = Vec::new();
+    if skip.is_none() {
+        for (i, ip) in raw_ips.iter().enumerate().filter(|(_, ip)| !ip.is_empty()) {
+            cluster_ips.push(ip.parse::<IpAddr>().map_err(|_| {
+                format!("{object}: spec.clusterIPs[{i}]: `{ip}` is not an IP address")
+            })?);
+        }
+    }
+    Ok(ServiceInfo { key, skip, cluster_ips, ports })
+}
+
+pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
+    let key = meta_ref(&slice.metadata, "EndpointSlice")?;
+    let object = format!("EndpointSlice {key}");
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|s| ObjRef::new(&key.namespace, s));
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        "FQDN" => None,
+        other => return Err(format!("{object}: addressType: unknown address type `{other}`")),
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        // A port without a number means "all ports", which no proxy serves.
+        let Some(n) = p.port else { continue };
+        ports.push(SlicePortInfo {
+            name: p.name.clone().unwrap_or_default(),
+            port: port16(n, &object, &format!("ports[{i}].port"))?,
+            proto: Proto::parse(p.protocol.as_deref())
+                .map_err(|e| format!("{object}: ports[{i}].protocol: {e}"))?,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().flatten().enumerate() {
+        let mut addrs = Vec::new();
+        if family.is_some() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                let ip: IpAddr = a.parse().map_err(|_| {
+                    format!("{object}: endpoints[{i}].addresses[{j}]: `{a}` is not an IP address")
+                })?;
+                if (family == Some(Family::V4)) != ip.is_ipv4() {
+                    return Err(format!(
+                        "{object}: endpoints[{i}].addresses[{j}]: `{a}` does not match addressType {}",
+                        slice.address_type
+                    ));
+                }
+                addrs.push(ip);
+            }
+        }
+        let c = e.conditions.clone().unwrap_or_default();
+        // As kube-proxy reads them: unset ready and serving mean true.
+        endpoints.push(EndpointInfo {
+            addrs,
+            ready: c.ready.unwrap_or(true),
+            serving: c.serving.unwrap_or(true),
+            terminating: c.terminating.unwrap_or(false),
+            node: e.node_name.clone(),
+        });
+    }
+    Ok(SliceInfo { key, service, family, ports, endpoints })
+}
+
+/// Services and EndpointSlices, with slices indexed by their Service.
+#[derive(Default, Debug)]
+pub struct Snapshot {
+    services: HashMap<ObjRef, ServiceInfo>,
+    slices: HashMap<ObjRef, SliceInfo>,
+    by_service: HashMap<ObjRef, BTreeSet<ObjRef>>,
+}
+
+/// What an object change means for the snapshot, named by kind and key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Upsert(Object),
+    Delete { kind: String, key: ObjRef },
+}
+
+impl Snapshot {
+    pub fn service(&self, key: &ObjRef) -> Option<&ServiceInfo> {
+        self.services.get(key)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> {
+        self.services.values()
+    }
+
+    pub fn slices_of(&self, svc: &ObjRef) -> Vec<&SliceInfo> {
+        self.by_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect()
+    }
+
+    /// Applies one change and returns the Services whose desired state it may
+    /// have changed (nothing when the object is equal to what was there).
+    pub fn apply(&mut self, change: &Change) -> Result<Vec<ObjRef>, String> {
+        match change {
+            Change::Upsert(Object::Service(s)) => {
+                let info = service_info(s)?;
+                let key = info.key.clone();
+                if self.services.get(&key) == Some(&info) {
+                    return Ok(vec![]);
+                }
+                self.services.insert(key.clone(), info);
+                Ok(vec![key])
+            }
+            Change::Upsert(Object::EndpointSlice(s)) => {
+                let info = slice_info(s)?;
+                let key = info.key.clone();
+                if self.slices.get(&key) == Some(&info) {
+                    return Ok(vec![]);
+                }
+                let mut touched = self.remove_slice(&key);
+                if let Some(svc) = &info.service {
+                    self.by_service.entry(svc.clone()).or_default().insert(key.clone());
+                    touched.push(svc.clone());
+                }
+                self.slices.insert(key, info);
+                touched.dedup();
+                Ok(touched)
+            }
+            Change::Upsert(_) => Ok(vec![]),
+            Change::Delete { kind, key } => Ok(match kind.as_str() {
+                "Service" => self.services.remove(key).map(|s| s.key).into_iter().collect(),
+                "EndpointSlice" => self.remove_slice(key),
+                _ => vec![],
+            }),
+        }
+    }
+
+    fn remove_slice(&mut self, key: &ObjRef) -> Vec<ObjRef> {
+        let Some(old) = self.slices.remove(key) else { return vec![] };
+        let Some(svc) = old.service else { return vec![] };
+        if let Some(set) = self.by_service.get_mut(&svc) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_service.remove(&svc);
+            }
+        }
+        vec![svc]
+    }
+}
