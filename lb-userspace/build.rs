@@ -4,10 +4,17 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     let meta = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ebpf_dir = meta.parent().ok_or_else(|| anyhow!("no workspace"))?.join("lb-ebpf");
+    let ebpf_dir = meta
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace"))?
+        .join("lb-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -39,7 +39,14 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub const fn frontend(addr: NetAddr, port: BeU16, proto: u8, scope: u8) -> Self {
-        Self { addr, port, proto, scope, slot: 0, _pad: [0; 2] }
+        Self {
+            addr,
+            port,
+            proto,
+            scope,
+            slot: 0,
+            _pad: [0; 2],
+        }
     }
     pub const fn with_slot(&self, slot: u16) -> Self {
         Self { slot, ..*self }

@@ -14,7 +14,10 @@ pub enum Lookup {
     NotService,
     /// A service address with no usable backend, or a port no service has.
     Refuse,
-    Backend { backend: Backend, frontend: ServiceValue },
+    Backend {
+        backend: Backend,
+        frontend: ServiceValue,
+    },
 }
 
 /// How a connection picks its slot: TCP at random per connection; UDP from
@@ -57,7 +60,10 @@ pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64) -> Lookup {
     let backend_id = slot_value.backend_id;
     // SAFETY: as above.
     match unsafe { LB_BACKENDS_V1.get(&backend_id) } {
-        Some(b) => Lookup::Backend { backend: *b, frontend: fe },
+        Some(b) => Lookup::Backend {
+            backend: *b,
+            frontend: fe,
+        },
         None => Lookup::Refuse,
     }
 }

@@ -58,7 +58,9 @@ pub fn service_frontends(svc: &ServiceInfo, slices: &[&SliceInfo]) -> Vec<Fronte
             backends: vec![],
         });
         for sp in &svc.ports {
-            let Some(proto) = proto_num(sp.proto) else { continue };
+            let Some(proto) = proto_num(sp.proto) else {
+                continue;
+            };
             out.push(Frontend {
                 key: ServiceKey::frontend(addr, BeU16::from_host(sp.port), proto, SCOPE_INTERNAL),
                 flags: 0,
@@ -85,7 +87,11 @@ fn backends_for(
     for s in slices.iter().filter(|s| s.family == Some(family)) {
         // EndpointSlice ports are resolved per slice (a named targetPort can
         // differ between pods), so the port comes from the slice.
-        let Some(port) = s.ports.iter().find(|p| p.name == port_name && p.proto == proto) else {
+        let Some(port) = s
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.proto == proto)
+        else {
             continue;
         };
         for e in &s.endpoints {
@@ -122,7 +128,11 @@ mod tests {
             cluster_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
             ports: ports
                 .iter()
-                .map(|(n, p, pr)| ServicePortInfo { name: n.to_string(), port: *p, proto: *pr })
+                .map(|(n, p, pr)| ServicePortInfo {
+                    name: n.to_string(),
+                    port: *p,
+                    proto: *pr,
+                })
                 .collect(),
         }
     }
@@ -144,7 +154,11 @@ mod tests {
             family: Some(family),
             ports: ports
                 .iter()
-                .map(|(n, p, pr)| SlicePortInfo { name: n.to_string(), port: *p, proto: *pr })
+                .map(|(n, p, pr)| SlicePortInfo {
+                    name: n.to_string(),
+                    port: *p,
+                    proto: *pr,
+                })
                 .collect(),
             endpoints: eps,
         }
@@ -165,22 +179,37 @@ mod tests {
     fn endpoint_conditions_pick_ready_else_serving_terminating() {
         // (endpoints, expected backends)
         let cases: Vec<(Vec<EndpointInfo>, Vec<&str>)> = vec![
-            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", true, true, false)], vec![
-                "10.0.0.1:80",
-                "10.0.0.2:80",
-            ]),
+            (
+                vec![
+                    ep("10.0.0.1", true, true, false),
+                    ep("10.0.0.2", true, true, false),
+                ],
+                vec!["10.0.0.1:80", "10.0.0.2:80"],
+            ),
             // not ready and not terminating: never used
-            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", false, false, false)], vec![
-                "10.0.0.1:80",
-            ]),
+            (
+                vec![
+                    ep("10.0.0.1", true, true, false),
+                    ep("10.0.0.2", false, false, false),
+                ],
+                vec!["10.0.0.1:80"],
+            ),
             // a ready one hides the terminating ones
-            (vec![ep("10.0.0.1", true, true, false), ep("10.0.0.2", false, true, true)], vec![
-                "10.0.0.1:80",
-            ]),
+            (
+                vec![
+                    ep("10.0.0.1", true, true, false),
+                    ep("10.0.0.2", false, true, true),
+                ],
+                vec!["10.0.0.1:80"],
+            ),
             // no ready one: serving+terminating ones serve
-            (vec![ep("10.0.0.2", false, true, true), ep("10.0.0.3", false, false, true)], vec![
-                "10.0.0.2:80",
-            ]),
+            (
+                vec![
+                    ep("10.0.0.2", false, true, true),
+                    ep("10.0.0.3", false, false, true),
+                ],
+                vec!["10.0.0.2:80"],
+            ),
             (vec![ep("10.0.0.3", false, false, true)], vec![]),
             (vec![], vec![]),
         ];
@@ -195,27 +224,41 @@ mod tests {
     #[test]
     fn named_target_port_resolves_per_slice() {
         let s = svc(&["10.96.0.10"], &[("http", 8080, Proto::Tcp)]);
-        let mut a = slice(Family::V4, &[("http", 80, Proto::Tcp)], vec![ep(
-            "10.0.0.1", true, true, false,
-        )]);
+        let mut a = slice(
+            Family::V4,
+            &[("http", 80, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
         a.key.name = "a".into();
-        let b = slice(Family::V4, &[("http", 9090, Proto::Tcp)], vec![ep(
-            "10.0.0.2", true, true, false,
-        )]);
+        let b = slice(
+            Family::V4,
+            &[("http", 9090, Proto::Tcp)],
+            vec![ep("10.0.0.2", true, true, false)],
+        );
         let fe = service_frontends(&s, &[&a, &b]);
-        assert_eq!(backends(&fe, 8080, PROTO_TCP), vec!["10.0.0.1:80", "10.0.0.2:9090"]);
+        assert_eq!(
+            backends(&fe, 8080, PROTO_TCP),
+            vec!["10.0.0.1:80", "10.0.0.2:9090"]
+        );
     }
 
     #[test]
     fn one_port_number_over_tcp_and_udp_and_several_ports() {
-        let s = svc(&["10.96.0.10"], &[
-            ("dns-tcp", 53, Proto::Tcp),
-            ("dns", 53, Proto::Udp),
-            ("metrics", 9153, Proto::Tcp),
-        ]);
+        let s = svc(
+            &["10.96.0.10"],
+            &[
+                ("dns-tcp", 53, Proto::Tcp),
+                ("dns", 53, Proto::Udp),
+                ("metrics", 9153, Proto::Tcp),
+            ],
+        );
         let sl = slice(
             Family::V4,
-            &[("dns-tcp", 5353, Proto::Tcp), ("dns", 5354, Proto::Udp), ("metrics", 9153, Proto::Tcp)],
+            &[
+                ("dns-tcp", 5353, Proto::Tcp),
+                ("dns", 5354, Proto::Udp),
+                ("metrics", 9153, Proto::Tcp),
+            ],
             vec![ep("10.0.0.1", true, true, false)],
         );
         let fe = service_frontends(&s, &[&sl]);
@@ -224,18 +267,37 @@ mod tests {
         assert_eq!(backends(&fe, 9153, PROTO_TCP), vec!["10.0.0.1:9153"]);
         // three ports + the address marker
         assert_eq!(fe.len(), 4);
-        assert_eq!(fe.iter().filter(|f| f.flags & SVC_FLAG_ADDR_ONLY != 0).count(), 1);
+        assert_eq!(
+            fe.iter()
+                .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY != 0)
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn families_take_only_their_slices() {
         let s = svc(&["10.96.0.10", "fd00:96::a"], &[("", 80, Proto::Tcp)]);
-        let v4 = slice(Family::V4, &[("", 8080, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
-        let mut v6 = slice(Family::V6, &[("", 8080, Proto::Tcp)], vec![ep("fd00::1", true, true, false)]);
+        let v4 = slice(
+            Family::V4,
+            &[("", 8080, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
+        let mut v6 = slice(
+            Family::V6,
+            &[("", 8080, Proto::Tcp)],
+            vec![ep("fd00::1", true, true, false)],
+        );
         v6.key.name = "v6".into();
         let fe = service_frontends(&s, &[&v4, &v6]);
-        let v4fe: Vec<_> = fe.iter().filter(|f| f.key.addr.is_v4() && f.key.port.to_host() == 80).collect();
-        let v6fe: Vec<_> = fe.iter().filter(|f| !f.key.addr.is_v4() && f.key.port.to_host() == 80).collect();
+        let v4fe: Vec<_> = fe
+            .iter()
+            .filter(|f| f.key.addr.is_v4() && f.key.port.to_host() == 80)
+            .collect();
+        let v6fe: Vec<_> = fe
+            .iter()
+            .filter(|f| !f.key.addr.is_v4() && f.key.port.to_host() == 80)
+            .collect();
         assert_eq!(v4fe.len(), 1);
         assert_eq!(v6fe.len(), 1);
         assert_eq!(ip_of(&v4fe[0].backends[0].addr).to_string(), "10.0.0.1");
@@ -246,16 +308,27 @@ mod tests {
     fn skipped_services_get_nothing() {
         let mut s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
         s.skip = Some("headless");
-        let sl = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
+        let sl = slice(
+            Family::V4,
+            &[("", 80, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
         assert!(service_frontends(&s, &[&sl]).is_empty());
     }
 
     #[test]
     fn duplicate_endpoints_across_slices_count_once() {
         let s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
-        let a = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ep("10.0.0.1", true, true, false)]);
+        let a = slice(
+            Family::V4,
+            &[("", 80, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
         let mut b = a.clone();
         b.key.name = "b".into();
-        assert_eq!(backends(&service_frontends(&s, &[&a, &b]), 80, PROTO_TCP), vec!["10.0.0.1:80"]);
+        assert_eq!(
+            backends(&service_frontends(&s, &[&a, &b]), 80, PROTO_TCP),
+            vec!["10.0.0.1:80"]
+        );
     }
 }

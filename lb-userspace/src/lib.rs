@@ -1,6 +1,12 @@
 //! The agent: source -> snapshot -> desired state -> plan -> map writer.
 
+pub mod agent;
 pub mod desired;
+pub mod host;
+pub mod inspect;
+pub mod kernel;
 pub mod manifest;
 pub mod plan;
+pub mod reconcile;
 pub mod snapshot;
+pub mod source_file;

@@ -1,2 +1,178 @@
-static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
-fn main() { println!("{}", OBJ.len()); }
+//! `lb-agent`: the node agent and its inspection subcommands.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_agent::{agent, host, inspect, kernel};
+
+#[derive(Parser)]
+#[command(name = "lb-agent", version, about = "eBPF service load balancer agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Where maps and links are pinned (on a bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    pin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent: keep the BPF maps equal to the cluster's desired state.
+    Run {
+        /// `file:DIR` (Kubernetes YAML; GENERATION written last marks a change set).
+        #[arg(long)]
+        source: agent::Source,
+        /// This node's name (its Node object gives the node's addresses).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// cgroup v2 directory to attach the socket programs to (default: the
+        /// root of the cgroup v2 hierarchy found in /proc/mounts).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Capacity of the services map (frontends plus one entry per backend slot).
+        #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX)]
+        max_services: u32,
+        #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX)]
+        max_backends: u32,
+        /// Capacity of the socket reverse-translation LRU.
+        #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX)]
+        max_sock_rev: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Sync status, map fill levels and links, from the pins.
+    Status {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Frontends and their backends as the kernel holds them.
+    Service {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Backends as the kernel holds them.
+    Backend {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Remove everything the agent installed: links (detaching the programs) and maps.
+    Reset {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListCmd {
+    List {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal as _;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            source,
+            node_name: _,
+            pins,
+            cgroup,
+            max_services,
+            max_backends,
+            max_sock_rev,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => host::cgroup2_root()?,
+            };
+            let opts = agent::RunOptions {
+                source,
+                load: kernel::LoadOptions {
+                    pin_dir: pins.pin_dir,
+                    cgroup,
+                    sizes: kernel::MapSizes {
+                        services: max_services,
+                        backends: max_backends,
+                        sock_rev: max_sock_rev,
+                    },
+                },
+                poll: Duration::from_millis(100),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(opts))
+        }
+        Cmd::Status { pins, output } => inspect::status(
+            &kernel::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Service {
+            cmd: ListCmd::List { pins, output },
+        } => inspect::services(
+            &kernel::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Backend {
+            cmd: ListCmd::List { pins, output },
+        } => inspect::backends(
+            &kernel::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Reset { pins } => {
+            let removed = kernel::reset(&pins.pin_dir).context("reset")?;
+            eprintln!(
+                "removed {} pins under {}",
+                removed.len(),
+                pins.pin_dir.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -8,8 +8,8 @@ use k8s_openapi::{
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
-    serde::de::DeserializeOwned,
     serde::Serialize,
+    serde::de::DeserializeOwned,
 };
 use serde_json::Value;
 
@@ -33,7 +33,11 @@ pub enum ManifestError {
     #[error("{object}: {message}")]
     Invalid { object: String, message: String },
     #[error("{object}: unsupported kind `{kind}` (apiVersion `{api_version}`)")]
-    UnsupportedKind { object: String, kind: String, api_version: String },
+    UnsupportedKind {
+        object: String,
+        kind: String,
+        api_version: String,
+    },
 }
 
 impl ManifestError {
@@ -50,10 +54,19 @@ impl ManifestError {
 
 /// `Kind ns/name` (or `Kind name` for cluster-scoped objects), for messages.
 pub fn describe(doc: &Value) -> String {
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("<no kind>");
     let meta = doc.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<no name>");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
@@ -73,7 +86,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Result<Object, ManifestError>>,
 
 pub fn parse_object(doc: &Value) -> Result<Object, ManifestError> {
     let object = describe(doc);
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let obj = match (api_version, kind) {
         ("v1", "Service") => Object::Service(Box::new(typed(doc, &object)?)),
@@ -107,7 +123,10 @@ fn typed<T: DeserializeOwned + Serialize>(doc: &Value, object: &str) -> Result<T
         message: e.to_string(),
     })?;
     if let Some(path) = lost_key(doc, &back, String::new()) {
-        return Err(ManifestError::UnknownField { object: object.to_string(), path });
+        return Err(ManifestError::UnknownField {
+            object: object.to_string(),
+            path,
+        });
     }
     Ok(t)
 }
@@ -116,7 +135,11 @@ fn typed<T: DeserializeOwned + Serialize>(doc: &Value, object: &str) -> Result<T
 fn lost_key(input: &Value, back: &Value, path: String) -> Option<String> {
     match (input, back) {
         (Value::Object(i), Value::Object(b)) => i.iter().find_map(|(k, v)| {
-            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             match b.get(k) {
                 None if !v.is_null() => Some(p),
                 None => None,
@@ -155,18 +178,28 @@ mod tests {
         let docs = parse_documents(y).unwrap();
         assert_eq!(docs.len(), 3);
         assert!(matches!(docs[0], Ok(Object::Service(_))));
-        assert!(matches!(&docs[1], Err(ManifestError::Invalid { object, .. }) if object == "Service x/b"));
-        assert!(matches!(&docs[2], Err(ManifestError::UnsupportedKind { kind, .. }) if kind == "Gadget"));
+        assert!(
+            matches!(&docs[1], Err(ManifestError::Invalid { object, .. }) if object == "Service x/b")
+        );
+        assert!(
+            matches!(&docs[2], Err(ManifestError::UnsupportedKind { kind, .. }) if kind == "Gadget")
+        );
     }
 
     #[test]
     fn nulls_and_known_fields_pass() {
         let y = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: x, creationTimestamp: null, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}]\nports: [{name: http, port: 80, protocol: TCP}]\n";
-        assert!(matches!(parse_documents(y).unwrap()[0], Ok(Object::EndpointSlice(_))));
+        assert!(matches!(
+            parse_documents(y).unwrap()[0],
+            Ok(Object::EndpointSlice(_))
+        ));
     }
 
     #[test]
     fn broken_yaml_is_an_error() {
-        assert!(matches!(parse_documents("a: [1, 2\n"), Err(ManifestError::Yaml(_))));
+        assert!(matches!(
+            parse_documents("a: [1, 2\n"),
+            Err(ManifestError::Yaml(_))
+        ));
     }
 }

@@ -14,10 +14,20 @@ use crate::desired::Frontend;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    PutBackend { id: u32, backend: Backend },
-    PutService { key: ServiceKey, value: ServiceValue },
-    DelService { key: ServiceKey },
-    DelBackend { id: u32 },
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    DelService {
+        key: ServiceKey,
+    },
+    DelBackend {
+        id: u32,
+    },
 }
 
 /// What the kernel maps hold, plus the indexes that make a diff O(change).
@@ -40,7 +50,11 @@ impl Mirror {
         services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
         backends: impl IntoIterator<Item = (u32, Backend)>,
     ) -> Self {
-        let mut m = Mirror { next_backend_id: 1, next_service_id: 1, ..Default::default() };
+        let mut m = Mirror {
+            next_backend_id: 1,
+            next_service_id: 1,
+            ..Default::default()
+        };
         m.services = services.into_iter().collect();
         for (id, b) in backends {
             m.backends.insert(id, b);
@@ -149,7 +163,11 @@ impl Mirror {
         let old = self.services.get(&key).copied();
         let old_ids = self.slot_ids(&key);
 
-        let want: Vec<u32> = fe.backends.iter().map(|b| self.take_backend_id(*b, ops)).collect();
+        let want: Vec<u32> = fe
+            .backends
+            .iter()
+            .map(|b| self.take_backend_id(*b, ops))
+            .collect();
         let want_set: BTreeSet<u32> = want.iter().copied().collect();
 
         // Keep every surviving backend in its slot; fill holes with new ones;
@@ -159,7 +177,11 @@ impl Mirror {
             .iter()
             .map(|id| (want_set.contains(id) && placed.insert(*id)).then_some(*id))
             .collect();
-        let mut to_place: VecDeque<u32> = want.iter().copied().filter(|id| !placed.contains(id)).collect();
+        let mut to_place: VecDeque<u32> = want
+            .iter()
+            .copied()
+            .filter(|id| !placed.contains(id))
+            .collect();
         for s in slots.iter_mut().filter(|s| s.is_none()) {
             *s = to_place.pop_front();
         }
@@ -178,7 +200,10 @@ impl Mirror {
             *self.backend_refs.entry(*id).or_default() += 1;
         }
         for (i, id) in new_ids.iter().enumerate() {
-            let v = ServiceValue { backend_id: *id, ..Default::default() };
+            let v = ServiceValue {
+                backend_id: *id,
+                ..Default::default()
+            };
             self.put(key.with_slot(i as u16 + 1), v, ops);
         }
         let service_id = match old {
@@ -209,7 +234,9 @@ impl Mirror {
 
     /// Ops that remove the frontend `key` (slot 0) and its slots.
     pub fn remove(&mut self, key: &ServiceKey, ops: &mut Vec<Op>) {
-        let Some(front) = self.services.get(key).copied() else { return };
+        let Some(front) = self.services.get(key).copied() else {
+            return;
+        };
         let ids = self.slot_ids(key);
         self.services.remove(key);
         ops.push(Op::DelService { key: *key });
@@ -238,7 +265,12 @@ mod tests {
 
     fn fe(ip: &str, port: u16, backends: &[u8]) -> Frontend {
         Frontend {
-            key: ServiceKey::frontend(net_addr(ip.parse().unwrap()), BeU16::from_host(port), PROTO_TCP, SCOPE_INTERNAL),
+            key: ServiceKey::frontend(
+                net_addr(ip.parse().unwrap()),
+                BeU16::from_host(port),
+                PROTO_TCP,
+                SCOPE_INTERNAL,
+            ),
             flags: 0,
             backends: backends
                 .iter()
@@ -270,10 +302,16 @@ mod tests {
                     self.services.insert(*key, *value);
                 }
                 Op::DelService { key } => {
-                    assert!(self.services.remove(key).is_some(), "deleting absent {key:?}");
+                    assert!(
+                        self.services.remove(key).is_some(),
+                        "deleting absent {key:?}"
+                    );
                 }
                 Op::DelBackend { id } => {
-                    assert!(self.backends.remove(id).is_some(), "deleting absent backend {id}");
+                    assert!(
+                        self.backends.remove(id).is_some(),
+                        "deleting absent backend {id}"
+                    );
                 }
             }
             self.assert_whole(op);
@@ -283,7 +321,8 @@ mod tests {
             for (k, v) in self.services.iter().filter(|(k, _)| k.slot == 0) {
                 for s in 1..=v.count {
                     let slot = self.services.get(&k.with_slot(s));
-                    let slot = slot.unwrap_or_else(|| panic!("after {after:?}: slot {s} of {k:?} missing"));
+                    let slot = slot
+                        .unwrap_or_else(|| panic!("after {after:?}: slot {s} of {k:?} missing"));
                     assert!(
                         self.backends.contains_key(&slot.backend_id),
                         "after {after:?}: backend {} of {k:?} missing",
@@ -295,7 +334,9 @@ mod tests {
 
         fn backends_of(&self, key: &ServiceKey) -> BTreeSet<Backend> {
             let n = self.services.get(key).map_or(0, |v| v.count);
-            (1..=n).map(|s| self.backends[&self.services[&key.with_slot(s)].backend_id]).collect()
+            (1..=n)
+                .map(|s| self.backends[&self.services[&key.with_slot(s)].backend_id])
+                .collect()
         }
     }
 
@@ -354,18 +395,31 @@ mod tests {
         let mut ops = vec![];
         m.upsert(&a, &mut ops);
         m.upsert(&b, &mut ops);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::PutBackend { .. })).count(), 1);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::PutBackend { .. }))
+                .count(),
+            1
+        );
         ops.clear();
         m.remove(&a.key, &mut ops);
         assert!(!ops.iter().any(|o| matches!(o, Op::DelBackend { .. })));
         m.remove(&b.key, &mut ops);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::DelBackend { .. })).count(), 1);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::DelBackend { .. }))
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn mirror_reloaded_from_maps_plans_nothing_new() {
         let mut m = Mirror::from_entries([], []);
-        let fs = [fe("10.96.0.10", 80, &[1, 2]), fe("10.96.0.11", 53, &[2, 3, 4])];
+        let fs = [
+            fe("10.96.0.10", 80, &[1, 2]),
+            fe("10.96.0.11", 53, &[2, 3, 4]),
+        ];
         let mut k = Kernel::default();
         let mut ops = vec![];
         for f in &fs {
@@ -405,7 +459,11 @@ mod tests {
                 assert!(k.backends_of(&fe(ip, 80, &[]).key).is_empty());
             } else {
                 let n = rnd(8);
-                let bs: Vec<u8> = (0..n).map(|_| rnd(12) as u8 + 1).collect::<BTreeSet<_>>().into_iter().collect();
+                let bs: Vec<u8> = (0..n)
+                    .map(|_| rnd(12) as u8 + 1)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 let f = fe(ip, 80, &bs);
                 m.upsert(&f, &mut ops);
                 ops.iter().for_each(|o| k.apply(o));

@@ -20,7 +20,10 @@ pub struct ObjRef {
 
 impl ObjRef {
     pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.to_string(), name: name.to_string() }
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -111,8 +114,14 @@ fn meta_ref(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     kind: &str,
 ) -> Result<ObjRef, String> {
-    let name = meta.name.as_deref().ok_or_else(|| format!("{kind}: metadata.name is missing"))?;
-    Ok(ObjRef::new(meta.namespace.as_deref().unwrap_or("default"), name))
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or_else(|| format!("{kind}: metadata.name is missing"))?;
+    Ok(ObjRef::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        name,
+    ))
 }
 
 pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
@@ -154,7 +163,12 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
             })?);
         }
     }
-    Ok(ServiceInfo { key, skip, cluster_ips, ports })
+    Ok(ServiceInfo {
+        key,
+        skip,
+        cluster_ips,
+        ports,
+    })
 }
 
 pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
@@ -170,7 +184,11 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
         "IPv4" => Some(Family::V4),
         "IPv6" => Some(Family::V6),
         "FQDN" => None,
-        other => return Err(format!("{object}: addressType: unknown address type `{other}`")),
+        other => {
+            return Err(format!(
+                "{object}: addressType: unknown address type `{other}`"
+            ));
+        }
     };
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
@@ -210,7 +228,13 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
             node: e.node_name.clone(),
         });
     }
-    Ok(SliceInfo { key, service, family, ports, endpoints })
+    Ok(SliceInfo {
+        key,
+        service,
+        family,
+        ports,
+        endpoints,
+    })
 }
 
 /// Services and EndpointSlices, with slices indexed by their Service.
@@ -267,7 +291,10 @@ impl Snapshot {
                 }
                 let mut touched = self.remove_slice(&key);
                 if let Some(svc) = &info.service {
-                    self.by_service.entry(svc.clone()).or_default().insert(key.clone());
+                    self.by_service
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(key.clone());
                     touched.push(svc.clone());
                 }
                 self.slices.insert(key, info);
@@ -276,7 +303,12 @@ impl Snapshot {
             }
             Change::Upsert(_) => Ok(vec![]),
             Change::Delete { kind, key } => Ok(match kind.as_str() {
-                "Service" => self.services.remove(key).map(|s| s.key).into_iter().collect(),
+                "Service" => self
+                    .services
+                    .remove(key)
+                    .map(|s| s.key)
+                    .into_iter()
+                    .collect(),
                 "EndpointSlice" => self.remove_slice(key),
                 _ => vec![],
             }),
@@ -284,8 +316,12 @@ impl Snapshot {
     }
 
     fn remove_slice(&mut self, key: &ObjRef) -> Vec<ObjRef> {
-        let Some(old) = self.slices.remove(key) else { return vec![] };
-        let Some(svc) = old.service else { return vec![] };
+        let Some(old) = self.slices.remove(key) else {
+            return vec![];
+        };
+        let Some(svc) = old.service else {
+            return vec![];
+        };
         if let Some(set) = self.by_service.get_mut(&svc) {
             set.remove(key);
             if set.is_empty() {

@@ -1,0 +1,132 @@
+//! Where the agent runs: the cgroup v2 hierarchy and the BPF filesystem.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The first cgroup2 mount in /proc/mounts (/sys/fs/cgroup on pure v2
+/// hosts, /sys/fs/cgroup/unified on hybrid ones).
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    cgroup2_root_in(&mounts)
+        .context("no cgroup2 file system is mounted (see /proc/mounts); pass --cgroup PATH")
+}
+
+pub fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+fn fs_type(path: &Path) -> std::io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs writes into a zeroed struct we own; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+fn nearest_existing(path: &Path) -> &Path {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    p
+}
+
+/// Makes `pin_dir` a directory on a bpffs, mounting /sys/fs/bpf when the pin
+/// directory lies under it and nothing is mounted there yet.
+pub fn ensure_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
+    let existing = nearest_existing(pin_dir);
+    if fs_type(existing).with_context(|| format!("statfs {}", existing.display()))? != BPF_FS_MAGIC
+    {
+        let bpffs = Path::new("/sys/fs/bpf");
+        if !pin_dir.starts_with(bpffs) {
+            bail!(
+                "pin directory {} is not on a BPF file system; mount one (mount -t bpf bpf DIR) or use a --pin-dir under /sys/fs/bpf",
+                pin_dir.display()
+            );
+        }
+        refuse_private_mount_namespace()?;
+        std::fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+        tracing::info!(
+            "mounting bpffs at {} (nothing was mounted there)",
+            bpffs.display()
+        );
+        let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+        // SAFETY: constant NUL-terminated strings; no data argument.
+        if unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+        }
+    }
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    Ok(())
+}
+
+/// A bpffs mounted in a private mount namespace (as `ip netns exec` makes)
+/// is seen by nobody else: pins there would vanish with the agent.
+fn refuse_private_mount_namespace() -> anyhow::Result<()> {
+    let mine = std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+    match std::fs::read_link("/proc/1/ns/mnt") {
+        Ok(init) if init != mine => bail!(
+            "refusing to mount bpffs: this process is in a private mount namespace ({}, PID 1 is in {}), as `ip netns exec` makes; \
+             pins there would be seen by nobody else. Enter network namespaces with nsenter --net= instead, or mount bpffs first",
+            mine.display(),
+            init.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell whether the mount namespace is PID 1's ({e}); mounting bpffs anyway"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The cgroup id the kernel reports for a cgroup v2 directory (its inode).
+pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_pure_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_root_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pure = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_root_in(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_root_in("proc /proc proc rw 0 0\n"), None);
+    }
+}

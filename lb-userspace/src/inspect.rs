@@ -1,0 +1,139 @@
+//! The inspection subcommands: what the kernel holds, read from the pins.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lb_common::{SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY};
+use serde_json::json;
+
+use crate::{desired::ip_of, kernel::Pinned};
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        _ => "any",
+    }
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+    let st = p.status()?;
+    let fill = p.fill()?;
+    let links = p.links();
+    if json_out {
+        let maps: BTreeMap<_, _> = fill
+            .iter()
+            .map(|f| {
+                (
+                    f.name,
+                    json!({"entries": f.entries, "max_entries": f.max_entries}),
+                )
+            })
+            .collect();
+        let links: BTreeMap<_, _> = links
+            .iter()
+            .map(|(n, ok)| (n.clone(), json!({"attached": ok})))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "synced_generation": st.synced_generation,
+                "synced_at_unix_ms": st.synced_at_unix_ms,
+                "agent_pid": st.agent_pid,
+                "pin_dir": p.pin_dir,
+                "maps": maps,
+                "links": links,
+            })
+        );
+    } else {
+        println!("pin dir:           {}", p.pin_dir.display());
+        println!("synced generation: {}", st.synced_generation);
+        println!("agent pid:         {}", st.agent_pid);
+        for f in &fill {
+            println!("map {:<16} {:>8} / {}", f.name, f.entries, f.max_entries);
+        }
+        for (n, ok) in &links {
+            println!(
+                "link {:<15} {}",
+                n,
+                if *ok { "attached" } else { "MISSING" }
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+    let services = p.services()?;
+    let backends: BTreeMap<u32, _> = p.backends()?.into_iter().collect();
+    let slots: BTreeMap<_, _> = services.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut rows = Vec::new();
+    for (k, v) in slots
+        .iter()
+        .filter(|(k, v)| k.slot == 0 && v.flags & SVC_FLAG_ADDR_ONLY == 0)
+    {
+        let bes: Vec<String> = (1..=v.count)
+            .filter_map(|s| slots.get(&k.with_slot(s)))
+            .map(|sv| match backends.get(&sv.backend_id) {
+                Some(b) => endpoint(ip_of(&b.addr), b.port.to_host()),
+                None => format!("<missing backend {}>", sv.backend_id),
+            })
+            .collect();
+        rows.push(json!({
+            "frontend": endpoint(ip_of(&k.addr), k.port.to_host()),
+            "protocol": proto_name(k.proto),
+            "scope": if k.scope == SCOPE_INTERNAL { "internal" } else { "external" },
+            "service_id": v.service_id,
+            "backends": bes,
+        }));
+    }
+    if json_out {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!(
+                "{:<28} {:<4} {:<9} -> {}",
+                r["frontend"].as_str().unwrap_or_default(),
+                r["protocol"].as_str().unwrap_or_default(),
+                r["scope"].as_str().unwrap_or_default(),
+                r["backends"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|b| b.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+    let mut bes = p.backends()?;
+    bes.sort_by_key(|(id, _)| *id);
+    let rows: Vec<_> = bes
+        .iter()
+        .map(|(id, b)| json!({"id": id, "address": endpoint(ip_of(&b.addr), b.port.to_host()), "protocol": proto_name(b.proto)}))
+        .collect();
+    if json_out {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!(
+                "{:>6} {:<28} {}",
+                r["id"],
+                r["address"].as_str().unwrap_or_default(),
+                r["protocol"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Everything that touches the kernel through aya: loading and adopting the
+//! object, its pins and links, writing plans into the maps and reading them
+//! back. No other module imports aya.
+
+mod sys;
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapInfo, MapType},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+};
+use lb_common::{
+    Backend, MAP_BACKENDS, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, Status,
+};
+
+use crate::plan::{Mirror, Op};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The socket programs and the attach types (enum bpf_attach_type) they need.
+pub const SOCK_PROGRAMS: &[(&str, u32)] = &[
+    ("lb_connect4", 10),
+    ("lb_connect6", 11),
+    ("lb_sendmsg4", 14),
+    ("lb_sendmsg6", 15),
+    ("lb_recvmsg4", 19),
+    ("lb_recvmsg6", 20),
+    ("lb_getpeer4", 29),
+    ("lb_getpeer6", 30),
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub sock_rev: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: lb_common::DEFAULT_SERVICES_MAX,
+            backends: lb_common::DEFAULT_BACKENDS_MAX,
+            sock_rev: lb_common::DEFAULT_SOCK_REV_MAX,
+        }
+    }
+}
+
+/// What a map must look like for this agent to reuse a pinned one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 4] {
+    use std::mem::size_of;
+    [
+        MapSpec {
+            name: MAP_SERVICES,
+            map_type: MapType::Hash,
+            key_size: size_of::<ServiceKey>() as u32,
+            value_size: size_of::<ServiceValue>() as u32,
+            max_entries: sizes.services,
+        },
+        MapSpec {
+            name: MAP_BACKENDS,
+            map_type: MapType::Hash,
+            key_size: 4,
+            value_size: size_of::<Backend>() as u32,
+            max_entries: sizes.backends,
+        },
+        MapSpec {
+            name: MAP_SOCK_REV,
+            map_type: MapType::LruHash,
+            key_size: size_of::<SockRevKey>() as u32,
+            value_size: size_of::<SockRevValue>() as u32,
+            max_entries: sizes.sock_rev,
+        },
+        MapSpec {
+            name: MAP_STATUS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<Status>() as u32,
+            max_entries: 1,
+        },
+    ]
+}
+
+/// Checks a pinned map against what this agent expects (aya reuses a pin by
+/// name without looking at it).
+fn check_pinned(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<()> {
+    let path = pin_dir.join(spec.name);
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let found = (
+        info.map_type().ok(),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    let want = (
+        Some(spec.map_type),
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+    );
+    if found != want {
+        bail!(
+            "pinned map {} has type/key/value/max_entries {:?} but this agent needs {:?}; \
+             run `lb-agent reset --pin-dir {}` (drops established translations) or start with the sizes it was created with",
+            path.display(),
+            found,
+            want,
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub sizes: MapSizes,
+}
+
+/// The loaded datapath: typed handles on the agent-owned maps.
+pub struct Datapath {
+    _ebpf: Ebpf,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    status: Array<MapData, Status>,
+}
+
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
+    crate::host::ensure_pin_dir(&opts.pin_dir)?;
+    let links_dir = opts.pin_dir.join("links");
+    std::fs::create_dir_all(&links_dir)
+        .with_context(|| format!("creating {}", links_dir.display()))?;
+    for spec in map_specs(opts.sizes) {
+        check_pinned(&opts.pin_dir, &spec)?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&opts.pin_dir)
+        .map_max_entries(MAP_SERVICES, opts.sizes.services)
+        .map_max_entries(MAP_BACKENDS, opts.sizes.backends)
+        .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
+        .load(OBJECT)
+        .context("loading the eBPF object")?;
+
+    let cgroup = std::fs::File::open(&opts.cgroup)
+        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+    let cgroup_id = crate::host::cgroup_id(&opts.cgroup)?;
+    for (name, attach_type) in SOCK_PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {name}"))?;
+        let pin = links_dir.join(name);
+        if adopt_link(&pin, prog, cgroup_id, *attach_type)? {
+            continue;
+        }
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("link is not an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
+        tracing::info!(program = name, cgroup = %opts.cgroup.display(), "attached");
+    }
+
+    let services = HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?)?;
+    let backends = HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)?;
+    let status = Array::try_from(take(&mut ebpf, MAP_STATUS)?)?;
+    Ok(Datapath {
+        _ebpf: ebpf,
+        services,
+        backends,
+        status,
+    })
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+/// Reuses a pinned link: the running program is swapped for the one just
+/// loaded (BPF_LINK_UPDATE), so an upgrade never detaches and never leaves a
+/// second link beside the first. A link pinned for another cgroup is
+/// removed (the attach point changed) and `false` returned.
+fn adopt_link(
+    pin: &Path,
+    prog: &CgroupSockAddr,
+    cgroup_id: u64,
+    attach_type: u32,
+) -> anyhow::Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link =
+        sys::obj_get(pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+    let info = sys::cgroup_link_info(link.as_fd())
+        .with_context(|| format!("reading link {}", pin.display()))?;
+    if info.link_type != sys::BPF_LINK_TYPE_CGROUP
+        || info.attach_type != attach_type
+        || info.cgroup_id != cgroup_id
+    {
+        tracing::warn!(link = %pin.display(), ?info, "pinned link is attached elsewhere; replacing it");
+        std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+        return Ok(false);
+    }
+    let prog_fd = prog.fd()?;
+    sys::link_update(link.as_fd(), prog_fd.as_fd()).with_context(|| {
+        format!(
+            "updating the program of link {} (fd {})",
+            pin.display(),
+            link.as_raw_fd()
+        )
+    })?;
+    tracing::info!(link = %pin.display(), "adopted pinned link");
+    Ok(true)
+}
+
+impl Datapath {
+    /// The maps' contents as a plan mirror.
+    pub fn read_mirror(&self) -> anyhow::Result<Mirror> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading services map")?;
+        let backends = self
+            .backends
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading backends map")?;
+        Ok(Mirror::from_entries(services, backends))
+    }
+
+    /// Applies ops in order; stops at the first failure, which the caller
+    /// answers with a reload of the mirror.
+    pub fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        for op in ops {
+            match op {
+                Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
+                Op::PutService { key, value } => self.services.insert(key, value, 0),
+                Op::DelService { key } => self.services.remove(key),
+                Op::DelBackend { id } => self.backends.remove(id),
+            }
+            .with_context(|| format!("map operation {op:?}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_status(&mut self, status: Status) -> anyhow::Result<()> {
+        self.status.set(0, status, 0).context("writing status map")
+    }
+
+    pub fn status(&self) -> anyhow::Result<Status> {
+        self.status.get(&0, 0).context("reading status map")
+    }
+}
+
+/// Read-only access to the pins, for the inspection subcommands.
+pub struct Pinned {
+    pub pin_dir: PathBuf,
+}
+
+fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is an agent running with --pin-dir {}?)",
+            path.display(),
+            pin_dir.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub max_entries: u32,
+}
+
+impl Pinned {
+    pub fn status(&self) -> anyhow::Result<Status> {
+        let a: Array<_, Status> = Array::try_from(open_pinned(&self.pin_dir, MAP_STATUS)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    pub fn services(&self) -> anyhow::Result<Vec<(ServiceKey, ServiceValue)>> {
+        let m: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(open_pinned(&self.pin_dir, MAP_SERVICES)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
+        let m: HashMap<_, u32, Backend> =
+            HashMap::try_from(open_pinned(&self.pin_dir, MAP_BACKENDS)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn fill(&self) -> anyhow::Result<Vec<MapFill>> {
+        fn count<K: aya::Pod, V: aya::Pod>(
+            pin_dir: &Path,
+            name: &'static str,
+        ) -> anyhow::Result<MapFill> {
+            let max_entries = MapInfo::from_pin(pin_dir.join(name))?.max_entries();
+            let m: HashMap<_, K, V> = HashMap::try_from(open_pinned(pin_dir, name)?)?;
+            // Bounded: a key walk over an LRU being written can restart.
+            let entries = m
+                .keys()
+                .take(max_entries as usize)
+                .filter(Result::is_ok)
+                .count();
+            Ok(MapFill {
+                name,
+                entries,
+                max_entries,
+            })
+        }
+        Ok(vec![
+            count::<ServiceKey, ServiceValue>(&self.pin_dir, MAP_SERVICES)?,
+            count::<u32, Backend>(&self.pin_dir, MAP_BACKENDS)?,
+            count::<SockRevKey, SockRevValue>(&self.pin_dir, MAP_SOCK_REV)?,
+        ])
+    }
+
+    /// The links this agent pinned, each with whether it is still attached.
+    pub fn links(&self) -> Vec<(String, bool)> {
+        SOCK_PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                let ok = sys::obj_get(&self.pin_dir.join("links").join(name))
+                    .and_then(|fd| sys::cgroup_link_info(fd.as_fd()))
+                    .is_ok_and(|i| i.cgroup_id != 0);
+                (name.to_string(), ok)
+            })
+            .collect()
+    }
+}
+
+/// Removes everything the agent installed under `pin_dir`: links first
+/// (removing the last reference detaches the programs), then the maps.
+pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for e in std::fs::read_dir(&links)? {
+            let p = e?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(&links)?;
+    }
+    if pin_dir.exists() {
+        for e in std::fs::read_dir(pin_dir)? {
+            let p = e?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    Ok(removed)
+}

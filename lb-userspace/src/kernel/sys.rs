@@ -1,0 +1,94 @@
+//! The few bpf(2) commands aya 0.14 does not expose: opening a pin as a raw
+//! fd, reading a link's attach target, and swapping a link's program.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `union bpf_attr` is 144 bytes in 6.x kernels; zero tails are accepted.
+#[repr(C, align(8))]
+struct Attr([u8; 144]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 144])
+    }
+    fn put_u32(&mut self, off: usize, v: u32) {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, zero-initialised buffer as large as the
+    // kernel's bpf_attr; every pointer stored in it outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// BPF_OBJ_GET: an fd for whatever is pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut a = Attr::new();
+    a.put_u64(0, c.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut a)?;
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What a cgroup link is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    pub link_type: u32,
+    pub prog_id: u32,
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+}
+
+pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    // struct bpf_link_info: type, id, prog_id, then a union at offset 16
+    // whose cgroup member is { __u64 cgroup_id; __u32 attach_type; }.
+    let mut info = [0u64; 32];
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, std::mem::size_of_val(&info) as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(CgroupLinkInfo {
+        link_type: info[0] as u32,
+        prog_id: info[1] as u32,
+        cgroup_id: info[2],
+        attach_type: info[3] as u32,
+    })
+}
+
+/// BPF_LINK_UPDATE: the link runs `prog` from now on, atomically.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, link.as_raw_fd() as u32);
+    a.put_u32(4, prog.as_raw_fd() as u32);
+    bpf(BPF_LINK_UPDATE, &mut a).map(drop)
+}

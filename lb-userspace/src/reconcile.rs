@@ -1,0 +1,276 @@
+//! Turns change sets into map writes: applies changes to the snapshot,
+//! recomputes only the Services they touch, diffs those against the mirror
+//! and hands the ops to the writer. A full batch (a complete listing) also
+//! removes frontends that no Service claims any more.
+
+use std::collections::{BTreeSet, HashMap};
+
+use lb_common::{SVC_FLAG_ADDR_ONLY, ServiceKey};
+
+use crate::{
+    desired::{self, ip_of},
+    plan::{Mirror, Op},
+    snapshot::{Change, ObjRef, Snapshot},
+};
+
+/// Where ops go: the kernel maps, or a fake in tests.
+pub trait Writer {
+    fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()>;
+    fn read_mirror(&self) -> anyhow::Result<Mirror>;
+}
+
+pub struct Reconciler {
+    pub snapshot: Snapshot,
+    mirror: Mirror,
+    /// Frontends each Service owns, and the reverse, so a change costs only
+    /// what it touches and two Services cannot fight over one frontend.
+    owned: HashMap<ObjRef, Vec<ServiceKey>>,
+    owner: HashMap<ServiceKey, ObjRef>,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub ops: usize,
+    pub errors: Vec<String>,
+}
+
+fn describe_key(k: &ServiceKey) -> String {
+    let ip = ip_of(&k.addr);
+    let proto = match k.proto {
+        6 => "TCP",
+        17 => "UDP",
+        _ => "any",
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{}/{proto}", k.port.to_host()),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}/{proto}", k.port.to_host()),
+    }
+}
+
+impl Reconciler {
+    pub fn new(mirror: Mirror) -> Self {
+        Self {
+            snapshot: Snapshot::default(),
+            mirror,
+            owned: HashMap::new(),
+            owner: HashMap::new(),
+        }
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    pub fn apply(
+        &mut self,
+        changes: &[Change],
+        full: bool,
+        w: &mut dyn Writer,
+    ) -> anyhow::Result<Outcome> {
+        let mut out = Outcome::default();
+        let mut touched = BTreeSet::new();
+        for c in changes {
+            match self.snapshot.apply(c) {
+                Ok(t) => touched.extend(t),
+                Err(e) => out.errors.push(format!("{e}; keeping its previous state")),
+            }
+        }
+        let mut ops = Vec::new();
+        for svc in &touched {
+            self.sync_service(svc, &mut ops, &mut out.errors);
+        }
+        if full {
+            let stale: Vec<ServiceKey> = self
+                .mirror
+                .frontends()
+                .filter(|k| !self.owner.contains_key(k))
+                .copied()
+                .collect();
+            for k in stale {
+                tracing::info!(frontend = %describe_key(&k), "removing frontend no Service claims");
+                self.mirror.remove(&k, &mut ops);
+            }
+        }
+        out.ops = ops.len();
+        if let Err(e) = w.apply(&ops) {
+            // The kernel holds something between the old and new state: read
+            // it back and let the next full resync converge.
+            self.mirror = w.read_mirror()?;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Recomputes every Service against a fresh read of the maps.
+    pub fn resync(&mut self, w: &mut dyn Writer) -> anyhow::Result<Outcome> {
+        self.mirror = w.read_mirror()?;
+        self.owned.clear();
+        self.owner.clear();
+        let all: Vec<ObjRef> = self.snapshot.services().map(|s| s.key.clone()).collect();
+        let mut out = Outcome::default();
+        let mut ops = Vec::new();
+        for svc in &all {
+            self.sync_service(svc, &mut ops, &mut out.errors);
+        }
+        let stale: Vec<ServiceKey> = self
+            .mirror
+            .frontends()
+            .filter(|k| !self.owner.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.mirror.remove(&k, &mut ops);
+        }
+        out.ops = ops.len();
+        w.apply(&ops)?;
+        Ok(out)
+    }
+
+    fn sync_service(&mut self, svc: &ObjRef, ops: &mut Vec<Op>, errors: &mut Vec<String>) {
+        let want = match self.snapshot.service(svc) {
+            Some(info) => {
+                if let Some(why) = info.skip {
+                    tracing::debug!(service = %svc, "no datapath entries: {why}");
+                }
+                desired::service_frontends(info, &self.snapshot.slices_of(svc))
+            }
+            None => vec![],
+        };
+        let old = self.owned.remove(svc).unwrap_or_default();
+        let mut mine = Vec::new();
+        let before = ops.len();
+        for fe in &want {
+            match self.owner.get(&fe.key) {
+                Some(other) if other != svc => {
+                    errors.push(format!(
+                        "Service {svc}: spec.clusterIPs: frontend {} already belongs to Service {other}; not programmed",
+                        describe_key(&fe.key)
+                    ));
+                    continue;
+                }
+                _ => {}
+            }
+            self.mirror.upsert(fe, ops);
+            self.owner.insert(fe.key, svc.clone());
+            mine.push(fe.key);
+        }
+        for k in old.iter().filter(|k| !mine.contains(k)) {
+            self.mirror.remove(k, ops);
+            self.owner.remove(k);
+        }
+        if ops.len() != before {
+            let ports: Vec<String> = want
+                .iter()
+                .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0)
+                .map(|f| format!("{}->{}", describe_key(&f.key), f.backends.len()))
+                .collect();
+            tracing::info!(service = %svc, frontends = ?ports, ops = ops.len() - before, "applied");
+        }
+        if !mine.is_empty() {
+            self.owned.insert(svc.clone(), mine);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Object, parse_documents};
+
+    #[derive(Default)]
+    struct Fake {
+        mirror: Mirror,
+        applied: Vec<Op>,
+    }
+    impl Writer for Fake {
+        fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+            self.applied.extend_from_slice(ops);
+            Ok(())
+        }
+        fn read_mirror(&self) -> anyhow::Result<Mirror> {
+            Ok(self.mirror.clone())
+        }
+    }
+
+    fn objs(y: &str) -> Vec<Change> {
+        parse_documents(y)
+            .unwrap()
+            .into_iter()
+            .map(|o| Change::Upsert(o.unwrap()))
+            .collect()
+    }
+
+    fn svc(name: &str, ip: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x{extra}}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn conflicting_cluster_ip_is_reported_and_first_owner_kept() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut w = Fake::default();
+        let out = r
+            .apply(
+                &objs(&(svc("a", "10.96.0.10", "") + &svc("b", "10.96.0.10", ""))),
+                true,
+                &mut w,
+            )
+            .unwrap();
+        assert_eq!(out.errors.len(), 2, "{:?}", out.errors); // marker and port
+        assert!(out.errors[0].contains("Service x/b") && out.errors[0].contains("Service x/a"));
+        assert_eq!(r.mirror().frontends().count(), 2);
+    }
+
+    #[test]
+    fn full_batch_removes_unclaimed_frontends_and_partial_does_not() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut w = Fake::default();
+        r.apply(&objs(&svc("a", "10.96.0.10", "")), true, &mut w)
+            .unwrap();
+        // an agent restarted: mirror from the maps, a snapshot without `a`
+        let mut r2 = Reconciler::new(r.mirror().clone());
+        r2.apply(&objs(&svc("b", "10.96.0.11", "")), false, &mut w)
+            .unwrap();
+        assert_eq!(r2.mirror().frontends().count(), 4);
+        r2.apply(&[], true, &mut w).unwrap();
+        assert_eq!(r2.mirror().frontends().count(), 2);
+    }
+
+    #[test]
+    fn labelled_and_headless_services_get_nothing() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut w = Fake::default();
+        let y = svc(
+            "a",
+            "10.96.0.10",
+            ", labels: {service.kubernetes.io/headless: ''}",
+        ) + &svc(
+            "b",
+            "10.96.0.11",
+            ", labels: {service.kubernetes.io/service-proxy-name: other}",
+        ) + &svc("c", "None", "")
+            + "apiVersion: v1\nkind: Service\nmetadata: {name: d, namespace: x}\nspec: {type: ExternalName, externalName: example.com}\n";
+        let out = r.apply(&objs(&y), true, &mut w).unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(r.mirror().frontends().count(), 0);
+        assert!(w.applied.is_empty());
+    }
+
+    #[test]
+    fn invalid_object_keeps_previous_state() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut w = Fake::default();
+        r.apply(&objs(&svc("a", "10.96.0.10", "")), true, &mut w)
+            .unwrap();
+        let bad = objs(&svc("a", "10.96.0.300", ""));
+        let out = r.apply(&bad, false, &mut w).unwrap();
+        assert!(
+            out.errors[0].contains("Service x/a") && out.errors[0].contains("spec.clusterIPs[0]"),
+            "{:?}",
+            out.errors
+        );
+        assert_eq!(r.mirror().frontends().count(), 2);
+        let _ = Object::Service(Box::default());
+    }
+}

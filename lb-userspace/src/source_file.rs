@@ -1,0 +1,364 @@
+//! The file source: a directory of ordinary Kubernetes YAML. Writers rename
+//! files into place and write `GENERATION` (an integer) last; a change set is
+//! read only when that number moves. Without a GENERATION file every change
+//! is read as it appears. Only files whose stamp changed are re-read.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    manifest::{self, Object},
+    snapshot::{Change, ObjRef},
+};
+
+pub const GENERATION_FILE: &str = "GENERATION";
+
+/// Kind and namespace/name: the identity of an object across files.
+pub type ObjId = (String, ObjRef);
+
+pub fn object_id(o: &Object) -> Option<ObjId> {
+    fn id<
+        T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    >(
+        kind: &str,
+        t: &T,
+        namespaced: bool,
+    ) -> Option<ObjId> {
+        let m = t.metadata();
+        let ns = if namespaced {
+            m.namespace.as_deref().unwrap_or("default")
+        } else {
+            ""
+        };
+        Some((kind.to_string(), ObjRef::new(ns, m.name.as_deref()?)))
+    }
+    match o {
+        Object::Service(s) => id("Service", s.as_ref(), true),
+        Object::EndpointSlice(s) => id("EndpointSlice", s.as_ref(), true),
+        Object::Pod(p) => id("Pod", p.as_ref(), true),
+        Object::NetworkPolicy(p) => id("NetworkPolicy", p.as_ref(), true),
+        Object::Node(n) => id("Node", n.as_ref(), false),
+        Object::Namespace(n) => id("Namespace", n.as_ref(), false),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    })
+}
+
+struct FileState {
+    stamp: Stamp,
+    objects: BTreeMap<ObjId, Object>,
+}
+
+/// One complete change set.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    pub generation: Option<u64>,
+    /// Problems with the input, each naming file, object and field.
+    pub errors: Vec<String>,
+    /// The first batch holds the whole directory: a full reconcile.
+    pub full: bool,
+}
+
+pub struct FileSource {
+    dir: PathBuf,
+    files: HashMap<PathBuf, FileState>,
+    objects: HashMap<ObjId, Object>,
+    generation: Option<u64>,
+    started: bool,
+}
+
+impl FileSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: HashMap::new(),
+            objects: HashMap::new(),
+            generation: None,
+            started: false,
+        }
+    }
+
+    /// The next complete change set, if one is ready.
+    pub fn poll(&mut self) -> anyhow::Result<Option<Batch>> {
+        let gen_path = self.dir.join(GENERATION_FILE);
+        let generation = match std::fs::read_to_string(&gen_path) {
+            Ok(s) => Some(s.trim().parse::<u64>().with_context(|| {
+                format!(
+                    "{}: `{}` is not a non-negative integer",
+                    gen_path.display(),
+                    s.trim()
+                )
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", gen_path.display())),
+        };
+        if self.started && generation.is_some() && generation == self.generation {
+            return Ok(None);
+        }
+        let mut batch = self.read_changes()?;
+        if self.started
+            && generation.is_none()
+            && batch.changes.is_empty()
+            && batch.errors.is_empty()
+        {
+            return Ok(None);
+        }
+        batch.full = !self.started;
+        batch.generation = generation;
+        self.started = true;
+        self.generation = generation;
+        Ok(Some(batch))
+    }
+
+    fn read_changes(&mut self) -> anyhow::Result<Batch> {
+        let mut batch = Batch::default();
+        let mut present = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading {}", self.dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == GENERATION_FILE || !entry.file_type()?.is_file() {
+                continue;
+            }
+            present.push(entry.path());
+        }
+        present.sort();
+        let mut touched: Vec<ObjId> = Vec::new();
+        for path in &present {
+            let Ok(st) = stamp(path) else { continue };
+            if self.files.get(path).is_some_and(|f| f.stamp == st) {
+                continue;
+            }
+            let old = self
+                .files
+                .remove(path)
+                .map(|f| f.objects)
+                .unwrap_or_default();
+            let objects = self.read_file(path, &old, &mut batch.errors);
+            touched.extend(old.keys().cloned());
+            touched.extend(objects.keys().cloned());
+            self.files
+                .insert(path.clone(), FileState { stamp: st, objects });
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(f) = self.files.remove(&p) {
+                touched.extend(f.objects.into_keys());
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            // The last file (in name order) defining an object wins.
+            let now = self
+                .files
+                .iter()
+                .filter(|(_, f)| f.objects.contains_key(&id))
+                .max_by_key(|(p, _)| (*p).clone());
+            match now.and_then(|(_, f)| f.objects.get(&id)) {
+                Some(o) => {
+                    if self.objects.get(&id) != Some(o) {
+                        self.objects.insert(id, o.clone());
+                        batch.changes.push(Change::Upsert(o.clone()));
+                    }
+                }
+                None => {
+                    if self.objects.remove(&id).is_some() {
+                        batch.changes.push(Change::Delete {
+                            kind: id.0,
+                            key: id.1,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Parses one file. A document that fails keeps its previous version (when
+    /// it names its object), a file that fails as a whole keeps all of its
+    /// previous objects: bad input never removes what was programmed.
+    fn read_file(
+        &self,
+        path: &Path,
+        old: &BTreeMap<ObjId, Object>,
+        errors: &mut Vec<String>,
+    ) -> BTreeMap<ObjId, Object> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{}: {e}", path.display()));
+                return old.clone();
+            }
+        };
+        let docs = match manifest::parse_documents(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(format!(
+                    "{}: {e}; keeping its previous objects",
+                    path.display()
+                ));
+                return old.clone();
+            }
+        };
+        let mut out = BTreeMap::new();
+        for doc in docs {
+            match doc {
+                Ok(o) => match object_id(&o) {
+                    Some(id) => {
+                        out.insert(id, o);
+                    }
+                    None => errors.push(format!(
+                        "{}: an object has no metadata.name",
+                        path.display()
+                    )),
+                },
+                Err(e) => {
+                    let kept = e
+                        .object()
+                        .and_then(|desc| old.iter().find(|(id, _)| describe_id(id) == desc));
+                    match kept {
+                        Some((id, o)) => {
+                            errors.push(format!(
+                                "{}: {e}; keeping its previous version",
+                                path.display()
+                            ));
+                            out.insert(id.clone(), o.clone());
+                        }
+                        None => errors.push(format!("{}: {e}", path.display())),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn describe_id((kind, r): &ObjId) -> String {
+    if r.namespace.is_empty() {
+        format!("{kind} {}", r.name)
+    } else {
+        format!("{kind} {r}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn dir(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("lb-src-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn write(d: &Path, name: &str, text: &str) {
+        let tmp = d.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, d.join(name)).unwrap();
+    }
+    const SVC_A: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
+    const SVC_A2: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 81}]}\n";
+    const SVC_B: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}\n";
+
+    fn kinds(b: &Batch) -> Vec<String> {
+        b.changes
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(o) => format!("upsert {}", describe_id(&object_id(o).unwrap())),
+                Change::Delete { kind, key } => format!("delete {kind} {key}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn generation_gates_change_sets_and_only_changes_are_reported() {
+        let d = dir("gen");
+        write(&d.0, "a.yaml", &format!("{SVC_A}---\n{SVC_B}"));
+        write(&d.0, ".hidden.yaml", "not: [valid");
+        write(&d.0, GENERATION_FILE, "1");
+        let mut s = FileSource::new(&d.0);
+        let b = s.poll().unwrap().unwrap();
+        assert!(b.full);
+        assert_eq!(b.generation, Some(1));
+        assert_eq!(kinds(&b), ["upsert Service x/a", "upsert Service x/b"]);
+        assert!(b.errors.is_empty(), "{:?}", b.errors);
+        // files change but the generation does not: nothing yet
+        write(&d.0, "a.yaml", SVC_A2);
+        assert!(s.poll().unwrap().is_none());
+        write(&d.0, GENERATION_FILE, "2");
+        let b = s.poll().unwrap().unwrap();
+        assert!(!b.full);
+        assert_eq!(kinds(&b), ["upsert Service x/a", "delete Service x/b"]);
+        write(&d.0, GENERATION_FILE, "3");
+        assert!(s.poll().unwrap().unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn bad_documents_keep_what_was_there() {
+        let d = dir("bad");
+        write(&d.0, "a.yaml", &format!("{SVC_A}---\n{SVC_B}"));
+        let mut s = FileSource::new(&d.0);
+        assert_eq!(s.poll().unwrap().unwrap().changes.len(), 2);
+        // b gets a misspelt field: error named, b kept, a still updated
+        write(
+            &d.0,
+            "a.yaml",
+            &format!("{SVC_A2}---\n{}", SVC_B.replace("ports:", "portz:")),
+        );
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(kinds(&b), ["upsert Service x/a"]);
+        assert_eq!(b.errors.len(), 1);
+        assert!(
+            b.errors[0].contains("a.yaml")
+                && b.errors[0].contains("Service x/b")
+                && b.errors[0].contains("spec.portz"),
+            "{}",
+            b.errors[0]
+        );
+        // broken YAML: everything of the file kept
+        write(&d.0, "a.yaml", "kind: [");
+        let b = s.poll().unwrap().unwrap();
+        assert!(b.changes.is_empty());
+        assert!(b.errors[0].contains("keeping its previous objects"));
+        // file removed: its objects go
+        std::fs::remove_file(d.0.join("a.yaml")).unwrap();
+        assert_eq!(
+            kinds(&s.poll().unwrap().unwrap()),
+            ["delete Service x/a", "delete Service x/b"]
+        );
+    }
+}
