@@ -1,1 +1,106 @@
+//! Test harness: network namespaces, cgroups, helper processes and agents,
+//! each removed when dropped (also when a test panics). Names carry the
+//! prefix `lbt<pid>-` so a later run can remove what a dead run left.
 
+pub mod agent;
+pub mod netns;
+pub mod spawn;
+pub mod testbed;
+
+use std::path::PathBuf;
+
+/// Fails the calling test with a clear message unless it runs as root with
+/// cgroup v2 and network namespaces: kernel tests never skip.
+pub fn require_kernel() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (BPF, cgroups, network namespaces): run it through `cargo xtask test` as root");
+    assert!(
+        lb_agent::host::cgroup2_root().is_ok(),
+        "this test needs a cgroup v2 hierarchy mounted (none found in /proc/mounts)"
+    );
+    assert!(
+        std::path::Path::new("/proc/self/ns/net").exists(),
+        "this test needs network namespaces (/proc/self/ns/net is missing)"
+    );
+    cleanup_stale();
+}
+
+/// A prefix unique to this process and call.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("lbt{}-{}{}", std::process::id(), tag, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Built binaries: the agent from the workspace's target dir, the helper
+/// from this package.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/lb-agent
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let p = dir.join("lb-agent");
+    assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
+    p
+}
+
+pub fn helper_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let p = dir.join("lbh");
+    assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
+    p
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn stale_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("lbt")?;
+    let pid: u32 = rest.split('-').next()?.parse().ok()?;
+    (!pid_alive(pid)).then_some(pid)
+}
+
+/// Removes namespaces, cgroups and pins of `lbt<pid>-` runs whose process is
+/// gone, and nothing else.
+pub fn cleanup_stale() {
+    if let Ok(rd) = std::fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if stale_pid(&n).is_some() {
+                let _ = std::process::Command::new("ip").args(["netns", "del", &n]).status();
+            }
+        }
+    }
+    if let Ok(root) = lb_agent::host::cgroup2_root() {
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if stale_pid(&n).is_some() {
+                    spawn::remove_cgroup(&e.path());
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if stale_pid(&n).is_some() {
+                let _ = lb_agent::kernel::reset(&e.path());
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    if let Ok(rd) = std::fs::read_dir(&tmp) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if stale_pid(&n).is_some() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! A real `lb-agent` run from a manifest directory, and that directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::spawn::{Proc, confine};
+
+/// A file-source directory: files are renamed into place, GENERATION last.
+pub struct Manifests {
+    pub dir: PathBuf,
+    generation: u64,
+}
+
+impl Manifests {
+    pub fn new(dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).expect("manifest dir");
+        Self { dir, generation: 0 }
+    }
+
+    pub fn write(&self, name: &str, yaml: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.dir.join(name)).expect("rename manifest");
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.join(name)).expect("remove manifest");
+    }
+
+    /// Ends a change set; returns its generation.
+    pub fn commit(&mut self) -> u64 {
+        self.generation += 1;
+        self.write("GENERATION", &self.generation.to_string());
+        self.generation
+    }
+}
+
+pub struct AgentProc {
+    pub pin_dir: PathBuf,
+    pub attach: PathBuf,
+    pub source: PathBuf,
+    pub log: PathBuf,
+    pub extra: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl AgentProc {
+    pub fn new(pin_dir: PathBuf, attach: PathBuf, source: PathBuf, log: PathBuf) -> Self {
+        Self { pin_dir, attach, source, log, extra: vec![], proc: None }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
+        let mut cmd = Command::new(crate::agent_bin());
+        cmd.arg("run")
+            .arg(format!("--source=file:{}", self.source.display()))
+            .arg(format!("--pin-dir={}", self.pin_dir.display()))
+            .arg(format!("--cgroup={}", self.attach.display()))
+            .args(&self.extra)
+            .stderr(log);
+        confine(&mut cmd, None, None);
+        cmd.stdout(Stdio::null()).stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawning lb-agent");
+        self.proc = Some(Proc { child, stdout: None });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill(); // SIGKILL
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(crate::agent_bin())
+            .args(args)
+            .arg(format!("--pin-dir={}", self.pin_dir.display()))
+            .output()
+            .expect("lb-agent")
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// Waits until the agent reports `generation` as synced (the agent's own
+    /// record, not a sleep); panics with the agent's log after 30 s.
+    pub fn wait_synced(&mut self, generation: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.status() {
+                if s["synced_generation"].as_u64().is_some_and(|g| g >= generation) {
+                    return;
+                }
+            }
+            if let Some(p) = self.proc.as_mut() {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    panic!("lb-agent exited ({st}) before syncing generation {generation}:\n{}", self.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "lb-agent did not sync generation {generation} in 30 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = lb_agent::kernel::reset(&self.pin_dir);
+    }
+}
+
+pub fn pin_path(name: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(name)
+}

@@ -1,0 +1,109 @@
+//! Processes inside a cgroup and a network namespace. The child joins both
+//! between fork and exec, before it can open a socket: a socket belongs to
+//! the cgroup of the process that created it.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader},
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
+/// A cgroup v2 directory of our own, killed and removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(name: &str) -> Self {
+        let root = lb_agent::host::cgroup2_root().expect("cgroup2");
+        let path = root.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.path);
+    }
+}
+
+/// cgroup.kill, wait for it to empty, rmdir.
+pub fn remove_cgroup(path: &Path) {
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        if std::fs::remove_dir(path).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Prepares `cmd` to enter `cgroup` and `netns` before exec, and to die with
+/// the test (PR_SET_PDEATHSIG).
+pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
+    let procs = cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()).expect("path"));
+    let ns = netns.map(|n| CString::new(n.as_os_str().as_bytes()).expect("path"));
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(p) = &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            if let Some(n) = &ns {
+                let fd = libc::open(n.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A child killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Path>) -> Self {
+        confine(&mut cmd, cgroup, netns);
+        cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let stdout = child.stdout.take().map(BufReader::new);
+        Self { child, stdout }
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut l = String::new();
+        self.stdout.as_mut().expect("stdout").read_line(&mut l).expect("read");
+        l
+    }
+
+    pub fn send_line(&mut self, s: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{s}").expect("write");
+        stdin.flush().expect("flush");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
