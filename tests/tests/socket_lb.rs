@@ -214,7 +214,9 @@ fn bad_input_is_named_and_programmed_state_kept() {
     let mut bed = Testbed::new(2);
     web(&mut bed, &["10.96.0.10"], &[0, 1]);
     // a misspelt field in the Service: reported, the old Service kept
-    let bad = service("web", &["10.96.0.10"], &[TCP]).replace("protocol: TCP", "protocl: TCP");
+    let good = std::fs::read_to_string(bed.manifests.dir.join("web.yaml")).unwrap();
+    let bad = good.replacen("protocol: TCP", "protocl: TCP", 1);
+    assert_ne!(good, bad);
     bed.apply("web.yaml", &bad);
     let log = bed.agent.log_text();
     assert!(

@@ -98,9 +98,14 @@ fn error_name(e: &std::io::Error) -> String {
     }
 }
 
+/// `namespace/name ip:port` -> (served_by, client ip without brackets).
 fn answer(line: &str) -> (Option<String>, Option<String>) {
     let mut it = line.trim().splitn(2, ' ');
-    (it.next().map(str::to_string), it.next().map(|c| c.rsplit_once(':').map_or(c, |(ip, _)| ip).to_string()))
+    let served_by = it.next().map(str::to_string);
+    let client = it
+        .next()
+        .map(|c| c.rsplit_once(':').map_or(c, |(ip, _)| ip).trim_matches(['[', ']']).to_string());
+    (served_by, client)
 }
 
 fn probe_tcp(target: SocketAddr, timeout: Duration) -> serde_json::Value {
