@@ -49,11 +49,22 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn new(pin_dir: PathBuf, attach: PathBuf, source: PathBuf, log: PathBuf) -> Self {
-        Self { pin_dir, attach, source, log, extra: vec![], proc: None }
+        Self {
+            pin_dir,
+            attach,
+            source,
+            log,
+            extra: vec![],
+            proc: None,
+        }
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
         let mut cmd = Command::new(crate::agent_bin());
         cmd.arg("run")
             .arg(format!("--source=file:{}", self.source.display()))
@@ -64,7 +75,10 @@ impl AgentProc {
         confine(&mut cmd, None, None);
         cmd.stdout(Stdio::null()).stdin(Stdio::null());
         let child = cmd.spawn().expect("spawning lb-agent");
-        self.proc = Some(Proc { child, stdout: None });
+        self.proc = Some(Proc {
+            child,
+            stdout: None,
+        });
     }
 
     pub fn kill9(&mut self) {
@@ -88,7 +102,10 @@ impl AgentProc {
 
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = self.cli(&["status", "-o", "json"]);
-        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
     }
 
     /// Waits until the agent reports `generation` as synced (the agent's own
@@ -97,16 +114,26 @@ impl AgentProc {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.status() {
-                if s["synced_generation"].as_u64().is_some_and(|g| g >= generation) {
+                if s["synced_generation"]
+                    .as_u64()
+                    .is_some_and(|g| g >= generation)
+                {
                     return;
                 }
             }
             if let Some(p) = self.proc.as_mut() {
                 if let Ok(Some(st)) = p.child.try_wait() {
-                    panic!("lb-agent exited ({st}) before syncing generation {generation}:\n{}", self.log_text());
+                    panic!(
+                        "lb-agent exited ({st}) before syncing generation {generation}:\n{}",
+                        self.log_text()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "lb-agent did not sync generation {generation} in 30 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "lb-agent did not sync generation {generation} in 30 s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 pub fn require_kernel() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (BPF, cgroups, network namespaces): run it through `cargo xtask test` as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (BPF, cgroups, network namespaces): run it through `cargo xtask test` as root"
+    );
     assert!(
         lb_agent::host::cgroup2_root().is_ok(),
         "this test needs a cgroup v2 hierarchy mounted (none found in /proc/mounts)"
@@ -30,7 +33,12 @@ pub fn require_kernel() {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("lbt{}-{}{}", std::process::id(), tag, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "lbt{}-{}{}",
+        std::process::id(),
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Built binaries: the agent from the workspace's target dir, the helper
@@ -41,17 +49,43 @@ pub fn agent_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test binary> -> target/<profile>/lb-agent
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
     let p = dir.join("lb-agent");
-    assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo xtask test` does)",
+        p.display()
+    );
     p
 }
 
 pub fn helper_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
     let p = dir.join("lbh");
-    assert!(p.exists(), "{} is missing: build the workspace first (`cargo xtask test` does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo xtask test` does)",
+        p.display()
+    );
     p
 }
 
@@ -72,7 +106,9 @@ pub fn cleanup_stale() {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if stale_pid(&n).is_some() {
-                let _ = std::process::Command::new("ip").args(["netns", "del", &n]).status();
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &n])
+                    .status();
             }
         }
     }

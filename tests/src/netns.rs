@@ -9,7 +9,11 @@ pub struct Netns {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
@@ -26,7 +30,9 @@ impl Netns {
 
     /// Runs a shell snippet inside the namespace; panics with its stderr on failure.
     pub fn sh(&self, script: &str) {
-        run(Command::new("nsenter").arg(format!("--net={}", self.path().display())).args(["sh", "-ec", script]));
+        run(Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["sh", "-ec", script]));
     }
 
     pub fn sh_output(&self, script: &str) -> String {
@@ -41,7 +47,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

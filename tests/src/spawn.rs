@@ -19,7 +19,8 @@ impl Cgroup {
     pub fn new(name: &str) -> Self {
         let root = lb_agent::host::cgroup2_root().expect("cgroup2");
         let path = root.join(name);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
         Self { path }
     }
 }
@@ -44,7 +45,8 @@ pub fn remove_cgroup(path: &Path) {
 /// Prepares `cmd` to enter `cgroup` and `netns` before exec, and to die with
 /// the test (PR_SET_PDEATHSIG).
 pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
-    let procs = cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()).expect("path"));
+    let procs =
+        cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()).expect("path"));
     let ns = netns.map(|n| CString::new(n.as_os_str().as_bytes()).expect("path"));
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe syscalls on data prepared before the fork.
@@ -82,14 +84,20 @@ impl Proc {
     pub fn spawn(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Path>) -> Self {
         confine(&mut cmd, cgroup, netns);
         cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let stdout = child.stdout.take().map(BufReader::new);
         Self { child, stdout }
     }
 
     pub fn read_line(&mut self) -> String {
         let mut l = String::new();
-        self.stdout.as_mut().expect("stdout").read_line(&mut l).expect("read");
+        self.stdout
+            .as_mut()
+            .expect("stdout")
+            .read_line(&mut l)
+            .expect("read");
         l
     }
 

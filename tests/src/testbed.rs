@@ -46,7 +46,7 @@ pub fn backend_ip4(i: usize) -> String {
     format!("10.250.0.{}", 10 + i)
 }
 pub fn backend_ip6(i: usize) -> String {
-    format!("fd00:250::{}", 10 + i)
+    format!("fd00:250::{:x}", 10 + i)
 }
 
 impl Testbed {
@@ -62,41 +62,85 @@ impl Testbed {
         let client = Netns::new(format!("{prefix}-c"));
         veth(&client, "eth0", &hub, "c");
         hub.sh("ip link set c master br0");
-        client.sh(&format!("ip addr add {}/24 dev eth0; ip addr add {}/64 dev eth0 nodad", client_ip4(), client_ip6()));
+        client.sh(&format!(
+            "ip addr add {}/24 dev eth0; ip addr add {}/64 dev eth0 nodad",
+            client_ip4(),
+            client_ip6()
+        ));
         let mut backends = Vec::new();
         for i in 0..n {
             let b = Netns::new(format!("{prefix}-b{i}"));
             veth(&b, "eth0", &hub, &format!("b{i}"));
             hub.sh(&format!("ip link set b{i} master br0"));
-            b.sh(&format!("ip addr add {}/24 dev eth0; ip addr add {}/64 dev eth0 nodad", backend_ip4(i), backend_ip6(i)));
+            b.sh(&format!(
+                "ip addr add {}/24 dev eth0; ip addr add {}/64 dev eth0 nodad",
+                backend_ip4(i),
+                backend_ip6(i)
+            ));
             backends.push(b);
         }
         let cgroup = Cgroup::new(&prefix);
         let mut servers = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             let mut cmd = Command::new(crate::helper_bin());
-            cmd.args(["serve", &format!("b{i}"), &TCP_PORT.to_string(), &UDP_PORT.to_string()]);
+            cmd.args([
+                "serve",
+                &format!("b{i}"),
+                &TCP_PORT.to_string(),
+                &UDP_PORT.to_string(),
+            ]);
             let mut p = Proc::spawn(cmd, Some(&cgroup.path), Some(&b.path()));
             assert_eq!(p.read_line().trim(), "ready", "server b{i} did not start");
             servers.push(p);
         }
         let mut manifests = Manifests::new(dir.0.join("manifests"));
-        let mut agent = AgentProc::new(pin_path(&prefix), cgroup.path.clone(), manifests.dir.clone(), dir.0.join("agent.log"));
+        let mut agent = AgentProc::new(
+            pin_path(&prefix),
+            cgroup.path.clone(),
+            manifests.dir.clone(),
+            dir.0.join("agent.log"),
+        );
         let g = manifests.commit();
         agent.start();
         agent.wait_synced(g);
-        Self { agent, servers, cgroup, client, backends, hub, manifests, dir }
+        Self {
+            agent,
+            servers,
+            cgroup,
+            client,
+            backends,
+            hub,
+            manifests,
+            dir,
+        }
     }
 
     /// Runs `lbh probe` in the client namespace and cgroup.
-    pub fn probe(&self, target: &str, proto: &str, count: usize, mode: &str, v6sock: bool) -> Vec<Value> {
+    pub fn probe(
+        &self,
+        target: &str,
+        proto: &str,
+        count: usize,
+        mode: &str,
+        v6sock: bool,
+    ) -> Vec<Value> {
         let mut cmd = Command::new(crate::helper_bin());
-        cmd.args(["probe", target, proto, &count.to_string(), mode, if v6sock { "v6sock" } else { "-" }, "1000"]);
+        cmd.args([
+            "probe",
+            target,
+            proto,
+            &count.to_string(),
+            mode,
+            if v6sock { "v6sock" } else { "-" },
+            "1000",
+        ]);
         let mut p = Proc::spawn(cmd, Some(&self.cgroup.path), Some(&self.client.path()));
         let mut out = Vec::new();
         for _ in 0..count {
             let l = p.read_line();
-            out.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("probe output `{l}`: {e}")));
+            out.push(
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("probe output `{l}`: {e}")),
+            );
         }
         out
     }
@@ -119,7 +163,11 @@ impl Testbed {
 
 /// A Service manifest. `ports`: (name, port, protocol).
 pub fn service(name: &str, cluster_ips: &[&str], ports: &[(&str, u16, &str)]) -> String {
-    let ips = cluster_ips.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+    let ips = cluster_ips
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let ports = ports
         .iter()
         .map(|(n, p, pr)| format!("{{name: \"{n}\", port: {p}, protocol: {pr}}}"))
@@ -132,7 +180,13 @@ pub fn service(name: &str, cluster_ips: &[&str], ports: &[(&str, u16, &str)]) ->
 }
 
 /// An EndpointSlice. `endpoints`: (address, ready, serving, terminating).
-pub fn slice(name: &str, service: &str, family: &str, ports: &[(&str, u16, &str)], endpoints: &[(String, bool, bool, bool)]) -> String {
+pub fn slice(
+    name: &str,
+    service: &str,
+    family: &str,
+    ports: &[(&str, u16, &str)],
+    endpoints: &[(String, bool, bool, bool)],
+) -> String {
     let ports = ports
         .iter()
         .map(|(n, p, pr)| format!("{{name: \"{n}\", port: {p}, protocol: {pr}}}"))
@@ -143,7 +197,11 @@ pub fn slice(name: &str, service: &str, family: &str, ports: &[(&str, u16, &str)
         .map(|(a, r, s, t)| format!("  - {{addresses: [\"{a}\"], conditions: {{ready: {r}, serving: {s}, terminating: {t}}}}}"))
         .collect::<Vec<_>>()
         .join("\n");
-    let eps = if eps.is_empty() { "endpoints: []".to_string() } else { format!("endpoints:\n{eps}") };
+    let eps = if eps.is_empty() {
+        "endpoints: []".to_string()
+    } else {
+        format!("endpoints:\n{eps}")
+    };
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: t\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\n{eps}\nports: [{ports}]\n"
     )

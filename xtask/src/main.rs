@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask`: set-up, builds, tests and the demo, one command each.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks to build and test (idempotent).
+    Setup,
+    /// Build the eBPF object (through the agent's build script) and copy it
+    /// to target/bpf/lb-ebpf.o for bpftool and tests.
+    BuildEbpf,
+    /// Set-up, build, then the whole test suite (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set-up, build, then the demo: a ClusterIP balanced over three backends.
+    Demo,
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the default members (agent with its embedded object, helpers,
+/// tests) once, so later steps reuse it.
+fn build() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--tests", "--bins"]))
+}
+
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args(["build", "-p", "lb-userspace", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo build")?;
+    if !out.status.success() {
+        bail!("building lb-userspace (and its eBPF object) failed");
+    }
+    let out_dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "build-script-executed"
+                && m["package_id"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("lb-userspace"))
+        })
+        .filter_map(|m| m["out_dir"].as_str().map(PathBuf::from))
+        .next_back()
+        .context("no build-script output for lb-userspace")?;
+    let src = out_dir.join("lb-ebpf");
+    let dst_dir = root().join("target/bpf");
+    std::fs::create_dir_all(&dst_dir)?;
+    let dst = dst_dir.join("lb-ebpf.o");
+    std::fs::copy(&src, &dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    eprintln!("eBPF object: {}", dst.display());
+    Ok(dst)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf => setup::setup().and_then(|_| build_ebpf()).map(drop),
+        Cmd::Test { args } => setup::setup().and_then(|_| test(&args)),
+        Cmd::Demo => setup::setup().and_then(|_| demo()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (BPF programs, cgroups, network namespaces); run it as root");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    require_root("the test suite")?;
+    build()?;
+    build_ebpf()?;
+    let agent = root().join("target/debug/lb-agent");
+    // Kernel tests build their own namespaces and cgroups and may run side
+    // by side; two threads keep a 2-core machine responsive.
+    run(cargo()
+        .args(["test", "--no-fail-fast"])
+        .args(args)
+        .args(["--", "--test-threads=2"])
+        .env("LB_AGENT_BIN", agent))
+}
+
+fn demo() -> anyhow::Result<()> {
+    require_root("the demo")?;
+    build()?;
+    run(Command::new(root().join("target/debug/lb-demo")).arg(root().join("examples/demo")))
+}

@@ -384,3 +384,63 @@ pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The object's maps must have exactly the shapes the agent checks pins
+    /// against (and that lb-common's types give).
+    #[test]
+    fn object_maps_match_the_rust_types() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "loading BPF maps needs root: run through `cargo xtask test`"
+        );
+        let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-objcheck", std::process::id()));
+        crate::host::ensure_pin_dir(&dir).expect("bpffs");
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = reset(&self.0);
+            }
+        }
+        let _c = Cleanup(dir.clone());
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .expect("load object");
+        let mut names: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
+        names.sort();
+        let mut want: Vec<&str> = map_specs(MapSizes::default())
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "maps in the object vs the agent's table");
+        for spec in map_specs(MapSizes::default()) {
+            let info = MapInfo::from_pin(dir.join(spec.name)).expect("pinned");
+            assert_eq!(
+                (
+                    info.map_type().ok(),
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries()
+                ),
+                (
+                    Some(spec.map_type),
+                    spec.key_size,
+                    spec.value_size,
+                    spec.max_entries
+                ),
+                "map {}",
+                spec.name
+            );
+        }
+        for (name, _) in SOCK_PROGRAMS {
+            assert!(ebpf.program(name).is_some(), "program {name} missing");
+        }
+    }
+}

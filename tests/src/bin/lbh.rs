@@ -3,7 +3,7 @@
 //! so every socket it opens belongs to them.
 //!
 //!   lbh serve NAME PORT...            TCP and UDP on [::]:PORT (both families)
-//!   lbh probe TARGET PROTO COUNT [connected|unconnected] [v6sock] [TIMEOUT_MS]
+//!   lbh probe TARGET PROTO COUNT [connected|unconnected|same-socket] [v6sock] [TIMEOUT_MS]
 //!   lbh loop TARGET STOPFILE          TCP connections until STOPFILE exists
 //!   lbh hold TARGET                   one TCP connection; a request per stdin line
 
@@ -35,12 +35,29 @@ fn dual_stack_socket(ty: libc::c_int, port: u16) -> std::io::Result<std::os::fd:
         let zero: libc::c_int = 0;
         let one: libc::c_int = 1;
         let sz = std::mem::size_of::<libc::c_int>() as u32;
-        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&zero as *const libc::c_int).cast(), sz);
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), sz);
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&zero as *const libc::c_int).cast(),
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            sz,
+        );
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as u16;
         sa.sin6_port = port.to_be();
-        if libc::bind(fd, (&sa as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&sa) as u32) != 0 {
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of_val(&sa) as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         if ty == libc::SOCK_STREAM && libc::listen(fd, 512) != 0 {
@@ -76,7 +93,9 @@ fn serve(name: String, ports: Vec<u16>) {
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             loop {
-                let Ok((_, from)) = udp.recv_from(&mut buf) else { continue };
+                let Ok((_, from)) = udp.recv_from(&mut buf) else {
+                    continue;
+                };
                 let _ = udp.send_to(format!("{n} {}\n", plain(from)).as_bytes(), from);
             }
         }));
@@ -93,7 +112,11 @@ fn error_name(e: &std::io::Error) -> String {
         Some(libc::ECONNREFUSED) => "refused".into(),
         Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => "unreachable".into(),
         Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) | Some(libc::EINPROGRESS) => "timeout".into(),
-        _ if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => "timeout".into(),
+        _ if e.kind() == std::io::ErrorKind::TimedOut
+            || e.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            "timeout".into()
+        }
         _ => e.to_string(),
     }
 }
@@ -102,9 +125,12 @@ fn error_name(e: &std::io::Error) -> String {
 fn answer(line: &str) -> (Option<String>, Option<String>) {
     let mut it = line.trim().splitn(2, ' ');
     let served_by = it.next().map(str::to_string);
-    let client = it
-        .next()
-        .map(|c| c.rsplit_once(':').map_or(c, |(ip, _)| ip).trim_matches(['[', ']']).to_string());
+    let client = it.next().map(|c| {
+        c.rsplit_once(':')
+            .map_or(c, |(ip, _)| ip)
+            .trim_matches(['[', ']'])
+            .to_string()
+    });
     (served_by, client)
 }
 
@@ -112,7 +138,9 @@ fn probe_tcp(target: SocketAddr, timeout: Duration) -> serde_json::Value {
     let t = Instant::now();
     let s = match TcpStream::connect_timeout(&target, timeout) {
         Ok(s) => s,
-        Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3}),
+        Err(e) => {
+            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        }
     };
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let peer = s.peer_addr().map(|a| a.to_string()).ok();
@@ -130,9 +158,27 @@ fn probe_tcp(target: SocketAddr, timeout: Duration) -> serde_json::Value {
     }
 }
 
-fn probe_udp(target: SocketAddr, timeout: Duration, connected: bool, v6sock: bool) -> serde_json::Value {
-    let bind: SocketAddr = if v6sock || target.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+fn probe_udp(
+    target: SocketAddr,
+    timeout: Duration,
+    connected: bool,
+    v6sock: bool,
+) -> serde_json::Value {
+    let bind: SocketAddr = if v6sock || target.is_ipv6() {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
     let s = UdpSocket::bind(bind).expect("udp bind");
+    udp_exchange(&s, target, timeout, connected)
+}
+
+fn udp_exchange(
+    s: &UdpSocket,
+    target: SocketAddr,
+    timeout: Duration,
+    connected: bool,
+) -> serde_json::Value {
     s.set_read_timeout(Some(timeout)).ok();
     let t = Instant::now();
     let sent = if connected {
@@ -144,7 +190,11 @@ fn probe_udp(target: SocketAddr, timeout: Duration, connected: bool, v6sock: boo
         return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
     }
     let mut buf = [0u8; 1500];
-    let r = if connected { s.recv(&mut buf).map(|n| (n, s.peer_addr().ok())) } else { s.recv_from(&mut buf).map(|(n, a)| (n, Some(a))) };
+    let r = if connected {
+        s.recv(&mut buf).map(|n| (n, s.peer_addr().ok()))
+    } else {
+        s.recv_from(&mut buf).map(|(n, a)| (n, Some(a)))
+    };
     let ms = t.elapsed().as_secs_f64() * 1e3;
     match r {
         Ok((n, from)) => {
@@ -159,14 +209,28 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match arg(0).as_str() {
-        "serve" => serve(arg(1), args[2..].iter().map(|p| p.parse().expect("port")).collect()),
+        "serve" => serve(
+            arg(1),
+            args[2..].iter().map(|p| p.parse().expect("port")).collect(),
+        ),
         "probe" => {
             let target: SocketAddr = arg(1).parse().expect("target");
             let count: usize = arg(3).parse().expect("count");
-            let timeout = Duration::from_millis(args.get(6).and_then(|t| t.parse().ok()).unwrap_or(1000));
+            let timeout =
+                Duration::from_millis(args.get(6).and_then(|t| t.parse().ok()).unwrap_or(1000));
+            // `same-socket`: every attempt from one unconnected UDP socket.
+            let shared = (arg(4) == "same-socket").then(|| {
+                let bind = if arg(5) == "v6sock" || target.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
+                UdpSocket::bind(bind).expect("udp bind")
+            });
             for _ in 0..count {
-                let v = match arg(2).as_str() {
-                    "tcp" => probe_tcp(target, timeout),
+                let v = match (arg(2).as_str(), &shared) {
+                    ("tcp", _) => probe_tcp(target, timeout),
+                    (_, Some(s)) => udp_exchange(s, target, timeout, false),
                     _ => probe_udp(target, timeout, arg(4) == "connected", arg(5) == "v6sock"),
                 };
                 println!("{v}");
