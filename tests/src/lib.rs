@@ -3,6 +3,7 @@
 //! prefix `lbt<pid>-` so a later run can remove what a dead run left.
 
 pub mod agent;
+pub mod lab;
 pub mod netns;
 pub mod spawn;
 pub mod testbed;
@@ -89,54 +90,61 @@ pub fn helper_bin() -> PathBuf {
     p
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn stale_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("lbt")?;
-    let pid: u32 = rest.split('-').next()?.parse().ok()?;
-    (!pid_alive(pid)).then_some(pid)
+/// The pid in a `<tag><pid>-...` name.
+fn tagged_pid(tag: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(tag)?.split('-').next()?.parse().ok()
 }
 
-/// Removes namespaces, cgroups and pins of `lbt<pid>-` runs whose process is
-/// gone, and nothing else.
-pub fn cleanup_stale() {
+/// Removes namespaces, cgroups (killing their processes), pins and temp
+/// dirs named `<tag><pid>-...` for which `select(pid)` holds: runs whose
+/// process is gone, or this run at its teardown.
+pub fn cleanup(tag: &str, select: impl Fn(u32) -> bool) {
+    let pick = |n: &str| tagged_pid(tag, n).is_some_and(&select);
+    let mut cgroups = Vec::new();
+    if let Ok(root) = lb_agent::host::cgroup2_root() {
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                if pick(&e.file_name().to_string_lossy()) {
+                    let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                    cgroups.push(e.path());
+                }
+            }
+        }
+    }
+    for c in &cgroups {
+        spawn::remove_cgroup(c);
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in rd.flatten() {
+            if pick(&e.file_name().to_string_lossy()) {
+                let _ = lb_agent::kernel::reset(&e.path());
+            }
+        }
+    }
     if let Ok(rd) = std::fs::read_dir("/run/netns") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if stale_pid(&n).is_some() {
+            if pick(&n) {
                 let _ = std::process::Command::new("ip")
                     .args(["netns", "del", &n])
                     .status();
             }
         }
     }
-    if let Ok(root) = lb_agent::host::cgroup2_root() {
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().to_string();
-                if stale_pid(&n).is_some() {
-                    spawn::remove_cgroup(&e.path());
-                }
-            }
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if stale_pid(&n).is_some() {
-                let _ = lb_agent::kernel::reset(&e.path());
-            }
-        }
-    }
-    let tmp = std::env::temp_dir();
-    if let Ok(rd) = std::fs::read_dir(&tmp) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if stale_pid(&n).is_some() {
+            if pick(&e.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// Removes what test runs (`lbt`) whose process is gone left behind.
+pub fn cleanup_stale() {
+    cleanup("lbt", |pid| !pid_alive(pid));
 }

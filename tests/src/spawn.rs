@@ -52,6 +52,11 @@ pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
     // async-signal-safe syscalls on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // The lab blocks termination signals in its threads (one thread
+            // waits for them); children start with none blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -30,8 +30,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set-up, build, then the demo: a ClusterIP balanced over three backends.
+    /// Set-up, build, then the demo: the lab on examples/demo.yaml, as a table.
     Demo,
+    /// Set-up, build, then a lab scenario (see LAB.md): one JSON line per probe attempt.
+    Lab {
+        scenario: PathBuf,
+        /// Extra flag for every agent (repeatable).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// A readable table instead of JSON lines.
+        #[arg(long)]
+        human: bool,
+    },
 }
 
 pub fn root() -> PathBuf {
@@ -99,7 +109,14 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::BuildEbpf => setup::setup().and_then(|_| build_ebpf()).map(drop),
         Cmd::Test { args } => setup::setup().and_then(|_| test(&args)),
-        Cmd::Demo => setup::setup().and_then(|_| demo()),
+        Cmd::Demo => {
+            setup::setup().and_then(|_| lab(&root().join("examples/demo.yaml"), &[], true))
+        }
+        Cmd::Lab {
+            scenario,
+            agent_args,
+            human,
+        } => setup::setup().and_then(|_| lab(&scenario, &agent_args, human)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,8 +149,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .env("LB_AGENT_BIN", agent))
 }
 
-fn demo() -> anyhow::Result<()> {
-    require_root("the demo")?;
-    build()?;
-    run(Command::new(root().join("target/debug/lb-demo")).arg(root().join("examples/demo")))
+/// Runs the lab and exits with its own code (0 ran, 1 set-up failed, 2 invalid).
+fn lab(scenario: &Path, agent_args: &[String], human: bool) -> anyhow::Result<()> {
+    require_root("the lab")?;
+    run(cargo().args(["build", "--quiet", "--bins"]))?;
+    let mut cmd = Command::new(root().join("target/debug/lb-lab"));
+    cmd.arg(scenario);
+    for a in agent_args {
+        cmd.arg(format!("--agent-arg={a}"));
+    }
+    if human {
+        cmd.arg("--human");
+    }
+    let st = cmd.status().context("running lb-lab")?;
+    std::process::exit(st.code().unwrap_or(1));
 }

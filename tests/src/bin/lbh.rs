@@ -6,6 +6,9 @@
 //!   lbh probe TARGET PROTO COUNT [connected|unconnected|same-socket] [v6sock] [TIMEOUT_MS]
 //!   lbh loop TARGET STOPFILE          TCP connections until STOPFILE exists
 //!   lbh hold TARGET                   one TCP connection; a request per stdin line
+//!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
+//!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http
+//!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -275,9 +278,375 @@ fn main() {
             }
             let _ = r.read(&mut [0u8; 1]);
         }
+        "lab-serve" => lab::serve(),
+        "lab-probe" => {
+            let target: SocketAddr = arg(1).parse().expect("target");
+            let count: usize = arg(3).parse().expect("count");
+            let timeout = Duration::from_millis(arg(4).parse().expect("timeout"));
+            let src: u16 = arg(5).parse().expect("source port");
+            let mark: u32 = arg(6).parse().expect("mark");
+            for _ in 0..count {
+                let v = match (arg(2).as_str(), arg(7).as_str()) {
+                    (_, "http") => lab::http(target, timeout, mark),
+                    ("TCP", _) => lab::tcp(target, timeout, src, mark).1,
+                    _ => lab::udp(target, timeout, src, mark),
+                };
+                println!("{v}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        "lab-hold" => {
+            let target: SocketAddr = arg(1).parse().expect("target");
+            let timeout = Duration::from_millis(arg(2).parse().expect("timeout"));
+            let mark: u32 = arg(3).parse().expect("mark");
+            let (conn, first) = lab::tcp(target, timeout, 0, mark);
+            println!("{first}");
+            let _ = std::io::stdout().flush();
+            for _ in std::io::stdin().lock().lines() {
+                let v = match &conn {
+                    Some(c) => lab::request(c, timeout, 0.0),
+                    None => json!({"ok": false, "error": "closed", "ms": 0.0}),
+                };
+                println!("{v}");
+                let _ = std::io::stdout().flush();
+            }
+        }
         other => {
             eprintln!("lbh: unknown mode `{other}`");
             std::process::exit(2);
+        }
+    }
+}
+
+/// The lab's servers and clients: sockets made with explicit options
+/// (source port, SO_MARK for `via`), one thread per pod namespace.
+mod lab {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        net::{SocketAddr, TcpStream, UdpSocket},
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+        time::{Duration, Instant},
+    };
+
+    use serde_json::{Value, json};
+
+    use super::{answer, dual_stack_socket, error_name, plain};
+
+    fn setns(path: &str) -> std::io::Result<()> {
+        let f = std::fs::File::open(path)?;
+        // SAFETY: setns on a namespace fd we hold; affects this thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn serve() {
+        let mut pods = Vec::new();
+        for line in std::io::stdin().lock().lines() {
+            let line = line.expect("stdin");
+            if line.trim().is_empty() {
+                break;
+            }
+            let mut it = line.split_whitespace();
+            let pod = it.next().expect("pod").to_string();
+            let ns = it.next().expect("netns").to_string();
+            let ports: Vec<(u16, String)> = it
+                .map(|p| {
+                    let (n, proto) = p.split_once('/').expect("PORT/PROTO");
+                    (n.parse().expect("port"), proto.to_string())
+                })
+                .collect();
+            pods.push((pod, ns, ports));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = pods.len();
+        for (pod, ns, ports) in pods {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                setns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+                let mut handles = Vec::new();
+                for (port, proto) in ports {
+                    let pod = pod.clone();
+                    if proto == "UDP" {
+                        let udp = UdpSocket::from(
+                            dual_stack_socket(libc::SOCK_DGRAM, port).expect("udp bind"),
+                        );
+                        handles.push(std::thread::spawn(move || {
+                            let mut buf = [0u8; 1500];
+                            loop {
+                                let Ok((n, from)) = udp.recv_from(&mut buf) else {
+                                    continue;
+                                };
+                                let lines = buf[..n].iter().filter(|b| **b == b'\n').count().max(1);
+                                for _ in 0..lines {
+                                    let _ = udp.send_to(
+                                        format!("{pod} {}\n", plain(from)).as_bytes(),
+                                        from,
+                                    );
+                                }
+                            }
+                        }));
+                    } else {
+                        let tcp = std::net::TcpListener::from(
+                            dual_stack_socket(libc::SOCK_STREAM, port).expect("tcp bind"),
+                        );
+                        handles.push(std::thread::spawn(move || {
+                            for c in tcp.incoming() {
+                                let Ok(c) = c else { continue };
+                                let pod = pod.clone();
+                                std::thread::spawn(move || {
+                                    let peer = c.peer_addr().map(plain).unwrap_or_default();
+                                    let mut w = c.try_clone().expect("clone");
+                                    let mut r = BufReader::new(c);
+                                    let mut line = String::new();
+                                    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                                        // A health-check style GET gets an HTTP answer.
+                                        let reply = if line.starts_with("GET ") {
+                                            format!("HTTP/1.0 200 OK\r\n\r\n{pod} {peer}\n")
+                                        } else {
+                                            format!("{pod} {peer}\n")
+                                        };
+                                        if w.write_all(reply.as_bytes()).is_err() {
+                                            break;
+                                        }
+                                        line.clear();
+                                    }
+                                });
+                            }
+                        }));
+                    }
+                }
+                tx.send(()).expect("ready");
+                for h in handles {
+                    let _ = h.join();
+                }
+            });
+        }
+        for _ in 0..n {
+            rx.recv().expect("a pod's server thread died");
+        }
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        // Serve until killed (the lab's cgroup.kill).
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn socket(
+        target: SocketAddr,
+        ty: libc::c_int,
+        src: u16,
+        mark: u32,
+    ) -> std::io::Result<OwnedFd> {
+        let family = if target.is_ipv6() {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        // SAFETY: plain socket syscalls on a fresh fd with stack-held option values.
+        unsafe {
+            let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let owned = OwnedFd::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let sz = std::mem::size_of::<libc::c_int>() as u32;
+            if mark != 0
+                && libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_MARK,
+                    (&mark as *const u32).cast(),
+                    4,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if src != 0 {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&one as *const libc::c_int).cast(),
+                    sz,
+                );
+                let bind: SocketAddr = if target.is_ipv6() {
+                    format!("[::]:{src}")
+                } else {
+                    format!("0.0.0.0:{src}")
+                }
+                .parse()
+                .expect("addr");
+                let (sa, len) = sockaddr(bind);
+                if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(owned)
+        }
+    }
+
+    fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
+        // SAFETY: zeroed sockaddr_storage is valid; we write the variant that fits.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        match a {
+            SocketAddr::V4(v4) => {
+                let sin = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+                unsafe {
+                    (*sin).sin_family = libc::AF_INET as u16;
+                    (*sin).sin_port = v4.port().to_be();
+                    (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                }
+                (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe {
+                    (*sin6).sin6_family = libc::AF_INET6 as u16;
+                    (*sin6).sin6_port = v6.port().to_be();
+                    (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+                }
+                (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+            }
+        }
+    }
+
+    /// connect() with a timeout; the error is the syscall's own.
+    fn connect(fd: &OwnedFd, target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+        let raw = fd.as_raw_fd();
+        let (sa, len) = sockaddr(target);
+        // SAFETY: fcntl/connect/poll/getsockopt on an fd we own, with stack buffers.
+        unsafe {
+            let flags = libc::fcntl(raw, libc::F_GETFL);
+            libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let r = libc::connect(raw, (&sa as *const libc::sockaddr_storage).cast(), len);
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                    return Err(e);
+                }
+                let mut pfd = libc::pollfd {
+                    fd: raw,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                if libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
+                let mut err: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as u32;
+                libc::getsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut l,
+                );
+                if err != 0 {
+                    return Err(std::io::Error::from_raw_os_error(err));
+                }
+            }
+            libc::fcntl(raw, libc::F_SETFL, flags);
+        }
+        Ok(())
+    }
+
+    pub fn request(c: &TcpStream, timeout: Duration, ms: f64) -> Value {
+        c.set_read_timeout(Some(timeout)).ok();
+        let mut w = c;
+        let mut line = String::new();
+        let r = w
+            .write_all(b"hello\n")
+            .and_then(|_| BufReader::new(c).read_line(&mut line));
+        match r {
+            Ok(n) if n > 0 => {
+                let (served_by, client_seen) = answer(&line);
+                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            }
+            Ok(_) => json!({"ok": false, "error": "closed", "ms": ms}),
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        }
+    }
+
+    pub fn tcp(
+        target: SocketAddr,
+        timeout: Duration,
+        src: u16,
+        mark: u32,
+    ) -> (Option<TcpStream>, Value) {
+        let t = Instant::now();
+        let fd = match socket(target, libc::SOCK_STREAM, src, mark)
+            .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
+        {
+            Ok(fd) => fd,
+            Err(e) => {
+                return (
+                    None,
+                    json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3}),
+                );
+            }
+        };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let c = TcpStream::from(fd);
+        let v = request(&c, timeout, ms);
+        (Some(c), v)
+    }
+
+    pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {
+        let t = Instant::now();
+        let s = match socket(target, libc::SOCK_DGRAM, src, mark) {
+            Ok(fd) => UdpSocket::from(fd),
+            Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
+        };
+        s.set_read_timeout(Some(timeout)).ok();
+        // Connected, so an ICMP error surfaces as the next call's error.
+        if let Err(e) = s.connect(target).and_then(|_| s.send(b"hello\n")) {
+            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        }
+        let mut buf = [0u8; 1500];
+        let r = s.recv(&mut buf);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(n) => {
+                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
+                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            }
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        }
+    }
+
+    pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Value {
+        let t = Instant::now();
+        let fd = match socket(target, libc::SOCK_STREAM, 0, mark)
+            .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
+        {
+            Ok(fd) => fd,
+            Err(e) => {
+                return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+            }
+        };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut c = TcpStream::from(fd);
+        c.set_read_timeout(Some(timeout)).ok();
+        let mut resp = String::new();
+        let r = c
+            .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .and_then(|_| std::io::Read::read_to_string(&mut c, &mut resp));
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok());
+        match (r, status) {
+            (_, Some(code)) => {
+                json!({"ok": true, "served_by": null, "client_seen": null, "error": null, "ms": ms, "http_status": code})
+            }
+            (Err(e), None) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+            (Ok(_), None) => json!({"ok": false, "error": "bad-http-response", "ms": ms}),
         }
     }
 }

@@ -1,0 +1,380 @@
+//! The lab (LAB.md): a cluster in network namespaces driven by a scenario
+//! file. `run` validates everything first (exit 2, nothing created), builds
+//! the topology and agents (exit 1 naming the failed step), runs each step's
+//! probes, prints one JSON line per attempt and tears everything down.
+
+pub mod control;
+pub mod probes;
+pub mod scenario;
+pub mod topo;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::spawn::{Proc, confine};
+use control::Cluster;
+use probes::Resolved;
+use scenario::{Invalid, Scenario};
+
+pub struct Options {
+    pub scenario: PathBuf,
+    pub agent_args: Vec<String>,
+    pub human: bool,
+}
+
+/// Exit codes of LAB.md.
+pub const RAN: i32 = 0;
+pub const SETUP_FAILED: i32 = 1;
+pub const INVALID: i32 = 2;
+
+/// Everything checked before anything is created: the scenario, every
+/// step's objects, every probe's references.
+pub fn validate(text: &str) -> Result<(Scenario, Vec<Vec<Resolved>>), Invalid> {
+    let sc = Scenario::parse(text)?;
+    let mut c = Cluster::new(&sc);
+    let mut steps = Vec::new();
+    let mut holds = Vec::new();
+    for (i, step) in sc.steps().iter().enumerate() {
+        let at = if i == 0 {
+            String::new()
+        } else {
+            format!("steps[{}].", i - 1)
+        };
+        c.apply(step, &at)?;
+        steps.push(probes::resolve(&c, &step.probes, i, &at, &mut holds)?);
+    }
+    Ok((sc, steps))
+}
+
+fn cgroup_dir(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(lb_agent::host::cgroup2_root()?.join(format!("{}{name}", topo::prefix())))
+}
+
+pub fn run(opts: &Options) -> i32 {
+    let text = match std::fs::read_to_string(&opts.scenario) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lab: cannot read {}: {e}", opts.scenario.display());
+            return INVALID;
+        }
+    };
+    let (sc, plans) = match validate(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("lab: {}: {e}", opts.scenario.display());
+            return INVALID;
+        }
+    };
+    // Remove what dead lab runs left, and nothing else.
+    crate::cleanup("lbl", |pid| !crate::pid_alive(pid));
+    install_teardown_on_signal();
+    let mut lab = Lab {
+        dir: std::env::temp_dir().join(format!("{}run", topo::prefix())),
+        agents: vec![],
+        holds: BTreeMap::new(),
+        written: BTreeMap::new(),
+    };
+    let result = lab.go(&sc, &plans, opts);
+    let csum = lab.checksum_errors(&sc);
+    drop(lab);
+    teardown();
+    match result {
+        Ok(()) if csum.is_empty() => RAN,
+        Ok(()) => {
+            eprintln!("lab: checksum errors counted: {}", csum.join(", "));
+            SETUP_FAILED
+        }
+        Err(e) => {
+            eprintln!("lab: set-up failed: {e:#}");
+            SETUP_FAILED
+        }
+    }
+}
+
+fn teardown() {
+    let me = std::process::id();
+    crate::cleanup("lbl", |pid| pid == me);
+}
+
+/// SIGINT/SIGTERM/SIGHUP are blocked in every thread and waited for by one,
+/// which tears the run down and exits.
+fn install_teardown_on_signal() {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on this thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigwait on a valid set, writing into a local.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("lab: signal {sig}: tearing down");
+        teardown();
+        std::process::exit(130);
+    });
+}
+
+struct AgentRun {
+    node: String,
+    pin_dir: PathBuf,
+    log: PathBuf,
+    proc: Proc,
+}
+
+struct Lab {
+    dir: PathBuf,
+    agents: Vec<AgentRun>,
+    holds: BTreeMap<String, Proc>,
+    written: BTreeMap<String, String>,
+}
+
+impl Lab {
+    fn go(&mut self, sc: &Scenario, plans: &[Vec<Resolved>], opts: &Options) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.dir.join("source")).context("creating the run directory")?;
+        let mut c = Cluster::new(sc);
+        let ctl = cgroup_dir("ctl")?;
+        let ext = cgroup_dir("ext")?;
+        for cg in [&ctl, &ext] {
+            std::fs::create_dir(cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+        }
+        check_external_cgroup(&ext)?;
+        let mut node_cgroups = Vec::new();
+        for k in 0..c.nodes.len() {
+            let cg = cgroup_dir(&format!("n{}", k + 1))?;
+            std::fs::create_dir(&cg)
+                .with_context(|| format!("creating cgroup {}", cg.display()))?;
+            node_cgroups.push(cg);
+        }
+        topo::build(&c).context("building the topology")?;
+        self.start_servers(&c, &node_cgroups)
+            .context("starting the pods' servers")?;
+        let mut out = probes::Output::new(opts.human);
+        for (i, step) in sc.steps().iter().enumerate() {
+            c.apply(step, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let generation = i as u64 + 1;
+            self.write_source(&c, generation)
+                .with_context(|| format!("writing step {i}'s objects"))?;
+            if i == 0 {
+                self.start_agents(&c, &node_cgroups, &ctl, sc, opts)
+                    .context("starting the agents")?;
+            }
+            self.wait_synced(generation)
+                .with_context(|| format!("step {i}"))?;
+            let attempts = probes::run_step(&plans[i], &node_cgroups, &ext, &mut self.holds);
+            for a in attempts {
+                out.line(&a);
+            }
+        }
+        out.finish();
+        Ok(())
+    }
+
+    fn start_servers(&mut self, c: &Cluster, node_cgroups: &[PathBuf]) -> anyhow::Result<()> {
+        for (k, cg) in node_cgroups.iter().enumerate() {
+            let pods: Vec<(usize, &control::Pod)> = c
+                .pods
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.node == k)
+                .collect();
+            if pods.is_empty() {
+                continue;
+            }
+            let mut cmd = Command::new(crate::helper_bin());
+            cmd.arg("lab-serve");
+            let mut p = Proc::spawn(cmd, Some(cg), None);
+            for (i, pod) in pods {
+                let ports: Vec<String> = pod
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|pp| format!("{}/{}", pp.port, pp.protocol.as_str()))
+                    .collect();
+                p.send_line(&format!(
+                    "{} {} {}",
+                    pod.id(),
+                    topo::ns_path(&topo::pod_ns(i)).display(),
+                    ports.join(" ")
+                ));
+            }
+            p.send_line("");
+            let l = p.read_line();
+            if l.trim() != "ready" {
+                bail!(
+                    "the servers of node {} did not start (said `{}`)",
+                    c.nodes[k],
+                    l.trim()
+                );
+            }
+            self.holds.insert(format!("\0servers-{k}"), p);
+        }
+        Ok(())
+    }
+
+    fn write_source(&mut self, c: &Cluster, generation: u64) -> anyhow::Result<()> {
+        let dir = self.dir.join("source");
+        let files = c.render();
+        for (name, text) in &files {
+            if self.written.get(name) != Some(text) {
+                let tmp = dir.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, dir.join(name))?;
+            }
+        }
+        for name in self.written.keys().filter(|n| !files.contains_key(*n)) {
+            std::fs::remove_file(dir.join(name))?;
+        }
+        self.written = files;
+        let tmp = dir.join(".GENERATION.tmp");
+        std::fs::write(&tmp, generation.to_string())?;
+        std::fs::rename(&tmp, dir.join("GENERATION"))?;
+        Ok(())
+    }
+
+    fn start_agents(
+        &mut self,
+        c: &Cluster,
+        node_cgroups: &[PathBuf],
+        ctl: &Path,
+        sc: &Scenario,
+        opts: &Options,
+    ) -> anyhow::Result<()> {
+        for (k, node) in c.nodes.iter().enumerate() {
+            let pin_dir =
+                PathBuf::from("/sys/fs/bpf").join(format!("{}n{}", topo::prefix(), k + 1));
+            let log = self.dir.join(format!("agent-{node}.log"));
+            let logf = std::fs::File::create(&log)?;
+            let mut cmd = Command::new(crate::agent_bin());
+            cmd.arg("run")
+                .arg(format!(
+                    "--source=file:{}",
+                    self.dir.join("source").display()
+                ))
+                .arg(format!("--node-name={node}"))
+                .arg(format!("--pin-dir={}", pin_dir.display()))
+                .arg(format!("--cgroup={}", node_cgroups[k].display()))
+                .args(&sc.agent_args)
+                .args(&opts.agent_args)
+                .stderr(logf);
+            confine(&mut cmd, Some(ctl), Some(&topo::ns_path(&topo::node_ns(k))));
+            cmd.stdout(std::process::Stdio::null())
+                .stdin(std::process::Stdio::null());
+            let child = cmd.spawn().context("spawning lb-agent")?;
+            self.agents.push(AgentRun {
+                node: node.clone(),
+                pin_dir,
+                log,
+                proc: Proc {
+                    child,
+                    stdout: None,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every agent reports `generation` in `lb-agent status`.
+    fn wait_synced(&mut self, generation: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for a in &mut self.agents {
+            loop {
+                let out = Command::new(crate::agent_bin())
+                    .args(["status", "-o", "json"])
+                    .arg(format!("--pin-dir={}", a.pin_dir.display()))
+                    .output()?;
+                let synced = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v["synced_generation"].as_u64())
+                    .is_some_and(|g| g >= generation);
+                if synced {
+                    break;
+                }
+                let log = || std::fs::read_to_string(&a.log).unwrap_or_default();
+                if let Ok(Some(st)) = a.proc.child.try_wait() {
+                    bail!(
+                        "the agent of node {} exited ({st}):\n{}",
+                        a.node,
+                        tail(&log())
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the agent of node {} did not sync generation {generation} in 60 s:\n{}",
+                        a.node,
+                        tail(&log())
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    fn checksum_errors(&self, sc: &Scenario) -> Vec<String> {
+        let c = Cluster::new(sc);
+        topo::all_namespaces(&c)
+            .into_iter()
+            .filter(|ns| topo::ns_path(ns).exists())
+            .filter_map(|ns| {
+                let n = topo::checksum_errors(&ns);
+                (n > 0).then(|| format!("{ns}: {n}"))
+            })
+            .collect()
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Refuses to run when `external`'s cgroup inherits socket programs: a
+/// program at the hierarchy's root would translate for `external` too and
+/// fake NodePort from outside.
+fn check_external_cgroup(cg: &Path) -> anyhow::Result<()> {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cg)
+        .arg("effective")
+        .output()
+        .context("running bpftool")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let progs: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            [
+                "connect",
+                "sendmsg",
+                "recvmsg",
+                "getpeername",
+                "bind",
+                "getsockname",
+            ]
+            .iter()
+            .any(|t| l.contains(t))
+        })
+        .collect();
+    if !progs.is_empty() {
+        bail!(
+            "the cgroup for `external` ({}) has effective socket programs, attached at an ancestor (likely the hierarchy's root): {}; detach them first",
+            cg.display(),
+            progs
+                .iter()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
