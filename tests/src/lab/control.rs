@@ -737,12 +737,10 @@ objects:
         );
         let w = c.object("Service", "x", "w").unwrap();
         assert_eq!(w["spec"]["clusterIPs"], json!(["10.96.0.10", "fd00:96::a"]));
-        let fams: Vec<&str> = c
-            .slices(w)
+        let slices = c.slices(w);
+        let fams: Vec<&str> = slices
             .iter()
             .map(|s| s["addressType"].as_str().unwrap())
-            .collect::<Vec<_>>()
-            .into_iter()
             .collect();
         assert_eq!(fams, ["IPv4", "IPv6"]);
     }

@@ -460,6 +460,23 @@ impl Output {
         }
         let blocked: Vec<&Attempt> = self.all.iter().filter(|a| !a.ok).collect();
         println!("\n{} attempts, {} failed", self.all.len(), blocked.len());
+        let pairs: std::collections::BTreeSet<String> = blocked
+            .iter()
+            .map(|a| {
+                format!(
+                    "step {} {} -> {} ({} {}): {}",
+                    a.step,
+                    a.from,
+                    a.to,
+                    a.family,
+                    a.protocol,
+                    a.error.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        for p in &pairs {
+            println!("  blocked: {p}");
+        }
         let mut dist: BTreeMap<(usize, String, &str), BTreeMap<String, usize>> = BTreeMap::new();
         for a in self.all.iter().filter(|a| {
             !a.to.contains('/')

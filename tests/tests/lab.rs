@@ -1,0 +1,325 @@
+//! Lab scenarios (tests/scenarios/) run through the real `lb-lab` binary,
+//! one at a time, each with its expected outcome.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
+
+use serde_json::Value;
+
+/// Lab scenarios run one at a time.
+static LAB: Mutex<()> = Mutex::new(());
+
+struct Run {
+    code: i32,
+    lines: Vec<Value>,
+    stderr: String,
+    pid: u32,
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(name)
+}
+
+fn lab(path: &Path) -> Run {
+    lb_tests::require_kernel();
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let child = Command::new(env!("CARGO_BIN_EXE_lb-lab"))
+        .arg(path)
+        .env("LB_AGENT_BIN", lb_tests::agent_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb-lab");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("lb-lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        lines,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        pid,
+    };
+    assert_nothing_left(pid);
+    run
+}
+
+/// No namespace, cgroup, pin, temp dir or process of run `pid` remains.
+fn assert_nothing_left(pid: u32) {
+    let tag = format!("lbl{pid}-");
+    let mut left = Vec::new();
+    let root = lb_agent::host::cgroup2_root().unwrap();
+    for dir in [
+        PathBuf::from("/run/netns"),
+        root,
+        PathBuf::from("/sys/fs/bpf"),
+        std::env::temp_dir(),
+    ] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            left.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&tag))
+            }));
+        }
+    }
+    assert!(left.is_empty(), "run {pid} left behind: {left:?}");
+}
+
+fn ok_run(name: &str) -> Run {
+    let r = lab(&scenario(name));
+    assert_eq!(
+        r.code, 0,
+        "{name} did not run (exit {}):\n{}",
+        r.code, r.stderr
+    );
+    r
+}
+
+fn select<'a>(r: &'a Run, step: u64, from: &str, to: &str) -> Vec<&'a Value> {
+    r.lines
+        .iter()
+        .filter(|l| l["step"] == step && l["from"] == from && l["to"] == to)
+        .collect()
+}
+
+fn served_by(lines: &[&Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        assert_eq!(l["ok"], true, "probe failed: {l}");
+        *m.entry(l["served_by"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
+fn connectivity(name: &str, families: &[&str]) {
+    let r = ok_run(name);
+    let pods = ["x/a", "x/b", "y/c", "y/d"];
+    let pairs = r
+        .lines
+        .iter()
+        .filter(|l| pods.contains(&l["from"].as_str().unwrap_or("")))
+        .count();
+    assert_eq!(
+        pairs,
+        4 * 3 * 2 * families.len(),
+        "every ordered pair, TCP and UDP, per family"
+    );
+    for l in r
+        .lines
+        .iter()
+        .filter(|l| pods.contains(&l["from"].as_str().unwrap_or("")))
+    {
+        assert_eq!(l["ok"], true, "{l}");
+        assert_eq!(l["served_by"], l["to"], "{l}");
+        assert!(families.contains(&l["family"].as_str().unwrap()), "{l}");
+        // the source address is the client pod's own
+        let want_prefix = if l["family"] == "IPv4" {
+            "10.244."
+        } else {
+            "fd00:244:"
+        };
+        assert!(
+            l["client_seen"].as_str().unwrap().starts_with(want_prefix),
+            "{l}"
+        );
+    }
+    for l in select(&r, 0, "node/node-1", "y/c") {
+        assert_eq!(l["ok"], true, "a node reaches another node's pods: {l}");
+    }
+    for l in select(&r, 0, "external", "x/a") {
+        assert_eq!(
+            l["error"], "unreachable",
+            "external has no route to pods: {l}"
+        );
+    }
+}
+
+#[test]
+fn all_to_all_pods_across_two_nodes_ipv4() {
+    connectivity("connectivity-ipv4.yaml", &["IPv4"]);
+}
+
+#[test]
+fn all_to_all_pods_across_two_nodes_ipv6() {
+    connectivity("connectivity-ipv6.yaml", &["IPv6"]);
+}
+
+#[test]
+fn all_to_all_pods_across_two_nodes_dual_stack() {
+    connectivity("connectivity-dualstack.yaml", &["IPv4", "IPv6"]);
+}
+
+#[test]
+fn cluster_ip_scaling_terminating_and_held_connections() {
+    let r = ok_run("clusterip.yaml");
+    let all = ["shop/web-1", "shop/web-2", "shop/web-3"];
+    // step 0: every replica, on both nodes, from pods on both nodes and from a node
+    for from in ["shop/client-1", "shop/client-2", "node/node-1"] {
+        let lines: Vec<&Value> = select(&r, 0, from, "service/shop/web")
+            .into_iter()
+            .filter(|l| l["protocol"] == "TCP" && l["target"] == "10.96.0.10:80")
+            .collect();
+        let by = served_by(&lines);
+        assert_eq!(
+            by.keys().map(String::as_str).collect::<Vec<_>>(),
+            all,
+            "{from}: {by:?}"
+        );
+        let seen: BTreeSet<&str> = lines
+            .iter()
+            .map(|l| l["client_seen"].as_str().unwrap())
+            .collect();
+        let want = match from {
+            "shop/client-1" => "10.244.1.11",
+            "shop/client-2" => "10.244.2.12",
+            _ => "10.100.0.1",
+        };
+        assert_eq!(
+            seen,
+            BTreeSet::from([want]),
+            "{from}: the server sees the real client"
+        );
+    }
+    // named targetPort: web-2 listens on 8081, the others on 8080 (served above)
+    let udp: Vec<&Value> = select(&r, 0, "shop/client-1", "service/shop/web")
+        .into_iter()
+        .filter(|l| l["protocol"] == "UDP")
+        .collect();
+    assert_eq!(served_by(&udp).len(), 3, "UDP over all replicas");
+    // from outside: no ClusterIP, and no NodePort yet (no fake success)
+    for l in select(&r, 0, "external", "service/shop/web") {
+        assert_eq!(l["error"], "unreachable", "{l}");
+    }
+    for l in select(&r, 0, "external", "nodeport/node-1/shop/web-np") {
+        assert_eq!(
+            l["ok"], false,
+            "NodePort from outside is not built yet and must not look built: {l}"
+        );
+    }
+    // the held connection
+    let held = &select(&r, 0, "shop/client-2", "service/shop/web")
+        .into_iter()
+        .filter(|l| l["protocol"] == "TCP")
+        .collect::<Vec<_>>();
+    let kept_by = held.last().unwrap()["served_by"].clone();
+    // step 1: scaled to one ready replica; the held connection still works
+    let by = served_by(&select(&r, 1, "shop/client-1", "service/shop/web"));
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["shop/web-1"], "{by:?}");
+    let reused = select(&r, 1, "shop/client-2", "service/shop/web");
+    assert_eq!(reused.len(), 1);
+    assert_eq!(
+        reused[0]["ok"], true,
+        "held connection broke across a step: {}",
+        reused[0]
+    );
+    assert_eq!(reused[0]["served_by"], kept_by);
+    // step 2: back to three
+    assert_eq!(
+        served_by(&select(&r, 2, "shop/client-1", "service/shop/web")).len(),
+        3
+    );
+    // step 3: no ready replica; the terminating one still serves
+    let by = served_by(&select(&r, 3, "shop/client-1", "service/shop/web"));
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["shop/web-2"], "{by:?}");
+    let by = served_by(&select(&r, 3, "shop/client-2", "service/shop/web"));
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        ["shop/web-2"],
+        "UDP too: {by:?}"
+    );
+}
+
+#[test]
+fn malformed_scenarios_exit_2_naming_the_field_and_create_nothing() {
+    for (file, needle) in [
+        ("unknown-field.yaml", "labls"),
+        ("bad-reference.yaml", "x/nobody"),
+        ("duplicate-pod.yaml", "pods[1]"),
+        ("invalid-object.yaml", "Service x/web"),
+        ("misspelt-k8s-field.yaml", "spec.ports[0].targetport"),
+    ] {
+        let r = lab(&scenario("invalid").join(file));
+        assert_eq!(r.code, 2, "{file}: exit {} ({})", r.code, r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "{file}: the message must name `{needle}`: {}",
+            r.stderr
+        );
+        assert!(r.lines.is_empty(), "{file}: no probe may run");
+    }
+}
+
+#[test]
+fn same_scenario_twice_gives_the_same_reachability() {
+    let reach = |r: &Run| -> BTreeSet<(u64, String, String, String, String, bool)> {
+        r.lines
+            .iter()
+            .map(|l| {
+                (
+                    l["step"].as_u64().unwrap(),
+                    l["from"].as_str().unwrap().into(),
+                    l["to"].as_str().unwrap().into(),
+                    l["family"].as_str().unwrap().into(),
+                    l["protocol"].as_str().unwrap().into(),
+                    l["ok"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let a = ok_run("connectivity-dualstack.yaml");
+    let b = ok_run("connectivity-dualstack.yaml");
+    assert_eq!(reach(&a), reach(&b));
+    assert_ne!(a.pid, b.pid);
+}
+
+#[test]
+fn interrupted_run_tears_everything_down() {
+    lb_tests::require_kernel();
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let child = Command::new(env!("CARGO_BIN_EXE_lb-lab"))
+        .arg(scenario("slow.yaml"))
+        .env("LB_AGENT_BIN", lb_tests::agent_bin())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb-lab");
+    let pid = child.id();
+    // Wait until the run is probing: its agent has synced generation 1.
+    let pin = PathBuf::from(format!("/sys/fs/bpf/lbl{pid}-n1"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = Command::new(lb_tests::agent_bin())
+            .args(["status", "-o", "json"])
+            .arg(format!("--pin-dir={}", pin.display()))
+            .output()
+            .unwrap();
+        if serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["synced_generation"] == 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab never got to its probes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(pid);
+}
