@@ -23,6 +23,11 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// Slot 0 of (address, port 0, protocol 0) marks an address as a service
 /// address: a port there that no service entry matches is refused.
 pub const SVC_FLAG_ADDR_ONLY: u8 = 1 << 0;
+/// Reachable from outside the node (NodePort on a node address, LoadBalancer
+/// IP, externalIP): the packet-level programs translate it.
+pub const SVC_FLAG_EXTERNAL: u8 = 1 << 1;
+/// A NodePort frontend (loopback ones too).
+pub const SVC_FLAG_NODEPORT: u8 = 1 << 2;
 
 /// Key of `LB_SERVICES_V1`. Slot 0 is the frontend; slots 1..=count hold
 /// backend ids, so choosing a backend is one hash lookup after the frontend.

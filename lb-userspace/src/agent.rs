@@ -30,6 +30,7 @@ impl std::str::FromStr for Source {
 
 pub struct RunOptions {
     pub source: Source,
+    pub node_name: Option<String>,
     pub load: LoadOptions,
     pub poll: Duration,
 }
@@ -58,7 +59,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pin_dir = %opts.load.pin_dir.display(),
         "datapath ready; adopted what the maps held"
     );
-    let mut rec = Reconciler::new(mirror);
+    let mut rec = Reconciler::new(mirror, opts.node_name.clone());
     let Source::File(dir) = &opts.source;
     let mut source = FileSource::new(dir);
     let mut status = dp.status()?;

@@ -4,7 +4,8 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
-    Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
+    Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
 };
 
 use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
@@ -42,30 +43,70 @@ fn proto_num(p: Proto) -> Option<u8> {
     }
 }
 
-/// Frontends of `svc` given the EndpointSlices that name it.
-pub fn service_frontends(svc: &ServiceInfo, slices: &[&SliceInfo]) -> Vec<Frontend> {
+fn family_of(ip: &IpAddr) -> Family {
+    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+}
+
+/// Frontends of `svc` given the EndpointSlices that name it and this node's
+/// addresses (for NodePorts): every ClusterIP, this node's addresses and
+/// loopback at each nodePort, LoadBalancer ingress IPs and externalIPs at
+/// each port. A family the Service has no ClusterIP of gets nothing.
+pub fn service_frontends(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    node_addrs: &[IpAddr],
+) -> Vec<Frontend> {
     if svc.skip.is_some() {
         return vec![];
     }
     let mut out = Vec::new();
+    let families: Vec<Family> = svc.cluster_ips.iter().map(family_of).collect();
+    let loopback = [
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
     for ip in &svc.cluster_ips {
-        let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
-        let addr = net_addr(*ip);
         // Marks the address so ports no Service has are refused, not routed.
         out.push(Frontend {
-            key: ServiceKey::addr_only(addr),
+            key: ServiceKey::addr_only(net_addr(*ip)),
             flags: SVC_FLAG_ADDR_ONLY,
             backends: vec![],
         });
-        for sp in &svc.ports {
-            let Some(proto) = proto_num(sp.proto) else {
-                continue;
+    }
+    for sp in &svc.ports {
+        let Some(proto) = proto_num(sp.proto) else {
+            continue;
+        };
+        for family in &families {
+            let backends = backends_for(slices, *family, &sp.name, sp.proto, proto);
+            let mut add = |ip: &IpAddr, port: u16, flags: u8| {
+                if family_of(ip) == *family {
+                    out.push(Frontend {
+                        key: ServiceKey::frontend(
+                            net_addr(*ip),
+                            BeU16::from_host(port),
+                            proto,
+                            SCOPE_INTERNAL,
+                        ),
+                        flags,
+                        backends: backends.clone(),
+                    });
+                }
             };
-            out.push(Frontend {
-                key: ServiceKey::frontend(addr, BeU16::from_host(sp.port), proto, SCOPE_INTERNAL),
-                flags: 0,
-                backends: backends_for(slices, family, &sp.name, sp.proto, proto),
-            });
+            for ip in &svc.cluster_ips {
+                add(ip, sp.port, 0);
+            }
+            for ip in svc.lb_ips.iter().chain(&svc.external_ips) {
+                add(ip, sp.port, SVC_FLAG_EXTERNAL);
+            }
+            if let Some(np) = sp.node_port {
+                for ip in node_addrs {
+                    add(ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT);
+                }
+                for ip in &loopback {
+                    add(ip, np, SVC_FLAG_NODEPORT);
+                }
+            }
         }
     }
     out.sort_by_key(|f| f.key);
@@ -132,8 +173,11 @@ mod tests {
                     name: n.to_string(),
                     port: *p,
                     proto: *pr,
+                    node_port: None,
                 })
                 .collect(),
+            external_ips: vec![],
+            lb_ips: vec![],
         }
     }
 
@@ -216,7 +260,7 @@ mod tests {
         for (eps, want) in cases {
             let s = svc(&["10.96.0.10"], &[("http", 8080, Proto::Tcp)]);
             let sl = slice(Family::V4, &[("http", 80, Proto::Tcp)], eps.clone());
-            let fe = service_frontends(&s, &[&sl]);
+            let fe = service_frontends(&s, &[&sl], &[]);
             assert_eq!(backends(&fe, 8080, PROTO_TCP), want, "endpoints {eps:?}");
         }
     }
@@ -235,7 +279,7 @@ mod tests {
             &[("http", 9090, Proto::Tcp)],
             vec![ep("10.0.0.2", true, true, false)],
         );
-        let fe = service_frontends(&s, &[&a, &b]);
+        let fe = service_frontends(&s, &[&a, &b], &[]);
         assert_eq!(
             backends(&fe, 8080, PROTO_TCP),
             vec!["10.0.0.1:80", "10.0.0.2:9090"]
@@ -261,7 +305,7 @@ mod tests {
             ],
             vec![ep("10.0.0.1", true, true, false)],
         );
-        let fe = service_frontends(&s, &[&sl]);
+        let fe = service_frontends(&s, &[&sl], &[]);
         assert_eq!(backends(&fe, 53, PROTO_TCP), vec!["10.0.0.1:5353"]);
         assert_eq!(backends(&fe, 53, PROTO_UDP), vec!["10.0.0.1:5354"]);
         assert_eq!(backends(&fe, 9153, PROTO_TCP), vec!["10.0.0.1:9153"]);
@@ -289,7 +333,7 @@ mod tests {
             vec![ep("fd00::1", true, true, false)],
         );
         v6.key.name = "v6".into();
-        let fe = service_frontends(&s, &[&v4, &v6]);
+        let fe = service_frontends(&s, &[&v4, &v6], &[]);
         let v4fe: Vec<_> = fe
             .iter()
             .filter(|f| f.key.addr.is_v4() && f.key.port.to_host() == 80)
@@ -305,6 +349,52 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_lb_ips_and_external_ips_per_family() {
+        let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+        s.ports[0].node_port = Some(30000);
+        s.lb_ips = vec![
+            "10.200.0.1".parse().unwrap(),
+            "fd00:200::1".parse().unwrap(),
+        ];
+        s.external_ips = vec!["10.200.0.2".parse().unwrap()];
+        let sl = slice(
+            Family::V4,
+            &[("http", 8080, Proto::Tcp)],
+            vec![ep("10.0.0.1", true, true, false)],
+        );
+        let node: Vec<IpAddr> = vec![
+            "10.100.0.1".parse().unwrap(),
+            "fd00:100::1".parse().unwrap(),
+        ];
+        let fe = service_frontends(&s, &[&sl], &node);
+        let mut got: Vec<(String, u8, usize)> = fe
+            .iter()
+            .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0)
+            .map(|f| {
+                (
+                    format!("{}:{}", ip_of(&f.key.addr), f.key.port.to_host()),
+                    f.flags,
+                    f.backends.len(),
+                )
+            })
+            .collect();
+        got.sort();
+        // IPv6 addresses get nothing: the Service has no IPv6 ClusterIP.
+        let ext = SVC_FLAG_EXTERNAL;
+        let np = SVC_FLAG_NODEPORT;
+        assert_eq!(
+            got,
+            vec![
+                ("10.100.0.1:30000".to_string(), ext | np, 1),
+                ("10.200.0.1:80".to_string(), ext, 1),
+                ("10.200.0.2:80".to_string(), ext, 1),
+                ("10.96.0.10:80".to_string(), 0, 1),
+                ("127.0.0.1:30000".to_string(), np, 1),
+            ]
+        );
+    }
+
+    #[test]
     fn skipped_services_get_nothing() {
         let mut s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
         s.skip = Some("headless");
@@ -313,7 +403,7 @@ mod tests {
             &[("", 80, Proto::Tcp)],
             vec![ep("10.0.0.1", true, true, false)],
         );
-        assert!(service_frontends(&s, &[&sl]).is_empty());
+        assert!(service_frontends(&s, &[&sl], &[]).is_empty());
     }
 
     #[test]
@@ -327,7 +417,7 @@ mod tests {
         let mut b = a.clone();
         b.key.name = "b".into();
         assert_eq!(
-            backends(&service_frontends(&s, &[&a, &b]), 80, PROTO_TCP),
+            backends(&service_frontends(&s, &[&a, &b], &[]), 80, PROTO_TCP),
             vec!["10.0.0.1:80"]
         );
     }

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use lb_common::{SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY};
+use lb_common::{SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT};
 use serde_json::json;
 
 use crate::{desired::ip_of, kernel::Pinned};
@@ -89,6 +89,8 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
             "frontend": endpoint(ip_of(&k.addr), k.port.to_host()),
             "protocol": proto_name(k.proto),
             "scope": if k.scope == SCOPE_INTERNAL { "internal" } else { "external" },
+            "kind": if v.flags & SVC_FLAG_NODEPORT != 0 { "NodePort" } else if v.flags & SVC_FLAG_EXTERNAL != 0 { "External" } else { "ClusterIP" },
+            "from_outside": v.flags & SVC_FLAG_EXTERNAL != 0,
             "service_id": v.service_id,
             "backends": bes,
         }));
@@ -98,9 +100,10 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     } else {
         for r in rows {
             println!(
-                "{:<28} {:<4} {:<9} -> {}",
+                "{:<28} {:<4} {:<9} {:<9} -> {}",
                 r["frontend"].as_str().unwrap_or_default(),
                 r["protocol"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
                 r["scope"].as_str().unwrap_or_default(),
                 r["backends"]
                     .as_array()

@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run {
             source,
-            node_name: _,
+            node_name,
             pins,
             cgroup,
             max_services,
@@ -127,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             };
             let opts = agent::RunOptions {
                 source,
+                node_name,
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
                     cgroup,

@@ -48,9 +48,9 @@ fn describe_key(k: &ServiceKey) -> String {
 }
 
 impl Reconciler {
-    pub fn new(mirror: Mirror) -> Self {
+    pub fn new(mirror: Mirror, node_name: Option<String>) -> Self {
         Self {
-            snapshot: Snapshot::default(),
+            snapshot: Snapshot::for_node(node_name),
             mirror,
             owned: HashMap::new(),
             owner: HashMap::new(),
@@ -132,7 +132,11 @@ impl Reconciler {
                 if let Some(why) = info.skip {
                     tracing::debug!(service = %svc, "no datapath entries: {why}");
                 }
-                desired::service_frontends(info, &self.snapshot.slices_of(svc))
+                desired::service_frontends(
+                    info,
+                    &self.snapshot.slices_of(svc),
+                    &self.snapshot.node.addrs,
+                )
             }
             None => vec![],
         };
@@ -143,7 +147,7 @@ impl Reconciler {
             match self.owner.get(&fe.key) {
                 Some(other) if other != svc => {
                     errors.push(format!(
-                        "Service {svc}: spec.clusterIPs: frontend {} already belongs to Service {other}; not programmed",
+                        "Service {svc}: frontend {} already belongs to Service {other}; not programmed",
                         describe_key(&fe.key)
                     ));
                     continue;
@@ -208,7 +212,7 @@ mod tests {
 
     #[test]
     fn conflicting_cluster_ip_is_reported_and_first_owner_kept() {
-        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
         let mut w = Fake::default();
         let out = r
             .apply(
@@ -224,12 +228,12 @@ mod tests {
 
     #[test]
     fn full_batch_removes_unclaimed_frontends_and_partial_does_not() {
-        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
         let mut w = Fake::default();
         r.apply(&objs(&svc("a", "10.96.0.10", "")), true, &mut w)
             .unwrap();
         // an agent restarted: mirror from the maps, a snapshot without `a`
-        let mut r2 = Reconciler::new(r.mirror().clone());
+        let mut r2 = Reconciler::new(r.mirror().clone(), None);
         r2.apply(&objs(&svc("b", "10.96.0.11", "")), false, &mut w)
             .unwrap();
         assert_eq!(r2.mirror().frontends().count(), 4);
@@ -239,7 +243,7 @@ mod tests {
 
     #[test]
     fn labelled_and_headless_services_get_nothing() {
-        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
         let mut w = Fake::default();
         let y = svc(
             "a",
@@ -258,8 +262,37 @@ mod tests {
     }
 
     #[test]
+    fn this_nodes_addresses_become_node_port_frontends() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+        let mut w = Fake::default();
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, nodePort: 30000}]}\n---\n\
+                 apiVersion: v1\nkind: Node\nmetadata: {name: n2}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.2}]}\n";
+        r.apply(&objs(y), true, &mut w).unwrap();
+        // ClusterIP marker + port, and loopback NodePort; not node n2's address
+        assert_eq!(r.mirror().frontends().count(), 3);
+        let n1 = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.1}, {type: Hostname, address: n1}]}\n";
+        r.apply(&objs(n1), false, &mut w).unwrap();
+        let keys: Vec<String> = r.mirror().frontends().map(describe_key).collect();
+        assert!(
+            keys.contains(&"10.100.0.1:30000/TCP".to_string()),
+            "{keys:?}"
+        );
+        assert_eq!(keys.len(), 4);
+        r.apply(
+            &[Change::Delete {
+                kind: "Node".into(),
+                key: ObjRef::new("", "n1"),
+            }],
+            false,
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(r.mirror().frontends().count(), 3);
+    }
+
+    #[test]
     fn invalid_object_keeps_previous_state() {
-        let mut r = Reconciler::new(Mirror::from_entries([], []));
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
         let mut w = Fake::default();
         r.apply(&objs(&svc("a", "10.96.0.10", "")), true, &mut w)
             .unwrap();

@@ -56,6 +56,7 @@ pub struct ServicePortInfo {
     pub name: String,
     pub port: u16,
     pub proto: Proto,
+    pub node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,45 @@ pub struct ServiceInfo {
     pub skip: Option<&'static str>,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub lb_ips: Vec<IpAddr>,
+}
+
+/// This node, as its Node object describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, String> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .ok_or("Node: metadata.name is missing")?;
+    let mut addrs = Vec::new();
+    for (i, a) in node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .enumerate()
+    {
+        if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+            let ip: IpAddr = a.address.parse().map_err(|_| {
+                format!(
+                    "Node {name}: status.addresses[{i}].address: `{}` is not an IP address",
+                    a.address
+                )
+            })?;
+            if !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+    }
+    Ok(NodeInfo { name, addrs })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +177,12 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
             port: port16(p.port, &object, &format!("spec.ports[{i}].port"))?,
             proto: Proto::parse(p.protocol.as_deref())
                 .map_err(|e| format!("{object}: spec.ports[{i}].protocol: {e}"))?,
+            node_port: match p.node_port {
+                Some(n) if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) => {
+                    Some(port16(n, &object, &format!("spec.ports[{i}].nodePort"))?)
+                }
+                _ => None,
+            },
         });
     }
     let raw_ips: Vec<String> = match &spec.cluster_ips {
@@ -163,11 +209,45 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
             })?);
         }
     }
+    let parse_ips = |list: Vec<String>, field: &str| -> Result<Vec<IpAddr>, String> {
+        list.iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                // kube-proxy tolerates surrounding spaces in these lists.
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{object}: {field}[{i}]: `{ip}` is not an IP address"))
+            })
+            .collect()
+    };
+    let (external_ips, lb_ips) = if skip.is_none() {
+        let ext = parse_ips(
+            spec.external_ips.clone().unwrap_or_default(),
+            "spec.externalIPs",
+        )?;
+        let lb: Vec<String> = svc
+            .status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        let lb = if spec.type_.as_deref() == Some("LoadBalancer") {
+            parse_ips(lb, "status.loadBalancer.ingress[].ip")?
+        } else {
+            vec![]
+        };
+        (ext, lb)
+    } else {
+        (vec![], vec![])
+    };
     Ok(ServiceInfo {
         key,
         skip,
         cluster_ips,
         ports,
+        external_ips,
+        lb_ips,
     })
 }
 
@@ -240,6 +320,9 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
 /// Services and EndpointSlices, with slices indexed by their Service.
 #[derive(Default, Debug)]
 pub struct Snapshot {
+    /// This node's name (its Node object gives the NodePort addresses).
+    pub node_name: Option<String>,
+    pub node: NodeInfo,
     services: HashMap<ObjRef, ServiceInfo>,
     slices: HashMap<ObjRef, SliceInfo>,
     by_service: HashMap<ObjRef, BTreeSet<ObjRef>>,
@@ -253,6 +336,15 @@ pub enum Change {
 }
 
 impl Snapshot {
+    /// An empty snapshot for the node `node_name` (whose Node object gives
+    /// the NodePort addresses).
+    pub fn for_node(node_name: Option<String>) -> Self {
+        Self {
+            node_name,
+            ..Default::default()
+        }
+    }
+
     pub fn service(&self, key: &ObjRef) -> Option<&ServiceInfo> {
         self.services.get(key)
     }
@@ -301,6 +393,14 @@ impl Snapshot {
                 touched.dedup();
                 Ok(touched)
             }
+            Change::Upsert(Object::Node(n)) => {
+                let info = node_info(n)?;
+                if self.node_name.as_deref() != Some(info.name.as_str()) || self.node == info {
+                    return Ok(vec![]);
+                }
+                self.node = info;
+                Ok(self.node_port_services())
+            }
             Change::Upsert(_) => Ok(vec![]),
             Change::Delete { kind, key } => Ok(match kind.as_str() {
                 "Service" => self
@@ -310,9 +410,22 @@ impl Snapshot {
                     .into_iter()
                     .collect(),
                 "EndpointSlice" => self.remove_slice(key),
+                "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
+                    self.node.addrs.clear();
+                    self.node_port_services()
+                }
                 _ => vec![],
             }),
         }
+    }
+
+    /// Services whose frontends depend on this node's addresses.
+    fn node_port_services(&self) -> Vec<ObjRef> {
+        self.services
+            .values()
+            .filter(|s| s.ports.iter().any(|p| p.node_port.is_some()))
+            .map(|s| s.key.clone())
+            .collect()
     }
 
     fn remove_slice(&mut self, key: &ObjRef) -> Vec<ObjRef> {

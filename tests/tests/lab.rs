@@ -323,3 +323,33 @@ fn interrupted_run_tears_everything_down() {
     );
     assert_nothing_left(pid);
 }
+
+#[test]
+fn node_port_lb_and_external_ips_from_inside_the_cluster() {
+    let r = ok_run("frontends-in-cluster.yaml");
+    for (from, to, target) in [
+        ("x/client", "loadbalancer/x/web", "10.200.0.1:80"),
+        ("x/client", "externalip/x/web", "10.200.1.1:80"),
+        ("x/client", "nodeport/node-1/x/web", "10.100.0.1:30080"),
+        ("node/node-1", "nodeport/node-1/x/web", "10.100.0.1:30080"),
+        ("node/node-1", "ip/127.0.0.1", "127.0.0.1:30080"),
+    ] {
+        let lines: Vec<&Value> = select(&r, 0, from, to)
+            .into_iter()
+            .filter(|l| l["protocol"] == "TCP")
+            .collect();
+        assert_eq!(lines.len(), 20, "{from} -> {to}");
+        assert!(lines.iter().all(|l| l["target"] == target), "{lines:?}");
+        let by = served_by(&lines);
+        assert_eq!(
+            by.keys().collect::<Vec<_>>(),
+            ["x/web-1", "x/web-2"],
+            "{from} -> {to}: all endpoints, on both nodes: {by:?}"
+        );
+    }
+    let udp: Vec<&Value> = select(&r, 0, "node/node-1", "nodeport/node-1/x/web")
+        .into_iter()
+        .filter(|l| l["protocol"] == "UDP")
+        .collect();
+    assert_eq!(served_by(&udp).len(), 2);
+}
