@@ -7,10 +7,18 @@ pub const MAP_SERVICES: &str = "LB_SERVICES_V1";
 pub const MAP_BACKENDS: &str = "LB_BACKENDS_V1";
 pub const MAP_SOCK_REV: &str = "LB_SOCK_REV_V1";
 pub const MAP_STATUS: &str = "LB_STATUS_V1";
+pub const MAP_CT: &str = "LB_CT_V1";
+pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
+pub const MAP_COUNTERS: &str = "LB_COUNTERS_V1";
 
 pub const DEFAULT_SERVICES_MAX: u32 = 65536;
 pub const DEFAULT_BACKENDS_MAX: u32 = 65536;
 pub const DEFAULT_SOCK_REV_MAX: u32 = 65536;
+pub const DEFAULT_CT_MAX: u32 = 262144;
+
+/// Backend flag: the endpoint runs on this node (no SNAT needed to reach it
+/// and get its replies back).
+pub const BACKEND_LOCAL: u8 = 1 << 0;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -104,6 +112,79 @@ pub struct SockRevValue {
     pub service_id: u32,
 }
 
+/// Conntrack entry kinds: one flow through a frontend has a forward entry
+/// (client -> frontend), a reverse one (backend -> client, for replies), and
+/// when the backend is on another node an SNAT pair (client -> backend at
+/// egress, backend -> node at ingress). The kind is part of the key, so a
+/// flow to a pod directly never shares an entry with one through a frontend.
+pub const CT_FWD: u8 = 1;
+pub const CT_REV: u8 = 2;
+pub const CT_SNAT: u8 = 3;
+pub const CT_RSNAT: u8 = 4;
+
+/// Key of `LB_CT_V1` (an LRU the kernel writes; the agent only reads and deletes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: NetAddr,
+    pub daddr: NetAddr,
+    pub sport: BeU16,
+    pub dport: BeU16,
+    pub proto: u8,
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The translation an entry applies: FWD -> backend (DNAT), REV -> frontend
+/// (source of replies), SNAT -> node address and port, RSNAT -> client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    pub addr: NetAddr,
+    pub port: BeU16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub backend_id: u32,
+    /// Seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns / 1e9) at the last packet.
+    pub last_seen: u32,
+    pub _pad2: u32,
+}
+
+/// The one entry of `LB_CONFIG_V1`: this node's addresses, the source of
+/// SNAT towards backends on other nodes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub node_ip4: NetAddr,
+    pub node_ip6: NetAddr,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub const CONFIG_HAS_IP4: u32 = 1 << 0;
+pub const CONFIG_HAS_IP6: u32 = 1 << 1;
+
+/// Indexes of `LB_COUNTERS_V1` (per-CPU u64): what the packet programs did.
+pub const C_TC_DNAT: u32 = 0;
+pub const C_TC_RSNAT: u32 = 1;
+pub const C_TC_SNAT: u32 = 2;
+pub const C_TC_REVDNAT: u32 = 3;
+pub const C_DROP_NO_BACKEND: u32 = 4;
+pub const C_PASS_UNPARSED: u32 = 5;
+pub const C_CT_CREATE: u32 = 6;
+pub const C_CT_STALE_BACKEND: u32 = 7;
+pub const COUNTERS: u32 = 8;
+pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
+    "tc_dnat",
+    "tc_reverse_snat",
+    "tc_snat",
+    "tc_reverse_dnat",
+    "drop_no_backend",
+    "pass_unparsed",
+    "ct_created",
+    "ct_stale_backend",
+];
+
 /// The one entry of `LB_STATUS_V1`, written by the agent only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,6 +203,9 @@ const _: () = {
     assert!(core::mem::size_of::<SockRevKey>() == 32);
     assert!(core::mem::size_of::<SockRevValue>() == 24);
     assert!(core::mem::size_of::<Status>() == 24);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtValue>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -134,4 +218,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
     unsafe impl aya::Pod for super::Status {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::Config {}
 }

@@ -3,11 +3,28 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod maps;
+mod nat;
+mod packet;
 mod service;
 mod sock;
+mod tc;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
+
+#[classifier]
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    tc::ingress(&ctx)
+}
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    tc::egress(&ctx)
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {

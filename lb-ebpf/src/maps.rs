@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DEFAULT_BACKENDS_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, Status,
+    Backend, COUNTERS, Config, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX,
+    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -29,3 +30,25 @@ pub static LB_SOCK_REV_V1: LruHashMap<SockRevKey, SockRevValue> =
 /// is pinned beside the others and readable by `lb-agent status`.
 #[map]
 pub static LB_STATUS_V1: Array<Status> = Array::pinned(1, 0);
+
+/// Conntrack of packet-level flows. Kernel-written; the agent reads (`ct
+/// list`) and deletes.
+#[map]
+pub static LB_CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CT_MAX, 0);
+
+/// This node's addresses (SNAT source). Agent-owned.
+#[map]
+pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);
+
+/// What the packet programs did, per CPU, by `C_*` index.
+#[map]
+pub static LB_COUNTERS_V1: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = LB_COUNTERS_V1.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU slot: no other CPU writes it; the pointer is valid
+        // for this program run.
+        unsafe { *p += 1 };
+    }
+}

@@ -31,6 +31,8 @@ impl std::str::FromStr for Source {
 pub struct RunOptions {
     pub source: Source,
     pub node_name: Option<String>,
+    /// Empty: the interfaces holding this node's addresses.
+    pub devices: Vec<String>,
     pub load: LoadOptions,
     pub poll: Duration,
 }
@@ -66,6 +68,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     status.agent_pid = std::process::id();
     dp.set_status(status)?;
     let mut needs_resync = false;
+    let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
 
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,6 +107,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 for e in &out.errors {
                     tracing::error!("{e}");
                 }
+                if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
+                    tracing::error!("packet datapath: {e:#}");
+                }
                 if let Some(generation) = batch.generation {
                     status.synced_generation = generation;
                     status.synced_at_unix_ms = now_ms();
@@ -120,4 +126,41 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+/// When this node's addresses change: the SNAT source in the config map,
+/// and the packet programs on the devices (given, or those holding the
+/// addresses).
+fn node_setup(
+    dp: &mut Datapath,
+    rec: &Reconciler,
+    devices: &[String],
+    seen: &mut Option<Vec<std::net::IpAddr>>,
+) -> anyhow::Result<()> {
+    let addrs = &rec.snapshot.node.addrs;
+    if seen.as_ref() == Some(addrs) {
+        return Ok(());
+    }
+    *seen = Some(addrs.clone());
+    let mut cfg = lb_common::Config::default();
+    if let Some(v4) = addrs.iter().find(|a| a.is_ipv4()) {
+        cfg.node_ip4 = crate::desired::net_addr(*v4);
+        cfg.flags |= lb_common::CONFIG_HAS_IP4;
+    }
+    if let Some(v6) = addrs.iter().find(|a| a.is_ipv6()) {
+        cfg.node_ip6 = crate::desired::net_addr(*v6);
+        cfg.flags |= lb_common::CONFIG_HAS_IP6;
+    }
+    dp.set_config(cfg)?;
+    let devs = if devices.is_empty() {
+        crate::host::interfaces_with(addrs)?
+    } else {
+        devices.to_vec()
+    };
+    if devs.is_empty() {
+        tracing::warn!(
+            "no external device found for this node's addresses {addrs:?}; pass --devices"
+        );
+    }
+    dp.attach_devices(&devs)
 }

@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
-    Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
+    BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
+    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
 };
 
 use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
@@ -54,6 +54,7 @@ fn family_of(ip: &IpAddr) -> Family {
 pub fn service_frontends(
     svc: &ServiceInfo,
     slices: &[&SliceInfo],
+    node_name: Option<&str>,
     node_addrs: &[IpAddr],
 ) -> Vec<Frontend> {
     if svc.skip.is_some() {
@@ -78,7 +79,7 @@ pub fn service_frontends(
             continue;
         };
         for family in &families {
-            let backends = backends_for(slices, *family, &sp.name, sp.proto, proto);
+            let backends = backends_for(slices, *family, &sp.name, sp.proto, proto, node_name);
             let mut add = |ip: &IpAddr, port: u16, flags: u8| {
                 if family_of(ip) == *family {
                     out.push(Frontend {
@@ -122,6 +123,7 @@ fn backends_for(
     port_name: &str,
     proto: Proto,
     proto_n: u8,
+    node_name: Option<&str>,
 ) -> Vec<Backend> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
@@ -148,7 +150,11 @@ fn backends_for(
                     addr: net_addr(*a),
                     port: BeU16::from_host(port.port),
                     proto: proto_n,
-                    flags: 0,
+                    flags: if node_name.is_some() && e.node.as_deref() == node_name {
+                        BACKEND_LOCAL
+                    } else {
+                        0
+                    },
                 });
             }
         }
@@ -260,7 +266,7 @@ mod tests {
         for (eps, want) in cases {
             let s = svc(&["10.96.0.10"], &[("http", 8080, Proto::Tcp)]);
             let sl = slice(Family::V4, &[("http", 80, Proto::Tcp)], eps.clone());
-            let fe = service_frontends(&s, &[&sl], &[]);
+            let fe = service_frontends(&s, &[&sl], None, &[]);
             assert_eq!(backends(&fe, 8080, PROTO_TCP), want, "endpoints {eps:?}");
         }
     }
@@ -279,7 +285,7 @@ mod tests {
             &[("http", 9090, Proto::Tcp)],
             vec![ep("10.0.0.2", true, true, false)],
         );
-        let fe = service_frontends(&s, &[&a, &b], &[]);
+        let fe = service_frontends(&s, &[&a, &b], None, &[]);
         assert_eq!(
             backends(&fe, 8080, PROTO_TCP),
             vec!["10.0.0.1:80", "10.0.0.2:9090"]
@@ -305,7 +311,7 @@ mod tests {
             ],
             vec![ep("10.0.0.1", true, true, false)],
         );
-        let fe = service_frontends(&s, &[&sl], &[]);
+        let fe = service_frontends(&s, &[&sl], None, &[]);
         assert_eq!(backends(&fe, 53, PROTO_TCP), vec!["10.0.0.1:5353"]);
         assert_eq!(backends(&fe, 53, PROTO_UDP), vec!["10.0.0.1:5354"]);
         assert_eq!(backends(&fe, 9153, PROTO_TCP), vec!["10.0.0.1:9153"]);
@@ -333,7 +339,7 @@ mod tests {
             vec![ep("fd00::1", true, true, false)],
         );
         v6.key.name = "v6".into();
-        let fe = service_frontends(&s, &[&v4, &v6], &[]);
+        let fe = service_frontends(&s, &[&v4, &v6], None, &[]);
         let v4fe: Vec<_> = fe
             .iter()
             .filter(|f| f.key.addr.is_v4() && f.key.port.to_host() == 80)
@@ -366,7 +372,7 @@ mod tests {
             "10.100.0.1".parse().unwrap(),
             "fd00:100::1".parse().unwrap(),
         ];
-        let fe = service_frontends(&s, &[&sl], &node);
+        let fe = service_frontends(&s, &[&sl], None, &node);
         let mut got: Vec<(String, u8, usize)> = fe
             .iter()
             .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0)
@@ -403,7 +409,7 @@ mod tests {
             &[("", 80, Proto::Tcp)],
             vec![ep("10.0.0.1", true, true, false)],
         );
-        assert!(service_frontends(&s, &[&sl], &[]).is_empty());
+        assert!(service_frontends(&s, &[&sl], None, &[]).is_empty());
     }
 
     #[test]
@@ -417,7 +423,7 @@ mod tests {
         let mut b = a.clone();
         b.key.name = "b".into();
         assert_eq!(
-            backends(&service_frontends(&s, &[&a, &b], &[]), 80, PROTO_TCP),
+            backends(&service_frontends(&s, &[&a, &b], None, &[]), 80, PROTO_TCP),
             vec!["10.0.0.1:80"]
         );
     }

@@ -106,6 +106,47 @@ fn refuse_private_mount_namespace() -> anyhow::Result<()> {
     }
 }
 
+/// Names of the interfaces holding any of `addrs` (getifaddrs).
+pub fn interfaces_with(addrs: &[std::net::IpAddr]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs fills a list we walk read-only and free once.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getifaddrs");
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() {
+                continue;
+            }
+            let ip = match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    std::net::IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes())
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    std::net::IpAddr::from(sin6.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            };
+            if addrs.contains(&ip) {
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                    .to_string_lossy()
+                    .to_string();
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}
+
 /// The cgroup id the kernel reports for a cgroup v2 directory (its inode).
 pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;

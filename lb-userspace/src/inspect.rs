@@ -26,6 +26,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let st = p.status()?;
     let fill = p.fill()?;
     let links = p.links();
+    let counters = p.counters()?;
     if json_out {
         let maps: BTreeMap<_, _> = fill
             .iter()
@@ -49,6 +50,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
                 "pin_dir": p.pin_dir,
                 "maps": maps,
                 "links": links,
+                "counters": counters.iter().map(|(n, v)| (n.to_string(), *v)).collect::<BTreeMap<_, _>>(),
             })
         );
     } else {
@@ -139,4 +141,48 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+    let kinds = ["?", "forward", "reverse", "snat", "reverse-snat"];
+    let now = std::time::Duration::from(nix_monotonic()).as_secs() as i64;
+    let rows: Vec<_> = p
+        .conntrack()?
+        .iter()
+        .map(|(k, v)| {
+            json!({
+                "kind": kinds.get(k.kind as usize).copied().unwrap_or("?"),
+                "protocol": proto_name(k.proto),
+                "src": endpoint(ip_of(&k.saddr), k.sport.to_host()),
+                "dst": endpoint(ip_of(&k.daddr), k.dport.to_host()),
+                "to": endpoint(ip_of(&v.addr), v.port.to_host()),
+                "backend_id": v.backend_id,
+                "idle_s": now - v.last_seen as i64,
+            })
+        })
+        .collect();
+    if json_out {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!(
+                "{:<12} {:<4} {:<28} -> {:<28} => {:<28} idle {}s",
+                r["kind"].as_str().unwrap_or_default(),
+                r["protocol"].as_str().unwrap_or_default(),
+                r["src"].as_str().unwrap_or_default(),
+                r["dst"].as_str().unwrap_or_default(),
+                r["to"].as_str().unwrap_or_default(),
+                r["idle_s"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC, the clock bpf_ktime_get_coarse_ns reads.
+fn nix_monotonic() -> std::time::Duration {
+    // SAFETY: clock_gettime writes into a local timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

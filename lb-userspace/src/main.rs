@@ -56,6 +56,13 @@ enum Cmd {
         /// Capacity of the socket reverse-translation LRU.
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX)]
         max_sock_rev: u32,
+        /// Capacity of the packet-level conntrack LRU.
+        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX)]
+        max_ct: u32,
+        /// External devices for the packet programs, comma-separated
+        /// (default: the interfaces holding this node's addresses).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -73,6 +80,11 @@ enum Cmd {
     },
     /// Backends as the kernel holds them.
     Backend {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Packet-level conntrack entries.
+    Ct {
         #[command(subcommand)]
         cmd: ListCmd,
     },
@@ -118,6 +130,8 @@ fn main() -> anyhow::Result<()> {
             max_services,
             max_backends,
             max_sock_rev,
+            max_ct,
+            devices,
             log_format,
         } => {
             init_logs(log_format);
@@ -128,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             let opts = agent::RunOptions {
                 source,
                 node_name,
+                devices,
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
                     cgroup,
@@ -135,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                         services: max_services,
                         backends: max_backends,
                         sock_rev: max_sock_rev,
+                        ct: max_ct,
                     },
                 },
                 poll: Duration::from_millis(100),
@@ -153,6 +169,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Service {
             cmd: ListCmd::List { pins, output },
         } => inspect::services(
+            &kernel::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Ct {
+            cmd: ListCmd::List { pins, output },
+        } => inspect::conntrack(
             &kernel::Pinned {
                 pin_dir: pins.pin_dir,
             },

@@ -135,6 +135,7 @@ impl Reconciler {
                 desired::service_frontends(
                     info,
                     &self.snapshot.slices_of(svc),
+                    self.snapshot.node_name.as_deref(),
                     &self.snapshot.node.addrs,
                 )
             }

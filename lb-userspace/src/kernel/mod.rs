@@ -12,12 +12,16 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+        tc::TcAttachOptions,
+    },
 };
 use lb_common::{
-    Backend, MAP_BACKENDS, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, Status,
+    Backend, COUNTERS, Config, CtKey, CtValue, MAP_BACKENDS, MAP_CONFIG, MAP_COUNTERS, MAP_CT,
+    MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    Status,
 };
 
 use crate::plan::{Mirror, Op};
@@ -41,6 +45,7 @@ pub struct MapSizes {
     pub services: u32,
     pub backends: u32,
     pub sock_rev: u32,
+    pub ct: u32,
 }
 
 impl Default for MapSizes {
@@ -49,6 +54,7 @@ impl Default for MapSizes {
             services: lb_common::DEFAULT_SERVICES_MAX,
             backends: lb_common::DEFAULT_BACKENDS_MAX,
             sock_rev: lb_common::DEFAULT_SOCK_REV_MAX,
+            ct: lb_common::DEFAULT_CT_MAX,
         }
     }
 }
@@ -63,7 +69,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 4] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 7] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -93,6 +99,27 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 4] {
             key_size: 4,
             value_size: size_of::<Status>() as u32,
             max_entries: 1,
+        },
+        MapSpec {
+            name: MAP_CT,
+            map_type: MapType::LruHash,
+            key_size: size_of::<CtKey>() as u32,
+            value_size: size_of::<CtValue>() as u32,
+            max_entries: sizes.ct,
+        },
+        MapSpec {
+            name: MAP_CONFIG,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<Config>() as u32,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: MAP_COUNTERS,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: COUNTERS,
         },
     ]
 }
@@ -139,11 +166,18 @@ pub struct LoadOptions {
 
 /// The loaded datapath: typed handles on the agent-owned maps.
 pub struct Datapath {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     status: Array<MapData, Status>,
+    config: Array<MapData, Config>,
+    links_dir: PathBuf,
+    devices: Vec<String>,
 }
+
+/// The packet programs, with their direction.
+pub const TC_PROGRAMS: &[(&str, &str)] =
+    &[("lb_tc_ingress", "ingress"), ("lb_tc_egress", "egress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     crate::host::ensure_pin_dir(&opts.pin_dir)?;
@@ -158,6 +192,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         .map_max_entries(MAP_SERVICES, opts.sizes.services)
         .map_max_entries(MAP_BACKENDS, opts.sizes.backends)
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
+        .map_max_entries(MAP_CT, opts.sizes.ct)
         .load(OBJECT)
         .context("loading the eBPF object")?;
 
@@ -187,14 +222,26 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         tracing::info!(program = name, cgroup = %opts.cgroup.display(), "attached");
     }
 
+    for name in TC_PROGRAMS.iter().map(|(n, _)| n) {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {name}"))?;
+    }
     let services = HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?)?;
     let backends = HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)?;
     let status = Array::try_from(take(&mut ebpf, MAP_STATUS)?)?;
+    let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)?;
     Ok(Datapath {
-        _ebpf: ebpf,
+        ebpf,
         services,
         backends,
         status,
+        config,
+        links_dir,
+        devices: vec![],
     })
 }
 
@@ -241,6 +288,60 @@ fn adopt_link(
 }
 
 impl Datapath {
+    pub fn set_config(&mut self, config: Config) -> anyhow::Result<()> {
+        self.config.set(0, config, 0).context("writing config map")
+    }
+
+    /// Attaches the packet programs (tcx links, pinned) to `devices`, once
+    /// each; a pinned link of an earlier agent gets the new program instead.
+    pub fn attach_devices(&mut self, devices: &[String]) -> anyhow::Result<()> {
+        for dev in devices {
+            if self.devices.contains(dev) {
+                continue;
+            }
+            for (name, dir) in TC_PROGRAMS {
+                let pin = self.links_dir.join(format!("tc-{dir}-{dev}"));
+                let prog: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing"))?
+                    .try_into()?;
+                if pin.exists() {
+                    let link = sys::obj_get(&pin)
+                        .with_context(|| format!("opening pinned link {}", pin.display()))?;
+                    let prog_fd = prog.fd()?;
+                    if sys::link_update(link.as_fd(), prog_fd.as_fd()).is_ok() {
+                        tracing::info!(link = %pin.display(), "adopted pinned link");
+                        continue;
+                    }
+                    tracing::warn!(link = %pin.display(), "pinned link is stale; replacing it");
+                    std::fs::remove_file(&pin)?;
+                }
+                let attach = if *dir == "ingress" {
+                    TcAttachType::Ingress
+                } else {
+                    TcAttachType::Egress
+                };
+                let id = prog
+                    .attach_with_options(
+                        dev,
+                        attach,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .with_context(|| format!("attaching {name} to {dev} ({dir})"))?;
+                let link: FdLink = prog
+                    .take_link(id)?
+                    .try_into()
+                    .context("tcx link is not an fd link")?;
+                link.pin(&pin)
+                    .with_context(|| format!("pinning link {}", pin.display()))?;
+                tracing::info!(program = name, device = dev, "attached");
+            }
+            self.devices.push(dev.clone());
+        }
+        Ok(())
+    }
+
     /// The maps' contents as a plan mirror.
     pub fn read_mirror(&self) -> anyhow::Result<Mirror> {
         let services = self
@@ -344,12 +445,13 @@ impl Pinned {
             count::<ServiceKey, ServiceValue>(&self.pin_dir, MAP_SERVICES)?,
             count::<u32, Backend>(&self.pin_dir, MAP_BACKENDS)?,
             count::<SockRevKey, SockRevValue>(&self.pin_dir, MAP_SOCK_REV)?,
+            count::<CtKey, CtValue>(&self.pin_dir, MAP_CT)?,
         ])
     }
 
     /// The links this agent pinned, each with whether it is still attached.
     pub fn links(&self) -> Vec<(String, bool)> {
-        SOCK_PROGRAMS
+        let mut out: Vec<(String, bool)> = SOCK_PROGRAMS
             .iter()
             .map(|(name, _)| {
                 let ok = sys::obj_get(&self.pin_dir.join("links").join(name))
@@ -357,7 +459,41 @@ impl Pinned {
                     .is_ok_and(|i| i.cgroup_id != 0);
                 (name.to_string(), ok)
             })
-            .collect()
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.pin_dir.join("links")) {
+            let mut tc: Vec<(String, bool)> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("tc-"))
+                .map(|n| {
+                    let ok = sys::obj_get(&self.pin_dir.join("links").join(&n)).is_ok();
+                    (n, ok)
+                })
+                .collect();
+            tc.sort();
+            out.extend(tc);
+        }
+        out
+    }
+
+    /// Conntrack entries, bounded by the map's size (a key walk over an LRU
+    /// being written can restart).
+    pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
+        let max = MapInfo::from_pin(self.pin_dir.join(MAP_CT))?.max_entries() as usize;
+        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(open_pinned(&self.pin_dir, MAP_CT)?)?;
+        Ok(m.iter().take(max).filter_map(Result::ok).collect())
+    }
+
+    /// Datapath counters summed over CPUs, by name.
+    pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(open_pinned(&self.pin_dir, MAP_COUNTERS)?)?;
+        let mut out = Vec::new();
+        for (i, name) in lb_common::COUNTER_NAMES.iter().enumerate() {
+            let v = m.get(&(i as u32), 0)?;
+            out.push((*name, v.iter().sum()));
+        }
+        Ok(out)
     }
 }
 
@@ -439,7 +575,11 @@ mod tests {
                 spec.name
             );
         }
-        for (name, _) in SOCK_PROGRAMS {
+        for name in SOCK_PROGRAMS
+            .iter()
+            .map(|p| p.0)
+            .chain(TC_PROGRAMS.iter().map(|p| p.0))
+        {
             assert!(ebpf.program(name).is_some(), "program {name} missing");
         }
     }

@@ -1,0 +1,63 @@
+//! Conntrack entries of packet-level flows (see lb_common::CtKey). Lookups
+//! copy values out; `touch` refreshes the last-seen time at most once a
+//! second so a busy flow does not write its entry on every packet.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use lb_common::{BeU16, CtKey, CtValue, NetAddr};
+
+use crate::{maps::LB_CT_V1, packet::Pkt};
+
+#[inline(always)]
+pub fn now_s() -> u32 {
+    // SAFETY: helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+pub fn key(p: &Pkt, kind: u8) -> CtKey {
+    CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        kind,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+pub fn lookup(k: &CtKey) -> Option<CtValue> {
+    // SAFETY: the value is copied out at once.
+    unsafe { LB_CT_V1.get(k) }.copied()
+}
+
+#[inline(always)]
+pub fn touch(k: &CtKey, v: &CtValue) {
+    let now = now_s();
+    if v.last_seen != now {
+        if let Some(p) = LB_CT_V1.get_ptr_mut(k) {
+            // SAFETY: a 4-byte aligned store into a live map value; a racing
+            // CPU writes the same kind of value (a time), so either wins.
+            unsafe { (*p).last_seen = now };
+        }
+    }
+}
+
+#[inline(always)]
+pub fn value(addr: NetAddr, port: BeU16, backend_id: u32, flags: u8) -> CtValue {
+    CtValue {
+        addr,
+        port,
+        flags,
+        _pad: 0,
+        backend_id,
+        last_seen: now_s(),
+        _pad2: 0,
+    }
+}
+
+#[inline(always)]
+pub fn insert(k: &CtKey, v: &CtValue) -> bool {
+    LB_CT_V1.insert(k, v, 0).is_ok()
+}

@@ -1,0 +1,80 @@
+//! Header rewrites with incremental checksum updates (RFC 1624 through the
+//! kernel's csum helpers): addresses change the IPv4 header checksum and the
+//! L4 pseudo-header; ports change the L4 checksum.
+
+use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use lb_common::{BeU16, NetAddr, PROTO_UDP};
+
+use crate::packet::Pkt;
+
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+const IPV4_CSUM_OFF: usize = crate::packet::ETH_HLEN + 10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+#[inline(always)]
+fn l4_flags(p: &Pkt) -> u64 {
+    // A zero UDP checksum over IPv4 means "none": keep it zero.
+    if p.proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+pub fn set_addr(ctx: &TcContext, p: &mut Pkt, side: Side, new: NetAddr) -> Result<(), i64> {
+    let (off, old) = match side {
+        Side::Src => (p.saddr_off(), p.saddr),
+        Side::Dst => (p.daddr_off(), p.daddr),
+    };
+    if old == new {
+        return Ok(());
+    }
+    if p.v6 {
+        let mut from = old.0;
+        let mut to = new.0;
+        // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        ctx.store(off, &new.0, 0)?;
+        ctx.l4_csum_replace(p.csum_off(), 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
+    } else {
+        let (o, n) = (old.v4_raw(), new.v4_raw());
+        ctx.store(off, &n, 0)?;
+        ctx.l4_csum_replace(
+            p.csum_off(),
+            o as u64,
+            n as u64,
+            BPF_F_PSEUDO_HDR | 4 | l4_flags(p),
+        )?;
+        ctx.l3_csum_replace(IPV4_CSUM_OFF, o as u64, n as u64, 4)?;
+    }
+    match side {
+        Side::Src => p.saddr = new,
+        Side::Dst => p.daddr = new,
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub fn set_port(ctx: &TcContext, p: &mut Pkt, side: Side, new: BeU16) -> Result<(), i64> {
+    let (off, old) = match side {
+        Side::Src => (p.l4_off, p.sport),
+        Side::Dst => (p.l4_off + 2, p.dport),
+    };
+    if old == new {
+        return Ok(());
+    }
+    ctx.store(off, &new.0, 0)?;
+    ctx.l4_csum_replace(p.csum_off(), old.0 as u64, new.0 as u64, 2 | l4_flags(p))?;
+    match side {
+        Side::Src => p.sport = new,
+        Side::Dst => p.dport = new,
+    }
+    Ok(())
+}
