@@ -27,11 +27,18 @@ fn scenario(name: &str) -> PathBuf {
 }
 
 fn lab(path: &Path) -> Run {
+    lab_with(path, None)
+}
+
+/// Runs a scenario; with `dump`, each node's ct list, status and packet
+/// filter rules are written there after every step.
+fn lab_with(path: &Path, dump: Option<&Path>) -> Run {
     lb_tests::require_kernel();
     let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let child = Command::new(env!("CARGO_BIN_EXE_lb-lab"))
         .arg(path)
         .env("LB_AGENT_BIN", lb_tests::agent_bin())
+        .envs(dump.map(|d| ("LB_LAB_DUMP_DIR", d)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -352,4 +359,154 @@ fn node_port_lb_and_external_ips_from_inside_the_cluster() {
         .filter(|l| l["protocol"] == "UDP")
         .collect();
     assert_eq!(served_by(&udp).len(), 2);
+}
+
+struct DumpDir(PathBuf);
+
+impl DumpDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(lb_tests::unique(tag));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    fn json(&self, step: u64, node: &str, what: &str) -> Value {
+        let p = self.0.join(format!("step{step}-{node}-{what}.json"));
+        serde_json::from_slice(
+            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    }
+    fn rules(&self, step: u64, node: &str) -> String {
+        std::fs::read_to_string(self.0.join(format!("step{step}-{node}-rules.txt"))).unwrap()
+    }
+}
+
+impl Drop for DumpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn node_ports_lb_ips_and_external_ips_from_outside() {
+    let dump = DumpDir::new("dump");
+    let r = lab_with(&scenario("external-frontends.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let replica_node = |who: &str| if who == "x/web-1" { "node-1" } else { "node-2" };
+    let node_ip = |node: &str, fam: &str| {
+        let k = &node[5..];
+        if fam == "IPv4" {
+            format!("10.100.0.{k}")
+        } else {
+            format!("fd00:100::{k}")
+        }
+    };
+    let cases = [
+        ("nodeport/node-1/x/web", "TCP", "node-1"),
+        ("nodeport/node-2/x/web", "TCP", "node-2"),
+        ("nodeport/node-3/x/web", "TCP", "node-3"),
+        ("nodeport/node-1/x/web", "UDP", "node-1"),
+        ("nodeport/node-3/x/web", "UDP", "node-3"),
+        ("loadbalancer/x/web", "TCP", "node-1"),
+        ("externalip/x/web", "UDP", "node-1"),
+    ];
+    for (to, proto, ingress) in cases {
+        for fam in ["IPv4", "IPv6"] {
+            let lines: Vec<&Value> = select(&r, 0, "external", to)
+                .into_iter()
+                .filter(|l| l["protocol"] == proto && l["family"] == fam)
+                // the LoadBalancer IP is probed twice: the first 30 go via node-1
+                .take(30)
+                .collect();
+            assert_eq!(lines.len(), 30, "{to} {proto} {fam}");
+            let by = served_by(&lines);
+            assert_eq!(
+                by.len(),
+                3,
+                "{to} {proto} {fam}: every replica, on both nodes, answers: {by:?}"
+            );
+            for l in &lines {
+                let who = l["served_by"].as_str().unwrap();
+                // A replica on the ingress node sees the client; one on
+                // another node sees the ingress node (SNAT).
+                let want = if replica_node(who) == ingress {
+                    (if fam == "IPv4" {
+                        "10.100.0.200"
+                    } else {
+                        "fd00:100::200"
+                    })
+                    .to_string()
+                } else {
+                    node_ip(ingress, fam)
+                };
+                assert_eq!(
+                    l["client_seen"].as_str(),
+                    Some(want.as_str()),
+                    "{to} via {ingress}: {l}"
+                );
+            }
+        }
+    }
+    // via node-3: the LoadBalancer IP handled by node-3 (SNAT to all replicas)
+    let via3: Vec<&Value> = select(&r, 0, "external", "loadbalancer/x/web")
+        .into_iter()
+        .skip(60)
+        .collect();
+    assert_eq!(via3.len(), 60);
+    for l in &via3 {
+        assert_eq!(l["ok"], true, "{l}");
+        let fam = l["family"].as_str().unwrap();
+        assert_eq!(
+            l["client_seen"].as_str(),
+            Some(node_ip("node-3", fam).as_str()),
+            "{l}"
+        );
+    }
+    // The packet path did the work: the ingress nodes' conntrack holds the
+    // flows from `external` to their frontends, the TC counters grew, and no
+    // node holds packet-filter rules.
+    for (node, frontend) in [
+        ("node-1", "10.100.0.1:30080"),
+        ("node-3", "[fd00:100::3]:30053"),
+        ("node-3", "10.200.0.1:80"),
+    ] {
+        let ct = dump.json(0, node, "ct");
+        let hit = ct.as_array().unwrap().iter().any(|e| {
+            e["kind"] == "forward"
+                && e["dst"] == frontend
+                && e["src"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("10.100.0.200") || s.contains("fd00:100::200"))
+        });
+        assert!(
+            hit,
+            "{node}'s conntrack has no forward entry to {frontend}: {ct}"
+        );
+        let st = dump.json(0, node, "status");
+        assert!(
+            st["counters"]["tc_dnat"].as_u64().unwrap() > 0,
+            "{node}: {st}"
+        );
+    }
+    let st = dump.json(0, "node-3", "status");
+    assert!(
+        st["counters"]["tc_snat"].as_u64().unwrap() > 0
+            && st["counters"]["tc_reverse_dnat"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        let rules = dump.rules(0, node);
+        let found: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A") || l.starts_with("table") || l.starts_with("*"))
+            .collect();
+        assert!(
+            found.is_empty(),
+            "{node} holds packet-filter rules: {found:?}"
+        );
+        assert!(
+            !rules.contains("not found"),
+            "the rule listing tools must be installed (cargo xtask setup): {rules}"
+        );
+    }
 }

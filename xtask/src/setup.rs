@@ -14,6 +14,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("nsenter", "util-linux"),
+    // Only to prove that node namespaces hold no packet-filter rules.
+    ("iptables-save", "iptables"),
+    ("nft", "nftables"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -175,6 +175,10 @@ impl Lab {
             for a in attempts {
                 out.line(&a);
             }
+            if let Some(dir) = std::env::var_os("LB_LAB_DUMP_DIR") {
+                self.dump(Path::new(&dir), i)
+                    .with_context(|| format!("dumping step {i}'s node state"))?;
+            }
         }
         out.finish();
         Ok(())
@@ -317,6 +321,33 @@ impl Lab {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        Ok(())
+    }
+
+    /// For tests: each node's conntrack, status and packet-filter rules
+    /// after a step, as `DIR/step<i>-<node>-{ct,status}.json` and `-rules.txt`.
+    fn dump(&self, dir: &Path, step: usize) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (k, a) in self.agents.iter().enumerate() {
+            for (what, args) in [
+                ("ct", ["ct", "list", "-o", "json"].as_slice()),
+                ("status", ["status", "-o", "json"].as_slice()),
+            ] {
+                let out = Command::new(crate::agent_bin())
+                    .args(args)
+                    .arg(format!("--pin-dir={}", a.pin_dir.display()))
+                    .output()?;
+                std::fs::write(
+                    dir.join(format!("step{step}-{}-{what}.json", a.node)),
+                    &out.stdout,
+                )?;
+            }
+            let rules = topo::sh_out(
+                &topo::node_ns(k),
+                "iptables-save 2>&1; ip6tables-save 2>&1; nft list ruleset 2>&1",
+            );
+            std::fs::write(dir.join(format!("step{step}-{}-rules.txt", a.node)), rules)?;
         }
         Ok(())
     }
