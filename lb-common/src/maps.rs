@@ -173,7 +173,8 @@ pub const C_DROP_NO_BACKEND: u32 = 4;
 pub const C_PASS_UNPARSED: u32 = 5;
 pub const C_CT_CREATE: u32 = 6;
 pub const C_CT_STALE_BACKEND: u32 = 7;
-pub const COUNTERS: u32 = 8;
+pub const C_ICMP_UNREACH: u32 = 8;
+pub const COUNTERS: u32 = 9;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -183,6 +184,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "pass_unparsed",
     "ct_created",
     "ct_stale_backend",
+    "icmp_port_unreachable_sent",
 ];
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.

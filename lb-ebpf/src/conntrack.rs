@@ -44,20 +44,22 @@ pub fn touch(k: &CtKey, v: &CtValue) {
     }
 }
 
-#[inline(always)]
-pub fn value(addr: NetAddr, port: BeU16, backend_id: u32, flags: u8) -> CtValue {
-    CtValue {
-        addr,
-        port,
-        flags,
+/// Creates or replaces an entry. Not inlined: the value is built in this
+/// frame, not in the caller's (arguments are integers: at most five).
+#[inline(never)]
+pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags: u32) -> i32 {
+    let v = CtValue {
+        addr: *addr,
+        port: BeU16(port as u16),
+        flags: flags as u8,
         _pad: 0,
         backend_id,
         last_seen: now_s(),
         _pad2: 0,
+    };
+    // A full LRU evicts its oldest entry rather than failing.
+    match LB_CT_V1.insert(k, &v, 0) {
+        Ok(()) => 0,
+        Err(e) => e as i32,
     }
-}
-
-#[inline(always)]
-pub fn insert(k: &CtKey, v: &CtValue) -> bool {
-    LB_CT_V1.insert(k, v, 0).is_ok()
 }

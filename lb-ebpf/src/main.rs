@@ -4,6 +4,7 @@
 #![no_main]
 
 mod conntrack;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;

@@ -11,13 +11,14 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_PASS_UNPARSED,
-    C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV,
-    CT_RSNAT, CT_SNAT, CtKey, NetAddr, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, ServiceKey,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_ICMP_UNREACH,
+    C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4,
+    CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP,
+    SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, ServiceKey,
 };
 
 use crate::{
-    conntrack,
+    conntrack, icmp,
     maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, count},
     nat::{self, Side},
     packet::{self, Pkt},
@@ -93,26 +94,64 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
         count(C_PASS_UNPARSED);
         return Ok(TC_ACT_OK);
     };
-    let rk = conntrack::key(&p, CT_RSNAT);
-    if let Some(v) = conntrack::lookup(&rk) {
-        conntrack::touch(&rk, &v);
-        if rewrite_dst(ctx, &mut p, v.addr, v.port).is_ok() {
-            count(C_TC_RSNAT);
-        }
+    if known_flow(ctx, &mut p) != 0 {
         return Ok(TC_ACT_OK);
     }
-    let fk = conntrack::key(&p, CT_FWD);
+    match new_flow(ctx, &mut p) {
+        REFUSE => {
+            count(C_ICMP_UNREACH);
+            Ok(icmp::port_unreachable(ctx, &p))
+        }
+        v => Ok(v),
+    }
+}
+
+/// Replies of SNAT'd flows get their client back; known flows their
+/// backend. 0 when the packet belongs to no known flow (or its backend
+/// is gone: a miss, never a drop). Each step of the ingress path is its own
+/// function so their stack frames never add up past the verifier's limit.
+#[inline(never)]
+fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
+    let rk = conntrack::key(p, CT_RSNAT);
+    if let Some(v) = conntrack::lookup(&rk) {
+        conntrack::touch(&rk, &v);
+        if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
+            count(C_TC_RSNAT);
+        }
+        return 1;
+    }
+    let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
-        // A hit whose backend is gone is a miss: reselect below.
         if backend_is(v.backend_id, &v.addr, v.port) {
             conntrack::touch(&fk, &v);
-            if rewrite_dst(ctx, &mut p, v.addr, v.port).is_ok() {
+            if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
                 count(C_TC_DNAT);
             }
-            return Ok(TC_ACT_OK);
+            return 1;
         }
         count(C_CT_STALE_BACKEND);
     }
+    0
+}
+
+/// Verdict of `new_flow`: answer with ICMP port unreachable.
+const REFUSE: i32 = -1;
+
+/// A packet to a frontend with no conntrack entry: pick a backend, create
+/// the entries, DNAT. Not inlined, so its keys get a stack frame of their
+/// own, apart from the ICMP builder's.
+#[inline(never)]
+fn new_flow(ctx: &TcContext, p: &mut Pkt) -> i32 {
+    // Non-inlined functions return plain integers: a Result would come back
+    // through a pointer into the caller's stack, which the verifier refuses.
+    match try_new_flow(ctx, p) {
+        Ok(v) => v,
+        Err(_) => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
     let skey = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
     // SAFETY: copied out at once.
     let Some(fe) = (unsafe { LB_SERVICES_V1.get(&skey) }).copied() else {
@@ -123,9 +162,17 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     }
     if fe.count == 0 {
         count(C_DROP_NO_BACKEND);
+        // Refuse what opens a flow (a TCP SYN, any UDP datagram) at once.
+        let syn = p.proto == PROTO_TCP
+            && ctx
+                .load::<u8>(p.l4_off + 13)
+                .is_ok_and(|f| f & 0x12 == 0x02);
+        if syn || p.proto == PROTO_UDP {
+            return Ok(REFUSE);
+        }
         return Ok(TC_ACT_SHOT);
     }
-    let slot = (flow_hash(&p) % fe.count as u32) as u16 + 1;
+    let slot = (flow_hash(p) % fe.count as u32) as u16 + 1;
     // SAFETY: copied out at once.
     let Some(sv) = (unsafe { LB_SERVICES_V1.get(&skey.with_slot(slot)) }).copied() else {
         count(C_DROP_NO_BACKEND);
@@ -141,12 +188,21 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     }
     let (client, cport, front, fport) = (p.saddr, p.sport, p.daddr, p.dport);
     if b.flags & BACKEND_LOCAL == 0 {
-        // Another node's backend: replies must come back through here, so
-        // the source becomes this node's address (at egress).
         let Some(node) = node_addr(p.v6) else {
             return Ok(TC_ACT_SHOT);
         };
-        let sport = snat_port(&b.addr, b.port, node, client, cport, p.proto, flow_hash(&p));
+        let mut rsnat = CtKey {
+            saddr: b.addr,
+            daddr: node,
+            sport: b.port,
+            dport: cport,
+            proto: p.proto,
+            kind: CT_RSNAT,
+            _pad: [0; 2],
+        };
+        snat_port(&mut rsnat, &client, cport.0 as u32, flow_hash(p));
+        let sport = rsnat.dport;
+        conntrack::put(&rsnat, &client, cport.0 as u32, 0, 0);
         let snat = CtKey {
             saddr: client,
             daddr: b.addr,
@@ -156,17 +212,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
             kind: CT_SNAT,
             _pad: [0; 2],
         };
-        let rsnat = CtKey {
-            saddr: b.addr,
-            daddr: node,
-            sport: b.port,
-            dport: sport,
-            proto: p.proto,
-            kind: CT_RSNAT,
-            _pad: [0; 2],
-        };
-        conntrack::insert(&rsnat, &conntrack::value(client, cport, 0, 0));
-        conntrack::insert(&snat, &conntrack::value(node, sport, 0, 0));
+        conntrack::put(&snat, &node, sport.0 as u32, 0, 0);
     }
     let rev = CtKey {
         saddr: b.addr,
@@ -177,13 +223,11 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
         kind: CT_REV,
         _pad: [0; 2],
     };
-    conntrack::insert(&rev, &conntrack::value(front, fport, 0, 0));
-    conntrack::insert(
-        &fk,
-        &conntrack::value(b.addr, b.port, sv.backend_id, b.flags),
-    );
+    conntrack::put(&rev, &front, fport.0 as u32, 0, 0);
+    let fk = conntrack::key(p, CT_FWD);
+    conntrack::put(&fk, &b.addr, b.port.0 as u32, sv.backend_id, b.flags as u32);
     count(C_CT_CREATE);
-    if rewrite_dst(ctx, &mut p, b.addr, b.port).is_ok() {
+    if rewrite_dst(ctx, p, b.addr, b.port).is_ok() {
         count(C_TC_DNAT);
     }
     Ok(TC_ACT_OK)
@@ -204,37 +248,21 @@ fn rewrite_dst(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
     nat::set_port(ctx, p, Side::Dst, port)
 }
 
-/// The client's own port unless another client already holds it towards
-/// this backend; then a few hashed tries in 32768..61000 (bounded).
-#[inline(always)]
-fn snat_port(
-    baddr: &NetAddr,
-    bport: BeU16,
-    node: NetAddr,
-    client: NetAddr,
-    cport: BeU16,
-    proto: u8,
-    h: u32,
-) -> BeU16 {
-    let mut cand = cport;
+/// Sets `k.dport` (an RSNAT key, the client's port to start with) to a free
+/// port: the client's own unless another client already holds it towards
+/// this backend; then a few hashed tries in 32768..61000 (bounded). Not
+/// inlined: its key copy lives in its own stack frame.
+#[inline(never)]
+fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
     let mut i = 0u32;
     while i < 4 {
-        let k = CtKey {
-            saddr: *baddr,
-            daddr: node,
-            sport: bport,
-            dport: cand,
-            proto,
-            kind: CT_RSNAT,
-            _pad: [0; 2],
-        };
-        match conntrack::lookup(&k) {
-            None => return cand,
-            Some(v) if v.addr == client && v.port == cport => return cand,
+        match conntrack::lookup(k) {
+            None => return 0,
+            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return 0,
             Some(_) => {}
         }
-        cand = BeU16::from_host(32768 + (mix(h, i) % 28232) as u16);
+        k.dport = BeU16::from_host(32768 + (mix(h, i) % 28232) as u16);
         i += 1;
     }
-    cand
+    0
 }

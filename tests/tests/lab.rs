@@ -510,3 +510,28 @@ fn node_ports_lb_ips_and_external_ips_from_outside() {
         );
     }
 }
+
+#[test]
+fn no_endpoints_is_refused_from_outside_and_from_pods() {
+    let dump = DumpDir::new("dump");
+    let r = lab_with(&scenario("no-endpoints.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.lines.len(), 30);
+    for l in &r.lines {
+        assert_eq!(l["error"], "refused", "{l}");
+        let slow_ok = l["from"] == "external" && l["family"] == "IPv6" && l["protocol"] == "TCP";
+        let ms = l["ms"].as_f64().unwrap();
+        assert!(
+            ms < 50.0 || (slow_ok && ms < 2500.0),
+            "refused, not timed out: {l}"
+        );
+    }
+    let st = dump.json(0, "node-1", "status");
+    assert!(
+        st["counters"]["icmp_port_unreachable_sent"]
+            .as_u64()
+            .unwrap()
+            >= 12,
+        "{st}"
+    );
+}

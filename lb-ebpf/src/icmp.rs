@@ -1,0 +1,167 @@
+//! "Port unreachable" built in place from the packet that found no backend,
+//! and sent back out of the device it came in on: the client sees
+//! "connection refused" at once (TCP SYN and UDP), as a reject rule would do.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+
+use crate::packet::{ETH_HLEN, Pkt};
+
+/// Bytes of the offending packet quoted back: its IP header and 8 more.
+const QUOTE4: usize = 20 + 8;
+const QUOTE6: usize = 40 + 8;
+
+/// ICMP header and quote, checksummed as one block.
+#[repr(C, align(4))]
+struct Icmp4 {
+    hdr: [u8; 8],
+    quote: [u8; QUOTE4],
+}
+
+/// IPv6 pseudo-header, ICMPv6 header and quote, checksummed as one block.
+#[repr(C, align(4))]
+struct Icmp6 {
+    src: [u8; 16],
+    dst: [u8; 16],
+    len: [u8; 4],
+    next: [u8; 4],
+    hdr: [u8; 8],
+    quote: [u8; QUOTE6],
+}
+
+/// Folds a csum_diff result into the 16-bit checksum, in memory order (the
+/// sum ran over network-order bytes as they lie in memory).
+#[inline(always)]
+fn fold(mut c: u64) -> u16 {
+    c = (c & 0xffff) + (c >> 16);
+    c = (c & 0xffff) + (c >> 16);
+    c = (c & 0xffff) + (c >> 16);
+    !(c as u16)
+}
+
+/// The ones'-complement sum of `T`'s bytes (T: 4-byte aligned, size a
+/// multiple of 4).
+#[inline(always)]
+fn sum<T>(t: &mut T) -> u64 {
+    // SAFETY: `t` is a live, 4-byte aligned value of size_of::<T>() bytes.
+    unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            (t as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            0,
+        ) as u64
+    }
+}
+
+/// Rewrites the packet into an ICMP(v6) port unreachable to its sender and
+/// redirects it; drops it when that cannot be done. Not inlined: its
+/// buffers get a stack frame of their own, off the main path's.
+#[inline(never)]
+pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
+    let r = if p.v6 { reply6(ctx) } else { reply4(ctx) };
+    match r {
+        0 => {
+            // SAFETY: reading the context's own ifindex field.
+            let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+            // SAFETY: plain helper call; redirect to the device's egress.
+            unsafe { bpf_redirect(ifindex, 0) as i32 };
+            TC_ACT_REDIRECT
+        }
+        _ => TC_ACT_SHOT,
+    }
+}
+
+fn swap_macs(ctx: &TcContext) -> Result<(), i64> {
+    let dst: [u8; 6] = ctx.load(0)?;
+    let src: [u8; 6] = ctx.load(6)?;
+    ctx.store(0, &src, 0)?;
+    ctx.store(6, &dst, 0)
+}
+
+/// 0 when the packet now holds the reply. Non-inlined functions return
+/// integers (a Result would come back through the caller's stack).
+#[inline(never)]
+fn reply4(ctx: &TcContext) -> i32 {
+    try_reply4(ctx).map_or(-1, |_| 0)
+}
+
+#[inline(never)]
+fn reply6(ctx: &TcContext) -> i32 {
+    try_reply6(ctx).map_or(-1, |_| 0)
+}
+
+#[inline(always)]
+fn try_reply4(ctx: &TcContext) -> Result<(), i64> {
+    // Only a plain 20-byte header is quoted; options are rare on a SYN.
+    let vihl: u8 = ctx.load(ETH_HLEN)?;
+    if vihl != 0x45 {
+        return Err(-1);
+    }
+    let mut icmp = Icmp4 {
+        hdr: [3, 3, 0, 0, 0, 0, 0, 0],
+        quote: ctx.load(ETH_HLEN)?,
+    };
+    let c = fold(sum(&mut icmp)).to_ne_bytes();
+    icmp.hdr[2] = c[0];
+    icmp.hdr[3] = c[1];
+    let saddr: [u8; 4] = ctx.load(ETH_HLEN + 12)?;
+    let daddr: [u8; 4] = ctx.load(ETH_HLEN + 16)?;
+    let total = (20 + core::mem::size_of::<Icmp4>()) as u16;
+    let t = total.to_be_bytes();
+    #[repr(C, align(4))]
+    struct Ip([u8; 20]);
+    let mut ip = Ip([
+        0x45, 0, t[0], t[1], 0, 0, 0, 0, 64, 1, 0, 0, daddr[0], daddr[1], daddr[2], daddr[3],
+        saddr[0], saddr[1], saddr[2], saddr[3],
+    ]);
+    let c = fold(sum(&mut ip)).to_ne_bytes();
+    ip.0[10] = c[0];
+    ip.0[11] = c[1];
+    swap_macs(ctx)?;
+    // SAFETY: the program's own skb; the new length is positive and small.
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN as u32) + total as u32, 0) } != 0
+    {
+        return Err(-1);
+    }
+    ctx.store(ETH_HLEN, &ip.0, 0)?;
+    ctx.store(ETH_HLEN + 20, &icmp.hdr, 0)?;
+    ctx.store(ETH_HLEN + 28, &icmp.quote, 0)?;
+    Ok(())
+}
+
+#[inline(always)]
+fn try_reply6(ctx: &TcContext) -> Result<(), i64> {
+    let icmp_len = (8 + QUOTE6) as u32;
+    // The reply goes from the packet's destination to its source.
+    let mut b = Icmp6 {
+        src: ctx.load(ETH_HLEN + 24)?,
+        dst: ctx.load(ETH_HLEN + 8)?,
+        len: icmp_len.to_be_bytes(),
+        next: [0, 0, 0, 58],
+        hdr: [1, 4, 0, 0, 0, 0, 0, 0],
+        quote: ctx.load(ETH_HLEN)?,
+    };
+    let c = fold(sum(&mut b)).to_ne_bytes();
+    b.hdr[2] = c[0];
+    b.hdr[3] = c[1];
+    swap_macs(ctx)?;
+    // SAFETY: as in reply4.
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 40) as u32 + icmp_len, 0) }
+        != 0
+    {
+        return Err(-1);
+    }
+    let head: [u8; 8] = [0x60, 0, 0, 0, (icmp_len >> 8) as u8, icmp_len as u8, 58, 64];
+    ctx.store(ETH_HLEN, &head, 0)?;
+    ctx.store(ETH_HLEN + 8, &b.src, 0)?;
+    ctx.store(ETH_HLEN + 24, &b.dst, 0)?;
+    ctx.store(ETH_HLEN + 40, &b.hdr, 0)?;
+    ctx.store(ETH_HLEN + 48, &b.quote, 0)?;
+    Ok(())
+}
