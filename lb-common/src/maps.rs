@@ -36,6 +36,10 @@ pub const SVC_FLAG_ADDR_ONLY: u8 = 1 << 0;
 pub const SVC_FLAG_EXTERNAL: u8 = 1 << 1;
 /// A NodePort frontend (loopback ones too).
 pub const SVC_FLAG_NODEPORT: u8 = 1 << 2;
+/// externalTrafficPolicy: Local: packets from outside use the entry of
+/// scope `SCOPE_EXTERNAL` (this node's endpoints) and are dropped when it
+/// has none.
+pub const SVC_FLAG_EXT_LOCAL: u8 = 1 << 3;
 
 /// Key of `LB_SERVICES_V1`. Slot 0 is the frontend; slots 1..=count hold
 /// backend ids, so choosing a backend is one hash lookup after the frontend.
@@ -174,7 +178,8 @@ pub const C_PASS_UNPARSED: u32 = 5;
 pub const C_CT_CREATE: u32 = 6;
 pub const C_CT_STALE_BACKEND: u32 = 7;
 pub const C_ICMP_UNREACH: u32 = 8;
-pub const COUNTERS: u32 = 9;
+pub const C_DROP_NO_LOCAL: u32 = 9;
+pub const COUNTERS: u32 = 10;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -185,6 +190,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "ct_created",
     "ct_stale_backend",
     "icmp_port_unreachable_sent",
+    "drop_no_local_backend",
 ];
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.

@@ -11,10 +11,10 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_ICMP_UNREACH,
-    C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4,
-    CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP,
-    SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, ServiceKey,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL,
+    C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT,
+    CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP,
+    PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, ServiceKey,
 };
 
 use crate::{
@@ -159,6 +159,21 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
     };
     if fe.flags & SVC_FLAG_EXTERNAL == 0 {
         return Ok(TC_ACT_OK);
+    }
+    let mut skey = skey;
+    let mut fe = fe;
+    if fe.flags & SVC_FLAG_EXT_LOCAL != 0 {
+        // externalTrafficPolicy: Local: this node's endpoints only, the
+        // client's address kept; none here means drop, not reject.
+        skey.scope = SCOPE_EXTERNAL;
+        // SAFETY: copied out at once.
+        match unsafe { LB_SERVICES_V1.get(&skey) }.copied() {
+            Some(v) if v.count > 0 => fe = v,
+            _ => {
+                count(C_DROP_NO_LOCAL);
+                return Ok(TC_ACT_SHOT);
+            }
+        }
     }
     if fe.count == 0 {
         count(C_DROP_NO_BACKEND);

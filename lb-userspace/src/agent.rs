@@ -69,6 +69,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     dp.set_status(status)?;
     let mut needs_resync = false;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
+    let mut health_checks = crate::health_check::HealthChecks::default();
 
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,6 +108,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 for e in &out.errors {
                     tracing::error!("{e}");
                 }
+                health_checks.update(&rec.health_checks);
                 if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
                     tracing::error!("packet datapath: {e:#}");
                 }

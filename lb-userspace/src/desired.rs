@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
-    BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
-    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
+    BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
 };
 
 use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
@@ -97,15 +97,49 @@ pub fn service_frontends(
             for ip in &svc.cluster_ips {
                 add(ip, sp.port, 0);
             }
+            // externalTrafficPolicy: Local: the frontend (all endpoints, for
+            // clients inside the cluster) points the packet path at a second
+            // entry of external scope holding this node's endpoints only.
+            let local = if svc.external_local {
+                SVC_FLAG_EXT_LOCAL
+            } else {
+                0
+            };
+            let mut externals: Vec<(IpAddr, u16, u8)> = Vec::new();
             for ip in svc.lb_ips.iter().chain(&svc.external_ips) {
-                add(ip, sp.port, SVC_FLAG_EXTERNAL);
+                externals.push((*ip, sp.port, SVC_FLAG_EXTERNAL | local));
             }
             if let Some(np) = sp.node_port {
                 for ip in node_addrs {
-                    add(ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT);
+                    externals.push((*ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT | local));
                 }
                 for ip in &loopback {
                     add(ip, np, SVC_FLAG_NODEPORT);
+                }
+            }
+            for (ip, port, flags) in &externals {
+                add(ip, *port, *flags);
+            }
+            if svc.external_local {
+                let local_backends: Vec<Backend> = backends
+                    .iter()
+                    .filter(|b| b.flags & BACKEND_LOCAL != 0)
+                    .copied()
+                    .collect();
+                for (ip, port, _) in externals
+                    .iter()
+                    .filter(|(ip, _, _)| family_of(ip) == *family)
+                {
+                    out.push(Frontend {
+                        key: ServiceKey::frontend(
+                            net_addr(*ip),
+                            BeU16::from_host(*port),
+                            proto,
+                            SCOPE_EXTERNAL,
+                        ),
+                        flags: SVC_FLAG_EXTERNAL,
+                        backends: local_backends.clone(),
+                    });
                 }
             }
         }
@@ -113,6 +147,23 @@ pub fn service_frontends(
     out.sort_by_key(|f| f.key);
     out.dedup_by_key(|f| f.key);
     out
+}
+
+/// This node's ready endpoints of a Service (distinct addresses), what its
+/// healthCheckNodePort reports.
+pub fn local_ready_endpoints(slices: &[&SliceInfo], node_name: Option<&str>) -> usize {
+    let Some(node) = node_name else { return 0 };
+    let mut addrs = BTreeSet::new();
+    for s in slices {
+        for e in s
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && e.node.as_deref() == Some(node))
+        {
+            addrs.extend(e.addrs.iter().copied());
+        }
+    }
+    addrs.len()
 }
 
 /// Ready endpoints; when none is ready, the serving and terminating ones
@@ -184,6 +235,8 @@ mod tests {
                 .collect(),
             external_ips: vec![],
             lb_ips: vec![],
+            external_local: false,
+            health_check_node_port: None,
         }
     }
 
@@ -397,6 +450,49 @@ mod tests {
                 ("10.96.0.10:80".to_string(), 0, 1),
                 ("127.0.0.1:30000".to_string(), np, 1),
             ]
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_adds_a_local_only_external_scope() {
+        let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+        s.ports[0].node_port = Some(30000);
+        s.external_local = true;
+        let mut a = ep("10.0.0.1", true, true, false);
+        a.node = Some("n1".into());
+        let mut b = ep("10.0.0.2", true, true, false);
+        b.node = Some("n2".into());
+        let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], vec![a, b]);
+        let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
+        let fe = service_frontends(&s, &[&sl], Some("n1"), &node);
+        let np: Vec<&Frontend> = fe
+            .iter()
+            .filter(|f| {
+                f.key.port.to_host() == 30000
+                    && f.key.addr.is_v4()
+                    && ip_of(&f.key.addr).to_string() == "10.100.0.1"
+            })
+            .collect();
+        assert_eq!(np.len(), 2);
+        let internal = np.iter().find(|f| f.key.scope == SCOPE_INTERNAL).unwrap();
+        let external = np.iter().find(|f| f.key.scope == SCOPE_EXTERNAL).unwrap();
+        assert_eq!(
+            internal.backends.len(),
+            2,
+            "pods and nodes reach every endpoint"
+        );
+        assert!(internal.flags & SVC_FLAG_EXT_LOCAL != 0);
+        assert_eq!(
+            external.backends.len(),
+            1,
+            "outside clients: this node's endpoints only"
+        );
+        assert!(external.backends[0].flags & BACKEND_LOCAL != 0);
+        // the ClusterIP and loopback NodePort keep in-cluster semantics
+        assert!(
+            fe.iter()
+                .filter(|f| f.key.scope == SCOPE_EXTERNAL)
+                .all(|f| f.flags & SVC_FLAG_EXTERNAL != 0)
         );
     }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod desired;
+pub mod health_check;
 pub mod host;
 pub mod inspect;
 pub mod kernel;

@@ -3,12 +3,13 @@
 //! and hands the ops to the writer. A full batch (a complete listing) also
 //! removes frontends that no Service claims any more.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{SVC_FLAG_ADDR_ONLY, ServiceKey};
 
 use crate::{
     desired::{self, ip_of},
+    health_check::Check,
     plan::{Mirror, Op},
     snapshot::{Change, ObjRef, Snapshot},
 };
@@ -26,6 +27,8 @@ pub struct Reconciler {
     /// what it touches and two Services cannot fight over one frontend.
     owned: HashMap<ObjRef, Vec<ServiceKey>>,
     owner: HashMap<ServiceKey, ObjRef>,
+    /// healthCheckNodePort -> what it reports, kept per touched Service.
+    pub health_checks: BTreeMap<u16, Check>,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +57,7 @@ impl Reconciler {
             mirror,
             owned: HashMap::new(),
             owner: HashMap::new(),
+            health_checks: BTreeMap::new(),
         }
     }
 
@@ -141,6 +145,24 @@ impl Reconciler {
             }
             None => vec![],
         };
+        self.health_checks.retain(|_, c| &c.service != svc);
+        if let Some(info) = self.snapshot.service(svc).filter(|i| i.skip.is_none()) {
+            if let Some(port) = info.health_check_node_port {
+                let local = desired::local_ready_endpoints(
+                    &self.snapshot.slices_of(svc),
+                    self.snapshot.node_name.as_deref(),
+                );
+                match self.health_checks.get(&port) {
+                    Some(other) => errors.push(format!(
+                        "Service {svc}: spec.healthCheckNodePort {port} already belongs to Service {}",
+                        other.service
+                    )),
+                    None => {
+                        self.health_checks.insert(port, Check { service: svc.clone(), local_endpoints: local });
+                    }
+                }
+            }
+        }
         let old = self.owned.remove(svc).unwrap_or_default();
         let mut mine = Vec::new();
         let before = ops.len();

@@ -70,6 +70,11 @@ pub struct ServiceInfo {
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`.
     pub lb_ips: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`: clients from outside get this node's
+    /// endpoints only, with their address kept.
+    pub external_local: bool,
+    /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// This node, as its Node object describes it.
@@ -241,6 +246,12 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
     } else {
         (vec![], vec![])
     };
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
+        && matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(p) if external_local => Some(port16(p, &object, "spec.healthCheckNodePort")?),
+        _ => None,
+    };
     Ok(ServiceInfo {
         key,
         skip,
@@ -248,6 +259,8 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         ports,
         external_ips,
         lb_ips,
+        external_local,
+        health_check_node_port,
     })
 }
 

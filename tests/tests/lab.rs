@@ -535,3 +535,63 @@ fn no_endpoints_is_refused_from_outside_and_from_pods() {
         "{st}"
     );
 }
+
+#[test]
+fn external_traffic_policy_local_and_health_check_node_port() {
+    let r = ok_run("external-local.yaml");
+    let only = |to: &str, proto: &str, want: &str| {
+        let lines: Vec<&Value> = select(&r, 0, "external", to)
+            .into_iter()
+            .filter(|l| l["protocol"] == proto && l["ok"] == true)
+            .collect();
+        assert!(!lines.is_empty(), "{to}");
+        let by = served_by(&lines);
+        assert_eq!(
+            by.keys().collect::<Vec<_>>(),
+            [want],
+            "{to} {proto}: only the probed node's replica: {by:?}"
+        );
+        for l in lines {
+            assert_eq!(
+                l["client_seen"], "10.100.0.200",
+                "the client's address is kept: {l}"
+            );
+        }
+    };
+    only("nodeport/node-1/x/web", "TCP", "x/web-1");
+    only("nodeport/node-3/x/web", "TCP", "x/web-3");
+    only("nodeport/node-3/x/web", "UDP", "x/web-3");
+    let via1: Vec<&Value> = select(&r, 0, "external", "loadbalancer/x/web")
+        .into_iter()
+        .take(10)
+        .collect();
+    assert_eq!(served_by(&via1).keys().collect::<Vec<_>>(), ["x/web-1"]);
+    // a node without a local replica drops: timeout, not refused
+    for l in select(&r, 0, "external", "nodeport/node-2/x/web")
+        .into_iter()
+        .chain(
+            select(&r, 0, "external", "loadbalancer/x/web")
+                .into_iter()
+                .skip(10),
+        )
+    {
+        assert_eq!(l["error"], "timeout", "{l}");
+    }
+    // pods still reach every replica, through any frontend
+    for to in ["nodeport/node-2/x/web", "loadbalancer/x/web"] {
+        let by = served_by(&select(&r, 0, "x/client", to));
+        assert_eq!(by.len(), 2, "{to}: {by:?}");
+    }
+    let hc = |step: u64, node: &str| {
+        select(&r, step, "external", &format!("healthcheck/{node}/x/web"))[0]["http_status"]
+            .as_u64()
+    };
+    assert_eq!(hc(0, "node-1"), Some(200));
+    assert_eq!(hc(0, "node-2"), Some(503));
+    assert_eq!(hc(0, "node-3"), Some(200));
+    // web-1 not ready: node-1 has no local endpoint left
+    assert_eq!(hc(1, "node-1"), Some(503));
+    for l in select(&r, 1, "external", "nodeport/node-1/x/web") {
+        assert_eq!(l["error"], "timeout", "{l}");
+    }
+}
