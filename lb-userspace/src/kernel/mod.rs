@@ -3,6 +3,8 @@
 //! back. No other module imports aya.
 
 mod sys;
+#[cfg(test)]
+mod test_run;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},

@@ -1,0 +1,389 @@
+//! The packet programs on crafted packets (BPF_PROG_TEST_RUN) with seeded
+//! maps: verdicts, rewritten headers, checksums, conntrack entries, and
+//! packets they must leave alone.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use etherparse::PacketBuilder;
+use lb_common::{
+    BACKEND_LOCAL, Backend, BeU16, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT,
+    CT_SNAT, Config, CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL,
+    ServiceKey, ServiceValue,
+};
+
+use super::{OBJECT, TC_PROGRAMS};
+use crate::desired::net_addr;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+
+struct Bed {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = super::reset(&self.dir);
+    }
+}
+
+fn ip(s: &str) -> lb_common::NetAddr {
+    net_addr(s.parse::<IpAddr>().unwrap())
+}
+
+impl Bed {
+    fn new(tag: &str) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
+        );
+        let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-tr{tag}", std::process::id()));
+        crate::host::ensure_pin_dir(&dir).expect("bpffs");
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .expect("load");
+        for (name, _) in TC_PROGRAMS {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+        let mut cfg: Array<_, Config> =
+            Array::try_from(ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
+        cfg.set(
+            0,
+            Config {
+                node_ip4: ip("10.100.0.1"),
+                node_ip6: ip("fd00:100::1"),
+                flags: CONFIG_HAS_IP4 | CONFIG_HAS_IP6,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+        Self { ebpf, dir }
+    }
+
+    /// One frontend with one backend.
+    fn service(&mut self, front: &str, fport: u16, proto: u8, backend: Option<(&str, u16, u8)>) {
+        let key = ServiceKey::frontend(ip(front), BeU16::from_host(fport), proto, SCOPE_INTERNAL);
+        if let Some((b, bport, flags)) = backend {
+            let mut bes: HashMap<_, u32, Backend> =
+                HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+            bes.insert(
+                7,
+                Backend {
+                    addr: ip(b),
+                    port: BeU16::from_host(bport),
+                    proto,
+                    flags,
+                },
+                0,
+            )
+            .unwrap();
+        }
+        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
+        let count = backend.is_some() as u16;
+        if count == 1 {
+            svcs.insert(
+                key.with_slot(1),
+                ServiceValue {
+                    backend_id: 7,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+        }
+        svcs.insert(
+            key,
+            ServiceValue {
+                count,
+                flags: SVC_FLAG_EXTERNAL,
+                service_id: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn ct(&self) -> Vec<(CtKey, CtValue)> {
+        let m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(lb_common::MAP_CT).unwrap()).unwrap();
+        m.iter().filter_map(Result::ok).collect()
+    }
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+fn udp6(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = src.parse().unwrap();
+    let d: std::net::Ipv6Addr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ipv6(s.octets(), d.octets(), 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, b"query\n").unwrap();
+    v
+}
+
+/// The ones'-complement sum of 16-bit words.
+fn sum(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// Checks the IPv4/IPv6 header and L4 checksums of an Ethernet frame.
+fn assert_checksums(pkt: &[u8]) {
+    let l3 = &pkt[14..];
+    let (pseudo, l4, proto) = if l3[0] >> 4 == 4 {
+        let ihl = (l3[0] & 0xf) as usize * 4;
+        assert_eq!(sum(&l3[..ihl], 0), 0xffff, "IPv4 header checksum");
+        let len = u16::from_be_bytes([l3[2], l3[3]]) as usize - ihl;
+        let mut p = l3[12..20].to_vec();
+        p.extend_from_slice(&[0, l3[9]]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        (p, &l3[ihl..ihl + len], l3[9])
+    } else {
+        let len = u16::from_be_bytes([l3[4], l3[5]]) as usize;
+        let mut p = l3[8..40].to_vec();
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, l3[6]]);
+        (p, &l3[40..40 + len], l3[6])
+    };
+    if proto == 1 || proto == 58 {
+        // ICMP has no pseudo-header over IPv4
+        let s = if proto == 1 {
+            sum(l4, 0)
+        } else {
+            sum(l4, sum(&pseudo, 0))
+        };
+        assert_eq!(s, 0xffff, "ICMP checksum");
+        return;
+    }
+    assert_eq!(
+        sum(l4, sum(&pseudo, 0)),
+        0xffff,
+        "L4 checksum (proto {proto})"
+    );
+}
+
+fn dst4(pkt: &[u8]) -> (String, u16) {
+    let ihl = (pkt[14] & 0xf) as usize * 4;
+    let a = &pkt[30..34];
+    (
+        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
+        u16::from_be_bytes([pkt[14 + ihl + 2], pkt[14 + ihl + 3]]),
+    )
+}
+
+fn src4(pkt: &[u8]) -> (String, u16) {
+    let ihl = (pkt[14] & 0xf) as usize * 4;
+    let a = &pkt[26..30];
+    (
+        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
+        u16::from_be_bytes([pkt[14 + ihl], pkt[14 + ihl + 1]]),
+    )
+}
+
+#[test]
+fn syn_to_a_node_port_is_dnated_with_valid_checksums_and_tracked() {
+    let mut bed = Bed::new("syn");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    let syn = tcp4([10, 100, 0, 200], 40000, [10, 100, 0, 1], 30080, true);
+    let (verdict, out) = bed.run("lb_tc_ingress", &syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_eq!(
+        src4(&out),
+        ("10.100.0.200".into(), 40000),
+        "a local backend sees the client"
+    );
+    assert_checksums(&out);
+    let kinds: Vec<u8> = bed.ct().iter().map(|(k, _)| k.kind).collect();
+    assert!(
+        kinds.contains(&CT_FWD) && kinds.contains(&CT_REV) && !kinds.contains(&CT_SNAT),
+        "{kinds:?}"
+    );
+    // the backend's reply leaves through egress as the frontend
+    let reply = tcp4([10, 244, 1, 10], 8080, [10, 100, 0, 200], 40000, false);
+    let (verdict, out) = bed.run("lb_tc_egress", &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(src4(&out), ("10.100.0.1".into(), 30080));
+    assert_checksums(&out);
+    // a later packet of the flow reuses the entry
+    let ack = tcp4([10, 100, 0, 200], 40000, [10, 100, 0, 1], 30080, false);
+    assert_eq!(
+        dst4(&bed.run("lb_tc_ingress", &ack).1),
+        ("10.244.1.10".into(), 8080)
+    );
+}
+
+#[test]
+fn remote_backend_gets_snat_and_its_reply_is_translated_back() {
+    let mut bed = Bed::new("snat");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.2.10", 8080, 0)),
+    );
+    let syn = tcp4([10, 100, 0, 200], 40001, [10, 100, 0, 1], 30080, true);
+    let (_, fwd) = bed.run("lb_tc_ingress", &syn);
+    assert_eq!(dst4(&fwd), ("10.244.2.10".into(), 8080));
+    // at egress the source becomes the node
+    let (_, out) = bed.run("lb_tc_egress", &fwd);
+    assert_eq!(src4(&out), ("10.100.0.1".into(), 40001));
+    assert_checksums(&out);
+    // the reply comes back to the node and gets the client as destination...
+    let reply = tcp4([10, 244, 2, 10], 8080, [10, 100, 0, 1], 40001, false);
+    let (_, back) = bed.run("lb_tc_ingress", &reply);
+    assert_eq!(dst4(&back), ("10.100.0.200".into(), 40001));
+    assert_checksums(&back);
+    // ...and the frontend as source on its way out
+    let (_, out) = bed.run("lb_tc_egress", &back);
+    assert_eq!(src4(&out), ("10.100.0.1".into(), 30080));
+    assert_checksums(&out);
+    let kinds: Vec<u8> = bed.ct().iter().map(|(k, _)| k.kind).collect();
+    for k in [CT_FWD, CT_REV, CT_SNAT, CT_RSNAT] {
+        assert!(kinds.contains(&k), "{kinds:?}");
+    }
+}
+
+#[test]
+fn udp_over_ipv6_is_translated_with_a_valid_checksum() {
+    let mut bed = Bed::new("udp6");
+    bed.service(
+        "fd00:100::1",
+        30053,
+        PROTO_UDP,
+        Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
+    );
+    let q = udp6("fd00:100::200", 50000, "fd00:100::1", 30053);
+    let (verdict, out) = bed.run("lb_tc_ingress", &q);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        &out[38..54],
+        &"fd00:244:1::a"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert_eq!(u16::from_be_bytes([out[56], out[57]]), 5353);
+    assert_checksums(&out);
+}
+
+#[test]
+fn no_backend_answers_port_unreachable() {
+    let mut bed = Bed::new("icmp");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    bed.service("fd00:100::1", 30053, PROTO_UDP, None);
+    let syn = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, true);
+    let (verdict, out) = bed.run("lb_tc_ingress", &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[0..6],
+        &[2, 0, 0, 0, 0, 0xc8],
+        "back to the sender's MAC"
+    );
+    assert_eq!(out[14 + 9], 1, "ICMP");
+    assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
+    assert_eq!(&out[26..30], &[10, 100, 0, 1]);
+    assert_eq!(&out[30..34], &[10, 100, 0, 200]);
+    assert_eq!(&out[42..62], &syn[14..34], "quotes the offending header");
+    assert_checksums(&out);
+    // a non-SYN segment is dropped, not answered
+    let ack = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, false);
+    assert_eq!(bed.run("lb_tc_ingress", &ack).0, 2);
+    let q = udp6("fd00:100::200", 50001, "fd00:100::1", 30053);
+    let (verdict, out) = bed.run("lb_tc_ingress", &q);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[20], 58, "ICMPv6");
+    assert_eq!((out[54], out[55]), (1, 4), "port unreachable");
+    assert_checksums(&out);
+}
+
+#[test]
+fn packets_it_does_not_understand_pass_untouched() {
+    let mut bed = Bed::new("pass");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    bed.service(
+        "fd00:100::1",
+        30053,
+        PROTO_UDP,
+        Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
+    );
+    let syn = tcp4([10, 100, 0, 200], 40003, [10, 100, 0, 1], 30080, true);
+    // a fragment (MF set), a non-first fragment, a truncated TCP header
+    let mut mf = syn.clone();
+    mf[14 + 6] |= 0x20;
+    let mut later = syn.clone();
+    later[14 + 7] = 8;
+    let truncated = syn[..14 + 20 + 10].to_vec();
+    // an IPv6 packet with a hop-by-hop extension header before UDP
+    let mut hbh = udp6("fd00:100::200", 50002, "fd00:100::1", 30053);
+    hbh[14 + 6] = 0;
+    let plen = u16::from_be_bytes([hbh[18], hbh[19]]) + 8;
+    hbh[18..20].copy_from_slice(&plen.to_be_bytes());
+    hbh.splice(54..54, [17u8, 0, 1, 4, 0, 0, 0, 0]);
+    // not IP at all
+    let mut arp = syn.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    for (what, pkt) in [
+        ("MF fragment", mf),
+        ("later fragment", later),
+        ("truncated", truncated),
+        ("IPv6 extension header", hbh),
+        ("ARP", arp),
+    ] {
+        for prog in ["lb_tc_ingress", "lb_tc_egress"] {
+            let (verdict, out) = bed.run(prog, &pkt);
+            assert_eq!(verdict, TC_ACT_OK, "{what} at {prog}");
+            assert_eq!(out, pkt, "{what} must pass untouched through {prog}");
+        }
+    }
+    assert!(bed.ct().is_empty(), "nothing tracked");
+}
