@@ -10,6 +10,36 @@ pub const MAP_STATUS: &str = "LB_STATUS_V1";
 pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V1";
+pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
+pub const DEFAULT_AFFINITY_MAX: u32 = 65536;
+
+/// Affinity owners: a client network namespace (socket hooks, keyed by its
+/// cookie) or a client address (packets from outside).
+pub const AFF_NETNS: u32 = 1;
+pub const AFF_CLIENT: u32 = 2;
+
+/// Key of `LB_AFFINITY_V1` (sessionAffinity: ClientIP): the client (netns
+/// cookie in the first two words, or its address) and the frontend's
+/// service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: NetAddr,
+    pub service_id: u32,
+    pub kind: u32,
+}
+
+/// The backend a client sticks to: its slot is checked on use, so a backend
+/// no longer in that slot is a miss (reselect), never a drop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub slot: u16,
+    pub _pad: u16,
+    pub last_used_s: u32,
+    pub _pad2: u32,
+}
 
 pub const DEFAULT_SERVICES_MAX: u32 = 65536;
 pub const DEFAULT_BACKENDS_MAX: u32 = 65536;
@@ -214,6 +244,8 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtValue>() == 32);
     assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -229,4 +261,6 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod conntrack;
 mod icmp;
 mod maps;

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, COUNTERS, Config, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX,
-    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    Status,
+    AffinityKey, AffinityValue, Backend, COUNTERS, Config, CtKey, CtValue, DEFAULT_AFFINITY_MAX,
+    DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -52,3 +52,8 @@ pub fn count(idx: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// sessionAffinity: ClientIP choices. Kernel-written.
+#[map]
+pub static LB_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);

@@ -3,11 +3,14 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
+    AFF_NETNS, Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
     ServiceValue,
 };
 
-use crate::maps::{LB_BACKENDS_V1, LB_SERVICES_V1};
+use crate::{
+    affinity,
+    maps::{LB_BACKENDS_V1, LB_SERVICES_V1},
+};
 
 pub enum Lookup {
     /// Not a service address: leave the socket alone.
@@ -36,7 +39,7 @@ fn pick(count: u16, proto: u8, cookie: u64) -> u16 {
 }
 
 #[inline(always)]
-pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64) -> Lookup {
+pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64, netns: u64) -> Lookup {
     let key = ServiceKey::frontend(addr, port, proto, SCOPE_INTERNAL);
     // SAFETY: the agent writes whole values with a map update; the value is
     // copied out at once and never held across another helper call.
@@ -50,7 +53,17 @@ pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64) -> Lookup {
     if fe.count == 0 {
         return Lookup::Refuse;
     }
-    let slot = pick(fe.count, proto, cookie);
+    let aff = affinity::key(
+        NetAddr([netns as u32, (netns >> 32) as u32, 0, 0]),
+        fe.service_id,
+        AFF_NETNS,
+    );
+    let remembered = if fe.affinity_timeout > 0 {
+        affinity::lookup(&aff, &key, &fe)
+    } else {
+        None
+    };
+    let slot = remembered.unwrap_or_else(|| pick(fe.count, proto, cookie));
     // SAFETY: as above.
     let Some(slot_value) = (unsafe { LB_SERVICES_V1.get(&key.with_slot(slot)) }) else {
         // The agent writes slots before the count that covers them, so this
@@ -58,6 +71,9 @@ pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64) -> Lookup {
         return Lookup::Refuse;
     };
     let backend_id = slot_value.backend_id;
+    if fe.affinity_timeout > 0 {
+        affinity::remember(&aff, slot, backend_id);
+    }
     // SAFETY: as above.
     match unsafe { LB_BACKENDS_V1.get(&backend_id) } {
         Some(b) => Lookup::Backend {

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue};
@@ -101,7 +101,9 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     // v4-mapped address, which finds the IPv4 entries through the same key.
     let port = read_port(ctx);
     let cookie = cookie(ctx);
-    match service::lookup(addr, port, proto, cookie) {
+    // SAFETY: the helper takes the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    match service::lookup(addr, port, proto, cookie, netns) {
         Lookup::NotService => ALLOW,
         Lookup::Refuse => {
             // SAFETY: helper without memory arguments; sets the syscall's error.

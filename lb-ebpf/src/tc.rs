@@ -11,14 +11,15 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL,
-    C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT,
-    CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, ServiceKey,
+    AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND,
+    C_DROP_NO_LOCAL, C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT,
+    C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
+    ServiceKey,
 };
 
 use crate::{
-    conntrack, icmp,
+    affinity, conntrack, icmp,
     maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, count},
     nat::{self, Side},
     packet::{self, Pkt},
@@ -134,6 +135,83 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     0
 }
 
+/// The slot a new flow takes: the client's remembered one under
+/// sessionAffinity, else a hash of its 5-tuple. Not inlined (stack).
+#[inline(never)]
+fn pick_slot(p: &Pkt, skey: &ServiceKey, fe: &lb_common::ServiceValue) -> u32 {
+    if fe.affinity_timeout > 0 {
+        let aff = affinity::key(p.saddr, fe.service_id, AFF_CLIENT);
+        if let Some(s) = affinity::lookup(&aff, skey, fe) {
+            return s as u32;
+        }
+    }
+    // A zero count never gets here; checked again so no division can trap.
+    let n = fe.count as u32;
+    if n == 0 {
+        return 1;
+    }
+    (flow_hash(p) % n) + 1
+}
+
+#[inline(never)]
+fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 {
+    affinity::remember(
+        &affinity::key(p.saddr, service_id, AFF_CLIENT),
+        slot as u16,
+        backend_id,
+    );
+    0
+}
+
+/// Creates a new flow's conntrack entries: forward and reverse, and the
+/// SNAT pair when the backend is on another node. Not inlined (stack).
+#[inline(never)]
+fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
+    let (client, cport) = (p.saddr, p.sport);
+    if b.flags & BACKEND_LOCAL == 0 {
+        // Another node's backend: replies must come back through here, so
+        // the source becomes this node's address (at egress).
+        let Some(node) = node_addr(p.v6) else {
+            return -1;
+        };
+        let mut k = CtKey {
+            saddr: b.addr,
+            daddr: node,
+            sport: b.port,
+            dport: cport,
+            proto: p.proto,
+            kind: CT_RSNAT,
+            _pad: [0; 2],
+        };
+        snat_port(&mut k, &client, cport.0 as u32, flow_hash(p));
+        let sport = k.dport;
+        conntrack::put(&k, &client, cport.0 as u32, 0, 0);
+        let k = CtKey {
+            saddr: client,
+            daddr: b.addr,
+            sport: cport,
+            dport: b.port,
+            proto: p.proto,
+            kind: CT_SNAT,
+            _pad: [0; 2],
+        };
+        conntrack::put(&k, &node, sport.0 as u32, 0, 0);
+    }
+    let k = CtKey {
+        saddr: b.addr,
+        daddr: client,
+        sport: b.port,
+        dport: cport,
+        proto: p.proto,
+        kind: CT_REV,
+        _pad: [0; 2],
+    };
+    conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
+    let k = conntrack::key(p, CT_FWD);
+    conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, b.flags as u32);
+    0
+}
+
 /// Verdict of `new_flow`: answer with ICMP port unreachable.
 const REFUSE: i32 = -1;
 
@@ -152,16 +230,14 @@ fn new_flow(ctx: &TcContext, p: &mut Pkt) -> i32 {
 
 #[inline(always)]
 fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
-    let skey = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
+    let mut skey = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
     // SAFETY: copied out at once.
-    let Some(fe) = (unsafe { LB_SERVICES_V1.get(&skey) }).copied() else {
+    let Some(mut fe) = (unsafe { LB_SERVICES_V1.get(&skey) }).copied() else {
         return Ok(TC_ACT_OK);
     };
     if fe.flags & SVC_FLAG_EXTERNAL == 0 {
         return Ok(TC_ACT_OK);
     }
-    let mut skey = skey;
-    let mut fe = fe;
     if fe.flags & SVC_FLAG_EXT_LOCAL != 0 {
         // externalTrafficPolicy: Local: this node's endpoints only, the
         // client's address kept; none here means drop, not reject.
@@ -187,7 +263,7 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
         }
         return Ok(TC_ACT_SHOT);
     }
-    let slot = (flow_hash(p) % fe.count as u32) as u16 + 1;
+    let slot = pick_slot(p, &skey, &fe) as u16;
     // SAFETY: copied out at once.
     let Some(sv) = (unsafe { LB_SERVICES_V1.get(&skey.with_slot(slot)) }).copied() else {
         count(C_DROP_NO_BACKEND);
@@ -201,46 +277,12 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
     if b.addr.is_v4() == p.v6 {
         return Ok(TC_ACT_SHOT);
     }
-    let (client, cport, front, fport) = (p.saddr, p.sport, p.daddr, p.dport);
-    if b.flags & BACKEND_LOCAL == 0 {
-        let Some(node) = node_addr(p.v6) else {
-            return Ok(TC_ACT_SHOT);
-        };
-        let mut rsnat = CtKey {
-            saddr: b.addr,
-            daddr: node,
-            sport: b.port,
-            dport: cport,
-            proto: p.proto,
-            kind: CT_RSNAT,
-            _pad: [0; 2],
-        };
-        snat_port(&mut rsnat, &client, cport.0 as u32, flow_hash(p));
-        let sport = rsnat.dport;
-        conntrack::put(&rsnat, &client, cport.0 as u32, 0, 0);
-        let snat = CtKey {
-            saddr: client,
-            daddr: b.addr,
-            sport: cport,
-            dport: b.port,
-            proto: p.proto,
-            kind: CT_SNAT,
-            _pad: [0; 2],
-        };
-        conntrack::put(&snat, &node, sport.0 as u32, 0, 0);
+    if fe.affinity_timeout > 0 {
+        remember_client(p, fe.service_id, slot as u32, sv.backend_id);
     }
-    let rev = CtKey {
-        saddr: b.addr,
-        daddr: client,
-        sport: b.port,
-        dport: cport,
-        proto: p.proto,
-        kind: CT_REV,
-        _pad: [0; 2],
-    };
-    conntrack::put(&rev, &front, fport.0 as u32, 0, 0);
-    let fk = conntrack::key(p, CT_FWD);
-    conntrack::put(&fk, &b.addr, b.port.0 as u32, sv.backend_id, b.flags as u32);
+    if track(p, &b, sv.backend_id) != 0 {
+        return Ok(TC_ACT_SHOT);
+    }
     count(C_CT_CREATE);
     if rewrite_dst(ctx, p, b.addr, b.port).is_ok() {
         count(C_TC_DNAT);

@@ -15,6 +15,8 @@ pub struct Frontend {
     /// Slot 0 key.
     pub key: ServiceKey,
     pub flags: u8,
+    /// sessionAffinity ClientIP timeout in seconds (0: none).
+    pub affinity_timeout: u32,
     /// Sorted, without duplicates: the order is the agent's, not the API's.
     pub backends: Vec<Backend>,
 }
@@ -71,6 +73,7 @@ pub fn service_frontends(
         out.push(Frontend {
             key: ServiceKey::addr_only(net_addr(*ip)),
             flags: SVC_FLAG_ADDR_ONLY,
+            affinity_timeout: 0,
             backends: vec![],
         });
     }
@@ -90,6 +93,7 @@ pub fn service_frontends(
                             SCOPE_INTERNAL,
                         ),
                         flags,
+                        affinity_timeout: svc.affinity_timeout,
                         backends: backends.clone(),
                     });
                 }
@@ -138,6 +142,7 @@ pub fn service_frontends(
                             SCOPE_EXTERNAL,
                         ),
                         flags: SVC_FLAG_EXTERNAL,
+                        affinity_timeout: svc.affinity_timeout,
                         backends: local_backends.clone(),
                     });
                 }
@@ -237,6 +242,7 @@ mod tests {
             lb_ips: vec![],
             external_local: false,
             health_check_node_port: None,
+            affinity_timeout: 0,
         }
     }
 

@@ -217,7 +217,7 @@ impl Mirror {
             flags: fe.flags,
             _pad: 0,
             service_id,
-            affinity_timeout: 0,
+            affinity_timeout: fe.affinity_timeout,
         };
         self.put(key, front, ops);
         for s in new_ids.len() + 1..=old_ids.len() {
@@ -272,6 +272,7 @@ mod tests {
                 SCOPE_INTERNAL,
             ),
             flags: 0,
+            affinity_timeout: 0,
             backends: backends
                 .iter()
                 .map(|b| Backend {

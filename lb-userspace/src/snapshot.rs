@@ -75,6 +75,8 @@ pub struct ServiceInfo {
     pub external_local: bool,
     /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
+    /// sessionAffinity: ClientIP's timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
 }
 
 /// This node, as its Node object describes it.
@@ -252,6 +254,28 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         Some(p) if external_local => Some(port16(p, &object, "spec.healthCheckNodePort")?),
         _ => None,
     };
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800);
+            if !(1..=86400).contains(&t) {
+                return Err(format!(
+                    "{object}: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not in 1..=86400"
+                ));
+            }
+            t as u32
+        }
+        None | Some("None") => 0,
+        Some(other) => {
+            return Err(format!(
+                "{object}: spec.sessionAffinity: unknown value `{other}`"
+            ));
+        }
+    };
     Ok(ServiceInfo {
         key,
         skip,
@@ -261,6 +285,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         lb_ips,
         external_local,
         health_check_node_port,
+        affinity_timeout,
     })
 }
 

@@ -203,15 +203,12 @@ fn cluster_ip_scaling_terminating_and_held_connections() {
         .filter(|l| l["protocol"] == "UDP")
         .collect();
     assert_eq!(served_by(&udp).len(), 3, "UDP over all replicas");
-    // from outside: no ClusterIP, and no NodePort yet (no fake success)
+    // from outside: no ClusterIP; the NodePort works
     for l in select(&r, 0, "external", "service/shop/web") {
         assert_eq!(l["error"], "unreachable", "{l}");
     }
     for l in select(&r, 0, "external", "nodeport/node-1/shop/web-np") {
-        assert_eq!(
-            l["ok"], false,
-            "NodePort from outside is not built yet and must not look built: {l}"
-        );
+        assert_eq!(l["ok"], true, "{l}");
     }
     // the held connection
     let held = &select(&r, 0, "shop/client-2", "service/shop/web")
@@ -593,5 +590,32 @@ fn external_traffic_policy_local_and_health_check_node_port() {
     assert_eq!(hc(1, "node-1"), Some(503));
     for l in select(&r, 1, "external", "nodeport/node-1/x/web") {
         assert_eq!(l["error"], "timeout", "{l}");
+    }
+}
+
+#[test]
+fn client_ip_affinity_keeps_one_backend_per_client() {
+    let r = ok_run("affinity.yaml");
+    for (from, to) in [
+        ("x/client", "service/x/sticky"),
+        ("external", "nodeport/node-1/x/sticky"),
+    ] {
+        let by = served_by(&select(&r, 0, from, to));
+        assert_eq!(by.values().sum::<usize>(), 50);
+        assert_eq!(
+            by.len(),
+            1,
+            "{from} -> {to}: 50 connections, one backend: {by:?}"
+        );
+    }
+    for (from, to) in [
+        ("x/client", "service/x/plain"),
+        ("external", "nodeport/node-1/x/plain"),
+    ] {
+        let by = served_by(&select(&r, 0, from, to));
+        assert!(
+            by.len() >= 2,
+            "{from} -> {to}: without affinity connections spread: {by:?}"
+        );
     }
 }

@@ -21,9 +21,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, COUNTERS, Config, CtKey, CtValue, MAP_BACKENDS, MAP_CONFIG, MAP_COUNTERS, MAP_CT,
-    MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    Status,
+    Backend, COUNTERS, Config, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_CT, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, Status,
 };
 
 use crate::plan::{Mirror, Op};
@@ -71,7 +71,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 7] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 8] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -115,6 +115,13 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 7] {
             key_size: 4,
             value_size: size_of::<Config>() as u32,
             max_entries: 1,
+        },
+        MapSpec {
+            name: MAP_AFFINITY,
+            map_type: MapType::LruHash,
+            key_size: size_of::<lb_common::AffinityKey>() as u32,
+            value_size: size_of::<lb_common::AffinityValue>() as u32,
+            max_entries: lb_common::DEFAULT_AFFINITY_MAX,
         },
         MapSpec {
             name: MAP_COUNTERS,
