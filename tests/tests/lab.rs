@@ -619,3 +619,23 @@ fn client_ip_affinity_keeps_one_backend_per_client() {
         );
     }
 }
+
+#[test]
+fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
+    let r = ok_run("nodeport-held.yaml");
+    let held = select(&r, 0, "external", "nodeport/node-2/x/web");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["served_by"], "x/web-1", "{}", held[0]);
+    for step in [1, 2] {
+        let l = select(&r, step, "external", "nodeport/node-2/x/web");
+        assert_eq!(l[0]["ok"], true, "step {step}: the held connection broke: {}", l[0]);
+        assert_eq!(l[0]["served_by"], "x/web-1");
+    }
+    // hairpin: web-1 reaches its own Service and, picked as the backend, answers itself
+    for to in ["nodeport/node-1/x/web", "loadbalancer/x/web"] {
+        let by = served_by(&select(&r, 0, "x/web-1", to));
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["x/web-1"], "{to}: {by:?}");
+    }
+    let by = served_by(&select(&r, 1, "x/web-1", "nodeport/node-1/x/web"));
+    assert_eq!(by.len(), 2, "{by:?}");
+}
