@@ -639,3 +639,12 @@ fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
     let by = served_by(&select(&r, 1, "x/web-1", "nodeport/node-1/x/web"));
     assert_eq!(by.len(), 2, "{by:?}");
 }
+
+#[test]
+fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
+    let r = ok_run("stale-udp.yaml");
+    let by = served_by(&select(&r, 0, "external", "nodeport/node-1/x/dns"));
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["x/dns-1"]);
+    let by = served_by(&select(&r, 1, "external", "nodeport/node-1/x/dns"));
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["x/dns-2"], "the same client port must reach the new endpoint: {by:?}");
+}
