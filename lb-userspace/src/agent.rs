@@ -68,6 +68,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     status.agent_pid = std::process::id();
     dp.set_status(status)?;
     let mut needs_resync = false;
+    let mut source_error: Option<String> = None;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::health_check::HealthChecks::default();
 
@@ -96,10 +97,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Ok(Some(b)) => b,
             Ok(None) => continue,
             Err(e) => {
-                tracing::error!("source {}: {e:#}", dir.display());
+                // Polled every tick: say it once, not ten times a second.
+                let msg = format!("{e:#}");
+                if source_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!("source {}: {msg}; keeping the last applied state", dir.display());
+                    source_error = Some(msg);
+                }
                 continue;
             }
         };
+        if source_error.take().is_some() {
+            tracing::info!("source {} readable again", dir.display());
+        }
         for e in &batch.errors {
             tracing::error!("{e}");
         }
