@@ -100,7 +100,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 // Polled every tick: say it once, not ten times a second.
                 let msg = format!("{e:#}");
                 if source_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!("source {}: {msg}; keeping the last applied state", dir.display());
+                    tracing::error!(
+                        "source {}: {msg}; keeping the last applied state",
+                        dir.display()
+                    );
                     source_error = Some(msg);
                 }
                 continue;

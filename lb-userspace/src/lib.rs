@@ -6,6 +6,7 @@ pub mod health_check;
 pub mod host;
 pub mod inspect;
 pub mod kernel;
+pub mod maglev;
 pub mod manifest;
 pub mod plan;
 pub mod reconcile;

@@ -628,7 +628,11 @@ fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
     assert_eq!(held[0]["served_by"], "x/web-1", "{}", held[0]);
     for step in [1, 2] {
         let l = select(&r, step, "external", "nodeport/node-2/x/web");
-        assert_eq!(l[0]["ok"], true, "step {step}: the held connection broke: {}", l[0]);
+        assert_eq!(
+            l[0]["ok"], true,
+            "step {step}: the held connection broke: {}",
+            l[0]
+        );
         assert_eq!(l[0]["served_by"], "x/web-1");
     }
     // hairpin: web-1 reaches its own Service and, picked as the backend, answers itself
@@ -646,5 +650,9 @@ fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
     let by = served_by(&select(&r, 0, "external", "nodeport/node-1/x/dns"));
     assert_eq!(by.keys().collect::<Vec<_>>(), ["x/dns-1"]);
     let by = served_by(&select(&r, 1, "external", "nodeport/node-1/x/dns"));
-    assert_eq!(by.keys().collect::<Vec<_>>(), ["x/dns-2"], "the same client port must reach the new endpoint: {by:?}");
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        ["x/dns-2"],
+        "the same client port must reach the new endpoint: {by:?}"
+    );
 }
