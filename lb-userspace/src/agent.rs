@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub node_name: Option<String>,
     /// Empty: the interfaces holding this node's addresses.
     pub devices: Vec<String>,
+    /// Empty: every address of the Node object serves NodePorts.
+    pub node_port_cidrs: Vec<crate::cidr::Cidr>,
     pub load: LoadOptions,
     pub poll: Duration,
 }
@@ -62,6 +64,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "datapath ready; adopted what the maps held"
     );
     let mut rec = Reconciler::new(mirror, opts.node_name.clone());
+    rec.node_port_cidrs = opts.node_port_cidrs.clone();
     let Source::File(dir) = &opts.source;
     let mut source = FileSource::new(dir);
     let mut status = dp.status()?;

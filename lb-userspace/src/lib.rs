@@ -1,6 +1,7 @@
 //! The agent: source -> snapshot -> desired state -> plan -> map writer.
 
 pub mod agent;
+pub mod cidr;
 pub mod desired;
 pub mod health_check;
 pub mod host;

@@ -63,6 +63,10 @@ enum Cmd {
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
+        /// Which of this node's addresses serve NodePorts, as CIDRs,
+        /// comma-separated (default: every address of the Node object).
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Vec<lb_agent::cidr::Cidr>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             max_sock_rev,
             max_ct,
             devices,
+            nodeport_addresses,
             log_format,
         } => {
             init_logs(log_format);
@@ -143,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 source,
                 node_name,
                 devices,
+                node_port_cidrs: nodeport_addresses,
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
                     cgroup,

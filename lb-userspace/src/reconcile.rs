@@ -29,6 +29,9 @@ pub struct Reconciler {
     owner: HashMap<ServiceKey, ObjRef>,
     /// healthCheckNodePort -> what it reports, kept per touched Service.
     pub health_checks: BTreeMap<u16, Check>,
+    /// `--nodeport-addresses`: which of the node's addresses serve
+    /// NodePorts (empty: all of them).
+    pub node_port_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,7 @@ impl Reconciler {
             owned: HashMap::new(),
             owner: HashMap::new(),
             health_checks: BTreeMap::new(),
+            node_port_cidrs: Vec::new(),
         }
     }
 
@@ -130,6 +134,19 @@ impl Reconciler {
         Ok(out)
     }
 
+    /// This node's addresses that serve NodePorts.
+    pub fn node_port_addrs(&self) -> Vec<std::net::IpAddr> {
+        let addrs = &self.snapshot.node.addrs;
+        if self.node_port_cidrs.is_empty() {
+            return addrs.clone();
+        }
+        addrs
+            .iter()
+            .filter(|a| self.node_port_cidrs.iter().any(|c| c.contains(a)))
+            .copied()
+            .collect()
+    }
+
     fn sync_service(&mut self, svc: &ObjRef, ops: &mut Vec<Op>, errors: &mut Vec<String>) {
         let want = match self.snapshot.service(svc) {
             Some(info) => {
@@ -140,7 +157,7 @@ impl Reconciler {
                     info,
                     &self.snapshot.slices_of(svc),
                     self.snapshot.node_name.as_deref(),
-                    &self.snapshot.node.addrs,
+                    &self.node_port_addrs(),
                 )
             }
             None => vec![],
@@ -311,6 +328,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.mirror().frontends().count(), 3);
+    }
+
+    #[test]
+    fn nodeport_addresses_pick_which_node_addresses_serve() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+        r.node_port_cidrs = vec!["10.100.0.0/24".parse().unwrap()];
+        let mut w = Fake::default();
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, nodePort: 30000}]}\n---\n\
+                 apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.1}, {type: ExternalIP, address: 192.0.2.1}]}\n";
+        r.apply(&objs(y), true, &mut w).unwrap();
+        let keys: Vec<String> = r.mirror().frontends().map(describe_key).collect();
+        assert!(
+            keys.contains(&"10.100.0.1:30000/TCP".to_string()),
+            "{keys:?}"
+        );
+        assert!(
+            !keys.contains(&"192.0.2.1:30000/TCP".to_string()),
+            "{keys:?}"
+        );
     }
 
     #[test]
