@@ -11,6 +11,24 @@ pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V1";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
+pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
+pub const DEFAULT_SRC_RANGES_MAX: u32 = 16384;
+
+/// Data of an `LB_SRCRANGE_V1` LPM key: a LoadBalancer frontend and a
+/// client prefix. The prefix length covers the frontend (160 bits) plus
+/// the client bits (IPv4 ranges are stored IPv4-mapped: 96 + length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrcRangeData {
+    pub front: NetAddr,
+    pub port: BeU16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub client: NetAddr,
+}
+
+/// Bits of `SrcRangeData` before the client address.
+pub const SRC_RANGE_FRONT_BITS: u32 = 160;
 pub const DEFAULT_AFFINITY_MAX: u32 = 65536;
 
 /// Affinity owners: a client network namespace (socket hooks, keyed by its
@@ -70,6 +88,8 @@ pub const SVC_FLAG_NODEPORT: u8 = 1 << 2;
 /// scope `SCOPE_EXTERNAL` (this node's endpoints) and are dropped when it
 /// has none.
 pub const SVC_FLAG_EXT_LOCAL: u8 = 1 << 3;
+/// loadBalancerSourceRanges: clients not in `LB_SRCRANGE_V1` are dropped.
+pub const SVC_FLAG_SOURCE_RANGES: u8 = 1 << 4;
 
 /// Key of `LB_SERVICES_V1`. Slot 0 is the frontend; slots 1..=count hold
 /// backend ids, so choosing a backend is one hash lookup after the frontend.
@@ -209,7 +229,8 @@ pub const C_CT_CREATE: u32 = 6;
 pub const C_CT_STALE_BACKEND: u32 = 7;
 pub const C_ICMP_UNREACH: u32 = 8;
 pub const C_DROP_NO_LOCAL: u32 = 9;
-pub const COUNTERS: u32 = 10;
+pub const C_DROP_SOURCE_RANGE: u32 = 10;
+pub const COUNTERS: u32 = 11;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -221,6 +242,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "ct_stale_backend",
     "icmp_port_unreachable_sent",
     "drop_no_local_backend",
+    "drop_source_range",
 ];
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.
@@ -246,6 +268,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
+    assert!(core::mem::size_of::<SrcRangeData>() == 36);
 };
 
 #[cfg(feature = "user")]
@@ -263,4 +286,5 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SrcRangeData {}
 }

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, COUNTERS, Config, CtKey, CtValue, DEFAULT_AFFINITY_MAX,
-    DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, Status,
+    DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX,
+    DEFAULT_SRC_RANGES_MAX, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SrcRangeData,
+    Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -57,3 +58,7 @@ pub fn count(idx: u32) {
 #[map]
 pub static LB_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
+
+/// loadBalancerSourceRanges: (LoadBalancer frontend, client prefix). Agent-owned.
+#[map]
+pub static LB_SRCRANGE_V1: LpmTrie<SrcRangeData, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_MAX, 0);

@@ -12,15 +12,17 @@
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
     AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND,
-    C_DROP_NO_LOCAL, C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT,
-    C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
-    ServiceKey,
+    C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT,
+    C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT,
+    CtKey, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS,
+    SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData,
 };
+
+use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     affinity, conntrack, icmp,
-    maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, count},
+    maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count},
     nat::{self, Side},
     packet::{self, Pkt},
 };
@@ -133,6 +135,23 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
         count(C_CT_STALE_BACKEND);
     }
     0
+}
+
+/// 1 when the client is inside the frontend's loadBalancerSourceRanges.
+/// Not inlined (stack).
+#[inline(never)]
+fn source_allowed(p: &Pkt) -> u32 {
+    let key = Key::new(
+        SRC_RANGE_FRONT_BITS + 128,
+        SrcRangeData {
+            front: p.daddr,
+            port: p.dport,
+            proto: p.proto,
+            _pad: 0,
+            client: p.saddr,
+        },
+    );
+    LB_SRCRANGE_V1.get(&key).is_some() as u32
 }
 
 /// The slot a new flow takes: the client's remembered one under
@@ -261,6 +280,10 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
         if syn || p.proto == PROTO_UDP {
             return Ok(REFUSE);
         }
+        return Ok(TC_ACT_SHOT);
+    }
+    if fe.flags & SVC_FLAG_SOURCE_RANGES != 0 && source_allowed(p) == 0 {
+        count(C_DROP_SOURCE_RANGE);
         return Ok(TC_ACT_SHOT);
     }
     let slot = pick_slot(p, &skey, &fe) as u16;

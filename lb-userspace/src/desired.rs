@@ -5,7 +5,8 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
     BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT, ServiceKey,
+    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey,
 };
 
 use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
@@ -17,6 +18,8 @@ pub struct Frontend {
     pub flags: u8,
     /// sessionAffinity ClientIP timeout in seconds (0: none).
     pub affinity_timeout: u32,
+    /// loadBalancerSourceRanges, on LoadBalancer IP frontends only.
+    pub source_ranges: Vec<crate::cidr::Cidr>,
     /// Sorted, without duplicates: the order is the agent's, not the API's.
     pub backends: Vec<Backend>,
 }
@@ -44,6 +47,9 @@ fn proto_num(p: Proto) -> Option<u8> {
         Proto::Sctp => None,
     }
 }
+
+/// Marks a LoadBalancer IP while frontends are built (never written).
+const SVC_FLAG_LB_IP: u8 = 1 << 7;
 
 fn family_of(ip: &IpAddr) -> Family {
     if ip.is_ipv4() { Family::V4 } else { Family::V6 }
@@ -74,6 +80,7 @@ pub fn service_frontends(
             key: ServiceKey::addr_only(net_addr(*ip)),
             flags: SVC_FLAG_ADDR_ONLY,
             affinity_timeout: 0,
+            source_ranges: vec![],
             backends: vec![],
         });
     }
@@ -85,6 +92,16 @@ pub fn service_frontends(
             let backends = backends_for(slices, *family, &sp.name, sp.proto, proto, node_name);
             let mut add = |ip: &IpAddr, port: u16, flags: u8| {
                 if family_of(ip) == *family {
+                    // kube-proxy filters LoadBalancer IPs only, not NodePorts.
+                    let ranges = if flags & SVC_FLAG_LB_IP != 0 {
+                        svc.source_ranges.clone()
+                    } else {
+                        vec![]
+                    };
+                    let flags = match (flags & SVC_FLAG_LB_IP != 0, ranges.is_empty()) {
+                        (true, false) => (flags & !SVC_FLAG_LB_IP) | SVC_FLAG_SOURCE_RANGES,
+                        _ => flags & !SVC_FLAG_LB_IP,
+                    };
                     out.push(Frontend {
                         key: ServiceKey::frontend(
                             net_addr(*ip),
@@ -94,6 +111,7 @@ pub fn service_frontends(
                         ),
                         flags,
                         affinity_timeout: svc.affinity_timeout,
+                        source_ranges: ranges,
                         backends: backends.clone(),
                     });
                 }
@@ -110,7 +128,10 @@ pub fn service_frontends(
                 0
             };
             let mut externals: Vec<(IpAddr, u16, u8)> = Vec::new();
-            for ip in svc.lb_ips.iter().chain(&svc.external_ips) {
+            for ip in &svc.lb_ips {
+                externals.push((*ip, sp.port, SVC_FLAG_EXTERNAL | SVC_FLAG_LB_IP | local));
+            }
+            for ip in &svc.external_ips {
                 externals.push((*ip, sp.port, SVC_FLAG_EXTERNAL | local));
             }
             if let Some(np) = sp.node_port {
@@ -143,6 +164,7 @@ pub fn service_frontends(
                         ),
                         flags: SVC_FLAG_EXTERNAL,
                         affinity_timeout: svc.affinity_timeout,
+                        source_ranges: vec![],
                         backends: local_backends.clone(),
                     });
                 }
@@ -243,6 +265,7 @@ mod tests {
             external_local: false,
             health_check_node_port: None,
             affinity_timeout: 0,
+            source_ranges: vec![],
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use lb_common::{Backend, ServiceKey, ServiceValue};
+use lb_common::{Backend, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue, SrcRangeData};
 
 use crate::desired::Frontend;
 
@@ -17,6 +17,15 @@ pub enum Op {
     PutBackend {
         id: u32,
         backend: Backend,
+    },
+    /// A loadBalancerSourceRanges entry (LPM prefix length, data).
+    PutRange {
+        len: u32,
+        data: SrcRangeData,
+    },
+    DelRange {
+        len: u32,
+        data: SrcRangeData,
     },
     PutService {
         key: ServiceKey,
@@ -40,6 +49,8 @@ pub struct Mirror {
     free_backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     service_ids: BTreeSet<u32>,
+    /// loadBalancerSourceRanges entries by frontend (slot-0 key).
+    ranges: HashMap<ServiceKey, BTreeSet<(u32, SrcRangeData)>>,
     free_service_ids: BTreeSet<u32>,
     next_service_id: u32,
 }
@@ -82,6 +93,15 @@ impl Mirror {
             }
         }
         m
+    }
+
+    /// Adds the source-range entries the kernel holds.
+    pub fn with_ranges(mut self, ranges: impl IntoIterator<Item = (u32, SrcRangeData)>) -> Self {
+        for (len, d) in ranges {
+            let front = ServiceKey::frontend(d.front, d.port, d.proto, lb_common::SCOPE_INTERNAL);
+            self.ranges.entry(front).or_default().insert((len, d));
+        }
+        self
     }
 
     pub fn services(&self) -> &HashMap<ServiceKey, ServiceValue> {
@@ -160,6 +180,40 @@ impl Mirror {
     /// Ops that make the maps hold `fe`, appended to `ops`.
     pub fn upsert(&mut self, fe: &Frontend, ops: &mut Vec<Op>) {
         let key = fe.key;
+        // Ranges go in before the flag that makes the datapath check them,
+        // and leave after it.
+        let want_ranges: BTreeSet<(u32, SrcRangeData)> = fe
+            .source_ranges
+            .iter()
+            .map(|c| {
+                let client = crate::desired::net_addr(c.addr);
+                let bits = if c.addr.is_ipv4() {
+                    96 + c.len as u32
+                } else {
+                    c.len as u32
+                };
+                let d = SrcRangeData {
+                    front: key.addr,
+                    port: key.port,
+                    proto: key.proto,
+                    _pad: 0,
+                    client,
+                };
+                (SRC_RANGE_FRONT_BITS + bits, d)
+            })
+            .collect();
+        let have_ranges = self.ranges.remove(&key).unwrap_or_default();
+        for (len, data) in want_ranges.difference(&have_ranges) {
+            ops.push(Op::PutRange {
+                len: *len,
+                data: *data,
+            });
+        }
+        let stale_ranges: Vec<(u32, SrcRangeData)> =
+            have_ranges.difference(&want_ranges).copied().collect();
+        if !want_ranges.is_empty() {
+            self.ranges.insert(key, want_ranges);
+        }
         let old = self.services.get(&key).copied();
         let old_ids = self.slot_ids(&key);
 
@@ -230,6 +284,9 @@ impl Mirror {
             self.unref(id, &mut orphans);
         }
         self.drop_orphans(orphans, ops);
+        for (len, data) in stale_ranges {
+            ops.push(Op::DelRange { len, data });
+        }
     }
 
     /// Ops that remove the frontend `key` (slot 0) and its slots.
@@ -254,6 +311,9 @@ impl Mirror {
             self.unref(id, &mut orphans);
         }
         self.drop_orphans(orphans, ops);
+        for (len, data) in self.ranges.remove(key).unwrap_or_default() {
+            ops.push(Op::DelRange { len, data });
+        }
     }
 }
 
@@ -273,6 +333,7 @@ mod tests {
             ),
             flags: 0,
             affinity_timeout: 0,
+            source_ranges: vec![],
             backends: backends
                 .iter()
                 .map(|b| Backend {
@@ -291,6 +352,7 @@ mod tests {
     struct Kernel {
         services: HashMap<ServiceKey, ServiceValue>,
         backends: HashMap<u32, Backend>,
+        ranges: BTreeSet<(u32, SrcRangeData)>,
     }
 
     impl Kernel {
@@ -314,12 +376,26 @@ mod tests {
                         "deleting absent backend {id}"
                     );
                 }
+                Op::PutRange { len, data } => {
+                    assert!(self.ranges.insert((*len, *data)), "range written twice");
+                }
+                Op::DelRange { len, data } => {
+                    assert!(self.ranges.remove(&(*len, *data)), "deleting absent range");
+                }
             }
             self.assert_whole(op);
         }
 
         fn assert_whole(&self, after: &Op) {
             for (k, v) in self.services.iter().filter(|(k, _)| k.slot == 0) {
+                if v.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0 {
+                    assert!(
+                        self.ranges
+                            .iter()
+                            .any(|(_, d)| d.front == k.addr && d.port == k.port),
+                        "after {after:?}: {k:?} checks source ranges but has none"
+                    );
+                }
                 for s in 1..=v.count {
                     let slot = self.services.get(&k.with_slot(s));
                     let slot = slot
@@ -354,6 +430,8 @@ mod tests {
                 Op::PutService { .. } => "slot",
                 Op::DelService { .. } => "del",
                 Op::DelBackend { .. } => "delbackend",
+                Op::PutRange { .. } => "range",
+                Op::DelRange { .. } => "delrange",
             })
             .collect();
         assert_eq!(kinds, ["backend", "backend", "slot", "slot", "frontend"]);
@@ -386,6 +464,41 @@ mod tests {
         // count, deletes the tail slot and the backend: nothing else.
         m.upsert(&fe("10.96.0.10", 80, &[2, 3]), &mut ops);
         assert_eq!(ops.len(), 4, "{ops:?}");
+    }
+
+    #[test]
+    fn source_ranges_are_written_before_their_flag_and_removed_after() {
+        let mut m = Mirror::from_entries([], []);
+        let mut k = Kernel::default();
+        let mut f = fe("10.200.0.1", 80, &[1]);
+        f.flags = lb_common::SVC_FLAG_SOURCE_RANGES | lb_common::SVC_FLAG_EXTERNAL;
+        f.source_ranges = vec![
+            "10.100.0.0/24".parse().unwrap(),
+            "192.0.2.0/24".parse().unwrap(),
+        ];
+        let mut ops = vec![];
+        m.upsert(&f, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert_eq!(k.ranges.len(), 2);
+        // narrowed, then none: the flag goes before the last range
+        f.source_ranges.pop();
+        let mut ops = vec![];
+        m.upsert(&f, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert_eq!(k.ranges.len(), 1);
+        f.source_ranges.clear();
+        f.flags = lb_common::SVC_FLAG_EXTERNAL;
+        let mut ops = vec![];
+        m.upsert(&f, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert!(k.ranges.is_empty());
+        f.flags = lb_common::SVC_FLAG_SOURCE_RANGES;
+        f.source_ranges = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut ops = vec![];
+        m.upsert(&f, &mut ops);
+        m.remove(&f.key, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert!(k.ranges.is_empty() && k.services.is_empty());
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct ServiceInfo {
     pub health_check_node_port: Option<u16>,
     /// sessionAffinity: ClientIP's timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
+    /// `spec.loadBalancerSourceRanges` (leading and trailing spaces allowed).
+    pub source_ranges: Vec<crate::cidr::Cidr>,
 }
 
 /// This node, as its Node object describes it.
@@ -254,6 +256,18 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         Some(p) if external_local => Some(port16(p, &object, "spec.healthCheckNodePort")?),
         _ => None,
     };
+    let mut source_ranges = Vec::new();
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        source_ranges.push(
+            r.parse::<crate::cidr::Cidr>()
+                .map_err(|e| format!("{object}: spec.loadBalancerSourceRanges[{i}]: {e}"))?,
+        );
+    }
     let affinity_timeout = match spec.session_affinity.as_deref() {
         Some("ClientIP") => {
             let t = spec
@@ -286,6 +300,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         external_local,
         health_check_node_port,
         affinity_timeout,
+        source_ranges,
     })
 }
 

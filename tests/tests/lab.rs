@@ -656,3 +656,13 @@ fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
         "the same client port must reach the new endpoint: {by:?}"
     );
 }
+
+#[test]
+fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
+    let r = ok_run("source-ranges.yaml");
+    served_by(&select(&r, 0, "external", "loadbalancer/x/open"));
+    for l in select(&r, 0, "external", "loadbalancer/x/closed") {
+        assert_eq!(l["error"], "timeout", "outside the ranges: dropped: {l}");
+    }
+    served_by(&select(&r, 0, "external", "nodeport/node-1/x/closed"));
+}

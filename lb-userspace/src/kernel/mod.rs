@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray},
+    maps::{
+        Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
         tc::TcAttachOptions,
@@ -23,7 +26,7 @@ use aya::{
 use lb_common::{
     Backend, COUNTERS, Config, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
     MAP_COUNTERS, MAP_CT, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, Status,
+    SockRevKey, SockRevValue, SrcRangeData, Status,
 };
 
 use crate::plan::{Mirror, Op};
@@ -71,7 +74,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 8] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 9] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -122,6 +125,13 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 8] {
             key_size: size_of::<lb_common::AffinityKey>() as u32,
             value_size: size_of::<lb_common::AffinityValue>() as u32,
             max_entries: lb_common::DEFAULT_AFFINITY_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_SRC_RANGES,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<SrcRangeData>() as u32,
+            value_size: 1,
+            max_entries: lb_common::DEFAULT_SRC_RANGES_MAX,
         },
         MapSpec {
             name: MAP_COUNTERS,
@@ -180,6 +190,7 @@ pub struct Datapath {
     backends: HashMap<MapData, u32, Backend>,
     status: Array<MapData, Status>,
     config: Array<MapData, Config>,
+    ranges: LpmTrie<MapData, SrcRangeData, u8>,
     links_dir: PathBuf,
     devices: Vec<String>,
 }
@@ -243,12 +254,14 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let backends = HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)?;
     let status = Array::try_from(take(&mut ebpf, MAP_STATUS)?)?;
     let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)?;
+    let ranges = LpmTrie::try_from(take(&mut ebpf, lb_common::MAP_SRC_RANGES)?)?;
     Ok(Datapath {
         ebpf,
         services,
         backends,
         status,
         config,
+        ranges,
         links_dir,
         devices: vec![],
     })
@@ -363,7 +376,13 @@ impl Datapath {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .context("reading backends map")?;
-        Ok(Mirror::from_entries(services, backends))
+        let ranges = self
+            .ranges
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading source ranges map")?;
+        Ok(Mirror::from_entries(services, backends).with_ranges(ranges))
     }
 
     /// Applies ops in order; stops at the first failure, which the caller
@@ -375,6 +394,8 @@ impl Datapath {
                 Op::PutService { key, value } => self.services.insert(key, value, 0),
                 Op::DelService { key } => self.services.remove(key),
                 Op::DelBackend { id } => self.backends.remove(id),
+                Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
+                Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
             }
             .with_context(|| format!("map operation {op:?}"))?;
         }
