@@ -81,6 +81,13 @@ pub fn run(opts: &Options) -> i32 {
         written: BTreeMap::new(),
     };
     let result = lab.go(&sc, &plans, opts);
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // The signal thread tears down and exits 130; what the interrupted
+        // run did after the signal does not count.
+        loop {
+            std::thread::park();
+        }
+    }
     let csum = lab.checksum_errors(&sc);
     drop(lab);
     teardown();
@@ -102,6 +109,8 @@ fn teardown() {
     crate::cleanup("lbl", |pid| pid == me);
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// SIGINT/SIGTERM/SIGHUP are blocked in every thread and waited for by one,
 /// which tears the run down and exits.
 fn install_teardown_on_signal() {
@@ -119,6 +128,7 @@ fn install_teardown_on_signal() {
         let mut sig = 0;
         // SAFETY: sigwait on a valid set, writing into a local.
         unsafe { libc::sigwait(&set, &mut sig) };
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("lab: signal {sig}: tearing down");
         teardown();
         std::process::exit(130);
