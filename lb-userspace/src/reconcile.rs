@@ -88,16 +88,7 @@ impl Reconciler {
             self.sync_service(svc, &mut ops, &mut out.errors);
         }
         if full {
-            let stale: Vec<ServiceKey> = self
-                .mirror
-                .frontends()
-                .filter(|k| !self.owner.contains_key(k))
-                .copied()
-                .collect();
-            for k in stale {
-                tracing::info!(frontend = %describe_key(&k), "removing frontend no Service claims");
-                self.mirror.remove(&k, &mut ops);
-            }
+            self.remove_unclaimed(&mut ops);
         }
         out.ops = ops.len();
         if let Err(e) = w.apply(&ops) {
@@ -107,6 +98,21 @@ impl Reconciler {
             return Err(e);
         }
         Ok(out)
+    }
+
+    /// After a complete listing: frontends the maps hold that no Service
+    /// claims any more (deleted while nobody watched) go.
+    fn remove_unclaimed(&mut self, ops: &mut Vec<Op>) {
+        let stale: Vec<ServiceKey> = self
+            .mirror
+            .frontends()
+            .filter(|k| !self.owner.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            tracing::info!(frontend = %describe_key(&k), "removing frontend no Service claims");
+            self.mirror.remove(&k, ops);
+        }
     }
 
     /// Recomputes every Service against a fresh read of the maps.
@@ -120,15 +126,7 @@ impl Reconciler {
         for svc in &all {
             self.sync_service(svc, &mut ops, &mut out.errors);
         }
-        let stale: Vec<ServiceKey> = self
-            .mirror
-            .frontends()
-            .filter(|k| !self.owner.contains_key(k))
-            .copied()
-            .collect();
-        for k in stale {
-            self.mirror.remove(&k, &mut ops);
-        }
+        self.remove_unclaimed(&mut ops);
         out.ops = ops.len();
         w.apply(&ops)?;
         Ok(out)

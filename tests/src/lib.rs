@@ -48,28 +48,16 @@ pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
         return p.into();
     }
-    // target/<profile>/deps/<test binary> -> target/<profile>/lb-agent
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| {
-            if d.ends_with("deps") {
-                d.parent()
-            } else {
-                Some(d)
-            }
-        })
-        .expect("target dir");
-    let p = dir.join("lb-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (`cargo xtask test` does)",
-        p.display()
-    );
-    p
+    built("lb-agent")
 }
 
 pub fn helper_bin() -> PathBuf {
+    built("lbh")
+}
+
+/// A binary of this workspace's build: target/<profile>/deps/<test> ->
+/// target/<profile>/<name>.
+fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()
@@ -81,7 +69,7 @@ pub fn helper_bin() -> PathBuf {
             }
         })
         .expect("target dir");
-    let p = dir.join("lbh");
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is missing: build the workspace first (`cargo xtask test` does)",
