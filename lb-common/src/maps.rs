@@ -230,7 +230,9 @@ pub const C_CT_STALE_BACKEND: u32 = 7;
 pub const C_ICMP_UNREACH: u32 = 8;
 pub const C_DROP_NO_LOCAL: u32 = 9;
 pub const C_DROP_SOURCE_RANGE: u32 = 10;
-pub const COUNTERS: u32 = 11;
+pub const C_XDP_DNAT: u32 = 11;
+pub const C_XDP_PASS: u32 = 12;
+pub const COUNTERS: u32 = 13;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -243,6 +245,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "icmp_port_unreachable_sent",
     "drop_no_local_backend",
     "drop_source_range",
+    "xdp_dnat",
+    "xdp_pass",
 ];
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.

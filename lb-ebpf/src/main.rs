@@ -12,11 +12,17 @@ mod packet;
 mod service;
 mod sock;
 mod tc;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp::fast_path(&ctx)
+}
 
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {

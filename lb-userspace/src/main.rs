@@ -67,6 +67,9 @@ enum Cmd {
         /// comma-separated (default: every address of the Node object).
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<lb_agent::cidr::Cidr>,
+        /// The XDP fast path on the external devices (in front of TC).
+        #[arg(long, value_enum, default_value = "off")]
+        xdp: kernel::XdpAttach,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -137,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             max_ct,
             devices,
             nodeport_addresses,
+            xdp,
             log_format,
         } => {
             init_logs(log_format);
@@ -152,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
                     cgroup,
+                    xdp,
                     sizes: kernel::MapSizes {
                         services: max_services,
                         backends: max_backends,

@@ -33,10 +33,16 @@ fn lab(path: &Path) -> Run {
 /// Runs a scenario; with `dump`, each node's ct list, status and packet
 /// filter rules are written there after every step.
 fn lab_with(path: &Path, dump: Option<&Path>) -> Run {
+    lab_args(path, dump, &[])
+}
+
+/// With extra `--agent-arg`s.
+fn lab_args(path: &Path, dump: Option<&Path>, agent_args: &[&str]) -> Run {
     lb_tests::require_kernel();
     let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let child = Command::new(env!("CARGO_BIN_EXE_lb-lab"))
         .arg(path)
+        .args(agent_args.iter().map(|a| format!("--agent-arg={a}")))
         .env("LB_AGENT_BIN", lb_tests::agent_bin())
         .envs(dump.map(|d| ("LB_LAB_DUMP_DIR", d)))
         .stdout(std::process::Stdio::piped())
@@ -665,4 +671,30 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
         assert_eq!(l["error"], "timeout", "outside the ranges: dropped: {l}");
     }
     served_by(&select(&r, 0, "external", "nodeport/node-1/x/closed"));
+}
+
+#[test]
+fn xdp_fast_path_native_and_generic() {
+    for mode in ["native", "generic"] {
+        let dump = DumpDir::new("xdp");
+        let r = lab_args(
+            &scenario("external-frontends.yaml"),
+            Some(&dump.0),
+            &["--xdp", mode],
+        );
+        assert_eq!(r.code, 0, "{mode}: {}", r.stderr);
+        for l in &r.lines {
+            assert_eq!(l["ok"], true, "{mode}: {l}");
+        }
+        // node-1 and node-2 hold replicas: established flows to them are
+        // translated by XDP; everything else passed on to TC.
+        for node in ["node-1", "node-2"] {
+            let st = dump.json(0, node, "status");
+            let c = &st["counters"];
+            assert!(
+                c["xdp_dnat"].as_u64().unwrap() > 0 && c["xdp_pass"].as_u64().unwrap() > 0,
+                "{mode} {node}: {c}"
+            );
+        }
+    }
 }

@@ -19,8 +19,8 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
-        tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink, tc::TcAttachOptions,
     },
 };
 use lb_common::{
@@ -32,6 +32,35 @@ use lb_common::{
 use crate::plan::{Mirror, Op};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// A lone XDP_PASS program (no maps), for veth peers in native XDP set-ups.
+pub static XDP_PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-pass"));
+
+/// How the XDP fast path is attached (`--xdp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdpAttach {
+    #[default]
+    Off,
+    Native,
+    Generic,
+}
+
+/// Attaches XDP_PASS to `ifaces` of the calling thread's network namespace
+/// (native mode); the programs stay while the returned object lives.
+pub fn xdp_pass_on(ifaces: &[String]) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(XDP_PASS_OBJECT).context("loading the XDP_PASS object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("lb_xdp_pass")
+        .ok_or_else(|| anyhow!("lb_xdp_pass missing"))?
+        .try_into()?;
+    prog.load()?;
+    for i in ifaces {
+        prog.attach(i, XdpMode::Driver)
+            .with_context(|| format!("attaching XDP_PASS to {i}"))?;
+    }
+    Ok(ebpf)
+}
 
 /// The socket programs and the attach types (enum bpf_attach_type) they need.
 pub const SOCK_PROGRAMS: &[(&str, u32)] = &[
@@ -181,6 +210,7 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub sizes: MapSizes,
+    pub xdp: XdpAttach,
 }
 
 /// The loaded datapath: typed handles on the agent-owned maps.
@@ -193,6 +223,7 @@ pub struct Datapath {
     ranges: LpmTrie<MapData, SrcRangeData, u8>,
     links_dir: PathBuf,
     devices: Vec<String>,
+    xdp: XdpAttach,
 }
 
 /// The packet programs, with their direction.
@@ -250,6 +281,13 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         prog.load()
             .with_context(|| format!("loading program {name}"))?;
     }
+    if opts.xdp != XdpAttach::Off {
+        let prog: &mut Xdp = ebpf
+            .program_mut("lb_xdp")
+            .ok_or_else(|| anyhow!("program lb_xdp missing"))?
+            .try_into()?;
+        prog.load().context("loading program lb_xdp")?;
+    }
     let services = HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?)?;
     let backends = HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)?;
     let status = Array::try_from(take(&mut ebpf, MAP_STATUS)?)?;
@@ -264,6 +302,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         ranges,
         links_dir,
         devices: vec![],
+        xdp: opts.xdp,
     })
 }
 
@@ -359,8 +398,45 @@ impl Datapath {
                     .with_context(|| format!("pinning link {}", pin.display()))?;
                 tracing::info!(program = name, device = dev, "attached");
             }
+            if self.xdp != XdpAttach::Off {
+                self.attach_xdp(dev)?;
+            }
             self.devices.push(dev.clone());
         }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, dev: &str) -> anyhow::Result<()> {
+        let pin = self.links_dir.join(format!("xdp-{dev}"));
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("lb_xdp")
+            .ok_or_else(|| anyhow!("lb_xdp missing"))?
+            .try_into()?;
+        if pin.exists() {
+            let link = sys::obj_get(&pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?;
+            if sys::link_update(link.as_fd(), prog.fd()?.as_fd()).is_ok() {
+                tracing::info!(link = %pin.display(), "adopted pinned link");
+                return Ok(());
+            }
+            std::fs::remove_file(&pin)?;
+        }
+        let mode = if self.xdp == XdpAttach::Native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        let id = prog
+            .attach(dev, mode)
+            .with_context(|| format!("attaching lb_xdp to {dev} ({:?})", self.xdp))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("XDP link is not an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
+        tracing::info!(device = dev, mode = ?self.xdp, "attached lb_xdp");
         Ok(())
     }
 
@@ -494,7 +570,7 @@ impl Pinned {
             let mut tc: Vec<(String, bool)> = rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with("tc-"))
+                .filter(|n| n.starts_with("tc-") || n.starts_with("xdp-"))
                 .map(|n| {
                     let ok = sys::obj_get(&self.pin_dir.join("links").join(&n)).is_ok();
                     (n, ok)

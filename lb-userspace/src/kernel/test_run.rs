@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
 use lb_common::{
@@ -55,6 +55,8 @@ impl Bed {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
+        let x: &mut Xdp = ebpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
+        x.load().unwrap_or_else(|e| panic!("lb_xdp: {e:?}"));
         let mut cfg: Array<_, Config> =
             Array::try_from(ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
         cfg.set(
@@ -74,11 +76,14 @@ impl Bed {
     /// One frontend with one backend.
     fn service(&mut self, front: &str, fport: u16, proto: u8, backend: Option<(&str, u16, u8)>) {
         let key = ServiceKey::frontend(ip(front), BeU16::from_host(fport), proto, SCOPE_INTERNAL);
+        let mut id = 0;
         if let Some((b, bport, flags)) = backend {
             let mut bes: HashMap<_, u32, Backend> =
                 HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+            // distinct ids: a test may seed several services
+            id = 7 + bes.keys().count() as u32;
             bes.insert(
-                7,
+                id,
                 Backend {
                     addr: ip(b),
                     port: BeU16::from_host(bport),
@@ -96,7 +101,7 @@ impl Bed {
             svcs.insert(
                 key.with_slot(1),
                 ServiceValue {
-                    backend_id: 7,
+                    backend_id: id,
                     ..Default::default()
                 },
                 0,
@@ -114,6 +119,17 @@ impl Bed {
             0,
         )
         .unwrap();
+    }
+
+    fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let p: &Xdp = self.ebpf.program("lb_xdp").unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
@@ -386,4 +402,46 @@ fn packets_it_does_not_understand_pass_untouched() {
         }
     }
     assert!(bed.ct().is_empty(), "nothing tracked");
+}
+
+#[test]
+fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
+    const XDP_PASS: u32 = 2;
+    let mut bed = Bed::new("xdp");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    bed.service(
+        "fd00:100::1",
+        30053,
+        PROTO_UDP,
+        Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
+    );
+    // before any conntrack entry: untouched (TC makes the flow)
+    let ack = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, false);
+    assert_eq!(bed.run_xdp(&ack), (XDP_PASS, ack.clone()));
+    let syn = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, true);
+    bed.run("lb_tc_ingress", &syn);
+    let (verdict, out) = bed.run_xdp(&ack);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_checksums(&out);
+    let q = udp6("fd00:100::200", 50010, "fd00:100::1", 30053);
+    bed.run("lb_tc_ingress", &q);
+    let (_, out) = bed.run_xdp(&q);
+    assert_eq!(
+        &out[38..54],
+        &"fd00:244:1::a"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert_checksums(&out);
+    // a fragment passes untouched
+    let mut mf = ack.clone();
+    mf[14 + 6] |= 0x20;
+    assert_eq!(bed.run_xdp(&mf), (XDP_PASS, mf.clone()));
 }

@@ -75,6 +75,7 @@ pub fn run(opts: &Options) -> i32 {
     crate::cleanup("lbl", |pid| !crate::pid_alive(pid));
     install_teardown_on_signal();
     let mut lab = Lab {
+        xdp_pass: None,
         dir: std::env::temp_dir().join(format!("{}run", topo::prefix())),
         agents: vec![],
         holds: BTreeMap::new(),
@@ -143,6 +144,8 @@ struct AgentRun {
 }
 
 struct Lab {
+    /// XDP_PASS programs on the underlay's bridge-side peers (native XDP).
+    xdp_pass: Option<aya_keepalive::Keep>,
     dir: PathBuf,
     agents: Vec<AgentRun>,
     holds: BTreeMap<String, Proc>,
@@ -167,6 +170,15 @@ impl Lab {
             node_cgroups.push(cg);
         }
         topo::build(&c).context("building the topology")?;
+        let args: Vec<&String> = sc.agent_args.iter().chain(&opts.agent_args).collect();
+        let native = args.windows(2).any(|w| w[0] == "--xdp" && w[1] == "native")
+            || args.iter().any(|a| *a == "--xdp=native");
+        if native {
+            self.xdp_pass = Some(
+                topo::xdp_pass_on_peers(&c)
+                    .context("attaching XDP_PASS to the bridge-side peers")?,
+            );
+        }
         self.start_servers(&c, &node_cgroups)
             .context("starting the pods' servers")?;
         let mut out = probes::Output::new(opts.human);
@@ -418,4 +430,9 @@ fn check_external_cgroup(cg: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Keeps loaded programs (and so their attachments) alive.
+pub mod aya_keepalive {
+    pub struct Keep(pub Box<dyn std::any::Any + Send>);
 }

@@ -249,3 +249,26 @@ pub fn all_namespaces(c: &Cluster) -> Vec<String> {
     v.extend((0..c.pods.len()).map(pod_ns));
     v
 }
+
+/// Attaches XDP_PASS (native) to every bridge-side peer in the underlay:
+/// native XDP on a veth only sees traffic when its peer has a program too.
+/// Done from a thread that enters the underlay namespace; the programs stay
+/// while the returned handle lives (and die with the namespace anyway).
+pub fn xdp_pass_on_peers(c: &Cluster) -> anyhow::Result<super::aya_keepalive::Keep> {
+    let mut peers: Vec<String> = (0..c.nodes.len()).map(|k| format!("u{}", k + 1)).collect();
+    peers.push("u200".into());
+    let ns = ns_path(&underlay_ns());
+    std::thread::spawn(move || -> anyhow::Result<super::aya_keepalive::Keep> {
+        let f = std::fs::File::open(&ns)?;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on a namespace fd we hold; affects this thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("entering the underlay namespace");
+        }
+        Ok(super::aya_keepalive::Keep(Box::new(
+            lb_agent::kernel::xdp_pass_on(&peers)?,
+        )))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the XDP_PASS thread panicked"))?
+}
