@@ -82,6 +82,15 @@ pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Where the lab makes its cgroups: the root of the cgroup v2 hierarchy, or
+/// `LB_LAB_CGROUP_PARENT` (a test puts them under a parent of its own).
+pub fn cgroup_base() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("LB_LAB_CGROUP_PARENT") {
+        Some(p) => Ok(p.into()),
+        None => lb_agent::host::cgroup2_root(),
+    }
+}
+
 /// The pid in a `<tag><pid>-...` name.
 fn tagged_pid(tag: &str, name: &str) -> Option<u32> {
     name.strip_prefix(tag)?.split('-').next()?.parse().ok()
@@ -93,7 +102,10 @@ fn tagged_pid(tag: &str, name: &str) -> Option<u32> {
 pub fn cleanup(tag: &str, select: impl Fn(u32) -> bool) {
     let pick = |n: &str| tagged_pid(tag, n).is_some_and(&select);
     let mut cgroups = Vec::new();
-    if let Ok(root) = lb_agent::host::cgroup2_root() {
+    let mut bases: Vec<PathBuf> = lb_agent::host::cgroup2_root().into_iter().collect();
+    bases.extend(cgroup_base().ok());
+    bases.dedup();
+    for root in bases {
         if let Ok(rd) = std::fs::read_dir(&root) {
             for e in rd.flatten() {
                 if pick(&e.file_name().to_string_lossy()) {

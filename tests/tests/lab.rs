@@ -698,3 +698,42 @@ fn xdp_fast_path_native_and_generic() {
         }
     }
 }
+
+#[test]
+fn lab_refuses_when_external_would_inherit_socket_programs() {
+    lb_tests::require_kernel();
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    // A parent cgroup of our own with the socket programs attached, standing
+    // in for programs at the hierarchy's root.
+    let parent = lb_tests::spawn::Cgroup::new(&lb_tests::unique("parent"));
+    let src = DumpDir::new("src");
+    let mut agent = lb_tests::agent::AgentProc::new(
+        lb_tests::agent::pin_path(&lb_tests::unique("pp")),
+        parent.path.clone(),
+        src.0.clone(),
+        src.0.join("agent.log"),
+    );
+    std::fs::write(src.0.join("GENERATION"), "1").unwrap();
+    agent.start();
+    agent.wait_synced(1);
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-lab"))
+        .arg(scenario("connectivity-ipv4.yaml"))
+        .env("LB_AGENT_BIN", lb_tests::agent_bin())
+        .env("LB_LAB_CGROUP_PARENT", &parent.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("external") && err.contains("connect"),
+        "the refusal names the programs: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    let left: Vec<_> = std::fs::read_dir(&parent.path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the refused run left cgroups: {left:?}");
+}

@@ -53,7 +53,7 @@ pub fn validate(text: &str) -> Result<(Scenario, Vec<Vec<Resolved>>), Invalid> {
 }
 
 fn cgroup_dir(name: &str) -> anyhow::Result<PathBuf> {
-    Ok(lb_agent::host::cgroup2_root()?.join(format!("{}{name}", topo::prefix())))
+    Ok(crate::cgroup_base()?.join(format!("{}{name}", topo::prefix())))
 }
 
 pub fn run(opts: &Options) -> i32 {
