@@ -401,12 +401,7 @@ mod lab {
                                     let mut r = BufReader::new(c);
                                     let mut line = String::new();
                                     while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                                        // A health-check style GET gets an HTTP answer.
-                                        let reply = if line.starts_with("GET ") {
-                                            format!("HTTP/1.0 200 OK\r\n\r\n{pod} {peer}\n")
-                                        } else {
-                                            format!("{pod} {peer}\n")
-                                        };
+                                        let reply = format!("{pod} {peer}\n");
                                         if w.write_all(reply.as_bytes()).is_err() {
                                             break;
                                         }
