@@ -176,6 +176,10 @@ pub const CT_REV: u8 = 2;
 pub const CT_SNAT: u8 = 3;
 pub const CT_RSNAT: u8 = 4;
 
+/// `CtValue.flags` bit: a FIN or RST went through; the entry may go soon.
+/// (The low bits of a forward entry hold the backend's flags.)
+pub const CT_F_CLOSING: u8 = 1 << 7;
+
 /// Key of `LB_CT_V1` (an LRU the kernel writes; the agent only reads and deletes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

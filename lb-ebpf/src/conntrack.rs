@@ -3,7 +3,7 @@
 //! second so a busy flow does not write its entry on every packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{BeU16, CtKey, CtValue, NetAddr};
+use lb_common::{BeU16, CT_F_CLOSING, CtKey, CtValue, NetAddr};
 
 use crate::{maps::LB_CT_V1, packet::Pkt};
 
@@ -32,14 +32,22 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
     unsafe { LB_CT_V1.get(k) }.copied()
 }
 
+/// Refreshes the last-seen time (at most once a second) and marks the
+/// entry closing on a TCP FIN or RST, so the agent's GC can drop it soon.
 #[inline(always)]
-pub fn touch(k: &CtKey, v: &CtValue) {
+pub fn touch(k: &CtKey, v: &CtValue, closing: bool) {
     let now = now_s();
-    if v.last_seen != now {
+    let mark = closing && v.flags & CT_F_CLOSING == 0;
+    if v.last_seen != now || mark {
         if let Some(p) = LB_CT_V1.get_ptr_mut(k) {
-            // SAFETY: a 4-byte aligned store into a live map value; a racing
-            // CPU writes the same kind of value (a time), so either wins.
-            unsafe { (*p).last_seen = now };
+            // SAFETY: aligned stores into a live map value; a racing CPU
+            // writes the same kinds of values (a time, the same bit).
+            unsafe {
+                (*p).last_seen = now;
+                if mark {
+                    (*p).flags |= CT_F_CLOSING;
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Pkt {
     pub v6: bool,
     pub proto: u8,
@@ -19,6 +19,8 @@ pub struct Pkt {
     pub sport: BeU16,
     pub dport: BeU16,
     pub l4_off: usize,
+    /// A TCP FIN or RST: the flow is closing.
+    pub closing: bool,
 }
 
 impl Pkt {
@@ -41,8 +43,22 @@ impl Pkt {
     }
 }
 
+/// Parses into `out`; 0 when the packet is understood. Not inlined: the
+/// parser's temporaries stay out of the callers' stack frames (the verifier
+/// allows 512 bytes over a whole call chain).
+#[inline(never)]
+pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> i32 {
+    match parse(ctx) {
+        Some(p) => {
+            *out = p;
+            0
+        }
+        None => -1,
+    }
+}
+
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Pkt> {
+fn parse(ctx: &TcContext) -> Option<Pkt> {
     let eth_proto = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (v6, proto, saddr, daddr, l4_off) = match eth_proto {
         ETH_P_IP => {
@@ -92,6 +108,7 @@ pub fn parse(ctx: &TcContext) -> Option<Pkt> {
     }
     let sport = BeU16(ctx.load::<u16>(l4_off).ok()?);
     let dport = BeU16(ctx.load::<u16>(l4_off + 2).ok()?);
+    let closing = proto == PROTO_TCP && ctx.load::<u8>(l4_off + 13).ok()? & 0x05 != 0;
     Some(Pkt {
         v6,
         proto,
@@ -100,5 +117,6 @@ pub fn parse(ctx: &TcContext) -> Option<Pkt> {
         sport,
         dport,
         l4_off,
+        closing,
     })
 }

@@ -64,13 +64,14 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 }
 
 pub fn egress(ctx: &TcContext) -> i32 {
-    let Some(mut p) = packet::parse(ctx) else {
+    let mut p = Pkt::default();
+    if packet::parse_into(ctx, &mut p) != 0 {
         count(C_PASS_UNPARSED);
         return TC_ACT_OK;
-    };
+    }
     let k = conntrack::key(&p, CT_SNAT);
     if let Some(v) = conntrack::lookup(&k) {
-        conntrack::touch(&k, &v);
+        conntrack::touch(&k, &v, p.closing);
         if rewrite_src(ctx, &mut p, v.addr, v.port).is_ok() {
             count(C_TC_SNAT);
         }
@@ -78,7 +79,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
     let k = conntrack::key(&p, CT_REV);
     if let Some(v) = conntrack::lookup(&k) {
-        conntrack::touch(&k, &v);
+        conntrack::touch(&k, &v, p.closing);
         if rewrite_src(ctx, &mut p, v.addr, v.port).is_ok() {
             count(C_TC_REVDNAT);
         }
@@ -93,10 +94,11 @@ fn rewrite_src(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
 }
 
 fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
-    let Some(mut p) = packet::parse(ctx) else {
+    let mut p = Pkt::default();
+    if packet::parse_into(ctx, &mut p) != 0 {
         count(C_PASS_UNPARSED);
         return Ok(TC_ACT_OK);
-    };
+    }
     if known_flow(ctx, &mut p) != 0 {
         return Ok(TC_ACT_OK);
     }
@@ -117,7 +119,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
 fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let rk = conntrack::key(p, CT_RSNAT);
     if let Some(v) = conntrack::lookup(&rk) {
-        conntrack::touch(&rk, &v);
+        conntrack::touch(&rk, &v, p.closing);
         if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
             count(C_TC_RSNAT);
         }
@@ -126,7 +128,7 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
         if backend_is(v.backend_id, &v.addr, v.port) {
-            conntrack::touch(&fk, &v);
+            conntrack::touch(&fk, &v, p.closing);
             if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
                 count(C_TC_DNAT);
             }

@@ -108,7 +108,12 @@ fn try_fast_path(ctx: &XdpContext) -> Option<()> {
     if b.addr != v.addr || b.port != v.port || b.addr.is_v4() == v6 {
         return None;
     }
-    conntrack::touch(&k, &v);
+    // A FIN or RST goes on to TC, which marks the entry closing.
+    let flags = unsafe { *ptr::<u8>(ctx, l4 + 13)? };
+    if proto == PROTO_TCP && flags & 0x05 != 0 {
+        return None;
+    }
+    conntrack::touch(&k, &v, false);
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
     let mut from = [0u32; 4];

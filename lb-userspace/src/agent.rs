@@ -75,11 +75,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::health_check::HealthChecks::default();
 
+    let mut gc = tokio::time::interval(Duration::from_secs(10));
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeouts = crate::conntrack_gc::Timeouts::default();
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
+            _ = gc.tick() => {
+                match dp.ct_gc(rec.mirror().backends(), &timeouts) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "conntrack sweep"),
+                    Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+                }
+                continue;
+            }
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

@@ -145,7 +145,7 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
 
 pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let kinds = ["?", "forward", "reverse", "snat", "reverse-snat"];
-    let now = std::time::Duration::from(nix_monotonic()).as_secs() as i64;
+    let now = monotonic_s() as i64;
     let rows: Vec<_> = p
         .conntrack()?
         .iter()
@@ -179,10 +179,10 @@ pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CLOCK_MONOTONIC, the clock bpf_ktime_get_coarse_ns reads.
-fn nix_monotonic() -> std::time::Duration {
+/// Seconds of CLOCK_MONOTONIC, the clock bpf_ktime_get_coarse_ns reads.
+pub fn monotonic_s() -> u32 {
     // SAFETY: clock_gettime writes into a local timespec.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    ts.tv_sec as u32
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cidr;
+pub mod conntrack_gc;
 pub mod desired;
 pub mod health_check;
 pub mod host;

@@ -224,6 +224,7 @@ pub struct Datapath {
     links_dir: PathBuf,
     devices: Vec<String>,
     xdp: XdpAttach,
+    ct_max: u32,
 }
 
 /// The packet programs, with their direction.
@@ -303,6 +304,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         links_dir,
         devices: vec![],
         xdp: opts.xdp,
+        ct_max: opts.sizes.ct,
     })
 }
 
@@ -476,6 +478,38 @@ impl Datapath {
             .with_context(|| format!("map operation {op:?}"))?;
         }
         Ok(())
+    }
+
+    /// One conntrack sweep: removes what `conntrack_gc::expired` says, walking
+    /// at most the map's size of keys (a walk over an LRU being written can
+    /// restart). Returns how many entries went.
+    pub fn ct_gc(
+        &mut self,
+        backends: &std::collections::HashMap<u32, Backend>,
+        t: &crate::conntrack_gc::Timeouts,
+    ) -> anyhow::Result<usize> {
+        let now = crate::inspect::monotonic_s();
+        let map = self
+            .ebpf
+            .map_mut(MAP_CT)
+            .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
+        let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
+        let max = self.ct_max as usize;
+        let doomed: Vec<CtKey> = ct
+            .iter()
+            .take(max)
+            .filter_map(Result::ok)
+            .filter(|(k, v)| crate::conntrack_gc::expired(k, v, now, backends, t))
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in &doomed {
+            // Gone already (evicted, or its flow ended) is fine.
+            if ct.remove(k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn set_status(&mut self, status: Status) -> anyhow::Result<()> {

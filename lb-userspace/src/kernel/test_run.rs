@@ -445,3 +445,33 @@ fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
     mf[14 + 6] |= 0x20;
     assert_eq!(bed.run_xdp(&mf), (XDP_PASS, mf.clone()));
 }
+
+#[test]
+fn fin_and_rst_mark_the_flow_closing_for_the_sweep() {
+    let mut bed = Bed::new("fin");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    let syn = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, true);
+    bed.run("lb_tc_ingress", &syn);
+    let closing = |bed: &Bed| {
+        bed.ct()
+            .iter()
+            .find(|(k, _)| k.kind == CT_FWD)
+            .map(|(_, v)| v.flags & lb_common::CT_F_CLOSING != 0)
+            .unwrap()
+    };
+    assert!(!closing(&bed));
+    let mut fin = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, false);
+    fin[14 + 20 + 13] |= 0x01; // FIN (checksum no longer matters: only flags are read)
+    let (_, out) = bed.run("lb_tc_ingress", &fin);
+    assert_eq!(
+        dst4(&out),
+        ("10.244.1.10".into(), 8080),
+        "a FIN is still translated"
+    );
+    assert!(closing(&bed));
+}
