@@ -271,24 +271,9 @@ fn malformed_scenarios_exit_2_naming_the_field_and_create_nothing() {
 
 #[test]
 fn same_scenario_twice_gives_the_same_reachability() {
-    let reach = |r: &Run| -> BTreeSet<(u64, String, String, String, String, bool)> {
-        r.lines
-            .iter()
-            .map(|l| {
-                (
-                    l["step"].as_u64().unwrap(),
-                    l["from"].as_str().unwrap().into(),
-                    l["to"].as_str().unwrap().into(),
-                    l["family"].as_str().unwrap().into(),
-                    l["protocol"].as_str().unwrap().into(),
-                    l["ok"].as_bool().unwrap(),
-                )
-            })
-            .collect()
-    };
     let a = ok_run("connectivity-dualstack.yaml");
     let b = ok_run("connectivity-dualstack.yaml");
-    assert_eq!(reach(&a), reach(&b));
+    assert_eq!(reachability(&a), reachability(&b));
     assert_ne!(a.pid, b.pid);
 }
 
@@ -736,4 +721,43 @@ fn lab_refuses_when_external_would_inherit_socket_programs() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "the refused run left cgroups: {left:?}");
+}
+
+/// (step, from, to, family, protocol, ok) of every attempt.
+fn reachability(r: &Run) -> BTreeSet<(u64, String, String, String, String, bool)> {
+    r.lines
+        .iter()
+        .map(|l| {
+            (
+                l["step"].as_u64().unwrap(),
+                l["from"].as_str().unwrap().into(),
+                l["to"].as_str().unwrap().into(),
+                l["family"].as_str().unwrap().into(),
+                l["protocol"].as_str().unwrap().into(),
+                l["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn packet_path_scenarios_reach_the_same_in_xdp_mode() {
+    for name in [
+        "external-local.yaml",
+        "no-endpoints.yaml",
+        "affinity.yaml",
+        "source-ranges.yaml",
+        "stale-udp.yaml",
+        "nodeport-held.yaml",
+    ] {
+        let tc = lab(&scenario(name));
+        assert_eq!(tc.code, 0, "{name}: {}", tc.stderr);
+        let xdp = lab_args(&scenario(name), None, &["--xdp", "native"]);
+        assert_eq!(xdp.code, 0, "{name} with XDP: {}", xdp.stderr);
+        assert_eq!(
+            reachability(&tc),
+            reachability(&xdp),
+            "{name}: XDP mode must reach exactly what TC-only mode does"
+        );
+    }
 }
