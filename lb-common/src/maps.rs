@@ -260,7 +260,8 @@ pub struct Status {
     pub synced_generation: u64,
     pub synced_at_unix_ms: u64,
     pub agent_pid: u32,
-    pub _pad: u32,
+    /// The port the agent's health endpoint is bound to (0: off).
+    pub health_port: u32,
 }
 
 const _: () = {

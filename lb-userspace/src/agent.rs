@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub devices: Vec<String>,
     /// Empty: every address of the Node object serves NodePorts.
     pub node_port_cidrs: Vec<crate::cidr::Cidr>,
+    /// `/healthz`, `/livez`, `/metrics` (None: off).
+    pub health_addr: Option<std::net::SocketAddr>,
     pub load: LoadOptions,
     pub poll: Duration,
 }
@@ -67,9 +69,35 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
     let Source::File(dir) = &opts.source;
     let mut source = FileSource::new(dir);
+    let health = crate::health::Health::new();
     let mut status = dp.status()?;
     status.agent_pid = std::process::id();
+    status.health_port = match opts.health_addr {
+        Some(addr) => {
+            let bound = crate::health::serve(addr, health.clone())
+                .with_context(|| format!("--health-addr {addr}"))?;
+            tracing::info!(%bound, "health endpoint serving /healthz /livez /metrics");
+            bound.port() as u32
+        }
+        None => 0,
+    };
     dp.set_status(status)?;
+    let sizes = opts.load.sizes;
+    for (map, cap) in [
+        (lb_common::MAP_SERVICES, sizes.services),
+        (lb_common::MAP_BACKENDS, sizes.backends),
+        (lb_common::MAP_CT, sizes.ct),
+        (lb_common::MAP_SOCK_REV, sizes.sock_rev),
+    ] {
+        health
+            .metrics
+            .map_capacity
+            .get_or_create(&crate::health::MapLabel { map: map.into() })
+            .set(cap as i64);
+    }
+    let pinned = kernel::Pinned {
+        pin_dir: opts.load.pin_dir.clone(),
+    };
     let mut needs_resync = false;
     let mut source_error: Option<String> = None;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
@@ -85,13 +113,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = gc.tick() => {
                 match dp.ct_gc(rec.mirror().backends(), &timeouts) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(removed = n, "conntrack sweep"),
+                    Ok((removed, kept)) => {
+                        health.metrics.conntrack_entries.set(kept as i64);
+                        if removed > 0 {
+                            tracing::debug!(removed, kept, "conntrack sweep");
+                        }
+                    }
                     Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+                }
+                if let Ok(counters) = pinned.counters() {
+                    for (name, v) in counters {
+                        health.metrics.datapath_packets.get_or_create(&crate::health::ReasonLabel { reason: name.into() }).set(v as i64);
+                    }
                 }
                 continue;
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => health.alive(),
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -129,8 +166,36 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         for e in &batch.errors {
             tracing::error!("{e}");
         }
+        let started = std::time::Instant::now();
         match rec.apply(&batch.changes, batch.full, &mut dp) {
             Ok(out) => {
+                health
+                    .metrics
+                    .sync_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                health.synced();
+                for (kind, n) in source.counts_by_kind() {
+                    health
+                        .metrics
+                        .objects
+                        .get_or_create(&crate::health::KindLabel { kind })
+                        .set(n as i64);
+                }
+                let m = rec.mirror();
+                health
+                    .metrics
+                    .map_entries
+                    .get_or_create(&crate::health::MapLabel {
+                        map: lb_common::MAP_SERVICES.into(),
+                    })
+                    .set(m.services().len() as i64);
+                health
+                    .metrics
+                    .map_entries
+                    .get_or_create(&crate::health::MapLabel {
+                        map: lb_common::MAP_BACKENDS.into(),
+                    })
+                    .set(m.backends().len() as i64);
                 for e in &out.errors {
                     tracing::error!("{e}");
                 }

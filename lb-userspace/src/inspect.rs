@@ -47,6 +47,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
                 "synced_generation": st.synced_generation,
                 "synced_at_unix_ms": st.synced_at_unix_ms,
                 "agent_pid": st.agent_pid,
+                "health_port": st.health_port,
                 "pin_dir": p.pin_dir,
                 "maps": maps,
                 "links": links,
@@ -57,6 +58,14 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         println!("pin dir:           {}", p.pin_dir.display());
         println!("synced generation: {}", st.synced_generation);
         println!("agent pid:         {}", st.agent_pid);
+        println!(
+            "health port:       {}",
+            if st.health_port == 0 {
+                "off".to_string()
+            } else {
+                st.health_port.to_string()
+            }
+        );
         for f in &fill {
             println!("map {:<16} {:>8} / {}", f.name, f.entries, f.max_entries);
         }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cidr;
 pub mod conntrack_gc;
 pub mod desired;
+pub mod health;
 pub mod health_check;
 pub mod host;
 pub mod inspect;

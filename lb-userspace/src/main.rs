@@ -67,6 +67,10 @@ enum Cmd {
         /// comma-separated (default: every address of the Node object).
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<lb_agent::cidr::Cidr>,
+        /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
+        /// (port 0 picks a free port, shown by `lb-agent status`).
+        #[arg(long, default_value = "0.0.0.0:10256")]
+        health_addr: String,
         /// The XDP fast path on the external devices (in front of TC).
         #[arg(long, value_enum, default_value = "off")]
         xdp: kernel::XdpAttach,
@@ -141,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             devices,
             nodeport_addresses,
             xdp,
+            health_addr,
             log_format,
         } => {
             init_logs(log_format);
@@ -153,6 +158,12 @@ fn main() -> anyhow::Result<()> {
                 node_name,
                 devices,
                 node_port_cidrs: nodeport_addresses,
+                health_addr: match health_addr.as_str() {
+                    "off" => None,
+                    a => Some(a.parse().with_context(|| {
+                        format!("--health-addr: `{a}` is not ADDRESS:PORT or off")
+                    })?),
+                },
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
                     cgroup,

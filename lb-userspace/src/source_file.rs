@@ -98,6 +98,15 @@ impl FileSource {
         }
     }
 
+    /// How many objects of each kind the source holds.
+    pub fn counts_by_kind(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for (kind, _) in self.objects.keys() {
+            *m.entry(kind.clone()).or_default() += 1;
+        }
+        m
+    }
+
     /// The next complete change set, if one is ready.
     pub fn poll(&mut self) -> anyhow::Result<Option<Batch>> {
         let gen_path = self.dir.join(GENERATION_FILE);

@@ -70,6 +70,8 @@ impl AgentProc {
             .arg(format!("--source=file:{}", self.source.display()))
             .arg(format!("--pin-dir={}", self.pin_dir.display()))
             .arg(format!("--cgroup={}", self.attach.display()))
+            // Outside a private namespace: never the shared default port.
+            .arg("--health-addr=127.0.0.1:0")
             .args(&self.extra)
             .stderr(log);
         confine(&mut cmd, None, None);
@@ -98,6 +100,30 @@ impl AgentProc {
             .arg(format!("--pin-dir={}", self.pin_dir.display()))
             .output()
             .expect("lb-agent")
+    }
+
+    /// GET `path` from the agent's health endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read as _, Write as _};
+        let port = self
+            .status()
+            .and_then(|s| s["health_port"].as_u64())
+            .expect("health port in status");
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port as u16))
+            .expect("connect health endpoint");
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {

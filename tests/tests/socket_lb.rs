@@ -266,6 +266,7 @@ fn pinned_map_of_another_shape_is_refused_and_reset_removes_everything() {
         .arg(format!("--pin-dir={}", bed.agent.pin_dir.display()))
         .arg(format!("--cgroup={}", bed.cgroup.path.display()))
         .arg("--max-backends=1000")
+        .arg("--health-addr=off")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -372,4 +373,68 @@ fn service_list_shows_what_the_kernel_holds() {
         4,
         "two families x two ports: {list}"
     );
+}
+
+#[test]
+fn health_endpoint_turns_healthy_after_the_first_sync_and_serves_metrics() {
+    let mut bed = Testbed::new(1);
+    web(&mut bed, &["10.96.0.10"], &[0]);
+    let (code, body) = bed.agent.http_get("/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(bed.agent.http_get("/livez").0, 200);
+    let (code, metrics) = bed.agent.http_get("/metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "lb_sync_duration_seconds_bucket",
+        "lb_last_sync_timestamp_seconds",
+        "lb_objects{kind=\"Service\"} 1",
+        "lb_map_entries{map=\"LB_SERVICES_V1\"}",
+        "lb_map_capacity{map=\"LB_CT_V1\"}",
+        "lb_conntrack_entries",
+        "lb_watch_restarts_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    // Prometheus text: every sample line is `name{labels} value`
+    for l in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a sample line: {l}");
+    }
+
+    // A second agent whose source is not there yet: not healthy until it syncs.
+    let dir = bed.dir.0.join("late");
+    let pin = lb_tests::agent::pin_path(&lb_tests::unique("late"));
+    let mut late = lb_tests::agent::AgentProc::new(
+        pin,
+        bed.cgroup.path.clone(),
+        dir.clone(),
+        bed.dir.0.join("late.log"),
+    );
+    late.start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while late
+        .status()
+        .and_then(|s| s["health_port"].as_u64())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late agent never served health: {}",
+            late.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        late.http_get("/healthz").0,
+        503,
+        "not healthy before the first sync"
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("GENERATION"), "1").unwrap();
+    late.wait_synced(1);
+    assert_eq!(late.http_get("/healthz").0, 200);
 }

@@ -482,12 +482,12 @@ impl Datapath {
 
     /// One conntrack sweep: removes what `conntrack_gc::expired` says, walking
     /// at most the map's size of keys (a walk over an LRU being written can
-    /// restart). Returns how many entries went.
+    /// restart). Returns how many entries went, and how many it saw.
     pub fn ct_gc(
         &mut self,
         backends: &std::collections::HashMap<u32, Backend>,
         t: &crate::conntrack_gc::Timeouts,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<(usize, usize)> {
         let now = crate::inspect::monotonic_s();
         let map = self
             .ebpf
@@ -495,10 +495,12 @@ impl Datapath {
             .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
         let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
         let max = self.ct_max as usize;
+        let mut seen = 0;
         let doomed: Vec<CtKey> = ct
             .iter()
             .take(max)
             .filter_map(Result::ok)
+            .inspect(|_| seen += 1)
             .filter(|(k, v)| crate::conntrack_gc::expired(k, v, now, backends, t))
             .map(|(k, _)| k)
             .collect();
@@ -509,7 +511,7 @@ impl Datapath {
                 n += 1;
             }
         }
-        Ok(n)
+        Ok((n, seen - n))
     }
 
     pub fn set_status(&mut self, status: Status) -> anyhow::Result<()> {

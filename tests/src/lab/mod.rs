@@ -290,6 +290,11 @@ impl Lab {
                 .arg(format!("--node-name={node}"))
                 .arg(format!("--pin-dir={}", pin_dir.display()))
                 .arg(format!("--cgroup={}", node_cgroups[k].display()))
+                // node-local: the node's own address in its namespace
+                .arg(format!(
+                    "--health-addr={}:10256",
+                    control::node_ip(k, scenario::Family::IPv4)
+                ))
                 .args(&sc.agent_args)
                 .args(&opts.agent_args)
                 .stderr(logf);

@@ -1,0 +1,233 @@
+//! The agent's own HTTP endpoint (`--health-addr`, kube-proxy's 10256):
+//! `/healthz` (200 once the first sync is done and the sync loop is alive,
+//! 503 before and when it stalls), `/livez`, and `/metrics` in Prometheus
+//! text format.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    pub sync_duration_seconds: Histogram,
+    pub last_sync_timestamp_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub objects: Family<KindLabel, Gauge>,
+    pub map_entries: Family<MapLabel, Gauge>,
+    pub map_capacity: Family<MapLabel, Gauge>,
+    pub conntrack_entries: Gauge,
+    pub watch_restarts: Counter,
+    pub datapath_packets: Family<ReasonLabel, Gauge>,
+}
+
+pub struct Health {
+    pub metrics: Metrics,
+    registry: Mutex<Registry>,
+    synced: AtomicBool,
+    /// Seconds since the epoch of the sync loop's last turn.
+    alive_at: AtomicU64,
+}
+
+/// The sync loop turns every 100 ms; this long without a turn is stale.
+const STALE_AFTER_S: u64 = 30;
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        let metrics = Metrics {
+            sync_duration_seconds: Histogram::new([
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            last_sync_timestamp_seconds: Gauge::default(),
+            objects: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            conntrack_entries: Gauge::default(),
+            watch_restarts: Counter::default(),
+            datapath_packets: Family::default(),
+        };
+        let mut r = Registry::with_prefix("lb");
+        r.register(
+            "sync_duration_seconds",
+            "Time to apply one change set to the maps",
+            metrics.sync_duration_seconds.clone(),
+        );
+        r.register(
+            "last_sync_timestamp_seconds",
+            "When the last change set was applied",
+            metrics.last_sync_timestamp_seconds.clone(),
+        );
+        r.register(
+            "objects",
+            "Objects the source holds, by kind",
+            metrics.objects.clone(),
+        );
+        r.register(
+            "map_entries",
+            "Entries in each BPF map the agent writes",
+            metrics.map_entries.clone(),
+        );
+        r.register(
+            "map_capacity",
+            "Capacity of each BPF map",
+            metrics.map_capacity.clone(),
+        );
+        r.register(
+            "conntrack_entries",
+            "Conntrack entries seen by the last sweep",
+            metrics.conntrack_entries.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Restarts of API watches",
+            metrics.watch_restarts.clone(),
+        );
+        r.register(
+            "datapath_packets",
+            "Packets the datapath handled, by action or drop reason",
+            metrics.datapath_packets.clone(),
+        );
+        Arc::new(Self {
+            metrics,
+            registry: Mutex::new(r),
+            synced: AtomicBool::new(false),
+            alive_at: AtomicU64::new(now_s()),
+        })
+    }
+
+    pub fn synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+        self.metrics.last_sync_timestamp_seconds.set(now_s() as f64);
+    }
+
+    pub fn alive(&self) {
+        self.alive_at.store(now_s(), Ordering::Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+            && now_s().saturating_sub(self.alive_at.load(Ordering::Relaxed)) < STALE_AFTER_S
+    }
+
+    fn respond(&self, path: &str) -> (u16, &'static str, String) {
+        match path {
+            "/healthz" if self.healthy() => (200, "text/plain", "ok\n".into()),
+            "/healthz" => (
+                503,
+                "text/plain",
+                "not synced, or the sync loop stalled\n".into(),
+            ),
+            "/livez" => (200, "text/plain", "ok\n".into()),
+            "/metrics" => {
+                let mut body = String::new();
+                let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = encode(&mut body, &r);
+                (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                )
+            }
+            _ => (404, "text/plain", "not found\n".into()),
+        }
+    }
+}
+
+/// Serves `h` on `addr` from a thread; returns the bound address.
+pub fn serve(addr: SocketAddr, h: Arc<Health>) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind(addr)?;
+    let bound = l.local_addr()?;
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 2048];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .split('?')
+                .next()
+                .unwrap_or("/")
+                .to_string();
+            let (code, ctype, body) = h.respond(&path);
+            let reason = match code {
+                200 => "OK",
+                404 => "Not Found",
+                _ => "Service Unavailable",
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_waits_for_the_first_sync_and_metrics_are_prometheus_text() {
+        let h = Health::new();
+        assert_eq!(h.respond("/healthz").0, 503);
+        assert_eq!(h.respond("/livez").0, 200);
+        h.synced();
+        assert_eq!(h.respond("/healthz").0, 200);
+        h.alive_at
+            .store(now_s() - STALE_AFTER_S - 1, Ordering::Relaxed);
+        assert_eq!(
+            h.respond("/healthz").0,
+            503,
+            "a stalled sync loop is unhealthy"
+        );
+        h.metrics
+            .objects
+            .get_or_create(&KindLabel {
+                kind: "Service".into(),
+            })
+            .set(3);
+        h.metrics.sync_duration_seconds.observe(0.002);
+        let (code, _, body) = h.respond("/metrics");
+        assert_eq!(code, 200);
+        assert!(body.contains("lb_objects{kind=\"Service\"} 3"), "{body}");
+        assert!(body.contains("lb_sync_duration_seconds_bucket"), "{body}");
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    }
+}
