@@ -123,24 +123,12 @@ impl Bed {
 
     fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
         let p: &Xdp = self.ebpf.program("lb_xdp").unwrap().try_into().unwrap();
-        let mut out = vec![0u8; 2048];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(pkt);
-        opts.data_out = Some(&mut out);
-        let r = p.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(p, pkt)
     }
 
     fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; 2048];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(pkt);
-        opts.data_out = Some(&mut out);
-        let r = p.test_run(opts).expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(p, pkt)
     }
 
     fn ct(&self) -> Vec<(CtKey, CtValue)> {
@@ -148,6 +136,20 @@ impl Bed {
             HashMap::try_from(self.ebpf.map(lb_common::MAP_CT).unwrap()).unwrap();
         m.iter().filter_map(Result::ok).collect()
     }
+}
+
+/// BPF_PROG_TEST_RUN on one packet: (verdict, packet out).
+fn test_run<P>(p: &P, pkt: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; 2048];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    let r = p.test_run(opts).expect("test run");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
