@@ -164,6 +164,20 @@ impl Health {
     }
 }
 
+/// Reads a request's head (up to the blank line, at most 8 KiB): closing a
+/// socket with unread data would send the client a reset, not the answer.
+pub fn read_request(c: &mut std::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Serves `h` on `addr` from a thread; returns the bound address.
 pub fn serve(addr: SocketAddr, h: Arc<Health>) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
@@ -172,9 +186,7 @@ pub fn serve(addr: SocketAddr, h: Arc<Health>) -> anyhow::Result<SocketAddr> {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 2048];
-            let n = c.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
+            let req = read_request(&mut c);
             let path = req
                 .split_whitespace()
                 .nth(1)

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpListener},
     sync::{
         Arc, Mutex,
@@ -98,8 +98,7 @@ fn serve(port: u16, check: Check) -> anyhow::Result<Server> {
                 Ok((mut conn, _)) => {
                     let _ = conn.set_nonblocking(false);
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 1024];
-                    let _ = conn.read(&mut buf);
+                    let _ = crate::health::read_request(&mut conn);
                     let resp = response(&c.lock().unwrap_or_else(|e| e.into_inner()));
                     let _ = conn.write_all(resp.as_bytes());
                 }

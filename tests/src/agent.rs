@@ -111,7 +111,9 @@ impl AgentProc {
             .expect("health port in status");
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port as u16))
             .expect("connect health endpoint");
-        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // One write: the whole request in one segment.
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
         let mut resp = String::new();
         c.read_to_string(&mut resp).unwrap();
         let code = resp
