@@ -526,7 +526,25 @@ fn no_endpoints_is_refused_from_outside_and_from_pods() {
 
 #[test]
 fn external_traffic_policy_local_and_health_check_node_port() {
-    let r = ok_run("external-local.yaml");
+    let dump = DumpDir::new("dump");
+    let r = lab_with(&scenario("external-local.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The packet path did the work: node-1 tracks the client's flows to
+    // its NodePort; node-2 dropped for want of a local endpoint.
+    let ct = dump.json(0, "node-1", "ct");
+    assert!(
+        ct.as_array().unwrap().iter().any(|e| e["kind"] == "forward"
+            && e["dst"] == "10.100.0.1:30080"
+            && e["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("10.100.0.200:"))),
+        "{ct}"
+    );
+    let st = dump.json(0, "node-2", "status");
+    assert!(
+        st["counters"]["drop_no_local_backend"].as_u64().unwrap() > 0,
+        "{st}"
+    );
     let only = |to: &str, proto: &str, want: &str| {
         let lines: Vec<&Value> = select(&r, 0, "external", to)
             .into_iter()
@@ -586,7 +604,22 @@ fn external_traffic_policy_local_and_health_check_node_port() {
 
 #[test]
 fn client_ip_affinity_keeps_one_backend_per_client() {
-    let r = ok_run("affinity.yaml");
+    let dump = DumpDir::new("dump");
+    let r = lab_with(&scenario("affinity.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ct = dump.json(0, "node-1", "ct");
+    let sticky: std::collections::BTreeSet<&str> = ct
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "forward" && e["dst"] == "10.100.0.1:30080")
+        .filter_map(|e| e["to"].as_str())
+        .collect();
+    assert_eq!(
+        sticky.len(),
+        1,
+        "every tracked flow of the client went to one backend: {sticky:?}"
+    );
     for (from, to) in [
         ("x/client", "service/x/sticky"),
         ("external", "nodeport/node-1/x/sticky"),
@@ -650,7 +683,14 @@ fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
 
 #[test]
 fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
-    let r = ok_run("source-ranges.yaml");
+    let dump = DumpDir::new("dump");
+    let r = lab_with(&scenario("source-ranges.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let st = dump.json(0, "node-1", "status");
+    assert!(
+        st["counters"]["drop_source_range"].as_u64().unwrap() >= 2,
+        "the datapath dropped them: {st}"
+    );
     served_by(&select(&r, 0, "external", "loadbalancer/x/open"));
     for l in select(&r, 0, "external", "loadbalancer/x/closed") {
         assert_eq!(l["error"], "timeout", "outside the ranges: dropped: {l}");
