@@ -39,7 +39,13 @@ fn pick(count: u16, proto: u8, cookie: u64) -> u16 {
 }
 
 #[inline(always)]
-pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64, netns: u64) -> Lookup {
+pub fn lookup(
+    addr: NetAddr,
+    port: BeU16,
+    proto: u8,
+    cookie: u64,
+    netns: impl Fn() -> u64,
+) -> Lookup {
     let key = ServiceKey::frontend(addr, port, proto, SCOPE_INTERNAL);
     // SAFETY: the agent writes whole values with a map update; the value is
     // copied out at once and never held across another helper call.
@@ -53,16 +59,16 @@ pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64, netns: u64) ->
     if fe.count == 0 {
         return Lookup::Refuse;
     }
-    let aff = affinity::key(
-        NetAddr([netns as u32, (netns >> 32) as u32, 0, 0]),
-        fe.service_id,
-        AFF_NETNS,
-    );
-    let remembered = if fe.affinity_timeout > 0 {
-        affinity::lookup(&aff, &key, &fe)
-    } else {
-        None
-    };
+    // Only a Service with ClientIP affinity pays for the netns cookie.
+    let aff = (fe.affinity_timeout > 0).then(|| {
+        let n = netns();
+        affinity::key(
+            NetAddr([n as u32, (n >> 32) as u32, 0, 0]),
+            fe.service_id,
+            AFF_NETNS,
+        )
+    });
+    let remembered = aff.as_ref().and_then(|a| affinity::lookup(a, &key, &fe));
     let slot = remembered.unwrap_or_else(|| pick(fe.count, proto, cookie));
     // SAFETY: as above.
     let Some(slot_value) = (unsafe { LB_SERVICES_V1.get(&key.with_slot(slot)) }) else {
@@ -71,8 +77,8 @@ pub fn lookup(addr: NetAddr, port: BeU16, proto: u8, cookie: u64, netns: u64) ->
         return Lookup::Refuse;
     };
     let backend_id = slot_value.backend_id;
-    if fe.affinity_timeout > 0 {
-        affinity::remember(&aff, slot, backend_id);
+    if let Some(a) = &aff {
+        affinity::remember(a, slot, backend_id);
     }
     // SAFETY: as above.
     match unsafe { LB_BACKENDS_V1.get(&backend_id) } {

@@ -102,7 +102,7 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let port = read_port(ctx);
     let cookie = cookie(ctx);
     // SAFETY: the helper takes the program's own context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     match service::lookup(addr, port, proto, cookie, netns) {
         Lookup::NotService => ALLOW,
         Lookup::Refuse => {

@@ -348,14 +348,7 @@ impl Cluster {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let fams: Vec<Family> = match spec.get("ipFamilies").and_then(Value::as_array) {
-                Some(a) if !a.is_empty() => a
-                    .iter()
-                    .filter_map(|f| match f.as_str() {
-                        Some("IPv4") => Some(Family::IPv4),
-                        Some("IPv6") => Some(Family::IPv6),
-                        _ => None,
-                    })
-                    .collect(),
+                Some(a) if !a.is_empty() => families_in(a),
                 // A DualStack lab gives Services both families unless asked
                 // for one (so every probe family has a ClusterIP).
                 _ if policy == "SingleStack" => self.families().into_iter().take(1).collect(),
@@ -550,14 +543,7 @@ impl Cluster {
             return vec![];
         };
         let fams: Vec<Family> = match svc.pointer("/spec/ipFamilies").and_then(Value::as_array) {
-            Some(a) => a
-                .iter()
-                .filter_map(|f| match f.as_str() {
-                    Some("IPv4") => Some(Family::IPv4),
-                    Some("IPv6") => Some(Family::IPv6),
-                    _ => None,
-                })
-                .collect(),
+            Some(a) => families_in(a),
             None => self.families(),
         };
         let sports: Vec<&Value> = svc
@@ -624,6 +610,17 @@ impl Cluster {
         }
         out
     }
+}
+
+/// `spec.ipFamilies` as families (unknown names ignored: the API refuses them).
+fn families_in(list: &[Value]) -> Vec<Family> {
+    list.iter()
+        .filter_map(|f| match f.as_str() {
+            Some("IPv4") => Some(Family::IPv4),
+            Some("IPv6") => Some(Family::IPv6),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A Service port's target on one pod: a number, or the pod's container
