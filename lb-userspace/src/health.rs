@@ -50,9 +50,18 @@ pub struct Health {
     pub metrics: Metrics,
     registry: Mutex<Registry>,
     synced: AtomicBool,
+    /// The Node object carries a deletionTimestamp: load balancers should
+    /// stop sending here (kube-proxy answers 503 then too).
+    node_deleting: AtomicBool,
     /// Seconds since the epoch of the sync loop's last turn.
     alive_at: AtomicU64,
 }
+
+/// kube-proxy's health port, the default of `--health-addr`.
+pub const DEFAULT_PORT: u16 = 10256;
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const LIVEZ_PATH: &str = "/livez";
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The sync loop turns every 100 ms; this long without a turn is stale.
 const STALE_AFTER_S: u64 = 30;
@@ -122,6 +131,7 @@ impl Health {
             metrics,
             registry: Mutex::new(r),
             synced: AtomicBool::new(false),
+            node_deleting: AtomicBool::new(false),
             alive_at: AtomicU64::new(now_s()),
         })
     }
@@ -131,25 +141,30 @@ impl Health {
         self.metrics.last_sync_timestamp_seconds.set(now_s() as f64);
     }
 
+    pub fn node_deleting(&self, deleting: bool) {
+        self.node_deleting.store(deleting, Ordering::Relaxed);
+    }
+
     pub fn alive(&self) {
         self.alive_at.store(now_s(), Ordering::Relaxed);
     }
 
     pub fn healthy(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
+            && !self.node_deleting.load(Ordering::Relaxed)
             && now_s().saturating_sub(self.alive_at.load(Ordering::Relaxed)) < STALE_AFTER_S
     }
 
     fn respond(&self, path: &str) -> (u16, &'static str, String) {
         match path {
-            "/healthz" if self.healthy() => (200, "text/plain", "ok\n".into()),
-            "/healthz" => (
+            HEALTHZ_PATH if self.healthy() => (200, "text/plain", "ok\n".into()),
+            HEALTHZ_PATH => (
                 503,
                 "text/plain",
-                "not synced, or the sync loop stalled\n".into(),
+                "not synced, the sync loop stalled, or the Node is being deleted\n".into(),
             ),
-            "/livez" => (200, "text/plain", "ok\n".into()),
-            "/metrics" => {
+            LIVEZ_PATH => (200, "text/plain", "ok\n".into()),
+            METRICS_PATH => {
                 let mut body = String::new();
                 let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = encode(&mut body, &r);
@@ -229,6 +244,11 @@ mod tests {
             503,
             "a stalled sync loop is unhealthy"
         );
+        h.alive();
+        h.node_deleting(true);
+        assert_eq!(h.respond("/healthz").0, 503, "the Node is being deleted");
+        h.node_deleting(false);
+        assert_eq!(h.respond("/healthz").0, 200);
         h.metrics
             .objects
             .get_or_create(&KindLabel {

@@ -15,3 +15,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod snapshot;
 pub mod source_file;
+pub mod source_kube;
