@@ -9,12 +9,14 @@ use crate::{
     kernel::{self, Datapath, LoadOptions},
     plan::{Mirror, Op},
     reconcile::{Reconciler, Writer},
-    source_file::FileSource,
+    source_file::{Batch, FileSource},
+    source_kube,
 };
 
 #[derive(Clone, Debug)]
 pub enum Source {
     File(PathBuf),
+    Kube,
 }
 
 impl std::str::FromStr for Source {
@@ -22,14 +24,16 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             Some(("file", dir)) if !dir.is_empty() => Ok(Self::File(dir.into())),
-            _ if s == "kube" => Err("--source kube is not built yet; use --source file:DIR".into()),
-            _ => Err(format!("unknown source `{s}`: expected file:DIR")),
+            _ if s == "kube" => Ok(Self::Kube),
+            _ => Err(format!("unknown source `{s}`: expected kube or file:DIR")),
         }
     }
 }
 
 pub struct RunOptions {
     pub source: Source,
+    pub kubeconfig: Option<PathBuf>,
+    pub api_server: Option<String>,
     pub node_name: Option<String>,
     /// Empty: the interfaces holding this node's addresses.
     pub devices: Vec<String>,
@@ -56,7 +60,60 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The file source, polled: its change sets go to the sync loop.
+async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch>) {
+    let mut source = FileSource::new(&dir);
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match source.poll() {
+            Ok(Some(batch)) => {
+                if last_error.take().is_some() {
+                    tracing::info!("source {} readable again", dir.display());
+                }
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Polled every tick: say it once, not ten times a second.
+                let msg = format!("{e:#}");
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(
+                        "source {}: {msg}; keeping the last applied state",
+                        dir.display()
+                    );
+                    last_error = Some(msg);
+                }
+            }
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let health = crate::health::Health::new();
+    let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
+    match &opts.source {
+        Source::File(dir) => {
+            tokio::spawn(poll_files(dir.clone(), opts.poll, tx));
+        }
+        Source::Kube => {
+            let node_name = opts
+                .node_name
+                .clone()
+                .context("--source kube needs --node-name or NODE_NAME")?;
+            let client = source_kube::client(&source_kube::KubeOptions {
+                kubeconfig: opts.kubeconfig.clone(),
+                api_server: opts.api_server.clone(),
+                node_name: node_name.clone(),
+            })
+            .await?;
+            tokio::spawn(source_kube::run(client, node_name, health.clone(), tx));
+        }
+    }
     let mut dp = kernel::load(&opts.load)?;
     let mirror = dp.read_mirror()?;
     tracing::info!(
@@ -67,9 +124,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let mut rec = Reconciler::new(mirror, opts.node_name.clone());
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
-    let Source::File(dir) = &opts.source;
-    let mut source = FileSource::new(dir);
-    let health = crate::health::Health::new();
     let mut status = dp.status()?;
     status.agent_pid = std::process::id();
     status.health_port = match opts.health_addr {
@@ -99,7 +153,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pin_dir: opts.load.pin_dir.clone(),
     };
     let mut needs_resync = false;
-    let mut source_error: Option<String> = None;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::health_check::HealthChecks::default();
 
@@ -110,7 +163,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::select! {
+        let batch = tokio::select! {
             _ = gc.tick() => {
                 match dp.ct_gc(rec.mirror().backends(), &timeouts) {
                     Ok((removed, kept)) => {
@@ -128,41 +181,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
                 continue;
             }
-            _ = tick.tick() => health.alive(),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
-        if needs_resync {
-            match rec.resync(&mut dp) {
-                Ok(o) => {
-                    tracing::info!(ops = o.ops, "full resync done");
-                    needs_resync = false;
-                }
-                Err(e) => {
-                    tracing::error!("full resync failed: {e:#}");
-                    continue;
-                }
-            }
-        }
-        let batch = match source.poll() {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
-            Err(e) => {
-                // Polled every tick: say it once, not ten times a second.
-                let msg = format!("{e:#}");
-                if source_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(
-                        "source {}: {msg}; keeping the last applied state",
-                        dir.display()
-                    );
-                    source_error = Some(msg);
+            _ = tick.tick() => {
+                health.alive();
+                if needs_resync {
+                    match rec.resync(&mut dp) {
+                        Ok(o) => {
+                            tracing::info!(ops = o.ops, "full resync done");
+                            needs_resync = false;
+                        }
+                        Err(e) => tracing::error!("full resync failed: {e:#}"),
+                    }
                 }
                 continue;
             }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            b = batches.recv() => match b {
+                Some(b) => b,
+                None => anyhow::bail!("the source stopped"),
+            },
         };
-        if source_error.take().is_some() {
-            tracing::info!("source {} readable again", dir.display());
-        }
         for e in &batch.errors {
             tracing::error!("{e}");
         }
@@ -174,12 +212,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     .sync_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
                 health.synced();
-                for (kind, n) in source.counts_by_kind() {
+                for (kind, n) in batch.counts.iter().flatten() {
                     health
                         .metrics
                         .objects
-                        .get_or_create(&crate::health::KindLabel { kind })
-                        .set(n as i64);
+                        .get_or_create(&crate::health::KindLabel { kind: kind.clone() })
+                        .set(*n as i64);
                 }
                 let m = rec.mirror();
                 health
@@ -203,13 +241,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
                     tracing::error!("packet datapath: {e:#}");
                 }
+                health.node_deleting(rec.snapshot.node.deleting);
                 if let Some(generation) = batch.generation {
                     status.synced_generation = generation;
-                    status.synced_at_unix_ms = now_ms();
-                    dp.set_status(status)
-                        .context("recording the synced generation")?;
-                    tracing::info!(generation, ops = out.ops, "change set applied");
                 }
+                status.synced_at_unix_ms = now_ms();
+                dp.set_status(status)
+                    .context("recording the synced generation")?;
+                tracing::info!(
+                    generation = batch.generation,
+                    changes = batch.changes.len(),
+                    ops = out.ops,
+                    full = batch.full,
+                    "change set applied"
+                );
             }
             Err(e) => {
                 tracing::error!("writing the maps failed: {e:#}; resyncing");

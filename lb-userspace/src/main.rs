@@ -36,9 +36,19 @@ struct PinArgs {
 enum Cmd {
     /// Run the agent: keep the BPF maps equal to the cluster's desired state.
     Run {
+        /// `kube` (the API server: in-cluster, or --kubeconfig/KUBECONFIG) or
         /// `file:DIR` (Kubernetes YAML; GENERATION written last marks a change set).
-        #[arg(long)]
+        #[arg(long, env = "LB_SOURCE")]
         source: agent::Source,
+        /// A kubeconfig file for `--source kube` (default: KUBECONFIG, then
+        /// the in-cluster service account).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// The API server's URL, for clusters where no kube-proxy serves the
+        /// `kubernetes` Service yet; the token and CA still come from the
+        /// service account or kubeconfig.
+        #[arg(long, env = "LB_API_SERVER")]
+        api_server: Option<String>,
         /// This node's name (its Node object gives the node's addresses).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
@@ -46,7 +56,7 @@ enum Cmd {
         pins: PinArgs,
         /// cgroup v2 directory to attach the socket programs to (default: the
         /// root of the cgroup v2 hierarchy found in /proc/mounts).
-        #[arg(long)]
+        #[arg(long, env = "LB_CGROUP")]
         cgroup: Option<PathBuf>,
         /// Capacity of the services map (frontends plus one entry per backend slot).
         #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX)]
@@ -61,20 +71,20 @@ enum Cmd {
         max_ct: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
         devices: Vec<String>,
         /// Which of this node's addresses serve NodePorts, as CIDRs,
         /// comma-separated (default: every address of the Node object).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', env = "LB_NODEPORT_ADDRESSES")]
         nodeport_addresses: Vec<lb_agent::cidr::Cidr>,
         /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
         /// (port 0 picks a free port, shown by `lb-agent status`).
-        #[arg(long, default_value = "0.0.0.0:10256")]
+        #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
         health_addr: String,
         /// The XDP fast path on the external devices (in front of TC).
-        #[arg(long, value_enum, default_value = "off")]
+        #[arg(long, value_enum, default_value = "off", env = "LB_XDP")]
         xdp: kernel::XdpAttach,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
         log_format: LogFormat,
     },
     /// Sync status, map fill levels and links, from the pins.
@@ -135,6 +145,8 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run {
             source,
+            kubeconfig,
+            api_server,
             node_name,
             pins,
             cgroup,
@@ -155,6 +167,8 @@ fn main() -> anyhow::Result<()> {
             };
             let opts = agent::RunOptions {
                 source,
+                kubeconfig,
+                api_server,
                 node_name,
                 devices,
                 node_port_cidrs: nodeport_addresses,

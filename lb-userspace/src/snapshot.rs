@@ -86,6 +86,8 @@ pub struct ServiceInfo {
 pub struct NodeInfo {
     pub name: String,
     pub addrs: Vec<IpAddr>,
+    /// metadata.deletionTimestamp is set: `/healthz` answers 503.
+    pub deleting: bool,
 }
 
 pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, String> {
@@ -113,7 +115,11 @@ pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, St
             }
         }
     }
-    Ok(NodeInfo { name, addrs })
+    Ok(NodeInfo {
+        name,
+        addrs,
+        deleting: node.metadata.deletion_timestamp.is_some(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -465,6 +471,7 @@ impl Snapshot {
                 "EndpointSlice" => self.remove_slice(key),
                 "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
                     self.node.addrs.clear();
+                    self.node.deleting = true;
                     self.node_port_services()
                 }
                 _ => vec![],

@@ -77,6 +77,8 @@ pub struct Batch {
     pub errors: Vec<String>,
     /// The first batch holds the whole directory: a full reconcile.
     pub full: bool,
+    /// Objects the source holds by kind, for `/metrics`.
+    pub counts: Option<BTreeMap<String, u64>>,
 }
 
 pub struct FileSource {
@@ -99,8 +101,8 @@ impl FileSource {
     }
 
     /// How many objects of each kind the source holds.
-    pub fn counts_by_kind(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut m = std::collections::BTreeMap::new();
+    pub fn counts_by_kind(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
         for (kind, _) in self.objects.keys() {
             *m.entry(kind.clone()).or_default() += 1;
         }
@@ -133,6 +135,7 @@ impl FileSource {
             return Ok(None);
         }
         batch.full = !self.started;
+        batch.counts = Some(self.counts_by_kind());
         batch.generation = generation;
         self.started = true;
         self.generation = generation;
