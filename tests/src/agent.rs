@@ -44,6 +44,8 @@ pub struct AgentProc {
     pub source: PathBuf,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    /// Replaces `--source=file:SOURCE` (e.g. `--source=kube` and its flags).
+    pub source_args: Option<Vec<String>>,
     proc: Option<Proc>,
 }
 
@@ -55,6 +57,7 @@ impl AgentProc {
             source,
             log,
             extra: vec![],
+            source_args: None,
             proc: None,
         }
     }
@@ -66,9 +69,12 @@ impl AgentProc {
             .open(&self.log)
             .expect("agent log");
         let mut cmd = Command::new(crate::agent_bin());
-        cmd.arg("run")
-            .arg(format!("--source=file:{}", self.source.display()))
-            .arg(format!("--pin-dir={}", self.pin_dir.display()))
+        cmd.arg("run");
+        match &self.source_args {
+            Some(args) => cmd.args(args),
+            None => cmd.arg(format!("--source=file:{}", self.source.display())),
+        };
+        cmd.arg(format!("--pin-dir={}", self.pin_dir.display()))
             .arg(format!("--cgroup={}", self.attach.display()))
             // Outside a private namespace: never the shared default port.
             .arg("--health-addr=127.0.0.1:0")
@@ -126,6 +132,40 @@ impl AgentProc {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (code, body)
+    }
+
+    /// Waits until this agent process answers 200 on `/healthz` (its
+    /// first sync is done); panics with the agent's log after 30 s.
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pid_ok = self.pid().map(u64::from);
+            let s = self.status();
+            let mine = s.as_ref().and_then(|s| s["agent_pid"].as_u64()) == pid_ok;
+            if mine && self.http_get("/healthz").0 == 200 {
+                return;
+            }
+            self.assert_running("becoming healthy");
+            assert!(
+                Instant::now() < deadline,
+                "lb-agent not healthy in 30 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
+    /// Panics with the log when the agent process has exited.
+    pub fn assert_running(&mut self, doing: &str) {
+        if let Some(p) = self.proc.as_mut() {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("lb-agent exited ({st}) while {doing}:\n{}", self.log_text());
+            }
+        }
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {

@@ -3,6 +3,7 @@
 //! prefix `lbt<pid>-` so a later run can remove what a dead run left.
 
 pub mod agent;
+pub mod apiserver;
 pub mod lab;
 pub mod netns;
 pub mod spawn;

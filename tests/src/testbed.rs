@@ -53,6 +53,15 @@ impl Testbed {
     /// Brings the bed up with `n` backends serving, and an agent running on
     /// an empty manifest directory (generation 1 synced).
     pub fn new(n: usize) -> Self {
+        Self::up(n, None)
+    }
+
+    /// The same bed with the agent watching `api` as node `node`.
+    pub fn new_kube(n: usize, api: &crate::apiserver::ApiServer, node: &str) -> Self {
+        Self::up(n, Some((api, node)))
+    }
+
+    fn up(n: usize, kube: Option<(&crate::apiserver::ApiServer, &str)>) -> Self {
         crate::require_kernel();
         let prefix = crate::unique("tb");
         let dir = TempDir(std::env::temp_dir().join(&prefix));
@@ -100,9 +109,24 @@ impl Testbed {
             manifests.dir.clone(),
             dir.0.join("agent.log"),
         );
-        let g = manifests.commit();
-        agent.start();
-        agent.wait_synced(g);
+        match kube {
+            None => {
+                let g = manifests.commit();
+                agent.start();
+                agent.wait_synced(g);
+            }
+            Some((api, node)) => {
+                let kubeconfig = dir.0.join("kubeconfig");
+                api.write_kubeconfig(&kubeconfig, &api.url());
+                agent.source_args = Some(vec![
+                    "--source=kube".into(),
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--node-name={node}"),
+                ]);
+                agent.start();
+                agent.wait_healthy();
+            }
+        }
         Self {
             agent,
             servers,
