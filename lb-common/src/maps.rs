@@ -255,13 +255,45 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {
     pub synced_generation: u64,
     pub synced_at_unix_ms: u64,
     pub agent_pid: u32,
     /// The port the agent's health endpoint is bound to (0: off).
     pub health_port: u32,
+    /// Where the agent reads the cluster from (`kube URL`, `file:DIR`),
+    /// UTF-8, NUL-padded, cut at 64 bytes.
+    pub source: [u8; 64],
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            synced_generation: 0,
+            synced_at_unix_ms: 0,
+            agent_pid: 0,
+            health_port: 0,
+            source: [0; 64],
+        }
+    }
+}
+
+impl Status {
+    pub fn set_source(&mut self, s: &str) {
+        self.source = [0; 64];
+        // Cut on a character boundary so the text stays valid UTF-8.
+        let mut n = s.len().min(64);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.source[..n].copy_from_slice(&s.as_bytes()[..n]);
+    }
+
+    pub fn source_str(&self) -> &str {
+        let n = self.source.iter().position(|b| *b == 0).unwrap_or(64);
+        core::str::from_utf8(&self.source[..n]).unwrap_or("?")
+    }
 }
 
 const _: () = {
@@ -271,7 +303,7 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<SockRevKey>() == 32);
     assert!(core::mem::size_of::<SockRevValue>() == 24);
-    assert!(core::mem::size_of::<Status>() == 24);
+    assert!(core::mem::size_of::<Status>() == 88);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtValue>() == 32);
     assert!(core::mem::size_of::<Config>() == 40);

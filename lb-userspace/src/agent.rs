@@ -96,24 +96,27 @@ async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let health = crate::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
-    match &opts.source {
+    let source_desc = match &opts.source {
         Source::File(dir) => {
             tokio::spawn(poll_files(dir.clone(), opts.poll, tx));
+            format!("file:{}", dir.display())
         }
         Source::Kube => {
             let node_name = opts
                 .node_name
                 .clone()
                 .context("--source kube needs --node-name or NODE_NAME")?;
-            let client = source_kube::client(&source_kube::KubeOptions {
+            let (client, url) = source_kube::client(&source_kube::KubeOptions {
                 kubeconfig: opts.kubeconfig.clone(),
                 api_server: opts.api_server.clone(),
                 node_name: node_name.clone(),
             })
             .await?;
+            let desc = format!("kube {url}");
             tokio::spawn(source_kube::run(client, node_name, health.clone(), tx));
+            desc
         }
-    }
+    };
     let mut dp = kernel::load(&opts.load)?;
     let mirror = dp.read_mirror()?;
     tracing::info!(
@@ -126,6 +129,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
     let mut status = dp.status()?;
     status.agent_pid = std::process::id();
+    status.set_source(&source_desc);
     status.health_port = match opts.health_addr {
         Some(addr) => {
             let bound = crate::health::serve(addr, health.clone())

@@ -48,6 +48,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
                 "synced_at_unix_ms": st.synced_at_unix_ms,
                 "agent_pid": st.agent_pid,
                 "health_port": st.health_port,
+                "source": st.source_str(),
                 "pin_dir": p.pin_dir,
                 "maps": maps,
                 "links": links,
@@ -56,7 +57,22 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         );
     } else {
         println!("pin dir:           {}", p.pin_dir.display());
+        println!("source:            {}", st.source_str());
         println!("synced generation: {}", st.synced_generation);
+        println!(
+            "last sync:         {}",
+            if st.synced_at_unix_ms == 0 {
+                "never".to_string()
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                format!(
+                    "{:.1} s ago",
+                    now.saturating_sub(st.synced_at_unix_ms) as f64 / 1000.0
+                )
+            }
+        );
         println!("agent pid:         {}", st.agent_pid);
         println!(
             "health port:       {}",

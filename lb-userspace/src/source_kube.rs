@@ -69,7 +69,8 @@ pub struct KubeOptions {
 /// The client: `--kubeconfig` (or KUBECONFIG), else the in-cluster service
 /// account; `--api-server` replaces only the address, keeping the token and
 /// CA (no kube-proxy serves the `kubernetes` Service before this agent runs).
-pub async fn client(opts: &KubeOptions) -> anyhow::Result<Client> {
+/// Also returns the API server's URL, for `lb-agent status`.
+pub async fn client(opts: &KubeOptions) -> anyhow::Result<(Client, String)> {
     let mut config = match &opts.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -91,7 +92,9 @@ pub async fn client(opts: &KubeOptions) -> anyhow::Result<Client> {
             .parse()
             .with_context(|| format!("--api-server: `{url}` is not a URL"))?;
     }
-    Client::try_from(config).context("building the Kubernetes client")
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, url))
 }
 
 /// What one kind's watcher has delivered so far.

@@ -54,6 +54,8 @@ struct State {
     watch_epoch: u64,
     /// Every request line served, in order.
     requests: Vec<String>,
+    /// Authorization headers seen.
+    authorizations: Vec<String>,
     continue_tokens_served: Vec<String>,
 }
 
@@ -266,14 +268,20 @@ impl ApiServer {
         self.with(|st| st.continue_tokens_served.clone())
     }
 
+    pub fn authorizations(&self) -> Vec<String> {
+        self.with(|st| st.authorizations.clone())
+    }
+
     pub fn requests(&self) -> Vec<String> {
         self.with(|st| st.requests.clone())
     }
 
-    /// A kubeconfig naming this server (plain HTTP, no credentials).
-    pub fn write_kubeconfig(&self, path: &Path, server: &str) {
+    /// A kubeconfig naming `server` (plain HTTP), with a bearer token or
+    /// no credentials.
+    pub fn write_kubeconfig(path: &Path, server: &str, token: Option<&str>) {
+        let user = token.map_or("{}".to_string(), |t| format!("{{token: {t}}}"));
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {user}\n"
         );
         std::fs::write(path, text).expect("write kubeconfig");
     }
@@ -313,6 +321,7 @@ impl Drop for ApiServer {
 
 fn serve(mut c: TcpStream, shared: &(Mutex<State>, Condvar), stop: &AtomicBool) {
     let mut line = String::new();
+    let mut auth = None;
     {
         let mut r = BufReader::new(&mut c);
         if r.read_line(&mut line).is_err() {
@@ -324,7 +333,13 @@ fn serve(mut c: TcpStream, shared: &(Mutex<State>, Condvar), stop: &AtomicBool) 
             match r.read_line(&mut h) {
                 Ok(0) | Err(_) => return,
                 Ok(_) if h == "\r\n" || h == "\n" => break,
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            auth = Some(v.trim().to_string());
+                        }
+                    }
+                }
             }
         }
     }
@@ -333,6 +348,9 @@ fn serve(mut c: TcpStream, shared: &(Mutex<State>, Condvar), stop: &AtomicBool) 
     {
         let mut st = m.lock().unwrap();
         st.requests.push(line.clone());
+        if let Some(a) = auth {
+            st.authorizations.push(a);
+        }
         if st.unreachable || stop.load(Ordering::Relaxed) {
             return; // closed without an answer
         }

@@ -28,6 +28,15 @@ pub struct Testbed {
     pub dir: TempDir,
 }
 
+/// An agent with `--source kube`: its kubeconfig names
+/// `kubeconfig_server` (with `token`, if any); `args` are added.
+pub struct KubeAgent {
+    pub node: String,
+    pub kubeconfig_server: String,
+    pub token: Option<String>,
+    pub args: Vec<String>,
+}
+
 pub struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
@@ -58,10 +67,22 @@ impl Testbed {
 
     /// The same bed with the agent watching `api` as node `node`.
     pub fn new_kube(n: usize, api: &crate::apiserver::ApiServer, node: &str) -> Self {
-        Self::up(n, Some((api, node)))
+        Self::up(
+            n,
+            Some(KubeAgent {
+                node: node.into(),
+                kubeconfig_server: api.url(),
+                token: None,
+                args: vec![],
+            }),
+        )
     }
 
-    fn up(n: usize, kube: Option<(&crate::apiserver::ApiServer, &str)>) -> Self {
+    pub fn new_kube_with(n: usize, agent: KubeAgent) -> Self {
+        Self::up(n, Some(agent))
+    }
+
+    fn up(n: usize, kube: Option<KubeAgent>) -> Self {
         crate::require_kernel();
         let prefix = crate::unique("tb");
         let dir = TempDir(std::env::temp_dir().join(&prefix));
@@ -115,14 +136,20 @@ impl Testbed {
                 agent.start();
                 agent.wait_synced(g);
             }
-            Some((api, node)) => {
+            Some(k) => {
                 let kubeconfig = dir.0.join("kubeconfig");
-                api.write_kubeconfig(&kubeconfig, &api.url());
-                agent.source_args = Some(vec![
+                crate::apiserver::ApiServer::write_kubeconfig(
+                    &kubeconfig,
+                    &k.kubeconfig_server,
+                    k.token.as_deref(),
+                );
+                let mut args = vec![
                     "--source=kube".into(),
                     format!("--kubeconfig={}", kubeconfig.display()),
-                    format!("--node-name={node}"),
-                ]);
+                    format!("--node-name={}", k.node),
+                ];
+                args.extend(k.args);
+                agent.source_args = Some(args);
                 agent.start();
                 agent.wait_healthy();
             }

@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     apiserver::ApiServer,
-    testbed::{Testbed, backend_ip4, ready, slice},
+    testbed::{KubeAgent, Testbed, backend_ip4, ready, slice},
 };
 use serde_json::{Value, json};
 
@@ -400,4 +400,29 @@ fn a_restarted_agent_removes_nothing_until_its_listings_complete() {
         assert!(m.contains_key(f), "{f} survived: {m:#?}");
     }
     bed.agent.wait_healthy();
+}
+
+#[test]
+fn api_server_flag_replaces_the_address_and_keeps_the_credentials() {
+    let api = ApiServer::start();
+    cluster(&api);
+    // The kubeconfig's address is dead (as the `kubernetes` Service is
+    // before any kube-proxy runs); --api-server gives the real one.
+    let bed = Testbed::new_kube_with(
+        2,
+        KubeAgent {
+            node: NODE.into(),
+            kubeconfig_server: "http://127.0.0.1:9".into(),
+            token: Some("t0k3n".into()),
+            args: vec![format!("--api-server={}", api.url())],
+        },
+    );
+    let auth = api.authorizations();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a == "Bearer t0k3n"),
+        "every request carried the kubeconfig's token: {auth:?}"
+    );
+    assert_eq!(answering(&bed, "10.96.0.10:80", 20).len(), 2);
+    let status = bed.agent.status().expect("status");
+    assert_eq!(status["source"], format!("kube {}/", api.url()));
 }
