@@ -13,6 +13,15 @@ pub const MAP_COUNTERS: &str = "LB_COUNTERS_V1";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
 pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
 pub const DEFAULT_SRC_RANGES_MAX: u32 = 16384;
+/// Frontend service id -> Maglev table (an array of slot numbers).
+pub const MAP_MAGLEV: &str = "LB_MAGLEV_V1";
+/// How many frontends can have a Maglev table (outer map capacity).
+pub const DEFAULT_MAGLEV_MAX: u32 = 65536;
+/// Cilium's default: prime, and > 100 x a typical backend count.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
+/// The inner maps' flag: lets tables of any size stand in for the
+/// template (kernel 5.10+); every inner map carries it too.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// Data of an `LB_SRCRANGE_V1` LPM key: a LoadBalancer frontend and a
 /// client prefix. The prefix length covers the frontend (160 bits) plus
@@ -216,7 +225,9 @@ pub struct Config {
     pub node_ip4: NetAddr,
     pub node_ip6: NetAddr,
     pub flags: u32,
-    pub _pad: u32,
+    /// Entries of every Maglev table (`--maglev-table-size`, a prime; 0:
+    /// no tables, new flows hash over the slots).
+    pub maglev_size: u32,
 }
 
 pub const CONFIG_HAS_IP4: u32 = 1 << 0;

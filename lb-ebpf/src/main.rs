@@ -6,6 +6,7 @@
 mod affinity;
 mod conntrack;
 mod icmp;
+mod maglev;
 mod maps;
 mod nat;
 mod packet;

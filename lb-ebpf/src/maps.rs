@@ -2,14 +2,15 @@
 //! ones at load time (`--max-services` and friends).
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{self, HashOfMaps},
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, COUNTERS, Config, CtKey, CtValue, DEFAULT_AFFINITY_MAX,
-    DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX,
-    DEFAULT_SRC_RANGES_MAX, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SrcRangeData,
-    Status,
+    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, COUNTERS, Config, CtKey, CtValue,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_MAGLEV_MAX,
+    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SrcRangeData, Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -62,3 +63,14 @@ pub static LB_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
 /// loadBalancerSourceRanges: (LoadBalancer frontend, client prefix). Agent-owned.
 #[map]
 pub static LB_SRCRANGE_V1: LpmTrie<SrcRangeData, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_MAX, 0);
+
+/// Maglev tables by frontend service id, swapped in whole by the agent:
+/// each inner array maps `flow hash % maglev_size` to a slot number. The
+/// template's size is a placeholder: BPF_F_INNER_MAP lets the agent's
+/// tables have `--maglev-table-size` entries.
+#[btf_map]
+pub static LB_MAGLEV_V1: HashOfMaps<
+    u32,
+    btf_maps::Array<u32, 1, { BPF_F_INNER_MAP as usize }>,
+    { DEFAULT_MAGLEV_MAX as usize },
+> = HashOfMaps::new();

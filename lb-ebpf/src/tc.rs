@@ -21,7 +21,7 @@ use lb_common::{
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    affinity, conntrack, icmp,
+    affinity, conntrack, icmp, maglev,
     maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count},
     nat::{self, Side},
     packet::{self, Pkt},
@@ -171,7 +171,12 @@ fn pick_slot(p: &Pkt, skey: &ServiceKey, fe: &lb_common::ServiceValue) -> u32 {
     if n == 0 {
         return 1;
     }
-    (flow_hash(p) % n) + 1
+    let h = flow_hash(p);
+    let s = maglev::slot(fe.service_id, h, n);
+    if s != 0 {
+        return s;
+    }
+    (h % n) + 1
 }
 
 #[inline(never)]

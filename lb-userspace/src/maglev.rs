@@ -3,13 +3,13 @@
 //! the backends' own addresses so every node builds the same table, and
 //! changing by little more than the share of a backend that comes or goes.
 //!
-//! Pure: the datapath wiring (a table per external frontend in a
-//! map-of-maps, swapped in whole) builds on this.
+//! Pure: plan.rs turns tables into slot numbers per external frontend and
+//! the kernel module swaps them into a map-of-maps whole.
 
 use std::net::SocketAddr;
 
 /// The default table size, a prime (64 KiB of u32 per frontend).
-pub const DEFAULT_TABLE_SIZE: usize = 16381;
+pub const DEFAULT_TABLE_SIZE: usize = lb_common::DEFAULT_MAGLEV_TABLE_SIZE as usize;
 
 fn fnv1a(seed: u64, data: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;

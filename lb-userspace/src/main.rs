@@ -82,6 +82,11 @@ enum Cmd {
         #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
         health_addr: String,
         /// The XDP fast path on the external devices (in front of TC).
+        /// Entries of each Maglev table (a prime; 0 turns Maglev off and
+        /// new external flows hash over the backends). Every node must use
+        /// the same size to pick the same backend for a flow.
+        #[arg(long, default_value_t = lb_common::DEFAULT_MAGLEV_TABLE_SIZE, env = "LB_MAGLEV_TABLE_SIZE", value_parser = maglev_size)]
+        maglev_table_size: u32,
         #[arg(long, value_enum, default_value = "off", env = "LB_XDP")]
         xdp: kernel::XdpAttach,
         #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
@@ -126,6 +131,16 @@ enum ListCmd {
     },
 }
 
+fn maglev_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if n != 0 && !lb_agent::maglev::is_prime(n as usize) {
+        return Err(format!(
+            "{n} is not prime (Maglev needs a prime table size, e.g. 251, 4093, 16381, 65521)"
+        ));
+    }
+    Ok(n)
+}
+
 fn init_logs(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -157,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             devices,
             nodeport_addresses,
             xdp,
+            maglev_table_size,
             health_addr,
             log_format,
         } => {
@@ -180,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 load: kernel::LoadOptions {
                     pin_dir: pins.pin_dir,
+                    maglev_size: maglev_table_size,
                     cgroup,
                     xdp,
                     sizes: kernel::MapSizes {

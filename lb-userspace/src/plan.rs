@@ -37,6 +37,15 @@ pub enum Op {
     DelBackend {
         id: u32,
     },
+    /// A frontend's whole Maglev table (slot number per entry), swapped in
+    /// for its service id at once.
+    PutMaglev {
+        service_id: u32,
+        table: std::sync::Arc<[u32]>,
+    },
+    DelMaglev {
+        service_id: u32,
+    },
 }
 
 /// What the kernel maps hold, plus the indexes that make a diff O(change).
@@ -53,6 +62,10 @@ pub struct Mirror {
     ranges: HashMap<ServiceKey, BTreeSet<(u32, SrcRangeData)>>,
     free_service_ids: BTreeSet<u32>,
     next_service_id: u32,
+    /// Entries per Maglev table (0: no tables).
+    maglev_size: usize,
+    /// Service ids whose frontend has a table.
+    maglev: BTreeSet<u32>,
 }
 
 impl Mirror {
@@ -102,6 +115,18 @@ impl Mirror {
             self.ranges.entry(front).or_default().insert((len, d));
         }
         self
+    }
+
+    /// Maglev tables of `size` entries for external frontends; `have`: the
+    /// service ids the kernel holds a table of that size for.
+    pub fn with_maglev(mut self, size: usize, have: impl IntoIterator<Item = u32>) -> Self {
+        self.maglev_size = size;
+        self.maglev = have.into_iter().collect();
+        self
+    }
+
+    pub fn maglev_size(&self) -> usize {
+        self.maglev_size
     }
 
     pub fn services(&self) -> &HashMap<ServiceKey, ServiceValue> {
@@ -260,9 +285,12 @@ impl Mirror {
             };
             self.put(key.with_slot(i as u16 + 1), v, ops);
         }
+        // Every frontend but the address-only markers has an id of its own:
+        // affinity and Maglev state are keyed by it.
+        let addr_only = fe.flags & lb_common::SVC_FLAG_ADDR_ONLY != 0;
         let service_id = match old {
-            Some(v) if v.service_id != 0 || fe.flags != 0 => v.service_id,
-            _ if fe.flags != 0 => 0,
+            Some(v) if v.service_id != 0 || addr_only => v.service_id,
+            _ if addr_only => 0,
             _ => self.take_service_id(),
         };
         let front = ServiceValue {
@@ -274,6 +302,11 @@ impl Mirror {
             affinity_timeout: fe.affinity_timeout,
         };
         self.put(key, front, ops);
+        let reuse = old.is_some_and(|v| v.service_id == service_id) && old_ids == new_ids;
+        self.sync_maglev(service_id, fe.flags, &new_ids, reuse, ops);
+        if let Some(v) = old.filter(|v| v.service_id != service_id && v.service_id != 0) {
+            self.drop_maglev(v.service_id, ops);
+        }
         for s in new_ids.len() + 1..=old_ids.len() {
             let k = key.with_slot(s as u16);
             self.services.remove(&k);
@@ -286,6 +319,48 @@ impl Mirror {
         self.drop_orphans(orphans, ops);
         for (len, data) in stale_ranges {
             ops.push(Op::DelRange { len, data });
+        }
+    }
+
+    /// External frontends (the packet path's) get a Maglev table built from
+    /// their backends' addresses, rebuilt whenever their slots change.
+    fn sync_maglev(
+        &mut self,
+        service_id: u32,
+        flags: u8,
+        slots: &[u32],
+        reuse: bool,
+        ops: &mut Vec<Op>,
+    ) {
+        let wanted = self.maglev_size > 0
+            && service_id != 0
+            && flags & lb_common::SVC_FLAG_EXTERNAL != 0
+            && !slots.is_empty();
+        if !wanted {
+            self.drop_maglev(service_id, ops);
+            return;
+        }
+        if reuse && self.maglev.contains(&service_id) {
+            return;
+        }
+        let addrs: Vec<std::net::SocketAddr> = slots
+            .iter()
+            .map(|id| {
+                let b = &self.backends[id];
+                std::net::SocketAddr::new(crate::desired::ip_of(&b.addr), b.port.to_host())
+            })
+            .collect();
+        let table: std::sync::Arc<[u32]> = crate::maglev::table(&addrs, self.maglev_size)
+            .into_iter()
+            .map(|i| i as u32 + 1)
+            .collect();
+        self.maglev.insert(service_id);
+        ops.push(Op::PutMaglev { service_id, table });
+    }
+
+    fn drop_maglev(&mut self, service_id: u32, ops: &mut Vec<Op>) {
+        if self.maglev.remove(&service_id) {
+            ops.push(Op::DelMaglev { service_id });
         }
     }
 
@@ -303,6 +378,7 @@ impl Mirror {
                 ops.push(Op::DelService { key: k });
             }
         }
+        self.drop_maglev(front.service_id, ops);
         if front.service_id != 0 && self.service_ids.remove(&front.service_id) {
             self.free_service_ids.insert(front.service_id);
         }
@@ -353,6 +429,7 @@ mod tests {
         services: HashMap<ServiceKey, ServiceValue>,
         backends: HashMap<u32, Backend>,
         ranges: BTreeSet<(u32, SrcRangeData)>,
+        maglev: HashMap<u32, std::sync::Arc<[u32]>>,
     }
 
     impl Kernel {
@@ -381,6 +458,15 @@ mod tests {
                 }
                 Op::DelRange { len, data } => {
                     assert!(self.ranges.remove(&(*len, *data)), "deleting absent range");
+                }
+                Op::PutMaglev { service_id, table } => {
+                    self.maglev.insert(*service_id, table.clone());
+                }
+                Op::DelMaglev { service_id } => {
+                    assert!(
+                        self.maglev.remove(service_id).is_some(),
+                        "deleting absent Maglev table {service_id}"
+                    );
                 }
             }
             self.assert_whole(op);
@@ -432,6 +518,8 @@ mod tests {
                 Op::DelBackend { .. } => "delbackend",
                 Op::PutRange { .. } => "range",
                 Op::DelRange { .. } => "delrange",
+                Op::PutMaglev { .. } => "maglev",
+                Op::DelMaglev { .. } => "delmaglev",
             })
             .collect();
         assert_eq!(kinds, ["backend", "backend", "slot", "slot", "frontend"]);
@@ -586,5 +674,119 @@ mod tests {
             assert_eq!(&k.services, m.services());
             assert_eq!(&k.backends, m.backends());
         }
+    }
+
+    fn external(ip: &str, backends: &[u8]) -> Frontend {
+        let mut f = fe(ip, 30080, backends);
+        f.flags = lb_common::SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_NODEPORT;
+        f
+    }
+
+    /// Entry -> backend address, through the slots the table names.
+    fn maglev_backends(m: &Mirror, ops: &[Op], key: &ServiceKey) -> Vec<Backend> {
+        let table = ops
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Op::PutMaglev { service_id, table }
+                    if *service_id == m.services()[key].service_id =>
+                {
+                    Some(table.clone())
+                }
+                _ => None,
+            })
+            .expect("a Maglev table for the frontend");
+        table
+            .iter()
+            .map(|s| m.backends()[&m.services()[&key.with_slot(*s as u16)].backend_id])
+            .collect()
+    }
+
+    #[test]
+    fn maglev_tables_pick_the_same_backends_whatever_the_local_ids_and_slots() {
+        // Node A saw the backends in one order, node B in another and with
+        // other Services first, so ids and slots differ between them.
+        let mut a = Mirror::from_entries([], []).with_maglev(251, []);
+        let mut b = Mirror::from_entries([], []).with_maglev(251, []);
+        let mut ops_a = vec![];
+        let mut ops_b = vec![];
+        a.upsert(&external("192.0.2.1", &[1, 2, 3, 4]), &mut ops_a);
+        b.upsert(&fe("10.96.0.99", 80, &[9, 8, 7]), &mut ops_b);
+        b.upsert(&external("192.0.2.1", &[4, 3, 2, 1]), &mut ops_b);
+        let key = external("192.0.2.1", &[]).key;
+        assert_ne!(
+            a.services()[&key.with_slot(1)].backend_id,
+            b.services()[&key.with_slot(1)].backend_id,
+            "the test needs different local ids"
+        );
+        let ta = maglev_backends(&a, &ops_a, &key);
+        assert_eq!(ta.len(), 251);
+        assert_eq!(ta, maglev_backends(&b, &ops_b, &key));
+        // A ClusterIP frontend has no table (the socket path never uses one).
+        assert!(
+            !ops_b
+                .iter()
+                .any(|o| matches!(o, Op::PutMaglev { service_id, .. } if *service_id == b.services()[&fe("10.96.0.99", 80, &[]).key].service_id))
+        );
+
+        // Removing one of four backends moves at most 1/4 + 3 % of entries,
+        // and the tables of both nodes still agree.
+        let mut ops_a2 = vec![];
+        a.upsert(&external("192.0.2.1", &[1, 2, 4]), &mut ops_a2);
+        let ta2 = maglev_backends(&a, &ops_a2, &key);
+        let moved = ta.iter().zip(&ta2).filter(|(x, y)| x != y).count();
+        assert!(
+            moved as f64 <= 251.0 * (0.25 + 0.03),
+            "{moved} of 251 entries moved"
+        );
+        let mut ops_b2 = vec![];
+        b.upsert(&external("192.0.2.1", &[4, 2, 1]), &mut ops_b2);
+        assert_eq!(ta2, maglev_backends(&b, &ops_b2, &key));
+    }
+
+    #[test]
+    fn maglev_tables_follow_their_frontend() {
+        let mut m = Mirror::from_entries([], []).with_maglev(251, []);
+        let mut ops = vec![];
+        m.upsert(&external("192.0.2.1", &[1, 2]), &mut ops);
+        let id = m.services()[&external("192.0.2.1", &[]).key].service_id;
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::PutMaglev { service_id, .. } if *service_id == id))
+        );
+        // Unchanged: no new table.
+        let mut ops = vec![];
+        m.upsert(&external("192.0.2.1", &[2, 1]), &mut ops);
+        assert!(ops.is_empty(), "{ops:?}");
+        // An agent restarted with the table in the kernel writes nothing
+        // either; one without it (or with another size) writes it.
+        let reread = || {
+            Mirror::from_entries(
+                m.services().iter().map(|(k, v)| (*k, *v)),
+                m.backends().iter().map(|(k, v)| (*k, *v)),
+            )
+        };
+        let mut again = reread().with_maglev(251, [id]);
+        let mut ops = vec![];
+        again.upsert(&external("192.0.2.1", &[1, 2]), &mut ops);
+        assert!(ops.is_empty(), "{ops:?}");
+        let mut fresh = reread().with_maglev(251, []);
+        let mut ops = vec![];
+        fresh.upsert(&external("192.0.2.1", &[1, 2]), &mut ops);
+        assert!(matches!(ops[..], [Op::PutMaglev { .. }]), "{ops:?}");
+        // No backends left, then removed: the table goes with them.
+        let mut ops = vec![];
+        m.upsert(&external("192.0.2.1", &[]), &mut ops);
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::DelMaglev { service_id } if *service_id == id))
+        );
+        m.upsert(&external("192.0.2.1", &[3]), &mut ops);
+        let mut ops = vec![];
+        m.remove(&external("192.0.2.1", &[]).key, &mut ops);
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::DelMaglev { service_id } if *service_id == id))
+        );
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray,
+        Array, HashMap, HashOfMaps, Map, MapData, MapInfo, MapType, PerCpuArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -25,8 +25,8 @@ use aya::{
 };
 use lb_common::{
     Backend, COUNTERS, Config, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_CT, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SrcRangeData, Status,
+    MAP_COUNTERS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, SrcRangeData, Status,
 };
 
 use crate::plan::{Mirror, Op};
@@ -103,9 +103,16 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 9] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 10] {
     use std::mem::size_of;
     [
+        MapSpec {
+            name: MAP_MAGLEV,
+            map_type: MapType::HashOfMaps,
+            key_size: 4,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+        },
         MapSpec {
             name: MAP_SERVICES,
             map_type: MapType::Hash,
@@ -208,6 +215,8 @@ fn check_pinned(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<()> {
 
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
+    /// Entries per Maglev table, a prime (0: no tables).
+    pub maglev_size: u32,
     pub cgroup: PathBuf,
     pub sizes: MapSizes,
     pub xdp: XdpAttach,
@@ -221,6 +230,11 @@ pub struct Datapath {
     status: Array<MapData, Status>,
     config: Array<MapData, Config>,
     ranges: LpmTrie<MapData, SrcRangeData, u8>,
+    maglev: HashOfMaps<MapData, u32, MapData>,
+    maglev_size: u32,
+    /// The pinned tables were built with `maglev_size` entries (false after
+    /// the size changed: every table is rebuilt).
+    maglev_valid: bool,
     links_dir: PathBuf,
     devices: Vec<String>,
     xdp: XdpAttach,
@@ -239,8 +253,11 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     for spec in map_specs(opts.sizes) {
         check_pinned(&opts.pin_dir, &spec)?;
     }
+    let maglev_pin = opts.pin_dir.join(MAP_MAGLEV);
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&opts.pin_dir)
+        // A BTF map: pinned by path, not by the legacy pinning attribute.
+        .map_pin_path(MAP_MAGLEV, maglev_pin.as_path())
         .map_max_entries(MAP_SERVICES, opts.sizes.services)
         .map_max_entries(MAP_BACKENDS, opts.sizes.backends)
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
@@ -294,6 +311,16 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let status = Array::try_from(take(&mut ebpf, MAP_STATUS)?)?;
     let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)?;
     let ranges = LpmTrie::try_from(take(&mut ebpf, lb_common::MAP_SRC_RANGES)?)?;
+    let maglev = HashOfMaps::try_from(take(&mut ebpf, MAP_MAGLEV)?)?;
+    let mut config: Array<MapData, Config> = config;
+    let mut cfg = config.get(&0, 0).context("reading config map")?;
+    let maglev_valid = cfg.maglev_size == opts.maglev_size;
+    if !maglev_valid {
+        // New flows fall back to hashing over the slots for entries the
+        // old tables lack, until each table is rebuilt at the new size.
+        cfg.maglev_size = opts.maglev_size;
+        config.set(0, cfg, 0).context("writing config map")?;
+    }
     Ok(Datapath {
         ebpf,
         services,
@@ -301,6 +328,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         status,
         config,
         ranges,
+        maglev,
+        maglev_size: opts.maglev_size,
+        maglev_valid,
         links_dir,
         devices: vec![],
         xdp: opts.xdp,
@@ -351,8 +381,13 @@ fn adopt_link(
 }
 
 impl Datapath {
-    pub fn set_config(&mut self, config: Config) -> anyhow::Result<()> {
+    pub fn set_config(&mut self, mut config: Config) -> anyhow::Result<()> {
+        config.maglev_size = self.maglev_size;
         self.config.set(0, config, 0).context("writing config map")
+    }
+
+    fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> anyhow::Result<()> {
+        put_maglev(&mut self.maglev, service_id, table)
     }
 
     /// Attaches the packet programs (tcx links, pinned) to `devices`, once
@@ -460,7 +495,17 @@ impl Datapath {
             .map(|k| k.map(|k| (k.prefix_len(), k.data())))
             .collect::<Result<Vec<_>, _>>()
             .context("reading source ranges map")?;
-        Ok(Mirror::from_entries(services, backends).with_ranges(ranges))
+        let tables = if self.maglev_valid {
+            self.maglev
+                .keys()
+                .collect::<Result<Vec<u32>, _>>()
+                .context("reading Maglev map")?
+        } else {
+            vec![]
+        };
+        Ok(Mirror::from_entries(services, backends)
+            .with_ranges(ranges)
+            .with_maglev(self.maglev_size as usize, tables))
     }
 
     /// Applies ops in order; stops at the first failure, which the caller
@@ -474,6 +519,17 @@ impl Datapath {
                 Op::DelBackend { id } => self.backends.remove(id),
                 Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
                 Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
+                Op::PutMaglev { service_id, table } => {
+                    self.put_maglev(*service_id, table).with_context(|| {
+                        format!("writing the Maglev table of service id {service_id}")
+                    })?;
+                    continue;
+                }
+                Op::DelMaglev { service_id } => match self.maglev.remove(service_id) {
+                    // Already gone is what was wanted.
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                },
             }
             .with_context(|| format!("map operation {op:?}"))?;
         }
@@ -521,6 +577,29 @@ impl Datapath {
     pub fn status(&self) -> anyhow::Result<Status> {
         self.status.get(&0, 0).context("reading status map")
     }
+}
+
+/// A new inner map filled in whole, then swapped in for `service_id`: the
+/// datapath sees the old table or the new one, never a mix.
+fn put_maglev<T: std::borrow::BorrowMut<MapData>>(
+    outer: &mut HashOfMaps<T, u32, MapData>,
+    service_id: u32,
+    table: &[u32],
+) -> anyhow::Result<()> {
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        4,
+        table.len() as u32,
+        lb_common::BPF_F_INNER_MAP,
+    );
+    let inner = MapData::create(obj, "lb_maglev", None).context("creating a table")?;
+    let keys: Vec<u32> = (0..table.len() as u32).collect();
+    sys::update_batch_u32(inner.fd().as_fd(), &keys, table).context("filling the table")?;
+    outer
+        .insert(service_id, &inner, 0)
+        .context("swapping the table in")?;
+    Ok(())
 }
 
 /// Read-only access to the pins, for the inspection subcommands.
@@ -686,8 +765,10 @@ mod tests {
             }
         }
         let _c = Cleanup(dir.clone());
+        let maglev_pin = dir.join(MAP_MAGLEV);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
+            .map_pin_path(MAP_MAGLEV, maglev_pin.as_path())
             .load(OBJECT)
             .expect("load object");
         let mut names: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();

@@ -1,5 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose: opening a pin as a raw
-//! fd, reading a link's attach target, and swapping a link's program.
+//! fd, reading a link's attach target, swapping a link's program, and
+//! writing many entries in one call.
 
 use std::{
     ffi::CString,
@@ -11,6 +12,7 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `union bpf_attr` is 144 bytes in 6.x kernels; zero tails are accepted.
 #[repr(C, align(8))]
@@ -91,4 +93,27 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     a.put_u32(0, link.as_raw_fd() as u32);
     a.put_u32(4, prog.as_raw_fd() as u32);
     bpf(BPF_LINK_UPDATE, &mut a).map(drop)
+}
+
+/// BPF_MAP_UPDATE_BATCH of u32 keys and u32 values: a whole Maglev table in
+/// a few calls instead of one per entry. The kernel may take fewer than
+/// asked (it reports how many); the rest goes in the next call.
+pub fn update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let mut a = Attr::new();
+        a.put_u64(16, keys[done..].as_ptr() as u64);
+        a.put_u64(24, values[done..].as_ptr() as u64);
+        a.put_u32(32, (keys.len() - done) as u32);
+        a.put_u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_UPDATE_BATCH, &mut a);
+        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -65,7 +65,7 @@ impl Bed {
                 node_ip4: ip("10.100.0.1"),
                 node_ip6: ip("fd00:100::1"),
                 flags: CONFIG_HAS_IP4 | CONFIG_HAS_IP6,
-                _pad: 0,
+                maglev_size: 0,
             },
             0,
         )
@@ -476,4 +476,80 @@ fn fin_and_rst_mark_the_flow_closing_for_the_sweep() {
         "a FIN is still translated"
     );
     assert!(closing(&bed));
+}
+
+#[test]
+fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
+    use aya::maps::{HashOfMaps, MapData};
+    let mut bed = Bed::new("maglev");
+    let key = ServiceKey::frontend(
+        ip("10.100.0.1"),
+        BeU16::from_host(30080),
+        PROTO_TCP,
+        SCOPE_INTERNAL,
+    );
+    {
+        let mut bes: HashMap<_, u32, Backend> =
+            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+        for (id, addr) in [(1, "10.244.1.10"), (2, "10.244.1.11")] {
+            let b = Backend {
+                addr: ip(addr),
+                port: BeU16::from_host(8080),
+                proto: PROTO_TCP,
+                flags: BACKEND_LOCAL,
+            };
+            bes.insert(id, b, 0).unwrap();
+        }
+        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
+        for s in [1u16, 2] {
+            let v = ServiceValue {
+                backend_id: s as u32,
+                ..Default::default()
+            };
+            svcs.insert(key.with_slot(s), v, 0).unwrap();
+        }
+        let front = ServiceValue {
+            count: 2,
+            flags: SVC_FLAG_EXTERNAL,
+            service_id: 5,
+            ..Default::default()
+        };
+        svcs.insert(key, front, 0).unwrap();
+        let mut cfg: Array<_, Config> =
+            Array::try_from(bed.ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
+        let mut c = cfg.get(&0, 0).unwrap();
+        c.maglev_size = 7;
+        cfg.set(0, c, 0).unwrap();
+    }
+    let backends_of_new_flows = |bed: &Bed, first_port: u16| -> std::collections::BTreeSet<String> {
+        (0..24)
+            .map(|i| {
+                let syn = tcp4([10, 100, 0, 200], first_port + i, [10, 100, 0, 1], 30080, true);
+                let (verdict, out) = bed.run("lb_tc_ingress", &syn);
+                assert_eq!(verdict, TC_ACT_OK);
+                assert_checksums(&out);
+                dst4(&out).0
+            })
+            .collect()
+    };
+    // No table: the 5-tuple hash spreads flows over both slots.
+    assert_eq!(backends_of_new_flows(&bed, 41000).len(), 2);
+    // A table naming slot 2 everywhere: every new flow goes there.
+    {
+        let mut outer: HashOfMaps<_, u32, MapData> =
+            HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
+        super::put_maglev(&mut outer, 5, &[2; 7]).expect("table swapped in");
+    }
+    assert_eq!(
+        backends_of_new_flows(&bed, 42000),
+        ["10.244.1.11".to_string()].into()
+    );
+    // Entries outside the frontend's slots (a table mid-update) fall back.
+    {
+        let mut outer: HashOfMaps<_, u32, MapData> =
+            HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
+        super::put_maglev(&mut outer, 5, &[9; 7]).expect("table swapped in");
+    }
+    assert_eq!(backends_of_new_flows(&bed, 43000).len(), 2);
 }
