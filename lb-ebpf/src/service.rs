@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    AFF_NETNS, Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, ServiceKey,
-    ServiceValue,
+    AFF_NETNS, Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
@@ -56,6 +56,12 @@ pub fn lookup(
             _ => Lookup::NotService,
         };
     };
+    if fe.flags & SVC_FLAG_SOURCE_RANGES != 0 {
+        // loadBalancerSourceRanges judge the client's address, which a
+        // socket does not have yet at connect: the packet path (TC on pod
+        // interfaces and external devices) translates and filters these.
+        return Lookup::NotService;
+    }
     if fe.count == 0 {
         return Lookup::Refuse;
     }

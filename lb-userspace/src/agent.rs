@@ -37,6 +37,10 @@ pub struct RunOptions {
     pub node_name: Option<String>,
     /// Empty: the interfaces holding this node's addresses.
     pub devices: Vec<String>,
+    /// Name patterns (`*` globs) of pod interfaces that get the TC
+    /// programs (loadBalancerSourceRanges for pods, and pods' traffic the
+    /// socket hooks leave to the packet path).
+    pub pod_ifaces: Vec<String>,
     /// Empty: every address of the Node object serves NodePorts.
     pub node_port_cidrs: Vec<crate::cidr::Cidr>,
     /// `/healthz`, `/livez`, `/metrics` (None: off).
@@ -178,6 +182,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                     Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
                 }
+                sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
                         health.metrics.datapath_packets.get_or_create(&crate::health::ReasonLabel { reason: name.into() }).set(v as i64);
@@ -245,6 +250,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
                     tracing::error!("packet datapath: {e:#}");
                 }
+                // Pods come with their objects: their interfaces are new now.
+                sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 health.node_deleting(rec.snapshot.node.deleting);
                 if let Some(generation) = batch.generation {
                     status.synced_generation = generation;
@@ -268,6 +275,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+fn sync_pod_ifaces(dp: &mut Datapath, patterns: &[String]) {
+    if patterns.iter().all(String::is_empty) {
+        return;
+    }
+    let r = crate::host::interfaces_matching(patterns).and_then(|p| dp.sync_pod_ifaces(&p));
+    if let Err(e) = r {
+        tracing::warn!("pod interfaces: {e:#}");
+    }
 }
 
 /// When this node's addresses change: the SNAT source in the config map,

@@ -171,3 +171,68 @@ mod tests {
         assert_eq!(cgroup2_root_in("proc /proc proc rw 0 0\n"), None);
     }
 }
+
+/// Does an interface of this name exist in this network namespace?
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name, read only.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Interfaces of this network namespace whose names match one of
+/// `patterns`, as (name, ifindex).
+pub fn interfaces_matching(patterns: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry,
+    // walked read-only and freed once.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(std::io::Error::last_os_error()).context("if_nameindex");
+        }
+        let mut cur = head;
+        while (*cur).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*cur).if_name)
+                .to_string_lossy()
+                .into_owned();
+            if patterns.iter().any(|p| glob_match(p, &name)) {
+                out.push((name, (*cur).if_index));
+            }
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(head);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("lxc*", "lxc1234"));
+        assert!(glob_match("lxc*", "lxc"));
+        assert!(!glob_match("lxc*", "eth0"));
+        assert!(glob_match("*-host", "pod1-host"));
+        assert!(glob_match("veth*x*", "veth12x3"));
+        assert!(glob_match("eth0", "eth0") && !glob_match("eth0", "eth01"));
+    }
+}

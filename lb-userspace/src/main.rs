@@ -73,6 +73,15 @@ enum Cmd {
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
         devices: Vec<String>,
+        /// Pod interfaces (host side) that get the TC programs, as name
+        /// patterns with `*`, comma-separated; '' for none.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "lxc*",
+            env = "LB_POD_IFACES"
+        )]
+        pod_ifaces: Vec<String>,
         /// Which of this node's addresses serve NodePorts, as CIDRs,
         /// comma-separated (default: every address of the Node object).
         #[arg(long, value_delimiter = ',', env = "LB_NODEPORT_ADDRESSES")]
@@ -170,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             max_sock_rev,
             max_ct,
             devices,
+            pod_ifaces,
             nodeport_addresses,
             xdp,
             maglev_table_size,
@@ -187,6 +197,7 @@ fn main() -> anyhow::Result<()> {
                 api_server,
                 node_name,
                 devices,
+                pod_ifaces,
                 node_port_cidrs: nodeport_addresses,
                 health_addr: match health_addr.as_str() {
                     "off" => None,

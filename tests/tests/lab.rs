@@ -696,6 +696,37 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
         assert_eq!(l["error"], "timeout", "outside the ranges: dropped: {l}");
     }
     served_by(&select(&r, 0, "external", "nodeport/node-1/x/closed"));
+    for l in select(&r, 0, "external", "loadbalancer/x/pods-only") {
+        assert_eq!(l["error"], "timeout", "outside the ranges: dropped: {l}");
+    }
+    // Pods are filtered too: by the TC programs on their interfaces.
+    for l in select(&r, 0, "x/client", "loadbalancer/x/open") {
+        assert_eq!(l["error"], "timeout", "a pod outside the ranges: {l}");
+    }
+    for from in ["x/client", "x/local-client"] {
+        let lines = select(&r, 0, from, "loadbalancer/x/pods-only");
+        assert_eq!(served_by(&lines).get("x/web-1"), Some(&3), "{from}");
+        for l in &lines {
+            assert_eq!(
+                l["target"], "10.200.0.3:80",
+                "the pod's connection is to the LB IP"
+            );
+        }
+    }
+    served_by(&select(&r, 0, "x/client", "nodeport/node-1/x/closed"));
+    let st2 = dump.json(0, "node-2", "status");
+    assert!(
+        st2["counters"]["drop_source_range"].as_u64().unwrap() >= 2,
+        "node-2 dropped its pod's packets to the closed LB IP: {st2}"
+    );
+    let ct2 = dump.json(0, "node-2", "ct");
+    assert!(
+        ct2.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.to_string().contains("10.200.0.3")),
+        "node-2's conntrack holds its pod's flow to the LB IP: {ct2}"
+    );
 }
 
 #[test]

@@ -237,6 +237,8 @@ pub struct Datapath {
     maglev_valid: bool,
     links_dir: PathBuf,
     devices: Vec<String>,
+    /// Pod interfaces with TC programs, by name -> ifindex.
+    pod_ifaces: std::collections::HashMap<String, u32>,
     xdp: XdpAttach,
     ct_max: u32,
 }
@@ -333,6 +335,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         maglev_valid,
         links_dir,
         devices: vec![],
+        pod_ifaces: Default::default(),
         xdp: opts.xdp,
         ct_max: opts.sizes.ct,
     })
@@ -397,48 +400,98 @@ impl Datapath {
             if self.devices.contains(dev) {
                 continue;
             }
-            for (name, dir) in TC_PROGRAMS {
-                let pin = self.links_dir.join(format!("tc-{dir}-{dev}"));
-                let prog: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("program {name} missing"))?
-                    .try_into()?;
-                if pin.exists() {
-                    let link = sys::obj_get(&pin)
-                        .with_context(|| format!("opening pinned link {}", pin.display()))?;
-                    let prog_fd = prog.fd()?;
-                    if sys::link_update(link.as_fd(), prog_fd.as_fd()).is_ok() {
-                        tracing::info!(link = %pin.display(), "adopted pinned link");
-                        continue;
-                    }
-                    tracing::warn!(link = %pin.display(), "pinned link is stale; replacing it");
-                    std::fs::remove_file(&pin)?;
-                }
-                let attach = if *dir == "ingress" {
-                    TcAttachType::Ingress
-                } else {
-                    TcAttachType::Egress
-                };
-                let id = prog
-                    .attach_with_options(
-                        dev,
-                        attach,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .with_context(|| format!("attaching {name} to {dev} ({dir})"))?;
-                let link: FdLink = prog
-                    .take_link(id)?
-                    .try_into()
-                    .context("tcx link is not an fd link")?;
-                link.pin(&pin)
-                    .with_context(|| format!("pinning link {}", pin.display()))?;
-                tracing::info!(program = name, device = dev, "attached");
-            }
+            self.attach_tc(dev)?;
             if self.xdp != XdpAttach::Off {
                 self.attach_xdp(dev)?;
             }
             self.devices.push(dev.clone());
+        }
+        Ok(())
+    }
+
+    /// Keeps the TC programs on exactly the pod interfaces `present` (name,
+    /// ifindex): new ones get them, links of vanished ones (or of a name
+    /// now held by another interface) are unpinned. Pins of interfaces that
+    /// no longer exist, left by an earlier agent, go too.
+    pub fn sync_pod_ifaces(&mut self, present: &[(String, u32)]) -> anyhow::Result<()> {
+        let gone: Vec<String> = self
+            .pod_ifaces
+            .iter()
+            .filter(|(n, i)| !present.iter().any(|(pn, pi)| pn == *n && pi == *i))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            self.pod_ifaces.remove(&n);
+            self.unpin_tc(&n);
+        }
+        for entry in std::fs::read_dir(&self.links_dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let dev = name
+                .strip_prefix("tc-ingress-")
+                .or_else(|| name.strip_prefix("tc-egress-"));
+            if let Some(dev) = dev {
+                if !crate::host::interface_exists(dev) {
+                    let _ = std::fs::remove_file(self.links_dir.join(&name));
+                }
+            }
+        }
+        for (n, i) in present {
+            if self.pod_ifaces.contains_key(n) || self.devices.contains(n) {
+                continue;
+            }
+            match self.attach_tc(n) {
+                Ok(()) => {
+                    self.pod_ifaces.insert(n.clone(), *i);
+                }
+                // A pod interface can vanish between listing and attaching.
+                Err(e) => tracing::warn!(interface = %n, "pod interface: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn unpin_tc(&self, dev: &str) {
+        for (_, dir) in TC_PROGRAMS {
+            let _ = std::fs::remove_file(self.links_dir.join(format!("tc-{dir}-{dev}")));
+        }
+    }
+
+    /// The TC programs on `dev` (ingress and egress), as pinned tcx links;
+    /// a pinned link of an earlier agent gets the new program instead.
+    fn attach_tc(&mut self, dev: &str) -> anyhow::Result<()> {
+        for (name, dir) in TC_PROGRAMS {
+            let pin = self.links_dir.join(format!("tc-{dir}-{dev}"));
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if pin.exists() {
+                let link = sys::obj_get(&pin)
+                    .with_context(|| format!("opening pinned link {}", pin.display()))?;
+                let prog_fd = prog.fd()?;
+                if sys::link_update(link.as_fd(), prog_fd.as_fd()).is_ok() {
+                    tracing::info!(link = %pin.display(), "adopted pinned link");
+                    continue;
+                }
+                tracing::warn!(link = %pin.display(), "pinned link is stale; replacing it");
+                std::fs::remove_file(&pin)?;
+            }
+            let attach = if *dir == "ingress" {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            let id = prog
+                .attach_with_options(dev, attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {name} to {dev} ({dir})"))?;
+            let link: FdLink = prog
+                .take_link(id)?
+                .try_into()
+                .context("tcx link is not an fd link")?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning link {}", pin.display()))?;
+            tracing::info!(program = name, device = dev, "attached");
         }
         Ok(())
     }

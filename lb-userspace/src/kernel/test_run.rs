@@ -522,17 +522,24 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
         c.maglev_size = 7;
         cfg.set(0, c, 0).unwrap();
     }
-    let backends_of_new_flows = |bed: &Bed, first_port: u16| -> std::collections::BTreeSet<String> {
-        (0..24)
-            .map(|i| {
-                let syn = tcp4([10, 100, 0, 200], first_port + i, [10, 100, 0, 1], 30080, true);
-                let (verdict, out) = bed.run("lb_tc_ingress", &syn);
-                assert_eq!(verdict, TC_ACT_OK);
-                assert_checksums(&out);
-                dst4(&out).0
-            })
-            .collect()
-    };
+    let backends_of_new_flows =
+        |bed: &Bed, first_port: u16| -> std::collections::BTreeSet<String> {
+            (0..24)
+                .map(|i| {
+                    let syn = tcp4(
+                        [10, 100, 0, 200],
+                        first_port + i,
+                        [10, 100, 0, 1],
+                        30080,
+                        true,
+                    );
+                    let (verdict, out) = bed.run("lb_tc_ingress", &syn);
+                    assert_eq!(verdict, TC_ACT_OK);
+                    assert_checksums(&out);
+                    dst4(&out).0
+                })
+                .collect()
+        };
     // No table: the 5-tuple hash spreads flows over both slots.
     assert_eq!(backends_of_new_flows(&bed, 41000).len(), 2);
     // A table naming slot 2 everywhere: every new flow goes there.
