@@ -646,7 +646,9 @@ fn client_ip_affinity_keeps_one_backend_per_client() {
 
 #[test]
 fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
-    let r = ok_run("nodeport-held.yaml");
+    let dump = DumpDir::new("held");
+    let r = lab_with(&scenario("nodeport-held.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let held = select(&r, 0, "external", "nodeport/node-2/x/web");
     assert_eq!(held.len(), 1);
     assert_eq!(held[0]["served_by"], "x/web-1", "{}", held[0]);
@@ -666,11 +668,32 @@ fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
     }
     let by = served_by(&select(&r, 1, "x/web-1", "nodeport/node-1/x/web"));
     assert_eq!(by.len(), 2, "{by:?}");
+    // The held connection is node-2's conntrack flow (SNAT'd to web-1 on
+    // node-1), the same entry after every change of backends.
+    for step in [0, 1, 2] {
+        let ct = dump.json(step, "node-2", "ct");
+        let held: Vec<&Value> = ct
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "forward" && e["dst"] == "10.100.0.2:30080")
+            .collect();
+        assert!(
+            held.iter().any(|e| e["to"].as_str().unwrap_or("").starts_with("10.244.1.")),
+            "step {step}: node-2 tracks the held flow to web-1: {ct}"
+        );
+        assert!(
+            ct.as_array().unwrap().iter().any(|e| e["kind"] == "snat"),
+            "step {step}: and its SNAT: {ct}"
+        );
+    }
 }
 
 #[test]
 fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
-    let r = ok_run("stale-udp.yaml");
+    let dump = DumpDir::new("stale");
+    let r = lab_with(&scenario("stale-udp.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let by = served_by(&select(&r, 0, "external", "nodeport/node-1/x/dns"));
     assert_eq!(by.keys().collect::<Vec<_>>(), ["x/dns-1"]);
     let by = served_by(&select(&r, 1, "external", "nodeport/node-1/x/dns"));
@@ -679,6 +702,27 @@ fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
         ["x/dns-2"],
         "the same client port must reach the new endpoint: {by:?}"
     );
+    // The packet path did it: node-1's forward entry for the client's port
+    // pointed at dns-1, then at dns-2 (its old entry was a miss, not a drop).
+    let forward_to = |step: u64| -> Vec<String> {
+        dump.json(step, "node-1", "ct")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "forward"
+                    && e["src"].as_str().unwrap_or("").ends_with(":40053")
+                    && e["dst"] == "10.100.0.1:30053"
+            })
+            .map(|e| e["to"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = forward_to(0);
+    let after = forward_to(1);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(before[0].starts_with("10.244.1."), "dns-1 on node-1: {before:?}");
+    assert!(after[0].starts_with("10.244.2."), "dns-2 on node-2: {after:?}");
 }
 
 #[test]
