@@ -188,6 +188,9 @@ pub const CT_RSNAT: u8 = 4;
 /// `CtValue.flags` bit: a FIN or RST went through; the entry may go soon.
 /// (The low bits of a forward entry hold the backend's flags.)
 pub const CT_F_CLOSING: u8 = 1 << 7;
+/// A TCP packet other than a bare SYN went through: the handshake got an
+/// answer. Without it an entry lives only the short SYN timeout.
+pub const CT_F_ESTABLISHED: u8 = 1 << 6;
 
 /// Key of `LB_CT_V1` (an LRU the kernel writes; the agent only reads and deletes).
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! second so a busy flow does not write its entry on every packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{BeU16, CT_F_CLOSING, CtKey, CtValue, NetAddr};
+use lb_common::{BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CtKey, CtValue, NetAddr};
 
 use crate::{maps::LB_CT_V1, packet::Pkt};
 
@@ -35,18 +35,26 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
 /// Refreshes the last-seen time (at most once a second) and marks the
 /// entry closing on a TCP FIN or RST, so the agent's GC can drop it soon.
 #[inline(always)]
-pub fn touch(k: &CtKey, v: &CtValue, closing: bool) {
+/// Records a packet of the flow: its time, and from TCP flags (0 for UDP)
+/// whether the flow is closing (FIN, RST) or past its handshake (anything
+/// but a bare SYN). Writes only when something changes.
+pub fn touch(k: &CtKey, v: &CtValue, tcp_flags: u8) {
     let now = now_s();
-    let mark = closing && v.flags & CT_F_CLOSING == 0;
-    if v.last_seen != now || mark {
+    let mut set = 0u8;
+    if tcp_flags & 0x05 != 0 {
+        set |= CT_F_CLOSING;
+    }
+    if tcp_flags != 0 && tcp_flags & 0x12 != 0x02 {
+        set |= CT_F_ESTABLISHED;
+    }
+    let set = set & !v.flags;
+    if v.last_seen != now || set != 0 {
         if let Some(p) = LB_CT_V1.get_ptr_mut(k) {
             // SAFETY: aligned stores into a live map value; a racing CPU
-            // writes the same kinds of values (a time, the same bit).
+            // writes the same kinds of values (a time, the same bits).
             unsafe {
                 (*p).last_seen = now;
-                if mark {
-                    (*p).flags |= CT_F_CLOSING;
-                }
+                (*p).flags |= set;
             }
         }
     }

@@ -19,8 +19,8 @@ pub struct Pkt {
     pub sport: BeU16,
     pub dport: BeU16,
     pub l4_off: usize,
-    /// A TCP FIN or RST: the flow is closing.
-    pub closing: bool,
+    /// The TCP header's flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 impl Pkt {
@@ -108,7 +108,11 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     }
     let sport = BeU16(ctx.load::<u16>(l4_off).ok()?);
     let dport = BeU16(ctx.load::<u16>(l4_off + 2).ok()?);
-    let closing = proto == PROTO_TCP && ctx.load::<u8>(l4_off + 13).ok()? & 0x05 != 0;
+    let tcp_flags = if proto == PROTO_TCP {
+        ctx.load::<u8>(l4_off + 13).ok()?
+    } else {
+        0
+    };
     Some(Pkt {
         v6,
         proto,
@@ -117,6 +121,6 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
         sport,
         dport,
         l4_off,
-        closing,
+        tcp_flags,
     })
 }

@@ -71,7 +71,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
     let k = conntrack::key(&p, CT_SNAT);
     if let Some(v) = conntrack::lookup(&k) {
-        conntrack::touch(&k, &v, p.closing);
+        conntrack::touch(&k, &v, p.tcp_flags);
         if rewrite_src(ctx, &mut p, v.addr, v.port).is_ok() {
             count(C_TC_SNAT);
         }
@@ -79,7 +79,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
     let k = conntrack::key(&p, CT_REV);
     if let Some(v) = conntrack::lookup(&k) {
-        conntrack::touch(&k, &v, p.closing);
+        conntrack::touch(&k, &v, p.tcp_flags);
         if rewrite_src(ctx, &mut p, v.addr, v.port).is_ok() {
             count(C_TC_REVDNAT);
         }
@@ -119,7 +119,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
 fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let rk = conntrack::key(p, CT_RSNAT);
     if let Some(v) = conntrack::lookup(&rk) {
-        conntrack::touch(&rk, &v, p.closing);
+        conntrack::touch(&rk, &v, p.tcp_flags);
         if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
             count(C_TC_RSNAT);
         }
@@ -128,7 +128,7 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
         if backend_is(v.backend_id, &v.addr, v.port) {
-            conntrack::touch(&fk, &v, p.closing);
+            conntrack::touch(&fk, &v, p.tcp_flags);
             if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
                 count(C_TC_DNAT);
             }

@@ -113,7 +113,7 @@ fn try_fast_path(ctx: &XdpContext) -> Option<()> {
     if proto == PROTO_TCP && flags & 0x05 != 0 {
         return None;
     }
-    conntrack::touch(&k, &v, false);
+    conntrack::touch(&k, &v, if proto == PROTO_TCP { flags } else { 0 });
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
     let mut from = [0u32; 4];

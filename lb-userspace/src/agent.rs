@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// programs (loadBalancerSourceRanges for pods, and pods' traffic the
     /// socket hooks leave to the packet path).
     pub pod_ifaces: Vec<String>,
+    /// Conntrack idle timeouts the sweep applies.
+    pub ct_timeouts: crate::conntrack_gc::Timeouts,
     /// Empty: every address of the Node object serves NodePorts.
     pub node_port_cidrs: Vec<crate::cidr::Cidr>,
     /// `/healthz`, `/livez`, `/metrics` (None: off).
@@ -166,7 +168,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut gc = tokio::time::interval(Duration::from_secs(10));
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeouts = crate::conntrack_gc::Timeouts::default();
+    let timeouts = opts.ct_timeouts;
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -4,13 +4,18 @@
 
 use std::collections::HashMap;
 
-use lb_common::{Backend, CT_F_CLOSING, CT_FWD, CtKey, CtValue, PROTO_TCP};
+use lb_common::{Backend, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CtKey, CtValue, PROTO_TCP};
 
 /// Idle timeouts in seconds (Cilium's defaults).
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
+    /// An established TCP flow, idle.
     pub tcp: u32,
+    /// A TCP flow that never got past its SYN (an unanswered SYN, a scan).
+    pub tcp_syn: u32,
+    /// After a FIN or RST.
     pub tcp_closing: u32,
+    /// UDP.
     pub other: u32,
 }
 
@@ -18,6 +23,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             tcp: 21600,
+            tcp_syn: 60,
             tcp_closing: 10,
             other: 60,
         }
@@ -40,10 +46,14 @@ pub fn expired(
         return true;
     }
     let idle = now.saturating_sub(v.last_seen);
-    let limit = match (k.proto == PROTO_TCP, v.flags & CT_F_CLOSING != 0) {
-        (true, true) => t.tcp_closing,
-        (true, false) => t.tcp,
-        _ => t.other,
+    let limit = if k.proto != PROTO_TCP {
+        t.other
+    } else if v.flags & CT_F_CLOSING != 0 {
+        t.tcp_closing
+    } else if v.flags & CT_F_ESTABLISHED != 0 {
+        t.tcp
+    } else {
+        t.tcp_syn
     };
     idle > limit
 }
@@ -80,9 +90,24 @@ mod tests {
         let now = 100_000;
         // (key, value, expired?)
         let cases = [
-            (key(PROTO_TCP, CT_FWD), val(now - 60, 0, 3), false),
-            (key(PROTO_TCP, CT_FWD), val(now - 21601, 0, 3), true),
-            (key(PROTO_TCP, CT_FWD), val(now - 11, CT_F_CLOSING, 3), true),
+            (
+                key(PROTO_TCP, CT_FWD),
+                val(now - 3600, CT_F_ESTABLISHED, 3),
+                false,
+            ),
+            (
+                key(PROTO_TCP, CT_FWD),
+                val(now - 21601, CT_F_ESTABLISHED, 3),
+                true,
+            ),
+            // only a SYN went through: the short timeout
+            (key(PROTO_TCP, CT_FWD), val(now - 30, 0, 3), false),
+            (key(PROTO_TCP, CT_FWD), val(now - 61, 0, 3), true),
+            (
+                key(PROTO_TCP, CT_FWD),
+                val(now - 11, CT_F_CLOSING | CT_F_ESTABLISHED, 3),
+                true,
+            ),
             (key(PROTO_TCP, CT_FWD), val(now - 5, CT_F_CLOSING, 3), false),
             (key(PROTO_UDP, CT_FWD), val(now - 61, 0, 3), true),
             (key(PROTO_UDP, CT_REV), val(now - 30, 0, 0), false),

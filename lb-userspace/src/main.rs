@@ -73,6 +73,18 @@ enum Cmd {
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
         devices: Vec<String>,
+        /// Conntrack idle timeout of an established TCP flow, seconds.
+        #[arg(long, default_value_t = 21600, env = "LB_CT_TIMEOUT_TCP")]
+        ct_timeout_tcp: u32,
+        /// ... of a TCP flow that never got past its SYN.
+        #[arg(long, default_value_t = 60, env = "LB_CT_TIMEOUT_TCP_SYN")]
+        ct_timeout_tcp_syn: u32,
+        /// ... of a TCP flow after a FIN or RST.
+        #[arg(long, default_value_t = 10, env = "LB_CT_TIMEOUT_TCP_CLOSING")]
+        ct_timeout_tcp_closing: u32,
+        /// ... of a UDP flow.
+        #[arg(long, default_value_t = 60, env = "LB_CT_TIMEOUT_UDP")]
+        ct_timeout_udp: u32,
         /// Pod interfaces (host side) that get the TC programs, as name
         /// patterns with `*`, comma-separated; '' for none.
         #[arg(
@@ -90,12 +102,12 @@ enum Cmd {
         /// (port 0 picks a free port, shown by `lb-agent status`).
         #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
         health_addr: String,
-        /// The XDP fast path on the external devices (in front of TC).
         /// Entries of each Maglev table (a prime; 0 turns Maglev off and
         /// new external flows hash over the backends). Every node must use
         /// the same size to pick the same backend for a flow.
         #[arg(long, default_value_t = lb_common::DEFAULT_MAGLEV_TABLE_SIZE, env = "LB_MAGLEV_TABLE_SIZE", value_parser = maglev_size)]
         maglev_table_size: u32,
+        /// The XDP fast path on the external devices (in front of TC).
         #[arg(long, value_enum, default_value = "off", env = "LB_XDP")]
         xdp: kernel::XdpAttach,
         #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
@@ -180,6 +192,10 @@ fn main() -> anyhow::Result<()> {
             max_ct,
             devices,
             pod_ifaces,
+            ct_timeout_tcp,
+            ct_timeout_tcp_syn,
+            ct_timeout_tcp_closing,
+            ct_timeout_udp,
             nodeport_addresses,
             xdp,
             maglev_table_size,
@@ -198,6 +214,12 @@ fn main() -> anyhow::Result<()> {
                 node_name,
                 devices,
                 pod_ifaces,
+                ct_timeouts: lb_agent::conntrack_gc::Timeouts {
+                    tcp: ct_timeout_tcp,
+                    tcp_syn: ct_timeout_tcp_syn,
+                    tcp_closing: ct_timeout_tcp_closing,
+                    other: ct_timeout_udp,
+                },
                 node_port_cidrs: nodeport_addresses,
                 health_addr: match health_addr.as_str() {
                     "off" => None,

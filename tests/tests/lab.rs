@@ -679,7 +679,8 @@ fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
             .filter(|e| e["kind"] == "forward" && e["dst"] == "10.100.0.2:30080")
             .collect();
         assert!(
-            held.iter().any(|e| e["to"].as_str().unwrap_or("").starts_with("10.244.1.")),
+            held.iter()
+                .any(|e| e["to"].as_str().unwrap_or("").starts_with("10.244.1.")),
             "step {step}: node-2 tracks the held flow to web-1: {ct}"
         );
         assert!(
@@ -721,8 +722,14 @@ fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
     let after = forward_to(1);
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(after.len(), 1, "{after:?}");
-    assert!(before[0].starts_with("10.244.1."), "dns-1 on node-1: {before:?}");
-    assert!(after[0].starts_with("10.244.2."), "dns-2 on node-2: {after:?}");
+    assert!(
+        before[0].starts_with("10.244.1."),
+        "dns-1 on node-1: {before:?}"
+    );
+    assert!(
+        after[0].starts_with("10.244.2."),
+        "dns-2 on node-2: {after:?}"
+    );
 }
 
 #[test]

@@ -449,7 +449,7 @@ fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
 }
 
 #[test]
-fn fin_and_rst_mark_the_flow_closing_for_the_sweep() {
+fn tcp_flags_drive_the_flow_state_the_sweep_reads() {
     let mut bed = Bed::new("fin");
     bed.service(
         "10.100.0.1",
@@ -466,7 +466,35 @@ fn fin_and_rst_mark_the_flow_closing_for_the_sweep() {
             .map(|(_, v)| v.flags & lb_common::CT_F_CLOSING != 0)
             .unwrap()
     };
+    let flags = |bed: &Bed, kind: u8| {
+        bed.ct()
+            .iter()
+            .find(|(k, _)| k.kind == kind)
+            .map(|(_, v)| v.flags)
+            .unwrap()
+    };
     assert!(!closing(&bed));
+    let est = lb_common::CT_F_ESTABLISHED;
+    assert_eq!(flags(&bed, CT_FWD) & est, 0, "a bare SYN: not established");
+    bed.run("lb_tc_ingress", &syn);
+    assert_eq!(flags(&bed, CT_FWD) & est, 0, "a retransmitted SYN neither");
+    // The backend's SYN-ACK (egress, reverse entry), then the client's ACK.
+    let mut synack = tcp4([10, 244, 1, 10], 8080, [10, 100, 0, 200], 40020, true);
+    synack[14 + 20 + 13] |= 0x10;
+    bed.run("lb_tc_egress", &synack);
+    assert_ne!(flags(&bed, CT_REV) & est, 0, "the backend answered");
+    let ack = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, false);
+    bed.run("lb_tc_ingress", &ack);
+    assert_ne!(
+        flags(&bed, CT_FWD) & est,
+        0,
+        "the client completed the handshake"
+    );
+    assert_ne!(
+        flags(&bed, CT_FWD) & BACKEND_LOCAL,
+        0,
+        "the backend's locality bit stays"
+    );
     let mut fin = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, false);
     fin[14 + 20 + 13] |= 0x01; // FIN (checksum no longer matters: only flags are read)
     let (_, out) = bed.run("lb_tc_ingress", &fin);
