@@ -113,7 +113,12 @@ pub fn parse_object(doc: &Value) -> Result<Object, ManifestError> {
     Ok(obj)
 }
 
-fn typed<T: DeserializeOwned + Serialize>(doc: &Value, object: &str) -> Result<T, ManifestError> {
+/// `doc` as a `T`, refusing any key the typed round trip loses (a misspelt
+/// or unknown field). `object` names the document in errors.
+pub fn typed<T: DeserializeOwned + Serialize>(
+    doc: &Value,
+    object: &str,
+) -> Result<T, ManifestError> {
     let t: T = serde_json::from_value(doc.clone()).map_err(|e| ManifestError::Invalid {
         object: object.to_string(),
         message: e.to_string(),
