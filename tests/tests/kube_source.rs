@@ -209,10 +209,18 @@ fn every_watched_kind_reaches_the_agent_through_paginated_lists_and_watches() {
         ["b0".to_string()].into()
     );
 
+    // Service modified: another port (the slice's named port still maps).
+    let mut moved = svc("api", "10.96.0.30", None);
+    moved["spec"]["ports"][0]["port"] = json!(81);
+    api.apply(moved);
+    wait_maps(&mut bed, "api on port 81 instead of 80", |m| {
+        m.get("10.96.0.30:81").is_some_and(|b| b.len() == 1) && !m.contains_key("10.96.0.30:80")
+    });
+
     // EndpointSlice deleted: the Service has no backend left.
     api.delete("EndpointSlice", "t", "api-v4");
     wait_maps(&mut bed, "api without backends", |m| {
-        m.get("10.96.0.30:80").is_some_and(|b| b.is_empty())
+        m.get("10.96.0.30:81").is_some_and(|b| b.is_empty())
     });
 
     // Node modified: the NodePort follows the node's address.
@@ -243,6 +251,11 @@ fn every_watched_kind_reaches_the_agent_through_paginated_lists_and_watches() {
     api.apply(n);
     wait_for(&mut bed, "/healthz 503 while the Node is deleted", |b| {
         b.agent.http_get("/healthz").0 == 503
+    });
+    // Node deleted: its NodePort frontends go; ClusterIPs stay.
+    api.delete("Node", "", NODE);
+    wait_maps(&mut bed, "no NodePort without the Node", |m| {
+        !m.keys().any(|f| f.starts_with("198.51.100.")) && m.contains_key("10.96.0.10:80")
     });
 }
 
