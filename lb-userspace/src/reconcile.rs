@@ -280,6 +280,44 @@ mod tests {
     }
 
     #[test]
+    fn one_slice_change_rewrites_only_its_service() {
+        let slice = |name: &str, svc: &str, ip: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: x, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [{ip}], conditions: {{ready: true}}}}]\nports: [{{port: 8080}}]\n---\n"
+            )
+        };
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+        let mut w = Fake::default();
+        let mut y = String::new();
+        for i in 0..50 {
+            y += &svc(&format!("s{i}"), &format!("10.96.1.{i}"), "");
+            y += &slice(
+                &format!("s{i}-a"),
+                &format!("s{i}"),
+                &format!("10.244.1.{i}"),
+            );
+        }
+        r.apply(&objs(&y), true, &mut w).unwrap();
+        w.applied.clear();
+        let out = r
+            .apply(&objs(&slice("s7-a", "s7", "10.244.2.7")), false, &mut w)
+            .unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let s7 = crate::desired::net_addr("10.96.1.7".parse().unwrap());
+        for op in &w.applied {
+            match op {
+                Op::PutService { key, .. } | Op::DelService { key } => {
+                    assert_eq!(key.addr, s7, "only s7's frontend is written: {op:?}")
+                }
+                Op::PutBackend { .. } | Op::DelBackend { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // new backend, slot rewritten, old backend dropped: a handful of ops
+        assert!((1..=4).contains(&w.applied.len()), "{:?}", w.applied);
+    }
+
+    #[test]
     fn labelled_and_headless_services_get_nothing() {
         let mut r = Reconciler::new(Mirror::from_entries([], []), None);
         let mut w = Fake::default();
