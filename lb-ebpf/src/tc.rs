@@ -192,7 +192,7 @@ fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 
 /// Creates a new flow's conntrack entries: forward and reverse, and the
 /// SNAT pair when the backend is on another node. Not inlined (stack).
 #[inline(never)]
-fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
+pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
     let (client, cport) = (p.saddr, p.sport);
     if b.flags & BACKEND_LOCAL == 0 {
         // Another node's backend: replies must come back through here, so
@@ -256,68 +256,106 @@ fn new_flow(ctx: &TcContext, p: &mut Pkt) -> i32 {
 
 #[inline(always)]
 fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
+    let mut c = Choice::default();
+    match choose(p, &mut c) {
+        CHOSEN => {}
+        NOT_EXTERNAL => return Ok(TC_ACT_OK),
+        DROP_NO_LOCAL => {
+            count(C_DROP_NO_LOCAL);
+            return Ok(TC_ACT_SHOT);
+        }
+        DROP_SOURCE_RANGE => {
+            count(C_DROP_SOURCE_RANGE);
+            return Ok(TC_ACT_SHOT);
+        }
+        NO_ENDPOINTS => {
+            count(C_DROP_NO_BACKEND);
+            // Refuse what opens a flow (a TCP SYN, any UDP datagram) at once.
+            let syn = p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02;
+            if syn || p.proto == PROTO_UDP {
+                return Ok(REFUSE);
+            }
+            return Ok(TC_ACT_SHOT);
+        }
+        _ => {
+            count(C_DROP_NO_BACKEND);
+            return Ok(TC_ACT_SHOT);
+        }
+    }
+    if track(p, &c.backend, c.backend_id) != 0 {
+        return Ok(TC_ACT_SHOT);
+    }
+    count(C_CT_CREATE);
+    if rewrite_dst(ctx, p, c.backend.addr, c.backend.port).is_ok() {
+        count(C_TC_DNAT);
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// What `choose` picked.
+#[derive(Default)]
+pub struct Choice {
+    pub backend: lb_common::Backend,
+    pub backend_id: u32,
+}
+
+/// Verdicts of `choose`.
+pub const CHOSEN: i32 = 0;
+/// Not an external frontend: not ours to translate.
+pub const NOT_EXTERNAL: i32 = 1;
+/// externalTrafficPolicy: Local without an endpoint here: drop, not reject.
+pub const DROP_NO_LOCAL: i32 = 2;
+pub const DROP_SOURCE_RANGE: i32 = 3;
+/// The Service has no endpoint at all: refuse.
+pub const NO_ENDPOINTS: i32 = 4;
+/// A slot or backend vanished mid-update, or the family does not match.
+pub const NO_BACKEND: i32 = 5;
+
+/// The backend a packet opening a flow to an external frontend gets —
+/// the one decision TC and XDP share. Not inlined (stack); writes `out`.
+#[inline(never)]
+pub fn choose(p: &Pkt, out: &mut Choice) -> i32 {
     let mut skey = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
     // SAFETY: copied out at once.
     let Some(mut fe) = (unsafe { LB_SERVICES_V1.get(&skey) }).copied() else {
-        return Ok(TC_ACT_OK);
+        return NOT_EXTERNAL;
     };
     if fe.flags & SVC_FLAG_EXTERNAL == 0 {
-        return Ok(TC_ACT_OK);
+        return NOT_EXTERNAL;
     }
     if fe.flags & SVC_FLAG_EXT_LOCAL != 0 {
-        // externalTrafficPolicy: Local: this node's endpoints only, the
-        // client's address kept; none here means drop, not reject.
+        // This node's endpoints only, the client's address kept.
         skey.scope = SCOPE_EXTERNAL;
         // SAFETY: copied out at once.
         match unsafe { LB_SERVICES_V1.get(&skey) }.copied() {
             Some(v) if v.count > 0 => fe = v,
-            _ => {
-                count(C_DROP_NO_LOCAL);
-                return Ok(TC_ACT_SHOT);
-            }
+            _ => return DROP_NO_LOCAL,
         }
     }
     if fe.count == 0 {
-        count(C_DROP_NO_BACKEND);
-        // Refuse what opens a flow (a TCP SYN, any UDP datagram) at once.
-        let syn = p.proto == PROTO_TCP
-            && ctx
-                .load::<u8>(p.l4_off + 13)
-                .is_ok_and(|f| f & 0x12 == 0x02);
-        if syn || p.proto == PROTO_UDP {
-            return Ok(REFUSE);
-        }
-        return Ok(TC_ACT_SHOT);
+        return NO_ENDPOINTS;
     }
     if fe.flags & SVC_FLAG_SOURCE_RANGES != 0 && source_allowed(p) == 0 {
-        count(C_DROP_SOURCE_RANGE);
-        return Ok(TC_ACT_SHOT);
+        return DROP_SOURCE_RANGE;
     }
     let slot = pick_slot(p, &skey, &fe) as u16;
     // SAFETY: copied out at once.
     let Some(sv) = (unsafe { LB_SERVICES_V1.get(&skey.with_slot(slot)) }).copied() else {
-        count(C_DROP_NO_BACKEND);
-        return Ok(TC_ACT_SHOT);
+        return NO_BACKEND;
     };
     // SAFETY: copied out at once.
     let Some(b) = (unsafe { LB_BACKENDS_V1.get(&sv.backend_id) }).copied() else {
-        count(C_DROP_NO_BACKEND);
-        return Ok(TC_ACT_SHOT);
+        return NO_BACKEND;
     };
     if b.addr.is_v4() == p.v6 {
-        return Ok(TC_ACT_SHOT);
+        return NO_BACKEND;
     }
     if fe.affinity_timeout > 0 {
         remember_client(p, fe.service_id, slot as u32, sv.backend_id);
     }
-    if track(p, &b, sv.backend_id) != 0 {
-        return Ok(TC_ACT_SHOT);
-    }
-    count(C_CT_CREATE);
-    if rewrite_dst(ctx, p, b.addr, b.port).is_ok() {
-        count(C_TC_DNAT);
-    }
-    Ok(TC_ACT_OK)
+    out.backend = b;
+    out.backend_id = sv.backend_id;
+    CHOSEN
 }
 
 #[inline(always)]

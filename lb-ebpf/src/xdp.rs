@@ -1,17 +1,61 @@
-//! The XDP fast path on the external devices: packets of known flows to a
-//! backend on this node are DNAT'd here and passed up; everything else
-//! (new flows, backends on other nodes, replies, ICMP) passes untouched to
-//! the TC programs, which make the same decisions with conntrack they share.
+//! The XDP fast path on the external devices, making TC's decisions with
+//! the conntrack they share: flows to a backend on this node — known ones,
+//! and new ones, which get their entries here — are DNAT'd and passed up;
+//! traffic TC would drop (externalTrafficPolicy: Local without a local
+//! endpoint, loadBalancerSourceRanges) is dropped here. The rest (backends
+//! on other nodes, which need SNAT at egress; replies; Services without
+//! endpoints, answered with ICMP) passes untouched to TC.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_csum_diff, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_csum_diff,
+    programs::XdpContext,
+};
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_XDP_DNAT, C_XDP_PASS, CT_FWD, CtKey, NetAddr, PROTO_TCP, PROTO_UDP,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_XDP_DNAT,
+    C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     conntrack,
     maps::{LB_BACKENDS_V1, count},
+    packet::Pkt,
+    tc::{self, Choice},
 };
+
+/// Verdicts of `open_flow`.
+const PASS_ON: i32 = 0;
+const TRANSLATE: i32 = 1;
+const DROP: i32 = 2;
+
+/// A packet without a forward entry: a new flow to a local backend gets
+/// its conntrack entries and `to`; drops TC would make happen here.
+/// Not inlined (stack).
+#[inline(never)]
+fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
+    // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
+    if conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some() {
+        return PASS_ON;
+    }
+    match tc::choose(p, to) {
+        tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
+            if tc::track(p, &to.backend, to.backend_id) != 0 {
+                return PASS_ON;
+            }
+            count(C_CT_CREATE);
+            TRANSLATE
+        }
+        tc::DROP_NO_LOCAL => {
+            count(C_DROP_NO_LOCAL);
+            DROP
+        }
+        tc::DROP_SOURCE_RANGE => {
+            count(C_DROP_SOURCE_RANGE);
+            DROP
+        }
+        _ => PASS_ON,
+    }
+}
 
 const ETH: usize = 14;
 
@@ -44,14 +88,79 @@ fn csum_update(old: u16, from: &mut [u32; 4], to: &mut [u32; 4], words: u32) -> 
 }
 
 pub fn fast_path(ctx: &XdpContext) -> u32 {
-    if try_fast_path(ctx).is_none() {
+    let mut p = Pkt::default();
+    if parse(ctx, &mut p) != 0 {
         count(C_XDP_PASS);
+        return XDP_PASS;
     }
-    XDP_PASS
+    let mut to = Choice::default();
+    let verdict = match known_flow(&p, &mut to) {
+        TRANSLATE => TRANSLATE,
+        DROP => DROP,
+        _ if to.backend_id == NO_ENTRY => open_flow(&p, &mut to),
+        v => v,
+    };
+    match verdict {
+        TRANSLATE if dnat(ctx, &p, &to.backend.addr, to.backend.port.0 as u32) == 0 => {
+            count(C_XDP_DNAT);
+            XDP_PASS
+        }
+        DROP => XDP_DROP,
+        _ => {
+            count(C_XDP_PASS);
+            XDP_PASS
+        }
+    }
+}
+
+/// `backend_id` of a `Choice` when the flow has no forward entry.
+const NO_ENTRY: u32 = u32::MAX;
+
+/// A packet of a known flow to a backend on this node: TRANSLATE with its
+/// backend in `to`. PASS_ON for everything TC must see (backends on other
+/// nodes, a gone backend, a FIN or RST to mark), with `to.backend_id` set
+/// to NO_ENTRY when there is no forward entry at all. Not inlined (stack).
+#[inline(never)]
+fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
+    let k = conntrack::key(p, CT_FWD);
+    let Some(v) = conntrack::lookup(&k) else {
+        to.backend_id = NO_ENTRY;
+        return PASS_ON;
+    };
+    if v.flags & BACKEND_LOCAL == 0 {
+        return PASS_ON;
+    }
+    // A backend gone is a miss: TC reselects.
+    // SAFETY: copied out at once.
+    let Some(b) = unsafe { LB_BACKENDS_V1.get(&v.backend_id) }.copied() else {
+        return PASS_ON;
+    };
+    if b.addr != v.addr || b.port != v.port || b.addr.is_v4() == p.v6 {
+        return PASS_ON;
+    }
+    // A FIN or RST goes on to TC, which marks the entry closing.
+    if p.tcp_flags & 0x05 != 0 {
+        return PASS_ON;
+    }
+    conntrack::touch(&k, &v, p.tcp_flags);
+    to.backend = b;
+    to.backend_id = v.backend_id;
+    TRANSLATE
+}
+
+/// The tuple of an IPv4 (no options, not a fragment) or IPv6 (no extension
+/// header) TCP/UDP packet; non-zero for anything else. Inlined: packet
+/// pointers do not survive a call as arguments.
+#[inline(always)]
+fn parse(ctx: &XdpContext, out: &mut Pkt) -> i32 {
+    match try_parse(ctx, out) {
+        Some(()) => 0,
+        None => 1,
+    }
 }
 
 #[inline(always)]
-fn try_fast_path(ctx: &XdpContext) -> Option<()> {
+fn try_parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
     // SAFETY (all derefs below): each pointer comes from `ptr`, which checked
     // that the whole value lies inside the packet.
     let eth_proto = u16::from_be(unsafe { *ptr::<u16>(ctx, 12)? });
@@ -84,36 +193,41 @@ fn try_fast_path(ctx: &XdpContext) -> Option<()> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
+    // The whole L4 header must be there.
+    let hdr = if proto == PROTO_TCP { 20 } else { 8 };
+    ptr::<u8>(ctx, l4 + hdr - 1)?;
+    out.v6 = v6;
+    out.proto = proto;
+    out.saddr = saddr;
+    out.daddr = daddr;
+    out.sport = BeU16(unsafe { *ptr::<u16>(ctx, l4)? });
+    out.dport = BeU16(unsafe { *ptr::<u16>(ctx, l4 + 2)? });
+    out.l4_off = l4;
+    out.tcp_flags = if proto == PROTO_TCP {
+        unsafe { *ptr::<u8>(ctx, l4 + 13)? }
+    } else {
+        0
+    };
+    Some(())
+}
+
+/// Rewrites the destination to `addr`:`port` (network order in the low 16
+/// bits) with incremental checksums. Inlined, as `parse`.
+#[inline(always)]
+fn dnat(ctx: &XdpContext, p: &Pkt, addr: &NetAddr, port: u32) -> i32 {
+    match try_dnat(ctx, p, addr, BeU16(port as u16)) {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+#[inline(always)]
+fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Option<()> {
+    let (v6, proto, l4, daddr) = (p.v6, p.proto, p.l4_off, p.daddr);
     let csum_off = if proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
     let csum_p = ptr::<u16>(ctx, csum_off)?;
-    let sport_p = ptr::<u16>(ctx, l4)?;
     let dport_p = ptr::<u16>(ctx, l4 + 2)?;
-    let (sport, dport) = unsafe { (BeU16(*sport_p), BeU16(*dport_p)) };
-    let k = CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        kind: CT_FWD,
-        _pad: [0; 2],
-    };
-    let v = conntrack::lookup(&k)?;
-    if v.flags & BACKEND_LOCAL == 0 {
-        return None;
-    }
-    // A backend gone is a miss: TC reselects.
-    // SAFETY: copied out at once.
-    let b = unsafe { LB_BACKENDS_V1.get(&v.backend_id) }.copied()?;
-    if b.addr != v.addr || b.port != v.port || b.addr.is_v4() == v6 {
-        return None;
-    }
-    // A FIN or RST goes on to TC, which marks the entry closing.
-    let flags = unsafe { *ptr::<u8>(ctx, l4 + 13)? };
-    if proto == PROTO_TCP && flags & 0x05 != 0 {
-        return None;
-    }
-    conntrack::touch(&k, &v, if proto == PROTO_TCP { flags } else { 0 });
+    let dport = p.dport;
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
     let mut from = [0u32; 4];
@@ -122,23 +236,23 @@ fn try_fast_path(ctx: &XdpContext) -> Option<()> {
     if v6 {
         let dp = ptr::<[u32; 4]>(ctx, ETH + 24)?;
         from = daddr.0;
-        to = v.addr.0;
+        to = to_addr.0;
         csum = csum_update(csum, &mut from, &mut to, 4);
-        unsafe { *dp = v.addr.0 };
+        unsafe { *dp = to_addr.0 };
     } else {
         let dp = ptr::<u32>(ctx, ETH + 16)?;
         let ip_csum_p = ptr::<u16>(ctx, ETH + 10)?;
         from[0] = daddr.v4_raw();
-        to[0] = v.addr.v4_raw();
+        to[0] = to_addr.v4_raw();
         unsafe { *ip_csum_p = csum_update(*ip_csum_p, &mut from, &mut to, 1) };
         csum = csum_update(csum, &mut from, &mut to, 1);
-        unsafe { *dp = v.addr.v4_raw() };
+        unsafe { *dp = to_addr.v4_raw() };
     }
     let mut pf = [dport.0 as u32, 0, 0, 0];
-    let mut pt = [v.port.0 as u32, 0, 0, 0];
+    let mut pt = [to_port.0 as u32, 0, 0, 0];
     csum = csum_update(csum, &mut pf, &mut pt, 1);
     unsafe {
-        *dport_p = v.port.0;
+        *dport_p = to_port.0;
         if !udp_no_csum {
             // A UDP checksum that computes to zero is sent as all ones.
             *csum_p = if csum == 0 && proto == PROTO_UDP {
@@ -148,6 +262,5 @@ fn try_fast_path(ctx: &XdpContext) -> Option<()> {
             };
         }
     }
-    count(C_XDP_DNAT);
     Some(())
 }

@@ -407,7 +407,8 @@ fn packets_it_does_not_understand_pass_untouched() {
 }
 
 #[test]
-fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
+fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_rest() {
+    const XDP_DROP: u32 = 1;
     const XDP_PASS: u32 = 2;
     let mut bed = Bed::new("xdp");
     bed.service(
@@ -422,11 +423,19 @@ fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
         PROTO_UDP,
         Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
     );
-    // before any conntrack entry: untouched (TC makes the flow)
-    let ack = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, false);
-    assert_eq!(bed.run_xdp(&ack), (XDP_PASS, ack.clone()));
+    // A new flow to a local backend: XDP makes its entries and translates.
     let syn = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, true);
-    bed.run("lb_tc_ingress", &syn);
+    let (verdict, out) = bed.run_xdp(&syn);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_checksums(&out);
+    let kinds: Vec<u8> = bed.ct().iter().map(|(k, _)| k.kind).collect();
+    assert!(
+        kinds.contains(&CT_FWD) && kinds.contains(&CT_REV),
+        "{kinds:?}"
+    );
+    // ... and its next packets through the entry.
+    let ack = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, false);
     let (verdict, out) = bed.run_xdp(&ack);
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
@@ -446,6 +455,35 @@ fn xdp_translates_established_flows_to_local_backends_and_passes_the_rest() {
     let mut mf = ack.clone();
     mf[14 + 6] |= 0x20;
     assert_eq!(bed.run_xdp(&mf), (XDP_PASS, mf.clone()));
+    // A backend on another node needs SNAT at egress: TC's, untouched here.
+    bed.service(
+        "10.100.0.1",
+        30081,
+        PROTO_TCP,
+        Some(("10.244.2.10", 8080, 0)),
+    );
+    let syn = tcp4([10, 100, 0, 200], 40011, [10, 100, 0, 1], 30081, true);
+    assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
+    // externalTrafficPolicy: Local without a local endpoint: dropped here.
+    {
+        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
+        let key = ServiceKey::frontend(
+            ip("10.100.0.1"),
+            BeU16::from_host(30082),
+            PROTO_TCP,
+            SCOPE_INTERNAL,
+        );
+        let front = ServiceValue {
+            count: 0,
+            flags: SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_EXT_LOCAL,
+            service_id: 9,
+            ..Default::default()
+        };
+        svcs.insert(key, front, 0).unwrap();
+    }
+    let syn = tcp4([10, 100, 0, 200], 40012, [10, 100, 0, 1], 30082, true);
+    assert_eq!(bed.run_xdp(&syn).0, XDP_DROP);
 }
 
 #[test]
