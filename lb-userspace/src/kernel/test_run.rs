@@ -390,18 +390,37 @@ fn packets_it_does_not_understand_pass_untouched() {
     // not IP at all
     let mut arp = syn.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    // an ICMP error (destination unreachable) quoting a packet to the frontend
+    let icmp_err = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+            .ipv4([10, 100, 0, 200], [10, 100, 0, 1], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut v, &syn[14..14 + 28])
+            .unwrap();
+        v
+    };
     for (what, pkt) in [
         ("MF fragment", mf),
         ("later fragment", later),
         ("truncated", truncated),
         ("IPv6 extension header", hbh),
         ("ARP", arp),
+        ("ICMP error", icmp_err),
     ] {
         for prog in ["lb_tc_ingress", "lb_tc_egress"] {
             let (verdict, out) = bed.run(prog, &pkt);
             assert_eq!(verdict, TC_ACT_OK, "{what} at {prog}");
             assert_eq!(out, pkt, "{what} must pass untouched through {prog}");
         }
+        const XDP_PASS: u32 = 2;
+        assert_eq!(
+            bed.run_xdp(&pkt),
+            (XDP_PASS, pkt.clone()),
+            "{what} must pass untouched through XDP"
+        );
     }
     assert!(bed.ct().is_empty(), "nothing tracked");
 }
