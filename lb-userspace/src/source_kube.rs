@@ -1,5 +1,7 @@
 //! The Kubernetes source: one kube-rs watcher per kind the agent reads,
-//! turned into the same change sets as the file source.
+//! feeding a reflector store of trimmed objects (what NetworkPolicy will
+//! query: pods and namespaces by label) and turned into the same change
+//! sets as the file source.
 //!
 //! Restart rule: nothing is handed to the reconciler until Services,
 //! EndpointSlices and this node's Node have each been listed completely, so
@@ -28,7 +30,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -215,73 +221,142 @@ fn trim<K: Resource>(o: &mut K) {
     m.annotations = None;
 }
 
-fn watch<K>(api: Api<K>, cfg: watcher::Config, kind: &'static str, wrap: fn(K) -> Object) -> Events
+/// A Pod keeps what locality and policy read: labels, node, addresses,
+/// phase; its containers and volumes go.
+fn trim_pod(p: &mut Pod) {
+    trim(p);
+    if let Some(spec) = &mut p.spec {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            node_name: spec.node_name.take(),
+            host_network: spec.host_network,
+            ..Default::default()
+        };
+    }
+    if let Some(st) = &mut p.status {
+        *st = k8s_openapi::api::core::v1::PodStatus {
+            phase: st.phase.take(),
+            pod_ip: st.pod_ip.take(),
+            pod_ips: st.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// The reflector stores, one per watched kind, filled by the watchers.
+pub struct Stores {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub policies: Store<NetworkPolicy>,
+}
+
+impl Stores {
+    /// Objects each store holds, by kind, for `/metrics`.
+    fn counts(&self) -> BTreeMap<String, u64> {
+        [
+            ("Service", self.services.len()),
+            ("EndpointSlice", self.slices.len()),
+            ("Node", self.nodes.len()),
+            ("Pod", self.pods.len()),
+            ("Namespace", self.namespaces.len()),
+            ("NetworkPolicy", self.policies.len()),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n as u64))
+        .collect()
+    }
+}
+
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+    trim: fn(&mut K),
+    wrap: fn(K) -> Object,
+) -> (Store<K>, Events)
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    watcher(api, cfg)
+    let (store, writer) = reflector::store();
+    let events = watcher(api, cfg)
         .default_backoff()
+        .modify(trim)
+        .reflect(writer)
         .map(move |r| {
             let ev = r.map(|e| match e {
                 watcher::Event::Init => Ev::Init,
                 watcher::Event::InitDone => Ev::InitDone,
-                watcher::Event::InitApply(mut o) | watcher::Event::Apply(mut o) => {
-                    trim(&mut o);
-                    Ev::Upsert(wrap(o))
-                }
-                watcher::Event::Delete(mut o) => {
-                    trim(&mut o);
-                    Ev::Delete(wrap(o))
-                }
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) => Ev::Upsert(wrap(o)),
+                watcher::Event::Delete(o) => Ev::Delete(wrap(o)),
             });
             (kind, ev)
         })
-        .boxed()
+        .boxed();
+    (store, events)
 }
 
-fn streams(client: &Client, node_name: &str) -> Events {
+fn streams(client: &Client, node_name: &str) -> (Stores, Events) {
     let all = watcher::Config::default;
-    futures::stream::select_all([
-        watch(Api::<Service>::all(client.clone()), all(), "Service", |o| {
-            Object::Service(Box::new(o))
-        }),
-        watch(
-            Api::<EndpointSlice>::all(client.clone()),
-            all(),
-            "EndpointSlice",
-            |o| Object::EndpointSlice(Box::new(o)),
-        ),
-        watch(
-            Api::<Node>::all(client.clone()),
-            all().fields(&format!("metadata.name={node_name}")),
-            "Node",
-            |o| Object::Node(Box::new(o)),
-        ),
-        watch(
-            Api::<Pod>::all(client.clone()),
-            all().fields(&format!("spec.nodeName={node_name}")),
-            "Pod",
-            |o| Object::Pod(Box::new(o)),
-        ),
-        watch(
-            Api::<Namespace>::all(client.clone()),
-            all(),
-            "Namespace",
-            |o| Object::Namespace(Box::new(o)),
-        ),
-        watch(
-            Api::<NetworkPolicy>::all(client.clone()),
-            all(),
-            "NetworkPolicy",
-            |o| Object::NetworkPolicy(Box::new(o)),
-        ),
-    ])
-    .boxed()
+    let (services, s1) = watch(
+        Api::<Service>::all(client.clone()),
+        all(),
+        "Service",
+        trim,
+        |o| Object::Service(Box::new(o)),
+    );
+    let (slices, s2) = watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        all(),
+        "EndpointSlice",
+        trim,
+        |o| Object::EndpointSlice(Box::new(o)),
+    );
+    let (nodes, s3) = watch(
+        Api::<Node>::all(client.clone()),
+        all().fields(&format!("metadata.name={node_name}")),
+        "Node",
+        trim,
+        |o| Object::Node(Box::new(o)),
+    );
+    let (pods, s4) = watch(
+        Api::<Pod>::all(client.clone()),
+        all().fields(&format!("spec.nodeName={node_name}")),
+        "Pod",
+        trim_pod,
+        |o| Object::Pod(Box::new(o)),
+    );
+    let (namespaces, s5) = watch(
+        Api::<Namespace>::all(client.clone()),
+        all(),
+        "Namespace",
+        trim,
+        |o| Object::Namespace(Box::new(o)),
+    );
+    let (policies, s6) = watch(
+        Api::<NetworkPolicy>::all(client.clone()),
+        all(),
+        "NetworkPolicy",
+        trim,
+        |o| Object::NetworkPolicy(Box::new(o)),
+    );
+    let stores = Stores {
+        services,
+        slices,
+        nodes,
+        pods,
+        namespaces,
+        policies,
+    };
+    let events = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).boxed();
+    (stores, events)
 }
 
 /// Runs the watchers until `tx` closes, sending debounced change sets.
 pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mpsc::Sender<Batch>) {
-    let mut events = streams(&client, &node_name);
+    let (stores, mut events) = streams(&client, &node_name);
     let mut asm = Assembler::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut waiting_logged = false;
@@ -310,7 +385,8 @@ pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mps
             _ = flush => {
                 deadline = None;
                 match asm.take() {
-                    Some(batch) => {
+                    Some(mut batch) => {
+                        batch.counts = Some(stores.counts());
                         if tx.send(batch).await.is_err() {
                             return;
                         }
@@ -359,6 +435,27 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn stored_objects_are_trimmed_to_what_is_read() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x", "labels": {"app": "web"},
+                         "annotations": {"big": "x"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.5",
+                       "podIPs": [{"ip": "10.244.1.5"}], "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        trim_pod(&mut p);
+        assert!(p.metadata.annotations.is_none() && p.metadata.managed_fields.is_none());
+        assert_eq!(p.metadata.labels.as_ref().unwrap()["app"], "web");
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.containers.is_empty());
+        let st = p.status.unwrap();
+        assert_eq!(st.pod_ip.as_deref(), Some("10.244.1.5"));
+        assert!(st.conditions.is_none());
     }
 
     #[test]
