@@ -194,7 +194,10 @@ fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 
 #[inline(never)]
 pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
     let (client, cport) = (p.saddr, p.sport);
-    if b.flags & BACKEND_LOCAL == 0 {
+    // A pod picked as the backend of its own connection (hairpin on a pod
+    // interface) would answer itself inside its namespace: it must see
+    // another source, so it is SNAT'd as a remote backend's flow is.
+    if b.flags & BACKEND_LOCAL == 0 || b.addr == client {
         // Another node's backend: replies must come back through here, so
         // the source becomes this node's address (at egress).
         let Some(node) = node_addr(p.v6) else {

@@ -1,17 +1,25 @@
 //! deploy/: the manifests parse as their Kubernetes types with no unknown
 //! field, grant exactly what the agent watches, point the probes at the
-//! health endpoints, feed the agent only flags it has, and the container
-//! file builds the real agent binary.
+//! health endpoints, feed the agent only flags it has, pass the API
+//! server's mount-propagation rule, and the container file builds the real
+//! agent binary.
+//!
+//! Nothing here talks to a cluster: the manifests have not been applied by
+//! this test, only checked against the agent's own code and CLI.
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{ConfigMap, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{ConfigMap, Container, PodSpec, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb_agent::{
     health::{DEFAULT_PORT, HEALTHZ_PATH, LIVEZ_PATH},
@@ -20,8 +28,32 @@ use lb_agent::{
 };
 use serde_json::Value;
 
+const DS: &str = "deploy/daemonset.yaml: DaemonSet kube-system/lb-agent";
+const CM: &str = "deploy/configmap.yaml: ConfigMap kube-system/lb-agent-config";
+const RBAC: &str = "deploy/rbac.yaml";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lb-userspace lies in the workspace")
+        .to_path_buf()
+}
+
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    repo_root().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// deploy/*.yaml except kustomization.yaml, by file name.
+fn manifest_files() -> BTreeSet<String> {
+    std::fs::read_dir(deploy_dir())
+        .expect("deploy/ exists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect()
 }
 
 #[derive(Default)]
@@ -33,34 +65,68 @@ struct Manifests {
     bindings: Vec<ClusterRoleBinding>,
 }
 
+/// The typed object, refusing unknown fields (lb_agent::manifest's round
+/// trip, as for the agent's own file source).
 fn parse<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> T {
     typed(doc, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn manifests() -> Manifests {
     let mut m = Manifests::default();
-    for entry in std::fs::read_dir(deploy_dir()).expect("deploy/ exists") {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".yaml") || name == "kustomization.yaml" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
+    for name in manifest_files() {
+        let text = read(&deploy_dir().join(&name));
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
             .unwrap_or_else(|e| panic!("deploy/{name}: not YAML: {e}"));
         for doc in docs.into_iter().filter(|d| !d.is_null()) {
             let what = format!("deploy/{name}: {}", describe(&doc));
-            match doc["kind"].as_str().unwrap_or_default() {
-                "DaemonSet" => m.daemonsets.push(parse(&doc, &what)),
-                "ConfigMap" => m.config_maps.push(parse(&doc, &what)),
-                "ServiceAccount" => m.service_accounts.push(parse(&doc, &what)),
-                "ClusterRole" => m.roles.push(parse(&doc, &what)),
-                "ClusterRoleBinding" => m.bindings.push(parse(&doc, &what)),
-                k => panic!("{what}: unexpected kind `{k}`"),
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+            match (api_version, doc["kind"].as_str().unwrap_or_default()) {
+                ("apps/v1", "DaemonSet") => m.daemonsets.push(parse(&doc, &what)),
+                ("v1", "ConfigMap") => m.config_maps.push(parse(&doc, &what)),
+                ("v1", "ServiceAccount") => m.service_accounts.push(parse(&doc, &what)),
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                    m.roles.push(parse(&doc, &what))
+                }
+                ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                    m.bindings.push(parse(&doc, &what))
+                }
+                (v, k) => panic!("{what}: unexpected kind `{k}` (apiVersion `{v}`)"),
             }
         }
     }
+    assert_eq!(m.daemonsets.len(), 1, "deploy/: one DaemonSet");
+    assert_eq!(m.config_maps.len(), 1, "deploy/: one ConfigMap");
+    assert_eq!(m.service_accounts.len(), 1, "{RBAC}: one ServiceAccount");
+    assert_eq!(m.roles.len(), 1, "{RBAC}: one ClusterRole");
+    assert_eq!(m.bindings.len(), 1, "{RBAC}: one ClusterRoleBinding");
     m
+}
+
+fn pod_spec(ds: &DaemonSet) -> &PodSpec {
+    ds.spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap_or_else(|| panic!("{DS}: no spec.template.spec"))
+}
+
+fn agent(pod: &PodSpec) -> &Container {
+    pod.containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .unwrap_or_else(|| panic!("{DS}: no container `agent`"))
+}
+
+/// `lb-agent run --help` of the binary this package builds, with an empty
+/// environment so every env name shows as `[env: NAME=]`.
+fn run_help() -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["run", "--help"])
+        .env_clear()
+        .output()
+        .expect("running lb-agent run --help");
+    assert!(out.status.success(), "lb-agent run --help failed: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 help")
 }
 
 #[test]
@@ -76,21 +142,38 @@ fn an_unknown_field_is_refused() {
 #[test]
 fn the_cluster_role_grants_exactly_what_the_agent_watches() {
     let m = manifests();
-    assert_eq!(m.roles.len(), 1, "one ClusterRole");
+    let role = &m.roles[0];
+    let name = role.metadata.name.as_deref().unwrap_or_default();
+    let what = format!("{RBAC}: ClusterRole {name}");
+    assert!(
+        role.aggregation_rule.is_none(),
+        "{what}: aggregationRule would grant more than its rules"
+    );
     let mut granted = BTreeSet::new();
-    for (i, rule) in m.roles[0].rules.iter().flatten().enumerate() {
+    for (i, rule) in role.rules.iter().flatten().enumerate() {
         assert!(
-            rule.non_resource_urls.is_none() && rule.resource_names.is_none(),
-            "ClusterRole lb-agent: rules[{i}] must name resources only"
+            rule.non_resource_urls.is_none(),
+            "{what}: rules[{i}].nonResourceURLs: the agent needs none"
         );
-        for g in rule.api_groups.iter().flatten() {
-            for r in rule.resources.iter().flatten() {
+        assert!(
+            rule.resource_names.is_none(),
+            "{what}: rules[{i}].resourceNames: the agent watches whole kinds"
+        );
+        let groups = rule.api_groups.as_deref().unwrap_or_default();
+        let resources = rule.resources.as_deref().unwrap_or_default();
+        assert!(
+            !groups.is_empty() && !resources.is_empty() && !rule.verbs.is_empty(),
+            "{what}: rules[{i}] needs apiGroups, resources and verbs"
+        );
+        for g in groups {
+            for r in resources {
                 for v in &rule.verbs {
                     granted.insert((g.clone(), r.clone(), v.clone()));
                 }
             }
         }
     }
+    // "*" in any position, another verb or resource: all show up here.
     let wanted: BTreeSet<(String, String, String)> = WATCHED
         .iter()
         .flat_map(|(g, r)| {
@@ -99,76 +182,110 @@ fn the_cluster_role_grants_exactly_what_the_agent_watches() {
                 .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
         })
         .collect();
-    assert_eq!(granted, wanted, "ClusterRole lb-agent: rules");
-    assert!(m.roles[0].aggregation_rule.is_none());
+    assert_eq!(
+        granted, wanted,
+        "{what}: rules must grant exactly lb_agent::source_kube::{{WATCHED x VERBS}} as (group, resource, verb)"
+    );
 
     let sa = &m.service_accounts[0];
     let b = &m.bindings[0];
-    assert_eq!(b.role_ref.kind, "ClusterRole");
-    assert_eq!(
-        b.role_ref.name, "lb-agent",
-        "ClusterRoleBinding: roleRef.name"
+    let bwhat = format!(
+        "{RBAC}: ClusterRoleBinding {}",
+        b.metadata.name.as_deref().unwrap_or_default()
     );
-    let subject = &b.subjects.as_ref().expect("subjects")[0];
-    assert_eq!(subject.kind, "ServiceAccount");
-    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
-    assert_eq!(subject.namespace, sa.metadata.namespace);
+    assert_eq!(
+        (
+            b.role_ref.api_group.as_deref().unwrap_or_default(),
+            b.role_ref.kind.as_str(),
+            b.role_ref.name.as_str()
+        ),
+        ("rbac.authorization.k8s.io", "ClusterRole", name),
+        "{bwhat}: roleRef must name {what}"
+    );
+    let subjects = b.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{bwhat}: subjects: exactly the agent's");
+    let s = &subjects[0];
+    assert_eq!(
+        (s.kind.as_str(), Some(&s.name), s.namespace.as_ref()),
+        (
+            "ServiceAccount",
+            sa.metadata.name.as_ref(),
+            sa.metadata.namespace.as_ref()
+        ),
+        "{bwhat}: subjects[0] must be the ServiceAccount of {RBAC}"
+    );
 }
 
 #[test]
-fn the_daemonset_runs_the_agent_as_the_issue_and_the_agent_need() {
+fn the_daemonset_runs_the_agent_where_and_how_it_needs() {
     let m = manifests();
-    assert_eq!(m.daemonsets.len(), 1);
-    let ds = &m.daemonsets[0];
-    let pod = ds
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .expect("DaemonSet: spec.template.spec");
-    assert_eq!(pod.host_network, Some(true), "DaemonSet: hostNetwork");
+    let pod = pod_spec(&m.daemonsets[0]);
+    let c = agent(pod);
+
+    assert_eq!(pod.host_network, Some(true), "{DS}: hostNetwork");
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("ClusterFirstWithHostNet"),
+        "{DS}: dnsPolicy"
+    );
     assert_eq!(
         pod.service_account_name, m.service_accounts[0].metadata.name,
-        "DaemonSet: serviceAccountName"
+        "{DS}: serviceAccountName must be the ServiceAccount of {RBAC}"
     );
     assert!(
         pod.tolerations
             .iter()
             .flatten()
             .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
-        "DaemonSet: tolerates every taint"
+        "{DS}: tolerations must tolerate every taint (operator: Exists, no key)"
     );
-    let c = &pod.containers[0];
-    let sc = c.security_context.as_ref().expect("securityContext");
-    assert_ne!(sc.privileged, Some(true), "capabilities, not privileged");
-    let caps: BTreeSet<&str> = sc
-        .capabilities
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["lb-agent".to_string(), "run".to_string()][..]),
+        "{DS}: container agent: command"
+    );
+
+    // Capabilities, not privileged; exactly the justified list.
+    let sc = c
+        .security_context
         .as_ref()
-        .and_then(|c| c.add.as_ref())
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
-        assert!(
-            caps.contains(cap),
-            "DaemonSet: capabilities.add lacks {cap}"
-        );
-    }
+        .unwrap_or_else(|| panic!("{DS}: container agent: no securityContext"));
+    assert_ne!(
+        sc.privileged,
+        Some(true),
+        "{DS}: container agent: securityContext.privileged: use capabilities"
+    );
+    let caps = sc.capabilities.as_ref();
+    let list = |l: Option<&Vec<String>>| -> BTreeSet<String> { l.into_iter().flatten().cloned().collect() };
+    assert_eq!(
+        list(caps.and_then(|c| c.drop.as_ref())),
+        BTreeSet::from(["ALL".to_string()]),
+        "{DS}: container agent: capabilities.drop"
+    );
+    assert_eq!(
+        list(caps.and_then(|c| c.add.as_ref())),
+        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"].map(String::from)),
+        "{DS}: container agent: capabilities.add (each one is justified in the file; change both)"
+    );
 
     // Probes: the health endpoints' real paths and port.
-    for (probe, path) in [
-        (&c.liveness_probe, LIVEZ_PATH),
-        (&c.readiness_probe, HEALTHZ_PATH),
+    for (name, probe, path) in [
+        ("livenessProbe", &c.liveness_probe, LIVEZ_PATH),
+        ("readinessProbe", &c.readiness_probe, HEALTHZ_PATH),
     ] {
         let get = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
-            .expect("httpGet probe");
-        assert_eq!(get.path.as_deref(), Some(path));
+            .unwrap_or_else(|| panic!("{DS}: container agent: {name}.httpGet missing"));
+        assert_eq!(
+            get.path.as_deref(),
+            Some(path),
+            "{DS}: container agent: {name}.httpGet.path"
+        );
         assert_eq!(
             get.port,
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(DEFAULT_PORT as i32)
+            IntOrString::Int(DEFAULT_PORT.into()),
+            "{DS}: container agent: {name}.httpGet.port must be lb_agent::health::DEFAULT_PORT"
         );
     }
 
@@ -178,71 +295,219 @@ fn the_daemonset_runs_the_agent_as_the_issue_and_the_agent_need() {
         .iter()
         .flatten()
         .find(|e| e.name == "NODE_NAME")
-        .expect("DaemonSet: env NODE_NAME");
-    let field = node
-        .value_from
-        .as_ref()
-        .and_then(|v| v.field_ref.as_ref())
-        .expect("NODE_NAME from a fieldRef");
-    assert_eq!(field.field_path, "spec.nodeName");
-
-    // The flags: the ConfigMap, every key of which the agent reads.
-    let cm = &m.config_maps[0];
-    assert!(
-        c.env_from
-            .iter()
-            .flatten()
-            .any(|e| e.config_map_ref.as_ref().map(|r| &r.name) == cm.metadata.name.as_ref()),
-        "DaemonSet: envFrom the ConfigMap"
+        .unwrap_or_else(|| panic!("{DS}: container agent: env NODE_NAME missing"));
+    assert_eq!(
+        node.value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("spec.nodeName"),
+        "{DS}: container agent: env NODE_NAME must come from fieldRef spec.nodeName"
     );
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(["run", "--help"])
-        .output()
-        .expect("lb-agent run --help");
-    let help = String::from_utf8_lossy(&help.stdout);
-    let data = cm.data.as_ref().expect("ConfigMap: data");
-    for (k, v) in data {
-        assert!(
-            help.contains(&format!("[env: {k}=")),
-            "ConfigMap lb-agent-config: data.{k} is no flag of `lb-agent run`"
-        );
-        assert!(!v.is_empty(), "ConfigMap: data.{k} is empty");
-    }
-    assert_eq!(data.get("LB_SOURCE").map(String::as_str), Some("kube"));
 
-    // Volumes: bpffs and the host's cgroup v2 hierarchy where LB_CGROUP says.
-    let mounts: Vec<(&str, &str)> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
-        .collect();
+    let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+    assert!(
+        requests.is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")),
+        "{DS}: container agent: resources.requests cpu and memory"
+    );
+    assert!(
+        !c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some_and(|l| l.contains_key("cpu")),
+        "{DS}: container agent: no CPU limit (throttling would stall the sync loop)"
+    );
+}
+
+#[test]
+fn mounts_give_the_agent_the_hosts_bpffs_and_cgroup_v2() {
+    let m = manifests();
+    let pod = pod_spec(&m.daemonsets[0]);
+    let c = agent(pod);
+    let data = m.config_maps[0].data.clone().unwrap_or_default();
+
     let host_path = |vol: &str| {
         pod.volumes
             .iter()
             .flatten()
             .find(|v| v.name == vol)
-            .and_then(|v| v.host_path.as_ref())
+            .unwrap_or_else(|| panic!("{DS}: volume `{vol}` is mounted but not declared"))
+            .host_path
+            .as_ref()
             .map(|h| h.path.clone())
     };
-    let cgroup = data.get("LB_CGROUP").expect("ConfigMap: LB_CGROUP");
-    let (cg_vol, _) = mounts
+    let mount_at = |path: &str| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{DS}: container agent: nothing mounted at {path}"))
+    };
+
+    let cgroup = data
+        .get("LB_CGROUP")
+        .unwrap_or_else(|| panic!("{CM}: data.LB_CGROUP missing"));
+    let cg = mount_at(cgroup);
+    assert_eq!(
+        host_path(&cg.name).as_deref(),
+        Some("/sys/fs/cgroup"),
+        "{DS}: volume `{}` (mounted at LB_CGROUP {cgroup}) must be the host's /sys/fs/cgroup",
+        cg.name
+    );
+
+    let bpf = mount_at("/sys/fs/bpf");
+    assert_eq!(
+        host_path(&bpf.name).as_deref(),
+        Some("/sys/fs/bpf"),
+        "{DS}: volume `{}` (mounted at /sys/fs/bpf) must be the host's /sys/fs/bpf",
+        bpf.name
+    );
+    assert_eq!(
+        bpf.mount_propagation.as_deref(),
+        Some("HostToContainer"),
+        "{DS}: container agent: the /sys/fs/bpf mount's mountPropagation"
+    );
+
+    // Pins outlive the agent only on the host's bpffs: an init container
+    // mounts one where the host has none, and Bidirectional carries it out.
+    let init = pod
+        .init_containers
         .iter()
-        .find(|(_, p)| p == cgroup)
-        .unwrap_or_else(|| panic!("DaemonSet: nothing mounted at LB_CGROUP {cgroup}"));
-    assert_eq!(host_path(cg_vol).as_deref(), Some("/sys/fs/cgroup"));
-    let (bpf_vol, _) = mounts
-        .iter()
-        .find(|(_, p)| *p == "/sys/fs/bpf")
-        .expect("DaemonSet: /sys/fs/bpf mounted");
-    assert_eq!(host_path(bpf_vol).as_deref(), Some("/sys/fs/bpf"));
-    // The agent parses the whole ConfigMap as its environment.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(["run", "--help"])
-        .envs(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+        .flatten()
+        .find(|i| {
+            i.volume_mounts.iter().flatten().any(|m| {
+                m.name == bpf.name && m.mount_propagation.as_deref() == Some("Bidirectional")
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{DS}: no init container mounts volume `{}` Bidirectional to mount bpffs on the host",
+                bpf.name
+            )
+        });
+    assert!(
+        init.command
+            .iter()
+            .flatten()
+            .any(|a| a.contains("mount -t bpf bpf /sys/fs/bpf")),
+        "{DS}: init container {}: command must mount bpffs at /sys/fs/bpf",
+        init.name
+    );
+    assert_eq!(
+        init.image, c.image,
+        "{DS}: init container {}: image must be the agent's (one name to change)",
+        init.name
+    );
+}
+
+/// The API server refuses Bidirectional propagation outside privileged
+/// containers ("Bidirectional mount propagation is available only to
+/// privileged containers"), and only the bpffs mounter may be privileged.
+#[test]
+fn only_the_bpffs_mounter_is_privileged() {
+    let m = manifests();
+    let pod = pod_spec(&m.daemonsets[0]);
+    let inits = pod.init_containers.iter().flatten().map(|c| (c, true));
+    for (c, is_init) in pod.containers.iter().map(|c| (c, false)).chain(inits) {
+        let privileged = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false);
+        for vm in c.volume_mounts.iter().flatten() {
+            assert!(
+                privileged || vm.mount_propagation.as_deref() != Some("Bidirectional"),
+                "{DS}: container {}: volumeMounts {}: Bidirectional needs a privileged container (the API server refuses it)",
+                c.name,
+                vm.name
+            );
+        }
+        if privileged {
+            let mounts_bpffs = c
+                .command
+                .iter()
+                .flatten()
+                .any(|a| a.contains("mount -t bpf"));
+            assert!(
+                is_init && mounts_bpffs,
+                "{DS}: container {}: securityContext.privileged: only the one-shot bpffs init container may be",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_config_map_holds_only_flags_the_agent_reads() {
+    let m = manifests();
+    let pod = pod_spec(&m.daemonsets[0]);
+    let c = agent(pod);
+    let cm = &m.config_maps[0];
+    assert!(
+        c.env_from.iter().flatten().any(|e| {
+            e.config_map_ref.as_ref().map(|r| &r.name) == cm.metadata.name.as_ref()
+        }),
+        "{DS}: container agent: envFrom must name {CM}"
+    );
+
+    let help = run_help();
+    let data = cm
+        .data
+        .as_ref()
+        .unwrap_or_else(|| panic!("{CM}: no data"));
+    for (k, v) in data {
+        let line = help
+            .lines()
+            .find(|l| l.contains(&format!("[env: {k}=]")))
+            .unwrap_or_else(|| panic!("{CM}: data.{k} is no env var of `lb-agent run`"));
+        assert!(!v.is_empty(), "{CM}: data.{k} is empty (leave the key out)");
+        if let Some(values) = line
+            .split("[possible values: ")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+        {
+            assert!(
+                values.split(", ").any(|p| p == v),
+                "{CM}: data.{k}: `{v}` is not one of {values}"
+            );
+        }
+    }
+    for e in c.env.iter().flatten() {
+        assert!(
+            help.contains(&format!("[env: {}=]", e.name)),
+            "{DS}: container agent: env {} is no env var of `lb-agent run`",
+            e.name
+        );
+    }
+
+    assert_eq!(
+        data.get("LB_SOURCE").map(String::as_str),
+        Some("kube"),
+        "{CM}: data.LB_SOURCE"
+    );
+    let health: SocketAddr = data
+        .get("LB_HEALTH_ADDR")
+        .unwrap_or_else(|| panic!("{CM}: data.LB_HEALTH_ADDR missing"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{CM}: data.LB_HEALTH_ADDR: {e}"));
+    assert_eq!(
+        health.port(),
+        DEFAULT_PORT,
+        "{CM}: data.LB_HEALTH_ADDR: the probes of {DS} use port {DEFAULT_PORT}"
+    );
+    assert!(
+        health.ip().is_unspecified(),
+        "{CM}: data.LB_HEALTH_ADDR: the kubelet probes the node's address"
+    );
+    if let Some(size) = data.get("LB_MAGLEV_TABLE_SIZE") {
+        let n: usize = size
+            .parse()
+            .unwrap_or_else(|e| panic!("{CM}: data.LB_MAGLEV_TABLE_SIZE: {e}"));
+        assert!(
+            n == 0 || lb_agent::maglev::is_prime(n),
+            "{CM}: data.LB_MAGLEV_TABLE_SIZE: {n} is not prime"
+        );
+    }
 }
 
 #[test]
@@ -255,47 +520,117 @@ fn the_kustomization_lists_every_manifest() {
         kind: String,
         namespace: Option<String>,
         resources: Vec<String>,
+        labels: Option<Value>,
+        common_labels: Option<Value>,
+        // `kustomize edit set image` adds this.
+        images: Option<Value>,
     }
-    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
-    let k: Kustomization = serde_saphyr::from_str(&text).expect("deploy/kustomization.yaml");
-    assert_eq!(k.kind, "Kustomization");
+    const K: &str = "deploy/kustomization.yaml";
+    let text = read(&deploy_dir().join("kustomization.yaml"));
+    let k: Kustomization = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{K}: {e}"));
+    assert_eq!(
+        (k.api_version.as_str(), k.kind.as_str()),
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        "{K}: apiVersion/kind"
+    );
+    for r in &k.resources {
+        assert!(
+            deploy_dir().join(r).is_file(),
+            "{K}: resources lists {r}, which is not a file in deploy/"
+        );
+    }
     let listed: BTreeSet<String> = k.resources.into_iter().collect();
-    let present: BTreeSet<String> = std::fs::read_dir(deploy_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
-        .collect();
-    assert_eq!(listed, present, "kustomization resources vs deploy/*.yaml");
+    for f in manifest_files() {
+        assert!(listed.contains(&f), "{K}: resources lacks {f}");
+    }
 }
 
 #[test]
 fn the_container_file_builds_the_agent_binary() {
-    // No container engine daemon runs here, so the image is not built: the
-    // build command is checked against the real package and binary.
-    let text = std::fs::read_to_string(deploy_dir().join("Containerfile")).expect("Containerfile");
-    let cargo_toml =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    // No container engine daemon runs on the development machines, so the
+    // image is not built here: the build command is checked against the real
+    // package and binary, and the linker install against `cargo xtask setup`.
+    const F: &str = "deploy/Containerfile";
+    let text = read(&deploy_dir().join("Containerfile"));
+    let lines: Vec<&str> = text.lines().collect();
+
+    // The package and its [[bin]] as Cargo.toml declares them.
     let package = env!("CARGO_PKG_NAME");
+    let cargo_toml = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    let bin = cargo_toml
+        .split("[[bin]]")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("name = ")))
+        .map(|n| n.trim_matches('"').to_string())
+        .expect("lb-userspace/Cargo.toml: [[bin]] name");
+    let built = Path::new(env!("CARGO_BIN_EXE_lb-agent"));
+    assert_eq!(
+        built.file_name().and_then(|n| n.to_str()),
+        Some(bin.as_str()),
+        "lb-userspace/Cargo.toml: [[bin]] name vs the binary cargo built"
+    );
+
+    let froms: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
     assert!(
-        cargo_toml.contains("name = \"lb-agent\""),
-        "the binary is lb-agent"
+        froms.len() >= 2,
+        "{F}: a build stage and a final stage (FROM lines: {froms:?})"
+    );
+    let (build, last) = (
+        &lines[froms[0]..froms[froms.len() - 1]],
+        &lines[froms[froms.len() - 1]..],
     );
     assert!(
-        text.contains(&format!(
-            "cargo build --release -p {package} --bin lb-agent"
-        )),
-        "Containerfile: the build stage must build lb-agent from {package}"
+        lines[froms[0]].ends_with(" AS build"),
+        "{F}: the first stage is `AS build`"
     );
+    let build_cmd = format!("RUN cargo build --release -p {package} --bin {bin}");
     assert!(
-        text.contains("llvm-22") && text.contains("bpf-linker") && text.contains("rust-src"),
-        "Containerfile: the eBPF build's toolchain (LLVM 22, bpf-linker, rust-src)"
+        build.contains(&build_cmd.as_str()),
+        "{F}: the build stage must `{build_cmd}`"
     );
+
+    // The eBPF build's toolchain, installed as xtask/src/setup.rs does.
+    let linker = "cargo install bpf-linker --version ^0.13 --no-default-features --features llvm-22";
     assert!(
-        text.contains("COPY --from=build /src/target/release/lb-agent /usr/local/bin/lb-agent")
+        read(&repo_root().join("xtask/src/setup.rs")).contains(linker),
+        "xtask/src/setup.rs no longer runs `{linker}`: update {F} and this test with it"
     );
-    let entry = text
-        .lines()
+    let build_text = build.join("\n");
+    assert!(
+        build_text.contains(&format!("PATH=/usr/lib/llvm-22/bin:$PATH {linker}")),
+        "{F}: the build stage must run `{linker}` with LLVM 22's bin on PATH"
+    );
+    for pkg in ["llvm-22-dev", "libpolly-22-dev"] {
+        assert!(
+            build_text.contains(pkg),
+            "{F}: the build stage must install {pkg}"
+        );
+    }
+    assert!(
+        build_text.contains("--component rust-src") && build_text.contains("nightly"),
+        "{F}: the build stage must install nightly with rust-src"
+    );
+
+    let copy = format!("COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}");
+    assert!(
+        last.contains(&copy.as_str()),
+        "{F}: the final stage must `{copy}`"
+    );
+    let entry = last
+        .iter()
         .rfind(|l| l.starts_with("ENTRYPOINT"))
-        .expect("ENTRYPOINT");
-    assert_eq!(entry, r#"ENTRYPOINT ["lb-agent"]"#);
+        .unwrap_or_else(|| panic!("{F}: the final stage has no ENTRYPOINT"));
+    assert_eq!(
+        *entry,
+        format!(r#"ENTRYPOINT ["{bin}"]"#),
+        "{F}: the final stage's ENTRYPOINT"
+    );
+
+    let ignore = read(&deploy_dir().join("Containerfile.dockerignore"));
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        "deploy/Containerfile.dockerignore: must leave target/ out of the build context"
+    );
 }

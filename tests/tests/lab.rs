@@ -765,6 +765,8 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
         }
     }
     served_by(&select(&r, 0, "x/client", "nodeport/node-1/x/closed"));
+    let by = served_by(&select(&r, 0, "x/web-1", "loadbalancer/x/pods-only"));
+    assert_eq!(by.get("x/web-1"), Some(&3), "hairpin through the LB IP: {by:?}");
     let st2 = dump.json(0, "node-2", "status");
     assert!(
         st2["counters"]["drop_source_range"].as_u64().unwrap() >= 2,
