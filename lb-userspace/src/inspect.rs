@@ -100,6 +100,7 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let services = p.services()?;
     let backends: BTreeMap<u32, _> = p.backends()?.into_iter().collect();
     let slots: BTreeMap<_, _> = services.iter().map(|(k, v)| (*k, *v)).collect();
+    let maglev = p.maglev_ids()?;
     let mut rows = Vec::new();
     for (k, v) in slots
         .iter()
@@ -119,6 +120,7 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
             "kind": if v.flags & SVC_FLAG_NODEPORT != 0 { "NodePort" } else if v.flags & SVC_FLAG_EXTERNAL != 0 { "External" } else { "ClusterIP" },
             "from_outside": v.flags & SVC_FLAG_EXTERNAL != 0,
             "service_id": v.service_id,
+            "maglev": maglev.contains(&v.service_id),
             "backends": bes,
         }));
     }

@@ -84,9 +84,7 @@ fn manifests() -> Manifests {
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(parse(&doc, &what)),
                 ("v1", "ConfigMap") => m.config_maps.push(parse(&doc, &what)),
                 ("v1", "ServiceAccount") => m.service_accounts.push(parse(&doc, &what)),
-                ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-                    m.roles.push(parse(&doc, &what))
-                }
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.roles.push(parse(&doc, &what)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                     m.bindings.push(parse(&doc, &what))
                 }
@@ -256,7 +254,9 @@ fn the_daemonset_runs_the_agent_where_and_how_it_needs() {
         "{DS}: container agent: securityContext.privileged: use capabilities"
     );
     let caps = sc.capabilities.as_ref();
-    let list = |l: Option<&Vec<String>>| -> BTreeSet<String> { l.into_iter().flatten().cloned().collect() };
+    let list = |l: Option<&Vec<String>>| -> BTreeSet<String> {
+        l.into_iter().flatten().cloned().collect()
+    };
     assert_eq!(
         list(caps.and_then(|c| c.drop.as_ref())),
         BTreeSet::from(["ALL".to_string()]),
@@ -444,17 +444,15 @@ fn the_config_map_holds_only_flags_the_agent_reads() {
     let c = agent(pod);
     let cm = &m.config_maps[0];
     assert!(
-        c.env_from.iter().flatten().any(|e| {
-            e.config_map_ref.as_ref().map(|r| &r.name) == cm.metadata.name.as_ref()
-        }),
+        c.env_from
+            .iter()
+            .flatten()
+            .any(|e| { e.config_map_ref.as_ref().map(|r| &r.name) == cm.metadata.name.as_ref() }),
         "{DS}: container agent: envFrom must name {CM}"
     );
 
     let help = run_help();
-    let data = cm
-        .data
-        .as_ref()
-        .unwrap_or_else(|| panic!("{CM}: no data"));
+    let data = cm.data.as_ref().unwrap_or_else(|| panic!("{CM}: no data"));
     for (k, v) in data {
         let line = help
             .lines()
@@ -592,7 +590,8 @@ fn the_container_file_builds_the_agent_binary() {
     );
 
     // The eBPF build's toolchain, installed as xtask/src/setup.rs does.
-    let linker = "cargo install bpf-linker --version ^0.13 --no-default-features --features llvm-22";
+    let linker =
+        "cargo install bpf-linker --version ^0.13 --no-default-features --features llvm-22";
     assert!(
         read(&repo_root().join("xtask/src/setup.rs")).contains(linker),
         "xtask/src/setup.rs no longer runs `{linker}`: update {F} and this test with it"

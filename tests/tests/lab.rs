@@ -475,6 +475,11 @@ fn node_ports_lb_ips_and_external_ips_from_outside() {
             st["counters"]["tc_dnat"].as_u64().unwrap() > 0,
             "{node}: {st}"
         );
+        // Backends were picked through Maglev tables: one per external
+        // frontend with backends (NodePorts on both families, LB IPs,
+        // externalIPs, TCP and UDP).
+        let tables = st["maps"]["LB_MAGLEV_V1"]["entries"].as_u64().unwrap();
+        assert!(tables >= 8, "{node}: {tables} Maglev tables: {st}");
     }
     let st = dump.json(0, "node-3", "status");
     assert!(
@@ -766,7 +771,11 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
     }
     served_by(&select(&r, 0, "x/client", "nodeport/node-1/x/closed"));
     let by = served_by(&select(&r, 0, "x/web-1", "loadbalancer/x/pods-only"));
-    assert_eq!(by.get("x/web-1"), Some(&3), "hairpin through the LB IP: {by:?}");
+    assert_eq!(
+        by.get("x/web-1"),
+        Some(&3),
+        "hairpin through the LB IP: {by:?}"
+    );
     let st2 = dump.json(0, "node-2", "status");
     assert!(
         st2["counters"]["drop_source_range"].as_u64().unwrap() >= 2,

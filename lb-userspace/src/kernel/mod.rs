@@ -690,6 +690,13 @@ impl Pinned {
         Ok(m.iter().collect::<Result<_, _>>()?)
     }
 
+    /// Frontend service ids that have a Maglev table.
+    pub fn maglev_ids(&self) -> anyhow::Result<std::collections::BTreeSet<u32>> {
+        let m: HashOfMaps<_, u32, MapData> =
+            HashOfMaps::try_from(open_pinned(&self.pin_dir, MAP_MAGLEV)?)?;
+        Ok(m.keys().collect::<Result<_, _>>()?)
+    }
+
     pub fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
         let m: HashMap<_, u32, Backend> =
             HashMap::try_from(open_pinned(&self.pin_dir, MAP_BACKENDS)?)?;
@@ -720,6 +727,11 @@ impl Pinned {
             count::<u32, Backend>(&self.pin_dir, MAP_BACKENDS)?,
             count::<SockRevKey, SockRevValue>(&self.pin_dir, MAP_SOCK_REV)?,
             count::<CtKey, CtValue>(&self.pin_dir, MAP_CT)?,
+            MapFill {
+                name: MAP_MAGLEV,
+                entries: self.maglev_ids()?.len(),
+                max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+            },
         ])
     }
 
