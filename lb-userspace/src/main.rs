@@ -107,6 +107,10 @@ enum Cmd {
         /// the same size to pick the same backend for a flow.
         #[arg(long, default_value_t = lb_common::DEFAULT_MAGLEV_TABLE_SIZE, env = "LB_MAGLEV_TABLE_SIZE", value_parser = maglev_size)]
         maglev_table_size: u32,
+        /// How the TC programs attach: tcx links where the kernel has them
+        /// (auto), or clsact filters (netlink; kernels before 6.6).
+        #[arg(long, value_enum, default_value = "auto", env = "LB_TC_ATTACH")]
+        tc_attach: kernel::TcAttach,
         /// The XDP fast path on the external devices (in front of TC).
         #[arg(long, value_enum, default_value = "off", env = "LB_XDP")]
         xdp: kernel::XdpAttach,
@@ -198,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             ct_timeout_udp,
             nodeport_addresses,
             xdp,
+            tc_attach,
             maglev_table_size,
             health_addr,
             log_format,
@@ -232,6 +237,7 @@ fn main() -> anyhow::Result<()> {
                     maglev_size: maglev_table_size,
                     cgroup,
                     xdp,
+                    tc_attach,
                     sizes: kernel::MapSizes {
                         services: max_services,
                         backends: max_backends,

@@ -792,6 +792,32 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
 }
 
 #[test]
+fn tc_programs_also_attach_as_clsact_filters_for_kernels_without_tcx() {
+    let dump = DumpDir::new("clsact");
+    let r = lab_args(
+        &scenario("external-frontends.yaml"),
+        Some(&dump.0),
+        &["--tc-attach", "netlink"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for l in &r.lines {
+        assert_eq!(l["ok"], true, "{l}");
+    }
+    for node in ["node-1", "node-3"] {
+        let st = dump.json(0, node, "status");
+        assert!(
+            st["counters"]["tc_dnat"].as_u64().unwrap() > 0,
+            "{node}: {st}"
+        );
+        let links = st["links"].as_object().unwrap();
+        assert!(
+            !links.keys().any(|k| k.starts_with("tc-")),
+            "{node}: no tcx link may be pinned in netlink mode: {st}"
+        );
+    }
+}
+
+#[test]
 fn xdp_fast_path_native_and_generic() {
     for mode in ["native", "generic"] {
         let dump = DumpDir::new("xdp");

@@ -46,6 +46,23 @@ pub enum XdpAttach {
     Generic,
 }
 
+/// How the TC programs are attached (`--tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TcAttach {
+    /// tcx links where the kernel has them (6.6+), else clsact filters.
+    #[default]
+    Auto,
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc (kernels without tcx).
+    Netlink,
+}
+
+/// The clsact filter slot the agent owns: a fixed priority and handle, so
+/// a restarted agent finds (and replaces in place) its predecessor's
+/// filter, and `reset` removes it.
+const NL_PRIORITY: u16 = 0x1b;
+const NL_HANDLE: aya::programs::tc::TcHandle = aya::programs::tc::TcHandle::new(0, 0x1b);
+
 /// Attaches XDP_PASS to `ifaces` of the calling thread's network namespace
 /// (native mode); the programs stay while the returned object lives.
 pub fn xdp_pass_on(ifaces: &[String]) -> anyhow::Result<Ebpf> {
@@ -220,6 +237,7 @@ pub struct LoadOptions {
     pub cgroup: PathBuf,
     pub sizes: MapSizes,
     pub xdp: XdpAttach,
+    pub tc_attach: TcAttach,
 }
 
 /// The loaded datapath: typed handles on the agent-owned maps.
@@ -240,6 +258,7 @@ pub struct Datapath {
     /// Pod interfaces with TC programs, by name -> ifindex.
     pod_ifaces: std::collections::HashMap<String, u32>,
     xdp: XdpAttach,
+    tc_attach: TcAttach,
     ct_max: u32,
 }
 
@@ -337,6 +356,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         devices: vec![],
         pod_ifaces: Default::default(),
         xdp: opts.xdp,
+        tc_attach: opts.tc_attach,
         ct_max: opts.sizes.ct,
     })
 }
@@ -482,9 +502,31 @@ impl Datapath {
             } else {
                 TcAttachType::Egress
             };
-            let id = prog
-                .attach_with_options(dev, attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching {name} to {dev} ({dir})"))?;
+            let tcx = match self.tc_attach {
+                TcAttach::Netlink => None,
+                mode => match prog.attach_with_options(
+                    dev,
+                    attach,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                ) {
+                    Ok(id) => Some(id),
+                    Err(e) if mode == TcAttach::Auto => {
+                        tracing::info!(device = dev, "no tcx ({e}); using a clsact filter");
+                        None
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("attaching {name} to {dev} ({dir})"));
+                    }
+                },
+            };
+            let Some(id) = tcx else {
+                attach_netlink(prog, dev, attach).with_context(|| {
+                    format!("attaching {name} to {dev} ({dir}) as a clsact filter")
+                })?;
+                tracing::info!(program = name, device = dev, "attached (clsact)");
+                continue;
+            };
             let link: FdLink = prog
                 .take_link(id)?
                 .try_into()
@@ -629,6 +671,59 @@ impl Datapath {
 
     pub fn status(&self) -> anyhow::Result<Status> {
         self.status.get(&0, 0).context("reading status map")
+    }
+}
+
+/// The program as the agent's clsact filter on `dev`: created, or put in
+/// place of an earlier agent's filter in the same slot (no gap). The link
+/// is forgotten, not dropped: dropping it would detach the filter, which
+/// must outlive this process as pinned tcx links do.
+fn attach_netlink(
+    prog: &mut SchedClassifier,
+    dev: &str,
+    attach: TcAttachType,
+) -> anyhow::Result<()> {
+    use aya::programs::tc::{NlOptions, SchedClassifierLink};
+    match aya::programs::tc::qdisc_add_clsact(dev) {
+        Ok(()) => {}
+        // Already there (an earlier agent, or another tool's programs).
+        Err(aya::programs::tc::TcError::NetlinkError(e))
+            if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).context("adding the clsact qdisc"),
+    }
+    let opts = TcAttachOptions::Netlink(NlOptions {
+        priority: NL_PRIORITY,
+        handle: NL_HANDLE,
+        ..Default::default()
+    });
+    let id = match prog.attach_with_options(dev, attach, opts) {
+        Ok(id) => id,
+        Err(_) => {
+            let old = SchedClassifierLink::attached(dev, attach, NL_PRIORITY, NL_HANDLE, None)?;
+            prog.attach_to_link(old)
+                .context("replacing the earlier filter")?
+        }
+    };
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Removes the agent's clsact filters from every interface of this network
+/// namespace (kernels without tcx keep no pin for them).
+fn detach_netlink_filters() {
+    use aya::programs::links::Link as _;
+    use aya::programs::tc::SchedClassifierLink;
+    let Ok(ifaces) = crate::host::interfaces_matching(&["*".to_string()]) else {
+        return;
+    };
+    for (dev, _) in ifaces {
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            if let Ok(l) = SchedClassifierLink::attached(&dev, attach, NL_PRIORITY, NL_HANDLE, None)
+            {
+                // Absent is fine: most interfaces never had one.
+                let _ = l.detach();
+            }
+        }
     }
 }
 
@@ -787,6 +882,7 @@ impl Pinned {
 /// (removing the last reference detaches the programs), then the maps.
 pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    detach_netlink_filters();
     let links = pin_dir.join("links");
     if links.exists() {
         for e in std::fs::read_dir(&links)? {
