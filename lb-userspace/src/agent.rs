@@ -115,7 +115,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             let (client, url) = source_kube::client(&source_kube::KubeOptions {
                 kubeconfig: opts.kubeconfig.clone(),
                 api_server: opts.api_server.clone(),
-                node_name: node_name.clone(),
             })
             .await?;
             let desc = format!("kube {url}");

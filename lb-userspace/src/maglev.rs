@@ -24,7 +24,10 @@ fn fnv1a(seed: u64, data: &[u8]) -> u64 {
 }
 
 pub fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The table: for each of `size` entries, an index into `backends` as

@@ -69,7 +69,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub api_server: Option<String>,
-    pub node_name: String,
 }
 
 /// The client: `--kubeconfig` (or KUBECONFIG), else the in-cluster service

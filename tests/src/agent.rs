@@ -161,10 +161,8 @@ impl AgentProc {
 
     /// Panics with the log when the agent process has exited.
     pub fn assert_running(&mut self, doing: &str) {
-        if let Some(p) = self.proc.as_mut() {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("lb-agent exited ({st}) while {doing}:\n{}", self.log_text());
-            }
+        if let Some(Ok(Some(st))) = self.proc.as_mut().map(|p| p.child.try_wait()) {
+            panic!("lb-agent exited ({st}) while {doing}:\n{}", self.log_text());
         }
     }
 
@@ -189,14 +187,7 @@ impl AgentProc {
                     return;
                 }
             }
-            if let Some(p) = self.proc.as_mut() {
-                if let Ok(Some(st)) = p.child.try_wait() {
-                    panic!(
-                        "lb-agent exited ({st}) before syncing generation {generation}:\n{}",
-                        self.log_text()
-                    );
-                }
-            }
+            self.assert_running(&format!("syncing generation {generation}"));
             assert!(
                 Instant::now() < deadline,
                 "lb-agent did not sync generation {generation} in 30 s:\n{}",

@@ -449,10 +449,12 @@ impl Datapath {
             let dev = name
                 .strip_prefix("tc-ingress-")
                 .or_else(|| name.strip_prefix("tc-egress-"));
-            if let Some(dev) = dev {
-                if !crate::host::interface_exists(dev) {
-                    let _ = std::fs::remove_file(self.links_dir.join(&name));
-                }
+            if let Some(dev) = dev.filter(|d| !crate::host::interface_exists(d)) {
+                tracing::info!(
+                    interface = dev,
+                    "unpinning the links of a vanished interface"
+                );
+                let _ = std::fs::remove_file(self.links_dir.join(&name));
             }
         }
         for (n, i) in present {
