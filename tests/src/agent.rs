@@ -46,6 +46,8 @@ pub struct AgentProc {
     pub extra: Vec<String>,
     /// Replaces `--source=file:SOURCE` (e.g. `--source=kube` and its flags).
     pub source_args: Option<Vec<String>>,
+    /// The network namespace the agent runs in (None: the test's).
+    pub netns: Option<PathBuf>,
     proc: Option<Proc>,
 }
 
@@ -58,6 +60,7 @@ impl AgentProc {
             log,
             extra: vec![],
             source_args: None,
+            netns: None,
             proc: None,
         }
     }
@@ -80,7 +83,7 @@ impl AgentProc {
             .arg("--health-addr=127.0.0.1:0")
             .args(&self.extra)
             .stderr(log);
-        confine(&mut cmd, None, None);
+        confine(&mut cmd, None, self.netns.as_deref());
         cmd.stdout(Stdio::null()).stdin(Stdio::null());
         let child = cmd.spawn().expect("spawning lb-agent");
         self.proc = Some(Proc {
@@ -100,12 +103,13 @@ impl AgentProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// An `lb-agent` subcommand on this agent's pins, in its namespace.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(crate::agent_bin())
-            .args(args)
-            .arg(format!("--pin-dir={}", self.pin_dir.display()))
-            .output()
-            .expect("lb-agent")
+        let mut cmd = Command::new(crate::agent_bin());
+        cmd.args(args)
+            .arg(format!("--pin-dir={}", self.pin_dir.display()));
+        confine(&mut cmd, None, self.netns.as_deref());
+        cmd.output().expect("lb-agent")
     }
 
     /// GET `path` from the agent's health endpoint: (status code, body).

@@ -1,0 +1,95 @@
+//! `--tc-attach netlink` (kernels without tcx): the agent's cls_bpf filters
+//! outlive it, a restarted agent replaces them in place (one filter per
+//! direction, a new program), and `lb-agent reset` removes them.
+
+use lb_tests::{
+    agent::{AgentProc, Manifests, pin_path},
+    netns::{Netns, veth},
+    spawn::Cgroup,
+    testbed::TempDir,
+};
+
+/// (program name, program id) of the agent's filters on `eth0`.
+fn filters(ns: &Netns) -> Vec<(String, String)> {
+    let out = ns.sh_output("tc filter show dev eth0 ingress; tc filter show dev eth0 egress");
+    out.lines()
+        .filter(|l| l.contains(" pref 27 ") && l.contains("handle 0x1b"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            };
+            let name = words
+                .iter()
+                .find(|w| w.starts_with("lb_tc_"))
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            (name, after("id"))
+        })
+        .collect()
+}
+
+#[test]
+fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them() {
+    lb_tests::require_kernel();
+    let prefix = lb_tests::unique("tca");
+    // Drop order: agent, cgroup, namespaces, files.
+    let dir = TempDir(std::env::temp_dir().join(&prefix));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let node = Netns::new(format!("{prefix}-n"));
+    let peer = Netns::new(format!("{prefix}-p"));
+    veth(&node, "eth0", &peer, "eth0");
+    node.sh("ip addr add 198.51.100.7/24 dev eth0; ip link set eth0 up");
+    let cgroup = Cgroup::new(&prefix);
+    let mut m = Manifests::new(dir.0.join("m"));
+    m.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 198.51.100.7}]}\n",
+    );
+    let g = m.commit();
+    let mut agent = AgentProc::new(
+        pin_path(&prefix),
+        cgroup.path.clone(),
+        m.dir.clone(),
+        dir.0.join("agent.log"),
+    );
+    agent.netns = Some(node.path());
+    agent.extra = vec!["--tc-attach=netlink".into(), "--node-name=n1".into()];
+    agent.start();
+    agent.wait_synced(g);
+    let first = filters(&node);
+    let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["lb_tc_ingress", "lb_tc_egress"],
+        "one filter per direction on the device holding the node's address: {first:?}\n{}",
+        agent.log_text()
+    );
+
+    agent.kill9();
+    assert_eq!(filters(&node), first, "the filters outlive the agent");
+
+    agent.start();
+    let g2 = m.commit();
+    agent.wait_synced(g2);
+    let second = filters(&node);
+    assert_eq!(second.len(), 2, "replaced, not added: {second:?}");
+    for ((n1, id1), (n2, id2)) in first.iter().zip(&second) {
+        assert_eq!(n1, n2);
+        assert_ne!(id1, id2, "{n1}: the restarted agent's program is in place");
+    }
+
+    agent.kill9();
+    let out = agent.cli(&["reset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(filters(&node).is_empty(), "reset removed the filters");
+}
