@@ -21,6 +21,8 @@ use crate::desired::net_addr;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 
 struct Bed {
     ebpf: Ebpf,
@@ -73,52 +75,70 @@ impl Bed {
         Self { ebpf, dir }
     }
 
-    /// One frontend with one backend.
+    /// One external frontend with one backend (or none).
     fn service(&mut self, front: &str, fport: u16, proto: u8, backend: Option<(&str, u16, u8)>) {
+        self.frontend(front, fport, proto, SVC_FLAG_EXTERNAL, backend.as_slice());
+    }
+
+    /// A frontend with `flags` and `backends` (address, port, flags) in
+    /// slots 1..; its service id is its port, distinct within a test.
+    fn frontend(
+        &mut self,
+        front: &str,
+        fport: u16,
+        proto: u8,
+        flags: u8,
+        backends: &[(&str, u16, u8)],
+    ) {
         let key = ServiceKey::frontend(ip(front), BeU16::from_host(fport), proto, SCOPE_INTERNAL);
-        let mut id = 0;
-        if let Some((b, bport, flags)) = backend {
-            let mut bes: HashMap<_, u32, Backend> =
-                HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
-            // distinct ids: a test may seed several services
-            id = 7 + bes.keys().count() as u32;
-            bes.insert(
-                id,
-                Backend {
-                    addr: ip(b),
-                    port: BeU16::from_host(bport),
-                    proto,
-                    flags,
-                },
-                0,
-            )
-            .unwrap();
+        let mut bes: HashMap<_, u32, Backend> =
+            HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+        // distinct ids: a test may seed several services
+        let first = 7 + bes.keys().count() as u32;
+        for (i, (b, bport, bflags)) in backends.iter().enumerate() {
+            let backend = Backend {
+                addr: ip(b),
+                port: BeU16::from_host(*bport),
+                proto,
+                flags: *bflags,
+            };
+            bes.insert(first + i as u32, backend, 0).unwrap();
         }
         let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
             HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
-        let count = backend.is_some() as u16;
-        if count == 1 {
-            svcs.insert(
-                key.with_slot(1),
-                ServiceValue {
-                    backend_id: id,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
-        }
-        svcs.insert(
-            key,
-            ServiceValue {
-                count,
-                flags: SVC_FLAG_EXTERNAL,
-                service_id: 1,
+        for i in 0..backends.len() {
+            let v = ServiceValue {
+                backend_id: first + i as u32,
                 ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
+            };
+            svcs.insert(key.with_slot(i as u16 + 1), v, 0).unwrap();
+        }
+        let v = ServiceValue {
+            count: backends.len() as u16,
+            flags,
+            service_id: fport as u32,
+            ..Default::default()
+        };
+        svcs.insert(key, v, 0).unwrap();
+    }
+
+    /// A bed with a TCP NodePort (IPv4) and a UDP one (IPv6), each with a
+    /// local backend.
+    fn with_node_ports(tag: &str) -> Self {
+        let mut bed = Bed::new(tag);
+        bed.service(
+            "10.100.0.1",
+            30080,
+            PROTO_TCP,
+            Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+        );
+        bed.service(
+            "fd00:100::1",
+            30053,
+            PROTO_UDP,
+            Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
+        );
+        bed
     }
 
     fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
@@ -361,19 +381,7 @@ fn no_backend_answers_port_unreachable() {
 
 #[test]
 fn packets_it_does_not_understand_pass_untouched() {
-    let mut bed = Bed::new("pass");
-    bed.service(
-        "10.100.0.1",
-        30080,
-        PROTO_TCP,
-        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
-    );
-    bed.service(
-        "fd00:100::1",
-        30053,
-        PROTO_UDP,
-        Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
-    );
+    let bed = Bed::with_node_ports("pass");
     let syn = tcp4([10, 100, 0, 200], 40003, [10, 100, 0, 1], 30080, true);
     // a fragment (MF set), a non-first fragment, a truncated TCP header
     let mut mf = syn.clone();
@@ -415,7 +423,6 @@ fn packets_it_does_not_understand_pass_untouched() {
             assert_eq!(verdict, TC_ACT_OK, "{what} at {prog}");
             assert_eq!(out, pkt, "{what} must pass untouched through {prog}");
         }
-        const XDP_PASS: u32 = 2;
         assert_eq!(
             bed.run_xdp(&pkt),
             (XDP_PASS, pkt.clone()),
@@ -427,21 +434,7 @@ fn packets_it_does_not_understand_pass_untouched() {
 
 #[test]
 fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_rest() {
-    const XDP_DROP: u32 = 1;
-    const XDP_PASS: u32 = 2;
-    let mut bed = Bed::new("xdp");
-    bed.service(
-        "10.100.0.1",
-        30080,
-        PROTO_TCP,
-        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
-    );
-    bed.service(
-        "fd00:100::1",
-        30053,
-        PROTO_UDP,
-        Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
-    );
+    let mut bed = Bed::with_node_ports("xdp");
     // A new flow to a local backend: XDP makes its entries and translates.
     let syn = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, true);
     let (verdict, out) = bed.run_xdp(&syn);
@@ -484,23 +477,8 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
     let syn = tcp4([10, 100, 0, 200], 40011, [10, 100, 0, 1], 30081, true);
     assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
     // externalTrafficPolicy: Local without a local endpoint: dropped here.
-    {
-        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
-        let key = ServiceKey::frontend(
-            ip("10.100.0.1"),
-            BeU16::from_host(30082),
-            PROTO_TCP,
-            SCOPE_INTERNAL,
-        );
-        let front = ServiceValue {
-            count: 0,
-            flags: SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_EXT_LOCAL,
-            service_id: 9,
-            ..Default::default()
-        };
-        svcs.insert(key, front, 0).unwrap();
-    }
+    let ext_local = SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_EXT_LOCAL;
+    bed.frontend("10.100.0.1", 30082, PROTO_TCP, ext_local, &[]);
     let syn = tcp4([10, 100, 0, 200], 40012, [10, 100, 0, 1], 30082, true);
     assert_eq!(bed.run_xdp(&syn).0, XDP_DROP);
 }
@@ -567,40 +545,15 @@ fn tcp_flags_drive_the_flow_state_the_sweep_reads() {
 fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     use aya::maps::{HashOfMaps, MapData};
     let mut bed = Bed::new("maglev");
-    let key = ServiceKey::frontend(
-        ip("10.100.0.1"),
-        BeU16::from_host(30080),
+    let local = BACKEND_LOCAL;
+    bed.frontend(
+        "10.100.0.1",
+        30080,
         PROTO_TCP,
-        SCOPE_INTERNAL,
+        SVC_FLAG_EXTERNAL,
+        &[("10.244.1.10", 8080, local), ("10.244.1.11", 8080, local)],
     );
     {
-        let mut bes: HashMap<_, u32, Backend> =
-            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
-        for (id, addr) in [(1, "10.244.1.10"), (2, "10.244.1.11")] {
-            let b = Backend {
-                addr: ip(addr),
-                port: BeU16::from_host(8080),
-                proto: PROTO_TCP,
-                flags: BACKEND_LOCAL,
-            };
-            bes.insert(id, b, 0).unwrap();
-        }
-        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
-        for s in [1u16, 2] {
-            let v = ServiceValue {
-                backend_id: s as u32,
-                ..Default::default()
-            };
-            svcs.insert(key.with_slot(s), v, 0).unwrap();
-        }
-        let front = ServiceValue {
-            count: 2,
-            flags: SVC_FLAG_EXTERNAL,
-            service_id: 5,
-            ..Default::default()
-        };
-        svcs.insert(key, front, 0).unwrap();
         let mut cfg: Array<_, Config> =
             Array::try_from(bed.ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
         let mut c = cfg.get(&0, 0).unwrap();
@@ -631,7 +584,7 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     {
         let mut outer: HashOfMaps<_, u32, MapData> =
             HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
-        super::put_maglev(&mut outer, 5, &[2; 7]).expect("table swapped in");
+        super::put_maglev(&mut outer, 30080, &[2; 7]).expect("table swapped in");
     }
     assert_eq!(
         backends_of_new_flows(&bed, 42000),
@@ -641,7 +594,7 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     {
         let mut outer: HashOfMaps<_, u32, MapData> =
             HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
-        super::put_maglev(&mut outer, 5, &[9; 7]).expect("table swapped in");
+        super::put_maglev(&mut outer, 30080, &[9; 7]).expect("table swapped in");
     }
     assert_eq!(backends_of_new_flows(&bed, 43000).len(), 2);
 }
