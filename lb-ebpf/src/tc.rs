@@ -314,6 +314,15 @@ pub const NO_ENDPOINTS: i32 = 4;
 /// A slot or backend vanished mid-update, or the family does not match.
 pub const NO_BACKEND: i32 = 5;
 
+/// 1 when the packet is addressed to a frontend reachable from outside.
+/// Not inlined (stack).
+#[inline(never)]
+pub fn is_external_frontend(p: &Pkt) -> u32 {
+    let key = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
+    // SAFETY: only a flag is read, at once.
+    unsafe { LB_SERVICES_V1.get(&key) }.is_some_and(|fe| fe.flags & SVC_FLAG_EXTERNAL != 0) as u32
+}
+
 /// The backend a packet opening a flow to an external frontend gets —
 /// the one decision TC and XDP share. Not inlined (stack); writes `out`.
 #[inline(never)]

@@ -28,13 +28,25 @@ const PASS_ON: i32 = 0;
 const TRANSLATE: i32 = 1;
 const DROP: i32 = 2;
 
+/// 1 when the packet is a reply of a flow SNAT'd towards another node's
+/// backend. Not inlined: its key gets a frame of its own.
+#[inline(never)]
+fn is_snat_reply(p: &Pkt) -> u32 {
+    conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some() as u32
+}
+
 /// A packet without a forward entry: a new flow to a local backend gets
 /// its conntrack entries and `to`; drops TC would make happen here.
 /// Not inlined (stack).
 #[inline(never)]
 fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
+    // Most packets without a forward entry are no Service's: one lookup
+    // says so before any other.
+    if tc::is_external_frontend(p) == 0 {
+        return PASS_ON;
+    }
     // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
-    if conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some() {
+    if is_snat_reply(p) != 0 {
         return PASS_ON;
     }
     match tc::choose(p, to) {

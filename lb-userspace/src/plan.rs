@@ -41,11 +41,36 @@ pub enum Op {
     /// for its service id at once.
     PutMaglev {
         service_id: u32,
-        table: std::sync::Arc<[u32]>,
+        table: MaglevTable,
     },
     DelMaglev {
         service_id: u32,
     },
+}
+
+/// A Maglev table (slot number per entry), shared by the frontends whose
+/// backends are the same; printed by its size, not its 16k entries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MaglevTable(pub std::sync::Arc<[u32]>);
+
+impl MaglevTable {
+    /// The very same table (one inner map can serve both).
+    pub fn same(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for MaglevTable {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MaglevTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MaglevTable({} entries)", self.0.len())
+    }
 }
 
 /// What the kernel maps hold, plus the indexes that make a diff O(change).
@@ -66,7 +91,14 @@ pub struct Mirror {
     maglev_size: usize,
     /// Service ids whose frontend has a table.
     maglev: BTreeSet<u32>,
+    /// Tables built lately, by backend addresses in slot order (content,
+    /// so never stale); bounded.
+    maglev_built: HashMap<Vec<std::net::SocketAddr>, MaglevTable>,
 }
+
+/// At most this many recent Maglev tables are kept for reuse (64 KiB each at
+/// the default size).
+const MAGLEV_BUILT_MAX: usize = 64;
 
 impl Mirror {
     /// Rebuilds the indexes from map contents read from the kernel.
@@ -350,10 +382,24 @@ impl Mirror {
                 std::net::SocketAddr::new(crate::desired::ip_of(&b.addr), b.port.to_host())
             })
             .collect();
-        let table: std::sync::Arc<[u32]> = crate::maglev::table(&addrs, self.maglev_size)
-            .into_iter()
-            .map(|i| i as u32 + 1)
-            .collect();
+        // A Service's frontends on several addresses (NodePort on each node
+        // address, LB IPs, externalIPs) share one backend list: one table.
+        if self.maglev_built.len() >= MAGLEV_BUILT_MAX {
+            self.maglev_built.clear();
+        }
+        let size = self.maglev_size;
+        let table = self
+            .maglev_built
+            .entry(addrs)
+            .or_insert_with_key(|addrs| {
+                MaglevTable(
+                    crate::maglev::table(addrs, size)
+                        .into_iter()
+                        .map(|i| i as u32 + 1)
+                        .collect(),
+                )
+            })
+            .clone();
         self.maglev.insert(service_id);
         ops.push(Op::PutMaglev { service_id, table });
     }
@@ -429,7 +475,7 @@ mod tests {
         services: HashMap<ServiceKey, ServiceValue>,
         backends: HashMap<u32, Backend>,
         ranges: BTreeSet<(u32, SrcRangeData)>,
-        maglev: HashMap<u32, std::sync::Arc<[u32]>>,
+        maglev: HashMap<u32, MaglevTable>,
     }
 
     impl Kernel {
@@ -721,6 +767,18 @@ mod tests {
         );
         let ta = maglev_backends(&a, &ops_a, &key);
         assert_eq!(ta.len(), 251);
+        // The same backends behind another address of the Service: the
+        // table is built once and shared.
+        a.upsert(&external("192.0.2.2", &[1, 2, 3, 4]), &mut ops_a);
+        let tables: Vec<&MaglevTable> = ops_a
+            .iter()
+            .filter_map(|o| match o {
+                Op::PutMaglev { table, .. } => Some(table),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tables.len(), 2);
+        assert!(tables[0].same(tables[1]));
         assert_eq!(ta, maglev_backends(&b, &ops_b, &key));
         // A ClusterIP frontend has no table (the socket path never uses one).
         assert!(

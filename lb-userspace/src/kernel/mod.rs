@@ -409,10 +409,6 @@ impl Datapath {
         self.config.set(0, config, 0).context("writing config map")
     }
 
-    fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> anyhow::Result<()> {
-        put_maglev(&mut self.maglev, service_id, table)
-    }
-
     /// Attaches the packet programs (tcx links, pinned) to `devices`, once
     /// each; a pinned link of an earlier agent gets the new program instead.
     pub fn attach_devices(&mut self, devices: &[String]) -> anyhow::Result<()> {
@@ -608,6 +604,9 @@ impl Datapath {
     /// Applies ops in order; stops at the first failure, which the caller
     /// answers with a reload of the mirror.
     pub fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        // Tables the plan shares (one Service's frontends on several
+        // addresses) become one inner map under several keys.
+        let mut made: Vec<(crate::plan::MaglevTable, MapData)> = Vec::new();
         for op in ops {
             match op {
                 Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
@@ -617,10 +616,19 @@ impl Datapath {
                 Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
                 Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
                 Op::PutMaglev { service_id, table } => {
-                    self.put_maglev(*service_id, table).with_context(|| {
-                        format!("writing the Maglev table of service id {service_id}")
-                    })?;
-                    continue;
+                    let i = match made.iter().position(|(t, _)| t.same(table)) {
+                        Some(i) => i,
+                        None => {
+                            let inner = maglev_table(table).with_context(|| {
+                                format!("building the Maglev table of service id {service_id}")
+                            })?;
+                            made.push((table.clone(), inner));
+                            made.len() - 1
+                        }
+                    };
+                    // The swap: the datapath sees the old table or the new
+                    // one, never a mix.
+                    self.maglev.insert(service_id, &made[i].1, 0)
                 }
                 Op::DelMaglev { service_id } => match self.maglev.remove(service_id) {
                     // Already gone is what was wanted.
@@ -729,13 +737,8 @@ fn detach_netlink_filters() {
     }
 }
 
-/// A new inner map filled in whole, then swapped in for `service_id`: the
-/// datapath sees the old table or the new one, never a mix.
-fn put_maglev<T: std::borrow::BorrowMut<MapData>>(
-    outer: &mut HashOfMaps<T, u32, MapData>,
-    service_id: u32,
-    table: &[u32],
-) -> anyhow::Result<()> {
+/// A new inner map holding `table` whole, ready to be swapped in.
+fn maglev_table(table: &[u32]) -> anyhow::Result<MapData> {
     let obj = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
         4,
@@ -746,10 +749,7 @@ fn put_maglev<T: std::borrow::BorrowMut<MapData>>(
     let inner = MapData::create(obj, "lb_maglev", None).context("creating a table")?;
     let keys: Vec<u32> = (0..table.len() as u32).collect();
     sys::update_batch_u32(inner.fd().as_fd(), &keys, table).context("filling the table")?;
-    outer
-        .insert(service_id, &inner, 0)
-        .context("swapping the table in")?;
-    Ok(())
+    Ok(inner)
 }
 
 /// Read-only access to the pins, for the inspection subcommands.
