@@ -230,20 +230,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         .set(*n as i64);
                 }
                 let m = rec.mirror();
-                health
-                    .metrics
-                    .map_entries
-                    .get_or_create(&crate::health::MapLabel {
-                        map: lb_common::MAP_SERVICES.into(),
-                    })
-                    .set(m.services().len() as i64);
-                health
-                    .metrics
-                    .map_entries
-                    .get_or_create(&crate::health::MapLabel {
-                        map: lb_common::MAP_BACKENDS.into(),
-                    })
-                    .set(m.backends().len() as i64);
+                for (map, n) in [
+                    (lb_common::MAP_SERVICES, m.services().len()),
+                    (lb_common::MAP_BACKENDS, m.backends().len()),
+                ] {
+                    health
+                        .metrics
+                        .map_entries
+                        .get_or_create(&crate::health::MapLabel { map: map.into() })
+                        .set(n as i64);
+                }
                 for e in &out.errors {
                     tracing::error!("{e}");
                 }

@@ -122,9 +122,8 @@ impl Bed {
         svcs.insert(key, v, 0).unwrap();
     }
 
-    /// A bed with a TCP NodePort (IPv4) and a UDP one (IPv6), each with a
-    /// local backend.
-    fn with_node_ports(tag: &str) -> Self {
+    /// A bed with a TCP NodePort 10.100.0.1:30080 served by a local backend.
+    fn with_node_port(tag: &str) -> Self {
         let mut bed = Bed::new(tag);
         bed.service(
             "10.100.0.1",
@@ -132,6 +131,12 @@ impl Bed {
             PROTO_TCP,
             Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
         );
+        bed
+    }
+
+    /// ... and a UDP one on IPv6, [fd00:100::1]:30053.
+    fn with_node_ports(tag: &str) -> Self {
+        let mut bed = Bed::with_node_port(tag);
         bed.service(
             "fd00:100::1",
             30053,
@@ -259,13 +264,7 @@ fn src4(pkt: &[u8]) -> (String, u16) {
 
 #[test]
 fn syn_to_a_node_port_is_dnated_with_valid_checksums_and_tracked() {
-    let mut bed = Bed::new("syn");
-    bed.service(
-        "10.100.0.1",
-        30080,
-        PROTO_TCP,
-        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
-    );
+    let bed = Bed::with_node_port("syn");
     let syn = tcp4([10, 100, 0, 200], 40000, [10, 100, 0, 1], 30080, true);
     let (verdict, out) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(verdict, TC_ACT_OK);
@@ -485,13 +484,7 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
 
 #[test]
 fn tcp_flags_drive_the_flow_state_the_sweep_reads() {
-    let mut bed = Bed::new("fin");
-    bed.service(
-        "10.100.0.1",
-        30080,
-        PROTO_TCP,
-        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
-    );
+    let bed = Bed::with_node_port("fin");
     let syn = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, true);
     bed.run("lb_tc_ingress", &syn);
     let closing = |bed: &Bed| {
