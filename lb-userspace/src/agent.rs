@@ -6,11 +6,11 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    kernel::{self, Datapath, LoadOptions},
-    plan::{Mirror, Op},
-    reconcile::{Reconciler, Writer},
-    source_file::{Batch, FileSource},
-    source_kube,
+    compute::plan::{Mirror, Op},
+    compute::reconcile::{Reconciler, Writer},
+    datapath::{self, Datapath, LoadOptions},
+    source,
+    source::file::{Batch, FileSource},
 };
 
 #[derive(Clone, Debug)]
@@ -42,9 +42,9 @@ pub struct RunOptions {
     /// socket hooks leave to the packet path).
     pub pod_ifaces: Vec<String>,
     /// Conntrack idle timeouts the sweep applies.
-    pub ct_timeouts: crate::conntrack_gc::Timeouts,
+    pub ct_timeouts: crate::compute::conntrack_gc::Timeouts,
     /// Empty: every address of the Node object serves NodePorts.
-    pub node_port_cidrs: Vec<crate::cidr::Cidr>,
+    pub node_port_cidrs: Vec<crate::model::cidr::Cidr>,
     /// `/healthz`, `/livez`, `/metrics` (None: off).
     pub health_addr: Option<std::net::SocketAddr>,
     pub load: LoadOptions,
@@ -100,7 +100,7 @@ async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let health = crate::health::Health::new();
+    let health = crate::serve::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
     let source_desc = match &opts.source {
         Source::File(dir) => {
@@ -112,17 +112,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .node_name
                 .clone()
                 .context("--source kube needs --node-name or NODE_NAME")?;
-            let (client, url) = source_kube::client(&source_kube::KubeOptions {
+            let (client, url) = source::kube::client(&source::kube::KubeOptions {
                 kubeconfig: opts.kubeconfig.clone(),
                 api_server: opts.api_server.clone(),
             })
             .await?;
             let desc = format!("kube {url}");
-            tokio::spawn(source_kube::run(client, node_name, health.clone(), tx));
+            tokio::spawn(source::kube::run(client, node_name, health.clone(), tx));
             desc
         }
     };
-    let mut dp = kernel::load(&opts.load)?;
+    let mut dp = datapath::load(&opts.load)?;
     let mirror = dp.read_mirror()?;
     tracing::info!(
         frontends = mirror.frontends().count(),
@@ -137,7 +137,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     status.set_source(&source_desc);
     status.health_port = match opts.health_addr {
         Some(addr) => {
-            let bound = crate::health::serve(addr, health.clone())
+            let bound = crate::serve::health::serve(addr, health.clone())
                 .with_context(|| format!("--health-addr {addr}"))?;
             tracing::info!(%bound, "health endpoint serving /healthz /livez /metrics");
             bound.port() as u32
@@ -155,15 +155,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         health
             .metrics
             .map_capacity
-            .get_or_create(&crate::health::MapLabel { map: map.into() })
+            .get_or_create(&crate::serve::health::MapLabel { map: map.into() })
             .set(cap as i64);
     }
-    let pinned = kernel::Pinned {
+    let pinned = datapath::Pinned {
         pin_dir: opts.load.pin_dir.clone(),
     };
     let mut needs_resync = false;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
-    let mut health_checks = crate::health_check::HealthChecks::default();
+    let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
     let mut gc = tokio::time::interval(Duration::from_secs(10));
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,7 +186,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
-                        health.metrics.datapath_packets.get_or_create(&crate::health::ReasonLabel { reason: name.into() }).set(v as i64);
+                        health.metrics.datapath_packets.get_or_create(&crate::serve::health::ReasonLabel { reason: name.into() }).set(v as i64);
                     }
                 }
                 continue;
@@ -226,7 +226,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     health
                         .metrics
                         .objects
-                        .get_or_create(&crate::health::KindLabel { kind: kind.clone() })
+                        .get_or_create(&crate::serve::health::KindLabel { kind: kind.clone() })
                         .set(*n as i64);
                 }
                 let m = rec.mirror();
@@ -237,7 +237,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     health
                         .metrics
                         .map_entries
-                        .get_or_create(&crate::health::MapLabel { map: map.into() })
+                        .get_or_create(&crate::serve::health::MapLabel { map: map.into() })
                         .set(n as i64);
                 }
                 for e in &out.errors {
@@ -278,7 +278,8 @@ fn sync_pod_ifaces(dp: &mut Datapath, patterns: &[String]) {
     if patterns.iter().all(String::is_empty) {
         return;
     }
-    let r = crate::host::interfaces_matching(patterns).and_then(|p| dp.sync_pod_ifaces(&p));
+    let r =
+        crate::datapath::host::interfaces_matching(patterns).and_then(|p| dp.sync_pod_ifaces(&p));
     if let Err(e) = r {
         tracing::warn!("pod interfaces: {e:#}");
     }
@@ -300,16 +301,16 @@ fn node_setup(
     *seen = Some(addrs.clone());
     let mut cfg = lb_common::Config::default();
     if let Some(v4) = addrs.iter().find(|a| a.is_ipv4()) {
-        cfg.node_ip4 = crate::desired::net_addr(*v4);
+        cfg.node_ip4 = crate::compute::desired::net_addr(*v4);
         cfg.flags |= lb_common::CONFIG_HAS_IP4;
     }
     if let Some(v6) = addrs.iter().find(|a| a.is_ipv6()) {
-        cfg.node_ip6 = crate::desired::net_addr(*v6);
+        cfg.node_ip6 = crate::compute::desired::net_addr(*v6);
         cfg.flags |= lb_common::CONFIG_HAS_IP6;
     }
     dp.set_config(cfg)?;
     let devs = if devices.is_empty() {
-        crate::host::interfaces_with(addrs)?
+        crate::datapath::host::interfaces_with(addrs)?
     } else {
         devices.to_vec()
     };

@@ -1,18 +1,20 @@
-//! The agent: source -> snapshot -> desired state -> plan -> map writer.
+//! The agent. Its folders follow the data flow:
+//!
+//! ```text
+//! source/    kube watchers or YAML files -> change sets
+//! model/     the cluster snapshot: plain structs from k8s-openapi objects
+//! compute/   desired state per Service and per policy endpoint (pure), the plan
+//!            that diffs it against a mirror of the maps, the reconciler
+//! datapath/  the only module that imports aya: load, pins, links, map writer
+//! serve/     /healthz, /metrics and the healthCheckNodePorts
+//! cli/       the inspection subcommands
+//! agent.rs   `lb-agent run`: wires the stages together
+//! ```
 
 pub mod agent;
-pub mod cidr;
-pub mod conntrack_gc;
-pub mod desired;
-pub mod health;
-pub mod health_check;
-pub mod host;
-pub mod inspect;
-pub mod kernel;
-pub mod maglev;
-pub mod manifest;
-pub mod plan;
-pub mod reconcile;
-pub mod snapshot;
-pub mod source_file;
-pub mod source_kube;
+pub mod cli;
+pub mod compute;
+pub mod datapath;
+pub mod model;
+pub mod serve;
+pub mod source;

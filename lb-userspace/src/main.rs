@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_agent::{agent, host, inspect, kernel};
+use lb_agent::{agent, cli, datapath};
 
 #[derive(Parser)]
 #[command(name = "lb-agent", version, about = "eBPF service load balancer agent")]
@@ -97,7 +97,7 @@ enum Cmd {
         /// Which of this node's addresses serve NodePorts, as CIDRs,
         /// comma-separated (default: every address of the Node object).
         #[arg(long, value_delimiter = ',', env = "LB_NODEPORT_ADDRESSES")]
-        nodeport_addresses: Vec<lb_agent::cidr::Cidr>,
+        nodeport_addresses: Vec<lb_agent::model::cidr::Cidr>,
         /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
         /// (port 0 picks a free port, shown by `lb-agent status`).
         #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
@@ -110,10 +110,10 @@ enum Cmd {
         /// How the TC programs attach: tcx links where the kernel has them
         /// (auto), or clsact filters (netlink; kernels before 6.6).
         #[arg(long, value_enum, default_value = "auto", env = "LB_TC_ATTACH")]
-        tc_attach: kernel::TcAttach,
+        tc_attach: datapath::TcAttach,
         /// The XDP fast path on the external devices (in front of TC).
         #[arg(long, value_enum, default_value = "off", env = "LB_XDP")]
-        xdp: kernel::XdpAttach,
+        xdp: datapath::XdpAttach,
         #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
         log_format: LogFormat,
     },
@@ -158,7 +158,7 @@ enum ListCmd {
 
 fn maglev_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if n != 0 && !lb_agent::maglev::is_prime(n as usize) {
+    if n != 0 && !lb_agent::compute::maglev::is_prime(n as usize) {
         return Err(format!(
             "{n} is not prime (Maglev needs a prime table size, e.g. 251, 4093, 16381, 65521)"
         ));
@@ -210,7 +210,7 @@ fn main() -> anyhow::Result<()> {
             init_logs(log_format);
             let cgroup = match cgroup {
                 Some(c) => c,
-                None => host::cgroup2_root()?,
+                None => datapath::host::cgroup2_root()?,
             };
             let opts = agent::RunOptions {
                 source,
@@ -219,7 +219,7 @@ fn main() -> anyhow::Result<()> {
                 node_name,
                 devices,
                 pod_ifaces,
-                ct_timeouts: lb_agent::conntrack_gc::Timeouts {
+                ct_timeouts: lb_agent::compute::conntrack_gc::Timeouts {
                     tcp: ct_timeout_tcp,
                     tcp_syn: ct_timeout_tcp_syn,
                     tcp_closing: ct_timeout_tcp_closing,
@@ -232,13 +232,13 @@ fn main() -> anyhow::Result<()> {
                         format!("--health-addr: `{a}` is not ADDRESS:PORT or off")
                     })?),
                 },
-                load: kernel::LoadOptions {
+                load: datapath::LoadOptions {
                     pin_dir: pins.pin_dir,
                     maglev_size: maglev_table_size,
                     cgroup,
                     xdp,
                     tc_attach,
-                    sizes: kernel::MapSizes {
+                    sizes: datapath::MapSizes {
                         services: max_services,
                         backends: max_backends,
                         sock_rev: max_sock_rev,
@@ -252,38 +252,38 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(agent::run(opts))
         }
-        Cmd::Status { pins, output } => inspect::status(
-            &kernel::Pinned {
+        Cmd::Status { pins, output } => cli::inspect::status(
+            &datapath::Pinned {
                 pin_dir: pins.pin_dir,
             },
             output == Output::Json,
         ),
         Cmd::Service {
             cmd: ListCmd::List { pins, output },
-        } => inspect::services(
-            &kernel::Pinned {
+        } => cli::inspect::services(
+            &datapath::Pinned {
                 pin_dir: pins.pin_dir,
             },
             output == Output::Json,
         ),
         Cmd::Ct {
             cmd: ListCmd::List { pins, output },
-        } => inspect::conntrack(
-            &kernel::Pinned {
+        } => cli::inspect::conntrack(
+            &datapath::Pinned {
                 pin_dir: pins.pin_dir,
             },
             output == Output::Json,
         ),
         Cmd::Backend {
             cmd: ListCmd::List { pins, output },
-        } => inspect::backends(
-            &kernel::Pinned {
+        } => cli::inspect::backends(
+            &datapath::Pinned {
                 pin_dir: pins.pin_dir,
             },
             output == Output::Json,
         ),
         Cmd::Reset { pins } => {
-            let removed = kernel::reset(&pins.pin_dir).context("reset")?;
+            let removed = datapath::reset(&pins.pin_dir).context("reset")?;
             eprintln!(
                 "removed {} pins under {}",
                 removed.len(),

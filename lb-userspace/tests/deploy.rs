@@ -22,9 +22,9 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb_agent::{
-    health::{DEFAULT_PORT, HEALTHZ_PATH, LIVEZ_PATH},
-    manifest::{describe, typed},
-    source_kube::{VERBS, WATCHED},
+    serve::health::{DEFAULT_PORT, HEALTHZ_PATH, LIVEZ_PATH},
+    source::kube::{VERBS, WATCHED},
+    source::manifest::{describe, typed},
 };
 use serde_json::Value;
 
@@ -182,7 +182,7 @@ fn the_cluster_role_grants_exactly_what_the_agent_watches() {
         .collect();
     assert_eq!(
         granted, wanted,
-        "{what}: rules must grant exactly lb_agent::source_kube::{{WATCHED x VERBS}} as (group, resource, verb)"
+        "{what}: rules must grant exactly lb_agent::source::kube::{{WATCHED x VERBS}} as (group, resource, verb)"
     );
 
     let sa = &m.service_accounts[0];
@@ -285,7 +285,7 @@ fn the_daemonset_runs_the_agent_where_and_how_it_needs() {
         assert_eq!(
             get.port,
             IntOrString::Int(DEFAULT_PORT.into()),
-            "{DS}: container agent: {name}.httpGet.port must be lb_agent::health::DEFAULT_PORT"
+            "{DS}: container agent: {name}.httpGet.port must be lb_agent::serve::health::DEFAULT_PORT"
         );
     }
 
@@ -502,7 +502,7 @@ fn the_config_map_holds_only_flags_the_agent_reads() {
             .parse()
             .unwrap_or_else(|e| panic!("{CM}: data.LB_MAGLEV_TABLE_SIZE: {e}"));
         assert!(
-            n == 0 || lb_agent::maglev::is_prime(n),
+            n == 0 || lb_agent::compute::maglev::is_prime(n),
             "{CM}: data.LB_MAGLEV_TABLE_SIZE: {n} is not prime"
         );
     }

@@ -205,7 +205,7 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
-        let _ = lb_agent::kernel::reset(&self.pin_dir);
+        let _ = lb_agent::datapath::reset(&self.pin_dir);
     }
 }
 

@@ -21,7 +21,7 @@ pub fn require_kernel() {
         "this test needs root (BPF, cgroups, network namespaces): run it through `cargo xtask test` as root"
     );
     assert!(
-        lb_agent::host::cgroup2_root().is_ok(),
+        lb_agent::datapath::host::cgroup2_root().is_ok(),
         "this test needs a cgroup v2 hierarchy mounted (none found in /proc/mounts)"
     );
     assert!(
@@ -88,7 +88,7 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn cgroup_base() -> anyhow::Result<PathBuf> {
     match std::env::var_os("LB_LAB_CGROUP_PARENT") {
         Some(p) => Ok(p.into()),
-        None => lb_agent::host::cgroup2_root(),
+        None => lb_agent::datapath::host::cgroup2_root(),
     }
 }
 
@@ -103,7 +103,9 @@ fn tagged_pid(tag: &str, name: &str) -> Option<u32> {
 pub fn cleanup(tag: &str, select: impl Fn(u32) -> bool) {
     let pick = |n: &str| tagged_pid(tag, n).is_some_and(&select);
     let mut cgroups = Vec::new();
-    let mut bases: Vec<PathBuf> = lb_agent::host::cgroup2_root().into_iter().collect();
+    let mut bases: Vec<PathBuf> = lb_agent::datapath::host::cgroup2_root()
+        .into_iter()
+        .collect();
     bases.extend(cgroup_base().ok());
     bases.dedup();
     for root in bases {
@@ -122,7 +124,7 @@ pub fn cleanup(tag: &str, select: impl Fn(u32) -> bool) {
     if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
         for e in rd.flatten() {
             if pick(&e.file_name().to_string_lossy()) {
-                let _ = lb_agent::kernel::reset(&e.path());
+                let _ = lb_agent::datapath::reset(&e.path());
             }
         }
     }

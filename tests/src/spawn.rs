@@ -17,7 +17,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn new(name: &str) -> Self {
-        let root = lb_agent::host::cgroup2_root().expect("cgroup2");
+        let root = lb_agent::datapath::host::cgroup2_root().expect("cgroup2");
         let path = root.join(name);
         std::fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));

@@ -70,7 +70,7 @@ fn lab_args(path: &Path, dump: Option<&Path>, agent_args: &[&str]) -> Run {
 fn assert_nothing_left(pid: u32) {
     let tag = format!("lbl{pid}-");
     let mut left = Vec::new();
-    let root = lb_agent::host::cgroup2_root().unwrap();
+    let root = lb_agent::datapath::host::cgroup2_root().unwrap();
     for dir in [
         PathBuf::from("/run/netns"),
         root,

@@ -286,7 +286,8 @@ impl Cluster {
             {
                 o["metadata"]["namespace"] = json!("default");
             }
-            lb_agent::manifest::parse_object(&o).map_err(|e| Invalid(format!("{field}: {e}")))?;
+            lb_agent::source::manifest::parse_object(&o)
+                .map_err(|e| Invalid(format!("{field}: {e}")))?;
             if str_at(&o, "/kind") == Some("Service") {
                 self.allocate(&mut o);
             }
@@ -723,7 +724,7 @@ objects:
         )));
         for s in &slices {
             assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
-            lb_agent::manifest::parse_object(s).unwrap();
+            lb_agent::source::manifest::parse_object(s).unwrap();
         }
     }
 

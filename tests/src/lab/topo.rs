@@ -266,7 +266,7 @@ pub fn xdp_pass_on_peers(c: &Cluster) -> anyhow::Result<super::aya_keepalive::Ke
             return Err(std::io::Error::last_os_error()).context("entering the underlay namespace");
         }
         Ok(super::aya_keepalive::Keep(Box::new(
-            lb_agent::kernel::xdp_pass_on(&peers)?,
+            lb_agent::datapath::xdp_pass_on(&peers)?,
         )))
     })
     .join()

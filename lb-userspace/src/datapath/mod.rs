@@ -2,6 +2,7 @@
 //! object, its pins and links, writing plans into the maps and reading them
 //! back. No other module imports aya.
 
+pub mod host;
 mod sys;
 #[cfg(test)]
 mod test_run;
@@ -29,7 +30,7 @@ use lb_common::{
     ServiceValue, SockRevKey, SockRevValue, SrcRangeData, Status,
 };
 
-use crate::plan::{Mirror, Op};
+use crate::compute::plan::{Mirror, Op};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
@@ -267,7 +268,7 @@ pub const TC_PROGRAMS: &[(&str, &str)] =
     &[("lb_tc_ingress", "ingress"), ("lb_tc_egress", "egress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
-    crate::host::ensure_pin_dir(&opts.pin_dir)?;
+    crate::datapath::host::ensure_pin_dir(&opts.pin_dir)?;
     let links_dir = opts.pin_dir.join("links");
     std::fs::create_dir_all(&links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
@@ -288,7 +289,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
 
     let cgroup = std::fs::File::open(&opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
-    let cgroup_id = crate::host::cgroup_id(&opts.cgroup)?;
+    let cgroup_id = crate::datapath::host::cgroup_id(&opts.cgroup)?;
     for (name, attach_type) in SOCK_PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -445,7 +446,7 @@ impl Datapath {
             let dev = name
                 .strip_prefix("tc-ingress-")
                 .or_else(|| name.strip_prefix("tc-egress-"));
-            if let Some(dev) = dev.filter(|d| !crate::host::interface_exists(d)) {
+            if let Some(dev) = dev.filter(|d| !crate::datapath::host::interface_exists(d)) {
                 tracing::info!(
                     interface = dev,
                     "unpinning the links of a vanished interface"
@@ -606,7 +607,7 @@ impl Datapath {
     pub fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         // Tables the plan shares (one Service's frontends on several
         // addresses) become one inner map under several keys.
-        let mut made: Vec<(crate::plan::MaglevTable, MapData)> = Vec::new();
+        let mut made: Vec<(crate::compute::plan::MaglevTable, MapData)> = Vec::new();
         for op in ops {
             match op {
                 Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
@@ -641,15 +642,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// One conntrack sweep: removes what `conntrack_gc::expired` says, walking
+    /// One conntrack sweep: removes what `compute::conntrack_gc::expired` says, walking
     /// at most the map's size of keys (a walk over an LRU being written can
     /// restart). Returns how many entries went, and how many it saw.
     pub fn ct_gc(
         &mut self,
         backends: &std::collections::HashMap<u32, Backend>,
-        t: &crate::conntrack_gc::Timeouts,
+        t: &crate::compute::conntrack_gc::Timeouts,
     ) -> anyhow::Result<(usize, usize)> {
-        let now = crate::inspect::monotonic_s();
+        let now = crate::cli::inspect::monotonic_s();
         let map = self
             .ebpf
             .map_mut(MAP_CT)
@@ -662,7 +663,7 @@ impl Datapath {
             .take(max)
             .filter_map(Result::ok)
             .inspect(|_| seen += 1)
-            .filter(|(k, v)| crate::conntrack_gc::expired(k, v, now, backends, t))
+            .filter(|(k, v)| crate::compute::conntrack_gc::expired(k, v, now, backends, t))
             .map(|(k, _)| k)
             .collect();
         let mut n = 0;
@@ -723,7 +724,7 @@ fn attach_netlink(
 fn detach_netlink_filters() {
     use aya::programs::links::Link as _;
     use aya::programs::tc::SchedClassifierLink;
-    let Ok(ifaces) = crate::host::interfaces_matching(&["*".to_string()]) else {
+    let Ok(ifaces) = crate::datapath::host::interfaces_matching(&["*".to_string()]) else {
         return;
     };
     for (dev, _) in ifaces {
@@ -920,7 +921,7 @@ mod tests {
             "loading BPF maps needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-objcheck", std::process::id()));
-        crate::host::ensure_pin_dir(&dir).expect("bpffs");
+        crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
         struct Cleanup(PathBuf);
         impl Drop for Cleanup {
             fn drop(&mut self) {

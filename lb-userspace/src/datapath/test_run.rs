@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use super::{OBJECT, TC_PROGRAMS};
-use crate::desired::net_addr;
+use crate::compute::desired::net_addr;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -48,7 +48,7 @@ impl Bed {
             "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-tr{tag}", std::process::id()));
-        crate::host::ensure_pin_dir(&dir).expect("bpffs");
+        crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(OBJECT)

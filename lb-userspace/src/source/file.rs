@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    manifest::{self, Object},
-    snapshot::{Change, ObjRef},
+    model::snapshot::{Change, ObjRef},
+    source::manifest::{self, Object},
 };
 
 pub const GENERATION_FILE: &str = "GENERATION";

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use lb_common::{SVC_FLAG_ADDR_ONLY, ServiceKey};
 
 use crate::{
-    desired::{self, ip_of},
-    health_check::Check,
-    plan::{Mirror, Op},
-    snapshot::{Change, ObjRef, Snapshot},
+    compute::desired::{self, ip_of},
+    compute::plan::{Mirror, Op},
+    model::snapshot::{Change, ObjRef, Snapshot},
+    serve::health_check::Check,
 };
 
 /// Where ops go: the kernel maps, or a fake in tests.
@@ -31,7 +31,7 @@ pub struct Reconciler {
     pub health_checks: BTreeMap<u16, Check>,
     /// `--nodeport-addresses`: which of the node's addresses serve
     /// NodePorts (empty: all of them).
-    pub node_port_cidrs: Vec<crate::cidr::Cidr>,
+    pub node_port_cidrs: Vec<crate::model::cidr::Cidr>,
 }
 
 #[derive(Debug, Default)]
@@ -217,7 +217,7 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Object, parse_documents};
+    use crate::source::manifest::{Object, parse_documents};
 
     #[derive(Default)]
     struct Fake {
@@ -303,7 +303,7 @@ mod tests {
             .apply(&objs(&slice("s7-a", "s7", "10.244.2.7")), false, &mut w)
             .unwrap();
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let s7 = crate::desired::net_addr("10.96.1.7".parse().unwrap());
+        let s7 = crate::compute::desired::net_addr("10.96.1.7".parse().unwrap());
         for op in &w.applied {
             match op {
                 Op::PutService { key, .. } | Op::DelService { key } => {

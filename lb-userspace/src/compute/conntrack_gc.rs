@@ -61,7 +61,7 @@ pub fn expired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::net_addr;
+    use crate::compute::desired::net_addr;
     use lb_common::{BeU16, CT_REV, PROTO_UDP};
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::manifest::Object;
+use crate::source::manifest::Object;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjRef {
@@ -78,7 +78,7 @@ pub struct ServiceInfo {
     /// sessionAffinity: ClientIP's timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
     /// `spec.loadBalancerSourceRanges` (leading and trailing spaces allowed).
-    pub source_ranges: Vec<crate::cidr::Cidr>,
+    pub source_ranges: Vec<crate::model::cidr::Cidr>,
 }
 
 /// This node, as its Node object describes it.
@@ -270,7 +270,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         .enumerate()
     {
         source_ranges.push(
-            r.parse::<crate::cidr::Cidr>()
+            r.parse::<crate::model::cidr::Cidr>()
                 .map_err(|e| format!("{object}: spec.loadBalancerSourceRanges[{i}]: {e}"))?,
         );
     }

@@ -9,7 +9,7 @@ use lb_common::{
     SVC_FLAG_SOURCE_RANGES, ServiceKey,
 };
 
-use crate::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
+use crate::model::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
@@ -19,7 +19,7 @@ pub struct Frontend {
     /// sessionAffinity ClientIP timeout in seconds (0: none).
     pub affinity_timeout: u32,
     /// loadBalancerSourceRanges, on LoadBalancer IP frontends only.
-    pub source_ranges: Vec<crate::cidr::Cidr>,
+    pub source_ranges: Vec<crate::model::cidr::Cidr>,
     /// Sorted, without duplicates: the order is the agent's, not the API's.
     pub backends: Vec<Backend>,
 }
@@ -244,7 +244,7 @@ fn backends_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{EndpointInfo, ObjRef, ServicePortInfo, SlicePortInfo};
+    use crate::model::snapshot::{EndpointInfo, ObjRef, ServicePortInfo, SlicePortInfo};
 
     fn svc(ips: &[&str], ports: &[(&str, u16, Proto)]) -> ServiceInfo {
         ServiceInfo {

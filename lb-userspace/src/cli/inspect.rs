@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use lb_common::{SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT};
 use serde_json::json;
 
-use crate::{desired::ip_of, kernel::Pinned};
+use crate::{compute::desired::ip_of, datapath::Pinned};
 
 fn proto_name(p: u8) -> &'static str {
     match p {

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::snapshot::ObjRef;
+use crate::model::snapshot::ObjRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
@@ -98,7 +98,7 @@ fn serve(port: u16, check: Check) -> anyhow::Result<Server> {
                 Ok((mut conn, _)) => {
                     let _ = conn.set_nonblocking(false);
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = crate::health::read_request(&mut conn);
+                    let _ = crate::serve::health::read_request(&mut conn);
                     let resp = response(&c.lock().unwrap_or_else(|e| e.into_inner()));
                     let _ = conn.write_all(resp.as_bytes());
                 }

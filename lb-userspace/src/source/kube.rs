@@ -39,10 +39,10 @@ use kube::{
 use tokio::sync::mpsc;
 
 use crate::{
-    health::Health,
-    manifest::Object,
-    snapshot::{Change, ObjRef},
-    source_file::{Batch, object_id},
+    model::snapshot::{Change, ObjRef},
+    serve::health::Health,
+    source::file::{Batch, object_id},
+    source::manifest::Object,
 };
 
 /// What the agent watches, as (API group, resource): the ClusterRole in

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use lb_common::{Backend, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue, SrcRangeData};
 
-use crate::desired::Frontend;
+use crate::compute::desired::Frontend;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -243,7 +243,7 @@ impl Mirror {
             .source_ranges
             .iter()
             .map(|c| {
-                let client = crate::desired::net_addr(c.addr);
+                let client = crate::compute::desired::net_addr(c.addr);
                 let bits = if c.addr.is_ipv4() {
                     96 + c.len as u32
                 } else {
@@ -379,7 +379,7 @@ impl Mirror {
             .iter()
             .map(|id| {
                 let b = &self.backends[id];
-                std::net::SocketAddr::new(crate::desired::ip_of(&b.addr), b.port.to_host())
+                std::net::SocketAddr::new(crate::compute::desired::ip_of(&b.addr), b.port.to_host())
             })
             .collect();
         // A Service's frontends on several addresses (NodePort on each node
@@ -393,7 +393,7 @@ impl Mirror {
             .entry(addrs)
             .or_insert_with_key(|addrs| {
                 MaglevTable(
-                    crate::maglev::table(addrs, size)
+                    crate::compute::maglev::table(addrs, size)
                         .into_iter()
                         .map(|i| i as u32 + 1)
                         .collect(),
@@ -442,7 +442,7 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::net_addr;
+    use crate::compute::desired::net_addr;
     use lb_common::{BeU16, PROTO_TCP, SCOPE_INTERNAL};
 
     fn fe(ip: &str, port: u16, backends: &[u8]) -> Frontend {

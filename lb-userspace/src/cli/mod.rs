@@ -1,0 +1,3 @@
+//! Inspection subcommands: read the pinned maps and print them.
+
+pub mod inspect;

@@ -1,0 +1,8 @@
+//! Pure stages: desired state from the snapshot, the plan that diffs it
+//! against a mirror of the maps, and the reconciler that drives both.
+
+pub mod conntrack_gc;
+pub mod desired;
+pub mod maglev;
+pub mod plan;
+pub mod reconcile;

@@ -1,0 +1,4 @@
+//! The cluster as the agent needs it, indexed for cheap change lookups.
+
+pub mod cidr;
+pub mod snapshot;

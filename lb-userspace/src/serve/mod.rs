@@ -1,0 +1,4 @@
+//! HTTP endpoints: the agent's health and metrics, the healthCheckNodePorts.
+
+pub mod health;
+pub mod health_check;
