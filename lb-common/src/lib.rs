@@ -6,6 +6,8 @@
 
 pub mod addr;
 pub mod maps;
+pub mod policy;
 
 pub use addr::{BeU16, NetAddr};
 pub use maps::*;
+pub use policy::*;

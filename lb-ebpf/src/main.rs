@@ -10,6 +10,7 @@ mod maglev;
 mod maps;
 mod nat;
 mod packet;
+mod policy;
 mod service;
 mod sock;
 mod tc;
@@ -33,6 +34,18 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     tc::egress(&ctx)
+}
+
+/// On the host side of a pod interface: the pod's egress.
+#[classifier]
+pub fn lb_pod_from(ctx: TcContext) -> i32 {
+    policy::from_pod(&ctx)
+}
+
+/// On the host side of a pod interface: the pod's ingress.
+#[classifier]
+pub fn lb_pod_to(ctx: TcContext) -> i32 {
+    policy::to_pod(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -8,9 +8,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, COUNTERS, Config, CtKey, CtValue,
-    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_MAGLEV_MAX,
-    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SrcRangeData, Status,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_IPCACHE_MAX,
+    DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX, DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX,
+    DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX,
+    IpcacheData, NetAddr, POL_EP_ID_MAX, POL_REASONS, PolCidrData, PolCtKey, PolCtValue,
+    PolEndpoint, PolicyData, PolicyState, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    SrcRangeData, Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -74,3 +77,35 @@ pub static LB_MAGLEV_V1: HashOfMaps<
     btf_maps::Array<u32, 1, { BPF_F_INNER_MAP as usize }>,
     { DEFAULT_MAGLEV_MAX as usize },
 > = HashOfMaps::new();
+
+/// Address -> identity: every pod of the cluster, this node's addresses.
+/// Agent-owned.
+#[map]
+pub static LB_IPCACHE_V1: LpmTrie<IpcacheData, u32> = LpmTrie::pinned(DEFAULT_IPCACHE_MAX, 0);
+
+/// Local pod address -> endpoint (id, identity, isolation). Agent-owned.
+#[map]
+pub static LB_POL_EP_V1: HashMap<NetAddr, PolEndpoint> = HashMap::pinned(DEFAULT_POL_EP_MAX, 0);
+
+/// Allow entries by endpoint, peer identity, direction, protocol and port
+/// prefix. Agent-owned.
+#[map]
+pub static LB_POLICY_V1: LpmTrie<PolicyData, u32> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
+
+/// ipBlock peers: (endpoint, direction, address prefix) -> CIDR-set
+/// identity, `except` blocks already carved out. Agent-owned.
+#[map]
+pub static LB_POL_CIDR_V1: LpmTrie<PolCidrData, u32> = LpmTrie::pinned(DEFAULT_POL_CIDR_MAX, 0);
+
+/// Flows the policy allowed. Kernel-written; the agent sweeps it.
+#[map]
+pub static LB_POL_CT_V1: LruHashMap<PolCtKey, PolCtValue> =
+    LruHashMap::pinned(DEFAULT_POL_CT_MAX, 0);
+
+/// The policy revision and flags. Agent-owned.
+#[map]
+pub static LB_POL_STATE_V1: Array<PolicyState> = Array::pinned(1, 0);
+
+/// Policy verdicts per endpoint and reason, per CPU.
+#[map]
+pub static LB_POL_COUNT_V1: PerCpuArray<u64> = PerCpuArray::pinned(POL_EP_ID_MAX * POL_REASONS, 0);

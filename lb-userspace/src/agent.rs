@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use crate::{
     compute::plan::{Mirror, Op},
     compute::reconcile::{Reconciler, Writer},
+    compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     datapath::{self, Datapath, LoadOptions},
     source,
     source::file::{Batch, FileSource},
@@ -57,6 +58,12 @@ impl Writer for Datapath {
     }
     fn read_mirror(&self) -> anyhow::Result<Mirror> {
         Datapath::read_mirror(self)
+    }
+    fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()> {
+        self.policy.apply(ops)
+    }
+    fn read_policy(&self) -> anyhow::Result<PolicyMaps> {
+        self.policy.read()
     }
 }
 
@@ -132,6 +139,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let mut rec = Reconciler::new(mirror, opts.node_name.clone());
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
+    rec.policy = PolicySync::adopt(dp.policy.read()?);
+    rec.policy.host_addrs = local_addrs();
     let mut status = dp.status()?;
     status.agent_pid = std::process::id();
     status.set_source(&source_desc);
@@ -272,6 +281,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+/// This node's own addresses: they get the host identity (the pod's own
+/// node always reaches it). Link-local ones are left out.
+fn local_addrs() -> Vec<std::net::IpAddr> {
+    match crate::datapath::host::interface_addrs() {
+        Ok(a) => a
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .filter(|ip| match ip {
+                std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                std::net::IpAddr::V4(_) => true,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("listing this node's addresses: {e:#}");
+            vec![]
+        }
+    }
 }
 
 fn sync_pod_ifaces(dp: &mut Datapath, patterns: &[String]) {

@@ -3,6 +3,10 @@
 
 pub mod conntrack_gc;
 pub mod desired;
+pub mod identity;
 pub mod maglev;
 pub mod plan;
+pub mod policy;
+pub mod policy_plan;
+pub mod policy_sync;
 pub mod reconcile;

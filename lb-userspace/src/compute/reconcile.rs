@@ -10,6 +10,7 @@ use lb_common::{SVC_FLAG_ADDR_ONLY, ServiceKey};
 use crate::{
     compute::desired::{self, ip_of},
     compute::plan::{Mirror, Op},
+    compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     model::snapshot::{Change, ObjRef, Snapshot},
     serve::health_check::Check,
 };
@@ -18,6 +19,8 @@ use crate::{
 pub trait Writer {
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()>;
     fn read_mirror(&self) -> anyhow::Result<Mirror>;
+    fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()>;
+    fn read_policy(&self) -> anyhow::Result<PolicyMaps>;
 }
 
 pub struct Reconciler {
@@ -32,6 +35,7 @@ pub struct Reconciler {
     /// `--nodeport-addresses`: which of the node's addresses serve
     /// NodePorts (empty: all of them).
     pub node_port_cidrs: Vec<crate::model::cidr::Cidr>,
+    pub policy: PolicySync,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +66,7 @@ impl Reconciler {
             owner: HashMap::new(),
             health_checks: BTreeMap::new(),
             node_port_cidrs: Vec::new(),
+            policy: PolicySync::default(),
         }
     }
 
@@ -97,7 +102,29 @@ impl Reconciler {
             self.mirror = w.read_mirror()?;
             return Err(e);
         }
+        out.errors.append(&mut self.snapshot.warnings);
+        if self.snapshot.policy_dirty || full {
+            out.ops += self.sync_policy(w, &mut out.errors)?;
+        }
         Ok(out)
+    }
+
+    /// Recomputes the policy state and writes what changed.
+    fn sync_policy(
+        &mut self,
+        w: &mut dyn Writer,
+        errors: &mut Vec<String>,
+    ) -> anyhow::Result<usize> {
+        self.snapshot.policy_dirty = false;
+        let ops = self.policy.plan(&self.snapshot, errors);
+        if let Err(e) = w.apply_policy(&ops) {
+            self.policy.reload(w.read_policy()?);
+            // Computed again at the next resync.
+            self.snapshot.policy_dirty = true;
+            return Err(e);
+        }
+        self.policy.applied(&ops);
+        Ok(ops.len())
     }
 
     /// After a complete listing: frontends the maps hold that no Service
@@ -129,6 +156,8 @@ impl Reconciler {
         self.remove_unclaimed(&mut ops);
         out.ops = ops.len();
         w.apply(&ops)?;
+        self.policy.reload(w.read_policy()?);
+        out.ops += self.sync_policy(w, &mut out.errors)?;
         Ok(out)
     }
 
@@ -223,6 +252,7 @@ mod tests {
     struct Fake {
         mirror: Mirror,
         applied: Vec<Op>,
+        policy: PolicyMaps,
     }
     impl Writer for Fake {
         fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
@@ -231,6 +261,13 @@ mod tests {
         }
         fn read_mirror(&self) -> anyhow::Result<Mirror> {
             Ok(self.mirror.clone())
+        }
+        fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()> {
+            crate::compute::policy_plan::apply(&mut self.policy, ops);
+            Ok(())
+        }
+        fn read_policy(&self) -> anyhow::Result<PolicyMaps> {
+            Ok(self.policy.clone())
         }
     }
 

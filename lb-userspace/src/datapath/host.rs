@@ -106,8 +106,20 @@ fn refuse_private_mount_namespace() -> anyhow::Result<()> {
     }
 }
 
-/// Names of the interfaces holding any of `addrs` (getifaddrs).
+/// Names of the interfaces holding any of `addrs`.
 pub fn interfaces_with(addrs: &[std::net::IpAddr]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for (name, ip) in interface_addrs()? {
+        if addrs.contains(&ip) && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Every address of this network namespace's interfaces, with the
+/// interface holding it (getifaddrs).
+pub fn interface_addrs() -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
     let mut out = Vec::new();
     // SAFETY: getifaddrs fills a list we walk read-only and free once.
     unsafe {
@@ -133,14 +145,10 @@ pub fn interfaces_with(addrs: &[std::net::IpAddr]) -> anyhow::Result<Vec<String>
                 }
                 _ => continue,
             };
-            if addrs.contains(&ip) {
-                let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                    .to_string_lossy()
-                    .to_string();
-                if !out.contains(&name) {
-                    out.push(name);
-                }
-            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .to_string();
+            out.push((name, ip));
         }
         libc::freeifaddrs(head);
     }

@@ -3,6 +3,7 @@
 //! back. No other module imports aya.
 
 pub mod host;
+pub mod policy;
 mod sys;
 #[cfg(test)]
 mod test_run;
@@ -121,9 +122,58 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 10] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 17] {
     use std::mem::size_of;
     [
+        MapSpec {
+            name: lb_common::MAP_IPCACHE,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::IpcacheData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_IPCACHE_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_EP,
+            map_type: MapType::Hash,
+            key_size: 16,
+            value_size: size_of::<lb_common::PolEndpoint>() as u32,
+            max_entries: lb_common::DEFAULT_POL_EP_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POLICY,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::PolicyData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POLICY_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_CIDR,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::PolCidrData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POL_CIDR_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_CT,
+            map_type: MapType::LruHash,
+            key_size: size_of::<lb_common::PolCtKey>() as u32,
+            value_size: size_of::<lb_common::PolCtValue>() as u32,
+            max_entries: lb_common::DEFAULT_POL_CT_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_STATE,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<lb_common::PolicyState>() as u32,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_COUNT,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: lb_common::POL_EP_ID_MAX * lb_common::POL_REASONS,
+        },
         MapSpec {
             name: MAP_MAGLEV,
             map_type: MapType::HashOfMaps,
@@ -261,11 +311,17 @@ pub struct Datapath {
     xdp: XdpAttach,
     tc_attach: TcAttach,
     ct_max: u32,
+    /// The NetworkPolicy maps.
+    pub policy: policy::PolicyIo,
 }
 
-/// The packet programs, with their direction.
+/// The packet programs of external devices, with their direction.
 pub const TC_PROGRAMS: &[(&str, &str)] =
     &[("lb_tc_ingress", "ingress"), ("lb_tc_egress", "egress")];
+
+/// The programs of pod interfaces: the same translation, plus
+/// NetworkPolicy (TC ingress there is the pod's egress).
+pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_from", "ingress"), ("lb_pod_to", "egress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     crate::datapath::host::ensure_pin_dir(&opts.pin_dir)?;
@@ -313,7 +369,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         tracing::info!(program = name, cgroup = %opts.cgroup.display(), "attached");
     }
 
-    for name in TC_PROGRAMS.iter().map(|(n, _)| n) {
+    for name in TC_PROGRAMS.iter().chain(POD_PROGRAMS).map(|(n, _)| n) {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -334,6 +390,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)?;
     let ranges = LpmTrie::try_from(take(&mut ebpf, lb_common::MAP_SRC_RANGES)?)?;
     let maglev = HashOfMaps::try_from(take(&mut ebpf, MAP_MAGLEV)?)?;
+    let policy = policy::PolicyIo::take(&mut ebpf)?;
     let mut config: Array<MapData, Config> = config;
     let mut cfg = config.get(&0, 0).context("reading config map")?;
     let maglev_valid = cfg.maglev_size == opts.maglev_size;
@@ -359,6 +416,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         xdp: opts.xdp,
         tc_attach: opts.tc_attach,
         ct_max: opts.sizes.ct,
+        policy,
     })
 }
 
@@ -417,7 +475,7 @@ impl Datapath {
             if self.devices.contains(dev) {
                 continue;
             }
-            self.attach_tc(dev)?;
+            self.attach_tc(dev, TC_PROGRAMS)?;
             if self.xdp != XdpAttach::Off {
                 self.attach_xdp(dev)?;
             }
@@ -458,7 +516,7 @@ impl Datapath {
             if self.pod_ifaces.contains_key(n) || self.devices.contains(n) {
                 continue;
             }
-            match self.attach_tc(n) {
+            match self.attach_tc(n, POD_PROGRAMS) {
                 Ok(()) => {
                     self.pod_ifaces.insert(n.clone(), *i);
                 }
@@ -477,8 +535,8 @@ impl Datapath {
 
     /// The TC programs on `dev` (ingress and egress), as pinned tcx links;
     /// a pinned link of an earlier agent gets the new program instead.
-    fn attach_tc(&mut self, dev: &str) -> anyhow::Result<()> {
-        for (name, dir) in TC_PROGRAMS {
+    fn attach_tc(&mut self, dev: &str, programs: &[(&str, &str)]) -> anyhow::Result<()> {
+        for (name, dir) in programs {
             let pin = self.links_dir.join(format!("tc-{dir}-{dev}"));
             let prog: &mut SchedClassifier = self
                 .ebpf

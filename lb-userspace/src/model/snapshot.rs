@@ -10,7 +10,10 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::source::manifest::Object;
+use crate::{
+    model::policy::{Labels, PodInfo, PolicyInfo, namespace_labels, pod_info, policy_info},
+    source::manifest::Object,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjRef {
@@ -41,7 +44,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn parse(s: Option<&str>) -> Result<Self, String> {
+    pub fn parse(s: Option<&str>) -> Result<Self, String> {
         match s.unwrap_or("TCP") {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
@@ -385,6 +388,16 @@ pub struct Snapshot {
     services: HashMap<ObjRef, ServiceInfo>,
     slices: HashMap<ObjRef, SliceInfo>,
     by_service: HashMap<ObjRef, BTreeSet<ObjRef>>,
+    /// What NetworkPolicy reads: every pod of the cluster, namespace labels,
+    /// the policies.
+    pub pods: HashMap<ObjRef, PodInfo>,
+    pub namespaces: HashMap<String, Labels>,
+    pub policies: HashMap<ObjRef, PolicyInfo>,
+    /// A change reached the policy inputs since the flag was last taken.
+    pub policy_dirty: bool,
+    /// Problems found while applying that did not stop the change (a
+    /// NetworkPolicy kept as broken, failing closed).
+    pub warnings: Vec<String>,
 }
 
 /// What an object change means for the snapshot, named by kind and key.
@@ -458,9 +471,34 @@ impl Snapshot {
                     return Ok(vec![]);
                 }
                 self.node = info;
+                self.policy_dirty = true;
                 Ok(self.node_port_services())
             }
-            Change::Upsert(_) => Ok(vec![]),
+            Change::Upsert(Object::Pod(p)) => {
+                let info = pod_info(p)?;
+                if self.pods.get(&info.key) != Some(&info) {
+                    self.pods.insert(info.key.clone(), info);
+                    self.policy_dirty = true;
+                }
+                Ok(vec![])
+            }
+            Change::Upsert(Object::Namespace(n)) => {
+                let (name, labels) = namespace_labels(n)?;
+                if self.namespaces.get(&name) != Some(&labels) {
+                    self.namespaces.insert(name, labels);
+                    self.policy_dirty = true;
+                }
+                Ok(vec![])
+            }
+            Change::Upsert(Object::NetworkPolicy(np)) => {
+                let (info, warning) = policy_info(np)?;
+                self.warnings.extend(warning);
+                if self.policies.get(&info.key) != Some(&info) {
+                    self.policies.insert(info.key.clone(), info);
+                    self.policy_dirty = true;
+                }
+                Ok(vec![])
+            }
             Change::Delete { kind, key } => Ok(match kind.as_str() {
                 "Service" => self
                     .services
@@ -469,6 +507,18 @@ impl Snapshot {
                     .into_iter()
                     .collect(),
                 "EndpointSlice" => self.remove_slice(key),
+                "Pod" => {
+                    self.policy_dirty |= self.pods.remove(key).is_some();
+                    vec![]
+                }
+                "Namespace" => {
+                    self.policy_dirty |= self.namespaces.remove(&key.name).is_some();
+                    vec![]
+                }
+                "NetworkPolicy" => {
+                    self.policy_dirty |= self.policies.remove(key).is_some();
+                    vec![]
+                }
                 "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
                     self.node.addrs.clear();
                     self.node.deleting = true;

@@ -60,8 +60,16 @@ pub const WATCHED: &[(&str, &str)] = &[
 pub const VERBS: &[&str] = &["get", "list", "watch"];
 
 /// Kinds that must be listed before the first change set: without them the
-/// reconciler would compute frontends from a partial view.
-const NEEDED_FOR_SYNC: &[&str] = &["Service", "EndpointSlice", "Node"];
+/// reconciler would compute frontends, or policies, from a partial view (a
+/// missing NetworkPolicy opens a pod, a missing Pod drops its peers).
+const NEEDED_FOR_SYNC: &[&str] = &[
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "Pod",
+    "Namespace",
+    "NetworkPolicy",
+];
 
 /// A burst of events is gathered this long before it is applied.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -223,13 +231,24 @@ fn trim<K: Resource>(o: &mut K) {
 }
 
 /// A Pod keeps what locality and policy read: labels, node, addresses,
-/// phase; its containers and volumes go.
+/// phase, host networking and its containers' named ports; the rest of
+/// its containers and its volumes go.
 fn trim_pod(p: &mut Pod) {
     trim(p);
     if let Some(spec) = &mut p.spec {
+        let containers = std::mem::take(&mut spec.containers)
+            .into_iter()
+            .filter(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
+            .map(|c| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect();
         *spec = k8s_openapi::api::core::v1::PodSpec {
             node_name: spec.node_name.take(),
             host_network: spec.host_network,
+            containers,
             ..Default::default()
         };
     }
@@ -324,7 +343,7 @@ fn streams(client: &Client, node_name: &str) -> (Stores, Events) {
     );
     let (pods, s4) = watch(
         Api::<Pod>::all(client.clone()),
-        all().fields(&format!("spec.nodeName={node_name}")),
+        all(),
         "Pod",
         trim_pod,
         |o| Object::Pod(Box::new(o)),
@@ -394,7 +413,7 @@ pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mps
                     }
                     None if !asm.ready() && !waiting_logged => {
                         waiting_logged = true;
-                        tracing::info!("waiting for complete listings of Services, EndpointSlices and this Node before touching the maps");
+                        tracing::info!("waiting for complete listings of Services, EndpointSlices, this Node, Pods, Namespaces and NetworkPolicies before touching the maps");
                     }
                     None => {}
                 }
@@ -460,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_sent_until_services_slices_and_the_node_are_listed() {
+    fn nothing_is_sent_until_every_kind_is_listed() {
         let mut asm = Assembler::default();
         list(&mut asm, "Service", vec![svc("a"), svc("b")]);
         list(&mut asm, "Pod", vec![]);
@@ -471,8 +490,14 @@ mod tests {
         // A first page arrived, then the listing failed: still not listed.
         asm.event("EndpointSlice", Ev::Init);
         list(&mut asm, "Node", vec![node("n1")]);
+        list(&mut asm, "Namespace", vec![]);
         assert!(asm.take().is_none(), "EndpointSlices only half listed");
         asm.event("EndpointSlice", Ev::InitDone);
+        assert!(
+            asm.take().is_none(),
+            "NetworkPolicies not listed: a pod they isolate would be open"
+        );
+        list(&mut asm, "NetworkPolicy", vec![]);
         let b = asm.take().expect("all needed kinds listed");
         assert!(b.full, "the first change set is a full reconcile");
         assert_eq!(b.changes.len(), 3);
@@ -486,6 +511,9 @@ mod tests {
         list(&mut asm, "Service", vec![svc("a"), svc("b")]);
         list(&mut asm, "EndpointSlice", vec![]);
         list(&mut asm, "Node", vec![node("n1")]);
+        for kind in ["Pod", "Namespace", "NetworkPolicy"] {
+            list(&mut asm, kind, vec![]);
+        }
         asm.take().unwrap();
         // After a 410: `b` was deleted while the watch was away.
         list(&mut asm, "Service", vec![svc("a")]);
@@ -513,6 +541,9 @@ mod tests {
         list(&mut asm, "Service", vec![svc("a"), svc("b")]);
         list(&mut asm, "EndpointSlice", vec![]);
         list(&mut asm, "Node", vec![node("n1")]);
+        for kind in ["Pod", "Namespace", "NetworkPolicy"] {
+            list(&mut asm, kind, vec![]);
+        }
         asm.take().unwrap();
         asm.event("Service", Ev::Init);
         asm.event("Service", Ev::Upsert(svc("a")));

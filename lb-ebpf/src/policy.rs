@@ -1,0 +1,481 @@
+//! NetworkPolicy at TC on the host side of pod interfaces. The packet
+//! leaving the pod (TC ingress there) is the pod's egress, the packet
+//! entering it (TC egress) its ingress. Service translation has happened
+//! by then (socket hooks before the packet exists; the node's TC ingress
+//! for traffic from outside), so the policy sees backend pods.
+//!
+//! A new flow costs at most five lookups, whatever the number of policies:
+//! ipcache (peer -> identity), allow entry for that identity, for any peer,
+//! CIDR set of the peer address, allow entry for that set. Allowed flows
+//! are remembered in `LB_POL_CT_V1` (its own map, so NAT entries never
+//! evict them) with the policy revision; a packet of a flow allowed under
+//! an older revision is judged again, so revoked access ends.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use lb_common::{
+    BeU16, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, ID_ANY, ID_HOST,
+    ID_WORLD, IpcacheData, NetAddr, POL_CIDR_FIXED_BITS, POL_EP_ID_MAX, POL_F_ANY_EGRESS,
+    POL_F_ANY_INGRESS, POL_REASONS, POLICY_PREFIX_FULL, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PolCidrData, PolCtKey, PolCtValue, PolEndpoint, PolReason, PolicyData,
+    PolicyState,
+};
+
+use crate::{
+    conntrack::now_s,
+    maps::{
+        LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1,
+        LB_POL_STATE_V1, LB_POLICY_V1,
+    },
+    packet::ETH_HLEN,
+    tc,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// What the parser made of a packet.
+const KIND_PASS: u8 = 0;
+/// A flow tuple (ports 0 where the protocol has none, or for a later fragment).
+const KIND_FLOW: u8 = 1;
+/// An ICMP error: the tuple is the packet it quotes.
+const KIND_ICMP_ERR: u8 = 2;
+
+#[derive(Clone, Copy, Default)]
+pub struct Flow {
+    pub saddr: NetAddr,
+    pub daddr: NetAddr,
+    pub sport: BeU16,
+    pub dport: BeU16,
+    pub proto: u8,
+    pub kind: u8,
+    pub tcp_flags: u8,
+}
+
+/// The pod's egress: Service translation first (pods reaching LoadBalancer
+/// IPs the packet path handles), then the policy on the translated packet.
+pub fn from_pod(ctx: &TcContext) -> i32 {
+    let v = tc::ingress(ctx);
+    if v != TC_ACT_OK {
+        return v;
+    }
+    enforce(ctx, DIR_EGRESS)
+}
+
+/// The pod's ingress: the policy on the real addresses, then the reverse
+/// translation of replies.
+pub fn to_pod(ctx: &TcContext) -> i32 {
+    let v = enforce(ctx, DIR_INGRESS);
+    if v != TC_ACT_OK {
+        return v;
+    }
+    tc::egress(ctx)
+}
+
+#[inline(never)]
+fn enforce(ctx: &TcContext, dir: u8) -> i32 {
+    let mut f = Flow::default();
+    parse(ctx, &mut f);
+    if f.kind == KIND_PASS {
+        return TC_ACT_OK;
+    }
+    let pod = if dir == DIR_EGRESS { f.saddr } else { f.daddr };
+    let pod = if f.kind == KIND_ICMP_ERR {
+        // The quoted packet went the other way.
+        if dir == DIR_EGRESS { f.daddr } else { f.saddr }
+    } else {
+        pod
+    };
+    let st = state();
+    // SAFETY: copied out at once.
+    let Some(ep) = (unsafe { LB_POL_EP_V1.get(&pod) }).copied() else {
+        let any = if dir == DIR_INGRESS {
+            POL_F_ANY_INGRESS
+        } else {
+            POL_F_ANY_EGRESS
+        };
+        if st.flags & any != 0 {
+            count(0, PolReason::UnknownEndpoint);
+            return TC_ACT_SHOT;
+        }
+        return TC_ACT_OK;
+    };
+    if f.kind == KIND_ICMP_ERR {
+        return icmp_error(&ep, dir, &f);
+    }
+    match known(&ep, dir, &f, st.revision) {
+        KNOWN => return TC_ACT_OK,
+        REVOKED => {
+            count(ep.ep_id, denied(dir));
+            return TC_ACT_SHOT;
+        }
+        _ => {}
+    }
+    if allowed(&ep, dir, &f) == 0 {
+        count(ep.ep_id, denied(dir));
+        return TC_ACT_SHOT;
+    }
+    remember(&ep, dir, &f, st.revision);
+    count(
+        ep.ep_id,
+        if dir == DIR_INGRESS {
+            PolReason::AllowedIngress
+        } else {
+            PolReason::AllowedEgress
+        },
+    );
+    TC_ACT_OK
+}
+
+/// An ICMP error passes when it is about a flow this endpoint has (the
+/// quoted packet crossed this interface the other way), or when the
+/// direction is not isolated.
+#[inline(never)]
+fn icmp_error(ep: &PolEndpoint, dir: u8, f: &Flow) -> i32 {
+    let other = opposite(dir);
+    if ct_get(&ct_key(ep.ep_id, other, f)).is_some()
+        || ct_get(&ct_key_rev(ep.ep_id, dir, f)).is_some()
+    {
+        return TC_ACT_OK;
+    }
+    if ep.flags & isolated_flag(dir) == 0 {
+        return TC_ACT_OK;
+    }
+    count(ep.ep_id, denied(dir));
+    TC_ACT_SHOT
+}
+
+const UNKNOWN: i32 = 0;
+const KNOWN: i32 = 1;
+const REVOKED: i32 = 2;
+
+/// Whether the packet belongs to a flow this endpoint allowed: as its
+/// opener (same direction, same tuple) or as a reply (the other direction,
+/// reversed tuple). A flow allowed under an older revision is judged again
+/// in the direction it was opened in.
+#[inline(never)]
+fn known(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) -> i32 {
+    let k = ct_key(ep.ep_id, dir, f);
+    let (k, v) = match ct_get(&k) {
+        Some(v) => (k, v),
+        None => {
+            let k = ct_key_rev(ep.ep_id, opposite(dir), f);
+            match ct_get(&k) {
+                Some(v) => (k, v),
+                None => return UNKNOWN,
+            }
+        }
+    };
+    if v.revision != revision {
+        let orig = Flow {
+            saddr: k.saddr,
+            daddr: k.daddr,
+            sport: k.sport,
+            dport: k.dport,
+            proto: k.proto,
+            kind: KIND_FLOW,
+            tcp_flags: 0,
+        };
+        if allowed(ep, k.dir, &orig) == 0 {
+            let _ = LB_POL_CT_V1.remove(&k);
+            return REVOKED;
+        }
+    }
+    let now = now_s();
+    if v.revision != revision || v.last_seen != now || f.tcp_flags & 0x05 != 0 {
+        if let Some(p) = LB_POL_CT_V1.get_ptr_mut(&k) {
+            // SAFETY: aligned stores into a live map value; a racing CPU
+            // writes the same kinds of values.
+            unsafe {
+                (*p).revision = revision;
+                (*p).last_seen = now;
+                (*p).flags |= (f.tcp_flags & 0x05) as u32;
+            }
+        }
+    }
+    KNOWN
+}
+
+#[inline(never)]
+fn remember(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) {
+    let k = ct_key(ep.ep_id, dir, f);
+    let v = PolCtValue {
+        revision,
+        last_seen: now_s(),
+        flags: 0,
+        _pad: 0,
+    };
+    // A full LRU evicts its oldest entry rather than failing.
+    let _ = LB_POL_CT_V1.insert(&k, &v, 0);
+}
+
+/// 1 when a policy of `ep` allows the flow in `dir` (or `dir` is not isolated).
+#[inline(never)]
+fn allowed(ep: &PolEndpoint, dir: u8, f: &Flow) -> u32 {
+    if ep.flags & isolated_flag(dir) == 0 {
+        return 1;
+    }
+    let (own, peer) = if dir == DIR_INGRESS {
+        (f.daddr, f.saddr)
+    } else {
+        (f.saddr, f.daddr)
+    };
+    // A pod reaching itself (through its own Service) is always allowed.
+    if own == peer {
+        return 1;
+    }
+    let id = identity_of(&peer);
+    // The pod's own node (kubelet probes, host-network processes) always
+    // reaches it.
+    if dir == DIR_INGRESS && id == ID_HOST {
+        return 1;
+    }
+    if entry(ep.ep_id, id, dir, f.proto, f.dport) != 0
+        || entry(ep.ep_id, ID_ANY, dir, f.proto, f.dport) != 0
+    {
+        return 1;
+    }
+    let cidr = cidr_set(ep.ep_id, dir, &peer);
+    if cidr != 0 && entry(ep.ep_id, cidr, dir, f.proto, f.dport) != 0 {
+        return 1;
+    }
+    0
+}
+
+#[inline(never)]
+fn identity_of(addr: &NetAddr) -> u32 {
+    let k = Key::new(128, IpcacheData { addr: *addr });
+    LB_IPCACHE_V1.get(&k).copied().unwrap_or(ID_WORLD)
+}
+
+#[inline(never)]
+fn entry(ep_id: u32, identity: u32, dir: u8, proto: u8, port: BeU16) -> u32 {
+    let k = Key::new(
+        POLICY_PREFIX_FULL,
+        PolicyData {
+            ep_id,
+            identity,
+            dir,
+            proto,
+            port,
+        },
+    );
+    LB_POLICY_V1.get(&k).is_some() as u32
+}
+
+#[inline(never)]
+fn cidr_set(ep_id: u32, dir: u8, addr: &NetAddr) -> u32 {
+    let k = Key::new(
+        POL_CIDR_FIXED_BITS + 128,
+        PolCidrData {
+            ep_id,
+            dir,
+            _pad: [0; 3],
+            addr: *addr,
+        },
+    );
+    LB_POL_CIDR_V1.get(&k).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn state() -> PolicyState {
+    LB_POL_STATE_V1.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn ct_get(k: &PolCtKey) -> Option<PolCtValue> {
+    // SAFETY: copied out at once.
+    unsafe { LB_POL_CT_V1.get(k) }.copied()
+}
+
+#[inline(always)]
+fn ct_key(ep_id: u32, dir: u8, f: &Flow) -> PolCtKey {
+    PolCtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir,
+        _pad: [0; 2],
+        ep_id,
+    }
+}
+
+#[inline(always)]
+fn ct_key_rev(ep_id: u32, dir: u8, f: &Flow) -> PolCtKey {
+    PolCtKey {
+        saddr: f.daddr,
+        daddr: f.saddr,
+        sport: f.dport,
+        dport: f.sport,
+        proto: f.proto,
+        dir,
+        _pad: [0; 2],
+        ep_id,
+    }
+}
+
+#[inline(always)]
+fn opposite(dir: u8) -> u8 {
+    if dir == DIR_INGRESS {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    }
+}
+
+#[inline(always)]
+fn isolated_flag(dir: u8) -> u32 {
+    if dir == DIR_INGRESS {
+        EP_F_INGRESS_ISOLATED
+    } else {
+        EP_F_EGRESS_ISOLATED
+    }
+}
+
+#[inline(always)]
+fn denied(dir: u8) -> PolReason {
+    if dir == DIR_INGRESS {
+        PolReason::DeniedIngress
+    } else {
+        PolReason::DeniedEgress
+    }
+}
+
+#[inline(always)]
+fn count(ep_id: u32, reason: PolReason) {
+    if ep_id >= POL_EP_ID_MAX {
+        return;
+    }
+    if let Some(p) = LB_POL_COUNT_V1.get_ptr_mut(ep_id * POL_REASONS + reason as u32) {
+        // SAFETY: a per-CPU slot: no other CPU writes it; the pointer is
+        // valid for this program run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Fills `f` from the packet. Not inlined (stack).
+#[inline(never)]
+fn parse(ctx: &TcContext, f: &mut Flow) {
+    f.kind = KIND_PASS;
+    let Ok(eth) = ctx.load::<u16>(12) else {
+        return;
+    };
+    let l4 = match u16::from_be(eth) {
+        ETH_P_IP => ip4(ctx, ETH_HLEN, f),
+        ETH_P_IPV6 => ip6(ctx, ETH_HLEN, f),
+        _ => return,
+    };
+    let Some((l4, first)) = l4 else { return };
+    f.kind = KIND_FLOW;
+    if !first {
+        // A later fragment carries no ports: judged as the protocol's
+        // port-less flow (allowed only by rules without ports).
+        return;
+    }
+    match f.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            if let Ok(ports) = ctx.load::<[u16; 2]>(l4) {
+                f.sport = BeU16(ports[0]);
+                f.dport = BeU16(ports[1]);
+            }
+            if f.proto == PROTO_TCP {
+                f.tcp_flags = ctx.load::<u8>(l4 + 13).unwrap_or(0);
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => icmp(ctx, l4, f),
+        _ => {}
+    }
+}
+
+/// ICMP: echo is a flow keyed by its identifier (request: source side,
+/// reply: destination side, so a reply reverses its request); errors carry
+/// the quoted packet's tuple; neighbour discovery always passes.
+#[inline(always)]
+fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
+    let Ok(hdr) = ctx.load::<[u8; 2]>(l4) else {
+        return;
+    };
+    let ty = hdr[0];
+    let id = ctx.load::<u16>(l4 + 4).unwrap_or(0);
+    let v6 = f.proto == PROTO_ICMPV6;
+    match (v6, ty) {
+        (false, 8) | (true, 128) => f.sport = BeU16(id),
+        (false, 0) | (true, 129) => f.dport = BeU16(id),
+        (false, 3 | 4 | 5 | 11 | 12) | (true, 1..=4) => {
+            let mut inner = Flow::default();
+            let quoted = if v6 {
+                ip6(ctx, l4 + 8, &mut inner)
+            } else {
+                ip4(ctx, l4 + 8, &mut inner)
+            };
+            if let Some((il4, _)) = quoted {
+                if let Ok(ports) = ctx.load::<[u16; 2]>(il4) {
+                    inner.sport = BeU16(ports[0]);
+                    inner.dport = BeU16(ports[1]);
+                }
+                inner.kind = KIND_ICMP_ERR;
+                *f = inner;
+            }
+        }
+        // Router and neighbour discovery, MLD: the link needs them.
+        (true, 130..=137 | 143) => f.kind = KIND_PASS,
+        _ => {}
+    }
+}
+
+/// IPv4 header at `off`: addresses and protocol into `f`; the L4 offset
+/// and whether this is the first (or only) fragment.
+#[inline(always)]
+fn ip4(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
+    let vihl: u8 = ctx.load(off).ok()?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let frag = u16::from_be(ctx.load::<u16>(off + 6).ok()?);
+    f.proto = ctx.load(off + 9).ok()?;
+    f.saddr = NetAddr::from_v4_raw(ctx.load(off + 12).ok()?);
+    f.daddr = NetAddr::from_v4_raw(ctx.load(off + 16).ok()?);
+    Some((off + ihl, frag & 0x1fff == 0))
+}
+
+/// IPv6 header at `off`, walking up to four extension headers.
+#[inline(always)]
+fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
+    let vtc: u8 = ctx.load(off).ok()?;
+    if vtc >> 4 != 6 {
+        return None;
+    }
+    f.saddr = NetAddr(ctx.load(off + 8).ok()?);
+    f.daddr = NetAddr(ctx.load(off + 24).ok()?);
+    let mut next: u8 = ctx.load(off + 6).ok()?;
+    let mut l4 = off + 40;
+    let mut first = true;
+    let mut i = 0;
+    while i < 4 {
+        match next {
+            // Hop-by-hop, routing, destination options.
+            0 | 43 | 60 => {
+                let h = ctx.load::<[u8; 2]>(l4).ok()?;
+                next = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+            // Fragment header.
+            44 => {
+                let h = ctx.load::<[u8; 4]>(l4).ok()?;
+                next = h[0];
+                first = (u16::from_be_bytes([h[2], h[3]]) >> 3) == 0;
+                l4 += 8;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    f.proto = next;
+    Some((l4, first))
+}

@@ -1,0 +1,694 @@
+//! The desired NetworkPolicy state of this node, pure: the ipcache (every
+//! pod of the cluster and this node's addresses -> identity), the local
+//! endpoints with their isolation, their allow entries (peer identity,
+//! direction, protocol, port block) and their ipBlock CIDR sets.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    BeU16, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, ID_ANY,
+    ID_FIRST_CIDR, ID_HOST, NetAddr, POL_EP_ID_MAX, POL_F_ANY_EGRESS, POL_F_ANY_INGRESS,
+    POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, POLICY_PREFIX_PROTO, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PolCidrData, PolEndpoint, PolicyData,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    compute::{
+        desired::{ip_of, net_addr},
+        identity::{Identities, IdentityKey},
+    },
+    model::{
+        cidr::Cidr,
+        policy::{Labels, Peer, PodInfo, PolicyInfo, PortRef, PortSpec, Rule},
+        snapshot::{ObjRef, Proto, Snapshot},
+    },
+};
+
+/// What the policy maps hold (or should hold).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMaps {
+    /// (address, prefix length over 128 bits) -> identity.
+    pub ipcache: BTreeMap<(NetAddr, u32), u32>,
+    pub endpoints: BTreeMap<NetAddr, PolEndpoint>,
+    /// (entry, prefix length).
+    pub entries: BTreeSet<(PolicyData, u32)>,
+    /// (endpoint, direction, address; prefix length) -> CIDR-set identity (0: none).
+    pub cidrs: BTreeMap<(PolCidrData, u32), u32>,
+    /// `POL_F_*`.
+    pub flags: u32,
+}
+
+/// What an operator reads: `lb-agent endpoint list`, `identity list`,
+/// `policy get`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub endpoints: Vec<EndpointReport>,
+    pub identities: Vec<IdentityReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndpointReport {
+    pub pod: String,
+    pub ep_id: u32,
+    pub identity: u32,
+    pub addresses: Vec<IpAddr>,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    pub entries: usize,
+    pub cidr_entries: usize,
+    /// The resolved allow entries and the rules they came from.
+    pub allows: Vec<AllowReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AllowReport {
+    pub direction: String,
+    /// `any`, an identity (`identity 1234`, `host`) or `cidr-set N`.
+    pub peer: String,
+    /// `any`, `TCP`, `UDP/53`, `TCP/8000-8007`...
+    pub ports: String,
+    pub from: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IdentityReport {
+    pub identity: u32,
+    pub namespace: String,
+    pub labels: Labels,
+    pub pods: usize,
+}
+
+/// Endpoint ids of local pods: kept for a pod as long as it lives (and
+/// across restarts, read back from the endpoint map by address).
+#[derive(Debug, Default)]
+pub struct EpIds {
+    by_pod: HashMap<ObjRef, u32>,
+    /// From the maps at start: address -> id, claimed by the first pod
+    /// that holds the address.
+    adopted: HashMap<NetAddr, u32>,
+}
+
+impl EpIds {
+    pub fn adopt(maps: &PolicyMaps) -> Self {
+        Self {
+            by_pod: HashMap::new(),
+            adopted: maps.endpoints.iter().map(|(a, e)| (*a, e.ep_id)).collect(),
+        }
+    }
+
+    fn assign(&mut self, live: &[(&ObjRef, Vec<NetAddr>)]) -> Result<(), String> {
+        let keep: HashSet<&ObjRef> = live.iter().map(|(k, _)| *k).collect();
+        self.by_pod.retain(|k, _| keep.contains(k));
+        let mut used: HashSet<u32> = self.by_pod.values().copied().collect();
+        for (pod, addrs) in live {
+            if self.by_pod.contains_key(*pod) {
+                continue;
+            }
+            if let Some(id) = addrs
+                .iter()
+                .filter_map(|a| self.adopted.get(a))
+                .find(|id| !used.contains(id))
+            {
+                used.insert(*id);
+                self.by_pod.insert((*pod).clone(), *id);
+            }
+        }
+        let mut next = 1;
+        for (pod, _) in live {
+            if self.by_pod.contains_key(*pod) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= POL_EP_ID_MAX {
+                return Err(format!(
+                    "more than {} local pods: pod {pod} gets no endpoint id",
+                    POL_EP_ID_MAX - 1
+                ));
+            }
+            used.insert(next);
+            self.by_pod.insert((*pod).clone(), next);
+        }
+        self.adopted.clear();
+        Ok(())
+    }
+}
+
+/// One allow entry's (proto, port, prefix length) part.
+type Block = (u8, u16, u32);
+
+fn proto_num(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+        Proto::Sctp => PROTO_SCTP,
+    }
+}
+
+/// Aligned power-of-two blocks covering `start..=end`.
+pub fn port_blocks(start: u16, end: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut lo, end) = (start as u32, end as u32);
+    while lo <= end {
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
+        while lo + size - 1 > end {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros()));
+        lo += size;
+    }
+    out
+}
+
+/// The blocks of one port spec, a named port resolved with `resolve`.
+fn spec_blocks(spec: &PortSpec, resolve: impl Fn(&str, Proto) -> Option<u16>) -> Vec<Block> {
+    let proto = proto_num(spec.proto);
+    let fixed = POLICY_PREFIX_PROTO;
+    match (&spec.port, spec.end_port) {
+        (None, _) => vec![(proto, 0, fixed)],
+        (Some(PortRef::Number(p)), None) => vec![(proto, *p, POLICY_PREFIX_FULL)],
+        (Some(PortRef::Number(p)), Some(e)) => port_blocks(*p, e)
+            .into_iter()
+            .map(|(port, bits)| (proto, port, fixed + bits))
+            .collect(),
+        (Some(PortRef::Name(n)), _) => resolve(n, spec.proto)
+            .map(|p| vec![(proto, p, POLICY_PREFIX_FULL)])
+            .unwrap_or_default(),
+    }
+}
+
+/// A prefix in the 128-bit space every map uses (IPv4 mapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Prefix {
+    bits: u128,
+    len: u32,
+}
+
+impl Prefix {
+    fn of(c: &Cidr) -> Self {
+        let (bits, len) = match c.addr {
+            IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + c.len as u32),
+            IpAddr::V6(v6) => (u128::from(v6), c.len as u32),
+        };
+        Self {
+            bits: bits & mask(len),
+            len,
+        }
+    }
+    fn contains(&self, o: &Prefix) -> bool {
+        self.len <= o.len && o.bits & mask(self.len) == self.bits
+    }
+    fn addr(&self) -> NetAddr {
+        NetAddr::from_octets(self.bits.to_be_bytes())
+    }
+}
+
+fn mask(len: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    }
+}
+
+/// The IPv4-mapped block: an IPv6 ipBlock never covers IPv4 peers.
+const V4_MAPPED: Prefix = Prefix {
+    bits: 0xffff_u128 << 32,
+    len: 96,
+};
+
+struct CidrRule {
+    cidr: Prefix,
+    except: Vec<Prefix>,
+    blocks: Vec<Block>,
+    from: String,
+}
+
+/// Everything computed for one local endpoint.
+struct EndpointPlan {
+    flags: u32,
+    /// entry -> rules it came from.
+    entries: BTreeMap<(u32, u8, Block), BTreeSet<String>>,
+    cidr_rules: [Vec<CidrRule>; 2],
+}
+
+pub struct Computed {
+    pub maps: PolicyMaps,
+    pub report: Report,
+    pub errors: Vec<String>,
+}
+
+fn ns_labels(snap: &Snapshot, ns: &str) -> Labels {
+    snap.namespaces.get(ns).cloned().unwrap_or_else(|| {
+        Labels::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())])
+    })
+}
+
+/// The whole desired policy state. `host_addrs`: this node's own addresses
+/// (its Node object's and its interfaces'), which get the host identity.
+pub fn compute(
+    snap: &Snapshot,
+    host_addrs: &[IpAddr],
+    ids: &mut Identities,
+    ep_ids: &mut EpIds,
+) -> Computed {
+    let mut errors = Vec::new();
+    let mut pods: Vec<&PodInfo> = snap.pods.values().filter(|p| p.is_endpoint()).collect();
+    pods.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut ns_cache: HashMap<&str, Labels> = HashMap::new();
+    let mut pod_ids: HashMap<&ObjRef, u32> = HashMap::new();
+    let mut live = HashSet::new();
+    for p in &pods {
+        let nsl = ns_cache
+            .entry(&p.key.namespace)
+            .or_insert_with(|| ns_labels(snap, &p.key.namespace))
+            .clone();
+        let id = ids.get_or_alloc(&IdentityKey {
+            namespace: p.key.namespace.clone(),
+            ns_labels: nsl,
+            pod_labels: p.labels.clone(),
+        });
+        live.insert(id);
+        pod_ids.insert(&p.key, id);
+    }
+    ids.retain(&live);
+
+    let mut maps = PolicyMaps::default();
+    for p in &pods {
+        for ip in &p.ips {
+            maps.ipcache.insert((net_addr(*ip), 128), pod_ids[&p.key]);
+        }
+    }
+    for ip in host_addrs.iter().chain(&snap.node.addrs) {
+        maps.ipcache.insert((net_addr(*ip), 128), ID_HOST);
+    }
+    for pol in snap.policies.values() {
+        if pol.ingress.is_some() {
+            maps.flags |= POL_F_ANY_INGRESS;
+        }
+        if pol.egress.is_some() {
+            maps.flags |= POL_F_ANY_EGRESS;
+        }
+    }
+
+    let node = snap.node_name.as_deref();
+    let local: Vec<&PodInfo> = pods
+        .iter()
+        .copied()
+        .filter(|p| p.node.as_deref() == node && node.is_some())
+        .collect();
+    let live_eps: Vec<(&ObjRef, Vec<NetAddr>)> = local
+        .iter()
+        .map(|p| (&p.key, p.ips.iter().map(|i| net_addr(*i)).collect()))
+        .collect();
+    if let Err(e) = ep_ids.assign(&live_eps) {
+        errors.push(e);
+    }
+
+    let ctx = Ctx {
+        snap,
+        pods: &pods,
+        pod_ids: &pod_ids,
+        ns_cache: &ns_cache,
+    };
+    let mut report = Report::default();
+    let mut policies: Vec<&PolicyInfo> = snap.policies.values().collect();
+    policies.sort_by(|a, b| a.key.cmp(&b.key));
+    for p in &local {
+        let Some(&ep_id) = ep_ids.by_pod.get(&p.key) else {
+            continue;
+        };
+        let plan = ctx.endpoint(p, &policies);
+        let identity = pod_ids[&p.key];
+        let ep = PolEndpoint {
+            ep_id,
+            identity,
+            flags: plan.flags,
+            _pad: 0,
+        };
+        for ip in &p.ips {
+            maps.endpoints.insert(net_addr(*ip), ep);
+        }
+        let mut allows: BTreeMap<(u8, String, String), BTreeSet<String>> = BTreeMap::new();
+        let before = maps.entries.len();
+        for ((peer, dir, (proto, port, len)), from) in &plan.entries {
+            maps.entries.insert((
+                PolicyData {
+                    ep_id,
+                    identity: *peer,
+                    dir: *dir,
+                    proto: *proto,
+                    port: BeU16::from_host(*port),
+                },
+                *len,
+            ));
+            allows
+                .entry((*dir, peer_name(*peer), ports_name(*proto, *port, *len)))
+                .or_default()
+                .extend(from.iter().cloned());
+        }
+        let mut cidr_entries = 0;
+        for (d, rules) in plan.cidr_rules.iter().enumerate() {
+            let dir = if d == 0 { DIR_INGRESS } else { DIR_EGRESS };
+            for (prefix, set, blocks, from) in cidr_sets(rules) {
+                cidr_entries += 1;
+                maps.cidrs.insert(
+                    (
+                        PolCidrData {
+                            ep_id,
+                            dir,
+                            _pad: [0; 3],
+                            addr: prefix.addr(),
+                        },
+                        64 + prefix.len,
+                    ),
+                    set,
+                );
+                for (proto, port, len) in blocks {
+                    maps.entries.insert((
+                        PolicyData {
+                            ep_id,
+                            identity: set,
+                            dir,
+                            proto,
+                            port: BeU16::from_host(port),
+                        },
+                        len,
+                    ));
+                    allows
+                        .entry((
+                            dir,
+                            format!("cidr {}", prefix_name(&prefix)),
+                            ports_name(proto, port, len),
+                        ))
+                        .or_default()
+                        .extend(from.iter().cloned());
+                }
+            }
+        }
+        report.endpoints.push(EndpointReport {
+            pod: p.key.to_string(),
+            ep_id,
+            identity,
+            addresses: p.ips.clone(),
+            ingress_isolated: plan.flags & EP_F_INGRESS_ISOLATED != 0,
+            egress_isolated: plan.flags & EP_F_EGRESS_ISOLATED != 0,
+            entries: maps.entries.len() - before,
+            cidr_entries,
+            allows: allows
+                .into_iter()
+                .map(|((dir, peer, ports), from)| AllowReport {
+                    direction: if dir == DIR_INGRESS {
+                        "ingress"
+                    } else {
+                        "egress"
+                    }
+                    .into(),
+                    peer,
+                    ports,
+                    from: from.into_iter().collect(),
+                })
+                .collect(),
+        });
+    }
+    let mut per_id: HashMap<u32, usize> = HashMap::new();
+    for id in pod_ids.values() {
+        *per_id.entry(*id).or_default() += 1;
+    }
+    report.identities = ids
+        .iter()
+        .map(|(id, k)| IdentityReport {
+            identity: *id,
+            namespace: k.namespace.clone(),
+            labels: k.pod_labels.clone(),
+            pods: per_id.get(id).copied().unwrap_or(0),
+        })
+        .collect();
+    Computed {
+        maps,
+        report,
+        errors,
+    }
+}
+
+fn peer_name(id: u32) -> String {
+    match id {
+        ID_ANY => "any".into(),
+        ID_HOST => "host".into(),
+        id => format!("identity {id}"),
+    }
+}
+
+fn prefix_name(p: &Prefix) -> String {
+    let ip = ip_of(&p.addr());
+    let len = if ip.is_ipv4() { p.len - 96 } else { p.len };
+    format!("{ip}/{len}")
+}
+
+fn ports_name(proto: u8, port: u16, len: u32) -> String {
+    let name = match proto {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        _ => return "any".into(),
+    };
+    if len == POLICY_PREFIX_ANY_PROTO {
+        return "any".into();
+    }
+    if len == POLICY_PREFIX_PROTO {
+        return name.into();
+    }
+    let span = 1u32 << (POLICY_PREFIX_FULL - len);
+    if span == 1 {
+        format!("{name}/{port}")
+    } else {
+        format!("{name}/{port}-{}", port as u32 + span - 1)
+    }
+}
+
+/// The LPM entries of one endpoint's ipBlock rules in one direction: for
+/// each prefix that a rule or an `except` names, the rules that cover
+/// every address whose longest match it is (its own block, not carved
+/// out). Equal rule sets share one CIDR-set identity; a prefix no rule
+/// covers maps to 0 so it shadows the shorter blocks around it.
+fn cidr_sets(rules: &[CidrRule]) -> Vec<(Prefix, u32, Vec<Block>, BTreeSet<String>)> {
+    let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
+    for r in rules {
+        prefixes.insert(r.cidr);
+        prefixes.extend(r.except.iter().copied());
+    }
+    let mut sets: BTreeMap<Vec<Block>, u32> = BTreeMap::new();
+    let mut out = Vec::new();
+    for p in prefixes {
+        let covering: Vec<&CidrRule> = rules
+            .iter()
+            .filter(|r| r.cidr.contains(&p) && !r.except.iter().any(|e| e.contains(&p)))
+            .collect();
+        let blocks: BTreeSet<Block> = covering
+            .iter()
+            .flat_map(|r| r.blocks.iter().copied())
+            .collect();
+        let blocks: Vec<Block> = blocks.into_iter().collect();
+        let from: BTreeSet<String> = covering.iter().map(|r| r.from.clone()).collect();
+        if blocks.is_empty() {
+            out.push((p, 0, vec![], from));
+            continue;
+        }
+        let n = sets.len() as u32;
+        let id = *sets.entry(blocks.clone()).or_insert(ID_FIRST_CIDR + n);
+        out.push((p, id, blocks, from));
+    }
+    out
+}
+
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    pods: &'a [&'a PodInfo],
+    pod_ids: &'a HashMap<&'a ObjRef, u32>,
+    ns_cache: &'a HashMap<&'a str, Labels>,
+}
+
+impl Ctx<'_> {
+    fn ns_labels(&self, ns: &str) -> Labels {
+        self.ns_cache
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| ns_labels(self.snap, ns))
+    }
+
+    /// The pods a `Pods` peer of a policy in `policy_ns` selects.
+    fn peer_pods(&self, peer: &Peer, policy_ns: &str) -> Vec<&PodInfo> {
+        let Peer::Pods { pods, namespaces } = peer else {
+            return vec![];
+        };
+        self.pods
+            .iter()
+            .copied()
+            .filter(|p| match namespaces {
+                None => p.key.namespace == policy_ns,
+                Some(sel) => sel.matches(&self.ns_labels(&p.key.namespace)),
+            })
+            .filter(|p| pods.matches(&p.labels))
+            .collect()
+    }
+
+    fn endpoint(&self, pod: &PodInfo, policies: &[&PolicyInfo]) -> EndpointPlan {
+        let mut plan = EndpointPlan {
+            flags: 0,
+            entries: BTreeMap::new(),
+            cidr_rules: [vec![], vec![]],
+        };
+        for pol in policies.iter().filter(|p| p.selects(pod)) {
+            for (dir, rules) in [(DIR_INGRESS, &pol.ingress), (DIR_EGRESS, &pol.egress)] {
+                let Some(rules) = rules else { continue };
+                plan.flags |= if dir == DIR_INGRESS {
+                    EP_F_INGRESS_ISOLATED
+                } else {
+                    EP_F_EGRESS_ISOLATED
+                };
+                for (i, rule) in rules.iter().enumerate() {
+                    let from = format!(
+                        "{}/{} {}[{i}]",
+                        pol.key.namespace,
+                        pol.key.name,
+                        if dir == DIR_INGRESS {
+                            "ingress"
+                        } else {
+                            "egress"
+                        }
+                    );
+                    self.rule(pod, dir, rule, &pol.key.namespace, &from, &mut plan);
+                }
+            }
+        }
+        plan
+    }
+
+    fn rule(
+        &self,
+        pod: &PodInfo,
+        dir: u8,
+        rule: &Rule,
+        policy_ns: &str,
+        from: &str,
+        plan: &mut EndpointPlan,
+    ) {
+        let add = |peer: u32, blocks: Vec<Block>, plan: &mut EndpointPlan| {
+            for b in blocks {
+                plan.entries
+                    .entry((peer, dir, b))
+                    .or_default()
+                    .insert(from.to_string());
+            }
+        };
+        // Ports of this rule towards `dest` (the pod that owns the port:
+        // the endpoint itself for ingress, the peer pod for egress).
+        let blocks_to = |dest: Option<&PodInfo>| -> Vec<Block> {
+            if rule.ports.is_empty() {
+                return vec![(0, 0, POLICY_PREFIX_ANY_PROTO)];
+            }
+            rule.ports
+                .iter()
+                .flat_map(|s| spec_blocks(s, |n, pr| dest.and_then(|d| d.named_port(n, pr))))
+                .collect()
+        };
+        let named = rule
+            .ports
+            .iter()
+            .any(|s| matches!(s.port, Some(PortRef::Name(_))));
+        let per_peer_ports = dir == DIR_EGRESS && named;
+        if rule.peers.is_empty() {
+            if per_peer_ports {
+                // A named port means the port of whichever pod is reached.
+                for p in self.pods {
+                    add(self.pod_ids[&p.key], blocks_to(Some(p)), plan);
+                }
+                let numeric = Rule {
+                    peers: vec![],
+                    ports: rule
+                        .ports
+                        .iter()
+                        .filter(|s| !matches!(s.port, Some(PortRef::Name(_))))
+                        .cloned()
+                        .collect(),
+                };
+                if !numeric.ports.is_empty() {
+                    add(
+                        ID_ANY,
+                        numeric
+                            .ports
+                            .iter()
+                            .flat_map(|s| spec_blocks(s, |_, _| None))
+                            .collect(),
+                        plan,
+                    );
+                }
+            } else {
+                let dest = (dir == DIR_INGRESS).then_some(pod);
+                add(ID_ANY, blocks_to(dest), plan);
+            }
+            return;
+        }
+        for peer in &rule.peers {
+            match peer {
+                Peer::Pods { .. } => {
+                    for p in self.peer_pods(peer, policy_ns) {
+                        let dest = if dir == DIR_INGRESS { pod } else { p };
+                        add(self.pod_ids[&p.key], blocks_to(Some(dest)), plan);
+                    }
+                }
+                Peer::IpBlock { cidr, except } => {
+                    let cidr_p = Prefix::of(cidr);
+                    let mut except: Vec<Prefix> = except.iter().map(Prefix::of).collect();
+                    if !cidr.addr.is_ipv4() && cidr_p.contains(&V4_MAPPED) {
+                        except.push(V4_MAPPED);
+                    }
+                    if per_peer_ports {
+                        // Named ports exist only on pods: those in the block.
+                        for p in self.pods {
+                            let inside = p.ips.iter().any(|ip| {
+                                let a = Prefix::of(&Cidr {
+                                    addr: *ip,
+                                    len: if ip.is_ipv4() { 32 } else { 128 },
+                                });
+                                cidr_p.contains(&a) && !except.iter().any(|e| e.contains(&a))
+                            });
+                            if inside {
+                                add(self.pod_ids[&p.key], blocks_to(Some(p)), plan);
+                            }
+                        }
+                    }
+                    let dest = (dir == DIR_INGRESS).then_some(pod);
+                    let blocks: Vec<Block> = if per_peer_ports {
+                        rule.ports
+                            .iter()
+                            .filter(|s| !matches!(s.port, Some(PortRef::Name(_))))
+                            .flat_map(|s| spec_blocks(s, |_, _| None))
+                            .collect()
+                    } else {
+                        blocks_to(dest)
+                    };
+                    if blocks.is_empty() {
+                        continue;
+                    }
+                    let d = if dir == DIR_INGRESS { 0 } else { 1 };
+                    plan.cidr_rules[d].push(CidrRule {
+                        cidr: cidr_p,
+                        except,
+                        blocks,
+                        from: from.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
