@@ -198,6 +198,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         health.metrics.datapath_packets.get_or_create(&crate::serve::health::ReasonLabel { reason: name.into() }).set(v as i64);
                     }
                 }
+                policy_metrics(&health, &pinned, &rec);
                 continue;
             }
             _ = tick.tick() => {
@@ -252,6 +253,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 for e in &out.errors {
                     tracing::error!("{e}");
                 }
+                if out.policy_changed {
+                    if let Err(e) =
+                        crate::serve::report::write(&opts.load.pin_dir, &rec.policy.report)
+                    {
+                        tracing::warn!("policy report: {e:#}");
+                    }
+                }
                 health_checks.update(&rec.health_checks);
                 if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
                     tracing::error!("packet datapath: {e:#}");
@@ -281,6 +289,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+/// Policy verdicts per endpoint (by pod) and reason, into `/metrics`.
+fn policy_metrics(
+    health: &crate::serve::health::Health,
+    pinned: &crate::datapath::Pinned,
+    rec: &Reconciler,
+) {
+    let Ok(counts) = pinned.policy_counts() else {
+        return;
+    };
+    let pods: std::collections::HashMap<u32, &str> = rec
+        .policy
+        .report
+        .endpoints
+        .iter()
+        .map(|e| (e.ep_id, e.pod.as_str()))
+        .collect();
+    for (ep, row) in counts {
+        let pod = pods
+            .get(&ep)
+            .copied()
+            .unwrap_or(if ep == 0 { "unknown" } else { "gone" });
+        for (reason, v) in lb_common::POL_REASON_NAMES.iter().zip(row) {
+            health
+                .metrics
+                .policy_verdicts
+                .get_or_create(&crate::serve::health::PolicyLabel {
+                    pod: pod.into(),
+                    reason: (*reason).into(),
+                })
+                .set(v as i64);
+        }
+    }
 }
 
 /// This node's own addresses: they get the host identity (the pod's own

@@ -139,10 +139,39 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// This node's pods as NetworkPolicy sees them: identity, isolation,
+    /// entry counts, verdicts.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Identities: one per distinct set of namespace and pod labels.
+    Identity {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// NetworkPolicy of one local pod.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Remove everything the agent installed: links (detaching the programs) and maps.
     Reset {
         #[command(flatten)]
         pins: PinArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// The resolved allow entries of POD (`namespace/name`), with the
+    /// policy rule each came from.
+    Get {
+        pod: String,
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -280,6 +309,31 @@ fn main() -> anyhow::Result<()> {
             &datapath::Pinned {
                 pin_dir: pins.pin_dir,
             },
+            output == Output::Json,
+        ),
+        Cmd::Endpoint {
+            cmd: ListCmd::List { pins, output },
+        } => cli::policy::endpoints(
+            &datapath::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Identity {
+            cmd: ListCmd::List { pins, output },
+        } => cli::policy::identities(
+            &datapath::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            output == Output::Json,
+        ),
+        Cmd::Policy {
+            cmd: PolicyCmd::Get { pod, pins, output },
+        } => cli::policy::get(
+            &datapath::Pinned {
+                pin_dir: pins.pin_dir,
+            },
+            &pod,
             output == Output::Json,
         ),
         Cmd::Reset { pins } => {

@@ -27,6 +27,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let fill = p.fill()?;
     let links = p.links();
     let counters = p.counters()?;
+    let policy = crate::cli::policy::totals(&p.policy_counts()?);
     if json_out {
         let maps: BTreeMap<_, _> = fill
             .iter()
@@ -53,6 +54,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
                 "maps": maps,
                 "links": links,
                 "counters": counters.iter().map(|(n, v)| (n.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+                "policy": policy,
             })
         );
     } else {
@@ -84,6 +86,9 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         );
         for f in &fill {
             println!("map {:<16} {:>8} / {}", f.name, f.entries, f.max_entries);
+        }
+        for (n, v) in &policy {
+            println!("{n:<26} {v}");
         }
         for (n, ok) in &links {
             println!(

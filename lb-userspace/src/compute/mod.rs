@@ -9,4 +9,5 @@ pub mod plan;
 pub mod policy;
 pub mod policy_plan;
 pub mod policy_sync;
+#[cfg(test)]
 pub mod reconcile;

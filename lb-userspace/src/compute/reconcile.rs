@@ -42,6 +42,8 @@ pub struct Reconciler {
 pub struct Outcome {
     pub ops: usize,
     pub errors: Vec<String>,
+    /// The policy state was recomputed (its report is new).
+    pub policy_changed: bool,
 }
 
 fn describe_key(k: &ServiceKey) -> String {
@@ -105,6 +107,7 @@ impl Reconciler {
         out.errors.append(&mut self.snapshot.warnings);
         if self.snapshot.policy_dirty || full {
             out.ops += self.sync_policy(w, &mut out.errors)?;
+            out.policy_changed = true;
         }
         Ok(out)
     }
@@ -158,6 +161,7 @@ impl Reconciler {
         w.apply(&ops)?;
         self.policy.reload(w.read_policy()?);
         out.ops += self.sync_policy(w, &mut out.errors)?;
+        out.policy_changed = true;
         Ok(out)
     }
 

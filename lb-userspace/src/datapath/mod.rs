@@ -7,6 +7,7 @@ pub mod policy;
 mod sys;
 #[cfg(test)]
 mod test_run;
+#[cfg(test)]
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -927,6 +928,28 @@ impl Pinned {
     }
 
     /// Datapath counters summed over CPUs, by name.
+    /// Policy verdicts per endpoint id (summed over CPUs), by
+    /// `POL_REASON_NAMES` index; endpoint 0 holds the unknown-pod drops.
+    pub fn policy_counts(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<u32, [u64; lb_common::POL_REASONS as usize]>>
+    {
+        use lb_common::POL_REASONS;
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(open_pinned(&self.pin_dir, lb_common::MAP_POL_COUNT)?)?;
+        let mut out = std::collections::BTreeMap::new();
+        for ep in 0..lb_common::POL_EP_ID_MAX {
+            let mut row = [0u64; POL_REASONS as usize];
+            for (r, slot) in row.iter_mut().enumerate() {
+                *slot = m.get(&(ep * POL_REASONS + r as u32), 0)?.iter().sum();
+            }
+            if row.iter().any(|v| *v != 0) {
+                out.insert(ep, row);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let m: PerCpuArray<_, u64> =
             PerCpuArray::try_from(open_pinned(&self.pin_dir, MAP_COUNTERS)?)?;
@@ -943,6 +966,7 @@ impl Pinned {
 /// (removing the last reference detaches the programs), then the maps.
 pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    crate::serve::report::remove(pin_dir);
     detach_netlink_filters();
     let links = pin_dir.join("links");
     if links.exists() {

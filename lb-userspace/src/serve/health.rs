@@ -34,6 +34,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub pod: String,
+    pub reason: String,
+}
+
 /// Everything `/metrics` shows.
 pub struct Metrics {
     pub sync_duration_seconds: Histogram,
@@ -44,6 +50,7 @@ pub struct Metrics {
     pub conntrack_entries: Gauge,
     pub watch_restarts: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
+    pub policy_verdicts: Family<PolicyLabel, Gauge>,
 }
 
 pub struct Health {
@@ -85,6 +92,7 @@ impl Health {
             conntrack_entries: Gauge::default(),
             watch_restarts: Counter::default(),
             datapath_packets: Family::default(),
+            policy_verdicts: Family::default(),
         };
         let mut r = Registry::with_prefix("lb");
         r.register(
@@ -126,6 +134,11 @@ impl Health {
             "datapath_packets",
             "Packets the datapath handled, by action or drop reason",
             metrics.datapath_packets.clone(),
+        );
+        r.register(
+            "policy_verdicts",
+            "NetworkPolicy verdicts by local pod and reason (new flows allowed, packets denied)",
+            metrics.policy_verdicts.clone(),
         );
         Arc::new(Self {
             metrics,

@@ -2,3 +2,4 @@
 
 pub mod health;
 pub mod health_check;
+pub mod report;

@@ -360,6 +360,7 @@ impl Lab {
             for (what, args) in [
                 ("ct", ["ct", "list", "-o", "json"].as_slice()),
                 ("status", ["status", "-o", "json"].as_slice()),
+                ("endpoints", ["endpoint", "list", "-o", "json"].as_slice()),
             ] {
                 let out = Command::new(crate::agent_bin())
                     .args(args)

@@ -116,6 +116,13 @@ pub fn resolve(
             let from = parse_from(c, from_label, &at)?;
             let tos: Vec<String> = if p.to == "*" {
                 pods.iter().filter(|t| *t != from_label).cloned().collect()
+            } else if p.to == "service/*" {
+                // Every Service of the scenario, in file order.
+                c.objects
+                    .iter()
+                    .filter(|(k, _)| k.0 == "Service")
+                    .map(|(k, _)| format!("service/{}/{}", k.1, k.2))
+                    .collect()
             } else {
                 vec![p.to.clone()]
             };
