@@ -53,6 +53,10 @@ pub struct Flow {
     pub proto: u8,
     pub kind: u8,
     pub tcp_flags: u8,
+    /// The outer header's addresses (for an ICMP error the tuple above is
+    /// the quoted packet's): the pod whose interface this is is one of them.
+    pub outer_s: NetAddr,
+    pub outer_d: NetAddr,
 }
 
 /// The pod's egress: Service translation first (pods reaching LoadBalancer
@@ -82,12 +86,11 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     if f.kind == KIND_PASS {
         return TC_ACT_OK;
     }
-    let pod = if dir == DIR_EGRESS { f.saddr } else { f.daddr };
-    let pod = if f.kind == KIND_ICMP_ERR {
-        // The quoted packet went the other way.
-        if dir == DIR_EGRESS { f.daddr } else { f.saddr }
+    check_icmp_error(&mut f, dir);
+    let pod = if dir == DIR_EGRESS {
+        f.outer_s
     } else {
-        pod
+        f.outer_d
     };
     let st = state();
     // SAFETY: copied out at once.
@@ -128,6 +131,35 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         },
     );
     TC_ACT_OK
+}
+
+/// An ICMP error's quoted packet went the other way through this
+/// interface: it must be this pod's own, or the error is judged as what it
+/// is, an ICMP packet. Not inlined (stack, and LLVM's BPF backend).
+#[inline(never)]
+fn check_icmp_error(f: &mut Flow, dir: u8) -> u32 {
+    if f.kind != KIND_ICMP_ERR {
+        return 0;
+    }
+    let (pod, quoted) = if dir == DIR_EGRESS {
+        (&f.outer_s, &f.daddr)
+    } else {
+        (&f.outer_d, &f.saddr)
+    };
+    if pod.0 == quoted.0 {
+        return 0;
+    }
+    f.kind = KIND_FLOW;
+    f.proto = if f.outer_s.is_v4() {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
+    f.saddr = f.outer_s;
+    f.daddr = f.outer_d;
+    f.sport = BeU16(0);
+    f.dport = BeU16(0);
+    1
 }
 
 /// An ICMP error passes when it is about a flow this endpoint has (the
@@ -178,6 +210,8 @@ fn known(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) -> i32 {
             proto: k.proto,
             kind: KIND_FLOW,
             tcp_flags: 0,
+            outer_s: k.saddr,
+            outer_d: k.daddr,
         };
         if allowed(ep, k.dir, &orig) == 0 {
             let _ = LB_POL_CT_V1.remove(&k);
@@ -372,6 +406,8 @@ fn parse(ctx: &TcContext, f: &mut Flow) {
     };
     let Some((l4, first)) = l4 else { return };
     f.kind = KIND_FLOW;
+    f.outer_s = f.saddr;
+    f.outer_d = f.daddr;
     if !first {
         // A later fragment carries no ports: judged as the protocol's
         // port-less flow (allowed only by rules without ports).
@@ -418,8 +454,12 @@ fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
                     inner.sport = BeU16(ports[0]);
                     inner.dport = BeU16(ports[1]);
                 }
-                inner.kind = KIND_ICMP_ERR;
-                *f = inner;
+                f.kind = KIND_ICMP_ERR;
+                f.saddr = inner.saddr;
+                f.daddr = inner.daddr;
+                f.sport = inner.sport;
+                f.dport = inner.dport;
+                f.proto = inner.proto;
             }
         }
         // Router and neighbour discovery, MLD: the link needs them.
@@ -465,12 +505,16 @@ fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
                 next = h[0];
                 l4 += (h[1] as usize + 1) * 8;
             }
-            // Fragment header.
+            // Fragment header: behind a later fragment's lies payload,
+            // not headers.
             44 => {
                 let h = ctx.load::<[u8; 4]>(l4).ok()?;
                 next = h[0];
                 first = (u16::from_be_bytes([h[2], h[3]]) >> 3) == 0;
                 l4 += 8;
+                if !first {
+                    break;
+                }
             }
             _ => break,
         }

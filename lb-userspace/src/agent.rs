@@ -180,6 +180,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The sender stays here so the channel never closes when nothing watches.
+    let (link_tx, mut link_events) = tokio::sync::mpsc::channel::<()>(1);
+    if !opts.pod_ifaces.iter().all(String::is_empty) {
+        crate::datapath::host::watch_links(link_tx.clone())?;
+    }
     loop {
         let batch = tokio::select! {
             _ = gc.tick() => {
@@ -191,6 +196,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+                }
+                match dp.policy_ct_gc(&timeouts) {
+                    Ok((removed, kept)) => {
+                        health.metrics.policy_conntrack_entries.set(kept as i64);
+                        if removed > 0 {
+                            tracing::debug!(removed, kept, "policy conntrack sweep");
+                        }
+                    }
+                    Err(e) => tracing::warn!("policy conntrack sweep: {e:#}"),
                 }
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
@@ -212,6 +226,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         Err(e) => tracing::error!("full resync failed: {e:#}"),
                     }
                 }
+                continue;
+            }
+            Some(()) = link_events.recv() => {
+                sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,

@@ -58,9 +58,49 @@ pub fn expired(
     idle > limit
 }
 
+/// A policy conntrack entry idle past its protocol's timeout (short once a
+/// FIN or RST went through: the kernel keeps those TCP flag bits).
+pub fn policy_expired(
+    k: &lb_common::PolCtKey,
+    v: &lb_common::PolCtValue,
+    now: u32,
+    t: &Timeouts,
+) -> bool {
+    let idle = now.saturating_sub(v.last_seen);
+    let limit = if k.proto != PROTO_TCP {
+        t.other
+    } else if v.flags & 0x05 != 0 {
+        t.tcp_closing
+    } else {
+        t.tcp
+    };
+    idle > limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_entries_expire_by_protocol_and_closing_flags() {
+        let t = Timeouts::default();
+        let k = |proto| lb_common::PolCtKey {
+            proto,
+            ..Default::default()
+        };
+        let v = |last_seen, flags| lb_common::PolCtValue {
+            last_seen,
+            flags,
+            ..Default::default()
+        };
+        let now = 100_000;
+        assert!(!policy_expired(&k(PROTO_TCP), &v(now - 3600, 0), now, &t));
+        assert!(policy_expired(&k(PROTO_TCP), &v(now - 21601, 0), now, &t));
+        assert!(policy_expired(&k(PROTO_TCP), &v(now - 11, 0x01), now, &t));
+        assert!(!policy_expired(&k(PROTO_TCP), &v(now - 5, 0x04), now, &t));
+        assert!(policy_expired(&k(17), &v(now - 61, 0), now, &t));
+        assert!(!policy_expired(&k(17), &v(now - 59, 0), now, &t));
+    }
     use crate::compute::desired::net_addr;
     use lb_common::{BeU16, CT_REV, PROTO_UDP};
 

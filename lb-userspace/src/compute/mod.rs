@@ -10,4 +10,5 @@ pub mod policy;
 pub mod policy_plan;
 pub mod policy_sync;
 #[cfg(test)]
+mod policy_tests;
 pub mod reconcile;

@@ -212,6 +212,14 @@ impl Prefix {
     }
 }
 
+/// One address as a prefix of its own.
+fn host_prefix(ip: IpAddr) -> Prefix {
+    Prefix::of(&Cidr {
+        addr: ip,
+        len: if ip.is_ipv4() { 32 } else { 128 },
+    })
+}
+
 fn mask(len: u32) -> u128 {
     if len == 0 {
         0
@@ -590,51 +598,56 @@ impl Ctx<'_> {
                     .insert(from.to_string());
             }
         };
-        // Ports of this rule towards `dest` (the pod that owns the port:
-        // the endpoint itself for ingress, the peer pod for egress).
-        let blocks_to = |dest: Option<&PodInfo>| -> Vec<Block> {
-            if rule.ports.is_empty() {
-                return vec![(0, 0, POLICY_PREFIX_ANY_PROTO)];
-            }
-            rule.ports
+        let is_named = |s: &&PortSpec| matches!(s.port, Some(PortRef::Name(_)));
+        // An egress named port is the port of whichever pod is reached, so
+        // it cannot be an identity's: pods sharing labels may number it
+        // differently. Those specs become per-address entries of the pods
+        // the rule reaches; the rest of the rule is resolved as usual.
+        let (named, ports): (Vec<&PortSpec>, Vec<&PortSpec>) = if dir == DIR_EGRESS {
+            rule.ports.iter().partition(is_named)
+        } else {
+            (vec![], rule.ports.iter().collect())
+        };
+        let blocks = if rule.ports.is_empty() {
+            vec![(0, 0, POLICY_PREFIX_ANY_PROTO)]
+        } else {
+            // Ingress named ports are the endpoint's own.
+            ports
                 .iter()
-                .flat_map(|s| spec_blocks(s, |n, pr| dest.and_then(|d| d.named_port(n, pr))))
+                .flat_map(|s| spec_blocks(s, |n, pr| pod.named_port(n, pr)))
                 .collect()
         };
-        let named = rule
-            .ports
-            .iter()
-            .any(|s| matches!(s.port, Some(PortRef::Name(_))));
-        let per_peer_ports = dir == DIR_EGRESS && named;
+        let d = if dir == DIR_INGRESS { 0 } else { 1 };
+        let mut named_to =
+            |p: &PodInfo, inside: &dyn Fn(&Prefix) -> bool, plan: &mut EndpointPlan| {
+                if named.is_empty() {
+                    return;
+                }
+                let b: Vec<Block> = named
+                    .iter()
+                    .flat_map(|s| spec_blocks(s, |n, pr| p.named_port(n, pr)))
+                    .collect();
+                if b.is_empty() {
+                    return;
+                }
+                for ip in &p.ips {
+                    let a = host_prefix(*ip);
+                    if inside(&a) {
+                        plan.cidr_rules[d].push(CidrRule {
+                            cidr: a,
+                            except: vec![],
+                            blocks: b.clone(),
+                            from: from.to_string(),
+                        });
+                    }
+                }
+            };
         if rule.peers.is_empty() {
-            if per_peer_ports {
-                // A named port means the port of whichever pod is reached.
-                for p in self.pods {
-                    add(self.pod_ids[&p.key], blocks_to(Some(p)), plan);
-                }
-                let numeric = Rule {
-                    peers: vec![],
-                    ports: rule
-                        .ports
-                        .iter()
-                        .filter(|s| !matches!(s.port, Some(PortRef::Name(_))))
-                        .cloned()
-                        .collect(),
-                };
-                if !numeric.ports.is_empty() {
-                    add(
-                        ID_ANY,
-                        numeric
-                            .ports
-                            .iter()
-                            .flat_map(|s| spec_blocks(s, |_, _| None))
-                            .collect(),
-                        plan,
-                    );
-                }
-            } else {
-                let dest = (dir == DIR_INGRESS).then_some(pod);
-                add(ID_ANY, blocks_to(dest), plan);
+            for p in self.pods {
+                named_to(p, &|_| true, plan);
+            }
+            if !blocks.is_empty() {
+                add(ID_ANY, blocks, plan);
             }
             return;
         }
@@ -642,8 +655,10 @@ impl Ctx<'_> {
             match peer {
                 Peer::Pods { .. } => {
                     for p in self.peer_pods(peer, policy_ns) {
-                        let dest = if dir == DIR_INGRESS { pod } else { p };
-                        add(self.pod_ids[&p.key], blocks_to(Some(dest)), plan);
+                        named_to(p, &|_| true, plan);
+                        if !blocks.is_empty() {
+                            add(self.pod_ids[&p.key], blocks.clone(), plan);
+                        }
                     }
                 }
                 Peer::IpBlock { cidr, except } => {
@@ -652,39 +667,19 @@ impl Ctx<'_> {
                     if !cidr.addr.is_ipv4() && cidr_p.contains(&V4_MAPPED) {
                         except.push(V4_MAPPED);
                     }
-                    if per_peer_ports {
-                        // Named ports exist only on pods: those in the block.
-                        for p in self.pods {
-                            let inside = p.ips.iter().any(|ip| {
-                                let a = Prefix::of(&Cidr {
-                                    addr: *ip,
-                                    len: if ip.is_ipv4() { 32 } else { 128 },
-                                });
-                                cidr_p.contains(&a) && !except.iter().any(|e| e.contains(&a))
-                            });
-                            if inside {
-                                add(self.pod_ids[&p.key], blocks_to(Some(p)), plan);
-                            }
-                        }
+                    // Named ports exist only on pods: those in the block.
+                    let inside =
+                        |a: &Prefix| cidr_p.contains(a) && !except.iter().any(|e| e.contains(a));
+                    for p in self.pods {
+                        named_to(p, &inside, plan);
                     }
-                    let dest = (dir == DIR_INGRESS).then_some(pod);
-                    let blocks: Vec<Block> = if per_peer_ports {
-                        rule.ports
-                            .iter()
-                            .filter(|s| !matches!(s.port, Some(PortRef::Name(_))))
-                            .flat_map(|s| spec_blocks(s, |_, _| None))
-                            .collect()
-                    } else {
-                        blocks_to(dest)
-                    };
                     if blocks.is_empty() {
                         continue;
                     }
-                    let d = if dir == DIR_INGRESS { 0 } else { 1 };
                     plan.cidr_rules[d].push(CidrRule {
                         cidr: cidr_p,
                         except,
-                        blocks,
+                        blocks: blocks.clone(),
                         from: from.to_string(),
                     });
                 }

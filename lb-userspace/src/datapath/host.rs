@@ -244,3 +244,69 @@ mod glob_tests {
         assert!(glob_match("eth0", "eth0") && !glob_match("eth0", "eth01"));
     }
 }
+
+/// Wakes `notify` whenever an interface of this network namespace appears,
+/// changes or goes (rtnetlink link events), from a thread of its own: pod
+/// interfaces get their programs as they appear, not at the next poll.
+/// A full channel means a wake-up is already pending.
+pub fn watch_links(notify: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a NETLINK_ROUTE socket");
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: `sa` is a live sockaddr_nl of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("joining the rtnetlink link group");
+    }
+    std::thread::Builder::new()
+        .name("link-events".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 32768];
+            loop {
+                // SAFETY: `buf` is a live buffer of the length passed.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        // Events were lost: a resync catches up all the same.
+                        Some(libc::ENOBUFS) => {}
+                        _ => {
+                            tracing::error!(
+                                "rtnetlink link events: {e}; pod interfaces are now polled only"
+                            );
+                            return;
+                        }
+                    }
+                }
+                if notify.is_closed() {
+                    return;
+                }
+                let _ = notify.try_send(());
+            }
+        })
+        .context("starting the link-events thread")?;
+    Ok(())
+}

@@ -8,6 +8,7 @@ mod sys;
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
+mod test_run_policy;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -732,6 +733,31 @@ impl Datapath {
                 n += 1;
             }
         }
+        Ok((n, seen - n))
+    }
+
+    /// The same sweep over the policy conntrack: idle entries go.
+    pub fn policy_ct_gc(
+        &mut self,
+        t: &crate::compute::conntrack_gc::Timeouts,
+    ) -> anyhow::Result<(usize, usize)> {
+        use lb_common::{PolCtKey, PolCtValue};
+        let now = crate::cli::inspect::monotonic_s();
+        let map = self
+            .ebpf
+            .map_mut(lb_common::MAP_POL_CT)
+            .ok_or_else(|| anyhow!("map {} missing", lb_common::MAP_POL_CT))?;
+        let mut ct: HashMap<_, PolCtKey, PolCtValue> = HashMap::try_from(map)?;
+        let mut seen = 0;
+        let doomed: Vec<PolCtKey> = ct
+            .iter()
+            .take(lb_common::DEFAULT_POL_CT_MAX as usize)
+            .filter_map(Result::ok)
+            .inspect(|_| seen += 1)
+            .filter(|(k, v)| crate::compute::conntrack_gc::policy_expired(k, v, now, t))
+            .map(|(k, _)| k)
+            .collect();
+        let n = doomed.iter().filter(|k| ct.remove(k).is_ok()).count();
         Ok((n, seen - n))
     }
 

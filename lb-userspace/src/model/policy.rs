@@ -284,7 +284,8 @@ fn parse_policy(np: &NetworkPolicy, key: &ObjRef) -> Result<PolicyInfo, String> 
     let pod_selector = selector(&spec.pod_selector.unwrap_or_default(), "spec.podSelector")?;
     let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
     let (mut want_in, mut want_eg) = (true, has_egress);
-    if let Some(types) = &spec.policy_types {
+    // An empty list is defaulted like a missing one, as the API server does.
+    if let Some(types) = spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
         want_in = false;
         want_eg = false;
         for (i, t) in types.iter().enumerate() {

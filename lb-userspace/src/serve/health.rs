@@ -48,6 +48,7 @@ pub struct Metrics {
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub conntrack_entries: Gauge,
+    pub policy_conntrack_entries: Gauge,
     pub watch_restarts: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
@@ -93,6 +94,7 @@ impl Health {
             watch_restarts: Counter::default(),
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
+            policy_conntrack_entries: Gauge::default(),
         };
         let mut r = Registry::with_prefix("lb");
         r.register(
@@ -134,6 +136,11 @@ impl Health {
             "datapath_packets",
             "Packets the datapath handled, by action or drop reason",
             metrics.datapath_packets.clone(),
+        );
+        r.register(
+            "policy_conntrack_entries",
+            "Flows NetworkPolicy allowed and tracks (replies pass)",
+            metrics.policy_conntrack_entries.clone(),
         );
         r.register(
             "policy_verdicts",
