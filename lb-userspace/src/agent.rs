@@ -279,7 +279,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
                 health_checks.update(&rec.health_checks);
-                if let Err(e) = node_setup(&mut dp, &rec, &opts.devices, &mut node_addrs) {
+                if let Err(e) = node_setup(
+                    &mut dp,
+                    &rec,
+                    &opts.devices,
+                    &opts.pod_ifaces,
+                    &mut node_addrs,
+                ) {
                     tracing::error!("packet datapath: {e:#}");
                 }
                 // Pods come with their objects: their interfaces are new now.
@@ -380,6 +386,7 @@ fn node_setup(
     dp: &mut Datapath,
     rec: &Reconciler,
     devices: &[String],
+    pod_ifaces: &[String],
     seen: &mut Option<Vec<std::net::IpAddr>>,
 ) -> anyhow::Result<()> {
     let addrs = &rec.snapshot.node.addrs;
@@ -398,7 +405,16 @@ fn node_setup(
     }
     dp.set_config(cfg)?;
     let devs = if devices.is_empty() {
+        // A pod interface keeps its own programs (and its pod's policy)
+        // even when it carries a node address (a gateway address, say).
         crate::datapath::host::interfaces_with(addrs)?
+            .into_iter()
+            .filter(|d| {
+                !pod_ifaces
+                    .iter()
+                    .any(|p| !p.is_empty() && crate::datapath::host::glob_match(p, d))
+            })
+            .collect()
     } else {
         devices.to_vec()
     };

@@ -618,30 +618,29 @@ impl Ctx<'_> {
                 .collect()
         };
         let d = if dir == DIR_INGRESS { 0 } else { 1 };
-        let mut named_to =
-            |p: &PodInfo, inside: &dyn Fn(&Prefix) -> bool, plan: &mut EndpointPlan| {
-                if named.is_empty() {
-                    return;
+        let named_to = |p: &PodInfo, inside: &dyn Fn(&Prefix) -> bool, plan: &mut EndpointPlan| {
+            if named.is_empty() {
+                return;
+            }
+            let b: Vec<Block> = named
+                .iter()
+                .flat_map(|s| spec_blocks(s, |n, pr| p.named_port(n, pr)))
+                .collect();
+            if b.is_empty() {
+                return;
+            }
+            for ip in &p.ips {
+                let a = host_prefix(*ip);
+                if inside(&a) {
+                    plan.cidr_rules[d].push(CidrRule {
+                        cidr: a,
+                        except: vec![],
+                        blocks: b.clone(),
+                        from: from.to_string(),
+                    });
                 }
-                let b: Vec<Block> = named
-                    .iter()
-                    .flat_map(|s| spec_blocks(s, |n, pr| p.named_port(n, pr)))
-                    .collect();
-                if b.is_empty() {
-                    return;
-                }
-                for ip in &p.ips {
-                    let a = host_prefix(*ip);
-                    if inside(&a) {
-                        plan.cidr_rules[d].push(CidrRule {
-                            cidr: a,
-                            except: vec![],
-                            blocks: b.clone(),
-                            from: from.to_string(),
-                        });
-                    }
-                }
-            };
+            }
+        };
         if rule.peers.is_empty() {
             for p in self.pods {
                 named_to(p, &|_| true, plan);
