@@ -75,7 +75,6 @@ fn results(p: &mut Proc, count: usize) -> Vec<Value> {
 }
 
 /// Drop order: the agent (killed, pins reset), servers, cgroup, namespaces, files.
-#[expect(dead_code, reason = "fields are held for their Drop order")]
 struct Bed {
     agent: AgentProc,
     servers: Vec<Proc>,

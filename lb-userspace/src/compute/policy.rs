@@ -4,8 +4,10 @@
 //! direction, protocol, port block) and their ipBlock CIDR sets.
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    rc::Rc,
 };
 
 use lb_common::{
@@ -322,12 +324,7 @@ pub fn compute(
         errors.push(e);
     }
 
-    let ctx = Ctx {
-        snap,
-        pods: &pods,
-        pod_ids: &pod_ids,
-        ns_cache: &ns_cache,
-    };
+    let ctx = Ctx::new(&pods, &pod_ids, &ns_cache);
     let mut report = Report::default();
     let mut policies: Vec<&PolicyInfo> = snap.policies.values().collect();
     policies.sort_by(|a, b| a.key.cmp(&b.key));
@@ -518,38 +515,81 @@ fn cidr_sets(rules: &[CidrRule]) -> Vec<(Prefix, u32, Vec<Block>, BTreeSet<Strin
     out
 }
 
-struct Ctx<'a> {
-    snap: &'a Snapshot,
-    pods: &'a [&'a PodInfo],
-    pod_ids: &'a HashMap<&'a ObjRef, u32>,
-    ns_cache: &'a HashMap<&'a str, Labels>,
+/// The pods of one identity: selectors are matched once per identity.
+struct IdentityPods<'a> {
+    id: u32,
+    namespace: &'a str,
+    labels: &'a Labels,
+    pods: Vec<&'a PodInfo>,
 }
 
-impl Ctx<'_> {
-    fn ns_labels(&self, ns: &str) -> Labels {
-        self.ns_cache
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| ns_labels(self.snap, ns))
+struct Ctx<'a> {
+    pods: &'a [&'a PodInfo],
+    ns_cache: &'a HashMap<&'a str, Labels>,
+    identities: Vec<IdentityPods<'a>>,
+    /// (peer, policy namespace) -> indexes into `identities`: each peer is
+    /// matched once per computation, however many endpoints its policy selects.
+    matched: RefCell<HashMap<(*const Peer, &'a str), Rc<Vec<usize>>>>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        pods: &'a [&'a PodInfo],
+        pod_ids: &'a HashMap<&'a ObjRef, u32>,
+        ns_cache: &'a HashMap<&'a str, Labels>,
+    ) -> Self {
+        let mut by_id: BTreeMap<u32, IdentityPods<'a>> = BTreeMap::new();
+        for p in pods {
+            let id = pod_ids[&p.key];
+            by_id
+                .entry(id)
+                .or_insert_with(|| IdentityPods {
+                    id,
+                    namespace: &p.key.namespace,
+                    labels: &p.labels,
+                    pods: vec![],
+                })
+                .pods
+                .push(p);
+        }
+        Self {
+            pods,
+            ns_cache,
+            identities: by_id.into_values().collect(),
+            matched: RefCell::new(HashMap::new()),
+        }
     }
 
-    /// The pods a `Pods` peer of a policy in `policy_ns` selects.
-    fn peer_pods(&self, peer: &Peer, policy_ns: &str) -> Vec<&PodInfo> {
+    /// The identities a `Pods` peer of a policy in `policy_ns` selects.
+    fn peer_identities(&self, peer: &Peer, policy_ns: &'a str) -> Rc<Vec<usize>> {
+        let key = (peer as *const Peer, policy_ns);
+        if let Some(m) = self.matched.borrow().get(&key) {
+            return m.clone();
+        }
         let Peer::Pods { pods, namespaces } = peer else {
-            return vec![];
+            return Rc::new(vec![]);
         };
-        self.pods
+        let found: Vec<usize> = self
+            .identities
             .iter()
-            .copied()
-            .filter(|p| match namespaces {
-                None => p.key.namespace == policy_ns,
-                Some(sel) => sel.matches(&self.ns_labels(&p.key.namespace)),
+            .enumerate()
+            .filter(|(_, i)| match namespaces {
+                None => i.namespace == policy_ns,
+                // Every pod's namespace is in the cache.
+                Some(sel) => self
+                    .ns_cache
+                    .get(i.namespace)
+                    .is_some_and(|l| sel.matches(l)),
             })
-            .filter(|p| pods.matches(&p.labels))
-            .collect()
+            .filter(|(_, i)| pods.matches(i.labels))
+            .map(|(n, _)| n)
+            .collect();
+        let found = Rc::new(found);
+        self.matched.borrow_mut().insert(key, found.clone());
+        found
     }
 
-    fn endpoint(&self, pod: &PodInfo, policies: &[&PolicyInfo]) -> EndpointPlan {
+    fn endpoint(&self, pod: &PodInfo, policies: &[&'a PolicyInfo]) -> EndpointPlan {
         let mut plan = EndpointPlan {
             flags: 0,
             entries: BTreeMap::new(),
@@ -586,7 +626,7 @@ impl Ctx<'_> {
         pod: &PodInfo,
         dir: u8,
         rule: &Rule,
-        policy_ns: &str,
+        policy_ns: &'a str,
         from: &str,
         plan: &mut EndpointPlan,
     ) {
@@ -653,10 +693,13 @@ impl Ctx<'_> {
         for peer in &rule.peers {
             match peer {
                 Peer::Pods { .. } => {
-                    for p in self.peer_pods(peer, policy_ns) {
-                        named_to(p, &|_| true, plan);
+                    for &i in self.peer_identities(peer, policy_ns).iter() {
+                        let ident = &self.identities[i];
+                        for p in &ident.pods {
+                            named_to(p, &|_| true, plan);
+                        }
                         if !blocks.is_empty() {
-                            add(self.pod_ids[&p.key], blocks.clone(), plan);
+                            add(ident.id, blocks.clone(), plan);
                         }
                     }
                 }
