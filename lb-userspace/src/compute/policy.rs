@@ -62,6 +62,9 @@ pub struct EndpointReport {
     pub egress_isolated: bool,
     pub entries: usize,
     pub cidr_entries: usize,
+    /// Why the pod is isolated with nothing allowed (its entries do not fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The resolved allow entries and the rules they came from.
     pub allows: Vec<AllowReport>,
 }
@@ -271,6 +274,37 @@ pub fn compute(
     ids: &mut Identities,
     ep_ids: &mut EpIds,
 ) -> Computed {
+    compute_within(snap, host_addrs, ids, ep_ids, &Capacity::default())
+}
+
+/// How many entries the maps hold (their `max_entries`).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub ipcache: usize,
+    pub entries: usize,
+    pub cidrs: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            ipcache: lb_common::DEFAULT_IPCACHE_MAX as usize,
+            entries: lb_common::DEFAULT_POLICY_MAX as usize,
+            cidrs: lb_common::DEFAULT_POL_CIDR_MAX as usize,
+        }
+    }
+}
+
+/// `compute` with the maps' capacities: a pod whose entries do not fit is
+/// isolated both ways with none (reported); pods past the ipcache's
+/// capacity are `world` to their peers' policies (reported).
+pub fn compute_within(
+    snap: &Snapshot,
+    host_addrs: &[IpAddr],
+    ids: &mut Identities,
+    ep_ids: &mut EpIds,
+    cap: &Capacity,
+) -> Computed {
     let mut errors = Vec::new();
     let mut pods: Vec<&PodInfo> = snap.pods.values().filter(|p| p.is_endpoint()).collect();
     pods.sort_by(|a, b| a.key.cmp(&b.key));
@@ -293,13 +327,24 @@ pub fn compute(
     ids.retain(&live);
 
     let mut maps = PolicyMaps::default();
-    for p in &pods {
-        for ip in &p.ips {
-            maps.ipcache.insert((net_addr(*ip), 128), pod_ids[&p.key]);
-        }
-    }
     for ip in host_addrs.iter().chain(&snap.node.addrs) {
         maps.ipcache.insert((net_addr(*ip), 128), ID_HOST);
+    }
+    let mut left_out = 0;
+    for p in &pods {
+        for ip in &p.ips {
+            if maps.ipcache.len() < cap.ipcache {
+                maps.ipcache.insert((net_addr(*ip), 128), pod_ids[&p.key]);
+            } else {
+                left_out += 1;
+            }
+        }
+    }
+    if left_out > 0 {
+        errors.push(format!(
+            "{left_out} pod addresses do not fit the ipcache (capacity {}): policies see them as world",
+            cap.ipcache
+        ));
     }
     for pol in snap.policies.values() {
         if pol.ingress.is_some() {
@@ -334,19 +379,11 @@ pub fn compute(
         };
         let plan = ctx.endpoint(p, &policies);
         let identity = pod_ids[&p.key];
-        let ep = PolEndpoint {
-            ep_id,
-            identity,
-            flags: plan.flags,
-            _pad: 0,
-        };
-        for ip in &p.ips {
-            maps.endpoints.insert(net_addr(*ip), ep);
-        }
         let mut allows: BTreeMap<(u8, String, String), BTreeSet<String>> = BTreeMap::new();
-        let before = maps.entries.len();
+        let mut entries: Vec<(PolicyData, u32)> = Vec::new();
+        let mut cidrs: Vec<((PolCidrData, u32), u32)> = Vec::new();
         for ((peer, dir, (proto, port, len)), from) in &plan.entries {
-            maps.entries.insert((
+            entries.push((
                 PolicyData {
                     ep_id,
                     identity: *peer,
@@ -361,25 +398,18 @@ pub fn compute(
                 .or_default()
                 .extend(from.iter().cloned());
         }
-        let mut cidr_entries = 0;
         for (d, rules) in plan.cidr_rules.iter().enumerate() {
             let dir = if d == 0 { DIR_INGRESS } else { DIR_EGRESS };
             for (prefix, set, blocks, from) in cidr_sets(rules) {
-                cidr_entries += 1;
-                maps.cidrs.insert(
-                    (
-                        PolCidrData {
-                            ep_id,
-                            dir,
-                            _pad: [0; 3],
-                            addr: prefix.addr(),
-                        },
-                        64 + prefix.len,
-                    ),
-                    set,
-                );
+                let data = PolCidrData {
+                    ep_id,
+                    dir,
+                    _pad: [0; 3],
+                    addr: prefix.addr(),
+                };
+                cidrs.push(((data, 64 + prefix.len), set));
                 for (proto, port, len) in blocks {
-                    maps.entries.insert((
+                    entries.push((
                         PolicyData {
                             ep_id,
                             identity: set,
@@ -400,15 +430,52 @@ pub fn compute(
                 }
             }
         }
+        let mut flags = plan.flags;
+        let mut error = None;
+        if maps.entries.len() + entries.len() > cap.entries
+            || maps.cidrs.len() + cidrs.len() > cap.cidrs
+        {
+            // What cannot be represented denies: the pod is isolated both
+            // ways with no allow entry until its entries fit.
+            let e = format!(
+                "pod {}: its {} policy entries and {} CIDR entries do not fit (capacity {} and {}, {} and {} in use by other pods); it is isolated both ways and allows nothing until they fit",
+                p.key,
+                entries.len(),
+                cidrs.len(),
+                cap.entries,
+                cap.cidrs,
+                maps.entries.len(),
+                maps.cidrs.len()
+            );
+            errors.push(e.clone());
+            error = Some(e);
+            flags = EP_F_INGRESS_ISOLATED | EP_F_EGRESS_ISOLATED;
+            entries.clear();
+            cidrs.clear();
+            allows.clear();
+        }
+        let ep = PolEndpoint {
+            ep_id,
+            identity,
+            flags,
+            _pad: 0,
+        };
+        for ip in &p.ips {
+            maps.endpoints.insert(net_addr(*ip), ep);
+        }
+        let (n_entries, cidr_entries) = (entries.len(), cidrs.len());
+        maps.entries.extend(entries);
+        maps.cidrs.extend(cidrs);
         report.endpoints.push(EndpointReport {
             pod: p.key.to_string(),
             ep_id,
             identity,
             addresses: p.ips.clone(),
-            ingress_isolated: plan.flags & EP_F_INGRESS_ISOLATED != 0,
-            egress_isolated: plan.flags & EP_F_EGRESS_ISOLATED != 0,
-            entries: maps.entries.len() - before,
+            ingress_isolated: flags & EP_F_INGRESS_ISOLATED != 0,
+            egress_isolated: flags & EP_F_EGRESS_ISOLATED != 0,
+            entries: n_entries,
             cidr_entries,
+            error,
             allows: allows
                 .into_iter()
                 .map(|((dir, peer, ports), from)| AllowReport {

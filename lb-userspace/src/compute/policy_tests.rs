@@ -1917,3 +1917,49 @@ fn egress_named_ports_of_pods_sharing_an_identity_stay_per_pod() {
         ],
     );
 }
+
+#[test]
+fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
+    let mut c = cluster(&[
+        pod("x/a", "app=a", "10.0.1.1"),
+        pod("x/b", "app=b", "10.0.1.2"),
+        pod("y/c", "app=c", "10.0.2.1"),
+        netpol(
+            "x/allow",
+            "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}, {port: 81}, {port: 82}]}]}",
+        ),
+    ]);
+    let cap = crate::compute::policy::Capacity {
+        ipcache: 100,
+        entries: 10,
+        cidrs: 10,
+    };
+    let out = crate::compute::policy::compute_within(
+        &c.snap,
+        &c.host_addrs,
+        &mut c.ids,
+        &mut c.ep_ids,
+        &cap,
+    );
+    // 3 identities x 3 ports = 9 entries per pod of x: the first fits, the second does not.
+    let errs: Vec<&String> = out
+        .errors
+        .iter()
+        .filter(|e| e.contains("do not fit"))
+        .collect();
+    assert_eq!(errs.len(), 1, "{:?}", out.errors);
+    assert!(errs[0].contains("pod x/b"), "{}", errs[0]);
+    c.maps = out.maps;
+    c.report = out.report;
+    check(
+        &c,
+        &[
+            ("x/a", Ingress, "y/c", TCP, 80, ALLOW),
+            ("x/b", Ingress, "y/c", TCP, 80, DENY),
+            ("x/b", Egress, "y/c", TCP, 80, DENY),
+            ("y/c", Egress, "x/a", TCP, 80, ALLOW),
+        ],
+    );
+    let b = c.report.endpoints.iter().find(|e| e.pod == "x/b").unwrap();
+    assert!(b.ingress_isolated && b.egress_isolated && b.error.is_some());
+}
