@@ -9,7 +9,7 @@ pub const MAP_SOCK_REV: &str = "LB_SOCK_REV_V1";
 pub const MAP_STATUS: &str = "LB_STATUS_V1";
 pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
-pub const MAP_COUNTERS: &str = "LB_COUNTERS_V1";
+pub const MAP_COUNTERS: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
 pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
 pub const DEFAULT_SRC_RANGES_MAX: u32 = 16384;
@@ -99,6 +99,12 @@ pub const SVC_FLAG_NODEPORT: u8 = 1 << 2;
 pub const SVC_FLAG_EXT_LOCAL: u8 = 1 << 3;
 /// loadBalancerSourceRanges: clients not in `LB_SRCRANGE_V1` are dropped.
 pub const SVC_FLAG_SOURCE_RANGES: u8 = 1 << 4;
+/// internalTrafficPolicy: Local, on a ClusterIP frontend: its slots hold
+/// this node's endpoints only, and when it has none while other nodes have
+/// some, the socket hooks drop (the syscall fails with EPERM) instead of
+/// refusing. The agent leaves the flag off while the Service has no
+/// endpoint anywhere, which is refused as usual.
+pub const SVC_FLAG_INT_LOCAL: u8 = 1 << 5;
 
 /// Key of `LB_SERVICES_V1`. Slot 0 is the frontend; slots 1..=count hold
 /// backend ids, so choosing a backend is one hash lookup after the frontend.
@@ -250,7 +256,12 @@ pub const C_DROP_NO_LOCAL: u32 = 9;
 pub const C_DROP_SOURCE_RANGE: u32 = 10;
 pub const C_XDP_DNAT: u32 = 11;
 pub const C_XDP_PASS: u32 = 12;
-pub const COUNTERS: u32 = 13;
+/// A forward hit made its flow's entries again (a reused tuple, or a
+/// partner entry lost to LRU eviction).
+pub const C_CT_RESTORED: u32 = 13;
+/// No free SNAT port towards the backend: the new flow is dropped.
+pub const C_DROP_SNAT_EXHAUSTED: u32 = 14;
+pub const COUNTERS: u32 = 15;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -265,7 +276,22 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "drop_source_range",
     "xdp_dnat",
     "xdp_pass",
+    "ct_restored",
+    "drop_snat_ports_exhausted",
 ];
+
+/// TCP header flag bits (the byte at offset 13).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The node ports SNAT hands out towards backends on other nodes: above
+/// Linux's default ephemeral range (32768-60999), so no socket of the
+/// node itself uses them (the agent warns when ip_local_port_range
+/// reaches into them).
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 65535;
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.
 #[repr(C)]

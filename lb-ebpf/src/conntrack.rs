@@ -79,3 +79,23 @@ pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags: u32) ->
         Err(e) => e as i32,
     }
 }
+
+/// Creates an entry only where none exists (BPF_NOEXIST): 0 when it was
+/// created, non-zero when the key is taken. Not inlined (stack).
+#[inline(never)]
+pub fn put_new(k: &CtKey, addr: &NetAddr, port: u32) -> i32 {
+    const BPF_NOEXIST: u64 = 1;
+    let v = CtValue {
+        addr: *addr,
+        port: BeU16(port as u16),
+        flags: 0,
+        _pad: 0,
+        backend_id: 0,
+        last_seen: now_s(),
+        _pad2: 0,
+    };
+    match LB_CT_V1.insert(k, &v, BPF_NOEXIST) {
+        Ok(()) => 0,
+        Err(e) => e as i32,
+    }
+}

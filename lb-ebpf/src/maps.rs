@@ -47,11 +47,11 @@ pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);
 
 /// What the packet programs did, per CPU, by `C_*` index.
 #[map]
-pub static LB_COUNTERS_V1: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
+pub static LB_COUNTERS_V2: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 #[inline(always)]
 pub fn count(idx: u32) {
-    if let Some(p) = LB_COUNTERS_V1.get_ptr_mut(idx) {
+    if let Some(p) = LB_COUNTERS_V2.get_ptr_mut(idx) {
         // SAFETY: a per-CPU slot: no other CPU writes it; the pointer is valid
         // for this program run.
         unsafe { *p += 1 };

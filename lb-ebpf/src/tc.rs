@@ -11,11 +11,13 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
-    AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_NO_BACKEND,
-    C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT,
-    C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT,
-    CtKey, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS,
+    AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED, C_CT_STALE_BACKEND,
+    C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_ICMP_UNREACH,
+    C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4,
+    CONFIG_HAS_IP6, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey,
+    NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS,
     SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData,
+    TCP_ACK, TCP_SYN,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -99,8 +101,17 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
         count(C_PASS_UNPARSED);
         return Ok(TC_ACT_OK);
     }
-    if known_flow(ctx, &mut p) != 0 {
-        return Ok(TC_ACT_OK);
+    match known_flow(ctx, &mut p) {
+        0 => {}
+        RETRACK => {
+            if retrack(&p) != 0 {
+                return Ok(TC_ACT_SHOT);
+            }
+            // Fresh now: the known-flow path translates it.
+            known_flow(ctx, &mut p);
+            return Ok(TC_ACT_OK);
+        }
+        _ => return Ok(TC_ACT_OK),
     }
     match new_flow(ctx, &mut p) {
         REFUSE => {
@@ -128,6 +139,9 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
         if backend_is(v.backend_id, &v.addr, v.port) {
+            if stale_flow(p, &fk) != 0 {
+                return RETRACK;
+            }
             conntrack::touch(&fk, &v, p.tcp_flags);
             if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
                 count(C_TC_DNAT);
@@ -135,6 +149,79 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
             return 1;
         }
         count(C_CT_STALE_BACKEND);
+    }
+    0
+}
+
+/// A new connection on a reused tuple, or a flow that lost an entry (LRU
+/// eviction): all its entries are made again, fresh, towards the backend
+/// it had, so its replies find their way back (the caller then takes the
+/// known-flow path again to DNAT). 0, or non-zero when no SNAT port was
+/// free. Called from `try_ingress`, not from `known_flow`, and without the
+/// rewrite, so the stack frames never add up past the verifier's limit.
+#[inline(never)]
+fn retrack(p: &Pkt) -> i32 {
+    let fk = conntrack::key(p, CT_FWD);
+    let Some(v) = conntrack::lookup(&fk) else {
+        return 0;
+    };
+    let b = lb_common::Backend {
+        addr: v.addr,
+        port: v.port,
+        proto: p.proto,
+        flags: v.flags & !(CT_F_CLOSING | CT_F_ESTABLISHED),
+    };
+    if track(p, &b, v.backend_id) != 0 {
+        count(C_DROP_SNAT_EXHAUSTED);
+        return 1;
+    }
+    count(C_CT_RESTORED);
+    0
+}
+
+/// `known_flow`: the flow's entries must be made again (`retrack`).
+const RETRACK: u32 = 2;
+
+/// 1 when a forward hit (its entry `fk`) must make its flow's entries
+/// again: a bare SYN on an entry whose connection got past its handshake
+/// or closed (the tuple is reused: the new connection starts fresh), or a
+/// partner entry the replies need is gone. Not inlined: its keys get a
+/// frame of their own. (It takes the key, not the caller's copy of the
+/// value: LLVM's BPF backend fails on the latter.)
+#[inline(never)]
+pub fn stale_flow(p: &Pkt, fk: &CtKey) -> u32 {
+    let Some(v) = conntrack::lookup(fk) else {
+        return 0;
+    };
+    let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if syn && v.flags & (CT_F_CLOSING | CT_F_ESTABLISHED) != 0 {
+        return 1;
+    }
+    let rev = CtKey {
+        saddr: v.addr,
+        daddr: p.saddr,
+        sport: v.port,
+        dport: p.sport,
+        proto: p.proto,
+        kind: CT_REV,
+        _pad: [0; 2],
+    };
+    if conntrack::lookup(&rev).is_none() {
+        return 1;
+    }
+    if v.flags & BACKEND_LOCAL == 0 || v.addr == p.saddr {
+        let snat = CtKey {
+            saddr: p.saddr,
+            daddr: v.addr,
+            sport: p.sport,
+            dport: v.port,
+            proto: p.proto,
+            kind: CT_SNAT,
+            _pad: [0; 2],
+        };
+        if conntrack::lookup(&snat).is_none() {
+            return 1;
+        }
     }
     0
 }
@@ -212,9 +299,10 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
             kind: CT_RSNAT,
             _pad: [0; 2],
         };
-        snat_port(&mut k, &client, cport.0 as u32, flow_hash(p));
+        if snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) != 0 {
+            return -1;
+        }
         let sport = k.dport;
-        conntrack::put(&k, &client, cport.0 as u32, 0, 0);
         let k = CtKey {
             saddr: client,
             daddr: b.addr,
@@ -274,7 +362,7 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
         NO_ENDPOINTS => {
             count(C_DROP_NO_BACKEND);
             // Refuse what opens a flow (a TCP SYN, any UDP datagram) at once.
-            let syn = p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02;
+            let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             if syn || p.proto == PROTO_UDP {
                 return Ok(REFUSE);
             }
@@ -286,6 +374,7 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
         }
     }
     if track(p, &c.backend, c.backend_id) != 0 {
+        count(C_DROP_SNAT_EXHAUSTED);
         return Ok(TC_ACT_SHOT);
     }
     count(C_CT_CREATE);
@@ -385,21 +474,31 @@ fn rewrite_dst(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
     nat::set_port(ctx, p, Side::Dst, port)
 }
 
-/// Sets `k.dport` (an RSNAT key, the client's port to start with) to a free
-/// port: the client's own unless another client already holds it towards
-/// this backend; then a few hashed tries in 32768..61000 (bounded). Not
-/// inlined: its key copy lives in its own stack frame.
+/// Claims a node port for a flow SNAT'd towards `k.saddr:k.sport` (an
+/// RSNAT key): its reverse entry (port -> client) is inserted only where
+/// none exists (BPF_NOEXIST, so two CPUs can never hand one port to two
+/// clients), trying hashed ports of the reserved range (outside the
+/// node's ephemeral range, so no host process of the node uses them); a
+/// port already held for this same client flow is kept. Sets `k.dport`;
+/// 0 on success, 1 when every try was taken (the caller drops, counted).
+/// Not inlined: its key copy lives in its own stack frame.
 #[inline(never)]
 fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
     let mut i = 0u32;
-    while i < 4 {
-        match conntrack::lookup(k) {
-            None => return 0,
-            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return 0,
-            Some(_) => {}
+    while i < SNAT_TRIES {
+        k.dport = BeU16::from_host((SNAT_PORT_MIN + mix(h, i) % SNAT_PORTS) as u16);
+        if conntrack::put_new(k, client, cport) == 0 {
+            return 0;
         }
-        k.dport = BeU16::from_host(32768 + (mix(h, i) % 28232) as u16);
+        match conntrack::lookup(k) {
+            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return 0,
+            _ => {}
+        }
         i += 1;
     }
-    0
+    1
 }
+
+const SNAT_TRIES: u32 = 8;
+const SNAT_PORT_MIN: u32 = lb_common::SNAT_PORT_MIN as u32;
+const SNAT_PORTS: u32 = lb_common::SNAT_PORT_MAX as u32 - SNAT_PORT_MIN + 1;

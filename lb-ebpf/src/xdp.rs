@@ -150,8 +150,9 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     if b.addr != v.addr || b.port != v.port || b.addr.is_v4() == p.v6 {
         return PASS_ON;
     }
-    // A FIN or RST goes on to TC, which marks the entry closing.
-    if p.tcp_flags & 0x05 != 0 {
+    // A FIN or RST goes on to TC, which marks the entry closing; so does
+    // a flow TC must make afresh (a reused tuple, a lost partner entry).
+    if p.tcp_flags & 0x05 != 0 || tc::stale_flow(p, &k) != 0 {
         return PASS_ON;
     }
     conntrack::touch(&k, &v, p.tcp_flags);

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub ct_timeouts: crate::compute::conntrack_gc::Timeouts,
     /// Empty: every address of the Node object serves NodePorts.
     pub node_port_cidrs: Vec<crate::model::cidr::Cidr>,
+    /// `--external-ip-cidrs`: the only addresses externalIPs may use
+    /// (empty: any but this node's addresses and ClusterIPs).
+    pub external_ip_cidrs: Vec<crate::model::cidr::Cidr>,
     /// `/healthz`, `/livez`, `/metrics` (None: off).
     pub health_addr: Option<std::net::SocketAddr>,
     pub load: LoadOptions,
@@ -106,7 +109,30 @@ async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender
     }
 }
 
+/// SNAT hands out node ports from a range of its own: a node whose
+/// ephemeral range reaches into it could see one of its own connections
+/// collide with a translated flow towards the same backend.
+fn check_ephemeral_ports() {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u32>().ok());
+    if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+        if hi >= lb_common::SNAT_PORT_MIN as u32 && lo <= lb_common::SNAT_PORT_MAX as u32 {
+            tracing::warn!(
+                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the SNAT port range {}-{}: lower its upper bound below {} so no socket of this node can collide with a translated flow",
+                lb_common::SNAT_PORT_MIN,
+                lb_common::SNAT_PORT_MAX,
+                lb_common::SNAT_PORT_MIN
+            );
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
     let source_desc = match &opts.source {
@@ -139,6 +165,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let mut rec = Reconciler::new(mirror, opts.node_name.clone());
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
+    rec.external_ip_cidrs = opts.external_ip_cidrs.clone();
     rec.policy = PolicySync::adopt(dp.policy.read()?);
     rec.policy.host_addrs = local_addrs();
     let mut status = dp.status()?;

@@ -8,6 +8,8 @@ mod sys;
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
+mod test_run_conntrack;
+#[cfg(test)]
 mod test_run_policy;
 
 use std::{
@@ -728,9 +730,16 @@ impl Datapath {
             .collect();
         let mut n = 0;
         for k in &doomed {
-            // Gone already (evicted, or its flow ended) is fine.
-            if ct.remove(k).is_ok() {
-                n += 1;
+            // Only what is still expired now: its flow may have come back
+            // (a new connection on the tuple) since the walk saw it.
+            match ct.get(k, 0) {
+                Ok(v) if crate::compute::conntrack_gc::expired(k, &v, now, backends, t) => {
+                    // Gone already (evicted, or its flow ended) is fine.
+                    if ct.remove(k).is_ok() {
+                        n += 1;
+                    }
+                }
+                _ => {}
             }
         }
         Ok((n, seen - n))
@@ -757,7 +766,14 @@ impl Datapath {
             .filter(|(k, v)| crate::compute::conntrack_gc::policy_expired(k, v, now, t))
             .map(|(k, _)| k)
             .collect();
-        let n = doomed.iter().filter(|k| ct.remove(k).is_ok()).count();
+        let n = doomed
+            .iter()
+            .filter(|k| {
+                ct.get(k, 0)
+                    .is_ok_and(|v| crate::compute::conntrack_gc::policy_expired(k, &v, now, t))
+                    && ct.remove(k).is_ok()
+            })
+            .count();
         Ok((n, seen - n))
     }
 

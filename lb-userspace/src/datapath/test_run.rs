@@ -19,13 +19,13 @@ use lb_common::{
 use super::{OBJECT, TC_PROGRAMS};
 use crate::compute::desired::net_addr;
 
-const TC_ACT_OK: u32 = 0;
+pub(super) const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-struct Bed {
-    ebpf: Ebpf,
+pub(super) struct Bed {
+    pub(super) ebpf: Ebpf,
     dir: PathBuf,
 }
 
@@ -35,12 +35,12 @@ impl Drop for Bed {
     }
 }
 
-fn ip(s: &str) -> lb_common::NetAddr {
+pub(super) fn ip(s: &str) -> lb_common::NetAddr {
     net_addr(s.parse::<IpAddr>().unwrap())
 }
 
 impl Bed {
-    fn new(tag: &str) -> Self {
+    pub(super) fn new(tag: &str) -> Self {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -76,13 +76,19 @@ impl Bed {
     }
 
     /// One external frontend with one backend (or none).
-    fn service(&mut self, front: &str, fport: u16, proto: u8, backend: Option<(&str, u16, u8)>) {
+    pub(super) fn service(
+        &mut self,
+        front: &str,
+        fport: u16,
+        proto: u8,
+        backend: Option<(&str, u16, u8)>,
+    ) {
         self.frontend(front, fport, proto, SVC_FLAG_EXTERNAL, backend.as_slice());
     }
 
     /// A frontend with `flags` and `backends` (address, port, flags) in
     /// slots 1..; its service id is its port, distinct within a test.
-    fn frontend(
+    pub(super) fn frontend(
         &mut self,
         front: &str,
         fport: u16,
@@ -123,7 +129,7 @@ impl Bed {
     }
 
     /// A bed with a TCP NodePort 10.100.0.1:30080 served by a local backend.
-    fn with_node_port(tag: &str) -> Self {
+    pub(super) fn with_node_port(tag: &str) -> Self {
         let mut bed = Bed::new(tag);
         bed.service(
             "10.100.0.1",
@@ -146,17 +152,17 @@ impl Bed {
         bed
     }
 
-    fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+    pub(super) fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
         let p: &Xdp = self.ebpf.program("lb_xdp").unwrap().try_into().unwrap();
         test_run(p, pkt)
     }
 
-    fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+    pub(super) fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         test_run(p, pkt)
     }
 
-    fn ct(&self) -> Vec<(CtKey, CtValue)> {
+    pub(super) fn ct(&self) -> Vec<(CtKey, CtValue)> {
         let m: HashMap<_, CtKey, CtValue> =
             HashMap::try_from(self.ebpf.map(lb_common::MAP_CT).unwrap()).unwrap();
         m.iter().filter_map(Result::ok).collect()
@@ -164,7 +170,7 @@ impl Bed {
 }
 
 /// BPF_PROG_TEST_RUN on one packet: (verdict, packet out).
-fn test_run<P>(p: &P, pkt: &[u8]) -> (u32, Vec<u8>)
+pub(super) fn test_run<P>(p: &P, pkt: &[u8]) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
 {
@@ -177,7 +183,7 @@ where
     (r.return_value, out)
 }
 
-fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+pub(super) fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
         .ipv4(src, dst, 64)
         .tcp(sport, dport, 1000, 64000);
@@ -210,7 +216,7 @@ fn sum(data: &[u8], mut acc: u32) -> u32 {
 }
 
 /// Checks the IPv4/IPv6 header and L4 checksums of an Ethernet frame.
-fn assert_checksums(pkt: &[u8]) {
+pub(super) fn assert_checksums(pkt: &[u8]) {
     let l3 = &pkt[14..];
     let (pseudo, l4, proto) = if l3[0] >> 4 == 4 {
         let ihl = (l3[0] & 0xf) as usize * 4;
@@ -244,7 +250,7 @@ fn assert_checksums(pkt: &[u8]) {
     );
 }
 
-fn dst4(pkt: &[u8]) -> (String, u16) {
+pub(super) fn dst4(pkt: &[u8]) -> (String, u16) {
     let ihl = (pkt[14] & 0xf) as usize * 4;
     let a = &pkt[30..34];
     (
@@ -253,7 +259,7 @@ fn dst4(pkt: &[u8]) -> (String, u16) {
     )
 }
 
-fn src4(pkt: &[u8]) -> (String, u16) {
+pub(super) fn src4(pkt: &[u8]) -> (String, u16) {
     let ihl = (pkt[14] & 0xf) as usize * 4;
     let a = &pkt[26..30];
     (
@@ -306,12 +312,17 @@ fn remote_backend_gets_snat_and_its_reply_is_translated_back() {
     let syn = tcp4([10, 100, 0, 200], 40001, [10, 100, 0, 1], 30080, true);
     let (_, fwd) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(dst4(&fwd), ("10.244.2.10".into(), 8080));
-    // at egress the source becomes the node
+    // at egress the source becomes the node, at a port of the SNAT range
     let (_, out) = bed.run("lb_tc_egress", &fwd);
-    assert_eq!(src4(&out), ("10.100.0.1".into(), 40001));
+    let (node, port) = src4(&out);
+    assert_eq!(node, "10.100.0.1");
+    assert!(
+        (lb_common::SNAT_PORT_MIN..=lb_common::SNAT_PORT_MAX).contains(&port),
+        "{port}"
+    );
     assert_checksums(&out);
     // the reply comes back to the node and gets the client as destination...
-    let reply = tcp4([10, 244, 2, 10], 8080, [10, 100, 0, 1], 40001, false);
+    let reply = tcp4([10, 244, 2, 10], 8080, [10, 100, 0, 1], port, false);
     let (_, back) = bed.run("lb_tc_ingress", &reply);
     assert_eq!(dst4(&back), ("10.100.0.200".into(), 40001));
     assert_checksums(&back);
