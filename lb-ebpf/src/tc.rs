@@ -424,6 +424,11 @@ pub fn choose(p: &Pkt, out: &mut Choice) -> i32 {
     if fe.flags & SVC_FLAG_EXTERNAL == 0 {
         return NOT_EXTERNAL;
     }
+    // The ranges hold under every traffic policy: checked on the frontend
+    // itself, before externalTrafficPolicy: Local picks its node-local set.
+    if fe.flags & SVC_FLAG_SOURCE_RANGES != 0 && source_allowed(p) == 0 {
+        return DROP_SOURCE_RANGE;
+    }
     if fe.flags & SVC_FLAG_EXT_LOCAL != 0 {
         // This node's endpoints only, the client's address kept.
         skey.scope = SCOPE_EXTERNAL;
@@ -435,9 +440,6 @@ pub fn choose(p: &Pkt, out: &mut Choice) -> i32 {
     }
     if fe.count == 0 {
         return NO_ENDPOINTS;
-    }
-    if fe.flags & SVC_FLAG_SOURCE_RANGES != 0 && source_allowed(p) == 0 {
-        return DROP_SOURCE_RANGE;
     }
     let slot = pick_slot(p, &skey, &fe) as u16;
     // SAFETY: copied out at once.

@@ -10,6 +10,8 @@ mod test_run;
 #[cfg(test)]
 mod test_run_conntrack;
 #[cfg(test)]
+mod test_run_ranges;
+#[cfg(test)]
 mod test_run_policy;
 
 use std::{
