@@ -261,7 +261,9 @@ pub const C_XDP_PASS: u32 = 12;
 pub const C_CT_RESTORED: u32 = 13;
 /// No free SNAT port towards the backend: the new flow is dropped.
 pub const C_DROP_SNAT_EXHAUSTED: u32 = 14;
-pub const COUNTERS: u32 = 15;
+/// From outside the node with a source address of one of its pods.
+pub const C_DROP_SPOOFED: u32 = 15;
+pub const COUNTERS: u32 = 16;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -278,6 +280,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "xdp_pass",
     "ct_restored",
     "drop_snat_ports_exhausted",
+    "drop_spoofed_pod_source",
 ];
 
 /// TCP header flag bits (the byte at offset 13).

@@ -28,7 +28,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
-    tc::ingress(&ctx)
+    tc::ingress(&ctx, false)
 }
 
 #[classifier]

@@ -62,7 +62,7 @@ pub struct Flow {
 /// The pod's egress: Service translation first (pods reaching LoadBalancer
 /// IPs the packet path handles), then the policy on the translated packet.
 pub fn from_pod(ctx: &TcContext) -> i32 {
-    let v = tc::ingress(ctx);
+    let v = tc::ingress(ctx, true);
     if v != TC_ACT_OK {
         return v;
     }

@@ -12,19 +12,19 @@
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
     AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED, C_CT_STALE_BACKEND,
-    C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_ICMP_UNREACH,
-    C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4,
-    CONFIG_HAS_IP6, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey,
-    NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS,
-    SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData,
-    TCP_ACK, TCP_SYN,
+    C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
+    C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT,
+    CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT,
+    CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
+    ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     affinity, conntrack, icmp, maglev,
-    maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count},
+    maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_POL_EP_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count},
     nat::{self, Side},
     packet::{self, Pkt},
 };
@@ -58,8 +58,10 @@ fn node_addr(v6: bool) -> Option<NetAddr> {
     }
 }
 
-pub fn ingress(ctx: &TcContext) -> i32 {
-    match try_ingress(ctx) {
+/// `from_pod`: the program runs on a pod interface (the pod's egress),
+/// not on an external device.
+pub fn ingress(ctx: &TcContext, from_pod: bool) -> i32 {
+    match try_ingress(ctx, from_pod) {
         Ok(v) => v,
         Err(_) => TC_ACT_OK,
     }
@@ -95,7 +97,7 @@ fn rewrite_src(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
     nat::set_port(ctx, p, Side::Src, port)
 }
 
-fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
+fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
     let mut p = Pkt::default();
     if packet::parse_into(ctx, &mut p) != 0 {
         count(C_PASS_UNPARSED);
@@ -113,7 +115,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
         }
         _ => return Ok(TC_ACT_OK),
     }
-    match new_flow(ctx, &mut p) {
+    match new_flow(ctx, &mut p, from_pod as u32) {
         REFUSE => {
             count(C_ICMP_UNREACH);
             Ok(icmp::port_unreachable(ctx, &p))
@@ -336,19 +338,25 @@ const REFUSE: i32 = -1;
 /// the entries, DNAT. Not inlined, so its keys get a stack frame of their
 /// own, apart from the ICMP builder's.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, p: &mut Pkt) -> i32 {
+fn new_flow(ctx: &TcContext, p: &mut Pkt, from_pod: u32) -> i32 {
     // Non-inlined functions return plain integers: a Result would come back
     // through a pointer into the caller's stack, which the verifier refuses.
-    match try_new_flow(ctx, p) {
+    match try_new_flow(ctx, p, from_pod) {
         Ok(v) => v,
         Err(_) => TC_ACT_OK,
     }
 }
 
 #[inline(always)]
-fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
+fn try_new_flow(ctx: &TcContext, p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
     let mut c = Choice::default();
     match choose(p, &mut c) {
+        CHOSEN if from_pod == 0 && is_local_pod(&p.saddr) != 0 => {
+            // From outside, with a source only a pod of this node may use:
+            // spoofed, and it must not get the hairpin SNAT a pod would.
+            count(C_DROP_SPOOFED);
+            return Ok(TC_ACT_SHOT);
+        }
         CHOSEN => {}
         NOT_EXTERNAL => return Ok(TC_ACT_OK),
         DROP_NO_LOCAL => {
@@ -389,6 +397,13 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt) -> Result<i32, i64> {
 pub struct Choice {
     pub backend: lb_common::Backend,
     pub backend_id: u32,
+}
+
+/// 1 when `addr` is a pod of this node. Not inlined (stack).
+#[inline(never)]
+pub fn is_local_pod(addr: &NetAddr) -> u32 {
+    // SAFETY: only presence is read.
+    unsafe { LB_POL_EP_V1.get(addr) }.is_some() as u32
 }
 
 /// Verdicts of `choose`.

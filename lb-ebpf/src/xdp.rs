@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_XDP_DNAT,
-    C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
+    C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -50,6 +50,11 @@ fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
         return PASS_ON;
     }
     match tc::choose(p, to) {
+        // A source only a pod of this node may use, from outside: spoofed.
+        tc::CHOSEN if tc::is_local_pod(&p.saddr) != 0 => {
+            count(C_DROP_SPOOFED);
+            DROP
+        }
         tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
             if tc::track(p, &to.backend, to.backend_id) != 0 {
                 return PASS_ON;

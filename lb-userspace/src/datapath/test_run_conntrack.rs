@@ -197,3 +197,32 @@ fn no_free_snat_port_drops_the_new_flow_counted_and_takes_nobody_elses() {
         "no entry was overwritten"
     );
 }
+
+#[test]
+fn a_packet_from_outside_claiming_a_local_pod_address_is_dropped_not_hairpinned() {
+    let mut bed = Bed::with_node_port("spoof");
+    {
+        let mut eps: HashMap<_, lb_common::NetAddr, lb_common::PolEndpoint> =
+            HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_POL_EP).unwrap()).unwrap();
+        let ep = lb_common::PolEndpoint {
+            ep_id: 1,
+            identity: 300,
+            ..Default::default()
+        };
+        eps.insert(ip("10.244.1.10"), ep, 0).unwrap();
+    }
+    let before = counter(&bed, "drop_spoofed_pod_source");
+    let spoofed = tcp4([10, 244, 1, 10], 40005, NODE, 30080, true);
+    let (verdict, _) = bed.run("lb_tc_ingress", &spoofed);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let (verdict, _) = bed.run_xdp(&spoofed);
+    assert_eq!(verdict, 1, "XDP_DROP");
+    assert_eq!(counter(&bed, "drop_spoofed_pod_source"), before + 2);
+    assert!(
+        bed.ct().is_empty(),
+        "no hairpin SNAT entries: {:?}",
+        bed.ct()
+    );
+    // (The pod itself, from its own interface, still gets the hairpin: the
+    // lab's held NodePort test.)
+}
