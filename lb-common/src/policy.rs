@@ -24,6 +24,9 @@ pub const MAP_POL_CT: &str = "LB_POL_CT_V1";
 pub const MAP_POL_STATE: &str = "LB_POL_STATE_V1";
 /// Verdicts per endpoint and reason (per-CPU u64, `ep_id * POL_REASONS + reason`).
 pub const MAP_POL_COUNT: &str = "LB_POL_COUNT_V1";
+/// Pod interface (host side ifindex) -> its endpoint id: a packet from it
+/// whose source is not its pod's address is spoofed.
+pub const MAP_POL_IF: &str = "LB_POL_IF_V1";
 
 pub const DEFAULT_IPCACHE_MAX: u32 = 65536;
 pub const DEFAULT_POL_EP_MAX: u32 = 4096;
@@ -63,7 +66,9 @@ pub struct PolEndpoint {
     pub ep_id: u32,
     pub identity: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// The host side of the pod's interface (0: not known yet): a packet
+    /// with this source arriving on another interface is spoofed.
+    pub ifindex: u32,
 }
 
 /// Data of an `LB_IPCACHE_V1` LPM key (prefix over the 128 address bits;
@@ -156,15 +161,18 @@ pub enum PolReason {
     DeniedEgress = 3,
     /// A packet on a pod interface whose pod the datapath does not know.
     UnknownEndpoint = 4,
+    /// A packet leaving a pod with a source address that is not its own.
+    SpoofedSource = 5,
 }
 
-pub const POL_REASONS: u32 = 5;
+pub const POL_REASONS: u32 = 6;
 pub const POL_REASON_NAMES: [&str; POL_REASONS as usize] = [
     "policy-allowed-ingress",
     "policy-allowed-egress",
     "policy-denied-ingress",
     "policy-denied-egress",
     "policy-unknown-endpoint",
+    "policy-spoofed-source",
 ];
 
 const _: () = {

@@ -106,6 +106,10 @@ pub static LB_POL_CT_V1: LruHashMap<PolCtKey, PolCtValue> =
 #[map]
 pub static LB_POL_STATE_V1: Array<PolicyState> = Array::pinned(1, 0);
 
+/// Pod interface ifindex -> endpoint id (source validation). Agent-owned.
+#[map]
+pub static LB_POL_IF_V1: HashMap<u32, u32> = HashMap::pinned(DEFAULT_POL_EP_MAX, 0);
+
 /// Policy verdicts per endpoint and reason, per CPU.
 #[map]
 pub static LB_POL_COUNT_V1: PerCpuArray<u64> = PerCpuArray::pinned(POL_EP_ID_MAX * POL_REASONS, 0);

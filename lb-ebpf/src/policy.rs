@@ -27,7 +27,7 @@ use lb_common::{
 use crate::{
     conntrack::now_s,
     maps::{
-        LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1,
+        LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1, LB_POL_IF_V1,
         LB_POL_STATE_V1, LB_POLICY_V1,
     },
     packet::ETH_HLEN,
@@ -93,6 +93,9 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         f.outer_d
     };
     let st = state();
+    if dir == DIR_EGRESS && spoofed(ctx, &pod) != 0 {
+        return TC_ACT_SHOT;
+    }
     // SAFETY: copied out at once.
     let Some(ep) = (unsafe { LB_POL_EP_V1.get(&pod) }).copied() else {
         let any = if dir == DIR_INGRESS {
@@ -131,6 +134,33 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         },
     );
     TC_ACT_OK
+}
+
+/// 1 (counted) when a packet leaving a pod carries a source that is not
+/// its pod's: another local pod's address arriving on this interface, or
+/// any unknown address from an interface whose pod is known. Not inlined
+/// (stack).
+#[inline(never)]
+fn spoofed(ctx: &TcContext, src: &NetAddr) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel passed this program;
+    // ifindex is a plain field of it.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    match unsafe { LB_POL_EP_V1.get(src) }.copied() {
+        Some(ep) if ep.ifindex != 0 && ep.ifindex != ifindex => {
+            count(ep.ep_id, PolReason::SpoofedSource);
+            1
+        }
+        Some(_) => 0,
+        // SAFETY: copied out at once.
+        None => match unsafe { LB_POL_IF_V1.get(&ifindex) }.copied() {
+            Some(ep_id) => {
+                count(ep_id, PolReason::SpoofedSource);
+                1
+            }
+            None => 0,
+        },
+    }
 }
 
 /// An ICMP error's quoted packet went the other way through this

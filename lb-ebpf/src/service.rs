@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     AFF_NETNS, Backend, BeU16, NetAddr, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_ADDR_ONLY,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SVC_FLAG_INT_LOCAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
@@ -17,6 +17,9 @@ pub enum Lookup {
     NotService,
     /// A service address with no usable backend, or a port no service has.
     Refuse,
+    /// internalTrafficPolicy: Local and no endpoint on this node (other
+    /// nodes have some): dropped, as kube-proxy drops, not refused.
+    Drop,
     Backend {
         backend: Backend,
         frontend: ServiceValue,
@@ -63,7 +66,11 @@ pub fn lookup(
         return Lookup::NotService;
     }
     if fe.count == 0 {
-        return Lookup::Refuse;
+        return if fe.flags & SVC_FLAG_INT_LOCAL != 0 {
+            Lookup::Drop
+        } else {
+            Lookup::Refuse
+        };
     }
     // Only a Service with ClientIP affinity pays for the netns cookie.
     let aff = (fe.affinity_timeout > 0).then(|| {

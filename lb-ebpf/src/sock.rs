@@ -110,6 +110,11 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             REJECT
         }
+        // No set_retval: the syscall fails with the hook's own EPERM. A
+        // socket hook cannot make connect() wait out a timeout the way a
+        // dropped SYN does, and it must not look like a refusal
+        // (ECONNREFUSED would tell the client the Service has no endpoint).
+        Lookup::Drop => REJECT,
         Lookup::Backend { backend, frontend } => {
             if family == Family::V4 && !backend.addr.is_v4() {
                 // A v6 backend behind a v4 frontend: the agent never writes one.

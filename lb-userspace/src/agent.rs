@@ -168,6 +168,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     rec.external_ip_cidrs = opts.external_ip_cidrs.clone();
     rec.policy = PolicySync::adopt(dp.policy.read()?);
     rec.policy.host_addrs = local_addrs();
+    rec.policy.ifindex_of = crate::datapath::host::host_routes();
     let mut status = dp.status()?;
     status.agent_pid = std::process::id();
     status.set_source(&source_desc);
@@ -257,6 +258,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Some(()) = link_events.recv() => {
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
+                // A pod's route names its interface: source validation.
+                let routes = crate::datapath::host::host_routes();
+                if routes != rec.policy.ifindex_of && health.is_synced() {
+                    rec.policy.ifindex_of = routes;
+                    match rec.sync_policy(&mut dp) {
+                        Ok(_) => {
+                            if let Err(e) = crate::serve::report::write(&opts.load.pin_dir, &rec.policy.report) {
+                                tracing::warn!("policy report: {e:#}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!("writing the policy maps failed: {e:#}; resyncing");
+                            needs_resync = true;
+                        }
+                    }
+                }
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -270,6 +287,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             tracing::error!("{e}");
         }
         let started = std::time::Instant::now();
+        rec.policy.ifindex_of = crate::datapath::host::host_routes();
         match rec.apply(&batch.changes, batch.full, &mut dp) {
             Ok(out) => {
                 health

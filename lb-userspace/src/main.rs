@@ -98,6 +98,12 @@ enum Cmd {
         /// comma-separated (default: every address of the Node object).
         #[arg(long, value_delimiter = ',', env = "LB_NODEPORT_ADDRESSES")]
         nodeport_addresses: Vec<lb_agent::model::cidr::Cidr>,
+        /// The only addresses Services may claim as `spec.externalIPs`, as
+        /// CIDRs, comma-separated (default: any address but this node's
+        /// addresses and Services' ClusterIPs). An externalIP outside them
+        /// is reported and not programmed.
+        #[arg(long, value_delimiter = ',', env = "LB_EXTERNAL_IP_CIDRS")]
+        external_ip_cidrs: Vec<lb_agent::model::cidr::Cidr>,
         /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
         /// (port 0 picks a free port, shown by `lb-agent status`).
         #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
@@ -230,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             ct_timeout_tcp_closing,
             ct_timeout_udp,
             nodeport_addresses,
+            external_ip_cidrs,
             xdp,
             tc_attach,
             maglev_table_size,
@@ -255,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                     other: ct_timeout_udp,
                 },
                 node_port_cidrs: nodeport_addresses,
+                external_ip_cidrs,
                 health_addr: match health_addr.as_str() {
                     "off" => None,
                     a => Some(a.parse().with_context(|| {

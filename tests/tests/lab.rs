@@ -640,6 +640,15 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
         }
     }
     served_by(&select(&r, 0, "x/client", "nodeport/node-1/x/closed"));
+    // An IPv6 range (`::/0`) says nothing about IPv4 clients: `mixed`'s
+    // IPv4 LB IP admits 192.0.2.0/24 only; `v6-only` has no IPv4 range, so
+    // its IPv4 LB IP is unfiltered (as kube-proxy).
+    let mixed = select(&r, 0, "external", "loadbalancer/x/mixed");
+    assert_eq!(mixed.len(), 2);
+    for l in mixed {
+        assert_eq!(l["error"], "timeout", "outside 192.0.2.0/24: dropped: {l}");
+    }
+    served_by(&select(&r, 0, "external", "loadbalancer/x/v6-only"));
     let by = served_by(&select(&r, 0, "x/web-1", "loadbalancer/x/pods-only"));
     assert_eq!(
         by.get("x/web-1"),
@@ -658,6 +667,130 @@ fn load_balancer_source_ranges_filter_the_lb_ip_not_the_node_port() {
             .iter()
             .any(|e| e.to_string().contains("10.200.0.3")),
         "node-2's conntrack holds its pod's flow to the LB IP: {ct2}"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_and_local_terminating_fallback() {
+    let r = ok_run("traffic-policy-local.yaml");
+    let only = |step: u64, from: &str, to: &str, proto: &str, want: &[&str]| {
+        let lines: Vec<&Value> = select(&r, step, from, to)
+            .into_iter()
+            .filter(|l| l["protocol"] == proto)
+            .collect();
+        assert!(!lines.is_empty(), "step {step} {from} -> {to} {proto}");
+        let by = served_by(&lines);
+        assert_eq!(
+            by.keys().map(String::as_str).collect::<Vec<_>>(),
+            want,
+            "step {step} {from} -> {to} {proto}: {by:?}"
+        );
+    };
+    // iTP Local: a node's pods and the node itself reach its own endpoint
+    only(0, "x/client-1", "service/x/itp", "TCP", &["x/web-1"]);
+    only(0, "x/client-1", "service/x/itp", "UDP", &["x/web-1"]);
+    only(0, "node/node-1", "service/x/itp", "TCP", &["x/web-1"]);
+    only(0, "node/node-2", "service/x/itp", "TCP", &["x/web-2"]);
+    // none on node-3: dropped (EPERM from the socket hook), never refused
+    let dropped = |step: u64, from: &str| {
+        let lines = select(&r, step, from, "service/x/itp");
+        assert!(!lines.is_empty(), "step {step} {from}");
+        for l in lines {
+            assert_eq!(l["ok"], false, "{l}");
+            let e = l["error"].as_str().unwrap();
+            assert!(e.contains("not permitted"), "dropped, not refused: {l}");
+        }
+    };
+    dropped(0, "x/client-3");
+    dropped(0, "node/node-3");
+    // the NodePort is an external destination: every endpoint, from a pod
+    // of node-3 and from outside
+    only(
+        0,
+        "x/client-3",
+        "nodeport/node-3/x/itp",
+        "TCP",
+        &["x/web-1", "x/web-2"],
+    );
+    only(
+        0,
+        "external",
+        "nodeport/node-3/x/itp",
+        "TCP",
+        &["x/web-1", "x/web-2"],
+    );
+    only(0, "external", "nodeport/node-1/x/etp", "TCP", &["x/web-1"]);
+    let hc = |step: u64| {
+        select(&r, step, "external", "healthcheck/node-1/x/etp")[0]["http_status"].as_u64()
+    };
+    assert_eq!(hc(0), Some(200));
+    // step 1: web-1 terminates, still serving: node-1 keeps using it (not
+    // node-2's ready web-2) for iTP and ETP Local; its health check fails
+    only(1, "x/client-1", "service/x/itp", "TCP", &["x/web-1"]);
+    only(1, "node/node-1", "service/x/itp", "TCP", &["x/web-1"]);
+    only(1, "external", "nodeport/node-1/x/etp", "TCP", &["x/web-1"]);
+    only(1, "external", "loadbalancer/x/etp", "TCP", &["x/web-1"]);
+    assert_eq!(hc(1), Some(503), "only terminating endpoints: unhealthy");
+    dropped(1, "x/client-3");
+}
+
+/// Runs external-ips.yaml with `args` for the agents; `node_ip_allowed`:
+/// whether they let the node-address externalIP in.
+fn external_ips(args: &[&str], node_ip_allowed: bool) {
+    let r = lab_args(&scenario("external-ips.yaml"), None, args);
+    assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    let by = |step: u64, from: &str, to: &str| {
+        served_by(&select(&r, step, from, to))
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    // the older Service holds the contested externalIP, from outside and
+    // from pods; without it the younger one; back, the older again
+    for from in ["external", "x/client"] {
+        assert_eq!(
+            by(0, from, "externalip/x/a-new"),
+            ["x/old-1"],
+            "{args:?} {from}"
+        );
+        assert_eq!(
+            by(1, from, "externalip/x/a-new"),
+            ["x/new-1"],
+            "{args:?} {from}"
+        );
+        assert_eq!(
+            by(2, from, "externalip/x/a-new"),
+            ["x/old-1"],
+            "{args:?} {from}"
+        );
+    }
+    // the ClusterIP stays its Service's, whatever the other claim's age
+    // and whether --external-ip-cidrs lets it in
+    for from in ["x/client", "node/node-1"] {
+        assert_eq!(
+            by(0, from, "service/x/z-dns"),
+            ["x/dns-1"],
+            "{args:?} {from}"
+        );
+    }
+    // an externalIP on node-1's own address: refused by default (no
+    // listener there: RST), programmed when allowed
+    let node = select(&r, 0, "external", "ip/10.100.0.1");
+    assert_eq!(node.len(), 2);
+    if node_ip_allowed {
+        assert_eq!(by(0, "external", "ip/10.100.0.1"), ["x/thief-1"]);
+    } else {
+        for l in node {
+            assert_eq!(l["error"], "refused", "{l}");
+        }
+    }
+}
+
+#[test]
+fn external_ip_conflicts_go_to_the_oldest_and_node_and_cluster_ips_are_refused() {
+    external_ips(&[], false);
+    external_ips(
+        &["--external-ip-cidrs=10.96.0.0/16,10.100.0.0/24,10.200.0.0/16"],
+        true,
     );
 }
 

@@ -85,6 +85,10 @@ fn ingress_rules_selectors_named_ports_and_label_changes() {
     }
     let eps = dump.json(1, "node-1", "endpoints");
     let a = endpoint(&eps, "ant/a");
+    assert!(
+        a["ifindex"].as_u64().unwrap() > 0,
+        "its interface is known, its source validated: {a}"
+    );
     assert_eq!(a["ingress_isolated"], true);
     assert_eq!(a["egress_isolated"], false);
     assert!(a["verdicts"]["policy-denied-ingress"].as_u64().unwrap() > 0);

@@ -84,6 +84,13 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
         assert_ne!(id1, id2, "{n1}: the restarted agent's program is in place");
     }
 
+    // Another tool's filter in the same slot, on a device this agent never
+    // attached to: reset must leave it.
+    node.sh(
+        "ip link add eth1 type veth peer name eth1p; ip link set eth1 up
+         tc qdisc add dev eth1 clsact
+         tc filter add dev eth1 ingress pref 27 handle 0x1b bpf bytecode '1,6 0 0 0,'",
+    );
     agent.kill9();
     let out = agent.cli(&["reset"]);
     assert!(
@@ -92,4 +99,9 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(filters(&node).is_empty(), "reset removed the filters");
+    assert!(
+        node.sh_output("tc filter show dev eth1 ingress")
+            .contains("handle 0x1b"),
+        "reset removed only what its pin directory recorded"
+    );
 }

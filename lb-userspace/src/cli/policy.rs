@@ -45,6 +45,7 @@ fn endpoint_json(e: &EndpointReport, counts: &Counts, allows: bool) -> serde_jso
         "ep_id": e.ep_id,
         "identity": e.identity,
         "addresses": e.addresses,
+        "ifindex": e.ifindex,
         "ingress_isolated": e.ingress_isolated,
         "egress_isolated": e.egress_isolated,
         "entries": e.entries,

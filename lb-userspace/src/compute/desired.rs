@@ -5,8 +5,8 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
     BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODEPORT,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey,
+    SVC_FLAG_ADDR_ONLY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_INT_LOCAL,
+    SVC_FLAG_NODEPORT, SVC_FLAG_SOURCE_RANGES, ServiceKey,
 };
 
 use crate::model::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
@@ -55,6 +55,24 @@ fn family_of(ip: &IpAddr) -> Family {
     if ip.is_ipv4() { Family::V4 } else { Family::V6 }
 }
 
+/// loadBalancerSourceRanges that apply to the LoadBalancer IP `ip`: those
+/// of its own family (an IPv6 range says nothing about IPv4 clients, and
+/// as a prefix over IPv4-mapped addresses `::/0` would let every one in).
+/// As kube-proxy: a zero-length range of the family, or no range of it,
+/// leaves the address unfiltered.
+fn ranges_for(svc: &ServiceInfo, ip: &IpAddr) -> Vec<crate::model::cidr::Cidr> {
+    let mine: Vec<_> = svc
+        .source_ranges
+        .iter()
+        .filter(|c| c.addr.is_ipv4() == ip.is_ipv4())
+        .copied()
+        .collect();
+    if mine.iter().any(|c| c.len == 0) {
+        return vec![];
+    }
+    mine
+}
+
 /// Frontends of `svc` given the EndpointSlices that name it and this node's
 /// addresses (for NodePorts): every ClusterIP, this node's addresses and
 /// loopback at each nodePort, LoadBalancer ingress IPs and externalIPs at
@@ -89,35 +107,52 @@ pub fn service_frontends(
             continue;
         };
         for family in &families {
-            let backends = backends_for(slices, *family, &sp.name, sp.proto, proto, node_name);
-            let mut add = |ip: &IpAddr, port: u16, flags: u8| {
-                if family_of(ip) == *family {
-                    // kube-proxy filters LoadBalancer IPs only, not NodePorts.
-                    let ranges = if flags & SVC_FLAG_LB_IP != 0 {
-                        svc.source_ranges.clone()
-                    } else {
-                        vec![]
-                    };
-                    let flags = match (flags & SVC_FLAG_LB_IP != 0, ranges.is_empty()) {
-                        (true, false) => (flags & !SVC_FLAG_LB_IP) | SVC_FLAG_SOURCE_RANGES,
-                        _ => flags & !SVC_FLAG_LB_IP,
-                    };
-                    out.push(Frontend {
-                        key: ServiceKey::frontend(
-                            net_addr(*ip),
-                            BeU16::from_host(port),
-                            proto,
-                            SCOPE_INTERNAL,
-                        ),
-                        flags,
-                        affinity_timeout: svc.affinity_timeout,
-                        source_ranges: ranges,
-                        backends: backends.clone(),
-                    });
+            let eps = endpoints_for(slices, *family, &sp.name, sp.proto, proto, node_name);
+            let mut add = |ip: &IpAddr, port: u16, flags: u8, scope: u8, backends: &[Backend]| {
+                if family_of(ip) != *family {
+                    return;
                 }
+                // kube-proxy filters LoadBalancer IPs only, not NodePorts.
+                let ranges = if flags & SVC_FLAG_LB_IP != 0 && scope == SCOPE_INTERNAL {
+                    ranges_for(svc, ip)
+                } else {
+                    vec![]
+                };
+                let mut flags = flags & !SVC_FLAG_LB_IP;
+                if !ranges.is_empty() {
+                    flags |= SVC_FLAG_SOURCE_RANGES;
+                }
+                out.push(Frontend {
+                    key: ServiceKey::frontend(net_addr(*ip), BeU16::from_host(port), proto, scope),
+                    flags,
+                    affinity_timeout: svc.affinity_timeout,
+                    source_ranges: ranges,
+                    backends: backends.to_vec(),
+                });
+            };
+            // internalTrafficPolicy: Local: a ClusterIP leads to this node's
+            // endpoints only; with none here while other nodes have some,
+            // the socket hooks drop. (NodePorts, LoadBalancer IPs and
+            // externalIPs are external destinations, which kube-proxy
+            // exempts from the internal policy even for pods.)
+            let (cluster_ip_backends, cluster_ip_flags) = if svc.internal_local {
+                let drop = if eps.cluster.is_empty() {
+                    0
+                } else {
+                    SVC_FLAG_INT_LOCAL
+                };
+                (&eps.local, drop)
+            } else {
+                (&eps.cluster, 0)
             };
             for ip in &svc.cluster_ips {
-                add(ip, sp.port, 0);
+                add(
+                    ip,
+                    sp.port,
+                    cluster_ip_flags,
+                    SCOPE_INTERNAL,
+                    cluster_ip_backends,
+                );
             }
             // externalTrafficPolicy: Local: the frontend (all endpoints, for
             // clients inside the cluster) points the packet path at a second
@@ -139,34 +174,15 @@ pub fn service_frontends(
                     externals.push((*ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT | local));
                 }
                 for ip in &loopback {
-                    add(ip, np, SVC_FLAG_NODEPORT);
+                    add(ip, np, SVC_FLAG_NODEPORT, SCOPE_INTERNAL, &eps.cluster);
                 }
             }
             for (ip, port, flags) in &externals {
-                add(ip, *port, *flags);
+                add(ip, *port, *flags, SCOPE_INTERNAL, &eps.cluster);
             }
             if svc.external_local {
-                let local_backends: Vec<Backend> = backends
-                    .iter()
-                    .filter(|b| b.flags & BACKEND_LOCAL != 0)
-                    .copied()
-                    .collect();
-                for (ip, port, _) in externals
-                    .iter()
-                    .filter(|(ip, _, _)| family_of(ip) == *family)
-                {
-                    out.push(Frontend {
-                        key: ServiceKey::frontend(
-                            net_addr(*ip),
-                            BeU16::from_host(*port),
-                            proto,
-                            SCOPE_EXTERNAL,
-                        ),
-                        flags: SVC_FLAG_EXTERNAL,
-                        affinity_timeout: svc.affinity_timeout,
-                        source_ranges: vec![],
-                        backends: local_backends.clone(),
-                    });
+                for (ip, port, _) in &externals {
+                    add(ip, *port, SVC_FLAG_EXTERNAL, SCOPE_EXTERNAL, &eps.local);
                 }
             }
         }
@@ -177,7 +193,10 @@ pub fn service_frontends(
 }
 
 /// This node's ready endpoints of a Service (distinct addresses), what its
-/// healthCheckNodePort reports.
+/// healthCheckNodePort reports. As kube-proxy: terminating endpoints are
+/// not counted even when they are all this node has left (and still
+/// serve), so that load balancers move new connections to other nodes
+/// while the old ones drain.
 pub fn local_ready_endpoints(slices: &[&SliceInfo], node_name: Option<&str>) -> usize {
     let Some(node) = node_name else { return 0 };
     let mut addrs = BTreeSet::new();
@@ -193,16 +212,26 @@ pub fn local_ready_endpoints(slices: &[&SliceInfo], node_name: Option<&str>) -> 
     addrs.len()
 }
 
-/// Ready endpoints; when none is ready, the serving and terminating ones
-/// (kube-proxy's fallback so connections drain instead of failing).
-fn backends_for(
+/// The backends of one Service port and family, as kube-proxy categorizes
+/// them.
+struct Endpoints {
+    /// Ready endpoints; when none is ready anywhere, the serving and
+    /// terminating ones (so connections drain instead of failing).
+    cluster: Vec<Backend>,
+    /// This node's ready endpoints; when none of them is ready, this
+    /// node's serving and terminating ones — whether or not other nodes
+    /// have ready ones (traffic policy Local).
+    local: Vec<Backend>,
+}
+
+fn endpoints_for(
     slices: &[&SliceInfo],
     family: Family,
     port_name: &str,
     proto: Proto,
     proto_n: u8,
     node_name: Option<&str>,
-) -> Vec<Backend> {
+) -> Endpoints {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for s in slices.iter().filter(|s| s.family == Some(family)) {
@@ -237,8 +266,21 @@ fn backends_for(
             }
         }
     }
-    let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+    let local_of = |set: &BTreeSet<Backend>| -> Vec<Backend> {
+        set.iter()
+            .filter(|b| b.flags & BACKEND_LOCAL != 0)
+            .copied()
+            .collect()
+    };
+    let mut local = local_of(&ready);
+    if local.is_empty() {
+        local = local_of(&terminating);
+    }
+    let cluster = if ready.is_empty() { terminating } else { ready };
+    Endpoints {
+        cluster: cluster.into_iter().collect(),
+        local,
+    }
 }
 
 #[cfg(test)]
@@ -263,9 +305,11 @@ mod tests {
             external_ips: vec![],
             lb_ips: vec![],
             external_local: false,
+            internal_local: false,
             health_check_node_port: None,
             affinity_timeout: 0,
             source_ranges: vec![],
+            created: None,
         }
     }
 
@@ -523,6 +567,243 @@ mod tests {
                 .filter(|f| f.key.scope == SCOPE_EXTERNAL)
                 .all(|f| f.flags & SVC_FLAG_EXTERNAL != 0)
         );
+    }
+
+    /// An endpoint on `node` with conditions (ready, serving, terminating).
+    fn on(addr: &str, node: &str, c: (bool, bool, bool)) -> EndpointInfo {
+        let mut e = ep(addr, c.0, c.1, c.2);
+        e.node = Some(node.into());
+        e
+    }
+
+    const READY: (bool, bool, bool) = (true, true, false);
+    const TERMINATING: (bool, bool, bool) = (false, true, true);
+    const GONE: (bool, bool, bool) = (false, false, true);
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
+        // (endpoints, ClusterIP backends on n1, drop flag, NodePort backends)
+        let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, bool, Vec<&str>)> = vec![
+            // a local endpoint: only it; NodePorts (external destinations,
+            // pods included) keep every endpoint
+            (
+                vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.1:8080"],
+                true,
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+            ),
+            // none here, some elsewhere: empty, dropped
+            (
+                vec![on("10.0.0.2", "n2", READY)],
+                vec![],
+                true,
+                vec!["10.0.0.2:8080"],
+            ),
+            // none anywhere: empty, refused as usual
+            (vec![], vec![], false, vec![]),
+            (vec![on("10.0.0.1", "n1", GONE)], vec![], false, vec![]),
+            // the local one terminates but serves: used, though n2 has a
+            // ready one
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.2", "n2", READY),
+                ],
+                vec!["10.0.0.1:8080"],
+                true,
+                vec!["10.0.0.2:8080"],
+            ),
+            // a local ready one hides the local terminating ones
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.3", "n1", READY),
+                ],
+                vec!["10.0.0.3:8080"],
+                true,
+                vec!["10.0.0.3:8080"],
+            ),
+            // terminating and no longer serving: never
+            (
+                vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+                vec![],
+                true,
+                vec!["10.0.0.2:8080"],
+            ),
+        ];
+        for (eps, want, drop, want_np) in cases {
+            let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+            s.internal_local = true;
+            s.ports[0].node_port = Some(30000);
+            let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps.clone());
+            let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
+            let fe = service_frontends(&s, &[&sl], Some("n1"), &node);
+            let at = |ip: &str, port: u16| {
+                fe.iter()
+                    .find(|f| {
+                        ip_of(&f.key.addr).to_string() == ip
+                            && f.key.port.to_host() == port
+                            && f.key.scope == SCOPE_INTERNAL
+                    })
+                    .unwrap_or_else(|| panic!("{ip}:{port} in {fe:?}"))
+            };
+            let names = |f: &Frontend| -> Vec<String> {
+                f.backends
+                    .iter()
+                    .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+                    .collect()
+            };
+            let cip = at("10.96.0.10", 80);
+            assert_eq!(names(cip), want, "ClusterIP, endpoints {eps:?}");
+            assert_eq!(
+                cip.flags & SVC_FLAG_INT_LOCAL != 0,
+                drop,
+                "drop flag, endpoints {eps:?}"
+            );
+            for (ip, port) in [("10.100.0.1", 30000), ("127.0.0.1", 30000)] {
+                let f = at(ip, port);
+                assert_eq!(names(f), want_np, "{ip}:{port}, endpoints {eps:?}");
+                assert_eq!(f.flags & SVC_FLAG_INT_LOCAL, 0);
+            }
+        }
+        // Cluster policy: the flag never appears.
+        let s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+        let sl = slice(
+            Family::V4,
+            &[("http", 8080, Proto::Tcp)],
+            vec![on("10.0.0.2", "n2", READY)],
+        );
+        let fe = service_frontends(&s, &[&sl], Some("n1"), &[]);
+        assert!(fe.iter().all(|f| f.flags & SVC_FLAG_INT_LOCAL == 0));
+        assert_eq!(backends(&fe, 80, PROTO_TCP), vec!["10.0.0.2:8080"]);
+    }
+
+    #[test]
+    fn external_traffic_policy_local_falls_back_to_local_serving_terminating() {
+        // (endpoints, external-scope backends on n1, in-cluster backends,
+        // health check count)
+        let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, Vec<&str>, usize)> = vec![
+            (
+                vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.1:8080"],
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+                1,
+            ),
+            // the local one terminates (still serving) while n2's is ready:
+            // outside clients here still reach it; the health check fails
+            // (kube-proxy counts ready endpoints only) so load balancers
+            // move away while it drains
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.2", "n2", READY),
+                ],
+                vec!["10.0.0.1:8080"],
+                vec!["10.0.0.2:8080"],
+                0,
+            ),
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.3", "n1", READY),
+                ],
+                vec!["10.0.0.3:8080"],
+                vec!["10.0.0.3:8080"],
+                1,
+            ),
+            (
+                vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+                vec![],
+                vec!["10.0.0.2:8080"],
+                0,
+            ),
+            (
+                vec![on("10.0.0.2", "n2", TERMINATING)],
+                vec![],
+                vec!["10.0.0.2:8080"],
+                0,
+            ),
+        ];
+        for (eps, want_ext, want_int, health) in cases {
+            let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+            s.external_local = true;
+            s.ports[0].node_port = Some(30000);
+            s.lb_ips = vec!["10.200.0.1".parse().unwrap()];
+            let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps.clone());
+            let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
+            let fe = service_frontends(&s, &[&sl], Some("n1"), &node);
+            for ip in ["10.100.0.1", "10.200.0.1"] {
+                for (scope, want) in [(SCOPE_EXTERNAL, &want_ext), (SCOPE_INTERNAL, &want_int)] {
+                    let f = fe
+                        .iter()
+                        .find(|f| ip_of(&f.key.addr).to_string() == ip && f.key.scope == scope)
+                        .unwrap();
+                    let got: Vec<String> = f
+                        .backends
+                        .iter()
+                        .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+                        .collect();
+                    assert_eq!(&got, want, "{ip} scope {scope}, endpoints {eps:?}");
+                }
+            }
+            assert_eq!(
+                local_ready_endpoints(&[&sl], Some("n1")),
+                health,
+                "health check, endpoints {eps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_ranges_apply_to_load_balancer_ips_of_their_own_family() {
+        // (ranges, IPv4 LB IP's ranges, IPv6 LB IP's ranges); an empty list
+        // means no filter (no flag)
+        let cases: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+            (vec!["192.0.2.0/24", "::/0"], vec!["192.0.2.0/24"], vec![]),
+            (vec!["fd00:1::/64"], vec![], vec!["fd00:1::/64"]),
+            (
+                vec!["10.0.0.0/8", " fd00:2::/48"],
+                vec!["10.0.0.0/8"],
+                vec!["fd00:2::/48"],
+            ),
+            (vec!["0.0.0.0/0", "10.0.0.0/8"], vec![], vec![]),
+            (vec![], vec![], vec![]),
+        ];
+        for (ranges, want4, want6) in cases {
+            let mut s = svc(&["10.96.0.10", "fd00:96::a"], &[("http", 80, Proto::Tcp)]);
+            s.ports[0].node_port = Some(30000);
+            s.lb_ips = vec![
+                "10.200.0.1".parse().unwrap(),
+                "fd00:200::1".parse().unwrap(),
+            ];
+            s.source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+            let node: Vec<IpAddr> = vec![
+                "10.100.0.1".parse().unwrap(),
+                "fd00:100::1".parse().unwrap(),
+            ];
+            let fe = service_frontends(&s, &[], None, &node);
+            for (ip, want) in [("10.200.0.1", &want4), ("fd00:200::1", &want6)] {
+                let f = fe
+                    .iter()
+                    .find(|f| ip_of(&f.key.addr).to_string() == ip)
+                    .unwrap();
+                let want: Vec<crate::model::cidr::Cidr> =
+                    want.iter().map(|r| r.parse().unwrap()).collect();
+                assert_eq!(f.source_ranges, want, "{ip}, ranges {ranges:?}");
+                assert_eq!(
+                    f.flags & SVC_FLAG_SOURCE_RANGES != 0,
+                    !want.is_empty(),
+                    "{ip}, ranges {ranges:?}"
+                );
+            }
+            // never on NodePorts or ClusterIPs
+            assert!(
+                fe.iter()
+                    .filter(|f| !["10.200.0.1", "fd00:200::1"]
+                        .contains(&ip_of(&f.key.addr).to_string().as_str()))
+                    .all(|f| f.source_ranges.is_empty() && f.flags & SVC_FLAG_SOURCE_RANGES == 0)
+            );
+        }
     }
 
     #[test]

@@ -239,9 +239,13 @@ impl Mirror {
         let key = fe.key;
         // Ranges go in before the flag that makes the datapath check them,
         // and leave after it.
+        // A range matches clients of its own family only: an IPv6 prefix
+        // over a v4 frontend's IPv4-mapped clients (`::/0`) would match
+        // them all.
         let want_ranges: BTreeSet<(u32, SrcRangeData)> = fe
             .source_ranges
             .iter()
+            .filter(|c| c.addr.is_ipv4() == key.addr.is_v4())
             .map(|c| {
                 let client = crate::compute::desired::net_addr(c.addr);
                 let bits = if c.addr.is_ipv4() {

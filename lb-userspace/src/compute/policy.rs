@@ -40,6 +40,8 @@ pub struct PolicyMaps {
     pub entries: BTreeSet<(PolicyData, u32)>,
     /// (endpoint, direction, address; prefix length) -> CIDR-set identity (0: none).
     pub cidrs: BTreeMap<(PolCidrData, u32), u32>,
+    /// Pod interface (host side ifindex) -> endpoint id.
+    pub ifaces: BTreeMap<u32, u32>,
     /// `POL_F_*`.
     pub flags: u32,
 }
@@ -58,6 +60,9 @@ pub struct EndpointReport {
     pub ep_id: u32,
     pub identity: u32,
     pub addresses: Vec<IpAddr>,
+    /// The pod's interface (0: not known yet; its source is not validated).
+    #[serde(default)]
+    pub ifindex: u32,
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
     pub entries: usize,
@@ -274,7 +279,14 @@ pub fn compute(
     ids: &mut Identities,
     ep_ids: &mut EpIds,
 ) -> Computed {
-    compute_within(snap, host_addrs, ids, ep_ids, &Capacity::default())
+    compute_within(
+        snap,
+        host_addrs,
+        &HashMap::new(),
+        ids,
+        ep_ids,
+        &Capacity::default(),
+    )
 }
 
 /// How many entries the maps hold (their `max_entries`).
@@ -298,9 +310,13 @@ impl Default for Capacity {
 /// `compute` with the maps' capacities: a pod whose entries do not fit is
 /// isolated both ways with none (reported); pods past the ipcache's
 /// capacity are `world` to their peers' policies (reported).
+/// `ifindex_of`: the interface each local pod address is routed through
+/// (its pod's interface), for source validation; pods missing from it are
+/// not validated yet.
 pub fn compute_within(
     snap: &Snapshot,
     host_addrs: &[IpAddr],
+    ifindex_of: &HashMap<IpAddr, u32>,
     ids: &mut Identities,
     ep_ids: &mut EpIds,
     cap: &Capacity,
@@ -454,11 +470,20 @@ pub fn compute_within(
             cidrs.clear();
             allows.clear();
         }
+        let ifindex = p
+            .ips
+            .iter()
+            .find_map(|ip| ifindex_of.get(ip))
+            .copied()
+            .unwrap_or(0);
+        if ifindex != 0 {
+            maps.ifaces.insert(ifindex, ep_id);
+        }
         let ep = PolEndpoint {
             ep_id,
             identity,
             flags,
-            _pad: 0,
+            ifindex,
         };
         for ip in &p.ips {
             maps.endpoints.insert(net_addr(*ip), ep);
@@ -471,6 +496,7 @@ pub fn compute_within(
             ep_id,
             identity,
             addresses: p.ips.clone(),
+            ifindex,
             ingress_isolated: flags & EP_F_INGRESS_ISOLATED != 0,
             egress_isolated: flags & EP_F_EGRESS_ISOLATED != 0,
             entries: n_entries,

@@ -14,6 +14,10 @@ pub enum PolicyOp {
     CidrPut(PolCidrData, u32, u32),
     IpcachePut(NetAddr, u32, u32),
     EndpointPut(NetAddr, PolEndpoint),
+    /// A pod interface's endpoint (after the endpoint: an interface known
+    /// before its pod's address would drop the pod's traffic as spoofed).
+    IfacePut(u32, u32),
+    IfaceDel(u32),
     IpcacheDel(NetAddr, u32),
     EndpointDel(NetAddr),
     CidrDel(PolCidrData, u32),
@@ -43,6 +47,14 @@ pub fn diff(old: &PolicyMaps, new: &PolicyMaps) -> Vec<PolicyOp> {
         if old.endpoints.get(k) != Some(v) {
             ops.push(PolicyOp::EndpointPut(*k, *v));
         }
+    }
+    for (k, v) in &new.ifaces {
+        if old.ifaces.get(k) != Some(v) {
+            ops.push(PolicyOp::IfacePut(*k, *v));
+        }
+    }
+    for k in old.ifaces.keys().filter(|k| !new.ifaces.contains_key(k)) {
+        ops.push(PolicyOp::IfaceDel(*k));
     }
     for k in old.ipcache.keys().filter(|k| !new.ipcache.contains_key(k)) {
         ops.push(PolicyOp::IpcacheDel(k.0, k.1));
@@ -93,6 +105,12 @@ pub fn apply(maps: &mut PolicyMaps, ops: &[PolicyOp]) {
             }
             PolicyOp::EndpointDel(a) => {
                 maps.endpoints.remove(a);
+            }
+            PolicyOp::IfacePut(i, e) => {
+                maps.ifaces.insert(*i, *e);
+            }
+            PolicyOp::IfaceDel(i) => {
+                maps.ifaces.remove(i);
             }
             PolicyOp::Revision { flags } => maps.flags = *flags,
         }

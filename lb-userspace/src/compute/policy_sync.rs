@@ -22,6 +22,8 @@ pub struct PolicySync {
     pub report: Report,
     /// This node's own addresses beyond its Node object's (its interfaces').
     pub host_addrs: Vec<IpAddr>,
+    /// Local pod address -> the interface it is routed through.
+    pub ifindex_of: std::collections::HashMap<IpAddr, u32>,
 }
 
 impl PolicySync {
@@ -36,7 +38,14 @@ impl PolicySync {
 
     /// The ops that bring the maps to the snapshot's policy state.
     pub fn plan(&mut self, snap: &Snapshot, errors: &mut Vec<String>) -> Vec<PolicyOp> {
-        let c = policy::compute(snap, &self.host_addrs, &mut self.ids, &mut self.ep_ids);
+        let c = policy::compute_within(
+            snap,
+            &self.host_addrs,
+            &self.ifindex_of,
+            &mut self.ids,
+            &mut self.ep_ids,
+            &policy::Capacity::default(),
+        );
         errors.extend(c.errors);
         self.report = c.report;
         policy_plan::diff(&self.mirror, &c.maps)

@@ -1937,6 +1937,7 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
     let out = crate::compute::policy::compute_within(
         &c.snap,
         &c.host_addrs,
+        &std::collections::HashMap::new(),
         &mut c.ids,
         &mut c.ep_ids,
         &cap,
@@ -1962,4 +1963,37 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
     );
     let b = c.report.endpoints.iter().find(|e| e.pod == "x/b").unwrap();
     assert!(b.ingress_isolated && b.egress_isolated && b.error.is_some());
+}
+
+#[test]
+fn each_pod_interface_names_its_endpoint_for_source_validation() {
+    let mut c = cluster(&[
+        pod("x/a", "app=a", "10.0.1.1,fd00:1::1"),
+        pod("x/b", "app=b", "10.0.1.2"),
+    ]);
+    let routes: std::collections::HashMap<IpAddr, u32> = [
+        ("10.0.1.1".parse().unwrap(), 11),
+        ("fd00:1::1".parse().unwrap(), 11),
+    ]
+    .into();
+    let out = crate::compute::policy::compute_within(
+        &c.snap,
+        &c.host_addrs,
+        &routes,
+        &mut c.ids,
+        &mut c.ep_ids,
+        &Default::default(),
+    );
+    let a = out.maps.endpoints[&net_addr("10.0.1.1".parse().unwrap())];
+    assert_eq!(a.ifindex, 11);
+    assert_eq!(
+        out.maps.endpoints[&net_addr("fd00:1::1".parse().unwrap())].ifindex,
+        11
+    );
+    assert_eq!(out.maps.ifaces, [(11, a.ep_id)].into());
+    assert_eq!(
+        out.maps.endpoints[&net_addr("10.0.1.2".parse().unwrap())].ifindex,
+        0,
+        "a pod whose route is not known yet is not validated"
+    );
 }

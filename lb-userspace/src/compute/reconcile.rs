@@ -26,15 +26,22 @@ pub trait Writer {
 pub struct Reconciler {
     pub snapshot: Snapshot,
     mirror: Mirror,
-    /// Frontends each Service owns, and the reverse, so a change costs only
-    /// what it touches and two Services cannot fight over one frontend.
-    owned: HashMap<ObjRef, Vec<ServiceKey>>,
+    /// Frontends each Service wants (whether it holds them or lost them to
+    /// another Service), and who holds each, so a change costs only what it
+    /// touches and two Services never both write one frontend.
+    claimed: HashMap<ObjRef, Vec<ServiceKey>>,
     owner: HashMap<ServiceKey, ObjRef>,
+    /// Contested frontends only: the Services that want one another holds,
+    /// recomputed when the holder lets it go.
+    contenders: HashMap<ServiceKey, BTreeSet<ObjRef>>,
     /// healthCheckNodePort -> what it reports, kept per touched Service.
     pub health_checks: BTreeMap<u16, Check>,
     /// `--nodeport-addresses`: which of the node's addresses serve
     /// NodePorts (empty: all of them).
     pub node_port_cidrs: Vec<crate::model::cidr::Cidr>,
+    /// `--external-ip-cidrs`: the only addresses externalIPs may use
+    /// (empty: any but this node's addresses and Services' ClusterIPs).
+    pub external_ip_cidrs: Vec<crate::model::cidr::Cidr>,
     pub policy: PolicySync,
 }
 
@@ -59,15 +66,51 @@ fn describe_key(k: &ServiceKey) -> String {
     }
 }
 
+/// Who wins a frontend two Services claim, smallest first: a ClusterIP
+/// always; then the oldest Service (creationTimestamp; one without sorts
+/// last); then namespace/name. The same on every node, whatever the order
+/// changes arrive in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank<'a> {
+    /// 0: the frontend is on one of the Service's ClusterIPs; 1: any other
+    /// claim; 2: a Service no longer in the snapshot.
+    class: u8,
+    created: i64,
+    service: &'a ObjRef,
+}
+
+impl Rank<'_> {
+    fn why(&self, loser: &Rank) -> &'static str {
+        if self.class < loser.class {
+            "a ClusterIP wins over any other claim"
+        } else if self.created < loser.created {
+            "the older Service wins"
+        } else {
+            "created at the same time; the first by namespace/name wins"
+        }
+    }
+}
+
+/// Work one round of Service syncs leaves for later in the same change set:
+/// Services to recompute because a frontend they want was let go, and the
+/// frontends let go (removed unless one of them takes it).
+#[derive(Default)]
+struct Pending {
+    requeue: BTreeSet<ObjRef>,
+    released: Vec<ServiceKey>,
+}
+
 impl Reconciler {
     pub fn new(mirror: Mirror, node_name: Option<String>) -> Self {
         Self {
             snapshot: Snapshot::for_node(node_name),
             mirror,
-            owned: HashMap::new(),
+            claimed: HashMap::new(),
             owner: HashMap::new(),
+            contenders: HashMap::new(),
             health_checks: BTreeMap::new(),
             node_port_cidrs: Vec::new(),
+            external_ip_cidrs: Vec::new(),
             policy: PolicySync::default(),
         }
     }
@@ -91,9 +134,7 @@ impl Reconciler {
             }
         }
         let mut ops = Vec::new();
-        for svc in &touched {
-            self.sync_service(svc, &mut ops, &mut out.errors);
-        }
+        self.sync_services(touched, &mut ops, &mut out.errors);
         if full {
             self.remove_unclaimed(&mut ops);
         }
@@ -106,14 +147,58 @@ impl Reconciler {
         }
         out.errors.append(&mut self.snapshot.warnings);
         if self.snapshot.policy_dirty || full {
-            out.ops += self.sync_policy(w, &mut out.errors)?;
+            out.ops += self.sync_policy_into(w, &mut out.errors)?;
             out.policy_changed = true;
         }
         Ok(out)
     }
 
+    /// Syncs `services`, then those waiting for a frontend one of them let
+    /// go, then removes what nobody took.
+    fn sync_services(
+        &mut self,
+        services: BTreeSet<ObjRef>,
+        ops: &mut Vec<Op>,
+        errors: &mut Vec<String>,
+    ) {
+        let mut pending = Pending::default();
+        for svc in &services {
+            self.sync_service(svc, ops, errors, &mut pending);
+        }
+        // A round follows the frontends let go in the one before. The
+        // snapshot does not change meanwhile, so a Service synced again
+        // claims what it claimed and lets nothing go: the second round is
+        // the last. The bound is a guard.
+        for _ in 0..4 {
+            let round = std::mem::take(&mut pending.requeue);
+            if round.is_empty() {
+                break;
+            }
+            for svc in &round {
+                self.sync_service(svc, ops, errors, &mut pending);
+            }
+        }
+        // Let go and taken by nobody (its contenders no longer want it).
+        for k in std::mem::take(&mut pending.released) {
+            if !self.owner.contains_key(&k) {
+                self.mirror.remove(&k, ops);
+            }
+        }
+    }
+
+    /// Recomputes the policy state alone (host facts changed: a pod's
+    /// interface or route) and writes what changed; errors are logged.
+    pub fn sync_policy(&mut self, w: &mut dyn Writer) -> anyhow::Result<usize> {
+        let mut errors = Vec::new();
+        let n = self.sync_policy_into(w, &mut errors)?;
+        for e in errors {
+            tracing::error!("{e}");
+        }
+        Ok(n)
+    }
+
     /// Recomputes the policy state and writes what changed.
-    fn sync_policy(
+    fn sync_policy_into(
         &mut self,
         w: &mut dyn Writer,
         errors: &mut Vec<String>,
@@ -148,19 +233,18 @@ impl Reconciler {
     /// Recomputes every Service against a fresh read of the maps.
     pub fn resync(&mut self, w: &mut dyn Writer) -> anyhow::Result<Outcome> {
         self.mirror = w.read_mirror()?;
-        self.owned.clear();
+        self.claimed.clear();
         self.owner.clear();
-        let all: Vec<ObjRef> = self.snapshot.services().map(|s| s.key.clone()).collect();
+        self.contenders.clear();
+        let all: BTreeSet<ObjRef> = self.snapshot.services().map(|s| s.key.clone()).collect();
         let mut out = Outcome::default();
         let mut ops = Vec::new();
-        for svc in &all {
-            self.sync_service(svc, &mut ops, &mut out.errors);
-        }
+        self.sync_services(all, &mut ops, &mut out.errors);
         self.remove_unclaimed(&mut ops);
         out.ops = ops.len();
         w.apply(&ops)?;
         self.policy.reload(w.read_policy()?);
-        out.ops += self.sync_policy(w, &mut out.errors)?;
+        out.ops += self.sync_policy_into(w, &mut out.errors)?;
         out.policy_changed = true;
         Ok(out)
     }
@@ -178,18 +262,82 @@ impl Reconciler {
             .collect()
     }
 
-    fn sync_service(&mut self, svc: &ObjRef, ops: &mut Vec<Op>, errors: &mut Vec<String>) {
+    /// Why the externalIP `ip` may not be programmed, if it may not: outside
+    /// `--external-ip-cidrs` when given; otherwise an address of this node
+    /// or a Service's ClusterIP (CVE-2020-8554: an externalIP intercepts
+    /// whatever the node sends to that address).
+    fn refuse_external_ip(&self, ip: &std::net::IpAddr) -> Option<String> {
+        if !self.external_ip_cidrs.is_empty() {
+            return (!self.external_ip_cidrs.iter().any(|c| c.contains(ip)))
+                .then(|| "is outside --external-ip-cidrs".to_string());
+        }
+        if ip.is_loopback() || ip.is_unspecified() || self.snapshot.node.addrs.contains(ip) {
+            return Some(
+                "is an address of this node (allow it with --external-ip-cidrs)".to_string(),
+            );
+        }
+        if self.snapshot.is_cluster_ip(ip) {
+            let whose = match self.snapshot.cluster_ip_owner(ip) {
+                Some(o) => format!("the ClusterIP of Service {o}"),
+                None => "a ClusterIP".to_string(),
+            };
+            return Some(format!("is {whose} (allow it with --external-ip-cidrs)"));
+        }
+        None
+    }
+
+    fn rank<'a>(&'a self, svc: &'a ObjRef, key: &ServiceKey) -> Rank<'a> {
+        match self.snapshot.service(svc) {
+            Some(info) => Rank {
+                class: if key.scope == lb_common::SCOPE_INTERNAL
+                    && info.cluster_ips.contains(&ip_of(&key.addr))
+                {
+                    0
+                } else {
+                    1
+                },
+                created: info.created.unwrap_or(i64::MAX),
+                service: svc,
+            },
+            None => Rank {
+                class: 2,
+                created: i64::MAX,
+                service: svc,
+            },
+        }
+    }
+
+    fn sync_service(
+        &mut self,
+        svc: &ObjRef,
+        ops: &mut Vec<Op>,
+        errors: &mut Vec<String>,
+        pending: &mut Pending,
+    ) {
         let want = match self.snapshot.service(svc) {
             Some(info) => {
                 if let Some(why) = info.skip {
                     tracing::debug!(service = %svc, "no datapath entries: {why}");
                 }
-                desired::service_frontends(
-                    info,
-                    &self.snapshot.slices_of(svc),
-                    self.snapshot.node_name.as_deref(),
-                    &self.node_port_addrs(),
-                )
+                let mut refused = Vec::new();
+                for (i, ip) in info.external_ips.iter().enumerate() {
+                    if let Some(why) = self.refuse_external_ip(ip) {
+                        errors.push(format!(
+                            "Service {svc}: spec.externalIPs[{i}] {ip} {why}; not programmed"
+                        ));
+                        refused.push(*ip);
+                    }
+                }
+                let slices = self.snapshot.slices_of(svc);
+                let node = self.snapshot.node_name.as_deref();
+                let addrs = self.node_port_addrs();
+                if refused.is_empty() {
+                    desired::service_frontends(info, &slices, node, &addrs)
+                } else {
+                    let mut info = info.clone();
+                    info.external_ips.retain(|ip| !refused.contains(ip));
+                    desired::service_frontends(&info, &slices, node, &addrs)
+                }
             }
             None => vec![],
         };
@@ -211,27 +359,64 @@ impl Reconciler {
                 }
             }
         }
-        let old = self.owned.remove(svc).unwrap_or_default();
-        let mut mine = Vec::new();
+        let old = self.claimed.remove(svc).unwrap_or_default();
+        let mut claimed = Vec::with_capacity(want.len());
         let before = ops.len();
         for fe in &want {
-            match self.owner.get(&fe.key) {
-                Some(other) if other != svc => {
-                    errors.push(format!(
-                        "Service {svc}: frontend {} already belongs to Service {other}; not programmed",
-                        describe_key(&fe.key)
-                    ));
-                    continue;
+            claimed.push(fe.key);
+            let take = match self.owner.get(&fe.key) {
+                None => true,
+                Some(o) if o == svc => true,
+                Some(o) => {
+                    let (mine, theirs) = (self.rank(svc, &fe.key), self.rank(o, &fe.key));
+                    let (winner, loser, why) = if mine < theirs {
+                        (svc, o, mine.why(&theirs))
+                    } else {
+                        (o, svc, theirs.why(&mine))
+                    };
+                    // (A holder already deleted, synced later in this
+                    // change set, is no conflict worth a report.)
+                    if theirs.class < 2 {
+                        errors.push(format!(
+                            "Service {loser}: frontend {} belongs to Service {winner} ({why}); not programmed for {loser}",
+                            describe_key(&fe.key)
+                        ));
+                    }
+                    let (take, loser) = (mine < theirs, loser.clone());
+                    self.contenders.entry(fe.key).or_default().insert(loser);
+                    take
                 }
-                _ => {}
+            };
+            if take {
+                if let Some(set) = self.contenders.get_mut(&fe.key) {
+                    set.remove(svc);
+                    if set.is_empty() {
+                        self.contenders.remove(&fe.key);
+                    }
+                }
+                self.mirror.upsert(fe, ops);
+                self.owner.insert(fe.key, svc.clone());
             }
-            self.mirror.upsert(fe, ops);
-            self.owner.insert(fe.key, svc.clone());
-            mine.push(fe.key);
         }
-        for k in old.iter().filter(|k| !mine.contains(k)) {
-            self.mirror.remove(k, ops);
-            self.owner.remove(k);
+        let wanted: std::collections::HashSet<&ServiceKey> = claimed.iter().collect();
+        for k in old.iter().filter(|k| !wanted.contains(k)) {
+            if self.owner.get(k) == Some(svc) {
+                self.owner.remove(k);
+                match self.contenders.get(k) {
+                    // Another Service wants it: it takes the frontend over
+                    // in place (no instant without an entry), or it goes.
+                    Some(set) if !set.is_empty() => {
+                        pending.requeue.extend(set.iter().cloned());
+                        pending.released.push(*k);
+                    }
+                    _ => self.mirror.remove(k, ops),
+                }
+            } else if let Some(set) = self.contenders.get_mut(k) {
+                set.remove(svc);
+                if set.is_empty() {
+                    self.contenders.remove(k);
+                }
+            }
         }
         if ops.len() != before {
             let ports: Vec<String> = want
@@ -241,8 +426,8 @@ impl Reconciler {
                 .collect();
             tracing::info!(service = %svc, frontends = ?ports, ops = ops.len() - before, "applied");
         }
-        if !mine.is_empty() {
-            self.owned.insert(svc.clone(), mine);
+        if !claimed.is_empty() {
+            self.claimed.insert(svc.clone(), claimed);
         }
     }
 }
@@ -424,6 +609,254 @@ mod tests {
             !keys.contains(&"192.0.2.1:30000/TCP".to_string()),
             "{keys:?}"
         );
+    }
+
+    /// A Service with `externalIPs` at port 80 (its ClusterIP `cip`),
+    /// created `created` (None: no timestamp).
+    fn ext_svc(name: &str, cip: &str, ext: &str, created: Option<&str>) -> String {
+        let ts = created
+            .map(|t| format!(", creationTimestamp: '{t}'"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x{ts}}}\nspec: {{clusterIP: {cip}, externalIPs: [{ext}], ports: [{{port: 80}}]}}\n---\n"
+        )
+    }
+
+    fn fkey(ip: &str, port: u16) -> ServiceKey {
+        ServiceKey::frontend(
+            desired::net_addr(ip.parse().unwrap()),
+            lb_common::BeU16::from_host(port),
+            lb_common::PROTO_TCP,
+            lb_common::SCOPE_INTERNAL,
+        )
+    }
+
+    fn holder(r: &Reconciler, k: &ServiceKey) -> Option<String> {
+        assert_eq!(
+            r.owner.contains_key(k),
+            r.mirror().services().contains_key(k),
+            "owned frontends and only they are in the maps"
+        );
+        r.owner.get(k).map(|o| o.to_string())
+    }
+
+    #[test]
+    fn contested_external_ip_goes_to_the_oldest_service_in_any_order_and_after_restarts() {
+        let new = ext_svc(
+            "a-new",
+            "10.96.0.1",
+            "10.200.0.9",
+            Some("2024-01-01T00:00:00Z"),
+        );
+        let old = ext_svc(
+            "b-old",
+            "10.96.0.2",
+            "10.200.0.9",
+            Some("2020-01-01T00:00:00Z"),
+        );
+        let ext = fkey("10.200.0.9", 80);
+        // (change sets in order)
+        let orders: Vec<Vec<String>> = vec![
+            vec![new.clone() + &old],
+            vec![old.clone() + &new],
+            vec![new.clone(), old.clone()],
+            vec![old.clone(), new.clone()],
+        ];
+        for order in &orders {
+            let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+            let mut w = Fake::default();
+            let mut errors = vec![];
+            for y in order {
+                errors.extend(r.apply(&objs(y), true, &mut w).unwrap().errors);
+            }
+            assert_eq!(holder(&r, &ext).as_deref(), Some("x/b-old"), "{order:?}");
+            // the loser is reported, naming both
+            assert!(
+                errors.iter().any(|e| e.contains("Service x/a-new")
+                    && e.contains("Service x/b-old")
+                    && e.contains("10.200.0.9:80/TCP")),
+                "{errors:?}"
+            );
+            // a restarted agent (its mirror from the maps, objects in
+            // another order), and a full resync, keep the same holder
+            let mut w2 = Fake {
+                mirror: r.mirror().clone(),
+                ..Default::default()
+            };
+            let mut r2 = Reconciler::new(r.mirror().clone(), None);
+            r2.apply(&objs(&(old.clone() + &new)), true, &mut w2)
+                .unwrap();
+            assert_eq!(holder(&r2, &ext).as_deref(), Some("x/b-old"));
+            r2.resync(&mut w2).unwrap();
+            assert_eq!(holder(&r2, &ext).as_deref(), Some("x/b-old"));
+            // the winner goes: the other takes the frontend over in place
+            // (no removal in between); it comes back: it wins it again
+            w.applied.clear();
+            let del = Change::Delete {
+                kind: "Service".into(),
+                key: ObjRef::new("x", "b-old"),
+            };
+            r.apply(&[del], false, &mut w).unwrap();
+            assert_eq!(holder(&r, &ext).as_deref(), Some("x/a-new"));
+            assert!(
+                !w.applied
+                    .iter()
+                    .any(|o| matches!(o, Op::DelService { key } if *key == ext)),
+                "{:?}",
+                w.applied
+            );
+            r.apply(&objs(&old), false, &mut w).unwrap();
+            assert_eq!(holder(&r, &ext).as_deref(), Some("x/b-old"));
+            // the loser stops wanting it: nothing changes for the holder
+            let moved = ext_svc(
+                "a-new",
+                "10.96.0.1",
+                "10.200.0.10",
+                Some("2024-01-01T00:00:00Z"),
+            );
+            r.apply(&objs(&moved), false, &mut w).unwrap();
+            assert_eq!(holder(&r, &ext).as_deref(), Some("x/b-old"));
+            assert!(r.contenders.is_empty(), "{:?}", r.contenders);
+        }
+        // Same age, or no timestamps: namespace/name decides.
+        for (a, b) in [
+            (
+                ext_svc("a", "10.96.0.1", "10.200.0.9", Some("2024-01-01T00:00:00Z")),
+                ext_svc("b", "10.96.0.2", "10.200.0.9", Some("2024-01-01T00:00:00Z")),
+            ),
+            (
+                ext_svc("a", "10.96.0.1", "10.200.0.9", None),
+                ext_svc("b", "10.96.0.2", "10.200.0.9", None),
+            ),
+        ] {
+            for y in [a.clone() + &b, b.clone() + &a] {
+                let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+                r.apply(&objs(&y), true, &mut Fake::default()).unwrap();
+                assert_eq!(holder(&r, &ext).as_deref(), Some("x/a"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_ip_always_wins_over_an_external_ip() {
+        // The thief is older, and --external-ip-cidrs lets its externalIP in.
+        let thief = ext_svc(
+            "a-thief",
+            "10.96.0.1",
+            "10.96.0.50",
+            Some("2000-01-01T00:00:00Z"),
+        );
+        let dns = svc(
+            "z-dns",
+            "10.96.0.50",
+            ", creationTimestamp: '2024-01-01T00:00:00Z'",
+        );
+        let k = fkey("10.96.0.50", 80);
+        for order in [
+            vec![thief.clone() + &dns],
+            vec![thief.clone(), dns.clone()],
+            vec![dns.clone(), thief.clone()],
+        ] {
+            let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+            r.external_ip_cidrs = vec!["0.0.0.0/0".parse().unwrap()];
+            let mut w = Fake::default();
+            let mut errors = vec![];
+            for y in &order {
+                errors.extend(r.apply(&objs(y), true, &mut w).unwrap().errors);
+            }
+            assert_eq!(holder(&r, &k).as_deref(), Some("x/z-dns"), "{order:?}");
+            assert!(
+                errors.iter().any(|e| e.contains("Service x/a-thief")
+                    && e.contains("Service x/z-dns")
+                    && e.contains("ClusterIP")),
+                "{errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn external_ips_on_node_addresses_or_cluster_ips_are_refused_unless_allowed() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.1}]}\n---\n";
+        let other = svc("c", "10.96.0.10", "");
+        // (--external-ip-cidrs, externalIP, refused with a message containing)
+        let cases: Vec<(&str, &str, Option<&str>)> = vec![
+            ("", "10.100.0.1", Some("address of this node")),
+            ("", "127.0.0.1", Some("address of this node")),
+            ("", "10.96.0.10", Some("ClusterIP of Service x/c")),
+            ("", "10.200.0.5", None),
+            ("10.100.0.0/24", "10.100.0.1", None),
+            ("10.96.0.0/16,10.200.0.0/16", "10.96.0.10", None),
+            (
+                "10.100.0.0/24",
+                "10.200.0.5",
+                Some("outside --external-ip-cidrs"),
+            ),
+        ];
+        for (allow, ip, refused) in cases {
+            let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+            r.external_ip_cidrs = allow
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| c.parse().unwrap())
+                .collect();
+            let y = format!(
+                "{node}{other}{}",
+                ext_svc("e", "10.96.0.20", ip, None).replace("port: 80", "port: 8080")
+            );
+            let out = r.apply(&objs(&y), true, &mut Fake::default()).unwrap();
+            let programmed = holder(&r, &fkey(ip, 8080)).is_some();
+            match refused {
+                Some(why) => {
+                    assert!(!programmed, "{allow} {ip}");
+                    assert!(
+                        out.errors.iter().any(|e| e.contains("Service x/e")
+                            && e.contains("spec.externalIPs[0]")
+                            && e.contains(why)),
+                        "{allow} {ip}: {:?}",
+                        out.errors
+                    );
+                }
+                None => {
+                    assert!(programmed, "{allow} {ip}");
+                    assert!(out.errors.is_empty(), "{allow} {ip}: {:?}", out.errors);
+                }
+            }
+        }
+        // Refusal follows the addresses: a ClusterIP or node address that
+        // appears later takes the externalIP out; gone, it comes back.
+        let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+        let mut w = Fake::default();
+        let e = ext_svc("e", "10.96.0.20", "10.96.0.77", None).replace("port: 80", "port: 8080");
+        r.apply(&objs(&e), true, &mut w).unwrap();
+        let k = fkey("10.96.0.77", 8080);
+        assert!(holder(&r, &k).is_some());
+        r.apply(&objs(&svc("f", "10.96.0.77", "")), false, &mut w)
+            .unwrap();
+        assert!(holder(&r, &k).is_none());
+        let del = Change::Delete {
+            kind: "Service".into(),
+            key: ObjRef::new("x", "f"),
+        };
+        r.apply(&[del], false, &mut w).unwrap();
+        assert!(holder(&r, &k).is_some());
+        let n = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.96.0.77}]}\n";
+        r.apply(&objs(n), false, &mut w).unwrap();
+        assert!(holder(&r, &k).is_none());
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_is_read_from_the_service() {
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.10, internalTrafficPolicy: Local, ports: [{port: 80}]}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.1.10], nodeName: n1}, {addresses: [10.244.2.10], nodeName: n2}]\nports: [{port: 8080}]\n";
+        for (node, count, flags) in [
+            ("n1", 1, lb_common::SVC_FLAG_INT_LOCAL),
+            ("n3", 0, lb_common::SVC_FLAG_INT_LOCAL),
+        ] {
+            let mut r = Reconciler::new(Mirror::from_entries([], []), Some(node.into()));
+            r.apply(&objs(y), true, &mut Fake::default()).unwrap();
+            let v = r.mirror().services()[&fkey("10.96.0.10", 80)];
+            assert_eq!((v.count, v.flags), (count, flags), "{node}");
+        }
     }
 
     #[test]

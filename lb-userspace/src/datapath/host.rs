@@ -310,3 +310,90 @@ pub fn watch_links(notify: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> 
         .context("starting the link-events thread")?;
     Ok(())
 }
+
+/// Host routes (/32, /128) of this network namespace and the ifindex of
+/// their device: how a pod address reaches its pod's interface (CNIs like
+/// Cilium's and Calico's route each pod to its veth).
+pub fn host_routes() -> std::collections::HashMap<std::net::IpAddr, u32> {
+    let mut names: std::collections::HashMap<String, u32> = Default::default();
+    let mut index_of = |name: &str| -> u32 {
+        *names.entry(name.to_string()).or_insert_with(|| {
+            std::ffi::CString::new(name)
+                // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+                .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+                .unwrap_or(0)
+        })
+    };
+    let mut out = std::collections::HashMap::new();
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    for (ip, dev) in parse_route4(&v4) {
+        let i = index_of(&dev);
+        if i != 0 {
+            out.insert(ip, i);
+        }
+    }
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    for (ip, dev) in parse_route6(&v6) {
+        let i = index_of(&dev);
+        if i != 0 {
+            out.insert(ip, i);
+        }
+    }
+    out
+}
+
+/// /32 routes of /proc/net/route (addresses in host byte order, hex).
+fn parse_route4(text: &str) -> Vec<(std::net::IpAddr, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dev, dst, mask) = (f.first()?, f.get(1)?, f.get(7)?);
+            if *mask != "FFFFFFFF" {
+                return None;
+            }
+            let d = u32::from_str_radix(dst, 16).ok()?;
+            Some((std::net::IpAddr::from(d.to_ne_bytes()), dev.to_string()))
+        })
+        .collect()
+}
+
+/// /128 routes of /proc/net/ipv6_route (destination, prefix length in hex,
+/// ..., device last).
+fn parse_route6(text: &str) -> Vec<(std::net::IpAddr, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 || f[1] != "80" {
+                return None;
+            }
+            let d = u128::from_str_radix(f[0], 16).ok()?;
+            let ip = std::net::Ipv6Addr::from(d);
+            // Local and multicast entries of the local table are not pods.
+            if ip.is_multicast() || f[9] == "lo" {
+                return None;
+            }
+            Some((std::net::IpAddr::V6(ip), f[9].to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod route_tests {
+    #[test]
+    fn host_routes_are_read_from_procfs_text() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  lxc000001\t0A01F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+                  eth0\t000064C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            super::parse_route4(v4),
+            [("10.244.1.10".parse().unwrap(), "lxc000001".to_string())]
+        );
+        let v6 = "fd00024400010000000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001 lxc000001\n\
+                  fd000244000100000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 lxc000001\n";
+        assert_eq!(
+            super::parse_route6(v6),
+            [("fd00:244:1::a".parse().unwrap(), "lxc000001".to_string())]
+        );
+    }
+}

@@ -10,9 +10,9 @@ mod test_run;
 #[cfg(test)]
 mod test_run_conntrack;
 #[cfg(test)]
-mod test_run_ranges;
-#[cfg(test)]
 mod test_run_policy;
+#[cfg(test)]
+mod test_run_ranges;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -128,7 +128,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 17] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 18] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -172,6 +172,13 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 17] {
             key_size: 4,
             value_size: size_of::<lb_common::PolicyState>() as u32,
             max_entries: 1,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_IF,
+            map_type: MapType::Hash,
+            key_size: 4,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POL_EP_MAX,
         },
         MapSpec {
             name: lb_common::MAP_POL_COUNT,
@@ -517,6 +524,12 @@ impl Datapath {
                 );
                 let _ = std::fs::remove_file(self.links_dir.join(&name));
             }
+            let gone_record = name
+                .strip_prefix(CLSACT_RECORD)
+                .is_some_and(|d| !crate::datapath::host::interface_exists(d));
+            if gone_record {
+                let _ = std::fs::remove_dir(self.links_dir.join(&name));
+            }
         }
         for (n, i) in present {
             if self.pod_ifaces.contains_key(n) || self.devices.contains(n) {
@@ -587,6 +600,7 @@ impl Datapath {
                 attach_netlink(prog, dev, attach).with_context(|| {
                     format!("attaching {name} to {dev} ({dir}) as a clsact filter")
                 })?;
+                record_clsact(&self.links_dir, dev)?;
                 tracing::info!(program = name, device = dev, "attached (clsact)");
                 continue;
             };
@@ -822,21 +836,29 @@ fn attach_netlink(
     Ok(())
 }
 
-/// Removes the agent's clsact filters from every interface of this network
-/// namespace (kernels without tcx keep no pin for them).
-fn detach_netlink_filters() {
+/// The pin directory's record of a device that got clsact filters (tcx
+/// links are pins of their own; filters are not, and bpffs holds no plain
+/// files, so the record is an empty directory).
+const CLSACT_RECORD: &str = "clsact-";
+
+fn record_clsact(links_dir: &Path, dev: &str) -> anyhow::Result<()> {
+    let p = links_dir.join(format!("{CLSACT_RECORD}{dev}"));
+    match std::fs::create_dir(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("recording {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the agent's clsact filters from `dev` (its fixed slot only).
+fn detach_netlink_filters(dev: &str) {
     use aya::programs::links::Link as _;
     use aya::programs::tc::SchedClassifierLink;
-    let Ok(ifaces) = crate::datapath::host::interfaces_matching(&["*".to_string()]) else {
-        return;
-    };
-    for (dev, _) in ifaces {
-        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
-            if let Ok(l) = SchedClassifierLink::attached(&dev, attach, NL_PRIORITY, NL_HANDLE, None)
-            {
-                // Absent is fine: most interfaces never had one.
-                let _ = l.detach();
-            }
+    for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+        if let Ok(l) = SchedClassifierLink::attached(dev, attach, NL_PRIORITY, NL_HANDLE, None) {
+            // Absent is fine: the device may have gone or been reset.
+            let _ = l.detach();
         }
     }
 }
@@ -1011,12 +1033,18 @@ impl Pinned {
 pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     crate::serve::report::remove(pin_dir);
-    detach_netlink_filters();
     let links = pin_dir.join("links");
     if links.exists() {
         for e in std::fs::read_dir(&links)? {
             let p = e?.path();
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            // Only the devices this pin directory recorded lose their filters.
+            if let Some(dev) = name.as_deref().and_then(|n| n.strip_prefix(CLSACT_RECORD)) {
+                detach_netlink_filters(dev);
+                std::fs::remove_dir(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
             removed.push(p);
         }
         std::fs::remove_dir(&links)?;

@@ -9,8 +9,8 @@ use aya::{
     },
 };
 use lb_common::{
-    IpcacheData, MAP_IPCACHE, MAP_POL_CIDR, MAP_POL_EP, MAP_POL_STATE, MAP_POLICY, NetAddr,
-    PolCidrData, PolEndpoint, PolicyData, PolicyState,
+    IpcacheData, MAP_IPCACHE, MAP_POL_CIDR, MAP_POL_EP, MAP_POL_IF, MAP_POL_STATE, MAP_POLICY,
+    NetAddr, PolCidrData, PolEndpoint, PolicyData, PolicyState,
 };
 
 use crate::compute::{policy::PolicyMaps, policy_plan::PolicyOp};
@@ -18,6 +18,7 @@ use crate::compute::{policy::PolicyMaps, policy_plan::PolicyOp};
 pub struct PolicyIo {
     ipcache: LpmTrie<MapData, IpcacheData, u32>,
     endpoints: HashMap<MapData, NetAddr, PolEndpoint>,
+    ifaces: HashMap<MapData, u32, u32>,
     entries: LpmTrie<MapData, PolicyData, u32>,
     cidrs: LpmTrie<MapData, PolCidrData, u32>,
     state: Array<MapData, PolicyState>,
@@ -33,6 +34,7 @@ impl PolicyIo {
         Ok(Self {
             ipcache: LpmTrie::try_from(take(ebpf, MAP_IPCACHE)?)?,
             endpoints: HashMap::try_from(take(ebpf, MAP_POL_EP)?)?,
+            ifaces: HashMap::try_from(take(ebpf, MAP_POL_IF)?)?,
             entries: LpmTrie::try_from(take(ebpf, MAP_POLICY)?)?,
             cidrs: LpmTrie::try_from(take(ebpf, MAP_POL_CIDR)?)?,
             state: Array::try_from(take(ebpf, MAP_POL_STATE)?)?,
@@ -48,6 +50,10 @@ impl PolicyIo {
         for e in self.endpoints.iter() {
             let (k, v) = e.context("reading the policy endpoints")?;
             m.endpoints.insert(k, v);
+        }
+        for e in self.ifaces.iter() {
+            let (k, v) = e.context("reading the pod interfaces")?;
+            m.ifaces.insert(k, v);
         }
         for k in self.entries.keys() {
             let k = k.context("reading the policy entries")?;
@@ -82,6 +88,8 @@ impl PolicyIo {
                 }
                 PolicyOp::EndpointPut(a, e) => self.endpoints.insert(a, e, 0),
                 PolicyOp::EndpointDel(a) => self.endpoints.remove(a),
+                PolicyOp::IfacePut(i, e) => self.ifaces.insert(i, e, 0),
+                PolicyOp::IfaceDel(i) => self.ifaces.remove(i),
                 PolicyOp::Revision { flags } => {
                     let mut st = self.state()?;
                     st.revision = st.revision.wrapping_add(1);
@@ -94,6 +102,7 @@ impl PolicyIo {
                 PolicyOp::CidrPut(..) | PolicyOp::CidrDel(..) => MAP_POL_CIDR,
                 PolicyOp::IpcachePut(..) | PolicyOp::IpcacheDel(..) => MAP_IPCACHE,
                 PolicyOp::EndpointPut(..) | PolicyOp::EndpointDel(..) => MAP_POL_EP,
+                PolicyOp::IfacePut(..) | PolicyOp::IfaceDel(..) => MAP_POL_IF,
                 PolicyOp::Revision { .. } => MAP_POL_STATE,
             };
             r.with_context(|| format!("writing {map}: {op:?}"))?;

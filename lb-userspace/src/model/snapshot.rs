@@ -76,12 +76,18 @@ pub struct ServiceInfo {
     /// `externalTrafficPolicy: Local`: clients from outside get this node's
     /// endpoints only, with their address kept.
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: pods and host-network clients on a
+    /// node reach its ClusterIPs' endpoints on that node only.
+    pub internal_local: bool,
     /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
     /// sessionAffinity: ClientIP's timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
     /// `spec.loadBalancerSourceRanges` (leading and trailing spaces allowed).
     pub source_ranges: Vec<crate::model::cidr::Cidr>,
+    /// `metadata.creationTimestamp` in Unix seconds: of two Services
+    /// claiming one frontend (not a ClusterIP), the older one wins.
+    pub created: Option<i64>,
 }
 
 /// This node, as its Node object describes it.
@@ -261,6 +267,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
     };
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
         && matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let health_check_node_port = match spec.health_check_node_port {
         Some(p) if external_local => Some(port16(p, &object, "spec.healthCheckNodePort")?),
         _ => None,
@@ -307,9 +314,15 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
         external_ips,
         lb_ips,
         external_local,
+        internal_local,
         health_check_node_port,
         affinity_timeout,
         source_ranges,
+        created: svc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
     })
 }
 
@@ -388,6 +401,12 @@ pub struct Snapshot {
     services: HashMap<ObjRef, ServiceInfo>,
     slices: HashMap<ObjRef, SliceInfo>,
     by_service: HashMap<ObjRef, BTreeSet<ObjRef>>,
+    /// How many Services hold each ClusterIP: an externalIP equal to one
+    /// is refused.
+    cluster_ips: HashMap<IpAddr, u32>,
+    /// The Services that list each externalIP, recomputed when that
+    /// address becomes or stops being a ClusterIP.
+    external_ip_users: HashMap<IpAddr, BTreeSet<ObjRef>>,
     /// What NetworkPolicy reads: every pod of the cluster, namespace labels,
     /// the policies.
     pub pods: HashMap<ObjRef, PodInfo>,
@@ -425,6 +444,77 @@ impl Snapshot {
         self.services.values()
     }
 
+    /// `ip` is some Service's ClusterIP.
+    pub fn is_cluster_ip(&self, ip: &IpAddr) -> bool {
+        self.cluster_ips.contains_key(ip)
+    }
+
+    /// A Service whose ClusterIP `ip` is (a scan: for messages only).
+    pub fn cluster_ip_owner(&self, ip: &IpAddr) -> Option<&ObjRef> {
+        if !self.is_cluster_ip(ip) {
+            return None;
+        }
+        self.services
+            .values()
+            .filter(|s| s.cluster_ips.contains(ip))
+            .map(|s| &s.key)
+            .min()
+    }
+
+    /// Keeps the ClusterIP and externalIP indexes equal to the Service
+    /// `key` now in `services` (None: deleted), `old` being what it was;
+    /// returns the other Services whose externalIPs are affected.
+    fn reindex(&mut self, key: &ObjRef, old: Option<&ServiceInfo>) -> Vec<ObjRef> {
+        let (cips, eips) = self
+            .services
+            .get(key)
+            .map(|s| (s.cluster_ips.clone(), s.external_ips.clone()))
+            .unwrap_or_default();
+        let mut changed = Vec::new();
+        if let Some(o) = old {
+            for ip in &o.cluster_ips {
+                if let Some(n) = self.cluster_ips.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.cluster_ips.remove(ip);
+                        changed.push(*ip);
+                    }
+                }
+            }
+            for ip in &o.external_ips {
+                if let Some(users) = self.external_ip_users.get_mut(ip) {
+                    users.remove(key);
+                    if users.is_empty() {
+                        self.external_ip_users.remove(ip);
+                    }
+                }
+            }
+        }
+        for ip in &cips {
+            let n = self.cluster_ips.entry(*ip).or_default();
+            *n += 1;
+            if *n == 1 {
+                changed.push(*ip);
+            }
+        }
+        for ip in &eips {
+            self.external_ip_users
+                .entry(*ip)
+                .or_default()
+                .insert(key.clone());
+        }
+        let mut touched: Vec<ObjRef> = changed
+            .iter()
+            .filter_map(|ip| self.external_ip_users.get(ip))
+            .flatten()
+            .filter(|k| *k != key)
+            .cloned()
+            .collect();
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
     pub fn slices_of(&self, svc: &ObjRef) -> Vec<&SliceInfo> {
         self.by_service
             .get(svc)
@@ -444,8 +534,10 @@ impl Snapshot {
                 if self.services.get(&key) == Some(&info) {
                     return Ok(vec![]);
                 }
-                self.services.insert(key.clone(), info);
-                Ok(vec![key])
+                let old = self.services.insert(key.clone(), info);
+                let mut touched = self.reindex(&key, old.as_ref());
+                touched.push(key);
+                Ok(touched)
             }
             Change::Upsert(Object::EndpointSlice(s)) => {
                 let info = slice_info(s)?;
@@ -500,12 +592,14 @@ impl Snapshot {
                 Ok(vec![])
             }
             Change::Delete { kind, key } => Ok(match kind.as_str() {
-                "Service" => self
-                    .services
-                    .remove(key)
-                    .map(|s| s.key)
-                    .into_iter()
-                    .collect(),
+                "Service" => match self.services.remove(key) {
+                    Some(old) => {
+                        let mut touched = self.reindex(key, Some(&old));
+                        touched.push(old.key);
+                        touched
+                    }
+                    None => vec![],
+                },
                 "EndpointSlice" => self.remove_slice(key),
                 "Pod" => {
                     self.policy_dirty |= self.pods.remove(key).is_some();
@@ -529,11 +623,12 @@ impl Snapshot {
         }
     }
 
-    /// Services whose frontends depend on this node's addresses.
+    /// Services whose frontends depend on this node's addresses (NodePorts,
+    /// and externalIPs, refused when equal to one of them).
     fn node_port_services(&self) -> Vec<ObjRef> {
         self.services
             .values()
-            .filter(|s| s.ports.iter().any(|p| p.node_port.is_some()))
+            .filter(|s| s.ports.iter().any(|p| p.node_port.is_some()) || !s.external_ips.is_empty())
             .map(|s| s.key.clone())
             .collect()
     }

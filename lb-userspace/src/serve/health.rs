@@ -156,6 +156,11 @@ impl Health {
         })
     }
 
+    /// The first change set has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
     pub fn synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
         self.metrics.last_sync_timestamp_seconds.set(now_s() as f64);
