@@ -76,6 +76,13 @@ pub const DEFAULT_CT_MAX: u32 = 262144;
 /// Backend flag: the endpoint runs on this node (no SNAT needed to reach it
 /// and get its replies back).
 pub const BACKEND_LOCAL: u8 = 1 << 0;
+/// Backend flag: the endpoint is still listed in an EndpointSlice of its
+/// Service but no longer usable (not ready, terminating, its pod gone), so
+/// it is in no slot. Established TCP flows of the packet path keep going
+/// to it (they drain); a SYN or a UDP datagram on its conntrack entry is a
+/// miss and picks a usable backend. Not part of a backend's identity: the
+/// agent flips it in place, under the same id.
+pub const BACKEND_DRAINING: u8 = 1 << 1;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -289,12 +296,20 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The node ports SNAT hands out towards backends on other nodes: above
-/// Linux's default ephemeral range (32768-60999), so no socket of the
-/// node itself uses them (the agent warns when ip_local_port_range
-/// reaches into them).
+/// The node ports SNAT hands out towards backends on other nodes: 1024-29999
+/// and 61000-65535, outside Linux's default ephemeral range (32768-60999,
+/// so no socket the node connects from holds the same tuple) and the
+/// default NodePort range (30000-32767). The agent warns when
+/// ip_local_port_range reaches into them.
+pub const SNAT_LOW_MIN: u16 = 1024;
+pub const SNAT_LOW_MAX: u16 = 29999;
 pub const SNAT_PORT_MIN: u16 = 61000;
 pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// 1 when `port` is one SNAT may hand out.
+pub const fn is_snat_port(port: u16) -> bool {
+    (port >= SNAT_LOW_MIN && port <= SNAT_LOW_MAX) || port >= SNAT_PORT_MIN
+}
 
 /// The one entry of `LB_STATUS_V1`, written by the agent only.
 #[repr(C)]

@@ -494,16 +494,18 @@ fn rewrite_dst(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
 /// Claims a node port for a flow SNAT'd towards `k.saddr:k.sport` (an
 /// RSNAT key): its reverse entry (port -> client) is inserted only where
 /// none exists (BPF_NOEXIST, so two CPUs can never hand one port to two
-/// clients), trying hashed ports of the reserved range (outside the
-/// node's ephemeral range, so no host process of the node uses them); a
-/// port already held for this same client flow is kept. Sets `k.dport`;
-/// 0 on success, 1 when every try was taken (the caller drops, counted).
-/// Not inlined: its key copy lives in its own stack frame.
+/// clients). Ports come from the SNAT ranges (outside the node's
+/// ephemeral range and the NodePort range, so no socket of the node holds
+/// the same tuple), probed linearly from a point hashed from the flow, so
+/// a client port that comes round again finds the port it held. Sets
+/// `k.dport`; 0 on success, 1 when every try was taken (the caller drops,
+/// counted). Not inlined: its key copy lives in its own stack frame.
 #[inline(never)]
 fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
+    let start = fmix(h) % SNAT_PORTS;
     let mut i = 0u32;
     while i < SNAT_TRIES {
-        k.dport = BeU16::from_host((SNAT_PORT_MIN + mix(h, i) % SNAT_PORTS) as u16);
+        k.dport = BeU16::from_host(snat_port_at((start + i) % SNAT_PORTS) as u16);
         if conntrack::put_new(k, client, cport) == 0 {
             return 0;
         }
@@ -516,6 +518,28 @@ fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
     1
 }
 
-const SNAT_TRIES: u32 = 8;
-const SNAT_PORT_MIN: u32 = lb_common::SNAT_PORT_MIN as u32;
-const SNAT_PORTS: u32 = lb_common::SNAT_PORT_MAX as u32 - SNAT_PORT_MIN + 1;
+/// The `n`th port of the SNAT ranges.
+#[inline(always)]
+fn snat_port_at(n: u32) -> u32 {
+    let low = lb_common::SNAT_LOW_MAX as u32 - lb_common::SNAT_LOW_MIN as u32 + 1;
+    if n < low {
+        lb_common::SNAT_LOW_MIN as u32 + n
+    } else {
+        lb_common::SNAT_PORT_MIN as u32 + (n - low)
+    }
+}
+
+/// A full-avalanche 32-bit mix (murmur3's finalizer): nearby flows start
+/// their probes far apart.
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+const SNAT_TRIES: u32 = 32;
+const SNAT_PORTS: u32 = (lb_common::SNAT_LOW_MAX as u32 - lb_common::SNAT_LOW_MIN as u32 + 1)
+    + (lb_common::SNAT_PORT_MAX as u32 - lb_common::SNAT_PORT_MIN as u32 + 1);

@@ -120,12 +120,16 @@ fn check_ephemeral_ports() {
         .split_whitespace()
         .filter_map(|n| n.parse::<u32>().ok());
     if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-        if hi >= lb_common::SNAT_PORT_MIN as u32 && lo <= lb_common::SNAT_PORT_MAX as u32 {
+        let overlaps = |a: u16, b: u16| hi >= a as u32 && lo <= b as u32;
+        if overlaps(lb_common::SNAT_LOW_MIN, lb_common::SNAT_LOW_MAX)
+            || overlaps(lb_common::SNAT_PORT_MIN, lb_common::SNAT_PORT_MAX)
+        {
             tracing::warn!(
-                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the SNAT port range {}-{}: lower its upper bound below {} so no socket of this node can collide with a translated flow",
+                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the SNAT ports {}-{} and {}-{}: keep it within 30000-60999 so no socket of this node can collide with a translated flow",
+                lb_common::SNAT_LOW_MIN,
+                lb_common::SNAT_LOW_MAX,
                 lb_common::SNAT_PORT_MIN,
-                lb_common::SNAT_PORT_MAX,
-                lb_common::SNAT_PORT_MIN
+                lb_common::SNAT_PORT_MAX
             );
         }
     }

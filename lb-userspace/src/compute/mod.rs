@@ -2,6 +2,7 @@
 //! against a mirror of the maps, and the reconciler that drives both.
 
 pub mod conntrack_gc;
+pub mod ct_sweep;
 pub mod desired;
 pub mod identity;
 pub mod maglev;

@@ -397,3 +397,45 @@ mod route_tests {
         );
     }
 }
+
+/// The oldest kernel the programs load on: `bpf_set_retval` (ECONNREFUSED
+/// from the socket hooks) came in 5.18; the rest (getpeername hooks,
+/// BPF_F_INNER_MAP, coarse clock, link updates) is older.
+pub const KERNEL_FLOOR: (u32, u32) = (5, 18);
+
+/// Refuses, naming the missing feature, on a kernel below the floor.
+pub fn check_kernel() -> anyhow::Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel release")?;
+    check_release(release.trim())
+}
+
+fn check_release(release: &str) -> anyhow::Result<()> {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if v < KERNEL_FLOOR {
+        anyhow::bail!(
+            "kernel {release} is older than {}.{}: the socket hooks need bpf_set_retval (5.18) to refuse a Service without endpoints",
+            KERNEL_FLOOR.0,
+            KERNEL_FLOOR.1
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    #[test]
+    fn the_kernel_floor_is_5_18() {
+        for ok in ["6.18.0-amd64", "5.18.0", "6.1.0-28-cloud-amd64", "10.0"] {
+            assert!(super::check_release(ok).is_ok(), "{ok}");
+        }
+        for old in ["5.17.15", "5.10.0-32-amd64", "4.19.0"] {
+            let e = super::check_release(old).unwrap_err().to_string();
+            assert!(e.contains("bpf_set_retval") && e.contains(old), "{e}");
+        }
+    }
+}

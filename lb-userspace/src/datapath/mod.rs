@@ -337,6 +337,7 @@ pub const TC_PROGRAMS: &[(&str, &str)] =
 pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_from", "ingress"), ("lb_pod_to", "egress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
+    crate::datapath::host::check_kernel()?;
     crate::datapath::host::ensure_pin_dir(&opts.pin_dir)?;
     let links_dir = opts.pin_dir.join("links");
     std::fs::create_dir_all(&links_dir)
@@ -735,21 +736,17 @@ impl Datapath {
             .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
         let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
         let max = self.ct_max as usize;
-        let mut seen = 0;
-        let doomed: Vec<CtKey> = ct
-            .iter()
-            .take(max)
-            .filter_map(Result::ok)
-            .inspect(|_| seen += 1)
-            .filter(|(k, v)| crate::compute::conntrack_gc::expired(k, v, now, backends, t))
-            .map(|(k, _)| k)
-            .collect();
+        let entries: Vec<(CtKey, CtValue)> = ct.iter().take(max).filter_map(Result::ok).collect();
+        let seen = entries.len();
+        let walked: std::collections::HashMap<CtKey, u32> =
+            entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();
+        let doomed = crate::compute::ct_sweep::doomed(&entries, now, backends, t);
         let mut n = 0;
         for k in &doomed {
-            // Only what is still expired now: its flow may have come back
-            // (a new connection on the tuple) since the walk saw it.
+            // Only what nothing touched since the walk: its flow may have
+            // come back (a new connection on the tuple) meanwhile.
             match ct.get(k, 0) {
-                Ok(v) if crate::compute::conntrack_gc::expired(k, &v, now, backends, t) => {
+                Ok(v) if walked.get(k) == Some(&v.last_seen) => {
                     // Gone already (evicted, or its flow ended) is fine.
                     if ct.remove(k).is_ok() {
                         n += 1;

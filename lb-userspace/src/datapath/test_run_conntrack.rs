@@ -6,7 +6,7 @@ use aya::maps::{HashMap, PerCpuArray};
 use etherparse::PacketBuilder;
 use lb_common::{
     BACKEND_LOCAL, BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey,
-    CtValue, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    CtValue, PROTO_TCP, SNAT_LOW_MAX, SNAT_LOW_MIN, SNAT_PORT_MAX, SNAT_PORT_MIN, is_snat_port,
 };
 
 use super::test_run::{Bed, TC_ACT_OK, dst4, ip, src4, tcp4};
@@ -141,7 +141,7 @@ fn two_clients_on_the_same_port_get_their_own_snat_ports_and_replies() {
         let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(c, 40003, NODE, 30080, true));
         let (_, out) = bed.run("lb_tc_egress", &fwd);
         let (_, port) = src4(&out);
-        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port), "{port}");
+        assert!(is_snat_port(port), "{port}");
         ports.push((c, port));
     }
     assert_ne!(ports[0].1, ports[1].1);
@@ -164,7 +164,7 @@ fn no_free_snat_port_drops_the_new_flow_counted_and_takes_nobody_elses() {
     {
         let mut m: HashMap<_, CtKey, CtValue> =
             HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_CT).unwrap()).unwrap();
-        for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
+        for port in (SNAT_LOW_MIN..=SNAT_LOW_MAX).chain(SNAT_PORT_MIN..=SNAT_PORT_MAX) {
             let k = CtKey {
                 saddr: ip("10.244.2.10"),
                 daddr: ip("10.100.0.1"),
@@ -191,11 +191,9 @@ fn no_free_snat_port_drops_the_new_flow_counted_and_takes_nobody_elses() {
         .into_iter()
         .filter(|(k, v)| k.kind == CT_RSNAT && v.addr == ip("10.100.0.99"))
         .count();
-    assert_eq!(
-        theirs,
-        (SNAT_PORT_MAX - SNAT_PORT_MIN) as usize + 1,
-        "no entry was overwritten"
-    );
+    let all =
+        (SNAT_LOW_MAX - SNAT_LOW_MIN) as usize + 1 + (SNAT_PORT_MAX - SNAT_PORT_MIN) as usize + 1;
+    assert_eq!(theirs, all, "no entry was overwritten");
 }
 
 #[test]

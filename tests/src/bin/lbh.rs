@@ -9,6 +9,8 @@
 //!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
 //!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http
 //!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
+//!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK   new TCP connections back to back
+//!                                     for SECS seconds, each closed with an RST; one line
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -294,6 +296,17 @@ fn main() {
                 println!("{v}");
                 let _ = std::io::stdout().flush();
             }
+        }
+        "lab-churn" => {
+            let target: SocketAddr = arg(1).parse().expect("target");
+            let secs: u64 = arg(2).parse().expect("seconds");
+            let timeout = Duration::from_millis(arg(3).parse().expect("timeout"));
+            let mark: u32 = arg(4).parse().expect("mark");
+            println!(
+                "{}",
+                lab::churn(target, Duration::from_secs(secs), timeout, mark)
+            );
+            let _ = std::io::stdout().flush();
         }
         "lab-hold" => {
             let target: SocketAddr = arg(1).parse().expect("target");
@@ -590,6 +603,133 @@ mod lab {
         let c = TcpStream::from(fd);
         let v = request(&c, timeout, ms);
         (Some(c), v)
+    }
+
+    /// How long one churn connect may take: long enough that a hung
+    /// handshake (SYN retransmitted for a minute) shows as a slow connect,
+    /// not as a failure.
+    const CHURN_CONNECT: Duration = Duration::from_secs(70);
+    /// Slow or failed attempts listed one by one (the counts cover all).
+    const CHURN_LISTED: usize = 20;
+
+    /// The client's own port of a socket (0 when it has none yet).
+    fn local_port(fd: &OwnedFd) -> u16 {
+        // SAFETY: getsockname into a zeroed sockaddr_storage of its own size.
+        unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            if libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            ) != 0
+            {
+                return 0;
+            }
+            // sin_port and sin6_port sit at the same offset.
+            let sin = (&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+            u16::from_be((*sin).sin_port)
+        }
+    }
+
+    /// SO_LINGER 0: close() sends an RST and leaves no TIME_WAIT, so the
+    /// client's ports come round again within seconds, as a busy client's do.
+    fn linger_zero(fd: &OwnedFd) {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt with a stack-held linger of its own size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            );
+        }
+    }
+
+    /// New TCP connections back to back until `secs` have passed (the last
+    /// one started may run past it by one connect at most): each sends one
+    /// request line, reads the answer (within `timeout`) and is closed with
+    /// an RST. One line: the usual fields (`served_by`, `client_seen` of
+    /// the first answer, `ms` the mean connect) and `churn`, the totals.
+    pub fn churn(target: SocketAddr, secs: Duration, timeout: Duration, mark: u32) -> Value {
+        let start = Instant::now();
+        let (mut attempts, mut failed, mut over_1s) = (0u64, 0u64, 0u64);
+        let (mut max_ms, mut sum_ms) = (0f64, 0f64);
+        let mut errors = std::collections::BTreeMap::<String, u64>::new();
+        let mut slow = Vec::new();
+        let mut first: Option<Value> = None;
+        while start.elapsed() < secs {
+            attempts += 1;
+            let at_s = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let fd = match socket(target, libc::SOCK_STREAM, 0, mark) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    failed += 1;
+                    *errors.entry(error_name(&e)).or_default() += 1;
+                    if slow.len() < CHURN_LISTED {
+                        slow.push(
+                            json!({"port": 0, "ms": 0.0, "error": error_name(&e), "at_s": at_s}),
+                        );
+                    }
+                    continue;
+                }
+            };
+            linger_zero(&fd);
+            let connected = connect(&fd, target, CHURN_CONNECT);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let port = local_port(&fd);
+            max_ms = max_ms.max(ms);
+            sum_ms += ms;
+            if ms > 1000.0 {
+                over_1s += 1;
+            }
+            let v = match connected {
+                Ok(()) => {
+                    let c = TcpStream::from(fd);
+                    request(&c, timeout, ms)
+                    // dropped here: closed with an RST
+                }
+                Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+            };
+            let ok = v["ok"] == true;
+            if ok {
+                first.get_or_insert(v.clone());
+            } else {
+                failed += 1;
+                let e = v["error"].as_str().unwrap_or("?").to_string();
+                *errors.entry(e).or_default() += 1;
+            }
+            if (!ok || ms > 1000.0) && slow.len() < CHURN_LISTED {
+                slow.push(json!({"port": port, "ms": ms, "error": v["error"], "at_s": at_s}));
+            }
+        }
+        let first = first.unwrap_or(Value::Null);
+        let mean = if attempts > 0 {
+            sum_ms / attempts as f64
+        } else {
+            0.0
+        };
+        json!({
+            "ok": attempts > 0 && failed == 0,
+            "served_by": first["served_by"],
+            "client_seen": first["client_seen"],
+            "error": errors.keys().next(),
+            "ms": mean,
+            "churn": {
+                "attempts": attempts,
+                "failed": failed,
+                "max_ms": max_ms,
+                "over_1s": over_1s,
+                "errors": errors,
+                "slow": slow,
+            },
+        })
     }
 
     pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {

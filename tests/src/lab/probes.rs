@@ -33,6 +33,8 @@ pub enum Kind {
     Http,
     Hold(String),
     Reuse(String),
+    /// New connections back to back for this many seconds (`churnSecs`).
+    Churn(u32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +70,27 @@ pub struct Attempt {
     pub ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// Churn probes (`churnSecs`): the run's totals.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+/// What a churn probe adds to its one line (LAB.md).
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct Churn {
+    /// Connections tried.
+    pub attempts: u64,
+    /// Connections that failed (connect error, or no answer in time).
+    pub failed: u64,
+    /// The slowest connect, ms.
+    pub max_ms: f64,
+    /// Connects slower than one second.
+    pub over_1s: u64,
+    /// Failures by error name.
+    pub errors: BTreeMap<String, u64>,
+    /// The first few slow (over one second) or failed attempts: client
+    /// port, connect ms, error, seconds into the run.
+    pub slow: Vec<Value>,
 }
 
 fn family_of(ip: &IpAddr) -> Family {
@@ -283,6 +306,23 @@ fn resolve_one(
         }
         kind = Kind::Reuse(r.clone());
     }
+    if let Some(secs) = p.churn_secs {
+        if p.protocol != Protocol::TCP
+            || p.count != 1
+            || p.hold.is_some()
+            || p.reuse.is_some()
+            || kind == Kind::Http
+            || p.source_port.is_some()
+        {
+            return Err(Invalid(format!(
+                "{at}.churnSecs: churn opens new TCP connections (protocol TCP, count 1, no hold, reuse, sourcePort or healthcheck target)"
+            )));
+        }
+        if secs == 0 {
+            return Err(Invalid(format!("{at}.churnSecs: must be at least 1")));
+        }
+        kind = Kind::Churn(secs);
+    }
     let mark = match (&p.via, &from) {
         (Some(v), From::External) => c.node_index(v).map_or(0, |k| k as u32 + 1),
         (Some(_), _) => {
@@ -334,6 +374,23 @@ fn attempt(r: &Resolved, v: &Value) -> Attempt {
         error: v["error"].as_str().map(str::to_string),
         ms: v["ms"].as_f64().unwrap_or(0.0),
         http_status: v["http_status"].as_u64().map(|s| s as u16),
+        churn: match r.kind {
+            Kind::Churn(_) => {
+                Some(
+                    serde_json::from_value(v["churn"].clone()).unwrap_or_else(|_| Churn {
+                        attempts: 0,
+                        failed: 1,
+                        errors: [(
+                            v["error"].as_str().unwrap_or("probe crashed").to_string(),
+                            1,
+                        )]
+                        .into(),
+                        ..Default::default()
+                    }),
+                )
+            }
+            _ => None,
+        },
     }
 }
 
@@ -370,6 +427,15 @@ pub fn run_step(
                 cmd.args([
                     "lab-hold",
                     &target.to_string(),
+                    &r.timeout_ms.to_string(),
+                    &r.mark.to_string(),
+                ]);
+            }
+            Kind::Churn(secs) => {
+                cmd.args([
+                    "lab-churn",
+                    &target.to_string(),
+                    &secs.to_string(),
                     &r.timeout_ms.to_string(),
                     &r.mark.to_string(),
                 ]);
@@ -451,8 +517,14 @@ impl Output {
             } else {
                 format!("FAILED: {}", a.error.as_deref().unwrap_or("?"))
             };
+            let churn = a.churn.as_ref().map_or(String::new(), |c| {
+                format!(
+                    "  [{} connections, {} failed, slowest connect {:.2} ms, {} over 1 s]",
+                    c.attempts, c.failed, c.max_ms, c.over_1s
+                )
+            });
             println!(
-                "step {} {:<14} -> {:<28} {:<24} {:<4} {:>7.2} ms  {result}",
+                "step {} {:<14} -> {:<28} {:<24} {:<4} {:>7.2} ms  {result}{churn}",
                 a.step, a.from, a.to, a.target, a.protocol, a.ms
             );
         } else {
@@ -466,7 +538,12 @@ impl Output {
             return;
         }
         let blocked: Vec<&Attempt> = self.all.iter().filter(|a| !a.ok).collect();
-        println!("\n{} attempts, {} failed", self.all.len(), blocked.len());
+        // A churn probe's line stands for all its connections.
+        let (tried, failed) = self.all.iter().fold((0, 0), |(t, f), a| match &a.churn {
+            Some(c) => (t + c.attempts, f + c.failed),
+            None => (t + 1, f + u64::from(!a.ok)),
+        });
+        println!("\n{tried} attempts, {failed} failed");
         let pairs: std::collections::BTreeSet<String> = blocked
             .iter()
             .map(|a| {

@@ -139,6 +139,10 @@ pub struct Probe {
     pub hold: Option<String>,
     #[serde(default)]
     pub reuse: Option<String>,
+    /// Open new TCP connections back to back for this many seconds (one
+    /// output line for the whole run).
+    #[serde(default)]
+    pub churn_secs: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

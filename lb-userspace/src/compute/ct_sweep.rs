@@ -1,0 +1,236 @@
+//! Which conntrack entries a sweep removes, flow by flow: a flow's entries
+//! (forward, reverse, SNAT, reverse SNAT) live and die together. The
+//! kernel marks only the entries a packet touched (a client's RST marks
+//! the forward entry closing, not the reverse SNAT entry the backend's
+//! packets refresh), so a flow is judged on all of them at once: closing
+//! when any is, idle since the latest packet on any. Entries no flow
+//! claims (a forward entry lost to LRU eviction) go after the short
+//! closing timeout. Pure; the datapath's sweep applies it.
+
+use std::collections::{HashMap, HashSet};
+
+use lb_common::{
+    Backend, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, CtValue,
+    PROTO_TCP,
+};
+
+use crate::compute::conntrack_gc::Timeouts;
+
+/// The keys to remove among `entries` (one walk of the map). `now` and
+/// `last_seen` are seconds of CLOCK_MONOTONIC.
+pub fn doomed(
+    entries: &[(CtKey, CtValue)],
+    now: u32,
+    backends: &HashMap<u32, Backend>,
+    t: &Timeouts,
+) -> Vec<CtKey> {
+    let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
+    let mut claimed: HashSet<CtKey> = HashSet::new();
+    let mut out = Vec::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k.kind == CT_FWD) {
+        let mut group = vec![*k];
+        let rev = CtKey {
+            saddr: v.addr,
+            daddr: k.saddr,
+            sport: v.port,
+            dport: k.sport,
+            proto: k.proto,
+            kind: CT_REV,
+            _pad: [0; 2],
+        };
+        let snat = CtKey {
+            saddr: k.saddr,
+            daddr: v.addr,
+            sport: k.sport,
+            dport: v.port,
+            proto: k.proto,
+            kind: CT_SNAT,
+            _pad: [0; 2],
+        };
+        if by_key.contains_key(&rev) {
+            group.push(rev);
+        }
+        if let Some(sv) = by_key.get(&snat) {
+            group.push(snat);
+            let rsnat = CtKey {
+                saddr: v.addr,
+                daddr: sv.addr,
+                sport: v.port,
+                dport: sv.port,
+                proto: k.proto,
+                kind: CT_RSNAT,
+                _pad: [0; 2],
+            };
+            // Only if it still points back at this flow's client.
+            if by_key
+                .get(&rsnat)
+                .is_some_and(|r| r.addr == k.saddr && r.port == k.sport)
+            {
+                group.push(rsnat);
+            }
+        }
+        let (mut flags, mut last) = (0u8, 0u32);
+        for g in &group {
+            let gv = by_key[g];
+            flags |= gv.flags;
+            last = last.max(gv.last_seen);
+        }
+        let backend_gone = !backends
+            .get(&v.backend_id)
+            .is_some_and(|b| b.addr == v.addr && b.port == v.port);
+        let limit = if k.proto != PROTO_TCP {
+            t.other
+        } else if flags & CT_F_CLOSING != 0 {
+            t.tcp_closing
+        } else if flags & CT_F_ESTABLISHED != 0 {
+            t.tcp
+        } else {
+            t.tcp_syn
+        };
+        let dead = backend_gone || now.saturating_sub(last) > limit;
+        for g in group {
+            if dead {
+                out.push(g);
+            }
+            claimed.insert(g);
+        }
+    }
+    for (k, v) in entries {
+        if !claimed.contains(k) && now.saturating_sub(v.last_seen) > t.tcp_closing {
+            out.push(*k);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::desired::net_addr;
+    use lb_common::{BeU16, NetAddr, PROTO_UDP};
+
+    fn a(s: &str) -> NetAddr {
+        net_addr(s.parse().unwrap())
+    }
+
+    fn key(kind: u8, s: &str, sp: u16, d: &str, dp: u16, proto: u8) -> CtKey {
+        CtKey {
+            saddr: a(s),
+            daddr: a(d),
+            sport: BeU16::from_host(sp),
+            dport: BeU16::from_host(dp),
+            proto,
+            kind,
+            _pad: [0; 2],
+        }
+    }
+
+    fn val(addr: &str, port: u16, flags: u8, backend_id: u32, last_seen: u32) -> CtValue {
+        CtValue {
+            addr: a(addr),
+            port: BeU16::from_host(port),
+            flags,
+            backend_id,
+            last_seen,
+            ..Default::default()
+        }
+    }
+
+    /// A client's TCP flow through 10.100.0.1:30080 to a backend on another
+    /// node, SNAT'd to port 61000: its four entries.
+    fn snat_flow(
+        fwd_flags: u8,
+        fwd_seen: u32,
+        back_flags: u8,
+        back_seen: u32,
+    ) -> Vec<(CtKey, CtValue)> {
+        let p = PROTO_TCP;
+        vec![
+            (
+                key(CT_FWD, "10.100.0.200", 40000, "10.100.0.1", 30080, p),
+                val("10.244.2.10", 8080, fwd_flags, 3, fwd_seen),
+            ),
+            (
+                key(CT_REV, "10.244.2.10", 8080, "10.100.0.200", 40000, p),
+                val("10.100.0.1", 30080, back_flags, 0, back_seen),
+            ),
+            (
+                key(CT_SNAT, "10.100.0.200", 40000, "10.244.2.10", 8080, p),
+                val("10.100.0.1", 61000, fwd_flags, 0, fwd_seen),
+            ),
+            (
+                key(CT_RSNAT, "10.244.2.10", 8080, "10.100.0.1", 61000, p),
+                val("10.100.0.200", 40000, back_flags, 0, back_seen),
+            ),
+        ]
+    }
+
+    fn backends() -> HashMap<u32, Backend> {
+        HashMap::from([(
+            3,
+            Backend {
+                addr: a("10.244.2.10"),
+                port: BeU16::from_host(8080),
+                proto: PROTO_TCP,
+                flags: 0,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_flow_closed_by_the_client_goes_whole_after_the_closing_timeout() {
+        let t = Timeouts::default();
+        let now = 100_000;
+        // The client's RST marked only its side; the backend side is
+        // "established" and was last seen just before.
+        let flow = snat_flow(
+            CT_F_CLOSING | CT_F_ESTABLISHED,
+            now - 11,
+            CT_F_ESTABLISHED,
+            now - 12,
+        );
+        assert_eq!(
+            doomed(&flow, now, &backends(), &t).len(),
+            4,
+            "all four entries go"
+        );
+        let flow = snat_flow(
+            CT_F_CLOSING | CT_F_ESTABLISHED,
+            now - 5,
+            CT_F_ESTABLISHED,
+            now - 12,
+        );
+        assert!(
+            doomed(&flow, now, &backends(), &t).is_empty(),
+            "within the closing timeout"
+        );
+    }
+
+    #[test]
+    fn an_active_flow_keeps_every_entry_even_when_one_side_is_quiet() {
+        let t = Timeouts::default();
+        let now = 100_000;
+        // A download: the backend's side is busy, the client's quiet for an hour.
+        let flow = snat_flow(CT_F_ESTABLISHED, now - 3600, CT_F_ESTABLISHED, now);
+        assert!(doomed(&flow, now, &backends(), &t).is_empty());
+        // Its backend gone: the flow goes whole.
+        assert_eq!(doomed(&flow, now, &HashMap::new(), &t).len(), 4);
+    }
+
+    #[test]
+    fn entries_no_flow_claims_go_after_the_closing_timeout() {
+        let t = Timeouts::default();
+        let now = 100_000;
+        let mut flow = snat_flow(CT_F_ESTABLISHED, now - 11, CT_F_ESTABLISHED, now - 11);
+        flow.remove(0); // the forward entry was evicted
+        assert_eq!(doomed(&flow, now, &backends(), &t).len(), 3);
+        let udp_orphan = vec![(
+            key(CT_REV, "10.244.2.10", 53, "10.100.0.200", 5000, PROTO_UDP),
+            val("10.100.0.1", 30053, 0, 0, now - 2),
+        )];
+        assert!(
+            doomed(&udp_orphan, now, &backends(), &t).is_empty(),
+            "recent"
+        );
+    }
+}
