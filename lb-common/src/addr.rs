@@ -33,6 +33,16 @@ impl NetAddr {
     pub const fn is_v4(&self) -> bool {
         self.0[0] == 0 && self.0[1] == 0 && self.0[2] == V4_MAPPED_WORD
     }
+    /// 127.0.0.0/8 (IPv4-mapped) or ::1.
+    pub const fn is_loopback(&self) -> bool {
+        if self.is_v4() {
+            return self.0[3].to_ne_bytes()[0] == 127;
+        }
+        self.0[0] == 0
+            && self.0[1] == 0
+            && self.0[2] == 0
+            && self.0[3] == u32::from_ne_bytes([0, 0, 0, 1])
+    }
     /// The IPv4 address in `user_ip4` form; meaningful only when `is_v4`.
     pub const fn v4_raw(&self) -> u32 {
         self.0[3]

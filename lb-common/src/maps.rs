@@ -12,6 +12,10 @@ pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
 pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
+/// One u64: the network namespace cookie of the node's host namespace
+/// (where the agent runs). Loopback NodePorts are translated for sockets
+/// of that namespace only (0: not known yet, so for none).
+pub const MAP_HOSTNS: &str = "LB_HOSTNS_V1";
 pub const DEFAULT_SRC_RANGES_MAX: u32 = 16384;
 /// Frontend service id -> Maglev table (an array of slot numbers).
 pub const MAP_MAGLEV: &str = "LB_MAGLEV_V1";

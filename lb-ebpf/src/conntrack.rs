@@ -26,6 +26,28 @@ pub fn key(p: &Pkt, kind: u8) -> CtKey {
     }
 }
 
+/// The entry of kind `kind` for a packet from `saddr:sport` to
+/// `daddr:dport` (the tuple as that direction's packets carry it).
+#[inline(always)]
+pub fn tuple(
+    saddr: NetAddr,
+    sport: BeU16,
+    daddr: NetAddr,
+    dport: BeU16,
+    proto: u8,
+    kind: u8,
+) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        kind,
+        _pad: [0; 2],
+    }
+}
+
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<CtValue> {
     // SAFETY: the value is copied out at once.

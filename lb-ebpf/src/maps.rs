@@ -41,6 +41,11 @@ pub static LB_STATUS_V1: Array<Status> = Array::pinned(1, 0);
 #[map]
 pub static LB_CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CT_MAX, 0);
 
+/// The host network namespace's cookie (loopback NodePorts exist there
+/// only). Agent-owned.
+#[map]
+pub static LB_HOSTNS_V1: Array<u64> = Array::pinned(1, 0);
+
 /// This node's addresses (SNAT source). Agent-owned.
 #[map]
 pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);

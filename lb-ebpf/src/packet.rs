@@ -101,9 +101,16 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
-    // The whole L4 header must be there (truncated packets pass untouched).
+    // The whole L4 header must be there, and the IP length must agree with
+    // the frame (a packet that lies about its length, or is cut short,
+    // passes untouched: the stack drops it, and it gets no state here).
     let hdr_len = if proto == PROTO_TCP { 20 } else { 8 };
-    if (ctx.len() as usize) < l4_off + hdr_len {
+    let ip_end = if v6 {
+        l4_off + u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?) as usize
+    } else {
+        ETH_HLEN + u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?) as usize
+    };
+    if ip_end < l4_off + hdr_len || (ctx.len() as usize) < ip_end {
         return None;
     }
     let sport = BeU16(ctx.load::<u16>(l4_off).ok()?);

@@ -21,7 +21,7 @@ use lb_common::{
     ID_WORLD, IpcacheData, NetAddr, POL_CIDR_FIXED_BITS, POL_EP_ID_MAX, POL_F_ANY_EGRESS,
     POL_F_ANY_INGRESS, POL_REASONS, POLICY_PREFIX_FULL, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, PolCidrData, PolCtKey, PolCtValue, PolEndpoint, PolReason, PolicyData,
-    PolicyState,
+    PolicyState, TCP_FIN, TCP_RST,
 };
 
 use crate::{
@@ -249,14 +249,14 @@ fn known(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) -> i32 {
         }
     }
     let now = now_s();
-    if v.revision != revision || v.last_seen != now || f.tcp_flags & 0x05 != 0 {
+    if v.revision != revision || v.last_seen != now || f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         if let Some(p) = LB_POL_CT_V1.get_ptr_mut(&k) {
             // SAFETY: aligned stores into a live map value; a racing CPU
             // writes the same kinds of values.
             unsafe {
                 (*p).revision = revision;
                 (*p).last_seen = now;
-                (*p).flags |= (f.tcp_flags & 0x05) as u32;
+                (*p).flags |= (f.tcp_flags & (TCP_FIN | TCP_RST)) as u32;
             }
         }
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue};
 
 use crate::{
-    maps::LB_SOCK_REV_V1,
+    maps::{LB_HOSTNS_V1, LB_SOCK_REV_V1},
     service::{self, Lookup},
 };
 
@@ -100,9 +100,14 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     // An IPv6 address on an IPv4 hook cannot happen; a v6 hook may carry a
     // v4-mapped address, which finds the IPv4 entries through the same key.
     let port = read_port(ctx);
-    let cookie = cookie(ctx);
     // SAFETY: the helper takes the program's own context.
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // Loopback NodePorts exist in the node's own network namespace only: a
+    // pod's 127.0.0.1 / ::1 is its own (a sidecar's listener).
+    if addr.is_loopback() && !in_host_netns(netns()) {
+        return ALLOW;
+    }
+    let cookie = cookie(ctx);
     match service::lookup(addr, port, proto, cookie, netns) {
         Lookup::NotService => ALLOW,
         Lookup::Refuse => {
@@ -147,6 +152,13 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
             ALLOW
         }
     }
+}
+
+/// The socket's network namespace is the node's host one (as the agent
+/// recorded it; none before it did).
+#[inline(always)]
+fn in_host_netns(netns: u64) -> bool {
+    LB_HOSTNS_V1.get(0).is_some_and(|h| *h != 0 && *h == netns)
 }
 
 /// recvmsg4/6 and getpeername4/6: show the frontend, not the backend, to a

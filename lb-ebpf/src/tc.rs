@@ -11,13 +11,13 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
 use lb_common::{
-    AFF_CLIENT, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED, C_CT_STALE_BACKEND,
-    C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
-    C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT,
-    CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT,
-    CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
-    ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
+    AFF_CLIENT, BACKEND_DRAINING, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED,
+    C_CT_STALE_BACKEND, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED,
+    C_DROP_SOURCE_RANGE, C_DROP_SPOOFED, C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT,
+    C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD,
+    CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -140,7 +140,7 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     }
     let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
-        if backend_is(v.backend_id, &v.addr, v.port) {
+        if backend_is(v.backend_id, &v.addr, v.port, p) {
             if stale_flow(p, &fk) != 0 {
                 return RETRACK;
             }
@@ -187,40 +187,31 @@ const RETRACK: u32 = 2;
 /// 1 when a forward hit (its entry `fk`) must make its flow's entries
 /// again: a bare SYN on an entry whose connection got past its handshake
 /// or closed (the tuple is reused: the new connection starts fresh), or a
-/// partner entry the replies need is gone. Not inlined: its keys get a
-/// frame of their own. (It takes the key, not the caller's copy of the
-/// value: LLVM's BPF backend fails on the latter.)
+/// partner entry the replies need is gone. Also 1 for a SYN or a UDP
+/// datagram whose backend is draining, so that XDP passes it on: TC's
+/// `backend_is` has already made that a miss (re-balanced) before asking.
+/// Not inlined: its keys get a frame of their own. (It takes the key, not
+/// the caller's copy of the value: LLVM's BPF backend fails on the latter.)
 #[inline(never)]
 pub fn stale_flow(p: &Pkt, fk: &CtKey) -> u32 {
     let Some(v) = conntrack::lookup(fk) else {
         return 0;
     };
+    // A SYN or a datagram to a draining backend is TC's to re-balance
+    // (XDP passes it on; TC's own check comes before this one).
+    if !drains(p) && is_draining(v.backend_id) {
+        return 1;
+    }
     let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if syn && v.flags & (CT_F_CLOSING | CT_F_ESTABLISHED) != 0 {
         return 1;
     }
-    let rev = CtKey {
-        saddr: v.addr,
-        daddr: p.saddr,
-        sport: v.port,
-        dport: p.sport,
-        proto: p.proto,
-        kind: CT_REV,
-        _pad: [0; 2],
-    };
+    let rev = conntrack::tuple(v.addr, v.port, p.saddr, p.sport, p.proto, CT_REV);
     if conntrack::lookup(&rev).is_none() {
         return 1;
     }
     if v.flags & BACKEND_LOCAL == 0 || v.addr == p.saddr {
-        let snat = CtKey {
-            saddr: p.saddr,
-            daddr: v.addr,
-            sport: p.sport,
-            dport: v.port,
-            proto: p.proto,
-            kind: CT_SNAT,
-            _pad: [0; 2],
-        };
+        let snat = conntrack::tuple(p.saddr, p.sport, v.addr, v.port, p.proto, CT_SNAT);
         if conntrack::lookup(&snat).is_none() {
             return 1;
         }
@@ -292,39 +283,15 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
         let Some(node) = node_addr(p.v6) else {
             return -1;
         };
-        let mut k = CtKey {
-            saddr: b.addr,
-            daddr: node,
-            sport: b.port,
-            dport: cport,
-            proto: p.proto,
-            kind: CT_RSNAT,
-            _pad: [0; 2],
-        };
+        let mut k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
         if snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) != 0 {
             return -1;
         }
         let sport = k.dport;
-        let k = CtKey {
-            saddr: client,
-            daddr: b.addr,
-            sport: cport,
-            dport: b.port,
-            proto: p.proto,
-            kind: CT_SNAT,
-            _pad: [0; 2],
-        };
+        let k = conntrack::tuple(client, cport, b.addr, b.port, p.proto, CT_SNAT);
         conntrack::put(&k, &node, sport.0 as u32, 0, 0);
     }
-    let k = CtKey {
-        saddr: b.addr,
-        daddr: client,
-        sport: b.port,
-        dport: cport,
-        proto: p.proto,
-        kind: CT_REV,
-        _pad: [0; 2],
-    };
+    let k = conntrack::tuple(b.addr, b.port, client, cport, p.proto, CT_REV);
     conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
     let k = conntrack::key(p, CT_FWD);
     conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, b.flags as u32);
@@ -476,13 +443,33 @@ pub fn choose(p: &Pkt, out: &mut Choice) -> i32 {
     CHOSEN
 }
 
+/// The forward entry's backend still takes this packet: it exists with the
+/// same address, and is usable, or draining (listed in an EndpointSlice,
+/// in no slot) while the packet belongs to an established TCP flow. A
+/// SYN (a new connection, on a reused tuple too) or a UDP datagram to a
+/// draining backend is a miss: re-balanced, as kube-proxy's new flows are.
 #[inline(always)]
-fn backend_is(id: u32, addr: &NetAddr, port: BeU16) -> bool {
+fn backend_is(id: u32, addr: &NetAddr, port: BeU16, p: &Pkt) -> bool {
     // SAFETY: read at once, never held.
     match unsafe { LB_BACKENDS_V1.get(&id) } {
-        Some(b) => b.addr == *addr && b.port == port,
+        Some(b) => {
+            b.addr == *addr && b.port == port && (b.flags & BACKEND_DRAINING == 0 || drains(p))
+        }
         None => false,
     }
+}
+
+/// A packet that may go on to a draining backend: TCP, anything but a
+/// bare SYN.
+#[inline(always)]
+fn drains(p: &Pkt) -> bool {
+    p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+}
+
+#[inline(always)]
+fn is_draining(id: u32) -> bool {
+    // SAFETY: one byte read at once, never held.
+    unsafe { LB_BACKENDS_V1.get(&id) }.is_some_and(|b| b.flags & BACKEND_DRAINING != 0)
 }
 
 #[inline(always)]

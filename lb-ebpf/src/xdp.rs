@@ -201,6 +201,9 @@ fn try_parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
             )
         }
         0x86dd => {
+            if unsafe { *ptr::<u8>(ctx, ETH)? } >> 4 != 6 {
+                return None;
+            }
             let proto = unsafe { *ptr::<u8>(ctx, ETH + 6)? };
             let s = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 8)? };
             let d = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 24)? };
@@ -211,9 +214,18 @@ fn try_parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
-    // The whole L4 header must be there.
+    // The whole L4 header must be there, and the IP length must agree
+    // with the frame (as TC's parser checks).
     let hdr = if proto == PROTO_TCP { 20 } else { 8 };
     ptr::<u8>(ctx, l4 + hdr - 1)?;
+    let ip_end = if v6 {
+        l4 + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 4)? }) as usize
+    } else {
+        ETH + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 2)? }) as usize
+    };
+    if ip_end < l4 + hdr || ctx.data() + ip_end > ctx.data_end() {
+        return None;
+    }
     out.v6 = v6;
     out.proto = proto;
     out.saddr = saddr;

@@ -56,6 +56,9 @@ pub struct RunOptions {
 }
 
 impl Writer for Datapath {
+    fn capacity(&self) -> crate::compute::reconcile::Capacity {
+        Datapath::capacity(self)
+    }
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         Datapath::apply(self, ops)
     }
@@ -203,6 +206,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pin_dir: opts.load.pin_dir.clone(),
     };
     let mut needs_resync = false;
+    // A failed write is answered with full resyncs, backing off (from one
+    // tick to 30 s) and said once per distinct error, never every tick.
+    let mut resync = Backoff::new(opts.poll);
+    // The generation of a change set whose write failed: recorded once a
+    // resync has put its state in the maps.
+    let mut unrecorded: Option<u64> = None;
+    // What the source holds and cannot read (the file source's list).
+    let mut source_rejected: Vec<crate::source::file::Rejected> = Vec::new();
+    let mut last_report = None;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
@@ -218,7 +230,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         crate::datapath::host::watch_links(link_tx.clone())?;
     }
     loop {
-        let batch = tokio::select! {
+        let mut batch = tokio::select! {
             _ = gc.tick() => {
                 match dp.ct_gc(rec.mirror().backends(), &timeouts) {
                     Ok((removed, kept)) => {
@@ -249,13 +261,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 health.alive();
-                if needs_resync {
+                if needs_resync && resync.due() {
                     match rec.resync(&mut dp) {
                         Ok(o) => {
                             tracing::info!(ops = o.ops, "full resync done");
                             needs_resync = false;
+                            resync.reset();
+                            log_left_out(&o);
+                            if let Some(g) = unrecorded.take() {
+                                status.synced_generation = g;
+                            }
+                            publish_left_out(
+                                &opts.load.pin_dir,
+                                &health,
+                                &rec,
+                                &source_rejected,
+                                status.synced_generation,
+                                &mut last_report,
+                            );
+                            status.synced_at_unix_ms = now_ms();
+                            if let Err(e) = dp.set_status(status) {
+                                tracing::warn!("recording the resync: {e:#}");
+                            }
                         }
-                        Err(e) => tracing::error!("full resync failed: {e:#}"),
+                        Err(e) => resync.failed(&format!("{e:#}")),
                     }
                 }
                 continue;
@@ -292,8 +321,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         let started = std::time::Instant::now();
         rec.policy.ifindex_of = crate::datapath::host::host_routes();
-        match rec.apply(&batch.changes, batch.full, &mut dp) {
+        if let Some(r) = batch.rejected.take() {
+            source_rejected = r;
+        }
+        match rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp) {
             Ok(out) => {
+                unrecorded = None;
+                log_left_out(&out);
                 health
                     .metrics
                     .sync_duration_seconds
@@ -343,6 +377,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Some(generation) = batch.generation {
                     status.synced_generation = generation;
                 }
+                // Before the generation is recorded: whoever sees it sees
+                // what it left out.
+                publish_left_out(
+                    &opts.load.pin_dir,
+                    &health,
+                    &rec,
+                    &source_rejected,
+                    status.synced_generation,
+                    &mut last_report,
+                );
                 status.synced_at_unix_ms = now_ms();
                 dp.set_status(status)
                     .context("recording the synced generation")?;
@@ -357,11 +401,114 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Err(e) => {
                 tracing::error!("writing the maps failed: {e:#}; resyncing");
                 needs_resync = true;
+                unrecorded = batch.generation.or(unrecorded);
             }
         }
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+/// When to try a full resync again after a failed one: the next tick at
+/// first, then twice as long each time up to 30 s; a failure is logged
+/// when its message is new.
+struct Backoff {
+    first: Duration,
+    delay: Duration,
+    at: std::time::Instant,
+    said: Option<String>,
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new(first: Duration) -> Self {
+        Self {
+            first,
+            delay: first,
+            at: std::time::Instant::now(),
+            said: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        std::time::Instant::now() >= self.at
+    }
+
+    fn reset(&mut self) {
+        self.delay = self.first;
+        self.at = std::time::Instant::now();
+        self.said = None;
+    }
+
+    fn failed(&mut self, msg: &str) {
+        if self.said.as_deref() != Some(msg) {
+            tracing::error!(
+                "full resync failed: {msg}; trying again with backoff (up to {} s), said once",
+                Self::MAX.as_secs()
+            );
+            self.said = Some(msg.to_string());
+        }
+        self.at = std::time::Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+}
+
+/// At most this many Services are named one by one per change set; the
+/// rest are counted (all are listed by `lb-agent status`).
+const NAMED_MAX: usize = 20;
+
+/// Says, once, which Services a change set found the maps cannot take, and
+/// which skipped ones it programmed.
+fn log_left_out(out: &crate::compute::reconcile::Outcome) {
+    for np in out.not_programmed.iter().take(NAMED_MAX) {
+        tracing::error!("{np}");
+    }
+    if out.not_programmed.len() > NAMED_MAX {
+        tracing::error!(
+            "and {} more Services not programmed (the maps are full; `lb-agent status` lists up to {})",
+            out.not_programmed.len() - NAMED_MAX,
+            crate::serve::report::LIST_MAX
+        );
+    }
+    for svc in out.programmed_again.iter().take(NAMED_MAX) {
+        tracing::info!("Service {svc} programmed: the maps have room for it now");
+    }
+    if out.programmed_again.len() > NAMED_MAX {
+        tracing::info!(
+            "and {} more Services programmed now that the maps have room",
+            out.programmed_again.len() - NAMED_MAX
+        );
+    }
+}
+
+/// What the applied state leaves out, for `lb-agent status` (the report
+/// beside the pins), `/healthz` and `/metrics`.
+/// `last`: the report last written (an equal one is not written again).
+fn publish_left_out(
+    pin_dir: &std::path::Path,
+    health: &crate::serve::health::Health,
+    rec: &Reconciler,
+    source_rejected: &[crate::source::file::Rejected],
+    generation: u64,
+    last: &mut Option<crate::serve::report::SyncReport>,
+) {
+    let report = crate::serve::report::SyncReport::new(
+        Some(generation),
+        source_rejected.iter().chain(rec.rejected.values()),
+        rec.not_programmed.values(),
+    );
+    health.left_out(
+        report.services_not_programmed as u64,
+        report.rejected_count as u64,
+    );
+    if last.as_ref() == Some(&report) {
+        return;
+    }
+    match crate::serve::report::write_sync(pin_dir, &report) {
+        Ok(()) => *last = Some(report),
+        Err(e) => tracing::warn!("sync report: {e:#}"),
+    }
 }
 
 /// Policy verdicts per endpoint (by pod) and reason, into `/metrics`.

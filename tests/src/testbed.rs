@@ -62,7 +62,13 @@ impl Testbed {
     /// Brings the bed up with `n` backends serving, and an agent running on
     /// an empty manifest directory (generation 1 synced).
     pub fn new(n: usize) -> Self {
-        Self::up(n, None)
+        Self::up(n, None, &[])
+    }
+
+    /// The same bed, its agent started with `args` added (e.g.
+    /// `--max-services=12`).
+    pub fn with_agent_args(n: usize, args: &[&str]) -> Self {
+        Self::up(n, None, args)
     }
 
     /// The same bed with the agent watching `api` as node `node`.
@@ -75,14 +81,15 @@ impl Testbed {
                 token: None,
                 args: vec![],
             }),
+            &[],
         )
     }
 
     pub fn new_kube_with(n: usize, agent: KubeAgent) -> Self {
-        Self::up(n, Some(agent))
+        Self::up(n, Some(agent), &[])
     }
 
-    fn up(n: usize, kube: Option<KubeAgent>) -> Self {
+    fn up(n: usize, kube: Option<KubeAgent>, args: &[&str]) -> Self {
         crate::require_kernel();
         let prefix = crate::unique("tb");
         let dir = TempDir(std::env::temp_dir().join(&prefix));
@@ -130,6 +137,7 @@ impl Testbed {
             manifests.dir.clone(),
             dir.0.join("agent.log"),
         );
+        agent.extra = args.iter().map(|a| a.to_string()).collect();
         match kube {
             None => {
                 let g = manifests.commit();

@@ -566,6 +566,156 @@ fn held_node_port_connection_survives_backend_changes_and_hairpin_works() {
 }
 
 #[test]
+fn held_node_port_connections_drain_to_a_listed_backend_while_new_ones_rebalance() {
+    let dump = DumpDir::new("drain");
+    let r = lab_with(&scenario("nodeport-draining.yaml"), Some(&dump.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for to in ["nodeport/node-2/x/web", "nodeport/node-1/x/web"] {
+        let held = select(&r, 0, "external", to);
+        assert_eq!(held[0]["served_by"], "x/web-1", "{}", held[0]);
+    }
+    // Terminating, not ready, its pod deleted: still listed, so both held
+    // connections keep their backend, while every new connection goes to
+    // web-2.
+    for step in [1, 2, 3] {
+        for to in ["nodeport/node-2/x/web", "nodeport/node-1/x/web"] {
+            // probe order: the reuse of the held connection, then the new ones
+            let lines = select(&r, step, "external", to);
+            assert_eq!(lines.len(), 11, "step {step} {to}");
+            assert_eq!(
+                (&lines[0]["ok"], &lines[0]["served_by"]),
+                (&Value::Bool(true), &Value::from("x/web-1")),
+                "step {step} {to}: the held connection drains to web-1: {}",
+                lines[0]
+            );
+            assert_eq!(
+                served_by(&lines[1..]).keys().collect::<Vec<_>>(),
+                ["x/web-2"],
+                "step {step} {to}: new connections re-balance"
+            );
+        }
+        // The agents kept web-1 as a draining backend, and node-2 still
+        // tracks the SNAT'd flow to it.
+        for node in ["node-1", "node-2"] {
+            let bes = dump.json(step, node, "backends");
+            assert!(
+                bes.as_array().unwrap().iter().any(|b| b["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("10.244.1.10:")
+                    && b["draining"] == true),
+                "step {step} {node}: {bes}"
+            );
+        }
+        let ct = dump.json(step, "node-2", "ct");
+        assert!(
+            ct.as_array().unwrap().iter().any(|e| e["kind"] == "forward"
+                && e["dst"] == "10.100.0.2:30080"
+                && e["to"] == "10.244.1.10:8080"),
+            "step {step}: node-2 tracks the held flow to web-1: {ct}"
+        );
+    }
+    // Gone from every slice: no backend entry left; new connections work.
+    for node in ["node-1", "node-2"] {
+        let bes = dump.json(4, node, "backends");
+        assert!(
+            !bes.to_string().contains("10.244.1.10:"),
+            "step 4 {node}: {bes}"
+        );
+    }
+    // (the held connection may break now: it is not checked)
+    for to in ["nodeport/node-2/x/web", "nodeport/node-1/x/web"] {
+        let lines = select(&r, 4, "external", to);
+        let new = &lines[lines.len() - 10..];
+        assert_eq!(
+            served_by(new).keys().collect::<Vec<_>>(),
+            ["x/web-2"],
+            "step 4 {to}"
+        );
+    }
+}
+
+#[test]
+fn loopback_node_ports_exist_in_the_host_namespace_only() {
+    for (args, node_loopback) in [
+        (vec![], true),
+        (
+            vec!["--nodeport-addresses", "10.100.0.0/24,fd00:100::/64"],
+            false,
+        ),
+    ] {
+        let r = lab_args(&scenario("loopback-nodeport.yaml"), None, &args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let only = |from: &str, to: &str, want: &str| {
+            let lines = select(&r, 0, from, to);
+            assert!(!lines.is_empty(), "{from} -> {to}");
+            let by = served_by(&lines);
+            assert_eq!(
+                by.keys().collect::<Vec<_>>(),
+                [want],
+                "{args:?}: {from} -> {to}: {by:?}"
+            );
+        };
+        // A pod's loopback is its own, at any port: its sidecar answers
+        // (TCP and UDP, both families), never the Service.
+        for to in ["ip/127.0.0.1", "ip/::1"] {
+            only("x/sidecar", to, "x/sidecar");
+        }
+        for l in select(&r, 0, "x/plain", "ip/127.0.0.1") {
+            assert_eq!(l["error"], "refused", "its own stack refuses: {l}");
+        }
+        only("x/sidecar", "nodeport/node-1/x/web", "x/web");
+        // The node's loopback NodePorts, when --nodeport-addresses allows.
+        for to in ["ip/127.0.0.1", "ip/::1"] {
+            let lines = select(&r, 0, "node/node-1", to);
+            assert!(!lines.is_empty());
+            for l in lines {
+                if node_loopback {
+                    assert_eq!(l["served_by"], "x/web", "{args:?}: {l}");
+                } else {
+                    assert_eq!(l["ok"], false, "{args:?}: {l}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prefer_close_keeps_traffic_in_the_clients_zone_on_three_nodes() {
+    let r = ok_run("topology.yaml");
+    let only = |step: u64, from: &str, to: &str, want: &[&str]| {
+        let lines = select(&r, step, from, to);
+        assert!(!lines.is_empty(), "step {step} {from} -> {to}");
+        let by = served_by(&lines);
+        assert_eq!(
+            by.keys().map(String::as_str).collect::<Vec<_>>(),
+            want,
+            "step {step} {from} -> {to}: {by:?}"
+        );
+    };
+    let zone_a = &["x/web-1", "x/web-2"];
+    // zone a's pods and node, and outside clients of zone a's NodePort
+    only(0, "x/client-1", "service/x/close", zone_a);
+    only(0, "node/node-1", "service/x/close", zone_a);
+    only(0, "external", "nodeport/node-1/x/close", zone_a);
+    // zone b's
+    only(0, "x/client-3", "service/x/close", &["x/web-3"]);
+    only(0, "node/node-3", "service/x/close", &["x/web-3"]);
+    only(0, "external", "nodeport/node-3/x/close", &["x/web-3"]);
+    only(0, "x/client-1", "service/x/same-node", &["x/web-1"]);
+    only(0, "x/client-3", "service/x/same-node", &["x/web-3"]);
+    only(
+        0,
+        "x/client-3",
+        "service/x/anywhere",
+        &["x/web-1", "x/web-2", "x/web-3"],
+    );
+    // zone b has no ready endpoint: node-3 uses every ready one
+    only(1, "x/client-3", "service/x/close", zone_a);
+    only(1, "x/client-1", "service/x/close", zone_a);
+}
+
+#[test]
 fn udp_client_with_a_fixed_port_moves_on_when_its_endpoint_stops_serving() {
     let dump = DumpDir::new("stale");
     let r = lab_with(&scenario("stale-udp.yaml"), Some(&dump.0));
@@ -911,6 +1061,7 @@ fn packet_path_scenarios_reach_the_same_in_xdp_mode() {
         "source-ranges.yaml",
         "stale-udp.yaml",
         "nodeport-held.yaml",
+        "nodeport-draining.yaml",
     ] {
         let tc = lab(&scenario(name));
         assert_eq!(tc.code, 0, "{name}: {}", tc.stderr);

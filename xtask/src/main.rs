@@ -32,6 +32,16 @@ enum Cmd {
     },
     /// Set-up, build, then the demo: the lab on examples/demo.yaml, as a table.
     Demo,
+    /// Generated and mutated packets through every packet program
+    /// (BPF_PROG_TEST_RUN), each checked against the datapath's invariants.
+    Fuzz {
+        /// How many packets (the test suite runs 100,000).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The generator's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set-up, build, then a lab scenario (see LAB.md): one JSON line per probe attempt.
     Lab {
         scenario: PathBuf,
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
             agent_args,
             human,
         } => setup::setup().and_then(|_| lab(&scenario, &agent_args, human)),
+        Cmd::Fuzz { packets, seed } => setup::setup().and_then(|_| fuzz(packets, seed)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,6 +158,25 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .args(args)
         .args(["--", "--test-threads=2"])
         .env("LB_AGENT_BIN", agent))
+}
+
+fn fuzz(packets: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    require_root("the fuzzer (BPF_PROG_TEST_RUN)")?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "lb-userspace",
+        "--lib",
+        "datapath::test_run_fuzz",
+        "--",
+        "--nocapture",
+    ])
+    .env("LB_FUZZ_PACKETS", packets.to_string());
+    if let Some(s) = seed {
+        cmd.env("LB_FUZZ_SEED", s.to_string());
+    }
+    run(&mut cmd)
 }
 
 /// Runs the lab and exits with its own code (0 ran, 1 set-up failed, 2 invalid).

@@ -28,6 +28,12 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let links = p.links();
     let counters = p.counters()?;
     let policy = crate::cli::policy::totals(&p.policy_counts()?);
+    // What the applied state leaves out (the agent's report beside the
+    // pins; None before its first sync).
+    let sync = crate::serve::report::read_sync(&p.pin_dir).unwrap_or_else(|e| {
+        eprintln!("warning: {e:#}");
+        None
+    });
     if json_out {
         let maps: BTreeMap<_, _> = fill
             .iter()
@@ -46,6 +52,11 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
             "{}",
             json!({
                 "synced_generation": st.synced_generation,
+                "clean": sync.as_ref().map(|r| r.clean),
+                "rejected_count": sync.as_ref().map_or(0, |r| r.rejected_count),
+                "rejected": sync.as_ref().map(|r| r.rejected.clone()).unwrap_or_default(),
+                "services_not_programmed": sync.as_ref().map_or(0, |r| r.services_not_programmed),
+                "not_programmed": sync.as_ref().map(|r| r.not_programmed.clone()).unwrap_or_default(),
                 "synced_at_unix_ms": st.synced_at_unix_ms,
                 "agent_pid": st.agent_pid,
                 "health_port": st.health_port,
@@ -61,6 +72,46 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         println!("pin dir:           {}", p.pin_dir.display());
         println!("source:            {}", st.source_str());
         println!("synced generation: {}", st.synced_generation);
+        match &sync {
+            None => println!("applied cleanly:   unknown (no sync report yet)"),
+            Some(r) if r.clean => println!("applied cleanly:   yes"),
+            Some(r) => {
+                println!(
+                    "applied cleanly:   no ({} rejected, {} Services not programmed)",
+                    r.rejected_count, r.services_not_programmed
+                );
+                for x in &r.rejected {
+                    println!("  rejected:        {x}");
+                }
+                if r.rejected.len() < r.rejected_count {
+                    println!(
+                        "  rejected:        ... and {} more",
+                        r.rejected_count - r.rejected.len()
+                    );
+                }
+                for np in &r.not_programmed {
+                    println!(
+                        "  not programmed:  Service {}: {} full, needs {} entries, {} of {} free{}",
+                        np.service,
+                        np.map,
+                        np.needed,
+                        np.free,
+                        np.capacity,
+                        if np.previous_state_kept {
+                            " (previous state kept)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if r.not_programmed.len() < r.services_not_programmed {
+                    println!(
+                        "  not programmed:  ... and {} more",
+                        r.services_not_programmed - r.not_programmed.len()
+                    );
+                }
+            }
+        }
         println!(
             "last sync:         {}",
             if st.synced_at_unix_ms == 0 {
@@ -158,17 +209,23 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     bes.sort_by_key(|(id, _)| *id);
     let rows: Vec<_> = bes
         .iter()
-        .map(|(id, b)| json!({"id": id, "address": endpoint(ip_of(&b.addr), b.port.to_host()), "protocol": proto_name(b.proto)}))
+        .map(|(id, b)| json!({"id": id, "address": endpoint(ip_of(&b.addr), b.port.to_host()), "protocol": proto_name(b.proto),
+            "local": b.flags & lb_common::BACKEND_LOCAL != 0, "draining": b.flags & lb_common::BACKEND_DRAINING != 0}))
         .collect();
     if json_out {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {
             println!(
-                "{:>6} {:<28} {}",
+                "{:>6} {:<28} {:<4}{}",
                 r["id"],
                 r["address"].as_str().unwrap_or_default(),
-                r["protocol"].as_str().unwrap_or_default()
+                r["protocol"].as_str().unwrap_or_default(),
+                if r["draining"] == true {
+                    " draining"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -233,4 +233,28 @@ mod tests {
             "recent"
         );
     }
+
+    #[test]
+    fn a_flow_to_a_draining_backend_stays_until_it_ends() {
+        let t = Timeouts::default();
+        let now = 100_000;
+        // The endpoint left the usable set but is still listed: the agent
+        // keeps its backend, flagged draining, and its flows live on.
+        let draining: HashMap<u32, Backend> = backends()
+            .into_iter()
+            .map(|(id, b)| {
+                let flags = b.flags | lb_common::BACKEND_DRAINING;
+                (id, Backend { flags, ..b })
+            })
+            .collect();
+        let flow = snat_flow(CT_F_ESTABLISHED, now - 3600, CT_F_ESTABLISHED, now - 3600);
+        assert!(doomed(&flow, now, &draining, &t).is_empty());
+        let flow = snat_flow(
+            CT_F_CLOSING | CT_F_ESTABLISHED,
+            now - 11,
+            CT_F_ESTABLISHED,
+            now - 11,
+        );
+        assert_eq!(doomed(&flow, now, &draining, &t).len(), 4, "then it goes");
+    }
 }

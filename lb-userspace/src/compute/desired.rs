@@ -1,7 +1,10 @@
 //! Desired datapath state of one Service: pure, no I/O. Each frontend
 //! (cluster IP, port, protocol) with the backends Kubernetes says it has.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use lb_common::{
     BACKEND_LOCAL, Backend, BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -9,7 +12,7 @@ use lb_common::{
     SVC_FLAG_NODEPORT, SVC_FLAG_SOURCE_RANGES, ServiceKey,
 };
 
-use crate::model::snapshot::{Family, Proto, ServiceInfo, SliceInfo};
+use crate::model::snapshot::{Family, Hints, Proto, ServiceInfo, SliceInfo};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
@@ -22,6 +25,11 @@ pub struct Frontend {
     pub source_ranges: Vec<crate::model::cidr::Cidr>,
     /// Sorted, without duplicates: the order is the agent's, not the API's.
     pub backends: Vec<Backend>,
+    /// Endpoints still listed in the Service's EndpointSlices (whatever
+    /// their conditions) but not among `backends`, on frontends the packet
+    /// path tracks (`SVC_FLAG_EXTERNAL`): their flows drain (the agent keeps
+    /// them as backends flagged `BACKEND_DRAINING`, in no slot). Sorted.
+    pub draining: Vec<Backend>,
 }
 
 pub fn net_addr(ip: IpAddr) -> NetAddr {
@@ -74,13 +82,37 @@ fn ranges_for(svc: &ServiceInfo, ip: &IpAddr) -> Vec<crate::model::cidr::Cidr> {
 }
 
 /// Frontends of `svc` given the EndpointSlices that name it and this node's
-/// addresses (for NodePorts): every ClusterIP, this node's addresses and
-/// loopback at each nodePort, LoadBalancer ingress IPs and externalIPs at
-/// each port. A family the Service has no ClusterIP of gets nothing.
+/// NodePort addresses (`node_addrs`, loopback among them when it serves
+/// NodePorts): every ClusterIP, each NodePort address at each nodePort
+/// (loopback ones for in-cluster clients: the node's own), LoadBalancer
+/// ingress IPs and externalIPs at each port. A family the Service has no
+/// ClusterIP of gets nothing.
 pub fn service_frontends(
     svc: &ServiceInfo,
     slices: &[&SliceInfo],
     node_name: Option<&str>,
+    node_addrs: &[IpAddr],
+) -> Vec<Frontend> {
+    let here = Here {
+        node: node_name,
+        zone: None,
+    };
+    frontends_here(svc, slices, here, node_addrs)
+}
+
+/// Where the agent runs, as topology hints see it: its node's name and its
+/// `topology.kubernetes.io/zone`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Here<'a> {
+    pub node: Option<&'a str>,
+    pub zone: Option<&'a str>,
+}
+
+/// `service_frontends` on a node in a zone (EndpointSlice hints apply).
+pub fn frontends_here(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    here: Here<'_>,
     node_addrs: &[IpAddr],
 ) -> Vec<Frontend> {
     if svc.skip.is_some() {
@@ -88,10 +120,6 @@ pub fn service_frontends(
     }
     let mut out = Vec::new();
     let families: Vec<Family> = svc.cluster_ips.iter().map(family_of).collect();
-    let loopback = [
-        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    ];
     for ip in &svc.cluster_ips {
         // Marks the address so ports no Service has are refused, not routed.
         out.push(Frontend {
@@ -100,6 +128,7 @@ pub fn service_frontends(
             affinity_timeout: 0,
             source_ranges: vec![],
             backends: vec![],
+            draining: vec![],
         });
     }
     for sp in &svc.ports {
@@ -107,7 +136,7 @@ pub fn service_frontends(
             continue;
         };
         for family in &families {
-            let eps = endpoints_for(slices, *family, &sp.name, sp.proto, proto, node_name);
+            let eps = endpoints_for(slices, *family, &sp.name, sp.proto, proto, here);
             let mut add = |ip: &IpAddr, port: u16, flags: u8, scope: u8, backends: &[Backend]| {
                 if family_of(ip) != *family {
                     return;
@@ -122,12 +151,24 @@ pub fn service_frontends(
                 if !ranges.is_empty() {
                     flags |= SVC_FLAG_SOURCE_RANGES;
                 }
+                // The packet path tracks flows through external frontends:
+                // an endpoint still listed keeps its flows there (drains).
+                let draining = if flags & SVC_FLAG_EXTERNAL != 0 {
+                    eps.listed
+                        .iter()
+                        .filter(|b| backends.binary_search(b).is_err())
+                        .copied()
+                        .collect()
+                } else {
+                    vec![]
+                };
                 out.push(Frontend {
                     key: ServiceKey::frontend(net_addr(*ip), BeU16::from_host(port), proto, scope),
                     flags,
                     affinity_timeout: svc.affinity_timeout,
                     source_ranges: ranges,
                     backends: backends.to_vec(),
+                    draining,
                 });
             };
             // internalTrafficPolicy: Local: a ClusterIP leads to this node's
@@ -171,10 +212,13 @@ pub fn service_frontends(
             }
             if let Some(np) = sp.node_port {
                 for ip in node_addrs {
-                    externals.push((*ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT | local));
-                }
-                for ip in &loopback {
-                    add(ip, np, SVC_FLAG_NODEPORT, SCOPE_INTERNAL, &eps.cluster);
+                    if ip.is_loopback() {
+                        // The node's own clients only (the socket hooks
+                        // translate it in the host network namespace).
+                        add(ip, np, SVC_FLAG_NODEPORT, SCOPE_INTERNAL, &eps.cluster);
+                    } else {
+                        externals.push((*ip, np, SVC_FLAG_EXTERNAL | SVC_FLAG_NODEPORT | local));
+                    }
                 }
             }
             for (ip, port, flags) in &externals {
@@ -222,6 +266,8 @@ struct Endpoints {
     /// node's serving and terminating ones — whether or not other nodes
     /// have ready ones (traffic policy Local).
     local: Vec<Backend>,
+    /// Every endpoint the slices list, whatever its conditions (sorted).
+    listed: Vec<Backend>,
 }
 
 fn endpoints_for(
@@ -230,10 +276,13 @@ fn endpoints_for(
     port_name: &str,
     proto: Proto,
     proto_n: u8,
-    node_name: Option<&str>,
+    here: Here<'_>,
 ) -> Endpoints {
-    let mut ready = BTreeSet::new();
+    let node_name = here.node;
+    // Ready endpoints with their hints (the first slice listing one wins).
+    let mut ready: BTreeMap<Backend, Option<&Hints>> = BTreeMap::new();
     let mut terminating = BTreeSet::new();
+    let mut listed = BTreeSet::new();
     for s in slices.iter().filter(|s| s.family == Some(family)) {
         // EndpointSlice ports are resolved per slice (a named targetPort can
         // differ between pods), so the port comes from the slice.
@@ -245,15 +294,8 @@ fn endpoints_for(
             continue;
         };
         for e in &s.endpoints {
-            let set = if e.ready {
-                &mut ready
-            } else if e.serving && e.terminating {
-                &mut terminating
-            } else {
-                continue;
-            };
             for a in &e.addrs {
-                set.insert(Backend {
+                let b = Backend {
                     addr: net_addr(*a),
                     port: BeU16::from_host(port.port),
                     proto: proto_n,
@@ -262,25 +304,84 @@ fn endpoints_for(
                     } else {
                         0
                     },
-                });
+                };
+                listed.insert(b);
+                if e.ready {
+                    ready.entry(b).or_insert(e.hints.as_deref());
+                } else if e.serving && e.terminating {
+                    terminating.insert(b);
+                }
             }
         }
     }
-    let local_of = |set: &BTreeSet<Backend>| -> Vec<Backend> {
-        set.iter()
-            .filter(|b| b.flags & BACKEND_LOCAL != 0)
+    let local_of = |set: &mut dyn Iterator<Item = &Backend>| -> Vec<Backend> {
+        set.filter(|b| b.flags & BACKEND_LOCAL != 0)
             .copied()
             .collect()
     };
-    let mut local = local_of(&ready);
+    let mut local = local_of(&mut ready.keys());
     if local.is_empty() {
-        local = local_of(&terminating);
+        local = local_of(&mut terminating.iter());
     }
-    let cluster = if ready.is_empty() { terminating } else { ready };
+    // Topology hints narrow the Cluster-policy set (never the Local ones).
+    let mode = topology_mode(&ready, here);
+    let cluster: Vec<Backend> = if ready.is_empty() {
+        terminating.into_iter().collect()
+    } else {
+        ready
+            .iter()
+            .filter(|(_, h)| mode.admits(h.as_deref(), here))
+            .map(|(b, _)| *b)
+            .collect()
+    };
     Endpoints {
-        cluster: cluster.into_iter().collect(),
+        cluster,
         local,
+        listed: listed.into_iter().collect(),
     }
+}
+
+/// kube-proxy's topology modes (topologyModeFromHints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// No topology: every ready endpoint.
+    All,
+    /// Endpoints hinted for this node.
+    SameNode,
+    /// Endpoints hinted for this node's zone.
+    SameZone,
+}
+
+impl Topology {
+    fn admits(self, hints: Option<&Hints>, here: Here<'_>) -> bool {
+        let has =
+            |list: &[String], want: Option<&str>| want.is_some_and(|w| list.iter().any(|x| x == w));
+        match self {
+            Topology::All => true,
+            Topology::SameNode => hints.is_some_and(|h| has(&h.nodes, here.node)),
+            Topology::SameZone => hints.is_some_and(|h| has(&h.zones, here.zone)),
+        }
+    }
+}
+
+/// As kube-proxy decides it from the ready endpoints' hints: node hints
+/// when every ready endpoint has one and one names this node; else zone
+/// hints when every ready endpoint has one and one names this node's zone;
+/// else none (a single endpoint without hints turns them off).
+fn topology_mode(ready: &BTreeMap<Backend, Option<&Hints>>, here: Here<'_>) -> Topology {
+    if ready.is_empty() {
+        return Topology::All;
+    }
+    let all =
+        |f: fn(&Hints) -> &Vec<String>| ready.values().all(|h| h.is_some_and(|h| !f(h).is_empty()));
+    let any = |mode: Topology| ready.values().any(|h| mode.admits(h.as_deref(), here));
+    if all(|h| &h.nodes) && any(Topology::SameNode) {
+        return Topology::SameNode;
+    }
+    if all(|h| &h.zones) && any(Topology::SameZone) {
+        return Topology::SameZone;
+    }
+    Topology::All
 }
 
 #[cfg(test)]
@@ -320,6 +421,7 @@ mod tests {
             serving,
             terminating,
             node: None,
+            hints: None,
         }
     }
 
@@ -497,6 +599,7 @@ mod tests {
         let node: Vec<IpAddr> = vec![
             "10.100.0.1".parse().unwrap(),
             "fd00:100::1".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
         ];
         let fe = service_frontends(&s, &[&sl], None, &node);
         let mut got: Vec<(String, u8, usize)> = fe
@@ -636,7 +739,8 @@ mod tests {
             s.internal_local = true;
             s.ports[0].node_port = Some(30000);
             let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps.clone());
-            let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
+            let node: Vec<IpAddr> =
+                vec!["10.100.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
             let fe = service_frontends(&s, &[&sl], Some("n1"), &node);
             let at = |ip: &str, port: u16| {
                 fe.iter()
@@ -752,6 +856,275 @@ mod tests {
                 "health check, endpoints {eps:?}"
             );
         }
+    }
+
+    #[test]
+    fn endpoints_listed_but_unusable_drain_on_external_frontends() {
+        const NOT_READY: (bool, bool, bool) = (false, false, false);
+        // (endpoints, NodePort backends, NodePort draining)
+        let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, Vec<&str>)> = vec![
+            (
+                vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+                vec![],
+            ),
+            // terminating (still serving), not ready, or its pod gone
+            // (terminating, not serving): listed, so its flows drain
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.2", "n2", READY),
+                ],
+                vec!["10.0.0.2:8080"],
+                vec!["10.0.0.1:8080"],
+            ),
+            (
+                vec![on("10.0.0.1", "n1", NOT_READY), on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.2:8080"],
+                vec!["10.0.0.1:8080"],
+            ),
+            (
+                vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.2:8080"],
+                vec!["10.0.0.1:8080"],
+            ),
+            // the terminating one serves again (no ready one left): in a
+            // slot, not draining
+            (
+                vec![
+                    on("10.0.0.1", "n1", TERMINATING),
+                    on("10.0.0.2", "n2", NOT_READY),
+                ],
+                vec!["10.0.0.1:8080"],
+                vec!["10.0.0.2:8080"],
+            ),
+            // gone from every slice: nothing to drain to
+            (
+                vec![on("10.0.0.2", "n2", READY)],
+                vec!["10.0.0.2:8080"],
+                vec![],
+            ),
+            (
+                vec![on("10.0.0.1", "n1", GONE)],
+                vec![],
+                vec!["10.0.0.1:8080"],
+            ),
+        ];
+        let names = |bs: &[Backend]| -> Vec<String> {
+            bs.iter()
+                .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+                .collect()
+        };
+        for (eps, want, want_draining) in cases {
+            let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+            s.ports[0].node_port = Some(30000);
+            s.lb_ips = vec!["10.200.0.1".parse().unwrap()];
+            let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps.clone());
+            let node: Vec<IpAddr> =
+                vec!["10.100.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+            let fe = service_frontends(&s, &[&sl], Some("n1"), &node);
+            for f in fe.iter().filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0) {
+                let at = format!("{}:{}", ip_of(&f.key.addr), f.key.port.to_host());
+                assert_eq!(names(&f.backends), want, "{at}, endpoints {eps:?}");
+                if f.flags & SVC_FLAG_EXTERNAL != 0 {
+                    assert_eq!(names(&f.draining), want_draining, "{at}, endpoints {eps:?}");
+                } else {
+                    // ClusterIPs and loopback NodePorts: the socket hooks
+                    // track nothing, so nothing drains there
+                    assert!(f.draining.is_empty(), "{at}, endpoints {eps:?}");
+                }
+            }
+            // the draining backend keeps its identity (locality included)
+            for f in fe.iter().filter(|f| f.flags & SVC_FLAG_EXTERNAL != 0) {
+                for b in &f.draining {
+                    let local = ip_of(&b.addr).to_string() == "10.0.0.1";
+                    assert_eq!(b.flags, if local { BACKEND_LOCAL } else { 0 });
+                }
+            }
+        }
+    }
+
+    /// `e` with topology hints for `zones` and `nodes`.
+    fn hinted(mut e: EndpointInfo, zones: &[&str], nodes: &[&str]) -> EndpointInfo {
+        e.hints = Some(Box::new(crate::model::snapshot::Hints {
+            zones: zones.iter().map(|z| z.to_string()).collect(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }));
+        e
+    }
+
+    #[test]
+    fn topology_hints_follow_kube_proxy() {
+        const NOT_READY: (bool, bool, bool) = (false, false, false);
+        let a1 = || on("10.0.0.1", "n1", READY);
+        let a2 = || on("10.0.0.2", "n2", READY);
+        let b3 = || on("10.0.0.3", "n3", READY);
+        let all = vec!["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"];
+        // (endpoints, this node's zone, Cluster-policy backends on n1)
+        let cases: Vec<(&str, Vec<EndpointInfo>, Option<&str>, Vec<&str>)> = vec![
+            (
+                "no hints: every endpoint",
+                vec![a1(), a2(), b3()],
+                Some("a"),
+                all.clone(),
+            ),
+            (
+                "zone hints: this zone's endpoints",
+                vec![
+                    hinted(a1(), &["a"], &[]),
+                    hinted(a2(), &["a"], &[]),
+                    hinted(b3(), &["b"], &[]),
+                ],
+                Some("a"),
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+            ),
+            (
+                "an endpoint hinted for several zones",
+                vec![
+                    hinted(a1(), &["b"], &[]),
+                    hinted(a2(), &["b"], &[]),
+                    hinted(b3(), &["a", "b"], &[]),
+                ],
+                Some("a"),
+                vec!["10.0.0.3:8080"],
+            ),
+            (
+                "one ready endpoint without hints: hints ignored",
+                vec![hinted(a1(), &["a"], &[]), hinted(a2(), &["a"], &[]), b3()],
+                Some("a"),
+                all.clone(),
+            ),
+            (
+                "an endpoint with only a node hint lacks a zone hint",
+                vec![
+                    hinted(a1(), &["a"], &[]),
+                    hinted(a2(), &["a"], &[]),
+                    hinted(b3(), &[], &["n3"]),
+                ],
+                Some("a"),
+                all.clone(),
+            ),
+            (
+                "no endpoint for this zone: every endpoint",
+                vec![hinted(a2(), &["b"], &[]), hinted(b3(), &["b"], &[])],
+                Some("a"),
+                vec!["10.0.0.2:8080", "10.0.0.3:8080"],
+            ),
+            (
+                "this node has no zone label: every endpoint",
+                vec![
+                    hinted(a1(), &["a"], &[]),
+                    hinted(a2(), &["a"], &[]),
+                    hinted(b3(), &["b"], &[]),
+                ],
+                None,
+                all.clone(),
+            ),
+            (
+                "endpoints not ready need no hints (and are never used)",
+                vec![
+                    hinted(a1(), &["a"], &[]),
+                    on("10.0.0.4", "n1", NOT_READY),
+                    hinted(b3(), &["b"], &[]),
+                ],
+                Some("a"),
+                vec!["10.0.0.1:8080"],
+            ),
+            (
+                "node hints everywhere, one for this node: that one",
+                vec![
+                    hinted(a1(), &["a"], &["n1"]),
+                    hinted(a2(), &["a"], &["n2"]),
+                    hinted(b3(), &["b"], &["n3"]),
+                ],
+                Some("a"),
+                vec!["10.0.0.1:8080"],
+            ),
+            (
+                "node hints, none for this node: zone hints",
+                vec![hinted(a2(), &["a"], &["n2"]), hinted(b3(), &["b"], &["n3"])],
+                Some("a"),
+                vec!["10.0.0.2:8080"],
+            ),
+            (
+                "no ready endpoint: serving terminating ones, hints aside",
+                vec![
+                    hinted(on("10.0.0.1", "n1", TERMINATING), &["a"], &[]),
+                    hinted(on("10.0.0.3", "n3", TERMINATING), &["b"], &[]),
+                ],
+                Some("a"),
+                vec!["10.0.0.1:8080", "10.0.0.3:8080"],
+            ),
+        ];
+        let names = |bs: &[Backend]| -> Vec<String> {
+            bs.iter()
+                .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+                .collect()
+        };
+        for (what, eps, zone, want) in cases {
+            let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+            s.ports[0].node_port = Some(30000);
+            let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps);
+            let node: Vec<IpAddr> =
+                vec!["10.100.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+            let here = Here {
+                node: Some("n1"),
+                zone,
+            };
+            let fe = frontends_here(&s, &[&sl], here, &node);
+            // ClusterIP, loopback and node-address NodePorts alike: kube-proxy
+            // filters its Cluster-policy endpoints for internal and
+            // external traffic
+            for f in fe.iter().filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0) {
+                assert_eq!(
+                    names(&f.backends),
+                    want,
+                    "{what}: {}:{}",
+                    ip_of(&f.key.addr),
+                    f.key.port.to_host()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn topology_hints_leave_traffic_policy_local_alone() {
+        let eps = vec![
+            hinted(on("10.0.0.1", "n1", READY), &["b"], &[]),
+            hinted(on("10.0.0.2", "n2", READY), &["a"], &[]),
+        ];
+        let here = Here {
+            node: Some("n1"),
+            zone: Some("a"),
+        };
+        let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
+        let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], eps);
+        // iTP Local: this node's endpoint, whatever its hints
+        let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+        s.internal_local = true;
+        let fe = frontends_here(&s, &[&sl], here, &node);
+        assert_eq!(backends(&fe, 80, PROTO_TCP), vec!["10.0.0.1:8080"]);
+        // ETP Local: the external scope holds this node's endpoint; the
+        // in-cluster entry (Cluster policy) follows the hints
+        let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
+        s.external_local = true;
+        s.ports[0].node_port = Some(30000);
+        let fe = frontends_here(&s, &[&sl], here, &node);
+        let at = |scope: u8| -> Vec<String> {
+            fe.iter()
+                .find(|f| {
+                    f.key.port.to_host() == 30000
+                        && f.key.scope == scope
+                        && f.flags & SVC_FLAG_EXTERNAL != 0
+                })
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| format!("{}:{}", ip_of(&b.addr), b.port.to_host()))
+                .collect()
+        };
+        assert_eq!(at(SCOPE_EXTERNAL), vec!["10.0.0.1:8080"]);
+        assert_eq!(at(SCOPE_INTERNAL), vec!["10.0.0.2:8080"]);
     }
 
     #[test]

@@ -18,6 +18,17 @@ pub struct IdentityKey {
 
 impl IdentityKey {
     fn hash(&self) -> u32 {
+        derive(&self.namespace, &self.ns_labels, &self.pod_labels)
+    }
+
+    fn is(&self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels) -> bool {
+        self.namespace == namespace && &self.ns_labels == ns_labels && &self.pod_labels == pod_labels
+    }
+}
+
+/// The preferred number of a label set.
+fn derive(namespace: &str, ns_labels: &Labels, pod_labels: &Labels) -> u32 {
+    {
         // FNV-1a over an unambiguous rendering (NUL and SOH separators).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |b: &[u8]| {
@@ -26,8 +37,8 @@ impl IdentityKey {
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
             }
         };
-        eat(self.namespace.as_bytes());
-        for (tag, labels) in [(1u8, &self.ns_labels), (2u8, &self.pod_labels)] {
+        eat(namespace.as_bytes());
+        for (tag, labels) in [(1u8, ns_labels), (2u8, pod_labels)] {
             eat(&[tag]);
             for (k, v) in labels {
                 eat(k.as_bytes());
@@ -41,27 +52,52 @@ impl IdentityKey {
     }
 }
 
+/// The number after `id` in the label-set range, wrapping.
+fn next(id: u32) -> u32 {
+    if id + 1 >= ID_FIRST_CIDR {
+        ID_FIRST_LABELS
+    } else {
+        id + 1
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Identities {
     by_key: HashMap<IdentityKey, u32>,
     by_id: BTreeMap<u32, IdentityKey>,
+    /// Preferred number -> the identities allocated for sets that prefer
+    /// it (a collision puts one elsewhere): lookups without building a key.
+    by_derived: HashMap<u32, Vec<u32>>,
 }
 
 impl Identities {
+    /// The identity of a label set, allocated on first sight; a set seen
+    /// before costs a hash and comparisons, no allocation.
+    pub fn id_for(&mut self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels) -> u32 {
+        let derived = derive(namespace, ns_labels, pod_labels);
+        for id in self.by_derived.get(&derived).into_iter().flatten() {
+            if self.by_id[id].is(namespace, ns_labels, pod_labels) {
+                return *id;
+            }
+        }
+        self.get_or_alloc(&IdentityKey {
+            namespace: namespace.to_string(),
+            ns_labels: ns_labels.clone(),
+            pod_labels: pod_labels.clone(),
+        })
+    }
+
     pub fn get_or_alloc(&mut self, key: &IdentityKey) -> u32 {
         if let Some(id) = self.by_key.get(key) {
             return *id;
         }
         let mut id = key.hash();
         while self.by_id.contains_key(&id) {
-            id = if id + 1 >= ID_FIRST_CIDR {
-                ID_FIRST_LABELS
-            } else {
-                id + 1
-            };
+            id = next(id);
         }
         self.by_key.insert(key.clone(), id);
         self.by_id.insert(id, key.clone());
+        self.by_derived.entry(key.hash()).or_default().push(id);
         id
     }
 
@@ -69,6 +105,10 @@ impl Identities {
     pub fn retain(&mut self, live: &std::collections::HashSet<u32>) {
         self.by_id.retain(|id, _| live.contains(id));
         self.by_key.retain(|_, id| live.contains(id));
+        self.by_derived.retain(|_, ids| {
+            ids.retain(|id| live.contains(id));
+            !ids.is_empty()
+        });
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&u32, &IdentityKey)> {
@@ -112,5 +152,20 @@ mod tests {
         let taken = x.hash();
         ids.by_id.insert(taken, key("other", &[("z", "z")]));
         assert_eq!(ids.get_or_alloc(&x), taken + 1);
+    }
+
+    #[test]
+    fn a_set_moved_by_a_collision_keeps_its_number_when_the_blocker_goes() {
+        let mut ids = Identities::default();
+        let x = key("x", &[("app", "web")]);
+        let blocker = key("other", &[("z", "z")]);
+        let taken = x.hash();
+        ids.by_id.insert(taken, blocker.clone());
+        ids.by_key.insert(blocker, taken);
+        let moved = ids.id_for(&x.namespace, &x.ns_labels, &x.pod_labels);
+        assert_eq!(moved, taken + 1);
+        ids.retain(&[moved].into());
+        assert_eq!(ids.id_for(&x.namespace, &x.ns_labels, &x.pod_labels), moved);
+        assert_eq!(ids.iter().count(), 1, "no second number for the same set");
     }
 }

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use lb_common::{Backend, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue, SrcRangeData};
+use lb_common::{
+    BACKEND_DRAINING, Backend, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue, SrcRangeData,
+};
 
 use crate::compute::desired::Frontend;
 
@@ -77,9 +79,18 @@ impl std::fmt::Debug for MaglevTable {
 #[derive(Default, Debug, Clone)]
 pub struct Mirror {
     services: HashMap<ServiceKey, ServiceValue>,
+    /// As the kernel holds them (`BACKEND_DRAINING` included).
     backends: HashMap<u32, Backend>,
+    /// By identity: the backend without `BACKEND_DRAINING`, which the
+    /// agent flips in place.
     backend_ids: HashMap<Backend, u32>,
+    /// Slots naming each backend.
     backend_refs: HashMap<u32, u32>,
+    /// Frontends listing each backend as draining, and each frontend's
+    /// draining backends: a backend lives while a slot or a frontend
+    /// references it, flagged draining while only the latter do.
+    drain_refs: HashMap<u32, u32>,
+    drains: HashMap<ServiceKey, Vec<u32>>,
     free_backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     service_ids: BTreeSet<u32>,
@@ -94,6 +105,14 @@ pub struct Mirror {
     /// Tables built lately, by backend addresses in slot order (content,
     /// so never stale); bounded.
     maglev_built: HashMap<Vec<std::net::SocketAddr>, MaglevTable>,
+}
+
+/// A backend as the mirror indexes it: without the draining flag.
+fn identity(b: Backend) -> Backend {
+    Backend {
+        flags: b.flags & !BACKEND_DRAINING,
+        ..b
+    }
 }
 
 /// At most this many recent Maglev tables are kept for reuse (64 KiB each at
@@ -114,7 +133,7 @@ impl Mirror {
         m.services = services.into_iter().collect();
         for (id, b) in backends {
             m.backends.insert(id, b);
-            m.backend_ids.insert(b, id);
+            m.backend_ids.insert(identity(b), id);
             m.next_backend_id = m.next_backend_id.max(id + 1);
         }
         for (k, v) in &m.services {
@@ -174,6 +193,21 @@ impl Mirror {
         self.services.keys().filter(|k| k.slot == 0)
     }
 
+    /// The maps hold backend `b` (under some id): taking it costs no entry.
+    pub fn holds_backend(&self, b: &Backend) -> bool {
+        self.backend_ids.contains_key(b)
+    }
+
+    /// The frontend `service_id` has a Maglev table in the maps.
+    pub fn has_maglev(&self, service_id: u32) -> bool {
+        self.maglev.contains(&service_id)
+    }
+
+    /// Maglev tables the maps hold (one entry each in the outer map).
+    pub fn maglev_tables(&self) -> usize {
+        self.maglev.len()
+    }
+
     fn slot_ids(&self, key: &ServiceKey) -> Vec<u32> {
         let count = self.services.get(key).map_or(0, |v| v.count);
         (1..=count)
@@ -181,18 +215,74 @@ impl Mirror {
             .collect()
     }
 
-    fn take_backend_id(&mut self, b: Backend, ops: &mut Vec<Op>) -> u32 {
-        if let Some(id) = self.backend_ids.get(&b) {
-            return *id;
+    /// The id of backend `b`, created (flagged draining when `draining`)
+    /// if the maps do not hold it. A backend taken for a slot loses its
+    /// draining flag here, before any slot names it.
+    fn take_backend_id(&mut self, b: Backend, draining: bool, ops: &mut Vec<Op>) -> u32 {
+        let b = identity(b);
+        if let Some(id) = self.backend_ids.get(&b).copied() {
+            if !draining {
+                self.set_backend(id, b, ops);
+            }
+            return id;
         }
         let id = self.free_backend_ids.pop_first().unwrap_or_else(|| {
             self.next_backend_id += 1;
             self.next_backend_id - 1
         });
-        self.backends.insert(id, b);
+        let value = if draining {
+            Backend {
+                flags: b.flags | BACKEND_DRAINING,
+                ..b
+            }
+        } else {
+            b
+        };
+        self.backends.insert(id, value);
         self.backend_ids.insert(b, id);
-        ops.push(Op::PutBackend { id, backend: b });
+        ops.push(Op::PutBackend { id, backend: value });
         id
+    }
+
+    fn set_backend(&mut self, id: u32, value: Backend, ops: &mut Vec<Op>) {
+        if self.backends.get(&id) != Some(&value) {
+            self.backends.insert(id, value);
+            ops.push(Op::PutBackend { id, backend: value });
+        }
+    }
+
+    /// Makes the maps agree with the references to backend `id`: gone
+    /// when nothing references it, flagged draining when only frontends
+    /// listing it as draining do, unflagged when a slot names it.
+    fn settle(&mut self, id: u32, ops: &mut Vec<Op>) {
+        let Some(b) = self.backends.get(&id).copied() else {
+            return;
+        };
+        let in_slot = self.backend_refs.contains_key(&id);
+        if !in_slot && !self.drain_refs.contains_key(&id) {
+            self.backends.remove(&id);
+            self.backend_ids.remove(&identity(b));
+            self.free_backend_ids.insert(id);
+            ops.push(Op::DelBackend { id });
+            return;
+        }
+        let flags = if in_slot {
+            b.flags & !BACKEND_DRAINING
+        } else {
+            b.flags | BACKEND_DRAINING
+        };
+        self.set_backend(id, Backend { flags, ..b }, ops);
+    }
+
+    /// After a complete listing: backends nothing references (left by an
+    /// earlier agent, e.g. draining for a frontend since removed) go, and
+    /// every flag agrees with the references.
+    pub fn remove_unreferenced(&mut self, ops: &mut Vec<Op>) {
+        let mut ids: Vec<u32> = self.backends.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.settle(id, ops);
+        }
     }
 
     fn take_service_id(&mut self) -> u32 {
@@ -211,26 +301,22 @@ impl Mirror {
         }
     }
 
-    fn unref(&mut self, id: u32, orphans: &mut Vec<u32>) {
-        if let Some(r) = self.backend_refs.get_mut(&id) {
+    fn unref(refs: &mut HashMap<u32, u32>, id: u32) {
+        if let Some(r) = refs.get_mut(&id) {
             *r -= 1;
             if *r == 0 {
-                self.backend_refs.remove(&id);
-                orphans.push(id);
+                refs.remove(&id);
             }
         }
     }
 
-    fn drop_orphans(&mut self, orphans: Vec<u32>, ops: &mut Vec<Op>) {
-        for id in orphans {
-            if self.backend_refs.contains_key(&id) {
-                continue; // picked up again by another slot of this plan
-            }
-            if let Some(b) = self.backends.remove(&id) {
-                self.backend_ids.remove(&b);
-                self.free_backend_ids.insert(id);
-                ops.push(Op::DelBackend { id });
-            }
+    /// Settles each of `ids` once, in order (removals after the slots and
+    /// frontends that named them).
+    fn settle_all(&mut self, mut ids: Vec<u32>, ops: &mut Vec<Op>) {
+        let mut seen = BTreeSet::new();
+        ids.retain(|id| seen.insert(*id));
+        for id in ids {
+            self.settle(id, ops);
         }
     }
 
@@ -281,8 +367,23 @@ impl Mirror {
         let want: Vec<u32> = fe
             .backends
             .iter()
-            .map(|b| self.take_backend_id(*b, ops))
+            .map(|b| self.take_backend_id(*b, false, ops))
             .collect();
+        // Draining backends stay (or come back) under their ids, in no slot.
+        let drain_ids: Vec<u32> = fe
+            .draining
+            .iter()
+            .map(|b| self.take_backend_id(*b, true, ops))
+            .collect();
+        for id in &drain_ids {
+            *self.drain_refs.entry(*id).or_default() += 1;
+        }
+        let old_drains = if drain_ids.is_empty() {
+            self.drains.remove(&key)
+        } else {
+            self.drains.insert(key, drain_ids.clone())
+        }
+        .unwrap_or_default();
         let want_set: BTreeSet<u32> = want.iter().copied().collect();
 
         // Keep every surviving backend in its slot; fill holes with new ones;
@@ -348,11 +449,16 @@ impl Mirror {
             self.services.remove(&k);
             ops.push(Op::DelService { key: k });
         }
-        let mut orphans = Vec::new();
-        for id in old_ids {
-            self.unref(id, &mut orphans);
+        for id in &old_ids {
+            Self::unref(&mut self.backend_refs, *id);
         }
-        self.drop_orphans(orphans, ops);
+        for id in &old_drains {
+            Self::unref(&mut self.drain_refs, *id);
+        }
+        let mut touched = old_ids;
+        touched.extend(old_drains);
+        touched.extend(drain_ids);
+        self.settle_all(touched, ops);
         for (len, data) in stale_ranges {
             ops.push(Op::DelRange { len, data });
         }
@@ -432,11 +538,16 @@ impl Mirror {
         if front.service_id != 0 && self.service_ids.remove(&front.service_id) {
             self.free_service_ids.insert(front.service_id);
         }
-        let mut orphans = Vec::new();
-        for id in ids {
-            self.unref(id, &mut orphans);
+        for id in &ids {
+            Self::unref(&mut self.backend_refs, *id);
         }
-        self.drop_orphans(orphans, ops);
+        let drains = self.drains.remove(key).unwrap_or_default();
+        for id in &drains {
+            Self::unref(&mut self.drain_refs, *id);
+        }
+        let mut touched = ids;
+        touched.extend(drains);
+        self.settle_all(touched, ops);
         for (len, data) in self.ranges.remove(key).unwrap_or_default() {
             ops.push(Op::DelRange { len, data });
         }
@@ -469,6 +580,7 @@ mod tests {
                     flags: 0,
                 })
                 .collect(),
+            draining: vec![],
         }
     }
 
@@ -539,6 +651,12 @@ mod tests {
                     assert!(
                         self.backends.contains_key(&slot.backend_id),
                         "after {after:?}: backend {} of {k:?} missing",
+                        slot.backend_id
+                    );
+                    assert_eq!(
+                        self.backends[&slot.backend_id].flags & lb_common::BACKEND_DRAINING,
+                        0,
+                        "after {after:?}: backend {} in a slot of {k:?} is flagged draining",
                         slot.backend_id
                     );
                 }
@@ -716,14 +834,148 @@ mod tests {
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let f = fe(ip, 80, &bs);
+                let draining: Vec<u8> = (0..rnd(3))
+                    .map(|_| rnd(12) as u8 + 1)
+                    .filter(|b| !bs.contains(b))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let f = with_draining(fe(ip, 80, &bs), &draining);
                 m.upsert(&f, &mut ops);
                 ops.iter().for_each(|o| k.apply(o));
                 assert_eq!(k.backends_of(&f.key), f.backends.iter().copied().collect());
+                for b in &f.draining {
+                    assert!(
+                        k.backends.values().any(|x| x.addr == b.addr),
+                        "draining {b:?} kept"
+                    );
+                }
             }
             assert_eq!(&k.services, m.services());
             assert_eq!(&k.backends, m.backends());
         }
+    }
+
+    /// `f` with the backends `draining` (as `fe` names them) draining.
+    fn with_draining(mut f: Frontend, draining: &[u8]) -> Frontend {
+        f.draining = fe("10.96.0.1", 80, draining).backends;
+        f
+    }
+
+    fn id_of(m: &Mirror, b: u8) -> Option<u32> {
+        let addr = net_addr(format!("10.0.0.{b}").parse().unwrap());
+        m.backends()
+            .iter()
+            .find(|(_, x)| x.addr == addr)
+            .map(|(id, _)| *id)
+    }
+
+    #[test]
+    fn listed_but_unusable_backends_stay_flagged_draining_under_their_id() {
+        use lb_common::BACKEND_DRAINING;
+        let mut m = Mirror::from_entries([], []);
+        let mut k = Kernel::default();
+        let step = |m: &mut Mirror, k: &mut Kernel, f: &Frontend| {
+            let mut ops = vec![];
+            m.upsert(f, &mut ops);
+            ops.iter().for_each(|o| k.apply(o));
+            assert_eq!(&k.backends, m.backends());
+            ops
+        };
+        step(&mut m, &mut k, &external("192.0.2.1", &[1, 2]));
+        let id1 = id_of(&m, 1).unwrap();
+        // 1 leaves the usable set but stays listed: out of the slots, kept
+        // under its id with the flag (after the slots stop naming it)
+        let ops = step(
+            &mut m,
+            &mut k,
+            &with_draining(external("192.0.2.1", &[2]), &[1]),
+        );
+        assert_eq!(k.backends[&id1].flags & BACKEND_DRAINING, BACKEND_DRAINING);
+        assert_eq!(k.backends[&id1].addr, net_addr("10.0.0.1".parse().unwrap()));
+        let key = external("192.0.2.1", &[]).key;
+        assert_eq!(k.services[&key].count, 1);
+        assert!(
+            matches!(ops.last(), Some(Op::PutBackend { id, .. }) if *id == id1),
+            "{ops:?}"
+        );
+        // unchanged: nothing written
+        assert!(
+            step(
+                &mut m,
+                &mut k,
+                &with_draining(external("192.0.2.1", &[2]), &[1])
+            )
+            .is_empty()
+        );
+        // usable again: the same id, unflagged before a slot names it
+        // (the fake kernel checks that after every op)
+        step(&mut m, &mut k, &external("192.0.2.1", &[1, 2]));
+        assert_eq!(id_of(&m, 1), Some(id1));
+        assert_eq!(k.backends[&id1].flags & BACKEND_DRAINING, 0);
+        // draining again, then gone from every slice: removed
+        step(
+            &mut m,
+            &mut k,
+            &with_draining(external("192.0.2.1", &[2]), &[1]),
+        );
+        step(&mut m, &mut k, &external("192.0.2.1", &[2]));
+        assert_eq!(id_of(&m, 1), None);
+        assert!(!k.backends.contains_key(&id1));
+        // A backend draining for one frontend but in the slots of another
+        // is not flagged; when the other lets it go, it is.
+        step(&mut m, &mut k, &external("192.0.2.2", &[3]));
+        step(
+            &mut m,
+            &mut k,
+            &with_draining(external("192.0.2.1", &[2]), &[3]),
+        );
+        let id3 = id_of(&m, 3).unwrap();
+        assert_eq!(k.backends[&id3].flags & BACKEND_DRAINING, 0);
+        step(&mut m, &mut k, &external("192.0.2.2", &[]));
+        assert_eq!(id_of(&m, 3), Some(id3));
+        assert_eq!(k.backends[&id3].flags & BACKEND_DRAINING, BACKEND_DRAINING);
+        // Removing the frontend lets its draining backends go.
+        let mut ops = vec![];
+        m.remove(&key, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert_eq!(id_of(&m, 3), None);
+        assert_eq!(&k.backends, m.backends());
+    }
+
+    #[test]
+    fn a_restarted_agent_reclaims_draining_backends_and_a_full_sync_drops_the_rest() {
+        use lb_common::BACKEND_DRAINING;
+        let mut m = Mirror::from_entries([], []);
+        let mut k = Kernel::default();
+        let fs = [
+            with_draining(external("192.0.2.1", &[2]), &[1]),
+            with_draining(external("192.0.2.2", &[4]), &[5]),
+        ];
+        let mut ops = vec![];
+        for f in &fs {
+            m.upsert(f, &mut ops);
+        }
+        ops.iter().for_each(|o| k.apply(o));
+        let id1 = id_of(&m, 1).unwrap();
+        // Restarted: the kernel's entries are all the mirror knows. The
+        // Services still want 192.0.2.1 as it was; 192.0.2.2 is gone.
+        let mut again = Mirror::from_entries(k.services.clone(), k.backends.clone());
+        let mut ops = vec![];
+        again.upsert(&fs[0], &mut ops);
+        assert!(ops.is_empty(), "{ops:?}");
+        again.remove(&fs[1].key, &mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        // Backend 5 drained for a frontend the restarted agent never saw
+        // claimed: only a complete listing can tell it is nobody's.
+        assert!(id_of(&again, 5).is_some());
+        let mut ops = vec![];
+        again.remove_unreferenced(&mut ops);
+        ops.iter().for_each(|o| k.apply(o));
+        assert_eq!(id_of(&again, 5), None);
+        assert_eq!(k.backends[&id1].flags & BACKEND_DRAINING, BACKEND_DRAINING);
+        assert_eq!(&k.backends, again.backends());
+        assert_eq!(k.backends.len(), 2, "{:?}", k.backends);
     }
 
     fn external(ip: &str, backends: &[u8]) -> Frontend {

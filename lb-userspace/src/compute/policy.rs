@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compute::{
         desired::{ip_of, net_addr},
-        identity::{Identities, IdentityKey},
+        identity::Identities,
     },
     model::{
         cidr::Cidr,
@@ -330,13 +330,8 @@ pub fn compute_within(
     for p in &pods {
         let nsl = ns_cache
             .entry(&p.key.namespace)
-            .or_insert_with(|| ns_labels(snap, &p.key.namespace))
-            .clone();
-        let id = ids.get_or_alloc(&IdentityKey {
-            namespace: p.key.namespace.clone(),
-            ns_labels: nsl,
-            pod_labels: p.labels.clone(),
-        });
+            .or_insert_with(|| ns_labels(snap, &p.key.namespace));
+        let id = ids.id_for(&p.key.namespace, nsl, &p.labels);
         live.insert(id);
         pod_ids.insert(&p.key, id);
     }

@@ -8,15 +8,87 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use lb_common::{SVC_FLAG_ADDR_ONLY, ServiceKey};
 
 use crate::{
-    compute::desired::{self, ip_of},
+    compute::desired::{self, Frontend, ip_of},
     compute::plan::{Mirror, Op},
     compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     model::snapshot::{Change, ObjRef, Snapshot},
     serve::health_check::Check,
+    source::file::{ObjId, Rejected, describe_id, object_id},
 };
+
+/// How many entries each map the plan writes can hold (None: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub services: Option<u32>,
+    pub backends: Option<u32>,
+    pub maglev: Option<u32>,
+}
+
+/// A Service the maps cannot take whole, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NotProgrammed {
+    /// `namespace/name`.
+    pub service: String,
+    /// The map that is short.
+    pub map: String,
+    /// Entries of that map the Service needs beyond what it holds there.
+    pub needed: u64,
+    /// Free entries of the map when the Service was tried.
+    pub free: u64,
+    pub capacity: u64,
+    /// What the map holds, in words.
+    pub holds: String,
+    /// What an operator can do.
+    pub remedy: String,
+    /// The Service was in the maps before: that state stays (whole).
+    pub previous_state_kept: bool,
+}
+
+impl NotProgrammed {
+    /// The same trouble (what is logged once): the map and the need.
+    fn same(&self, other: &Self) -> bool {
+        (&self.map, self.needed, self.previous_state_kept)
+            == (&other.map, other.needed, other.previous_state_kept)
+    }
+}
+
+impl std::fmt::Display for NotProgrammed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.previous_state_kept {
+            "its update"
+        } else {
+            "the Service"
+        };
+        write!(
+            f,
+            "Service {} not programmed: map {} ({}) is full: {what} needs {} entries and {} of its {} are free; ",
+            self.service, self.map, self.holds, self.needed, self.free, self.capacity,
+        )?;
+        if self.previous_state_kept {
+            f.write_str("its previous state stays programmed; ")?;
+        }
+        write!(
+            f,
+            "{} (the agent tries again when entries free up)",
+            self.remedy
+        )
+    }
+}
+
+/// Entries one Service's frontends need beyond what the maps hold for them.
+#[derive(Default, Debug)]
+struct Need {
+    services: u64,
+    backends: u64,
+    maglev: u64,
+}
 
 /// Where ops go: the kernel maps, or a fake in tests.
 pub trait Writer {
+    /// The capacity of the maps `apply` writes (default: no limit).
+    fn capacity(&self) -> Capacity {
+        Capacity::default()
+    }
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()>;
     fn read_mirror(&self) -> anyhow::Result<Mirror>;
     fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()>;
@@ -43,6 +115,18 @@ pub struct Reconciler {
     /// (empty: any but this node's addresses and Services' ClusterIPs).
     pub external_ip_cidrs: Vec<crate::model::cidr::Cidr>,
     pub policy: PolicySync,
+    /// Services the maps cannot take (whole), checked before any write:
+    /// skipped, kept at their previous state when they had one, and tried
+    /// again when a change set frees entries.
+    pub not_programmed: BTreeMap<ObjRef, NotProgrammed>,
+    /// Objects the snapshot refused (invalid) or took only in part (a
+    /// NetworkPolicy it cannot represent), until fixed or deleted.
+    pub rejected: BTreeMap<ObjId, Rejected>,
+    /// The writer's capacity, as of the change set being applied.
+    capacity: Capacity,
+    /// Gathered while syncing, handed out in the Outcome.
+    newly_not_programmed: Vec<NotProgrammed>,
+    programmed_again: Vec<ObjRef>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +135,11 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// The policy state was recomputed (its report is new).
     pub policy_changed: bool,
+    /// Services found not to fit in this change set (new, or short by
+    /// another amount than before): to be said once.
+    pub not_programmed: Vec<NotProgrammed>,
+    /// Services skipped before that are programmed now.
+    pub programmed_again: Vec<ObjRef>,
 }
 
 fn describe_key(k: &ServiceKey) -> String {
@@ -112,6 +201,11 @@ impl Reconciler {
             node_port_cidrs: Vec::new(),
             external_ip_cidrs: Vec::new(),
             policy: PolicySync::default(),
+            not_programmed: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            capacity: Capacity::default(),
+            newly_not_programmed: Vec::new(),
+            programmed_again: Vec::new(),
         }
     }
 
@@ -125,19 +219,72 @@ impl Reconciler {
         full: bool,
         w: &mut dyn Writer,
     ) -> anyhow::Result<Outcome> {
+        self.apply_from(changes, &[], full, w)
+    }
+
+    /// `apply`, with the file each change came from (`files[i]` for
+    /// `changes[i]`; shorter or empty when unknown) to name in rejections.
+    pub fn apply_from(
+        &mut self,
+        changes: &[Change],
+        files: &[Option<std::sync::Arc<str>>],
+        full: bool,
+        w: &mut dyn Writer,
+    ) -> anyhow::Result<Outcome> {
         let mut out = Outcome::default();
         let mut touched = BTreeSet::new();
-        for c in changes {
-            match self.snapshot.apply(c) {
-                Ok(t) => touched.extend(t),
-                Err(e) => out.errors.push(format!("{e}; keeping its previous state")),
+        for (i, c) in changes.iter().enumerate() {
+            let id = match c {
+                Change::Upsert(o) => object_id(o),
+                Change::Delete { kind, key } => Some((kind.clone(), key.clone())),
+            };
+            let warned = self.snapshot.warnings.len();
+            let res = self.snapshot.apply(c);
+            let Some(id) = id else {
+                match res {
+                    Ok(t) => touched.extend(t),
+                    Err(e) => out.errors.push(format!("{e}; keeping its previous state")),
+                }
+                continue;
+            };
+            self.rejected.remove(&id);
+            let reason = match res {
+                Ok(t) => {
+                    touched.extend(t);
+                    (self.snapshot.warnings.len() > warned)
+                        .then(|| self.snapshot.warnings[warned..].join("; "))
+                }
+                Err(e) => {
+                    out.errors.push(format!("{e}; keeping its previous state"));
+                    Some(format!("{e}; keeping its previous state, if any"))
+                }
+            };
+            if let (Some(reason), Change::Upsert(_)) = (reason, c) {
+                let object = describe_id(&id);
+                let reason = reason
+                    .strip_prefix(&format!("{object}: "))
+                    .map(str::to_string)
+                    .unwrap_or(reason);
+                let file = files.get(i).cloned().flatten().map(|f| f.to_string());
+                self.rejected.insert(
+                    id,
+                    Rejected {
+                        file,
+                        object: Some(object),
+                        reason,
+                    },
+                );
             }
         }
+        self.capacity = w.capacity();
         let mut ops = Vec::new();
         self.sync_services(touched, &mut ops, &mut out.errors);
         if full {
             self.remove_unclaimed(&mut ops);
         }
+        self.retry_not_programmed(&mut ops, &mut out.errors);
+        out.not_programmed = std::mem::take(&mut self.newly_not_programmed);
+        out.programmed_again = std::mem::take(&mut self.programmed_again);
         out.ops = ops.len();
         if let Err(e) = w.apply(&ops) {
             // The kernel holds something between the old and new state: read
@@ -215,6 +362,111 @@ impl Reconciler {
         Ok(ops.len())
     }
 
+    /// Services skipped for want of room whose shortfall the maps can now
+    /// cover are tried again (in name order; each is checked again whole).
+    fn retry_not_programmed(&mut self, ops: &mut Vec<Op>, errors: &mut Vec<String>) {
+        let free = |cap: Option<u32>, used: usize| {
+            cap.map_or(u64::MAX, |c| (c as u64).saturating_sub(used as u64))
+        };
+        let m = &self.mirror;
+        let (fs, fb, fm) = (
+            free(self.capacity.services, m.services().len()),
+            free(self.capacity.backends, m.backends().len()),
+            free(self.capacity.maglev, m.maglev_tables()),
+        );
+        let ready: BTreeSet<ObjRef> = self
+            .not_programmed
+            .iter()
+            .filter(|(_, np)| {
+                let room = match np.map.as_str() {
+                    lb_common::MAP_SERVICES => fs,
+                    lb_common::MAP_BACKENDS => fb,
+                    _ => fm,
+                };
+                np.needed <= room
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !ready.is_empty() {
+            self.sync_services(ready, ops, errors);
+        }
+    }
+
+    /// What the frontends `fes` need beyond what the maps hold for them. A
+    /// write of a Service's frontend adds its new slots before dropping
+    /// surplus ones, so the need is counted per frontend, never netted
+    /// against what another frontend lets go.
+    fn need<'a>(&self, fes: impl Iterator<Item = &'a Frontend>) -> Need {
+        let m = &self.mirror;
+        let mut need = Need::default();
+        let mut new_backends = std::collections::HashSet::new();
+        for fe in fes {
+            let old = m.services().get(&fe.key);
+            let have = old.map_or(0, |v| 1 + v.count as u64);
+            need.services += (1 + fe.backends.len() as u64).saturating_sub(have);
+            for b in fe.backends.iter().chain(&fe.draining) {
+                if !m.holds_backend(b) && new_backends.insert(*b) {
+                    need.backends += 1;
+                }
+            }
+            let wants_table = m.maglev_size() > 0
+                && fe.flags & lb_common::SVC_FLAG_EXTERNAL != 0
+                && fe.flags & SVC_FLAG_ADDR_ONLY == 0
+                && !fe.backends.is_empty();
+            if wants_table && !old.is_some_and(|v| v.service_id != 0 && m.has_maglev(v.service_id))
+            {
+                need.maglev += 1;
+            }
+        }
+        need
+    }
+
+    /// The first map that cannot take `need`, as a report for `svc`.
+    fn shortfall(&self, svc: &ObjRef, need: &Need, kept: bool) -> Option<NotProgrammed> {
+        let m = &self.mirror;
+        let maps = [
+            (
+                lb_common::MAP_SERVICES,
+                need.services,
+                m.services().len(),
+                self.capacity.services,
+                "frontends and one entry per backend slot",
+                "raise --max-services",
+            ),
+            (
+                lb_common::MAP_BACKENDS,
+                need.backends,
+                m.backends().len(),
+                self.capacity.backends,
+                "one entry per distinct backend address and port",
+                "raise --max-backends",
+            ),
+            (
+                lb_common::MAP_MAGLEV,
+                need.maglev,
+                m.maglev_tables(),
+                self.capacity.maglev,
+                "one Maglev table per external frontend with backends",
+                "its size is fixed; --maglev-table-size 0 does without tables",
+            ),
+        ];
+        maps.into_iter()
+            .find_map(|(map, needed, used, cap, holds, remedy)| {
+                let cap = cap? as u64;
+                let free = cap.saturating_sub(used as u64);
+                (needed > free).then(|| NotProgrammed {
+                    service: svc.to_string(),
+                    map: map.to_string(),
+                    needed,
+                    free,
+                    capacity: cap,
+                    holds: holds.to_string(),
+                    remedy: remedy.to_string(),
+                    previous_state_kept: kept,
+                })
+            })
+    }
+
     /// After a complete listing: frontends the maps hold that no Service
     /// claims any more (deleted while nobody watched) go.
     fn remove_unclaimed(&mut self, ops: &mut Vec<Op>) {
@@ -228,6 +480,8 @@ impl Reconciler {
             tracing::info!(frontend = %describe_key(&k), "removing frontend no Service claims");
             self.mirror.remove(&k, ops);
         }
+        // Backends an earlier agent kept draining for frontends since gone.
+        self.mirror.remove_unreferenced(ops);
     }
 
     /// Recomputes every Service against a fresh read of the maps.
@@ -239,8 +493,12 @@ impl Reconciler {
         let all: BTreeSet<ObjRef> = self.snapshot.services().map(|s| s.key.clone()).collect();
         let mut out = Outcome::default();
         let mut ops = Vec::new();
+        self.capacity = w.capacity();
         self.sync_services(all, &mut ops, &mut out.errors);
         self.remove_unclaimed(&mut ops);
+        self.retry_not_programmed(&mut ops, &mut out.errors);
+        out.not_programmed = std::mem::take(&mut self.newly_not_programmed);
+        out.programmed_again = std::mem::take(&mut self.programmed_again);
         out.ops = ops.len();
         w.apply(&ops)?;
         self.policy.reload(w.read_policy()?);
@@ -249,16 +507,20 @@ impl Reconciler {
         Ok(out)
     }
 
-    /// This node's addresses that serve NodePorts.
+    /// This node's addresses that serve NodePorts, loopback (127.0.0.1,
+    /// ::1) included unless `--nodeport-addresses` leaves it out.
     pub fn node_port_addrs(&self) -> Vec<std::net::IpAddr> {
-        let addrs = &self.snapshot.node.addrs;
+        let mut addrs = self.snapshot.node.addrs.clone();
+        addrs.extend([
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]);
         if self.node_port_cidrs.is_empty() {
-            return addrs.clone();
+            return addrs;
         }
         addrs
-            .iter()
+            .into_iter()
             .filter(|a| self.node_port_cidrs.iter().any(|c| c.contains(a)))
-            .copied()
             .collect()
     }
 
@@ -329,18 +591,69 @@ impl Reconciler {
                     }
                 }
                 let slices = self.snapshot.slices_of(svc);
-                let node = self.snapshot.node_name.as_deref();
+                let node = desired::Here {
+                    node: self.snapshot.node_name.as_deref(),
+                    zone: self.snapshot.node.zone.as_deref(),
+                };
                 let addrs = self.node_port_addrs();
                 if refused.is_empty() {
-                    desired::service_frontends(info, &slices, node, &addrs)
+                    desired::frontends_here(info, &slices, node, &addrs)
                 } else {
                     let mut info = info.clone();
                     info.external_ips.retain(|ip| !refused.contains(ip));
-                    desired::service_frontends(&info, &slices, node, &addrs)
+                    desired::frontends_here(&info, &slices, node, &addrs)
                 }
             }
             None => vec![],
         };
+        // Room for the frontends it would hold, checked before any write:
+        // a Service goes in whole or keeps what it had.
+        let takes = |fe: &&Frontend| match self.owner.get(&fe.key) {
+            None => true,
+            Some(o) if o == svc => true,
+            Some(o) => self.rank(svc, &fe.key) < self.rank(o, &fe.key),
+        };
+        let need = self.need(want.iter().filter(takes));
+        // What it holds already: its claims, or (an agent that adopted
+        // the maps) the unowned frontends it wants that the maps hold.
+        let mut held: Vec<ServiceKey> = self.claimed.get(svc).cloned().unwrap_or_default();
+        for fe in &want {
+            if !self.owner.contains_key(&fe.key)
+                && self.mirror.services().contains_key(&fe.key)
+                && !held.contains(&fe.key)
+            {
+                held.push(fe.key);
+            }
+        }
+        let held = held
+            .into_iter()
+            .filter(|k| self.mirror.services().contains_key(k))
+            .collect::<Vec<_>>();
+        // (Claims include frontends it lost to another Service.)
+        let kept = held
+            .iter()
+            .any(|k| self.owner.get(k).is_none_or(|o| o == svc));
+        if let Some(np) = self.shortfall(svc, &need, kept) {
+            if !self.not_programmed.get(svc).is_some_and(|o| o.same(&np)) {
+                self.newly_not_programmed.push(np.clone());
+            }
+            self.not_programmed.insert(svc.clone(), np);
+            if !kept {
+                self.health_checks.retain(|_, c| &c.service != svc);
+            }
+            // Its previous state stays whole: nothing a remove of
+            // unclaimed frontends could take.
+            for k in &held {
+                self.owner.entry(*k).or_insert_with(|| svc.clone());
+            }
+            if !held.is_empty() {
+                self.claimed.insert(svc.clone(), held);
+            }
+            return;
+        }
+        if self.not_programmed.remove(svc).is_some() && !want.is_empty() {
+            self.programmed_again.push(svc.clone());
+        }
         self.health_checks.retain(|_, c| &c.service != svc);
         if let Some(info) = self.snapshot.service(svc).filter(|i| i.skip.is_none()) {
             if let Some(port) = info.health_check_node_port {
@@ -442,8 +755,12 @@ mod tests {
         mirror: Mirror,
         applied: Vec<Op>,
         policy: PolicyMaps,
+        capacity: Capacity,
     }
     impl Writer for Fake {
+        fn capacity(&self) -> Capacity {
+            self.capacity
+        }
         fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
             self.applied.extend_from_slice(ops);
             Ok(())
@@ -472,6 +789,175 @@ mod tests {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x{extra}}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
         )
+    }
+
+    /// Service `name` on ClusterIP `ip` port 80, with one EndpointSlice
+    /// of `backends` (ready, port 8080).
+    fn svc_eps(name: &str, ip: &str, backends: &[&str]) -> String {
+        let eps: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{{addresses: [{b}], conditions: {{ready: true}}}}"))
+            .collect();
+        format!(
+            "{}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{port: 8080}}]\n---\n",
+            svc(name, ip, ""),
+            eps.join(", ")
+        )
+    }
+
+    fn writes_to(ops: &[Op], ip: &str) -> bool {
+        let a = crate::compute::desired::net_addr(ip.parse().unwrap());
+        ops.iter().any(|o| match o {
+            Op::PutService { key, .. } | Op::DelService { key } => key.addr == a,
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn services_that_do_not_fit_are_skipped_whole_and_retried_when_room_frees() {
+        // Each Service: its ClusterIP marker, the port's frontend and one
+        // slot per backend. 7 entries hold two of three one-backend ones.
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+        let mut w = Fake {
+            capacity: Capacity {
+                services: Some(7),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let y = svc_eps("a", "10.96.0.10", &["10.244.0.1"])
+            + &svc_eps("b", "10.96.0.11", &["10.244.0.2"])
+            + &svc_eps("c", "10.96.0.12", &["10.244.0.3"]);
+        let out = r.apply(&objs(&y), true, &mut w).unwrap();
+        assert!(!writes_to(&w.applied, "10.96.0.12"), "{:?}", w.applied);
+        assert_eq!(r.mirror().services().len(), 6);
+        let np: Vec<&NotProgrammed> = out.not_programmed.iter().collect();
+        assert_eq!(np.len(), 1, "{np:?}");
+        assert_eq!(
+            (np[0].service.as_str(), np[0].map.as_str()),
+            ("x/c", lb_common::MAP_SERVICES)
+        );
+        assert_eq!((np[0].needed, np[0].free, np[0].capacity), (3, 1, 7));
+        assert!(!np[0].previous_state_kept);
+        let msg = np[0].to_string();
+        for words in [
+            "Service x/c not programmed",
+            "needs 3 entries",
+            "1 of its 7",
+            "--max-services",
+        ] {
+            assert!(msg.contains(words), "`{words}` in: {msg}");
+        }
+        assert_eq!(r.not_programmed.len(), 1);
+        // Other change sets: c stays out, and is not reported again.
+        let out = r
+            .apply(
+                &objs(&svc_eps("a", "10.96.0.10", &["10.244.0.9"])),
+                false,
+                &mut w,
+            )
+            .unwrap();
+        assert!(out.not_programmed.is_empty(), "{:?}", out.not_programmed);
+        assert!(r.not_programmed.contains_key(&ObjRef::new("x", "c")));
+        // a goes: room for c, programmed whole.
+        w.applied.clear();
+        let del = Change::Delete {
+            kind: "Service".into(),
+            key: ObjRef::new("x", "a"),
+        };
+        let out = r.apply(&[del], false, &mut w).unwrap();
+        assert_eq!(out.programmed_again, [ObjRef::new("x", "c")]);
+        assert!(r.not_programmed.is_empty());
+        assert!(writes_to(&w.applied, "10.96.0.12"));
+        assert_eq!(r.mirror().services().len(), 6);
+
+        // An update that does not fit keeps the Service's previous state.
+        w.applied.clear();
+        let out = r
+            .apply(
+                &objs(&svc_eps(
+                    "b",
+                    "10.96.0.11",
+                    &["10.244.0.2", "10.244.0.4", "10.244.0.5"],
+                )),
+                false,
+                &mut w,
+            )
+            .unwrap();
+        assert!(!writes_to(&w.applied, "10.96.0.11"), "{:?}", w.applied);
+        assert_eq!(out.not_programmed.len(), 1);
+        assert_eq!(out.not_programmed[0].needed, 2);
+        assert!(out.not_programmed[0].previous_state_kept);
+        assert!(
+            out.not_programmed[0].to_string().contains("previous"),
+            "{}",
+            out.not_programmed[0]
+        );
+        assert_eq!(r.mirror().services().len(), 6);
+
+        // The backends map the same way.
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+        let mut w = Fake {
+            capacity: Capacity {
+                backends: Some(3),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let y = svc_eps("a", "10.96.0.10", &["10.244.0.1", "10.244.0.2"])
+            + &svc_eps("b", "10.96.0.11", &["10.244.0.1", "10.244.0.3"])
+            + &svc_eps("c", "10.96.0.12", &["10.244.0.4", "10.244.0.5"]);
+        let out = r.apply(&objs(&y), true, &mut w).unwrap();
+        assert_eq!(r.mirror().backends().len(), 3, "b shares a backend with a");
+        assert_eq!(out.not_programmed.len(), 1);
+        let np = &out.not_programmed[0];
+        assert_eq!(
+            (np.service.as_str(), np.map.as_str(), np.needed, np.free),
+            ("x/c", lb_common::MAP_BACKENDS, 2, 0)
+        );
+        assert!(np.to_string().contains("--max-backends"), "{np}");
+        assert!(!writes_to(&w.applied, "10.96.0.12"));
+    }
+
+    #[test]
+    fn invalid_objects_stay_rejected_until_fixed_or_deleted() {
+        let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+        let mut w = Fake::default();
+        let file: Option<std::sync::Arc<str>> = Some("/m/f.yaml".into());
+        r.apply_from(
+            &objs(&svc("a", "10.96.0.300", "")),
+            &[file.clone()],
+            false,
+            &mut w,
+        )
+        .unwrap();
+        let rej: Vec<&Rejected> = r.rejected.values().collect();
+        assert_eq!(rej.len(), 1);
+        assert_eq!(rej[0].file.as_deref(), Some("/m/f.yaml"));
+        assert_eq!(rej[0].object.as_deref(), Some("Service x/a"));
+        assert!(
+            rej[0].reason.starts_with("spec.clusterIPs[0]"),
+            "{}",
+            rej[0].reason
+        );
+        // another object's change leaves it listed
+        r.apply(&objs(&svc("b", "10.96.0.11", "")), false, &mut w)
+            .unwrap();
+        assert_eq!(r.rejected.len(), 1);
+        // fixed: gone from the list
+        r.apply(&objs(&svc("a", "10.96.0.10", "")), false, &mut w)
+            .unwrap();
+        assert!(r.rejected.is_empty());
+        // broken again, then deleted: gone too
+        r.apply(&objs(&svc("a", "10.96.0.300", "")), false, &mut w)
+            .unwrap();
+        assert_eq!(r.rejected.len(), 1);
+        let del = Change::Delete {
+            kind: "Service".into(),
+            key: ObjRef::new("x", "a"),
+        };
+        r.apply(&[del], false, &mut w).unwrap();
+        assert!(r.rejected.is_empty());
     }
 
     #[test]
@@ -609,6 +1095,27 @@ mod tests {
             !keys.contains(&"192.0.2.1:30000/TCP".to_string()),
             "{keys:?}"
         );
+        // Loopback serves NodePorts only where the CIDRs allow it (and by
+        // default, without --nodeport-addresses).
+        for (cidrs, loopback) in [
+            ("10.100.0.0/24", false),
+            ("10.100.0.0/24,127.0.0.0/8", true),
+            ("", true),
+        ] {
+            let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+            r.node_port_cidrs = cidrs
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| c.parse().unwrap())
+                .collect();
+            r.apply(&objs(y), true, &mut Fake::default()).unwrap();
+            let keys: Vec<String> = r.mirror().frontends().map(describe_key).collect();
+            assert_eq!(
+                keys.contains(&"127.0.0.1:30000/TCP".to_string()),
+                loopback,
+                "--nodeport-addresses {cidrs}: {keys:?}"
+            );
+        }
     }
 
     /// A Service with `externalIPs` at port 80 (its ClusterIP `cip`),

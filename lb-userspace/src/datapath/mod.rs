@@ -4,11 +4,16 @@
 
 pub mod host;
 pub mod policy;
+mod resize;
 mod sys;
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
 mod test_run_conntrack;
+#[cfg(test)]
+mod test_run_draining;
+#[cfg(test)]
+mod test_run_fuzz;
 #[cfg(test)]
 mod test_run_policy;
 #[cfg(test)]
@@ -128,7 +133,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 18] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 19] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -237,6 +242,13 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 18] {
             max_entries: 1,
         },
         MapSpec {
+            name: lb_common::MAP_HOSTNS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        },
+        MapSpec {
             name: MAP_AFFINITY,
             map_type: MapType::LruHash,
             key_size: size_of::<lb_common::AffinityKey>() as u32,
@@ -324,6 +336,8 @@ pub struct Datapath {
     xdp: XdpAttach,
     tc_attach: TcAttach,
     ct_max: u32,
+    /// The sizes the maps were loaded (or resized) with.
+    sizes: MapSizes,
     /// The NetworkPolicy maps.
     pub policy: policy::PolicyIo,
 }
@@ -342,7 +356,14 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let links_dir = opts.pin_dir.join("links");
     std::fs::create_dir_all(&links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
+    let mut resizes = Vec::new();
     for spec in map_specs(opts.sizes) {
+        if resize::RESIZABLE.contains(&spec.name) {
+            if let Some(r) = resize::prepare(&opts.pin_dir, &spec)? {
+                resizes.push(r);
+                continue;
+            }
+        }
         check_pinned(&opts.pin_dir, &spec)?;
     }
     let maglev_pin = opts.pin_dir.join(MAP_MAGLEV);
@@ -356,6 +377,11 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         .map_max_entries(MAP_CT, opts.sizes.ct)
         .load(OBJECT)
         .context("loading the eBPF object")?;
+    // Before any program of this object runs: the resized maps hold
+    // everything the old ones did.
+    for r in &resizes {
+        resize::fill(&mut ebpf, r)?;
+    }
 
     let cgroup = std::fs::File::open(&opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
@@ -381,6 +407,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         link.pin(&pin)
             .with_context(|| format!("pinning link {}", pin.display()))?;
         tracing::info!(program = name, cgroup = %opts.cgroup.display(), "attached");
+    }
+    for r in &resizes {
+        resize::finish(r);
     }
 
     for name in TC_PROGRAMS.iter().chain(POD_PROGRAMS).map(|(n, _)| n) {
@@ -414,6 +443,13 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         cfg.maglev_size = opts.maglev_size;
         config.set(0, cfg, 0).context("writing config map")?;
     }
+    // Loopback NodePorts are this namespace's (the node's, where the agent
+    // runs), never a pod's.
+    let mut hostns: Array<MapData, u64> = Array::try_from(take(&mut ebpf, lb_common::MAP_HOSTNS)?)?;
+    let cookie = sys::netns_cookie().context("reading this network namespace's cookie")?;
+    hostns
+        .set(0, cookie, 0)
+        .context("writing the host network namespace map")?;
     Ok(Datapath {
         ebpf,
         services,
@@ -430,6 +466,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         xdp: opts.xdp,
         tc_attach: opts.tc_attach,
         ct_max: opts.sizes.ct,
+        sizes: opts.sizes,
         policy,
     })
 }
@@ -476,7 +513,72 @@ fn adopt_link(
     Ok(true)
 }
 
+/// What a map write was doing, in words (for errors: never a dump of it).
+fn describe_op(op: &Op, sizes: &MapSizes) -> String {
+    use crate::compute::desired::ip_of;
+    let at = |a: &lb_common::NetAddr, port: lb_common::BeU16| match ip_of(a) {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{}", port.to_host()),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", port.to_host()),
+    };
+    let front = |k: &ServiceKey| {
+        let proto = match k.proto {
+            6 => "TCP",
+            17 => "UDP",
+            _ => "any protocol",
+        };
+        format!("frontend {} {proto}", at(&k.addr, k.port))
+    };
+    let entry = |k: &ServiceKey| {
+        if k.slot == 0 {
+            front(k)
+        } else {
+            format!("backend slot {} of {}", k.slot, front(k))
+        }
+    };
+    match op {
+        Op::PutBackend { id, backend } => format!(
+            "writing backend {} (id {id}) into {MAP_BACKENDS} ({} entries)",
+            at(&backend.addr, backend.port),
+            sizes.backends
+        ),
+        Op::DelBackend { id } => format!("removing backend id {id} from {MAP_BACKENDS}"),
+        Op::PutService { key, .. } => format!(
+            "writing the {} into {MAP_SERVICES} ({} entries)",
+            entry(key),
+            sizes.services
+        ),
+        Op::DelService { key } => format!("removing the {} from {MAP_SERVICES}", entry(key)),
+        Op::PutRange { data, .. } => format!(
+            "writing a loadBalancerSourceRanges entry of {} into {}",
+            at(&data.front, data.port),
+            lb_common::MAP_SRC_RANGES
+        ),
+        Op::DelRange { data, .. } => format!(
+            "removing a loadBalancerSourceRanges entry of {} from {}",
+            at(&data.front, data.port),
+            lb_common::MAP_SRC_RANGES
+        ),
+        Op::PutMaglev { service_id, table } => format!(
+            "writing the Maglev table ({} entries) of service id {service_id} into {MAP_MAGLEV} ({} tables)",
+            table.len(),
+            lb_common::DEFAULT_MAGLEV_MAX
+        ),
+        Op::DelMaglev { service_id } => {
+            format!("removing the Maglev table of service id {service_id} from {MAP_MAGLEV}")
+        }
+    }
+}
+
 impl Datapath {
+    /// How many entries the maps the plan writes hold.
+    pub fn capacity(&self) -> crate::compute::reconcile::Capacity {
+        crate::compute::reconcile::Capacity {
+            services: Some(self.sizes.services),
+            backends: Some(self.sizes.backends),
+            maglev: Some(lb_common::DEFAULT_MAGLEV_MAX),
+        }
+    }
+
     pub fn set_config(&mut self, mut config: Config) -> anyhow::Result<()> {
         config.maglev_size = self.maglev_size;
         self.config.set(0, config, 0).context("writing config map")
@@ -716,7 +818,16 @@ impl Datapath {
                     r => r,
                 },
             }
-            .with_context(|| format!("map operation {op:?}"))?;
+            .map_err(|e| {
+                let full = matches!(&e, aya::maps::MapError::SyscallError(s)
+                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+                let what = describe_op(op, &self.sizes);
+                anyhow::Error::new(e).context(if full {
+                    format!("{what}: the map is full")
+                } else {
+                    what
+                })
+            })?;
         }
         Ok(())
     }

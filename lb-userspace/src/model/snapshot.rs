@@ -97,7 +97,11 @@ pub struct NodeInfo {
     pub addrs: Vec<IpAddr>,
     /// metadata.deletionTimestamp is set: `/healthz` answers 503.
     pub deleting: bool,
+    /// The `topology.kubernetes.io/zone` label (EndpointSlice zone hints).
+    pub zone: Option<String>,
 }
+
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, String> {
     let name = node
@@ -128,6 +132,13 @@ pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, St
         name,
         addrs,
         deleting: node.metadata.deletion_timestamp.is_some(),
+        zone: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+            .cloned(),
     })
 }
 
@@ -151,6 +162,16 @@ pub struct EndpointInfo {
     pub serving: bool,
     pub terminating: bool,
     pub node: Option<String>,
+    /// `hints` (topology), when it names any zone or node.
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's topology hints: the zones (`forZones`) and nodes
+/// (`forNodes`) it should serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,6 +395,20 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
             }
         }
         let c = e.conditions.clone().unwrap_or_default();
+        let hints = e.hints.as_ref().map(|h| Hints {
+            zones: h
+                .for_zones
+                .iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            nodes: h
+                .for_nodes
+                .iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        });
         // As kube-proxy reads them: unset ready and serving mean true.
         endpoints.push(EndpointInfo {
             addrs,
@@ -381,6 +416,9 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
             serving: c.serving.unwrap_or(true),
             terminating: c.terminating.unwrap_or(false),
             node: e.node_name.clone(),
+            hints: hints
+                .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
+                .map(Box::new),
         });
     }
     Ok(SliceInfo {
@@ -562,8 +600,13 @@ impl Snapshot {
                 if self.node_name.as_deref() != Some(info.name.as_str()) || self.node == info {
                     return Ok(vec![]);
                 }
+                let rezoned = self.node.zone != info.zone;
                 self.node = info;
                 self.policy_dirty = true;
+                if rezoned {
+                    // Zone hints choose endpoints for this node's zone.
+                    return Ok(self.services.keys().cloned().collect());
+                }
                 Ok(self.node_port_services())
             }
             Change::Upsert(Object::Pod(p)) => {
@@ -616,7 +659,11 @@ impl Snapshot {
                 "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
                     self.node.addrs.clear();
                     self.node.deleting = true;
-                    self.node_port_services()
+                    if self.node.zone.take().is_some() {
+                        self.services.keys().cloned().collect()
+                    } else {
+                        self.node_port_services()
+                    }
                 }
                 _ => vec![],
             }),
@@ -647,5 +694,55 @@ impl Snapshot {
             }
         }
         vec![svc]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::manifest::parse_documents;
+
+    fn changes(y: &str) -> Vec<Change> {
+        parse_documents(y)
+            .unwrap()
+            .into_iter()
+            .map(|o| Change::Upsert(o.unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn hints_and_the_nodes_zone_are_read_and_a_zone_change_touches_every_service() {
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\n\
+                 endpoints: [{addresses: [10.244.1.10], nodeName: n1, zone: za, hints: {forZones: [{name: za}], forNodes: [{name: n1}]}}, {addresses: [10.244.2.10], hints: {}}]\nports: [{port: 8080}]\n";
+        let mut s = Snapshot::for_node(Some("n1".into()));
+        for c in changes(y) {
+            s.apply(&c).unwrap();
+        }
+        let sl = s.slices_of(&ObjRef::new("x", "a"));
+        let h = sl[0].endpoints[0].hints.as_deref().unwrap();
+        assert_eq!(
+            (h.zones.as_slice(), h.nodes.as_slice()),
+            (&["za".to_string()][..], &["n1".to_string()][..])
+        );
+        assert_eq!(sl[0].endpoints[1].hints, None, "empty hints are none");
+        let node = |zone: &str, addr: &str| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: n1, labels: {{topology.kubernetes.io/zone: '{zone}'}}}}\nstatus: {{addresses: [{{type: InternalIP, address: {addr}}}]}}\n"
+            )
+        };
+        let touched = s.apply(&changes(&node("za", "10.100.0.1"))[0]).unwrap();
+        assert_eq!(s.node.zone.as_deref(), Some("za"));
+        assert_eq!(
+            touched,
+            vec![ObjRef::new("x", "a")],
+            "a zone change recomputes every Service"
+        );
+        // Another address, same zone: only NodePort Services (none here).
+        let touched = s.apply(&changes(&node("za", "10.100.0.2"))[0]).unwrap();
+        assert!(touched.is_empty(), "{touched:?}");
+        let touched = s.apply(&changes(&node("", "10.100.0.2"))[0]).unwrap();
+        assert_eq!(s.node.zone, None, "an empty label is no zone");
+        assert_eq!(touched.len(), 1);
     }
 }

@@ -1,7 +1,7 @@
 //! The agent's own HTTP endpoint (`--health-addr`, kube-proxy's 10256):
 //! `/healthz` (200 once the first sync is done and the sync loop is alive,
-//! 503 before and when it stalls), `/livez`, and `/metrics` in Prometheus
-//! text format.
+//! 503 before and when it stalls; a 200 names what the maps leave out),
+//! `/livez`, and `/metrics` in Prometheus text format.
 
 use std::{
     io::{Read, Write},
@@ -52,6 +52,8 @@ pub struct Metrics {
     pub watch_restarts: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
+    pub services_not_programmed: Gauge,
+    pub rejected_objects: Gauge,
 }
 
 pub struct Health {
@@ -63,6 +65,10 @@ pub struct Health {
     node_deleting: AtomicBool,
     /// Seconds since the epoch of the sync loop's last turn.
     alive_at: AtomicU64,
+    /// Services the maps cannot take, and input objects rejected: said by
+    /// `/healthz` (still 200: what fits is served).
+    not_programmed: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// kube-proxy's health port, the default of `--health-addr`.
@@ -95,6 +101,8 @@ impl Health {
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
             policy_conntrack_entries: Gauge::default(),
+            services_not_programmed: Gauge::default(),
+            rejected_objects: Gauge::default(),
         };
         let mut r = Registry::with_prefix("lb");
         r.register(
@@ -147,13 +155,58 @@ impl Health {
             "NetworkPolicy verdicts by local pod and reason (new flows allowed, packets denied)",
             metrics.policy_verdicts.clone(),
         );
+        r.register(
+            "services_not_programmed",
+            "Services the BPF maps cannot take (skipped whole; see lb-agent status)",
+            metrics.services_not_programmed.clone(),
+        );
+        r.register(
+            "rejected_objects",
+            "Input objects or documents the agent could not take (see lb-agent status)",
+            metrics.rejected_objects.clone(),
+        );
         Arc::new(Self {
             metrics,
             registry: Mutex::new(r),
             synced: AtomicBool::new(false),
             node_deleting: AtomicBool::new(false),
             alive_at: AtomicU64::new(now_s()),
+            not_programmed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         })
+    }
+
+    /// What the applied state leaves out: Services not programmed (a map
+    /// is full) and input objects rejected.
+    pub fn left_out(&self, not_programmed: u64, rejected: u64) {
+        self.not_programmed.store(not_programmed, Ordering::Relaxed);
+        self.rejected.store(rejected, Ordering::Relaxed);
+        self.metrics
+            .services_not_programmed
+            .set(not_programmed as i64);
+        self.metrics.rejected_objects.set(rejected as i64);
+    }
+
+    /// `/healthz`'s 200 body: `ok`, then a line per thing left out.
+    fn ok_body(&self) -> String {
+        let mut body = "ok\n".to_string();
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let np = self.not_programmed.load(Ordering::Relaxed);
+        if np > 0 {
+            body += &format!(
+                "warning: {} not programmed (a BPF map is full; the others are served); see `lb-agent status`\n",
+                plural(np, "Service", "Services")
+            );
+        }
+        let rej = self.rejected.load(Ordering::Relaxed);
+        if rej > 0 {
+            body += &format!(
+                "warning: {} rejected (invalid input, left out); see `lb-agent status`\n",
+                plural(rej, "object", "objects")
+            );
+        }
+        body
     }
 
     /// The first change set has been applied.
@@ -182,7 +235,7 @@ impl Health {
 
     fn respond(&self, path: &str) -> (u16, &'static str, String) {
         match path {
-            HEALTHZ_PATH if self.healthy() => (200, "text/plain", "ok\n".into()),
+            HEALTHZ_PATH if self.healthy() => (200, "text/plain", self.ok_body()),
             HEALTHZ_PATH => (
                 503,
                 "text/plain",
@@ -286,5 +339,31 @@ mod tests {
         assert!(body.contains("lb_objects{kind=\"Service\"} 3"), "{body}");
         assert!(body.contains("lb_sync_duration_seconds_bucket"), "{body}");
         assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    }
+
+    #[test]
+    fn healthz_serves_with_warnings_when_input_is_left_out() {
+        let h = Health::new();
+        h.synced();
+        h.left_out(2, 1);
+        let (code, _, body) = h.respond("/healthz");
+        assert_eq!(code, 200, "what fits is served: {body}");
+        assert!(body.starts_with("ok\n"), "{body}");
+        assert!(
+            body.contains("2 Services not programmed") && body.contains("1 object rejected"),
+            "{body}"
+        );
+        let (_, _, metrics) = h.respond("/metrics");
+        assert!(
+            metrics.contains("lb_services_not_programmed 2"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("lb_rejected_objects 1"), "{metrics}");
+        h.left_out(0, 0);
+        assert_eq!(h.respond("/healthz").2, "ok\n");
+        // not synced: 503 whatever else
+        let h = Health::new();
+        h.left_out(1, 0);
+        assert_eq!(h.respond("/healthz").0, 503);
     }
 }

@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -66,15 +67,48 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 struct FileState {
     stamp: Stamp,
     objects: BTreeMap<ObjId, Object>,
+    /// What the file holds that the agent cannot take, as last read.
+    rejected: Vec<Rejected>,
+}
+
+/// Input the agent left out: a document it cannot read, an object it
+/// cannot accept. Shown by `lb-agent status` until fixed or removed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    /// The file it is in (None: not from a file).
+    pub file: Option<String>,
+    /// `Kind namespace/name`, or the document's place (`document 2 (line
+    /// 14)`) when it names no object.
+    pub object: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        f.write_str(&self.reason)
+    }
 }
 
 /// One complete change set.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub changes: Vec<Change>,
+    /// The file each of `changes` came from (upserts of the file source;
+    /// empty otherwise), to name it when the object is rejected later.
+    pub files: Vec<Option<Arc<str>>>,
     pub generation: Option<u64>,
-    /// Problems with the input, each naming file, object and field.
+    /// Problems with the input found by this read, each naming file,
+    /// object and field (logged once).
     pub errors: Vec<String>,
+    /// Everything the source holds and cannot read, new or not (None: the
+    /// source has no such list).
+    pub rejected: Option<Vec<Rejected>>,
     /// The first batch holds the whole directory: a full reconcile.
     pub full: bool,
     /// Objects the source holds by kind, for `/metrics`.
@@ -136,6 +170,14 @@ impl FileSource {
         }
         batch.full = !self.started;
         batch.counts = Some(self.counts_by_kind());
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        paths.sort();
+        batch.rejected = Some(
+            paths
+                .into_iter()
+                .flat_map(|p| self.files[p].rejected.iter().cloned())
+                .collect(),
+        );
         batch.generation = generation;
         self.started = true;
         self.generation = generation;
@@ -168,11 +210,20 @@ impl FileSource {
                 .remove(path)
                 .map(|f| f.objects)
                 .unwrap_or_default();
-            let objects = self.read_file(path, &old, &mut batch.errors);
+            let (objects, rejected) = self.read_file(path, &old);
+            batch
+                .errors
+                .extend(rejected.iter().map(Rejected::to_string));
             touched.extend(old.keys().cloned());
             touched.extend(objects.keys().cloned());
-            self.files
-                .insert(path.clone(), FileState { stamp: st, objects });
+            self.files.insert(
+                path.clone(),
+                FileState {
+                    stamp: st,
+                    objects,
+                    rejected,
+                },
+            );
         }
         let gone: Vec<PathBuf> = self
             .files
@@ -187,6 +238,7 @@ impl FileSource {
         }
         touched.sort();
         touched.dedup();
+        let mut names: HashMap<&Path, Arc<str>> = HashMap::new();
         for id in touched {
             // The last file (in name order) defining an object wins.
             let now = self
@@ -199,6 +251,11 @@ impl FileSource {
                     if self.objects.get(&id) != Some(o) {
                         self.objects.insert(id, o.clone());
                         batch.changes.push(Change::Upsert(o.clone()));
+                        let path = now.map(|(p, _)| p.as_path()).unwrap_or(&self.dir);
+                        let name = names
+                            .entry(path)
+                            .or_insert_with(|| path.display().to_string().into());
+                        batch.files.push(Some(name.clone()));
                     }
                 }
                 None => {
@@ -207,6 +264,7 @@ impl FileSource {
                             kind: id.0,
                             key: id.1,
                         });
+                        batch.files.push(None);
                     }
                 }
             }
@@ -214,66 +272,92 @@ impl FileSource {
         Ok(batch)
     }
 
-    /// Parses one file. A document that fails keeps its previous version (when
-    /// it names its object), a file that fails as a whole keeps all of its
-    /// previous objects: bad input never removes what was programmed.
+    /// Parses one file, returning its objects and what it holds that cannot
+    /// be read. A document that fails keeps its object's previous version
+    /// (when it names its object); a document that names none (broken
+    /// YAML) may have been any of the file's earlier objects, so those that
+    /// no readable document names are kept: bad input never removes what
+    /// was programmed. The readable documents beside it still apply.
     fn read_file(
         &self,
         path: &Path,
         old: &BTreeMap<ObjId, Object>,
-        errors: &mut Vec<String>,
-    ) -> BTreeMap<ObjId, Object> {
+    ) -> (BTreeMap<ObjId, Object>, Vec<Rejected>) {
+        let file = Some(path.display().to_string());
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(format!("{}: {e}", path.display()));
-                return old.clone();
-            }
-        };
-        let docs = match manifest::parse_documents(&text) {
-            Ok(d) => d,
-            Err(e) => {
-                errors.push(format!(
-                    "{}: {e}; keeping its previous objects",
-                    path.display()
-                ));
-                return old.clone();
+                let r = Rejected {
+                    file,
+                    object: None,
+                    reason: format!("{e}; keeping its previous objects"),
+                };
+                return (old.clone(), vec![r]);
             }
         };
         let mut out = BTreeMap::new();
-        for doc in docs {
-            match doc {
+        let mut rejected = Vec::new();
+        let mut unreadable = Vec::new();
+        for doc in manifest::parse_documents_at(&text) {
+            let place = doc.place();
+            match doc.result {
                 Ok(o) => match object_id(&o) {
                     Some(id) => {
                         out.insert(id, o);
                     }
-                    None => errors.push(format!(
-                        "{}: an object has no metadata.name",
-                        path.display()
-                    )),
+                    None => rejected.push(Rejected {
+                        file: file.clone(),
+                        object: Some(place),
+                        reason: "the object has no metadata.name".into(),
+                    }),
                 },
-                Err(e) => {
-                    let kept = e
-                        .object()
-                        .and_then(|desc| old.iter().find(|(id, _)| describe_id(id) == desc));
-                    match kept {
-                        Some((id, o)) => {
-                            errors.push(format!(
-                                "{}: {e}; keeping its previous version",
-                                path.display()
-                            ));
+                Err(e) => match e.object() {
+                    Some(desc) => {
+                        let kept = old.iter().find(|(id, _)| describe_id(id) == desc);
+                        let mut reason = e.reason();
+                        if let Some((id, o)) = kept {
+                            reason += "; keeping its previous version";
                             out.insert(id.clone(), o.clone());
                         }
-                        None => errors.push(format!("{}: {e}", path.display())),
+                        rejected.push(Rejected {
+                            file: file.clone(),
+                            object: Some(desc.to_string()),
+                            reason,
+                        });
                     }
+                    None => {
+                        unreadable.push(rejected.len());
+                        rejected.push(Rejected {
+                            file: file.clone(),
+                            object: Some(place),
+                            reason: e.reason(),
+                        });
+                    }
+                },
+            }
+        }
+        if !unreadable.is_empty() {
+            let mut kept = false;
+            for (id, o) in old {
+                if !out.contains_key(id) {
+                    out.insert(id.clone(), o.clone());
+                    kept = true;
+                }
+            }
+            if kept {
+                for i in unreadable {
+                    rejected[i].reason +=
+                        "; keeping its previous objects that no readable document names";
                 }
             }
         }
-        out
+        (out, rejected)
     }
 }
 
-fn describe_id((kind, r): &ObjId) -> String {
+/// `Kind namespace/name` (`Kind name` when cluster-scoped), as messages
+/// name objects.
+pub fn describe_id((kind, r): &ObjId) -> String {
     if r.namespace.is_empty() {
         format!("{kind} {}", r.name)
     } else {
@@ -337,6 +421,46 @@ mod tests {
         assert_eq!(kinds(&b), ["upsert Service x/a", "delete Service x/b"]);
         write(&d.0, GENERATION_FILE, "3");
         assert!(s.poll().unwrap().unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn rejected_input_stays_listed_until_its_file_is_fixed_or_gone() {
+        let d = dir("rejected");
+        let torn = "apiVersion: v1\nkind: Service\nmetadata: {name: torn, namespace: x\n";
+        write(&d.0, "a.yaml", &format!("{SVC_A}---\n{torn}---\n{SVC_B}"));
+        write(&d.0, GENERATION_FILE, "1");
+        let mut s = FileSource::new(&d.0);
+        let b = s.poll().unwrap().unwrap();
+        // the documents beside the broken one apply, from their file
+        assert_eq!(kinds(&b), ["upsert Service x/a", "upsert Service x/b"]);
+        assert!(
+            b.files
+                .iter()
+                .all(|f| f.as_deref().is_some_and(|f| f.ends_with("a.yaml")))
+        );
+        let rejected = b.rejected.clone().unwrap();
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].file.as_deref().unwrap().ends_with("a.yaml"));
+        assert_eq!(rejected[0].object.as_deref(), Some("document 2 (line 6)"));
+        assert!(rejected[0].reason.contains("YAML"), "{rejected:?}");
+        assert_eq!(b.errors.len(), 1);
+        // another file changes: what a.yaml left out is still left out
+        write(&d.0, "b.yaml", SVC_A2);
+        write(&d.0, GENERATION_FILE, "2");
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(b.rejected.as_ref().unwrap(), &rejected);
+        assert!(b.errors.is_empty(), "said once: {:?}", b.errors);
+        // a.yaml is fixed: nothing is rejected any more
+        write(&d.0, "a.yaml", &format!("{SVC_A}---\n{SVC_B}"));
+        write(&d.0, GENERATION_FILE, "3");
+        assert_eq!(s.poll().unwrap().unwrap().rejected, Some(vec![]));
+        // broken again, then removed: its rejections go with it
+        write(&d.0, "a.yaml", "kind: [");
+        write(&d.0, GENERATION_FILE, "4");
+        assert_eq!(s.poll().unwrap().unwrap().rejected.unwrap().len(), 1);
+        std::fs::remove_file(d.0.join("a.yaml")).unwrap();
+        write(&d.0, GENERATION_FILE, "5");
+        assert_eq!(s.poll().unwrap().unwrap().rejected, Some(vec![]));
     }
 
     #[test]

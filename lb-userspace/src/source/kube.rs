@@ -203,8 +203,10 @@ impl Assembler {
         self.full = false;
         Some(Batch {
             changes: std::mem::take(&mut self.pending),
+            files: Vec::new(),
             generation: None,
             errors: Vec::new(),
+            rejected: None,
             full,
             // The reflector stores count objects (`run` fills this in).
             counts: None,

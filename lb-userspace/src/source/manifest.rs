@@ -41,6 +41,18 @@ pub enum ManifestError {
 }
 
 impl ManifestError {
+    /// What is wrong, without the object's name.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Yaml(m) => format!("YAML: {m}"),
+            Self::UnknownField { path, .. } => format!("unknown field `{path}`"),
+            Self::Invalid { message, .. } => message.clone(),
+            Self::UnsupportedKind {
+                kind, api_version, ..
+            } => format!("unsupported kind `{kind}` (apiVersion `{api_version}`)"),
+        }
+    }
+
     /// The object this error is about, when the document named one.
     pub fn object(&self) -> Option<&str> {
         match self {
@@ -72,16 +84,140 @@ pub fn describe(doc: &Value) -> String {
     }
 }
 
+/// One document of a YAML stream: its number among the stream's documents
+/// (from 1), the line its content starts on, and what it holds.
+#[derive(Debug)]
+pub struct Document {
+    pub index: usize,
+    pub line: usize,
+    pub result: Result<Object, ManifestError>,
+}
+
+impl Document {
+    /// `document N (line L)`: where a document that names no object is.
+    pub fn place(&self) -> String {
+        format!("document {} (line {})", self.index, self.line)
+    }
+}
+
 /// Parses every document of a YAML stream. Each document fails on its own:
-/// a bad one does not hide the good ones beside it.
+/// a bad one does not hide the good ones beside it. (The outer error is
+/// kept for callers; a stream no longer fails whole.)
 pub fn parse_documents(text: &str) -> Result<Vec<Result<Object, ManifestError>>, ManifestError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
-    Ok(docs
+    Ok(parse_documents_at(text)
         .into_iter()
-        .filter(|d| !d.is_null())
-        .map(|d| parse_object(&d))
+        .map(|d| d.result)
         .collect())
+}
+
+/// Parses every document of a YAML stream, each on its own, with its place.
+///
+/// The stream is cut at its document markers (`---`, `...` at the start of
+/// a line: YAML forbids them inside any scalar) and each document is parsed
+/// alone, under serde-saphyr's default budget per document. So a file may
+/// hold any number of documents (serde-saphyr's whole-stream budget stops
+/// at 1,024), and a syntax error costs only the document it is in.
+pub fn parse_documents_at(text: &str) -> Vec<Document> {
+    let mut out = Vec::new();
+    for (line, first, chunk) in split_documents(text) {
+        let result = match serde_saphyr::from_str_with_options::<Value>(
+            chunk,
+            serde_saphyr::options! { with_snippet: false },
+        ) {
+            Ok(v) if v.is_null() => continue,
+            Ok(v) => parse_object(&v),
+            Err(e) => Err(ManifestError::Yaml(in_stream(
+                &one_line(&e.to_string()),
+                first,
+            ))),
+        };
+        out.push(Document {
+            index: out.len() + 1,
+            line,
+            result,
+        });
+    }
+    out
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A parser message about a document that starts at line `first` of its
+/// stream, with its `line N` counted in the stream.
+fn in_stream(msg: &str, first: usize) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + first - 1).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A document marker line: `---` or `...` alone or followed by white space.
+fn marker(line: &str, m: &str) -> bool {
+    line.strip_prefix(m)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+}
+
+/// Nothing but white space or a comment.
+fn blank(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The documents of a stream as (line of their first content, line they
+/// start on, text), with documents holding nothing left out. Directives (`%YAML`) and comments
+/// before a `---` stay with the document they introduce.
+fn split_documents(text: &str) -> Vec<(usize, usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    let (mut start, mut first) = (0, 1);
+    // Has the current chunk passed its `---`, and which line holds its
+    // first content?
+    let mut opened = false;
+    let mut content: Option<usize> = None;
+    let mut pos = 0;
+    for (n, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        let lineno = n + 1;
+        if marker(line, "---") {
+            if opened || content.is_some() {
+                if let Some(l) = content {
+                    out.push((l, first, &text[start..pos]));
+                }
+                (start, first) = (pos, lineno);
+                content = None;
+            }
+            opened = true;
+            if !blank(&line[3..]) {
+                content = Some(lineno);
+            }
+        } else if marker(line, "...") {
+            if let Some(l) = content {
+                out.push((l, first, &text[start..pos + raw.len()]));
+            }
+            (start, first) = (pos + raw.len(), lineno + 1);
+            opened = false;
+            content = None;
+        } else if content.is_none() && !blank(line) && (opened || !line.starts_with('%')) {
+            content = Some(lineno);
+        }
+        pos += raw.len();
+    }
+    if let Some(l) = content {
+        out.push((l, first, &text[start..]));
+    }
+    out
 }
 
 pub fn parse_object(doc: &Value) -> Result<Object, ManifestError> {
@@ -201,10 +337,47 @@ mod tests {
     }
 
     #[test]
+    fn thousands_of_documents_in_one_stream_parse() {
+        // serde-saphyr's default budget refuses a stream of more than 1,024
+        // documents whole.
+        let y: String = (0..5000)
+            .map(|i| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: n{i}}}\n---\n"))
+            .collect();
+        let docs = parse_documents(&y).unwrap();
+        assert_eq!(docs.len(), 5000);
+        assert!(docs.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn a_broken_document_fails_alone_named_by_its_place() {
+        let y = "# leading comment\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b\n---\n--- # an empty one\n...\n%YAML 1.2\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
+        let docs = parse_documents_at(y);
+        assert_eq!(docs.len(), 3, "{docs:?}");
+        assert!(matches!(docs[0].result, Ok(Object::Namespace(_))));
+        assert!(matches!(docs[2].result, Ok(Object::Namespace(_))));
+        assert_eq!((docs[1].index, docs[1].line), (2, 6));
+        assert_eq!((docs[2].index, docs[2].line), (3, 14));
+        // the parser's line is the stream's
+        assert!(
+            matches!(&docs[1].result, Err(ManifestError::Yaml(m)) if m.contains("line 8")),
+            "{:?}",
+            docs[1]
+        );
+    }
+
+    #[test]
+    fn markers_inside_a_line_do_not_split() {
+        let y = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels: {x: '--- not a marker'}\n---\n";
+        let docs = parse_documents_at(y);
+        assert_eq!(docs.len(), 1);
+        assert!(docs[0].result.is_ok(), "{docs:?}");
+    }
+
+    #[test]
     fn broken_yaml_is_an_error() {
         assert!(matches!(
-            parse_documents("a: [1, 2\n"),
-            Err(ManifestError::Yaml(_))
+            &parse_documents("a: [1, 2\n").unwrap()[..],
+            [Err(ManifestError::Yaml(_))]
         ));
     }
 }

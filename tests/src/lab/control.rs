@@ -105,6 +105,8 @@ impl Alloc {
 pub struct Cluster {
     pub ip_family: IpFamily,
     pub nodes: Vec<String>,
+    /// Extra labels of each node's Node object.
+    pub node_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub pods: Vec<Pod>,
     /// User objects in file order (allocated and substituted).
@@ -154,6 +156,7 @@ impl Cluster {
         Self {
             ip_family: s.ip_family,
             nodes,
+            node_labels: s.node_labels.clone(),
             namespaces: s.namespaces.clone(),
             pods,
             objects: Vec::new(),
@@ -167,6 +170,15 @@ impl Cluster {
 
     pub fn pod(&self, id: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.id() == id)
+    }
+
+    /// A node's `topology.kubernetes.io/zone` label.
+    pub fn zone_of(&self, node: &str) -> Option<&str> {
+        self.node_labels
+            .get(node)
+            .and_then(|l| l.get("topology.kubernetes.io/zone"))
+            .map(String::as_str)
+            .filter(|z| !z.is_empty())
     }
 
     pub fn node_index(&self, n: &str) -> Option<usize> {
@@ -462,10 +474,12 @@ impl Cluster {
             if self.families().contains(&Family::IPv6) {
                 cidrs.push(format!("fd00:244:{:x}::/64", k + 1));
             }
+            let mut labels = self.node_labels.get(n).cloned().unwrap_or_default();
+            labels.insert("kubernetes.io/hostname".into(), n.clone());
             put(
                 format!("node-{n}"),
                 &json!({
-                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": labels},
                     "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
                     "status": {"addresses": addrs}
                 }),
@@ -547,6 +561,7 @@ impl Cluster {
             Some(a) => families_in(a),
             None => self.families(),
         };
+        let distribution = str_at(svc, "/spec/trafficDistribution");
         let sports: Vec<&Value> = svc
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -592,12 +607,33 @@ impl Cluster {
                     .iter()
                     .map(|p| {
                         let ready = p.spec.ready && !p.spec.terminating;
-                        json!({
+                        let node = &self.nodes[p.node];
+                        let mut ep = json!({
                             "addresses": [p.ip(f).to_string()],
                             "conditions": {"ready": ready, "serving": p.spec.ready, "terminating": p.spec.terminating},
-                            "nodeName": self.nodes[p.node],
+                            "nodeName": node,
                             "targetRef": {"kind": "Pod", "namespace": p.spec.namespace, "name": p.spec.name}
-                        })
+                        });
+                        let zone = self.zone_of(node);
+                        if let Some(z) = zone {
+                            ep["zone"] = json!(z);
+                        }
+                        // The EndpointSlice controller's hints for
+                        // trafficDistribution: ready endpoints only, for
+                        // their own zone (and node, for PreferSameNode).
+                        if ready && matches!(distribution, Some("PreferClose" | "PreferSameZone" | "PreferSameNode")) {
+                            let mut hints = serde_json::Map::new();
+                            if let Some(z) = zone {
+                                hints.insert("forZones".into(), json!([{"name": z}]));
+                            }
+                            if distribution == Some("PreferSameNode") {
+                                hints.insert("forNodes".into(), json!([{"name": node}]));
+                            }
+                            if !hints.is_empty() {
+                                ep["hints"] = Value::Object(hints);
+                            }
+                        }
+                        ep
                     })
                     .collect();
                 let n = out.len();
@@ -683,6 +719,65 @@ objects:
         assert_eq!(np["spec"]["ports"][0]["nodePort"], 30000);
         assert_eq!(np["spec"]["ports"][1]["nodePort"], 30001);
         assert_eq!(np["spec"]["healthCheckNodePort"], 30002);
+    }
+
+    #[test]
+    fn node_labels_give_zones_and_traffic_distribution_gives_hints_as_the_controller_does() {
+        let c = cluster(
+            "nodes: [n1, n2, n3]
+nodeLabels: {n1: {topology.kubernetes.io/zone: a}, n2: {topology.kubernetes.io/zone: b, rack: r2}}
+pods:
+  - {name: a, namespace: x, node: n1, labels: {app: web}}
+  - {name: b, namespace: x, node: n2, labels: {app: web}}
+  - {name: c, namespace: x, node: n3, labels: {app: web}}
+  - {name: d, namespace: x, node: n1, labels: {app: web}, ready: false}
+objects:
+  - {apiVersion: v1, kind: Service, metadata: {name: close, namespace: x}, spec: {trafficDistribution: PreferClose, selector: {app: web}, ports: [{port: 80}]}}
+  - {apiVersion: v1, kind: Service, metadata: {name: node, namespace: x}, spec: {trafficDistribution: PreferSameNode, selector: {app: web}, ports: [{port: 80}]}}
+  - {apiVersion: v1, kind: Service, metadata: {name: plain, namespace: x}, spec: {selector: {app: web}, ports: [{port: 80}]}}
+",
+        );
+        let files = c.render();
+        let n2: Value = serde_json::from_str(&files["node-n2.yaml"]).unwrap();
+        assert_eq!(
+            n2["metadata"]["labels"],
+            json!({"kubernetes.io/hostname": "n2", "rack": "r2", "topology.kubernetes.io/zone": "b"})
+        );
+        // (endpoint address, zone, hints) per Service
+        let eps = |name: &str| -> Vec<(String, Value, Value)> {
+            c.slices(c.object("Service", "x", name).unwrap())
+                .iter()
+                .flat_map(|s| s["endpoints"].as_array().unwrap().clone())
+                .map(|e| {
+                    (
+                        e["addresses"][0].as_str().unwrap().to_string(),
+                        e["zone"].clone(),
+                        e["hints"].clone(),
+                    )
+                })
+                .collect()
+        };
+        let za = json!({"forZones": [{"name": "a"}]});
+        let zb = json!({"forZones": [{"name": "b"}]});
+        assert_eq!(
+            eps("close"),
+            vec![
+                ("10.244.1.10".into(), json!("a"), za),
+                ("10.244.2.10".into(), json!("b"), zb),
+                // no zone label: no hint; not ready: no hint
+                ("10.244.3.10".into(), Value::Null, Value::Null),
+                ("10.244.1.11".into(), json!("a"), Value::Null),
+            ]
+        );
+        let node = eps("node");
+        assert_eq!(
+            node[0].2,
+            json!({"forZones": [{"name": "a"}], "forNodes": [{"name": "n1"}]})
+        );
+        assert_eq!(node[2].2, json!({"forNodes": [{"name": "n3"}]}));
+        assert!(eps("plain").iter().all(|e| e.2.is_null()));
+        let e = Scenario::parse("nodes: [n1]\nnodeLabels: {n9: {a: b}}\n").unwrap_err();
+        assert!(e.0.contains("nodeLabels.n9"), "{e}");
     }
 
     #[test]

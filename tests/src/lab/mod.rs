@@ -352,8 +352,9 @@ impl Lab {
         Ok(())
     }
 
-    /// For tests: each node's conntrack, status and packet-filter rules
-    /// after a step, as `DIR/step<i>-<node>-{ct,status}.json` and `-rules.txt`.
+    /// For tests: each node's conntrack, status, endpoints, backends and
+    /// packet-filter rules after a step, as
+    /// `DIR/step<i>-<node>-{ct,status,endpoints,backends}.json` and `-rules.txt`.
     fn dump(&self, dir: &Path, step: usize) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         for (k, a) in self.agents.iter().enumerate() {
@@ -361,6 +362,7 @@ impl Lab {
                 ("ct", ["ct", "list", "-o", "json"].as_slice()),
                 ("status", ["status", "-o", "json"].as_slice()),
                 ("endpoints", ["endpoint", "list", "-o", "json"].as_slice()),
+                ("backends", ["backend", "list", "-o", "json"].as_slice()),
             ] {
                 let out = Command::new(crate::agent_bin())
                     .args(args)

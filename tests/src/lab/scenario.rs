@@ -76,6 +76,10 @@ pub struct Scenario {
     pub nodes: Option<Vec<String>>,
     #[serde(default)]
     pub agent_args: Vec<String>,
+    /// Extra labels of Node objects, by node (e.g. its
+    /// `topology.kubernetes.io/zone`).
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
@@ -232,6 +236,12 @@ impl Scenario {
         }
         if nodes.len() > 200 {
             return Err(Invalid("nodes: at most 200 nodes".into()));
+        }
+        if let Some(n) = self.node_labels.keys().find(|n| !nodes.contains(n)) {
+            return Err(Invalid(format!(
+                "nodeLabels.{n}: no node `{n}` (nodes: {})",
+                nodes.join(", ")
+            )));
         }
         let mut pods = BTreeSet::new();
         for (i, p) in self.pods.iter().enumerate() {
