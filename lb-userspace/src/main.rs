@@ -217,6 +217,9 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        datapath::host::quiet_on_closed_pipe();
+    }
     match cli.cmd {
         Cmd::Run {
             source,

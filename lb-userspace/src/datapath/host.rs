@@ -439,3 +439,14 @@ mod kernel_tests {
         }
     }
 }
+
+/// The inspection commands die quietly on a closed pipe (`lb-agent status
+/// | head`), as command-line tools do, instead of panicking in println!.
+/// Not for `run`: the agent keeps EPIPE as an error on its sockets.
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: resetting a signal's disposition to its default has no
+    // preconditions; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
