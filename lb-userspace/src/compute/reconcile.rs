@@ -926,7 +926,7 @@ mod tests {
         let file: Option<std::sync::Arc<str>> = Some("/m/f.yaml".into());
         r.apply_from(
             &objs(&svc("a", "10.96.0.300", "")),
-            &[file.clone()],
+            std::slice::from_ref(&file),
             false,
             &mut w,
         )
