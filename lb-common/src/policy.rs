@@ -186,6 +186,10 @@ const _: () = {
 };
 
 #[cfg(feature = "user")]
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe trait: these types hold any bit pattern"
+)]
 mod pod {
     // SAFETY: each type is repr(C), made of integers and byte arrays with
     // explicit padding fields, so every bit pattern is a valid value.

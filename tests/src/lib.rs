@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 /// Fails the calling test with a clear message unless it runs as root with
 /// cgroup v2 and network namespaces: kernel tests never skip.
+#[expect(unsafe_code, reason = "geteuid through libc")]
 pub fn require_kernel() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -44,6 +44,10 @@ pub fn remove_cgroup(path: &Path) {
 
 /// Prepares `cmd` to enter `cgroup` and `netns` before exec, and to die with
 /// the test (PR_SET_PDEATHSIG).
+#[expect(
+    unsafe_code,
+    reason = "pre_exec: joining a cgroup and a network namespace between fork and exec"
+)]
 pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
     let procs =
         cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()).expect("path"));

@@ -203,8 +203,11 @@ fn interrupted_run_tears_everything_down() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -INT {pid}");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),

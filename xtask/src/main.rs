@@ -138,9 +138,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn require_root(what: &str) -> anyhow::Result<()> {
+#[expect(unsafe_code, reason = "geteuid through libc")]
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
         bail!("{what} needs root (BPF programs, cgroups, network namespaces); run it as root");
     }
     Ok(())

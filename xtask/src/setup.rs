@@ -90,8 +90,7 @@ pub fn setup() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::is_root();
     let debian = have("apt-get");
     if !apt.is_empty() && (!root || !debian) {
         let mut msg = String::from("setup cannot install packages here (");

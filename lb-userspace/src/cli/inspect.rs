@@ -234,7 +234,7 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
 
 pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let kinds = ["?", "forward", "reverse", "snat", "reverse-snat"];
-    let now = monotonic_s() as i64;
+    let now = crate::datapath::host::monotonic_s() as i64;
     let rows: Vec<_> = p
         .conntrack()?
         .iter()
@@ -266,12 +266,4 @@ pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Seconds of CLOCK_MONOTONIC, the clock bpf_ktime_get_coarse_ns reads.
-pub fn monotonic_s() -> u32 {
-    // SAFETY: clock_gettime writes into a local timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u32
 }

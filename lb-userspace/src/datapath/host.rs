@@ -1,4 +1,8 @@
 //! Where the agent runs: the cgroup v2 hierarchy and the BPF filesystem.
+#![expect(
+    unsafe_code,
+    reason = "host set-up through libc: statfs, getifaddrs, netlink sockets, signals, clocks"
+)]
 
 use std::{
     ffi::CString,
@@ -449,4 +453,20 @@ pub fn quiet_on_closed_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// Seconds of CLOCK_MONOTONIC, the clock bpf_ktime_get_coarse_ns reads.
+pub fn monotonic_s() -> u32 {
+    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into
+    // this local one.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: a valid pointer to a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

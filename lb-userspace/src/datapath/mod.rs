@@ -840,7 +840,7 @@ impl Datapath {
         backends: &std::collections::HashMap<u32, Backend>,
         t: &crate::compute::conntrack_gc::Timeouts,
     ) -> anyhow::Result<(usize, usize)> {
-        let now = crate::cli::inspect::monotonic_s();
+        let now = crate::datapath::host::monotonic_s();
         let map = self
             .ebpf
             .map_mut(MAP_CT)
@@ -875,7 +875,7 @@ impl Datapath {
         t: &crate::compute::conntrack_gc::Timeouts,
     ) -> anyhow::Result<(usize, usize)> {
         use lb_common::{PolCtKey, PolCtValue};
-        let now = crate::cli::inspect::monotonic_s();
+        let now = crate::datapath::host::monotonic_s();
         let map = self
             .ebpf
             .map_mut(lb_common::MAP_POL_CT)
@@ -1176,10 +1176,9 @@ mod tests {
     /// against (and that lb-common's types give).
     #[test]
     fn object_maps_match_the_rust_types() {
-        // SAFETY: geteuid has no preconditions.
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            crate::datapath::host::is_root(),
+            true,
             "loading BPF maps needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-objcheck", std::process::id()));

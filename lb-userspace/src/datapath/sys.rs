@@ -1,6 +1,7 @@
 //! The few bpf(2) commands aya 0.14 does not expose: opening a pin as a raw
 //! fd, reading a link's attach target, swapping a link's program, and
 //! writing many entries in one call.
+#![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 use std::{
     ffi::CString,

@@ -147,10 +147,9 @@ impl Drop for Bed {
 impl Bed {
     /// The two pod programs with empty policy maps.
     fn bare(tag: &str, net: &'static Net) -> Self {
-        // SAFETY: geteuid has no preconditions.
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            crate::datapath::host::is_root(),
+            true,
             "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!(

@@ -1,5 +1,6 @@
 //! `lb-lab SCENARIO.yaml [--agent-arg ARG]... [--human]` (run by `cargo xtask lab`).
 
+#[expect(unsafe_code, reason = "geteuid through libc")]
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut scenario = None;

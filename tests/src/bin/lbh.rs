@@ -11,6 +11,10 @@
 //!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
 //!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK   new TCP connections back to back
 //!                                     for SECS seconds, each closed with an RST; one line
+#![expect(
+    unsafe_code,
+    reason = "a test helper of raw sockets: dual-stack binds, SO_LINGER, SO_MARK, setns"
+)]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

@@ -114,6 +114,7 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 
 /// SIGINT/SIGTERM/SIGHUP are blocked in every thread and waited for by one,
 /// which tears the run down and exits.
+#[expect(unsafe_code, reason = "signal masks for teardown on Ctrl-C")]
 fn install_teardown_on_signal() {
     // SAFETY: sigset manipulation on a local set; pthread_sigmask on this thread.
     let set = unsafe {

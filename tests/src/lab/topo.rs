@@ -254,6 +254,7 @@ pub fn all_namespaces(c: &Cluster) -> Vec<String> {
 /// native XDP on a veth only sees traffic when its peer has a program too.
 /// Done from a thread that enters the underlay namespace; the programs stay
 /// while the returned handle lives (and die with the namespace anyway).
+#[expect(unsafe_code, reason = "setns into a lab namespace")]
 pub fn xdp_pass_on_peers(c: &Cluster) -> anyhow::Result<super::aya_keepalive::Keep> {
     let mut peers: Vec<String> = (0..c.nodes.len()).map(|k| format!("u{}", k + 1)).collect();
     peers.push("u200".into());
