@@ -28,7 +28,7 @@ enum LogFormat {
 #[derive(clap::Args)]
 struct PinArgs {
     /// Where maps and links are pinned (on a bpffs).
-    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    #[arg(long, default_value = "/sys/fs/bpf/lb", env = "LB_PIN_DIR")]
     pin_dir: PathBuf,
 }
 
@@ -59,15 +59,15 @@ enum Cmd {
         #[arg(long, env = "LB_CGROUP")]
         cgroup: Option<PathBuf>,
         /// Capacity of the services map (frontends plus one entry per backend slot).
-        #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX)]
+        #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX, env = "LB_MAX_SERVICES")]
         max_services: u32,
-        #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX)]
+        #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX, env = "LB_MAX_BACKENDS")]
         max_backends: u32,
         /// Capacity of the socket reverse-translation LRU.
-        #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX)]
+        #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX, env = "LB_MAX_SOCK_REV")]
         max_sock_rev: u32,
         /// Capacity of the packet-level conntrack LRU.
-        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX)]
+        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_MAX_CT")]
         max_ct: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).

@@ -633,3 +633,35 @@ fn the_container_file_builds_the_agent_binary() {
         "deploy/Containerfile.dockerignore: must leave target/ out of the build context"
     );
 }
+
+#[test]
+fn every_run_flag_can_come_from_the_environment() {
+    let help = run_help();
+    // clap prints each option's help, then its `[env: NAME=]`, before the
+    // next option starts.
+    let mut missing = Vec::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with("--") || (t.starts_with('-') && t.contains(", --")) {
+            if let Some(flag) = current.take() {
+                missing.push(flag);
+            }
+            let flag = t
+                .split([' ', ',', '='])
+                .find(|w| w.starts_with("--"))
+                .unwrap();
+            if !["--help", "--version"].contains(&flag) {
+                current = Some(flag.to_string());
+            }
+        }
+        if line.contains("[env: ") {
+            current = None;
+        }
+    }
+    missing.extend(current);
+    assert!(
+        missing.is_empty(),
+        "flags without an environment variable: {missing:?}"
+    );
+}
