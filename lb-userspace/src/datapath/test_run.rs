@@ -584,7 +584,7 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     {
         let mut outer: HashOfMaps<_, u32, MapData> =
             HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
-        let table = super::maglev_table(&[2; 7]).expect("table");
+        let table = super::writer::maglev_table(&[2; 7]).expect("table");
         outer.insert(30080, &table, 0).expect("table swapped in");
     }
     assert_eq!(
@@ -595,7 +595,7 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     {
         let mut outer: HashOfMaps<_, u32, MapData> =
             HashOfMaps::try_from(bed.ebpf.map_mut(lb_common::MAP_MAGLEV).unwrap()).unwrap();
-        let table = super::maglev_table(&[9; 7]).expect("table");
+        let table = super::writer::maglev_table(&[9; 7]).expect("table");
         outer.insert(30080, &table, 0).expect("table swapped in");
     }
     assert_eq!(backends_of_new_flows(&bed, 43000).len(), 2);

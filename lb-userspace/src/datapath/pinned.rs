@@ -1,0 +1,186 @@
+//! Read-only access to the pins for the inspection subcommands, and
+//! `reset`.
+
+use super::*;
+
+/// Read-only access to the pins, for the inspection subcommands.
+pub struct Pinned {
+    pub pin_dir: PathBuf,
+}
+
+fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is an agent running with --pin-dir {}?)",
+            path.display(),
+            pin_dir.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub max_entries: u32,
+}
+
+impl Pinned {
+    pub fn status(&self) -> anyhow::Result<Status> {
+        let a: Array<_, Status> = Array::try_from(open_pinned(&self.pin_dir, MAP_STATUS)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    pub fn services(&self) -> anyhow::Result<Vec<(ServiceKey, ServiceValue)>> {
+        let m: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(open_pinned(&self.pin_dir, MAP_SERVICES)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Frontend service ids that have a Maglev table.
+    pub fn maglev_ids(&self) -> anyhow::Result<std::collections::BTreeSet<u32>> {
+        let m: HashOfMaps<_, u32, MapData> =
+            HashOfMaps::try_from(open_pinned(&self.pin_dir, MAP_MAGLEV)?)?;
+        Ok(m.keys().collect::<Result<_, _>>()?)
+    }
+
+    pub fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
+        let m: HashMap<_, u32, Backend> =
+            HashMap::try_from(open_pinned(&self.pin_dir, MAP_BACKENDS)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn fill(&self) -> anyhow::Result<Vec<MapFill>> {
+        fn count<K: aya::Pod, V: aya::Pod>(
+            pin_dir: &Path,
+            name: &'static str,
+        ) -> anyhow::Result<MapFill> {
+            let max_entries = MapInfo::from_pin(pin_dir.join(name))?.max_entries();
+            let m: HashMap<_, K, V> = HashMap::try_from(open_pinned(pin_dir, name)?)?;
+            // Bounded: a key walk over an LRU being written can restart.
+            let entries = m
+                .keys()
+                .take(max_entries as usize)
+                .filter(Result::is_ok)
+                .count();
+            Ok(MapFill {
+                name,
+                entries,
+                max_entries,
+            })
+        }
+        Ok(vec![
+            count::<ServiceKey, ServiceValue>(&self.pin_dir, MAP_SERVICES)?,
+            count::<u32, Backend>(&self.pin_dir, MAP_BACKENDS)?,
+            count::<SockRevKey, SockRevValue>(&self.pin_dir, MAP_SOCK_REV)?,
+            count::<CtKey, CtValue>(&self.pin_dir, MAP_CT)?,
+            MapFill {
+                name: MAP_MAGLEV,
+                entries: self.maglev_ids()?.len(),
+                max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+            },
+        ])
+    }
+
+    /// The links this agent pinned, each with whether it is still attached.
+    pub fn links(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = SOCK_PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                let ok = sys::obj_get(&self.pin_dir.join("links").join(name))
+                    .and_then(|fd| sys::cgroup_link_info(fd.as_fd()))
+                    .is_ok_and(|i| i.cgroup_id != 0);
+                (name.to_string(), ok)
+            })
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.pin_dir.join("links")) {
+            let mut tc: Vec<(String, bool)> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("tc-") || n.starts_with("xdp-"))
+                .map(|n| {
+                    let ok = sys::obj_get(&self.pin_dir.join("links").join(&n)).is_ok();
+                    (n, ok)
+                })
+                .collect();
+            tc.sort();
+            out.extend(tc);
+        }
+        out
+    }
+
+    /// Conntrack entries, bounded by the map's size (a key walk over an LRU
+    /// being written can restart).
+    pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
+        let max = MapInfo::from_pin(self.pin_dir.join(MAP_CT))?.max_entries() as usize;
+        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(open_pinned(&self.pin_dir, MAP_CT)?)?;
+        Ok(m.iter().take(max).filter_map(Result::ok).collect())
+    }
+
+    /// Datapath counters summed over CPUs, by name.
+    /// Policy verdicts per endpoint id (summed over CPUs), by
+    /// `POL_REASON_NAMES` index; endpoint 0 holds the unknown-pod drops.
+    pub fn policy_counts(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<u32, [u64; lb_common::POL_REASONS as usize]>>
+    {
+        use lb_common::POL_REASONS;
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(open_pinned(&self.pin_dir, lb_common::MAP_POL_COUNT)?)?;
+        let mut out = std::collections::BTreeMap::new();
+        for ep in 0..lb_common::POL_EP_ID_MAX {
+            let mut row = [0u64; POL_REASONS as usize];
+            for (r, slot) in row.iter_mut().enumerate() {
+                *slot = m.get(&(ep * POL_REASONS + r as u32), 0)?.iter().sum();
+            }
+            if row.iter().any(|v| *v != 0) {
+                out.insert(ep, row);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(open_pinned(&self.pin_dir, MAP_COUNTERS)?)?;
+        let mut out = Vec::new();
+        for (i, name) in lb_common::COUNTER_NAMES.iter().enumerate() {
+            let v = m.get(&(i as u32), 0)?;
+            out.push((*name, v.iter().sum()));
+        }
+        Ok(out)
+    }
+}
+
+/// Removes everything the agent installed under `pin_dir`: links first
+/// (removing the last reference detaches the programs), then the maps.
+pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    crate::serve::report::remove(pin_dir);
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for e in std::fs::read_dir(&links)? {
+            let p = e?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            // Only the devices this pin directory recorded lose their filters.
+            if let Some(dev) = name.as_deref().and_then(|n| n.strip_prefix(CLSACT_RECORD)) {
+                detach_netlink_filters(dev);
+                std::fs::remove_dir(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+            removed.push(p);
+        }
+        std::fs::remove_dir(&links)?;
+    }
+    if pin_dir.exists() {
+        for e in std::fs::read_dir(pin_dir)? {
+            let p = e?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    Ok(removed)
+}

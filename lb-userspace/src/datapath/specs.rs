@@ -1,0 +1,206 @@
+//! The maps' shapes: sizes from the flags, and the check a pinned map must
+//! pass before this agent reuses it.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub sock_rev: u32,
+    pub ct: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: lb_common::DEFAULT_SERVICES_MAX,
+            backends: lb_common::DEFAULT_BACKENDS_MAX,
+            sock_rev: lb_common::DEFAULT_SOCK_REV_MAX,
+            ct: lb_common::DEFAULT_CT_MAX,
+        }
+    }
+}
+
+/// What a map must look like for this agent to reuse a pinned one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 19] {
+    use std::mem::size_of;
+    [
+        MapSpec {
+            name: lb_common::MAP_IPCACHE,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::IpcacheData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_IPCACHE_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_EP,
+            map_type: MapType::Hash,
+            key_size: 16,
+            value_size: size_of::<lb_common::PolEndpoint>() as u32,
+            max_entries: lb_common::DEFAULT_POL_EP_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POLICY,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::PolicyData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POLICY_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_CIDR,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<lb_common::PolCidrData>() as u32,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POL_CIDR_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_CT,
+            map_type: MapType::LruHash,
+            key_size: size_of::<lb_common::PolCtKey>() as u32,
+            value_size: size_of::<lb_common::PolCtValue>() as u32,
+            max_entries: lb_common::DEFAULT_POL_CT_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_STATE,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<lb_common::PolicyState>() as u32,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_IF,
+            map_type: MapType::Hash,
+            key_size: 4,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_POL_EP_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_POL_COUNT,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: lb_common::POL_EP_ID_MAX * lb_common::POL_REASONS,
+        },
+        MapSpec {
+            name: MAP_MAGLEV,
+            map_type: MapType::HashOfMaps,
+            key_size: 4,
+            value_size: 4,
+            max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+        },
+        MapSpec {
+            name: MAP_SERVICES,
+            map_type: MapType::Hash,
+            key_size: size_of::<ServiceKey>() as u32,
+            value_size: size_of::<ServiceValue>() as u32,
+            max_entries: sizes.services,
+        },
+        MapSpec {
+            name: MAP_BACKENDS,
+            map_type: MapType::Hash,
+            key_size: 4,
+            value_size: size_of::<Backend>() as u32,
+            max_entries: sizes.backends,
+        },
+        MapSpec {
+            name: MAP_SOCK_REV,
+            map_type: MapType::LruHash,
+            key_size: size_of::<SockRevKey>() as u32,
+            value_size: size_of::<SockRevValue>() as u32,
+            max_entries: sizes.sock_rev,
+        },
+        MapSpec {
+            name: MAP_STATUS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<Status>() as u32,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: MAP_CT,
+            map_type: MapType::LruHash,
+            key_size: size_of::<CtKey>() as u32,
+            value_size: size_of::<CtValue>() as u32,
+            max_entries: sizes.ct,
+        },
+        MapSpec {
+            name: MAP_CONFIG,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<Config>() as u32,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: lb_common::MAP_HOSTNS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        },
+        MapSpec {
+            name: MAP_AFFINITY,
+            map_type: MapType::LruHash,
+            key_size: size_of::<lb_common::AffinityKey>() as u32,
+            value_size: size_of::<lb_common::AffinityValue>() as u32,
+            max_entries: lb_common::DEFAULT_AFFINITY_MAX,
+        },
+        MapSpec {
+            name: lb_common::MAP_SRC_RANGES,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + size_of::<SrcRangeData>() as u32,
+            value_size: 1,
+            max_entries: lb_common::DEFAULT_SRC_RANGES_MAX,
+        },
+        MapSpec {
+            name: MAP_COUNTERS,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: COUNTERS,
+        },
+    ]
+}
+
+/// Checks a pinned map against what this agent expects (aya reuses a pin by
+/// name without looking at it).
+pub(super) fn check_pinned(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<()> {
+    let path = pin_dir.join(spec.name);
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let found = (
+        info.map_type().ok(),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    let want = (
+        Some(spec.map_type),
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+    );
+    if found != want {
+        bail!(
+            "pinned map {} has type/key/value/max_entries {:?} but this agent needs {:?}; \
+             run `lb-agent reset --pin-dir {}` (drops established translations) or start with the sizes it was created with",
+            path.display(),
+            found,
+            want,
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}

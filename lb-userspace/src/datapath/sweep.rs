@@ -1,0 +1,75 @@
+//! The conntrack sweeps: what `compute::ct_sweep` and
+//! `compute::conntrack_gc` decide, applied to the kernel's LRU maps.
+
+use super::*;
+
+impl Datapath {
+    /// One conntrack sweep: removes what `compute::conntrack_gc::expired` says, walking
+    /// at most the map's size of keys (a walk over an LRU being written can
+    /// restart). Returns how many entries went, and how many it saw.
+    pub fn ct_gc(
+        &mut self,
+        backends: &std::collections::HashMap<u32, Backend>,
+        t: &crate::compute::conntrack_gc::Timeouts,
+    ) -> anyhow::Result<(usize, usize)> {
+        let now = crate::datapath::host::monotonic_s();
+        let map = self
+            .ebpf
+            .map_mut(MAP_CT)
+            .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
+        let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
+        let max = self.ct_max as usize;
+        let entries: Vec<(CtKey, CtValue)> = ct.iter().take(max).filter_map(Result::ok).collect();
+        let seen = entries.len();
+        let walked: std::collections::HashMap<CtKey, u32> =
+            entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();
+        let doomed = crate::compute::ct_sweep::doomed(&entries, now, backends, t);
+        let mut n = 0;
+        for k in &doomed {
+            // Only what nothing touched since the walk: its flow may have
+            // come back (a new connection on the tuple) meanwhile.
+            match ct.get(k, 0) {
+                Ok(v) if walked.get(k) == Some(&v.last_seen) => {
+                    // Gone already (evicted, or its flow ended) is fine.
+                    if ct.remove(k).is_ok() {
+                        n += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok((n, seen - n))
+    }
+
+    /// The same sweep over the policy conntrack: idle entries go.
+    pub fn policy_ct_gc(
+        &mut self,
+        t: &crate::compute::conntrack_gc::Timeouts,
+    ) -> anyhow::Result<(usize, usize)> {
+        use lb_common::{PolCtKey, PolCtValue};
+        let now = crate::datapath::host::monotonic_s();
+        let map = self
+            .ebpf
+            .map_mut(lb_common::MAP_POL_CT)
+            .ok_or_else(|| anyhow!("map {} missing", lb_common::MAP_POL_CT))?;
+        let mut ct: HashMap<_, PolCtKey, PolCtValue> = HashMap::try_from(map)?;
+        let mut seen = 0;
+        let doomed: Vec<PolCtKey> = ct
+            .iter()
+            .take(lb_common::DEFAULT_POL_CT_MAX as usize)
+            .filter_map(Result::ok)
+            .inspect(|_| seen += 1)
+            .filter(|(k, v)| crate::compute::conntrack_gc::policy_expired(k, v, now, t))
+            .map(|(k, _)| k)
+            .collect();
+        let n = doomed
+            .iter()
+            .filter(|k| {
+                ct.get(k, 0)
+                    .is_ok_and(|v| crate::compute::conntrack_gc::policy_expired(k, &v, now, t))
+                    && ct.remove(k).is_ok()
+            })
+            .count();
+        Ok((n, seen - n))
+    }
+}

@@ -1,0 +1,178 @@
+//! Writing plans into the agent-owned maps and reading them back.
+
+use super::*;
+
+/// What a map write was doing, in words (for errors: never a dump of it).
+fn describe_op(op: &Op, sizes: &MapSizes) -> String {
+    use crate::compute::desired::ip_of;
+    let at = |a: &lb_common::NetAddr, port: lb_common::BeU16| match ip_of(a) {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{}", port.to_host()),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", port.to_host()),
+    };
+    let front = |k: &ServiceKey| {
+        let proto = match k.proto {
+            6 => "TCP",
+            17 => "UDP",
+            _ => "any protocol",
+        };
+        format!("frontend {} {proto}", at(&k.addr, k.port))
+    };
+    let entry = |k: &ServiceKey| {
+        if k.slot == 0 {
+            front(k)
+        } else {
+            format!("backend slot {} of {}", k.slot, front(k))
+        }
+    };
+    match op {
+        Op::PutBackend { id, backend } => format!(
+            "writing backend {} (id {id}) into {MAP_BACKENDS} ({} entries)",
+            at(&backend.addr, backend.port),
+            sizes.backends
+        ),
+        Op::DelBackend { id } => format!("removing backend id {id} from {MAP_BACKENDS}"),
+        Op::PutService { key, .. } => format!(
+            "writing the {} into {MAP_SERVICES} ({} entries)",
+            entry(key),
+            sizes.services
+        ),
+        Op::DelService { key } => format!("removing the {} from {MAP_SERVICES}", entry(key)),
+        Op::PutRange { data, .. } => format!(
+            "writing a loadBalancerSourceRanges entry of {} into {}",
+            at(&data.front, data.port),
+            lb_common::MAP_SRC_RANGES
+        ),
+        Op::DelRange { data, .. } => format!(
+            "removing a loadBalancerSourceRanges entry of {} from {}",
+            at(&data.front, data.port),
+            lb_common::MAP_SRC_RANGES
+        ),
+        Op::PutMaglev { service_id, table } => format!(
+            "writing the Maglev table ({} entries) of service id {service_id} into {MAP_MAGLEV} ({} tables)",
+            table.len(),
+            lb_common::DEFAULT_MAGLEV_MAX
+        ),
+        Op::DelMaglev { service_id } => {
+            format!("removing the Maglev table of service id {service_id} from {MAP_MAGLEV}")
+        }
+    }
+}
+
+impl Datapath {
+    /// How many entries the maps the plan writes hold.
+    pub fn capacity(&self) -> crate::compute::reconcile::Capacity {
+        crate::compute::reconcile::Capacity {
+            services: Some(self.sizes.services),
+            backends: Some(self.sizes.backends),
+            maglev: Some(lb_common::DEFAULT_MAGLEV_MAX),
+        }
+    }
+
+    pub fn set_config(&mut self, mut config: Config) -> anyhow::Result<()> {
+        config.maglev_size = self.maglev_size;
+        self.config.set(0, config, 0).context("writing config map")
+    }
+
+    /// The maps' contents as a plan mirror.
+    pub fn read_mirror(&self) -> anyhow::Result<Mirror> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading services map")?;
+        let backends = self
+            .backends
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading backends map")?;
+        let ranges = self
+            .ranges
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading source ranges map")?;
+        let tables = if self.maglev_valid {
+            self.maglev
+                .keys()
+                .collect::<Result<Vec<u32>, _>>()
+                .context("reading Maglev map")?
+        } else {
+            vec![]
+        };
+        Ok(Mirror::from_entries(services, backends)
+            .with_ranges(ranges)
+            .with_maglev(self.maglev_size as usize, tables))
+    }
+
+    /// Applies ops in order; stops at the first failure, which the caller
+    /// answers with a reload of the mirror.
+    pub fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        // Tables the plan shares (one Service's frontends on several
+        // addresses) become one inner map under several keys.
+        let mut made: Vec<(crate::compute::plan::MaglevTable, MapData)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
+                Op::PutService { key, value } => self.services.insert(key, value, 0),
+                Op::DelService { key } => self.services.remove(key),
+                Op::DelBackend { id } => self.backends.remove(id),
+                Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
+                Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
+                Op::PutMaglev { service_id, table } => {
+                    let i = match made.iter().position(|(t, _)| t.same(table)) {
+                        Some(i) => i,
+                        None => {
+                            let inner = maglev_table(table).with_context(|| {
+                                format!("building the Maglev table of service id {service_id}")
+                            })?;
+                            made.push((table.clone(), inner));
+                            made.len() - 1
+                        }
+                    };
+                    // The swap: the datapath sees the old table or the new
+                    // one, never a mix.
+                    self.maglev.insert(service_id, &made[i].1, 0)
+                }
+                Op::DelMaglev { service_id } => match self.maglev.remove(service_id) {
+                    // Already gone is what was wanted.
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                },
+            }
+            .map_err(|e| {
+                let full = matches!(&e, aya::maps::MapError::SyscallError(s)
+                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+                let what = describe_op(op, &self.sizes);
+                anyhow::Error::new(e).context(if full {
+                    format!("{what}: the map is full")
+                } else {
+                    what
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn set_status(&mut self, status: Status) -> anyhow::Result<()> {
+        self.status.set(0, status, 0).context("writing status map")
+    }
+
+    pub fn status(&self) -> anyhow::Result<Status> {
+        self.status.get(&0, 0).context("reading status map")
+    }
+}
+
+/// A new inner map holding `table` whole, ready to be swapped in.
+pub(super) fn maglev_table(table: &[u32]) -> anyhow::Result<MapData> {
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        4,
+        table.len() as u32,
+        lb_common::BPF_F_INNER_MAP,
+    );
+    let inner = MapData::create(obj, "lb_maglev", None).context("creating a table")?;
+    let keys: Vec<u32> = (0..table.len() as u32).collect();
+    sys::update_batch_u32(inner.fd().as_fd(), &keys, table).context("filling the table")?;
+    Ok(inner)
+}
