@@ -83,7 +83,14 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
     let k = conntrack::key(&p, CT_REV);
     if let Some(v) = conntrack::lookup(&k) {
-        conntrack::touch(&k, &v, p.tcp_flags);
+        // A reply: the flow is answered (for UDP too, so the sweep can
+        // tell flows nobody answered from the rest).
+        let flags = if p.proto == PROTO_UDP {
+            TCP_ACK
+        } else {
+            p.tcp_flags
+        };
+        conntrack::touch(&k, &v, flags);
         if rewrite_src(ctx, &mut p, v.addr, v.port).is_ok() {
             count(C_TC_REVDNAT);
         }

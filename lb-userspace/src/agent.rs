@@ -233,8 +233,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
                 match dp.ct_gc(rec.mirror().backends(), &timeouts) {
-                    Ok((removed, kept)) => {
+                    Ok((removed, kept, flows)) => {
                         health.metrics.conntrack_entries.set(kept as i64);
+                        health.metrics.conntrack(&flows);
                         if removed > 0 {
                             tracing::debug!(removed, kept, "conntrack sweep");
                         }

@@ -360,6 +360,13 @@ fn node_ports_lb_ips_and_external_ips_from_outside() {
             && st["counters"]["tc_reverse_dnat"].as_u64().unwrap() > 0,
         "{st}"
     );
+    // The flows it tracks, by state: answered ones, none left orphaned.
+    let flows = &st["conntrack_flows"];
+    assert!(flows["flows"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        flows["unanswered"].as_u64().unwrap() < flows["flows"].as_u64().unwrap(),
+        "{st}"
+    );
     for node in ["node-1", "node-2", "node-3"] {
         let rules = dump.rules(0, node);
         let found: Vec<&str> = rules

@@ -28,6 +28,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     let links = p.links();
     let counters = p.counters()?;
     let policy = crate::cli::policy::totals(&p.policy_counts()?);
+    let flows = crate::compute::ct_sweep::stats(&p.conntrack()?);
     // What the applied state leaves out (the agent's report beside the
     // pins; None before its first sync).
     let sync = crate::serve::report::read_sync(&p.pin_dir).unwrap_or_else(|e| {
@@ -66,6 +67,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
                 "links": links,
                 "counters": counters.iter().map(|(n, v)| (n.to_string(), *v)).collect::<BTreeMap<_, _>>(),
                 "policy": policy,
+                "conntrack_flows": flows,
             })
         );
     } else {
@@ -141,6 +143,10 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         for (n, v) in &policy {
             println!("{n:<26} {v}");
         }
+        println!(
+            "conntrack flows:  {} ({} unanswered, {} closing), {} orphan entries",
+            flows.flows, flows.unanswered, flows.closing, flows.orphans
+        );
         for (n, ok) in &links {
             println!(
                 "link {:<15} {}",

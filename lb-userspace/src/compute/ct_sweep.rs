@@ -16,6 +16,90 @@ use lb_common::{
 
 use crate::compute::conntrack_gc::Timeouts;
 
+/// Conntrack pressure, by flow: what `/metrics` and `status` show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CtStats {
+    /// Flows (forward entries with their partners).
+    pub flows: usize,
+    /// Flows no packet ever answered (a SYN or datagram without reply, a
+    /// scan, a spoofed source): they live the short SYN timeout (UDP: the
+    /// UDP one).
+    pub unanswered: usize,
+    /// Flows past a FIN or RST.
+    pub closing: usize,
+    /// Entries no flow claims: partners left by a forward entry the LRU
+    /// evicted (or one just being made).
+    pub orphans: usize,
+}
+
+/// Counts `entries` (one walk of the map) by flow.
+pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
+    let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
+    let mut st = CtStats::default();
+    let mut claimed = 0;
+    for (k, v) in entries.iter().filter(|(k, _)| k.kind == CT_FWD) {
+        let group = flow_of(k, v, &by_key);
+        claimed += group.len();
+        let flags = group.iter().fold(0u8, |f, g| f | by_key[g].flags);
+        st.flows += 1;
+        if flags & CT_F_ESTABLISHED == 0 {
+            st.unanswered += 1;
+        }
+        if flags & CT_F_CLOSING != 0 {
+            st.closing += 1;
+        }
+    }
+    st.orphans = entries.len() - claimed.min(entries.len());
+    st
+}
+
+/// The entries of the flow whose forward entry is `k`: itself, its reverse
+/// entry, its SNAT pair (the reverse SNAT entry only if it still points
+/// back at this flow's client).
+fn flow_of(k: &CtKey, v: &CtValue, by_key: &HashMap<&CtKey, &CtValue>) -> Vec<CtKey> {
+    let mut group = vec![*k];
+    let rev = CtKey {
+        saddr: v.addr,
+        daddr: k.saddr,
+        sport: v.port,
+        dport: k.sport,
+        proto: k.proto,
+        kind: CT_REV,
+        _pad: [0; 2],
+    };
+    let snat = CtKey {
+        saddr: k.saddr,
+        daddr: v.addr,
+        sport: k.sport,
+        dport: v.port,
+        proto: k.proto,
+        kind: CT_SNAT,
+        _pad: [0; 2],
+    };
+    if by_key.contains_key(&rev) {
+        group.push(rev);
+    }
+    if let Some(sv) = by_key.get(&snat) {
+        group.push(snat);
+        let rsnat = CtKey {
+            saddr: v.addr,
+            daddr: sv.addr,
+            sport: v.port,
+            dport: sv.port,
+            proto: k.proto,
+            kind: CT_RSNAT,
+            _pad: [0; 2],
+        };
+        if by_key
+            .get(&rsnat)
+            .is_some_and(|r| r.addr == k.saddr && r.port == k.sport)
+        {
+            group.push(rsnat);
+        }
+    }
+    group
+}
+
 /// The keys to remove among `entries` (one walk of the map). `now` and
 /// `last_seen` are seconds of CLOCK_MONOTONIC.
 pub fn doomed(
@@ -28,47 +112,7 @@ pub fn doomed(
     let mut claimed: HashSet<CtKey> = HashSet::new();
     let mut out = Vec::new();
     for (k, v) in entries.iter().filter(|(k, _)| k.kind == CT_FWD) {
-        let mut group = vec![*k];
-        let rev = CtKey {
-            saddr: v.addr,
-            daddr: k.saddr,
-            sport: v.port,
-            dport: k.sport,
-            proto: k.proto,
-            kind: CT_REV,
-            _pad: [0; 2],
-        };
-        let snat = CtKey {
-            saddr: k.saddr,
-            daddr: v.addr,
-            sport: k.sport,
-            dport: v.port,
-            proto: k.proto,
-            kind: CT_SNAT,
-            _pad: [0; 2],
-        };
-        if by_key.contains_key(&rev) {
-            group.push(rev);
-        }
-        if let Some(sv) = by_key.get(&snat) {
-            group.push(snat);
-            let rsnat = CtKey {
-                saddr: v.addr,
-                daddr: sv.addr,
-                sport: v.port,
-                dport: sv.port,
-                proto: k.proto,
-                kind: CT_RSNAT,
-                _pad: [0; 2],
-            };
-            // Only if it still points back at this flow's client.
-            if by_key
-                .get(&rsnat)
-                .is_some_and(|r| r.addr == k.saddr && r.port == k.sport)
-            {
-                group.push(rsnat);
-            }
-        }
+        let group = flow_of(k, v, &by_key);
         let (mut flags, mut last) = (0u8, 0u32);
         for g in &group {
             let gv = by_key[g];
@@ -256,5 +300,53 @@ mod tests {
             now - 11,
         );
         assert_eq!(doomed(&flow, now, &draining, &t).len(), 4, "then it goes");
+    }
+
+    #[test]
+    fn the_sweep_counts_flows_by_state_and_orphans() {
+        let now = 100_000;
+        let mut all = snat_flow(CT_F_ESTABLISHED | CT_F_CLOSING, now, CT_F_ESTABLISHED, now);
+        // An unanswered SYN: forward and partners, no flag set.
+        let mut syn = snat_flow(0, now, 0, now);
+        for (k, _) in syn.iter_mut() {
+            k.sport = BeU16::from_host(40001);
+            if k.kind == CT_REV || k.kind == CT_RSNAT {
+                k.dport = BeU16::from_host(40001);
+                k.sport = BeU16::from_host(8080);
+            }
+        }
+        // The SYN's reverse SNAT entry points at its own port.
+        for (k, v) in syn.iter_mut() {
+            if k.kind == CT_RSNAT {
+                k.dport = BeU16::from_host(61001);
+                v.port = BeU16::from_host(40001);
+            }
+            if k.kind == CT_SNAT {
+                v.port = BeU16::from_host(61001);
+            }
+        }
+        all.extend(syn);
+        // An orphan: a reverse entry whose forward entry was evicted.
+        all.push((
+            key(
+                CT_REV,
+                "10.244.2.10",
+                8080,
+                "10.100.0.250",
+                40000,
+                PROTO_TCP,
+            ),
+            val("10.100.0.1", 30080, CT_F_ESTABLISHED, 0, now),
+        ));
+        let s = stats(&all);
+        assert_eq!(
+            s,
+            CtStats {
+                flows: 2,
+                unanswered: 1,
+                closing: 1,
+                orphans: 1
+            }
+        );
     }
 }

@@ -6,12 +6,13 @@ use super::*;
 impl Datapath {
     /// One conntrack sweep: removes what `compute::conntrack_gc::expired` says, walking
     /// at most the map's size of keys (a walk over an LRU being written can
-    /// restart). Returns how many entries went, and how many it saw.
+    /// restart). Returns how many entries went, how many stayed, and the
+    /// flows it saw.
     pub fn ct_gc(
         &mut self,
         backends: &std::collections::HashMap<u32, Backend>,
         t: &crate::compute::conntrack_gc::Timeouts,
-    ) -> anyhow::Result<(usize, usize)> {
+    ) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
         let now = crate::datapath::host::monotonic_s();
         let map = self
             .ebpf
@@ -24,6 +25,7 @@ impl Datapath {
         let walked: std::collections::HashMap<CtKey, u32> =
             entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();
         let doomed = crate::compute::ct_sweep::doomed(&entries, now, backends, t);
+        let stats = crate::compute::ct_sweep::stats(&entries);
         let mut n = 0;
         for k in &doomed {
             // Only what nothing touched since the walk: its flow may have
@@ -38,7 +40,7 @@ impl Datapath {
                 _ => {}
             }
         }
-        Ok((n, seen - n))
+        Ok((n, seen - n, stats))
     }
 
     /// The same sweep over the policy conntrack: idle entries go.

@@ -35,6 +35,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
     pub pod: String,
     pub reason: String,
@@ -48,12 +53,32 @@ pub struct Metrics {
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub conntrack_entries: Gauge,
+    pub conntrack_flows: Family<StateLabel, Gauge>,
+    pub conntrack_orphan_entries: Gauge,
     pub policy_conntrack_entries: Gauge,
     pub watch_restarts: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
     pub services_not_programmed: Gauge,
     pub rejected_objects: Gauge,
+}
+
+impl Metrics {
+    /// The flows one conntrack sweep saw.
+    pub fn conntrack(&self, s: &crate::compute::ct_sweep::CtStats) {
+        for (state, n) in [
+            ("all", s.flows),
+            ("unanswered", s.unanswered),
+            ("closing", s.closing),
+        ] {
+            self.conntrack_flows
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        self.conntrack_orphan_entries.set(s.orphans as i64);
+    }
 }
 
 pub struct Health {
@@ -97,6 +122,8 @@ impl Health {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             conntrack_entries: Gauge::default(),
+            conntrack_flows: Family::default(),
+            conntrack_orphan_entries: Gauge::default(),
             watch_restarts: Counter::default(),
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
@@ -144,6 +171,16 @@ impl Health {
             "datapath_packets",
             "Packets the datapath handled, by action or drop reason",
             metrics.datapath_packets.clone(),
+        );
+        r.register(
+            "conntrack_flows",
+            "Packet-path flows at the last sweep, by state (all, unanswered, closing)",
+            metrics.conntrack_flows.clone(),
+        );
+        r.register(
+            "conntrack_orphan_entries",
+            "Conntrack entries no flow claims (partners of a forward entry the LRU evicted)",
+            metrics.conntrack_orphan_entries.clone(),
         );
         r.register(
             "policy_conntrack_entries",
