@@ -22,7 +22,9 @@ impl IdentityKey {
     }
 
     fn is(&self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels) -> bool {
-        self.namespace == namespace && &self.ns_labels == ns_labels && &self.pod_labels == pod_labels
+        self.namespace == namespace
+            && &self.ns_labels == ns_labels
+            && &self.pod_labels == pod_labels
     }
 }
 
@@ -61,7 +63,7 @@ fn next(id: u32) -> u32 {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Identities {
     by_key: HashMap<IdentityKey, u32>,
     by_id: BTreeMap<u32, IdentityKey>,
@@ -111,6 +113,30 @@ impl Identities {
         });
     }
 
+    /// Forgets one identity (its last pod went): what `retain` does for
+    /// one number, without a pass over the others.
+    pub fn release(&mut self, id: u32) {
+        let Some(key) = self.by_id.remove(&id) else {
+            return;
+        };
+        self.by_key.remove(&key);
+        let derived = key.hash();
+        if let Some(ids) = self.by_derived.get_mut(&derived) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_derived.remove(&derived);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&u32, &IdentityKey)> {
         self.by_id.iter()
     }
@@ -152,6 +178,21 @@ mod tests {
         let taken = x.hash();
         ids.by_id.insert(taken, key("other", &[("z", "z")]));
         assert_eq!(ids.get_or_alloc(&x), taken + 1);
+    }
+
+    #[test]
+    fn release_forgets_one_identity_as_retain_would() {
+        let mut a = Identities::default();
+        let (x, y) = (key("x", &[("app", "web")]), key("y", &[]));
+        let (ix, iy) = (a.get_or_alloc(&x), a.get_or_alloc(&y));
+        let mut b = a.clone();
+        a.release(ix);
+        b.retain(&[iy].into());
+        assert_eq!(a.by_id, b.by_id);
+        assert_eq!(a.by_key, b.by_key);
+        assert_eq!(a.by_derived, b.by_derived);
+        a.release(ix);
+        assert_eq!(a.len(), 1, "releasing twice is harmless");
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub struct IdentityReport {
 
 /// Endpoint ids of local pods: kept for a pod as long as it lives (and
 /// across restarts, read back from the endpoint map by address).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct EpIds {
     by_pod: HashMap<ObjRef, u32>,
     /// From the maps at start: address -> id, claimed by the first pod
@@ -110,7 +110,12 @@ impl EpIds {
         }
     }
 
-    fn assign(&mut self, live: &[(&ObjRef, Vec<NetAddr>)]) -> Result<(), String> {
+    /// The endpoint id of a local pod (after `assign`).
+    pub(crate) fn get(&self, pod: &ObjRef) -> Option<u32> {
+        self.by_pod.get(pod).copied()
+    }
+
+    pub(crate) fn assign(&mut self, live: &[(&ObjRef, Vec<NetAddr>)]) -> Result<(), String> {
         let keep: HashSet<&ObjRef> = live.iter().map(|(k, _)| *k).collect();
         self.by_pod.retain(|k, _| keep.contains(k));
         let mut used: HashSet<u32> = self.by_pod.values().copied().collect();
@@ -230,6 +235,12 @@ fn host_prefix(ip: IpAddr) -> Prefix {
     })
 }
 
+/// `cidr` holds `ip` as the stage compares them (128 bits, IPv4 mapped),
+/// its `except` list aside.
+pub(crate) fn block_holds(cidr: &Cidr, ip: IpAddr) -> bool {
+    Prefix::of(cidr).contains(&host_prefix(ip))
+}
+
 fn mask(len: u32) -> u128 {
     if len == 0 {
         0
@@ -265,7 +276,7 @@ pub struct Computed {
     pub errors: Vec<String>,
 }
 
-fn ns_labels(snap: &Snapshot, ns: &str) -> Labels {
+pub(crate) fn ns_labels(snap: &Snapshot, ns: &str) -> Labels {
     snap.namespaces.get(ns).cloned().unwrap_or_else(|| {
         Labels::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())])
     })
@@ -380,68 +391,22 @@ pub fn compute_within(
         errors.push(e);
     }
 
-    let ctx = Ctx::new(&pods, &pod_ids, &ns_cache);
+    let view = FullView::new(&pods, &pod_ids, &ns_cache);
+    let ctx = Ctx::new(&view);
     let mut report = Report::default();
     let mut policies: Vec<&PolicyInfo> = snap.policies.values().collect();
     policies.sort_by(|a, b| a.key.cmp(&b.key));
     for p in &local {
-        let Some(&ep_id) = ep_ids.by_pod.get(&p.key) else {
+        let Some(ep_id) = ep_ids.get(&p.key) else {
             continue;
         };
-        let plan = ctx.endpoint(p, &policies);
         let identity = pod_ids[&p.key];
-        let mut allows: BTreeMap<(u8, String, String), BTreeSet<String>> = BTreeMap::new();
-        let mut entries: Vec<(PolicyData, u32)> = Vec::new();
-        let mut cidrs: Vec<((PolCidrData, u32), u32)> = Vec::new();
-        for ((peer, dir, (proto, port, len)), from) in &plan.entries {
-            entries.push((
-                PolicyData {
-                    ep_id,
-                    identity: *peer,
-                    dir: *dir,
-                    proto: *proto,
-                    port: BeU16::from_host(*port),
-                },
-                *len,
-            ));
-            allows
-                .entry((*dir, peer_name(*peer), ports_name(*proto, *port, *len)))
-                .or_default()
-                .extend(from.iter().cloned());
-        }
-        for (d, rules) in plan.cidr_rules.iter().enumerate() {
-            let dir = if d == 0 { DIR_INGRESS } else { DIR_EGRESS };
-            for (prefix, set, blocks, from) in cidr_sets(rules) {
-                let data = PolCidrData {
-                    ep_id,
-                    dir,
-                    _pad: [0; 3],
-                    addr: prefix.addr(),
-                };
-                cidrs.push(((data, 64 + prefix.len), set));
-                for (proto, port, len) in blocks {
-                    entries.push((
-                        PolicyData {
-                            ep_id,
-                            identity: set,
-                            dir,
-                            proto,
-                            port: BeU16::from_host(port),
-                        },
-                        len,
-                    ));
-                    allows
-                        .entry((
-                            dir,
-                            format!("cidr {}", prefix_name(&prefix)),
-                            ports_name(proto, port, len),
-                        ))
-                        .or_default()
-                        .extend(from.iter().cloned());
-                }
-            }
-        }
-        let mut flags = plan.flags;
+        let EndpointOut {
+            mut flags,
+            mut entries,
+            mut cidrs,
+            mut allows,
+        } = endpoint_out(&ctx, p, &policies, ep_id);
         let mut error = None;
         if maps.entries.len() + entries.len() > cap.entries
             || maps.cidrs.len() + cidrs.len() > cap.cidrs
@@ -465,12 +430,7 @@ pub fn compute_within(
             cidrs.clear();
             allows.clear();
         }
-        let ifindex = p
-            .ips
-            .iter()
-            .find_map(|ip| ifindex_of.get(ip))
-            .copied()
-            .unwrap_or(0);
+        let ifindex = ifindex_for(p, ifindex_of);
         if ifindex != 0 {
             maps.ifaces.insert(ifindex, ep_id);
         }
@@ -486,32 +446,14 @@ pub fn compute_within(
         let (n_entries, cidr_entries) = (entries.len(), cidrs.len());
         maps.entries.extend(entries);
         maps.cidrs.extend(cidrs);
-        report.endpoints.push(EndpointReport {
-            pod: p.key.to_string(),
-            ep_id,
-            identity,
-            addresses: p.ips.clone(),
-            ifindex,
-            ingress_isolated: flags & EP_F_INGRESS_ISOLATED != 0,
-            egress_isolated: flags & EP_F_EGRESS_ISOLATED != 0,
-            entries: n_entries,
+        report.endpoints.push(endpoint_report(
+            p,
+            &ep,
+            n_entries,
             cidr_entries,
             error,
-            allows: allows
-                .into_iter()
-                .map(|((dir, peer, ports), from)| AllowReport {
-                    direction: if dir == DIR_INGRESS {
-                        "ingress"
-                    } else {
-                        "egress"
-                    }
-                    .into(),
-                    peer,
-                    ports,
-                    from: from.into_iter().collect(),
-                })
-                .collect(),
-        });
+            allows,
+        ));
     }
     let mut per_id: HashMap<u32, usize> = HashMap::new();
     for id in pod_ids.values() {
@@ -530,6 +472,130 @@ pub fn compute_within(
         maps,
         report,
         errors,
+    }
+}
+
+/// The interface a local pod's traffic comes from (0: not known yet).
+pub(crate) fn ifindex_for(p: &PodInfo, ifindex_of: &HashMap<IpAddr, u32>) -> u32 {
+    p.ips
+        .iter()
+        .find_map(|ip| ifindex_of.get(ip))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// One local endpoint's share of the maps, before the capacity check.
+pub(crate) struct EndpointOut {
+    pub flags: u32,
+    /// May hold an entry twice (CIDR prefixes sharing a set).
+    pub entries: Vec<(PolicyData, u32)>,
+    pub cidrs: Vec<((PolCidrData, u32), u32)>,
+    /// (direction, peer, ports) -> the rules it came from.
+    pub allows: BTreeMap<(u8, String, String), BTreeSet<String>>,
+}
+
+/// The entries of the local endpoint `p` (id `ep_id`) under `policies`
+/// (those that do not select it are skipped).
+pub(crate) fn endpoint_out<'a>(
+    ctx: &Ctx<'a>,
+    p: &PodInfo,
+    policies: &[&'a PolicyInfo],
+    ep_id: u32,
+) -> EndpointOut {
+    let plan = ctx.endpoint(p, policies);
+    let mut allows: BTreeMap<(u8, String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut entries: Vec<(PolicyData, u32)> = Vec::new();
+    let mut cidrs: Vec<((PolCidrData, u32), u32)> = Vec::new();
+    for ((peer, dir, (proto, port, len)), from) in &plan.entries {
+        entries.push((
+            PolicyData {
+                ep_id,
+                identity: *peer,
+                dir: *dir,
+                proto: *proto,
+                port: BeU16::from_host(*port),
+            },
+            *len,
+        ));
+        allows
+            .entry((*dir, peer_name(*peer), ports_name(*proto, *port, *len)))
+            .or_default()
+            .extend(from.iter().cloned());
+    }
+    for (d, rules) in plan.cidr_rules.iter().enumerate() {
+        let dir = if d == 0 { DIR_INGRESS } else { DIR_EGRESS };
+        for (prefix, set, blocks, from) in cidr_sets(rules) {
+            let data = PolCidrData {
+                ep_id,
+                dir,
+                _pad: [0; 3],
+                addr: prefix.addr(),
+            };
+            cidrs.push(((data, 64 + prefix.len), set));
+            for (proto, port, len) in blocks {
+                entries.push((
+                    PolicyData {
+                        ep_id,
+                        identity: set,
+                        dir,
+                        proto,
+                        port: BeU16::from_host(port),
+                    },
+                    len,
+                ));
+                allows
+                    .entry((
+                        dir,
+                        format!("cidr {}", prefix_name(&prefix)),
+                        ports_name(proto, port, len),
+                    ))
+                    .or_default()
+                    .extend(from.iter().cloned());
+            }
+        }
+    }
+    EndpointOut {
+        flags: plan.flags,
+        entries,
+        cidrs,
+        allows,
+    }
+}
+
+/// What `endpoint list` and `policy get` show of one local endpoint.
+pub(crate) fn endpoint_report(
+    p: &PodInfo,
+    ep: &PolEndpoint,
+    entries: usize,
+    cidr_entries: usize,
+    error: Option<String>,
+    allows: BTreeMap<(u8, String, String), BTreeSet<String>>,
+) -> EndpointReport {
+    EndpointReport {
+        pod: p.key.to_string(),
+        ep_id: ep.ep_id,
+        identity: ep.identity,
+        addresses: p.ips.clone(),
+        ifindex: ep.ifindex,
+        ingress_isolated: ep.flags & EP_F_INGRESS_ISOLATED != 0,
+        egress_isolated: ep.flags & EP_F_EGRESS_ISOLATED != 0,
+        entries,
+        cidr_entries,
+        error,
+        allows: allows
+            .into_iter()
+            .map(|((dir, peer, ports), from)| AllowReport {
+                direction: if dir == DIR_INGRESS {
+                    "ingress"
+                } else {
+                    "egress"
+                }
+                .into(),
+                peer,
+                ports,
+                from: from.into_iter().collect(),
+            })
+            .collect(),
     }
 }
 
@@ -603,6 +669,38 @@ fn cidr_sets(rules: &[CidrRule]) -> Vec<(Prefix, u32, Vec<Block>, BTreeSet<Strin
     out
 }
 
+/// What an endpoint's rules read of the rest of the cluster: its pods
+/// (those that take part in policy) and their identities. The full
+/// computation builds one from the snapshot; the incremental one keeps one.
+pub(crate) trait PeerView {
+    /// Every pod that takes part in policy, in any order.
+    fn each_pod(&self, f: &mut dyn FnMut(&PodInfo));
+    /// Every namespace where some pod holds an identity, with its labels.
+    fn each_namespace(&self, f: &mut dyn FnMut(&str, &Labels));
+    /// The identities of namespace `ns`: (number, pod labels).
+    fn each_identity_in(&self, ns: &str, f: &mut dyn FnMut(u32, &Labels));
+    /// The pods holding identity `id`, in any order.
+    fn each_pod_of(&self, id: u32, f: &mut dyn FnMut(&PodInfo));
+}
+
+/// `peer` (a `Pods` peer of a policy in `policy_ns`) selects the pods of
+/// the identity (`namespace`, `ns_labels`, `labels`).
+pub(crate) fn peer_selects(
+    peer: &Peer,
+    policy_ns: &str,
+    namespace: &str,
+    ns_labels: &Labels,
+    labels: &Labels,
+) -> bool {
+    let Peer::Pods { pods, namespaces } = peer else {
+        return false;
+    };
+    (match namespaces {
+        None => namespace == policy_ns,
+        Some(sel) => sel.matches(ns_labels),
+    }) && pods.matches(labels)
+}
+
 /// The pods of one identity: selectors are matched once per identity.
 struct IdentityPods<'a> {
     id: u32,
@@ -611,19 +709,20 @@ struct IdentityPods<'a> {
     pods: Vec<&'a PodInfo>,
 }
 
-struct Ctx<'a> {
+/// The cluster as one full computation sees it.
+struct FullView<'a> {
     pods: &'a [&'a PodInfo],
     ns_cache: &'a HashMap<&'a str, Labels>,
+    /// By number.
     identities: Vec<IdentityPods<'a>>,
-    /// (peer, policy namespace) -> indexes into `identities`: each peer is
-    /// matched once per computation, however many endpoints its policy selects.
-    matched: RefCell<HashMap<(*const Peer, &'a str), Rc<Vec<usize>>>>,
+    /// Namespace -> indexes into `identities`.
+    by_ns: HashMap<&'a str, Vec<usize>>,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> FullView<'a> {
     fn new(
         pods: &'a [&'a PodInfo],
-        pod_ids: &'a HashMap<&'a ObjRef, u32>,
+        pod_ids: &HashMap<&'a ObjRef, u32>,
         ns_cache: &'a HashMap<&'a str, Labels>,
     ) -> Self {
         let mut by_id: BTreeMap<u32, IdentityPods<'a>> = BTreeMap::new();
@@ -640,38 +739,92 @@ impl<'a> Ctx<'a> {
                 .pods
                 .push(p);
         }
+        let identities: Vec<IdentityPods<'a>> = by_id.into_values().collect();
+        let mut by_ns: HashMap<&'a str, Vec<usize>> = HashMap::new();
+        for (n, i) in identities.iter().enumerate() {
+            by_ns.entry(i.namespace).or_default().push(n);
+        }
         Self {
             pods,
             ns_cache,
-            identities: by_id.into_values().collect(),
+            identities,
+            by_ns,
+        }
+    }
+}
+
+impl PeerView for FullView<'_> {
+    fn each_pod(&self, f: &mut dyn FnMut(&PodInfo)) {
+        for p in self.pods {
+            f(p);
+        }
+    }
+
+    fn each_namespace(&self, f: &mut dyn FnMut(&str, &Labels)) {
+        for ns in self.by_ns.keys() {
+            // Every pod's namespace is in the cache.
+            f(ns, &self.ns_cache[ns]);
+        }
+    }
+
+    fn each_identity_in(&self, ns: &str, f: &mut dyn FnMut(u32, &Labels)) {
+        for &n in self.by_ns.get(ns).into_iter().flatten() {
+            let i = &self.identities[n];
+            f(i.id, i.labels);
+        }
+    }
+
+    fn each_pod_of(&self, id: u32, f: &mut dyn FnMut(&PodInfo)) {
+        if let Ok(n) = self.identities.binary_search_by_key(&id, |i| i.id) {
+            for p in &self.identities[n].pods {
+                f(p);
+            }
+        }
+    }
+}
+
+/// (peer, policy namespace) -> the identities it selects.
+type Matched<'a> = HashMap<(*const Peer, &'a str), Rc<Vec<u32>>>;
+
+pub(crate) struct Ctx<'a> {
+    view: &'a dyn PeerView,
+    /// Each peer is matched once per computation, however many endpoints
+    /// its policy selects.
+    matched: RefCell<Matched<'a>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(view: &'a dyn PeerView) -> Self {
+        Self {
+            view,
             matched: RefCell::new(HashMap::new()),
         }
     }
 
     /// The identities a `Pods` peer of a policy in `policy_ns` selects.
-    fn peer_identities(&self, peer: &Peer, policy_ns: &'a str) -> Rc<Vec<usize>> {
+    fn peer_identities(&self, peer: &Peer, policy_ns: &'a str) -> Rc<Vec<u32>> {
         let key = (peer as *const Peer, policy_ns);
         if let Some(m) = self.matched.borrow().get(&key) {
             return m.clone();
         }
-        let Peer::Pods { pods, namespaces } = peer else {
-            return Rc::new(vec![]);
-        };
-        let found: Vec<usize> = self
-            .identities
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| match namespaces {
-                None => i.namespace == policy_ns,
-                // Every pod's namespace is in the cache.
-                Some(sel) => self
-                    .ns_cache
-                    .get(i.namespace)
-                    .is_some_and(|l| sel.matches(l)),
-            })
-            .filter(|(_, i)| pods.matches(i.labels))
-            .map(|(n, _)| n)
-            .collect();
+        let mut found = Vec::new();
+        if let Peer::Pods { pods, namespaces } = peer {
+            let mut take = |id: u32, labels: &Labels| {
+                if pods.matches(labels) {
+                    found.push(id);
+                }
+            };
+            // Namespaces first: a peer looks at the identities of the
+            // namespaces it selects only.
+            match namespaces {
+                None => self.view.each_identity_in(policy_ns, &mut take),
+                Some(sel) => self.view.each_namespace(&mut |ns, ns_labels| {
+                    if sel.matches(ns_labels) {
+                        self.view.each_identity_in(ns, &mut take);
+                    }
+                }),
+            }
+        }
         let found = Rc::new(found);
         self.matched.borrow_mut().insert(key, found.clone());
         found
@@ -770,8 +923,8 @@ impl<'a> Ctx<'a> {
             }
         };
         if rule.peers.is_empty() {
-            for p in self.pods {
-                named_to(p, &|_| true, plan);
+            if !named.is_empty() {
+                self.view.each_pod(&mut |p| named_to(p, &|_| true, plan));
             }
             if !blocks.is_empty() {
                 add(ID_ANY, blocks, plan);
@@ -781,13 +934,13 @@ impl<'a> Ctx<'a> {
         for peer in &rule.peers {
             match peer {
                 Peer::Pods { .. } => {
-                    for &i in self.peer_identities(peer, policy_ns).iter() {
-                        let ident = &self.identities[i];
-                        for p in &ident.pods {
-                            named_to(p, &|_| true, plan);
+                    for &id in self.peer_identities(peer, policy_ns).iter() {
+                        if !named.is_empty() {
+                            self.view
+                                .each_pod_of(id, &mut |p| named_to(p, &|_| true, plan));
                         }
                         if !blocks.is_empty() {
-                            add(ident.id, blocks.clone(), plan);
+                            add(id, blocks.clone(), plan);
                         }
                     }
                 }
@@ -800,8 +953,8 @@ impl<'a> Ctx<'a> {
                     // Named ports exist only on pods: those in the block.
                     let inside =
                         |a: &Prefix| cidr_p.contains(a) && !except.iter().any(|e| e.contains(a));
-                    for p in self.pods {
-                        named_to(p, &inside, plan);
+                    if !named.is_empty() {
+                        self.view.each_pod(&mut |p| named_to(p, &inside, plan));
                     }
                     if blocks.is_empty() {
                         continue;

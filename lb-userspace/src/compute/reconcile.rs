@@ -294,7 +294,7 @@ impl Reconciler {
         }
         out.errors.append(&mut self.snapshot.warnings);
         if self.snapshot.policy_dirty || full {
-            out.ops += self.sync_policy_into(w, &mut out.errors)?;
+            out.ops += self.sync_policy_into(w, &mut out.errors, full)?;
             out.policy_changed = true;
         }
         Ok(out)
@@ -337,21 +337,26 @@ impl Reconciler {
     /// interface or route) and writes what changed; errors are logged.
     pub fn sync_policy(&mut self, w: &mut dyn Writer) -> anyhow::Result<usize> {
         let mut errors = Vec::new();
-        let n = self.sync_policy_into(w, &mut errors)?;
+        let n = self.sync_policy_into(w, &mut errors, false)?;
         for e in errors {
             tracing::error!("{e}");
         }
         Ok(n)
     }
 
-    /// Recomputes the policy state and writes what changed.
+    /// Recomputes the policy state (what changed since the last time, or
+    /// everything when `full`) and writes what changed.
     fn sync_policy_into(
         &mut self,
         w: &mut dyn Writer,
         errors: &mut Vec<String>,
+        full: bool,
     ) -> anyhow::Result<usize> {
         self.snapshot.policy_dirty = false;
-        let ops = self.policy.plan(&self.snapshot, errors);
+        let changes = std::mem::take(&mut self.snapshot.policy_changes);
+        let ops = self
+            .policy
+            .plan_changes(&self.snapshot, &changes, full, errors);
         if let Err(e) = w.apply_policy(&ops) {
             self.policy.reload(w.read_policy()?);
             // Computed again at the next resync.
@@ -502,7 +507,7 @@ impl Reconciler {
         out.ops = ops.len();
         w.apply(&ops)?;
         self.policy.reload(w.read_policy()?);
-        out.ops += self.sync_policy_into(w, &mut out.errors)?;
+        out.ops += self.sync_policy_into(w, &mut out.errors, true)?;
         out.policy_changed = true;
         Ok(out)
     }

@@ -452,9 +452,33 @@ pub struct Snapshot {
     pub policies: HashMap<ObjRef, PolicyInfo>,
     /// A change reached the policy inputs since the flag was last taken.
     pub policy_dirty: bool,
+    /// Which policy inputs changed since they were last taken (the
+    /// incremental policy stage recomputes only what they touch).
+    pub policy_changes: PolicyChanges,
     /// Problems found while applying that did not stop the change (a
     /// NetworkPolicy kept as broken, failing closed).
     pub warnings: Vec<String>,
+}
+
+/// The policy inputs a change set touched, by key: whoever takes them
+/// (`std::mem::take`) reads the objects' current state from the snapshot.
+/// They only grow until taken, bounded by the number of objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    /// Pods added, changed or deleted.
+    pub pods: BTreeSet<ObjRef>,
+    /// Namespaces whose labels changed (or that appeared or went).
+    pub namespaces: BTreeSet<String>,
+    /// NetworkPolicies added, changed or deleted.
+    pub policies: BTreeSet<ObjRef>,
+    /// This node's Node object changed (its addresses among others).
+    pub node: bool,
+}
+
+impl PolicyChanges {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.namespaces.is_empty() && self.policies.is_empty() && !self.node
+    }
 }
 
 /// What an object change means for the snapshot, named by kind and key.
@@ -603,6 +627,7 @@ impl Snapshot {
                 let rezoned = self.node.zone != info.zone;
                 self.node = info;
                 self.policy_dirty = true;
+                self.policy_changes.node = true;
                 if rezoned {
                     // Zone hints choose endpoints for this node's zone.
                     return Ok(self.services.keys().cloned().collect());
@@ -612,6 +637,7 @@ impl Snapshot {
             Change::Upsert(Object::Pod(p)) => {
                 let info = pod_info(p)?;
                 if self.pods.get(&info.key) != Some(&info) {
+                    self.policy_changes.pods.insert(info.key.clone());
                     self.pods.insert(info.key.clone(), info);
                     self.policy_dirty = true;
                 }
@@ -620,6 +646,7 @@ impl Snapshot {
             Change::Upsert(Object::Namespace(n)) => {
                 let (name, labels) = namespace_labels(n)?;
                 if self.namespaces.get(&name) != Some(&labels) {
+                    self.policy_changes.namespaces.insert(name.clone());
                     self.namespaces.insert(name, labels);
                     self.policy_dirty = true;
                 }
@@ -629,6 +656,7 @@ impl Snapshot {
                 let (info, warning) = policy_info(np)?;
                 self.warnings.extend(warning);
                 if self.policies.get(&info.key) != Some(&info) {
+                    self.policy_changes.policies.insert(info.key.clone());
                     self.policies.insert(info.key.clone(), info);
                     self.policy_dirty = true;
                 }
@@ -645,18 +673,31 @@ impl Snapshot {
                 },
                 "EndpointSlice" => self.remove_slice(key),
                 "Pod" => {
-                    self.policy_dirty |= self.pods.remove(key).is_some();
+                    if self.pods.remove(key).is_some() {
+                        self.policy_dirty = true;
+                        self.policy_changes.pods.insert(key.clone());
+                    }
                     vec![]
                 }
                 "Namespace" => {
-                    self.policy_dirty |= self.namespaces.remove(&key.name).is_some();
+                    if self.namespaces.remove(&key.name).is_some() {
+                        self.policy_dirty = true;
+                        self.policy_changes.namespaces.insert(key.name.clone());
+                    }
                     vec![]
                 }
                 "NetworkPolicy" => {
-                    self.policy_dirty |= self.policies.remove(key).is_some();
+                    if self.policies.remove(key).is_some() {
+                        self.policy_dirty = true;
+                        self.policy_changes.policies.insert(key.clone());
+                    }
                     vec![]
                 }
                 "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
+                    // Recorded (the policy stage reads the addresses when it
+                    // next runs); whether this alone should run it is the
+                    // snapshot's `policy_dirty`, unchanged here.
+                    self.policy_changes.node = true;
                     self.node.addrs.clear();
                     self.node.deleting = true;
                     if self.node.zone.take().is_some() {
