@@ -31,11 +31,13 @@ impl Drop for Cgroup {
     }
 }
 
-/// cgroup.kill, wait for it to empty, rmdir.
+/// cgroup.kill, wait for it to empty, rmdir. The kill is repeated while
+/// the cgroup stays: a run being torn down from a signal thread may still
+/// start a process in it (a probe) after the first kill.
 pub fn remove_cgroup(path: &Path) {
-    let _ = std::fs::write(path.join("cgroup.kill"), "1");
-    for _ in 0..200 {
-        if std::fs::remove_dir(path).is_ok() {
+    for _ in 0..500 {
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        if std::fs::remove_dir(path).is_ok() || !path.exists() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
