@@ -93,11 +93,12 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         f.outer_d
     };
     let st = state();
-    if dir == DIR_EGRESS && spoofed(ctx, &pod) != 0 {
-        return TC_ACT_SHOT;
-    }
     // SAFETY: copied out at once.
     let Some(ep) = (unsafe { LB_POL_EP_V1.get(&pod) }).copied() else {
+        // An address no pod has, from an interface whose pod is known.
+        if dir == DIR_EGRESS && spoofed_unknown(ctx) != 0 {
+            return TC_ACT_SHOT;
+        }
         let any = if dir == DIR_INGRESS {
             POL_F_ANY_INGRESS
         } else {
@@ -109,6 +110,11 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         }
         return TC_ACT_OK;
     };
+    // Another local pod's address, arriving on this interface.
+    if dir == DIR_EGRESS && ep.ifindex != 0 && ep.ifindex != ifindex(ctx) {
+        count(ep.ep_id, PolReason::SpoofedSource);
+        return TC_ACT_SHOT;
+    }
     if f.kind == KIND_ICMP_ERR {
         return icmp_error(&ep, dir, &f);
     }
@@ -136,30 +142,25 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     TC_ACT_OK
 }
 
-/// 1 (counted) when a packet leaving a pod carries a source that is not
-/// its pod's: another local pod's address arriving on this interface, or
-/// any unknown address from an interface whose pod is known. Not inlined
-/// (stack).
-#[inline(never)]
-fn spoofed(ctx: &TcContext, src: &NetAddr) -> u32 {
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the context pointer the kernel passed this program;
     // ifindex is a plain field of it.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// 1 (counted on that pod) when a packet leaving a pod with a source no
+/// local pod has comes from an interface whose pod is known: spoofed. Not
+/// inlined (stack).
+#[inline(never)]
+fn spoofed_unknown(ctx: &TcContext) -> u32 {
     // SAFETY: copied out at once.
-    match unsafe { LB_POL_EP_V1.get(src) }.copied() {
-        Some(ep) if ep.ifindex != 0 && ep.ifindex != ifindex => {
-            count(ep.ep_id, PolReason::SpoofedSource);
+    match unsafe { LB_POL_IF_V1.get(&ifindex(ctx)) }.copied() {
+        Some(ep_id) => {
+            count(ep_id, PolReason::SpoofedSource);
             1
         }
-        Some(_) => 0,
-        // SAFETY: copied out at once.
-        None => match unsafe { LB_POL_IF_V1.get(&ifindex) }.copied() {
-            Some(ep_id) => {
-                count(ep_id, PolReason::SpoofedSource);
-                1
-            }
-            None => 0,
-        },
+        None => 0,
     }
 }
 

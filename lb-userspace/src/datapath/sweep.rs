@@ -4,7 +4,7 @@
 use super::*;
 
 impl Datapath {
-    /// One conntrack sweep: removes what `compute::conntrack_gc::expired` says, walking
+    /// One conntrack sweep: removes what `compute::ct_sweep::doomed` says, walking
     /// at most the map's size of keys (a walk over an LRU being written can
     /// restart). Returns how many entries went, how many stayed, and the
     /// flows it saw.
