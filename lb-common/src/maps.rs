@@ -173,6 +173,18 @@ pub struct Backend {
     pub flags: u8,
 }
 
+/// A backend that left a frontend, as the agent's UDP socket pass looks it
+/// up: `service_id` of the frontend (as in `SockRevValue`), then the
+/// backend's port and address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockDoomedKey {
+    pub service_id: u32,
+    pub port: BeU16,
+    pub _pad: u16,
+    pub addr: NetAddr,
+}
+
 /// Key of `LB_SOCK_REV_V1`: which frontend a socket reached a backend through.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -365,6 +377,8 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<SockRevKey>() == 32);
     assert!(core::mem::size_of::<SockRevValue>() == 24);
+    assert!(core::mem::size_of::<SockDoomedKey>() == 24);
+    assert!(core::mem::offset_of!(SockRevValue, service_id) == 20);
     assert!(core::mem::size_of::<Status>() == 88);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtValue>() == 32);

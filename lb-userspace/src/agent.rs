@@ -266,6 +266,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     match rec.resync(&mut dp) {
                         Ok(o) => {
                             tracing::info!(ops = o.ops, "full resync done");
+                            destroy_left_udp(&dp, &mut rec, &health);
                             needs_resync = false;
                             resync.reset();
                             log_left_out(&o);
@@ -325,7 +326,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(r) = batch.rejected.take() {
             source_rejected = r;
         }
-        match rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp) {
+        let applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
+        // Even after a failed write: those backends are gone from what the
+        // maps are to hold.
+        destroy_left_udp(&dp, &mut rec, &health);
+        match applied {
             Ok(out) => {
                 unrecorded = None;
                 log_left_out(&out);
@@ -408,6 +413,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned maps and links stay and keep serving");
     Ok(())
+}
+
+/// Connected UDP sockets whose backend left their Service are destroyed:
+/// their applications see an error and connect again, to a live backend.
+fn destroy_left_udp(dp: &Datapath, rec: &mut Reconciler, health: &crate::serve::health::Health) {
+    let left = rec.take_left_udp();
+    if left.is_empty() {
+        return;
+    }
+    match dp.destroy_udp_sockets(&left) {
+        Ok(n) => {
+            health.metrics.udp_sockets_destroyed.inc_by(n);
+            if n > 0 {
+                tracing::info!(
+                    sockets = n,
+                    backends = left.len(),
+                    "destroyed connected UDP sockets of backends that left their Service"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("destroying the UDP sockets of removed backends: {e:#}"),
+    }
 }
 
 /// When to try a full resync again after a failed one: the next tick at

@@ -222,6 +222,11 @@ fn the_daemonset_runs_the_agent_where_and_how_it_needs() {
 
     assert_eq!(pod.host_network, Some(true), "{DS}: hostNetwork");
     assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "{DS}: hostPID (the UDP socket pass finds pods' network namespaces by their processes)"
+    );
+    assert_eq!(
         pod.dns_policy.as_deref(),
         Some("ClusterFirstWithHostNet"),
         "{DS}: dnsPolicy"
@@ -264,7 +269,9 @@ fn the_daemonset_runs_the_agent_where_and_how_it_needs() {
     );
     assert_eq!(
         list(caps.and_then(|c| c.add.as_ref())),
-        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"].map(String::from)),
+        BTreeSet::from(
+            ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_PTRACE"].map(String::from)
+        ),
         "{DS}: container agent: capabilities.add (each one is justified in the file; change both)"
     );
 

@@ -223,6 +223,53 @@ fn removed_backend_gets_no_new_connection_and_established_ones_live() {
     assert_eq!(again["served_by"].as_str(), Some(keeper.as_str()));
 }
 
+/// A DNS client's connected UDP socket: its backend leaving the Service
+/// ends it with an error (another backend leaving does not), and the
+/// socket it opens next reaches a live backend.
+#[test]
+fn connected_udp_socket_of_a_removed_backend_is_destroyed_and_reconnects() {
+    let mut bed = Testbed::new(3);
+    web(&mut bed, &["10.96.0.10"], &[0, 1, 2]);
+    let mut held = bed.client_proc(&["hold-udp", "10.96.0.10:53"]);
+    let mut ask = |line: &str| -> Value {
+        held.send_line(line);
+        serde_json::from_str(&held.read_line()).unwrap()
+    };
+    let first = ask("go");
+    assert_eq!(first["ok"], true, "{first}");
+    let keeper = first["served_by"].as_str().unwrap().to_string();
+    let keep_idx: usize = keeper.trim_start_matches('b').parse().unwrap();
+    let last = (keep_idx + 2) % 3;
+    web(&mut bed, &["10.96.0.10"], &[keep_idx, last]);
+    let again = ask("again");
+    assert_eq!(
+        again["ok"], true,
+        "another backend leaving broke the socket: {again}"
+    );
+    assert_eq!(
+        again["served_by"].as_str(),
+        Some(keeper.as_str()),
+        "{again}"
+    );
+    web(&mut bed, &["10.96.0.10"], &[last]);
+    let after = ask("again");
+    assert_eq!(
+        after["ok"], false,
+        "the socket still reached removed b{keep_idx}: {after}"
+    );
+    assert_ne!(
+        after["error"], "timeout",
+        "the socket must fail at once, not go silent: {after}"
+    );
+    let fresh = ask("reconnect");
+    assert_eq!(fresh["ok"], true, "{fresh}");
+    assert_eq!(
+        fresh["served_by"].as_str(),
+        Some(format!("b{last}").as_str()),
+        "{fresh}"
+    );
+}
+
 #[test]
 fn agent_killed_and_restarted_drops_no_connection() {
     let mut bed = Testbed::new(2);

@@ -9,7 +9,8 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use lb_common::{
-    BACKEND_DRAINING, Backend, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue, SrcRangeData,
+    BACKEND_DRAINING, Backend, PROTO_UDP, SRC_RANGE_FRONT_BITS, ServiceKey, ServiceValue,
+    SrcRangeData,
 };
 
 use crate::compute::desired::Frontend;
@@ -105,6 +106,9 @@ pub struct Mirror {
     /// Tables built lately, by backend addresses in slot order (content,
     /// so never stale); bounded.
     maglev_built: HashMap<Vec<std::net::SocketAddr>, MaglevTable>,
+    /// UDP backends that left a frontend since `take_left_udp`: sockets
+    /// connected to them through it are to be destroyed.
+    left_udp: Vec<lb_common::SockDoomedKey>,
 }
 
 /// A backend as the mirror indexes it: without the draining flag.
@@ -444,6 +448,16 @@ impl Mirror {
         if let Some(v) = old.filter(|v| v.service_id != service_id && v.service_id != 0) {
             self.drop_maglev(v.service_id, ops);
         }
+        if let Some(sid) = old.map(|v| v.service_id).filter(|_| key.proto == PROTO_UDP) {
+            let kept: BTreeSet<u32> = if sid == service_id {
+                new_ids.iter().copied().collect()
+            } else {
+                BTreeSet::new()
+            };
+            for id in old_ids.iter().filter(|id| !kept.contains(id)) {
+                self.note_left(sid, *id);
+            }
+        }
         for s in new_ids.len() + 1..=old_ids.len() {
             let k = key.with_slot(s as u16);
             self.services.remove(&k);
@@ -520,12 +534,44 @@ impl Mirror {
         }
     }
 
+    fn note_left(&mut self, service_id: u32, backend_id: u32) {
+        if service_id == 0 {
+            return;
+        }
+        if let Some(b) = self.backends.get(&backend_id) {
+            self.left_udp.push(lb_common::SockDoomedKey {
+                service_id,
+                port: b.port,
+                _pad: 0,
+                addr: b.addr,
+            });
+        }
+    }
+
+    /// The UDP backends that left a frontend since the last call, with the
+    /// frontend's id.
+    pub fn take_left_udp(&mut self) -> Vec<lb_common::SockDoomedKey> {
+        let mut v = std::mem::take(&mut self.left_udp);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub fn note_left_udp(&mut self, left: Vec<lb_common::SockDoomedKey>) {
+        self.left_udp.extend(left);
+    }
+
     /// Ops that remove the frontend `key` (slot 0) and its slots.
     pub fn remove(&mut self, key: &ServiceKey, ops: &mut Vec<Op>) {
         let Some(front) = self.services.get(key).copied() else {
             return;
         };
         let ids = self.slot_ids(key);
+        if key.proto == PROTO_UDP {
+            for id in &ids {
+                self.note_left(front.service_id, *id);
+            }
+        }
         self.services.remove(key);
         ops.push(Op::DelService { key: *key });
         for s in 1..=front.count {
@@ -558,7 +604,7 @@ impl Mirror {
 mod tests {
     use super::*;
     use crate::compute::desired::net_addr;
-    use lb_common::{BeU16, PROTO_TCP, SCOPE_INTERNAL};
+    use lb_common::{BeU16, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL};
 
     fn fe(ip: &str, port: u16, backends: &[u8]) -> Frontend {
         Frontend {
@@ -691,6 +737,40 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["backend", "backend", "slot", "slot", "frontend"]);
+    }
+
+    #[test]
+    fn udp_backends_that_leave_a_frontend_are_noted_with_its_id() {
+        let udp = |backends: &[u8]| {
+            let mut f = fe("10.96.0.10", 53, backends);
+            f.key.proto = PROTO_UDP;
+            f
+        };
+        let mut m = Mirror::from_entries([], []);
+        m.upsert(&udp(&[1, 2, 3]), &mut vec![]);
+        m.upsert(&fe("10.96.0.10", 80, &[1, 2]), &mut vec![]);
+        assert!(m.take_left_udp().is_empty(), "nothing left yet");
+        let sid = m.services()[&udp(&[]).key].service_id;
+        let left = |m: &mut Mirror| -> Vec<(u32, String)> {
+            m.take_left_udp()
+                .into_iter()
+                .map(|k| {
+                    (
+                        k.service_id,
+                        crate::compute::desired::ip_of(&k.addr).to_string(),
+                    )
+                })
+                .collect()
+        };
+        m.upsert(&udp(&[1, 3]), &mut vec![]);
+        m.upsert(&fe("10.96.0.10", 80, &[1]), &mut vec![]);
+        assert_eq!(left(&mut m), [(sid, "10.0.0.2".to_string())], "UDP only");
+        assert!(m.take_left_udp().is_empty(), "taken once");
+        m.remove(&udp(&[]).key, &mut vec![]);
+        assert_eq!(
+            left(&mut m),
+            [(sid, "10.0.0.1".to_string()), (sid, "10.0.0.3".to_string())]
+        );
     }
 
     #[test]

@@ -213,6 +213,21 @@ impl Reconciler {
         &self.mirror
     }
 
+    /// UDP backends that left a frontend since the last call (see
+    /// `Mirror::take_left_udp`).
+    pub fn take_left_udp(&mut self) -> Vec<lb_common::SockDoomedKey> {
+        self.mirror.take_left_udp()
+    }
+
+    /// The maps as the kernel holds them, keeping what the old mirror
+    /// noted and nobody took yet.
+    fn reread_mirror(&mut self, w: &mut dyn Writer) -> anyhow::Result<()> {
+        let left = self.mirror.take_left_udp();
+        self.mirror = w.read_mirror()?;
+        self.mirror.note_left_udp(left);
+        Ok(())
+    }
+
     pub fn apply(
         &mut self,
         changes: &[Change],
@@ -289,7 +304,7 @@ impl Reconciler {
         if let Err(e) = w.apply(&ops) {
             // The kernel holds something between the old and new state: read
             // it back and let the next full resync converge.
-            self.mirror = w.read_mirror()?;
+            self.reread_mirror(w)?;
             return Err(e);
         }
         out.errors.append(&mut self.snapshot.warnings);
@@ -491,7 +506,7 @@ impl Reconciler {
 
     /// Recomputes every Service against a fresh read of the maps.
     pub fn resync(&mut self, w: &mut dyn Writer) -> anyhow::Result<Outcome> {
-        self.mirror = w.read_mirror()?;
+        self.reread_mirror(w)?;
         self.claimed.clear();
         self.owner.clear();
         self.contenders.clear();

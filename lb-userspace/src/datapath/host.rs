@@ -470,3 +470,14 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Moves the calling thread (only it) into the network namespace `ns`.
+pub fn enter_netns(ns: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on a valid namespace fd changes only this thread's
+    // namespace; no memory is shared with the kernel.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

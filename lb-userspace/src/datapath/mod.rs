@@ -2,11 +2,13 @@
 //! object, its pins and links, writing plans into the maps and reading them
 //! back. No other module imports aya.
 
+mod btf;
 pub mod host;
 mod links;
 mod pinned;
 pub mod policy;
 mod resize;
+mod sock_destroy;
 mod specs;
 mod sweep;
 mod sys;
@@ -142,6 +144,9 @@ pub struct Datapath {
     sizes: MapSizes,
     /// The NetworkPolicy maps.
     pub policy: policy::PolicyIo,
+    /// Where the socket programs are attached: whose processes' sockets
+    /// they translate.
+    cgroup: PathBuf,
 }
 
 /// The packet programs of external devices, with their direction.
@@ -270,7 +275,19 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         ct_max: opts.sizes.ct,
         sizes: opts.sizes,
         policy,
+        cgroup: opts.cgroup.clone(),
     })
+}
+
+impl Datapath {
+    /// Destroys the connected UDP sockets that reach one of `doomed`'s
+    /// backends through its frontend; returns how many.
+    pub fn destroy_udp_sockets(&self, doomed: &[lb_common::SockDoomedKey]) -> anyhow::Result<u64> {
+        let Some(Map::LruHashMap(rev)) = self.ebpf.map(MAP_SOCK_REV) else {
+            bail!("map {MAP_SOCK_REV} missing from the object");
+        };
+        sock_destroy::destroy_udp(rev.fd().as_fd(), doomed, &self.cgroup)
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {

@@ -1,6 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose: opening a pin as a raw
-//! fd, reading a link's attach target, swapping a link's program, and
-//! writing many entries in one call.
+//! fd, reading a link's attach target, swapping a link's program, writing
+//! many entries in one call, and loading a hand-built iterator program.
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 use std::{
@@ -10,7 +10,13 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -146,4 +152,88 @@ pub fn netns_cookie() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// BPF_MAP_CREATE of a plain map nobody pins (its fd is its life).
+pub fn map_create(map_type: u32, key_size: u32, value_size: u32, max: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u32(0, map_type);
+    a.put_u32(4, key_size);
+    a.put_u32(8, value_size);
+    a.put_u32(12, max);
+    bpf(BPF_MAP_CREATE, &mut a).map(owned)
+}
+
+/// BPF_MAP_UPDATE_ELEM with `key` and `value` as the map's raw bytes.
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_ptr() as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
+}
+
+/// BPF_MAP_LOOKUP_ELEM of a map whose values are one u64.
+pub fn map_lookup_u64(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<u64> {
+    let mut v = 0u64;
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, (&mut v as *mut u64) as u64);
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
+    Ok(v)
+}
+
+/// What BPF_PROG_LOAD needs for a program built outside an object file.
+pub struct ProgLoad<'a> {
+    pub prog_type: u32,
+    pub expected_attach_type: u32,
+    pub attach_btf_id: u32,
+    pub insns: &'a [u64],
+    pub name: &'a str,
+}
+
+/// BPF_PROG_LOAD; on failure the error carries the verifier's log.
+pub fn prog_load(p: &ProgLoad<'_>) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut a = Attr::new();
+    a.put_u32(0, p.prog_type);
+    a.put_u32(4, p.insns.len() as u32);
+    a.put_u64(8, p.insns.as_ptr() as u64);
+    a.put_u64(16, license.as_ptr() as u64);
+    a.put_u32(24, 1);
+    a.put_u32(28, log.len() as u32);
+    a.put_u64(32, log.as_mut_ptr() as u64);
+    let name = p.name.as_bytes();
+    let n = name.len().min(15);
+    a.0[48..48 + n].copy_from_slice(&name[..n]);
+    a.put_u32(68, p.expected_attach_type);
+    a.put_u32(108, p.attach_btf_id);
+    bpf(BPF_PROG_LOAD, &mut a).map(owned).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        io::Error::new(e.kind(), format!("{e}; verifier: {}", text.trim()))
+    })
+}
+
+/// BPF_LINK_CREATE of an iterator link (no target, no iterator options).
+pub fn iter_link_create(prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u32(0, prog.as_raw_fd() as u32);
+    a.put_u32(8, attach_type);
+    bpf(BPF_LINK_CREATE, &mut a).map(owned)
+}
+
+/// BPF_ITER_CREATE: an fd whose reads run the iterator, over the calling
+/// thread's network namespace for socket iterators.
+pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u32(0, link.as_raw_fd() as u32);
+    bpf(BPF_ITER_CREATE, &mut a).map(owned)
 }

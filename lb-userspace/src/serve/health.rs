@@ -57,6 +57,7 @@ pub struct Metrics {
     pub conntrack_orphan_entries: Gauge,
     pub policy_conntrack_entries: Gauge,
     pub watch_restarts: Counter,
+    pub udp_sockets_destroyed: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
     pub services_not_programmed: Gauge,
@@ -125,6 +126,7 @@ impl Health {
             conntrack_flows: Family::default(),
             conntrack_orphan_entries: Gauge::default(),
             watch_restarts: Counter::default(),
+            udp_sockets_destroyed: Counter::default(),
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
             policy_conntrack_entries: Gauge::default(),
@@ -166,6 +168,11 @@ impl Health {
             "watch_restarts",
             "Restarts of API watches",
             metrics.watch_restarts.clone(),
+        );
+        r.register(
+            "udp_sockets_destroyed",
+            "Connected UDP sockets destroyed because their backend left the Service",
+            metrics.udp_sockets_destroyed.clone(),
         );
         r.register(
             "datapath_packets",

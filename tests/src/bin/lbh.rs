@@ -6,6 +6,8 @@
 //!   lbh probe TARGET PROTO COUNT [connected|unconnected|same-socket] [v6sock] [TIMEOUT_MS]
 //!   lbh loop TARGET STOPFILE          TCP connections until STOPFILE exists
 //!   lbh hold TARGET                   one TCP connection; a request per stdin line
+//!   lbh hold-udp TARGET               one connected UDP socket; a request per stdin
+//!                                     line, `reconnect` opens a new one
 //!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
 //!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http
 //!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
@@ -283,6 +285,37 @@ fn main() {
                 let _ = std::io::stdout().flush();
             }
             let _ = r.read(&mut [0u8; 1]);
+        }
+        "hold-udp" => {
+            let target: SocketAddr = arg(1).parse().expect("target");
+            let open = || {
+                let s = UdpSocket::bind(if target.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                })
+                .expect("bind");
+                s.connect(target).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                s
+            };
+            let mut s = open();
+            for line in std::io::stdin().lock().lines() {
+                if line.as_deref().is_ok_and(|l| l.trim() == "reconnect") {
+                    s = open();
+                }
+                let mut buf = [0u8; 512];
+                let res = s.send(b"hello\n").and_then(|_| s.recv(&mut buf));
+                let v = match res {
+                    Ok(n) => {
+                        let (served_by, _) = answer(&String::from_utf8_lossy(&buf[..n]));
+                        json!({"ok": true, "served_by": served_by})
+                    }
+                    Err(e) => json!({"ok": false, "error": error_name(&e)}),
+                };
+                println!("{v}");
+                let _ = std::io::stdout().flush();
+            }
         }
         "lab-serve" => lab::serve(),
         "lab-probe" => {

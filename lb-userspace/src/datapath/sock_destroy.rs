@@ -1,0 +1,472 @@
+//! Connected UDP sockets of a backend that left a Service are destroyed, so
+//! their applications see an error and connect again (to a live backend):
+//! the socket hooks rewrote the destination once, at connect time, and
+//! nothing else would ever move them. kube-proxy flushes UDP conntrack for
+//! the same reason.
+//!
+//! A `bpf_iter/udp` program walks every UDP socket of a network namespace;
+//! one whose (cookie, peer) has a socket reverse entry naming a frontend
+//! and backend pair listed in a per-pass "doomed" map is handed to the
+//! `bpf_sock_destroy` kfunc. aya 0.14 cannot load a program that calls a
+//! kfunc, so the program (a few dozen instructions) is built here against
+//! the running kernel's BTF and loaded with the raw syscalls of `sys`.
+//! Socket iterators see the network namespace of whoever opens them: one
+//! pass per namespace of the processes under the agent's cgroup.
+
+use std::{
+    collections::HashSet,
+    io::Read as _,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use anyhow::{Context as _, anyhow};
+use lb_common::SockDoomedKey;
+
+use crate::datapath::{btf::Btf, sys};
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_ITER: u32 = 28;
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+const HELPER_MAP_LOOKUP: i32 = 1;
+const HELPER_GET_SOCKET_COOKIE: i32 = 46;
+
+/// What the program needs from the running kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    iter_udp: u32,
+    sock_destroy: u32,
+    ctx_udp_sk: i16,
+    family: i16,
+    daddr: i16,
+    v6_daddr: i16,
+    dport: i16,
+}
+
+impl Layout {
+    fn from_btf(btf: &Btf) -> anyhow::Result<Self> {
+        let off = |m| btf.member_offset("sock_common", m);
+        Ok(Self {
+            iter_udp: btf.func_id("bpf_iter_udp")?,
+            sock_destroy: btf
+                .func_id("bpf_sock_destroy")
+                .context("bpf_sock_destroy needs Linux 6.5")?,
+            ctx_udp_sk: btf.member_offset("bpf_iter__udp", "udp_sk")?,
+            family: off("skc_family")?,
+            daddr: off("skc_daddr")?,
+            v6_daddr: off("skc_v6_daddr")?,
+            dport: off("skc_dport")?,
+        })
+    }
+
+    /// Read once per agent: the kernel does not change under it.
+    pub fn running_kernel() -> anyhow::Result<Self> {
+        static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
+        LAYOUT
+            .get_or_init(|| {
+                Btf::vmlinux()
+                    .and_then(|b| Self::from_btf(&b))
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow!("{e}"))
+    }
+}
+
+/// BPF instructions, with forward jumps patched once their label is known.
+#[derive(Default)]
+struct Asm {
+    insns: Vec<u64>,
+    /// (instruction index, label) of jumps to patch.
+    fixups: Vec<(usize, &'static str)>,
+    labels: Vec<(&'static str, usize)>,
+}
+
+impl Asm {
+    fn raw(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        let mut b = [0u8; 8];
+        b[0] = code;
+        b[1] = (src << 4) | dst;
+        b[2..4].copy_from_slice(&off.to_le_bytes());
+        b[4..8].copy_from_slice(&imm.to_le_bytes());
+        self.insns.push(u64::from_le_bytes(b));
+    }
+    fn label(&mut self, name: &'static str) {
+        self.labels.push((name, self.insns.len()));
+    }
+    fn jump(&mut self, code: u8, dst: u8, imm: i32, to: &'static str) {
+        self.fixups.push((self.insns.len(), to));
+        self.raw(code, dst, 0, 0, imm);
+    }
+    fn ld_map_fd(&mut self, dst: u8, fd: i32) {
+        const PSEUDO_MAP_FD: u8 = 1;
+        self.raw(0x18, dst, PSEUDO_MAP_FD, 0, fd);
+        self.raw(0, 0, 0, 0, 0);
+    }
+    fn finish(mut self) -> Vec<u64> {
+        for (at, to) in &self.fixups {
+            let target = self.labels.iter().find(|(n, _)| n == to).expect("label").1;
+            let off = (target as i64 - *at as i64 - 1) as i16;
+            let mut b = self.insns[*at].to_le_bytes();
+            b[2..4].copy_from_slice(&off.to_le_bytes());
+            self.insns[*at] = u64::from_le_bytes(b);
+        }
+        self.insns
+    }
+}
+
+// Opcodes (class | size/op | source).
+const LDX_DW: u8 = 0x79;
+const LDX_W: u8 = 0x61;
+const LDX_H: u8 = 0x69;
+const STX_DW: u8 = 0x7b;
+const STX_W: u8 = 0x63;
+const STX_H: u8 = 0x6b;
+const ST_W: u8 = 0x62;
+const ST_H: u8 = 0x6a;
+const MOV_K: u8 = 0xb7;
+const MOV_X: u8 = 0xbf;
+const ADD_K: u8 = 0x07;
+const JA: u8 = 0x05;
+const JEQ_K: u8 = 0x15;
+const JNE_K: u8 = 0x55;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+const PSEUDO_KFUNC_CALL: u8 = 2;
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R6: u8 = 6;
+const R8: u8 = 8;
+const FP: u8 = 10;
+
+/// The iterator program. Stack: the `SockRevKey` at fp-32 (cookie, peer
+/// address, peer port), the `SockDoomedKey` at fp-56 (frontend id from the
+/// reverse entry, peer port, peer address). The doomed entry's value counts
+/// the sockets destroyed.
+fn program(l: &Layout, rev_map: i32, doomed_map: i32) -> Vec<u64> {
+    let mut a = Asm::default();
+    a.raw(LDX_DW, R6, R1, l.ctx_udp_sk, 0);
+    a.jump(JEQ_K, R6, 0, "out");
+    a.raw(MOV_X, R1, R6, 0, 0);
+    a.raw(CALL, 0, 0, 0, HELPER_GET_SOCKET_COOKIE);
+    a.raw(STX_DW, FP, R0, -32, 0);
+    a.raw(MOV_K, R1, 0, 0, 0);
+    for off in [-24, -16, -8] {
+        a.raw(STX_DW, FP, R1, off, 0);
+    }
+    a.raw(LDX_H, R2, R6, l.family, 0);
+    a.jump(JEQ_K, R2, AF_INET6, "v6");
+    a.jump(JNE_K, R2, AF_INET, "out");
+    // An IPv4 peer in the IPv4-mapped form `NetAddr` keys use.
+    a.raw(ST_W, FP, 0, -16, lb_common::addr::V4_MAPPED_WORD as i32);
+    a.raw(LDX_W, R3, R6, l.daddr, 0);
+    a.raw(STX_W, FP, R3, -12, 0);
+    a.jump(JA, 0, 0, "port");
+    a.label("v6");
+    for i in 0..4i16 {
+        a.raw(LDX_W, R3, R6, l.v6_daddr + 4 * i, 0);
+        a.raw(STX_W, FP, R3, -24 + 4 * i, 0);
+    }
+    a.label("port");
+    a.raw(LDX_H, R3, R6, l.dport, 0);
+    a.raw(STX_H, FP, R3, -8, 0);
+    a.ld_map_fd(R1, rev_map);
+    a.raw(MOV_X, R2, FP, 0, 0);
+    a.raw(ADD_K, R2, 0, 0, -32);
+    a.raw(CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.jump(JEQ_K, R0, 0, "out");
+    // SockRevValue.service_id: the frontend the socket went through.
+    a.raw(LDX_W, R1, R0, 20, 0);
+    a.raw(STX_W, FP, R1, -56, 0);
+    a.raw(LDX_H, R1, FP, -8, 0);
+    a.raw(STX_H, FP, R1, -52, 0);
+    a.raw(ST_H, FP, 0, -50, 0);
+    for i in 0..4i16 {
+        a.raw(LDX_W, R1, FP, -24 + 4 * i, 0);
+        a.raw(STX_W, FP, R1, -48 + 4 * i, 0);
+    }
+    a.ld_map_fd(R1, doomed_map);
+    a.raw(MOV_X, R2, FP, 0, 0);
+    a.raw(ADD_K, R2, 0, 0, -56);
+    a.raw(CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+    a.jump(JEQ_K, R0, 0, "out");
+    a.raw(MOV_X, R8, R0, 0, 0);
+    a.raw(MOV_X, R1, R6, 0, 0);
+    a.raw(CALL, 0, PSEUDO_KFUNC_CALL, 0, l.sock_destroy as i32);
+    a.jump(JNE_K, R0, 0, "out");
+    a.raw(LDX_DW, R1, R8, 0, 0);
+    a.raw(ADD_K, R1, 0, 0, 1);
+    a.raw(STX_DW, R8, R1, 0, 0);
+    a.label("out");
+    a.raw(MOV_K, R0, 0, 0, 0);
+    a.raw(EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+fn key_bytes(k: &SockDoomedKey) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[0..4].copy_from_slice(&k.service_id.to_ne_bytes());
+    b[4..6].copy_from_slice(&k.port.0.to_ne_bytes());
+    b[8..24].copy_from_slice(&k.addr.octets());
+    b
+}
+
+/// The network namespaces of the processes under `cgroup` (and its
+/// descendants), one `/proc/PID/ns/net` path each.
+fn netns_under(cgroup: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                // A process may be gone by now: nothing of it to destroy.
+                if let Ok(m) = std::fs::metadata(&ns)
+                    && seen.insert((m.dev(), m.ino()))
+                {
+                    out.push(ns);
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// Runs the iterator over the network namespace at `ns` from a thread of
+/// its own (setns changes only the calling thread, which then ends).
+fn iterate_in(ns: &Path, link: BorrowedFd<'_>) -> anyhow::Result<()> {
+    let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<()> {
+            crate::datapath::host::enter_netns(f.as_fd())
+                .with_context(|| format!("entering {}", ns.display()))?;
+            let it = sys::iter_create(link).context("creating the socket iterator")?;
+            // Reading runs the program over every socket; it prints nothing.
+            let mut file = std::fs::File::from(it);
+            let mut sink = [0u8; 256];
+            while file
+                .read(&mut sink)
+                .context("running the socket iterator")?
+                > 0
+            {}
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow!("the socket iterator thread panicked"))?
+    })
+}
+
+/// Destroys the connected UDP sockets, of every process under `cgroup`,
+/// that reach a backend listed in `doomed` through its frontend; returns
+/// how many.
+pub fn destroy_udp(
+    rev_map: BorrowedFd<'_>,
+    doomed: &[SockDoomedKey],
+    cgroup: &Path,
+) -> anyhow::Result<u64> {
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    destroy_udp_in(rev_map, doomed, &netns_under(cgroup))
+}
+
+/// `destroy_udp` over the network namespaces at `namespaces`.
+fn destroy_udp_in(
+    rev_map: BorrowedFd<'_>,
+    doomed: &[SockDoomedKey],
+    namespaces: &[PathBuf],
+) -> anyhow::Result<u64> {
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let layout = Layout::running_kernel()?;
+    let map = sys::map_create(BPF_MAP_TYPE_HASH, 24, 8, doomed.len() as u32)
+        .context("creating the map of removed backends")?;
+    let keys: Vec<[u8; 24]> = doomed.iter().map(key_bytes).collect();
+    for k in &keys {
+        sys::map_update(map.as_fd(), k, &0u64.to_ne_bytes())
+            .context("writing the map of removed backends")?;
+    }
+    let insns = program(&layout, rev_map.as_raw_fd(), map.as_raw_fd());
+    let prog = sys::prog_load(&sys::ProgLoad {
+        prog_type: BPF_PROG_TYPE_TRACING,
+        expected_attach_type: BPF_TRACE_ITER,
+        attach_btf_id: layout.iter_udp,
+        insns: &insns,
+        name: "lb_udp_destroy",
+    })
+    .context("loading the UDP socket iterator")?;
+    let link = sys::iter_link_create(prog.as_fd(), BPF_TRACE_ITER)
+        .context("linking the UDP socket iterator")?;
+    for ns in namespaces {
+        if let Err(e) = iterate_in(ns, link.as_fd()) {
+            // One namespace gone mid-pass must not spare the others.
+            tracing::debug!("UDP socket pass in {}: {e:#}", ns.display());
+        }
+    }
+    let mut destroyed = 0;
+    for k in &keys {
+        destroyed += sys::map_lookup_u64(map.as_fd(), k).unwrap_or(0);
+    }
+    Ok(destroyed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::{BeU16, NetAddr, SockRevKey, SockRevValue};
+    use std::net::UdpSocket;
+
+    fn cookie(s: &UdpSocket) -> u64 {
+        use std::os::fd::AsRawFd as _;
+        const SO_COOKIE: libc::c_int = 57;
+        let mut c = 0u64;
+        let mut len = 8 as libc::socklen_t;
+        #[expect(unsafe_code, reason = "getsockopt into a local u64")]
+        // SAFETY: getsockopt writes at most `len` (8) bytes into `c`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_COOKIE,
+                (&mut c as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "SO_COOKIE");
+        c
+    }
+
+    fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
+        #[expect(unsafe_code, reason = "viewing a repr(C) map key as its bytes")]
+        // SAFETY: lb-common's map types are repr(C) integers with explicit
+        // padding: every byte is initialised.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    /// Three connected UDP sockets in a namespace of their own: one reached
+    /// its backend through frontend 7 whose backend left (destroyed), one
+    /// through frontend 7 to a backend still there, one with no reverse
+    /// entry (connected straight to the address, not through a Service).
+    #[test]
+    fn destroys_exactly_the_sockets_whose_backend_left_their_frontend() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "this test loads a BPF iterator and makes a network namespace: run it as root"
+        );
+        std::thread::spawn(|| {
+            #[expect(
+                unsafe_code,
+                reason = "unshare of this test thread's network namespace"
+            )]
+            // SAFETY: only this thread moves; it owns everything it then opens.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare(CLONE_NEWNET)");
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("ip");
+            assert!(up.success());
+            let rev = sys::map_create(9, 32, 24, 16).expect("LRU map");
+            let connect = |port: u16| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(("127.0.0.1", port)).unwrap();
+                s
+            };
+            let (gone, kept, direct) = (connect(5353), connect(5354), connect(5353));
+            let gone6 = UdpSocket::bind("[::1]:0").unwrap();
+            gone6.connect(("::1", 5353)).unwrap();
+            let lo = NetAddr::from_v4_raw(u32::from_ne_bytes([127, 0, 0, 1]));
+            let lo6 = NetAddr::from_octets(std::net::Ipv6Addr::LOCALHOST.octets());
+            for (s, addr, port) in [(&gone, lo, 5353), (&kept, lo, 5354), (&gone6, lo6, 5353)] {
+                let k = SockRevKey {
+                    cookie: cookie(s),
+                    addr,
+                    port: BeU16::from_host(port),
+                    _pad: [0; 6],
+                };
+                let v = SockRevValue {
+                    addr: NetAddr::from_v4_raw(u32::from_ne_bytes([10, 96, 0, 10])),
+                    port: BeU16::from_host(53),
+                    _pad: [0; 2],
+                    service_id: 7,
+                };
+                sys::map_update(rev.as_fd(), &pod_bytes(&k), &pod_bytes(&v)).unwrap();
+            }
+            let doomed = [lo, lo6].map(|addr| SockDoomedKey {
+                service_id: 7,
+                port: BeU16::from_host(5353),
+                _pad: 0,
+                addr,
+            });
+            let here = PathBuf::from("/proc/thread-self/ns/net");
+            let n = destroy_udp_in(rev.as_fd(), &doomed, &[here]).expect("the pass runs");
+            assert_eq!(n, 2, "exactly the two doomed sockets destroyed");
+            for s in [&gone, &gone6] {
+                let err = s.take_error().unwrap().map(|e| e.raw_os_error());
+                assert_eq!(
+                    err,
+                    Some(Some(libc::ECONNABORTED)),
+                    "a doomed socket sees an error"
+                );
+            }
+            assert!(
+                kept.take_error().unwrap().is_none(),
+                "a live backend's socket stays"
+            );
+            assert!(
+                direct.take_error().unwrap().is_none(),
+                "a direct socket stays"
+            );
+            assert!(
+                gone.send(b"x").is_err(),
+                "the doomed socket is no longer connected"
+            );
+            kept.send(b"x").expect("the kept socket still sends");
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn jumps_land_on_their_labels() {
+        let l = Layout {
+            iter_udp: 1,
+            sock_destroy: 2,
+            ctx_udp_sk: 8,
+            family: 16,
+            daddr: 0,
+            v6_daddr: 56,
+            dport: 12,
+        };
+        let p = program(&l, 3, 4);
+        let insn = |i: usize| p[i].to_le_bytes();
+        let exit = p.len() - 1;
+        assert_eq!(insn(exit)[0], EXIT);
+        // The first jump (no socket) goes to `out`: `r0 = 0` before exit.
+        let off = i16::from_le_bytes([insn(1)[2], insn(1)[3]]);
+        assert_eq!(1 + 1 + off as usize, exit - 1);
+        // Every jump stays inside the program.
+        for (i, raw) in p.iter().enumerate() {
+            let b = raw.to_le_bytes();
+            if matches!(b[0], JA | JEQ_K | JNE_K) {
+                let to = i as i64 + 1 + i16::from_le_bytes([b[2], b[3]]) as i64;
+                assert!(to > i as i64 && to < p.len() as i64, "jump at {i} to {to}");
+            }
+        }
+    }
+}
