@@ -9,7 +9,9 @@ pub const MAP_SOCK_REV: &str = "LB_SOCK_REV_V1";
 pub const MAP_STATUS: &str = "LB_STATUS_V1";
 pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
-pub const MAP_COUNTERS: &str = "LB_COUNTERS_V2";
+pub const MAP_COUNTERS: &str = "LB_COUNTERS_V3";
+/// The counters map of earlier agents (16 slots), removed at load.
+pub const MAP_COUNTERS_OLD: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
 pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
 /// One u64: the network namespace cookie of the node's host namespace
@@ -265,7 +267,7 @@ pub struct Config {
 pub const CONFIG_HAS_IP4: u32 = 1 << 0;
 pub const CONFIG_HAS_IP6: u32 = 1 << 1;
 
-/// Indexes of `LB_COUNTERS_V1` (per-CPU u64): what the packet programs did.
+/// Indexes of `LB_COUNTERS_V3` (per-CPU u64): what the packet programs did.
 pub const C_TC_DNAT: u32 = 0;
 pub const C_TC_RSNAT: u32 = 1;
 pub const C_TC_SNAT: u32 = 2;
@@ -286,7 +288,13 @@ pub const C_CT_RESTORED: u32 = 13;
 pub const C_DROP_SNAT_EXHAUSTED: u32 = 14;
 /// From outside the node with a source address of one of its pods.
 pub const C_DROP_SPOOFED: u32 = 15;
-pub const COUNTERS: u32 = 16;
+/// A port unreachable the node would have sent beyond its ICMP budget.
+pub const C_DROP_ICMP_RATE: u32 = 16;
+/// Counters in use (named below).
+pub const COUNTERS: u32 = 17;
+/// Slots of the counters map: room for new counters without changing the
+/// pinned map's shape.
+pub const COUNTER_SLOTS: u32 = 64;
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tc_dnat",
     "tc_reverse_snat",
@@ -304,6 +312,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "ct_restored",
     "drop_snat_ports_exhausted",
     "drop_spoofed_pod_source",
+    "drop_icmp_rate_limited",
 ];
 
 /// TCP header flag bits (the byte at offset 13).

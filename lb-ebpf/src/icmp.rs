@@ -9,7 +9,41 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::packet::{ETH_HLEN, Pkt};
+use crate::{
+    maps::LB_ICMP_BUDGET,
+    packet::{ETH_HLEN, Pkt},
+};
+
+/// Port unreachables per second the node sends at most, and how many may go
+/// at once: Linux's own defaults for the ICMP it sends (net.ipv4.icmp_msgs_per_sec,
+/// icmp_msgs_burst), so a flood of SYNs to an empty Service cannot turn the
+/// node into a reflector.
+const ICMP_PER_SEC: u64 = 1000;
+const ICMP_BURST: u64 = 50;
+const NS_PER_ICMP: u64 = 1_000_000_000 / ICMP_PER_SEC;
+
+/// Takes one ICMP error from the node's token bucket; false when empty.
+/// Every CPU shares the one entry without a lock: two racing CPUs can both
+/// spend the same token, which lets at most a token per CPU more through.
+#[inline(always)]
+pub fn budget_allows() -> bool {
+    let Some(b) = LB_ICMP_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    // SAFETY: the map's one value, valid for this program run; a racing
+    // writer can only make the budget slightly loose (see above).
+    let b = unsafe { &mut *b };
+    let credit = (b[0] + now.saturating_sub(b[1])).min(ICMP_BURST * NS_PER_ICMP);
+    b[1] = now;
+    if credit < NS_PER_ICMP {
+        b[0] = credit;
+        return false;
+    }
+    b[0] = credit - NS_PER_ICMP;
+    true
+}
 
 /// Bytes of the offending packet quoted back: its IP header and 8 more.
 const QUOTE4: usize = 20 + 8;

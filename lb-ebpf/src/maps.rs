@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, COUNTERS, Config, CtKey, CtValue,
+    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, COUNTER_SLOTS, Config, CtKey, CtValue,
     DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_IPCACHE_MAX,
     DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX, DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX,
     DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX,
@@ -52,16 +52,21 @@ pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);
 
 /// What the packet programs did, per CPU, by `C_*` index.
 #[map]
-pub static LB_COUNTERS_V2: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
+pub static LB_COUNTERS_V3: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 #[inline(always)]
 pub fn count(idx: u32) {
-    if let Some(p) = LB_COUNTERS_V2.get_ptr_mut(idx) {
+    if let Some(p) = LB_COUNTERS_V3.get_ptr_mut(idx) {
         // SAFETY: a per-CPU slot: no other CPU writes it; the pointer is valid
         // for this program run.
         unsafe { *p += 1 };
     }
 }
+
+/// The node's budget of ICMP errors it builds: ns of credit, and when it
+/// was last topped up. Not pinned: a fresh budget per loaded object.
+#[map]
+pub static LB_ICMP_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
 /// sessionAffinity: ClientIP choices. Kernel-written.
 #[map]

@@ -49,9 +49,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, COUNTERS, Config, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, SrcRangeData, Status,
+    Backend, Config, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_COUNTERS, MAP_CT,
+    MAP_MAGLEV, MAP_SERVICES, MAP_SOCK_REV, MAP_STATUS, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, SrcRangeData, Status,
 };
 
 use crate::compute::plan::{Mirror, Op};
@@ -163,6 +163,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let links_dir = opts.pin_dir.join("links");
     std::fs::create_dir_all(&links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
+    // Statistics only, and no program of this agent reads it: an earlier
+    // agent's counters pin goes (its programs keep the map while they run).
+    let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_COUNTERS_OLD));
     let mut resizes = Vec::new();
     for spec in map_specs(opts.sizes) {
         if resize::RESIZABLE.contains(&spec.name) {

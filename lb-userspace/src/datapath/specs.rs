@@ -166,7 +166,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 19] {
             map_type: MapType::PerCpuArray,
             key_size: 4,
             value_size: 8,
-            max_entries: COUNTERS,
+            max_entries: lb_common::COUNTER_SLOTS,
         },
     ]
 }

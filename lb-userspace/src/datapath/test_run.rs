@@ -385,6 +385,44 @@ fn no_backend_answers_port_unreachable() {
     assert_checksums(&out);
 }
 
+/// A flood of SYNs to a Service without endpoints gets at most the node's
+/// ICMP budget back (a burst of 50, then 1,000 a second); the rest are
+/// dropped and counted.
+#[test]
+fn port_unreachables_are_rate_limited_per_node() {
+    use super::test_run_conntrack::counter;
+    let mut bed = Bed::new("icmprl");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    let (sent0, limited0) = (
+        counter(&bed, "icmp_port_unreachable_sent"),
+        counter(&bed, "drop_icmp_rate_limited"),
+    );
+    let started = std::time::Instant::now();
+    let mut answered = 0u64;
+    let mut dropped = 0u64;
+    for i in 0..400u16 {
+        let syn = tcp4([10, 100, 0, 200], 1024 + i, [10, 100, 0, 1], 30080, true);
+        match bed.run("lb_tc_ingress", &syn).0 {
+            TC_ACT_REDIRECT => answered += 1,
+            2 => dropped += 1,
+            v => panic!("verdict {v}"),
+        }
+    }
+    let refill = started.elapsed().as_millis() as u64 + 1;
+    assert!(answered >= 50, "the burst goes out: {answered}");
+    assert!(
+        answered <= 50 + refill,
+        "{answered} answered in {refill} ms: more than the budget"
+    );
+    assert_eq!(answered + dropped, 400);
+    assert!(dropped > 0, "a flood must be cut");
+    assert_eq!(
+        counter(&bed, "icmp_port_unreachable_sent") - sent0,
+        answered
+    );
+    assert_eq!(counter(&bed, "drop_icmp_rate_limited") - limited0, dropped);
+}
+
 #[test]
 fn packets_it_does_not_understand_pass_untouched() {
     let bed = Bed::with_node_ports("pass");

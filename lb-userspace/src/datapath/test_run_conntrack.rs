@@ -29,7 +29,7 @@ fn tcp_flags(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: &str) ->
     v
 }
 
-fn counter(bed: &Bed, name: &str) -> u64 {
+pub(super) fn counter(bed: &Bed, name: &str) -> u64 {
     let i = lb_common::COUNTER_NAMES
         .iter()
         .position(|n| *n == name)
