@@ -8,7 +8,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_csum_diff,
     programs::XdpContext,
 };
 use lb_common::{
@@ -85,19 +84,25 @@ fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// New checksum after replacing `from` with `to` (raw memory words).
+/// Adds the replacement of raw memory word `from` by `to` to a ones'
+/// complement sum (RFC 1624), in registers: no stack buffers on the
+/// program's deepest call chain.
 #[inline(always)]
-fn csum_update(old: u16, from: &mut [u32; 4], to: &mut [u32; 4], words: u32) -> u16 {
-    // SAFETY: both buffers are 16-byte stack arrays; `words` <= 4.
-    let mut c = unsafe {
-        bpf_csum_diff(
-            from.as_mut_ptr(),
-            words * 4,
-            to.as_mut_ptr(),
-            words * 4,
-            !old as u32,
-        )
-    } as u64;
+fn csum_add(sum: u64, from: u32, to: u32) -> u64 {
+    let nf = !from;
+    sum + (nf & 0xffff) as u64 + (nf >> 16) as u64 + (to & 0xffff) as u64 + (to >> 16) as u64
+}
+
+/// As `csum_add`, for a 16-bit field.
+#[inline(always)]
+fn csum_add16(sum: u64, from: u16, to: u16) -> u64 {
+    sum + (!from) as u64 + to as u64
+}
+
+/// The checksum `old` with the replacements summed in `sum` (which starts
+/// from `!old`).
+#[inline(always)]
+fn csum_fold(mut c: u64) -> u16 {
     c = (c & 0xffff) + (c >> 16);
     c = (c & 0xffff) + (c >> 16);
     c = (c & 0xffff) + (c >> 16);
@@ -260,27 +265,29 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
     let dport = p.dport;
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
-    let mut from = [0u32; 4];
-    let mut to = [0u32; 4];
-    let mut csum = old_csum;
+    let mut sum = (!old_csum) as u64;
     if v6 {
         let dp = ptr::<[u32; 4]>(ctx, ETH + 24)?;
-        from = daddr.0;
-        to = to_addr.0;
-        csum = csum_update(csum, &mut from, &mut to, 4);
+        sum = csum_add(sum, daddr.0[0], to_addr.0[0]);
+        sum = csum_add(sum, daddr.0[1], to_addr.0[1]);
+        sum = csum_add(sum, daddr.0[2], to_addr.0[2]);
+        sum = csum_add(sum, daddr.0[3], to_addr.0[3]);
+        // SAFETY: bounds-checked by `ptr` against data_end.
         unsafe { *dp = to_addr.0 };
     } else {
         let dp = ptr::<u32>(ctx, ETH + 16)?;
         let ip_csum_p = ptr::<u16>(ctx, ETH + 10)?;
-        from[0] = daddr.v4_raw();
-        to[0] = to_addr.v4_raw();
-        unsafe { *ip_csum_p = csum_update(*ip_csum_p, &mut from, &mut to, 1) };
-        csum = csum_update(csum, &mut from, &mut to, 1);
+        // SAFETY: bounds-checked by `ptr` against data_end.
+        unsafe {
+            let ip = csum_add((!*ip_csum_p) as u64, daddr.v4_raw(), to_addr.v4_raw());
+            *ip_csum_p = csum_fold(ip);
+        }
+        sum = csum_add(sum, daddr.v4_raw(), to_addr.v4_raw());
+        // SAFETY: as above.
         unsafe { *dp = to_addr.v4_raw() };
     }
-    let mut pf = [dport.0 as u32, 0, 0, 0];
-    let mut pt = [to_port.0 as u32, 0, 0, 0];
-    csum = csum_update(csum, &mut pf, &mut pt, 1);
+    sum = csum_add16(sum, dport.0, to_port.0);
+    let csum = csum_fold(sum);
     unsafe {
         *dport_p = to_port.0;
         if !udp_no_csum {

@@ -30,6 +30,8 @@ mod test_run_fuzz;
 mod test_run_policy;
 #[cfg(test)]
 mod test_run_ranges;
+#[cfg(test)]
+mod test_run_stack;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},

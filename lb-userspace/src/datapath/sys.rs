@@ -94,6 +94,55 @@ pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     })
 }
 
+/// The instructions of a loaded program as the verifier left them
+/// (struct bpf_prog_info: xlated_prog_len at 20, xlated_prog_insns at 32).
+pub fn prog_xlated(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+    let info_len = |a: &mut Attr, info: &mut [u64; 32]| {
+        a.put_u32(0, fd.as_raw_fd() as u32);
+        a.put_u32(4, std::mem::size_of_val(info) as u32);
+        a.put_u64(8, info.as_mut_ptr() as u64);
+    };
+    let mut info = [0u64; 32];
+    let mut a = Attr::new();
+    info_len(&mut a, &mut info);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let len = (info[2] >> 32) as usize;
+    let mut insns = vec![0u64; len / 8];
+    let mut info = [0u64; 32];
+    info[2] = (len as u64) << 32;
+    info[4] = insns.as_mut_ptr() as u64;
+    let mut a = Attr::new();
+    info_len(&mut a, &mut info);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(insns)
+}
+
+/// A loaded program's JIT image and the length of each function in it
+/// (bpf_prog_info: jited_prog_len at 16, jited_prog_insns at 24,
+/// nr_jited_func_lens at 108, jited_func_lens at 120).
+pub fn prog_jited(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<u32>)> {
+    let get = |info: &mut [u64; 32]| {
+        let mut a = Attr::new();
+        a.put_u32(0, fd.as_raw_fd() as u32);
+        a.put_u32(4, std::mem::size_of_val(info) as u32);
+        a.put_u64(8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map(drop)
+    };
+    let mut info = [0u64; 32];
+    get(&mut info)?;
+    let len = info[2] & 0xffff_ffff;
+    let nfuncs = info[13] >> 32;
+    let mut image = vec![0u8; len as usize];
+    let mut lens = vec![0u32; nfuncs as usize];
+    let mut info = [0u64; 32];
+    info[2] = len;
+    info[3] = image.as_mut_ptr() as u64;
+    info[13] = nfuncs << 32;
+    info[15] = lens.as_mut_ptr() as u64;
+    get(&mut info)?;
+    Ok((image, lens))
+}
+
 /// BPF_LINK_UPDATE: the link runs `prog` from now on, atomically.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut a = Attr::new();
