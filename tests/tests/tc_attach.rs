@@ -105,3 +105,55 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
         "reset removed only what its pin directory recorded"
     );
 }
+
+/// A device without Ethernet headers (a tun device, as WireGuard's) among
+/// `--devices` is refused by name; the Ethernet one next to it gets its
+/// programs and the agent syncs.
+#[test]
+fn a_device_without_ethernet_headers_is_refused_by_name_and_the_others_attached() {
+    lb_tests::require_kernel();
+    let prefix = lb_tests::unique("tce");
+    let dir = TempDir(std::env::temp_dir().join(&prefix));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let node = Netns::new(format!("{prefix}-n"));
+    let peer = Netns::new(format!("{prefix}-p"));
+    veth(&node, "eth0", &peer, "eth0");
+    node.sh("ip addr add 198.51.100.7/24 dev eth0; ip link set eth0 up
+         ip tuntap add dev tun0 mode tun; ip addr add 192.0.2.7/24 dev tun0; ip link set tun0 up");
+    let cgroup = Cgroup::new(&prefix);
+    let mut m = Manifests::new(dir.0.join("m"));
+    m.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 198.51.100.7}]}\n",
+    );
+    let g = m.commit();
+    let pins = pin_path(&prefix);
+    let mut agent = AgentProc::new(
+        pins.clone(),
+        cgroup.path.clone(),
+        m.dir.clone(),
+        dir.0.join("agent.log"),
+    );
+    agent.netns = Some(node.path());
+    agent.extra = vec!["--devices=eth0,tun0".into(), "--node-name=n1".into()];
+    agent.start();
+    agent.wait_synced(g);
+    let links: Vec<String> = std::fs::read_dir(pins.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        links.iter().any(|l| l == "tc-ingress-eth0") && links.iter().any(|l| l == "tc-egress-eth0"),
+        "eth0 gets its programs: {links:?}"
+    );
+    assert!(
+        !links.iter().any(|l| l.contains("tun0")),
+        "tun0 gets none: {links:?}"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("device tun0 has no Ethernet header"),
+        "the refusal names the device:\n{log}"
+    );
+    agent.assert_running("after refusing tun0");
+}

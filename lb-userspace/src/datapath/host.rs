@@ -481,3 +481,55 @@ pub fn enter_netns(ns: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// ARPHRD_ETHER and ARPHRD_LOOPBACK: devices whose packets carry an
+/// Ethernet header at TC and XDP (loopback's is all zeros).
+const LINK_TYPES_WITH_ETHERNET: [u16; 2] = [1, 772];
+
+/// Refuses a device whose packets carry no Ethernet header (WireGuard,
+/// tun, IP-in-IP and GRE tunnels: ARPHRD_NONE and the like): the packet
+/// programs parse Ethernet frames and would misread every packet there.
+pub fn check_ethernet(dev: &str) -> anyhow::Result<()> {
+    let t = link_type(dev).with_context(|| format!("reading the link type of {dev}"))?;
+    if LINK_TYPES_WITH_ETHERNET.contains(&t) {
+        return Ok(());
+    }
+    let what = match t {
+        0xfffe => " (none: WireGuard, tun)",
+        768 => " (IP-in-IP tunnel)",
+        778 => " (GRE tunnel)",
+        776 => " (SIT tunnel)",
+        _ => "",
+    };
+    anyhow::bail!(
+        "device {dev} has no Ethernet header (link type {t}{what}): the packet programs parse Ethernet frames, so it gets none; route external traffic through an Ethernet device or leave {dev} out of --devices"
+    )
+}
+
+/// The ARPHRD_* type of `dev` in the calling thread's network namespace
+/// (SIOCGIFHWADDR; /sys/class/net shows the namespace sysfs was mounted in).
+fn link_type(dev: &str) -> std::io::Result<u16> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    let name = dev.as_bytes();
+    if name.len() >= 16 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // struct ifreq: the name, then a union whose sockaddr starts with the
+    // family (the link type here).
+    let mut ifreq = [0u8; 40];
+    ifreq[..name.len()].copy_from_slice(name);
+    // SAFETY: a fresh socket fd, owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is valid and nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads the name and writes within the 40-byte
+    // struct ifreq we pass.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGIFHWADDR as _, ifreq.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u16::from_ne_bytes([ifreq[16], ifreq[17]]))
+}

@@ -50,9 +50,16 @@ pub(super) fn adopt_link(
 impl Datapath {
     /// Attaches the packet programs (tcx links, pinned) to `devices`, once
     /// each; a pinned link of an earlier agent gets the new program instead.
+    /// A device without Ethernet headers is refused (named in the error)
+    /// and the others still get their programs.
     pub fn attach_devices(&mut self, devices: &[String]) -> anyhow::Result<()> {
+        let mut refused = Vec::new();
         for dev in devices {
             if self.devices.contains(dev) {
+                continue;
+            }
+            if let Err(e) = crate::datapath::host::check_ethernet(dev) {
+                refused.push(format!("{e:#}"));
                 continue;
             }
             self.attach_tc(dev, TC_PROGRAMS)?;
@@ -60,6 +67,9 @@ impl Datapath {
                 self.attach_xdp(dev)?;
             }
             self.devices.push(dev.clone());
+        }
+        if !refused.is_empty() {
+            anyhow::bail!("{}", refused.join("; "));
         }
         Ok(())
     }
@@ -100,6 +110,13 @@ impl Datapath {
         }
         for (n, i) in present {
             if self.pod_ifaces.contains_key(n) || self.devices.contains(n) {
+                continue;
+            }
+            if let Err(e) = crate::datapath::host::check_ethernet(n) {
+                // Said once per interface, not at every sync.
+                if self.refused_ifaces.insert(n.clone()) {
+                    tracing::warn!(interface = %n, "pod interface: {e:#}");
+                }
                 continue;
             }
             match self.attach_tc(n, POD_PROGRAMS) {

@@ -139,6 +139,8 @@ pub struct Datapath {
     devices: Vec<String>,
     /// Pod interfaces with TC programs, by name -> ifindex.
     pod_ifaces: std::collections::HashMap<String, u32>,
+    /// Pod interfaces refused (no Ethernet header), said once each.
+    refused_ifaces: std::collections::HashSet<String>,
     xdp: XdpAttach,
     tc_attach: TcAttach,
     ct_max: u32,
@@ -275,6 +277,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         links_dir,
         devices: vec![],
         pod_ifaces: Default::default(),
+        refused_ifaces: Default::default(),
         xdp: opts.xdp,
         tc_attach: opts.tc_attach,
         ct_max: opts.sizes.ct,

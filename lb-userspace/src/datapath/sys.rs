@@ -96,6 +96,7 @@ pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
 
 /// The instructions of a loaded program as the verifier left them
 /// (struct bpf_prog_info: xlated_prog_len at 20, xlated_prog_insns at 32).
+#[cfg(test)]
 pub fn prog_xlated(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     let info_len = |a: &mut Attr, info: &mut [u64; 32]| {
         a.put_u32(0, fd.as_raw_fd() as u32);
@@ -120,6 +121,7 @@ pub fn prog_xlated(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
 /// A loaded program's JIT image and the length of each function in it
 /// (bpf_prog_info: jited_prog_len at 16, jited_prog_insns at 24,
 /// nr_jited_func_lens at 108, jited_func_lens at 120).
+#[cfg(test)]
 pub fn prog_jited(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<u32>)> {
     let get = |info: &mut [u64; 32]| {
         let mut a = Attr::new();
