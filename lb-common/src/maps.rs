@@ -10,6 +10,8 @@ pub const MAP_STATUS: &str = "LB_STATUS_V1";
 pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V3";
+/// Maps of the object that are not pinned: each loaded object has its own.
+pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET"];
 /// The counters map of earlier agents (16 slots), removed at load.
 pub const MAP_COUNTERS_OLD: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
@@ -211,6 +213,17 @@ pub struct SockRevValue {
 /// when the backend is on another node an SNAT pair (client -> backend at
 /// egress, backend -> node at ingress). The kind is part of the key, so a
 /// flow to a pod directly never shares an entry with one through a frontend.
+///
+/// An SNAT'd flow has a node port of its own (`CtValue::snat_port` of its
+/// forward entry), unique towards its backend. Ingress puts it in the
+/// source port of the flow's packets in both directions (client ->
+/// backend after DNAT, backend -> client after reverse SNAT), so its SNAT
+/// entry is keyed `client:snat_port -> backend` and its reverse entry
+/// `backend:snat_port -> client`: two flows of one client port through two
+/// frontends to one backend never share an entry. A flow to a local
+/// backend whose reverse key another frontend's flow holds (the backend
+/// would see one tuple for both) is SNAT'd the same way, as netfilter NAT
+/// picks another source port on a clash.
 pub const CT_FWD: u8 = 1;
 pub const CT_REV: u8 = 2;
 pub const CT_SNAT: u8 = 3;
@@ -222,6 +235,10 @@ pub const CT_F_CLOSING: u8 = 1 << 7;
 /// A TCP packet other than a bare SYN went through: the handshake got an
 /// answer. Without it an entry lives only the short SYN timeout.
 pub const CT_F_ESTABLISHED: u8 = 1 << 6;
+/// On a reverse SNAT entry: its flow's packets carry the SNAT port as
+/// source port between ingress and egress (entries of earlier agents do
+/// not, and keep working as they were made).
+pub const CT_F_PORT_KEYED: u8 = 1 << 5;
 
 /// Key of `LB_CT_V1` (an LRU the kernel writes; the agent only reads and deletes).
 #[repr(C)]
@@ -248,7 +265,9 @@ pub struct CtValue {
     pub backend_id: u32,
     /// Seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns / 1e9) at the last packet.
     pub last_seen: u32,
-    pub _pad2: u32,
+    /// Forward entries of SNAT'd flows: the flow's node port (0: none).
+    pub snat_port: BeU16,
+    pub _pad2: u16,
 }
 
 /// The one entry of `LB_CONFIG_V1`: this node's addresses, the source of

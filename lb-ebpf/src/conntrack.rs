@@ -3,7 +3,7 @@
 //! second so a busy flow does not write its entry on every packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CtKey, CtValue, NetAddr};
+use lb_common::{BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_PORT_KEYED, CtKey, CtValue, NetAddr};
 
 use crate::{maps::LB_CT_V1, packet::Pkt};
 
@@ -82,17 +82,20 @@ pub fn touch(k: &CtKey, v: &CtValue, tcp_flags: u8) {
     }
 }
 
-/// Creates or replaces an entry. Not inlined: the value is built in this
-/// frame, not in the caller's (arguments are integers: at most five).
+/// Creates or replaces an entry. `flags_snat`: the flags in the low byte,
+/// the SNAT port (raw, network order) in the high 16 bits. Not inlined:
+/// the value is built in this frame, not in the caller's (arguments are
+/// integers: at most five).
 #[inline(never)]
-pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags: u32) -> i32 {
+pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags_snat: u32) -> i32 {
     let v = CtValue {
         addr: *addr,
         port: BeU16(port as u16),
-        flags: flags as u8,
+        flags: flags_snat as u8,
         _pad: 0,
         backend_id,
         last_seen: now_s(),
+        snat_port: BeU16((flags_snat >> 16) as u16),
         _pad2: 0,
     };
     // A full LRU evicts its oldest entry rather than failing.
@@ -102,18 +105,19 @@ pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags: u32) ->
     }
 }
 
-/// Creates an entry only where none exists (BPF_NOEXIST): 0 when it was
-/// created, non-zero when the key is taken. Not inlined (stack).
+/// Creates a reverse SNAT entry only where none exists (BPF_NOEXIST): 0
+/// when it was created, non-zero when the key is taken. Not inlined (stack).
 #[inline(never)]
 pub fn put_new(k: &CtKey, addr: &NetAddr, port: u32) -> i32 {
     const BPF_NOEXIST: u64 = 1;
     let v = CtValue {
         addr: *addr,
         port: BeU16(port as u16),
-        flags: 0,
+        flags: CT_F_PORT_KEYED,
         _pad: 0,
         backend_id: 0,
         last_seen: now_s(),
+        snat_port: BeU16(0),
         _pad2: 0,
     };
     match LB_CT_V1.insert(k, &v, BPF_NOEXIST) {

@@ -15,9 +15,9 @@ use lb_common::{
     C_CT_STALE_BACKEND, C_DROP_ICMP_RATE, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL,
     C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED, C_ICMP_UNREACH, C_PASS_UNPARSED,
     C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_CLOSING,
-    CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
+    CT_F_ESTABLISHED, CT_F_PORT_KEYED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -122,7 +122,11 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
         }
         _ => return Ok(TC_ACT_OK),
     }
-    match new_flow(ctx, &mut p, from_pod as u32) {
+    match new_flow(&mut p, from_pod as u32) {
+        TRACKED => {
+            known_flow(ctx, &mut p);
+            Ok(TC_ACT_OK)
+        }
         REFUSE if !icmp::budget_allows() => {
             count(C_DROP_ICMP_RATE);
             Ok(TC_ACT_SHOT)
@@ -144,20 +148,36 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let rk = conntrack::key(p, CT_RSNAT);
     if let Some(v) = conntrack::lookup(&rk) {
         conntrack::touch(&rk, &v, p.tcp_flags);
+        let snat_port = p.dport;
         if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
             count(C_TC_RSNAT);
+            // The flow's own port as source until egress, where it keys
+            // the flow's reverse entry.
+            if v.flags & CT_F_PORT_KEYED != 0 {
+                let _ = nat::set_port(ctx, p, Side::Src, snat_port);
+            }
         }
         return 1;
     }
     let fk = conntrack::key(p, CT_FWD);
     if let Some(v) = conntrack::lookup(&fk) {
         if backend_is(v.backend_id, &v.addr, v.port, p) {
-            if stale_flow(p, &fk) != 0 {
+            // Sibling calls, not nested: their frames never add up.
+            let stale = match stale_flow(p, &fk) {
+                CHECK_SNAT => snat_partners_missing(p, v.addr, v.port, v.snat_port.0 as u32),
+                s => s,
+            };
+            if stale != 0 {
                 return RETRACK;
             }
             conntrack::touch(&fk, &v, p.tcp_flags);
             if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {
                 count(C_TC_DNAT);
+                // An SNAT'd flow carries its own port to egress, where it
+                // keys the flow's SNAT entry.
+                if v.snat_port.0 != 0 {
+                    let _ = nat::set_port(ctx, p, Side::Src, v.snat_port);
+                }
             }
             return 1;
         }
@@ -184,7 +204,9 @@ fn retrack(p: &Pkt) -> i32 {
         proto: p.proto,
         flags: v.flags & !(CT_F_CLOSING | CT_F_ESTABLISHED),
     };
-    if track(p, &b, v.backend_id) != 0 {
+    // A flow SNAT'd for a clash stays SNAT'd: its backend knows it by the
+    // node's tuple.
+    if track(p, &b, v.backend_id, (v.snat_port.0 != 0) as u32) < 0 {
         count(C_DROP_SNAT_EXHAUSTED);
         return 1;
     }
@@ -217,17 +239,45 @@ pub fn stale_flow(p: &Pkt, fk: &CtKey) -> u32 {
     if syn && v.flags & (CT_F_CLOSING | CT_F_ESTABLISHED) != 0 {
         return 1;
     }
-    let rev = conntrack::tuple(v.addr, v.port, p.saddr, p.sport, p.proto, CT_REV);
-    if conntrack::lookup(&rev).is_none() {
-        return 1;
-    }
-    if v.flags & BACKEND_LOCAL == 0 || v.addr == p.saddr {
-        let snat = conntrack::tuple(p.saddr, p.sport, v.addr, v.port, p.proto, CT_SNAT);
-        if conntrack::lookup(&snat).is_none() {
+    if v.snat_port.0 == 0 {
+        if v.flags & BACKEND_LOCAL == 0 || v.addr == p.saddr {
+            // An earlier agent's SNAT'd flow: made again in today's form
+            // (it finds the SNAT port it held).
             return 1;
         }
+        let rev = conntrack::tuple(v.addr, v.port, p.saddr, p.sport, p.proto, CT_REV);
+        return conntrack::lookup(&rev).is_none() as u32;
     }
-    0
+    CHECK_SNAT
+}
+
+/// `stale_flow`: an SNAT'd flow, whose partners `snat_partners_missing`
+/// checks (called beside it, so the two frames never stack).
+pub const CHECK_SNAT: u32 = 2;
+
+/// 1 when an SNAT'd flow lost its reverse, SNAT or reverse SNAT entry
+/// (the last only counts while it names this flow's client). Not inlined:
+/// its keys get a frame of their own.
+#[inline(never)]
+fn snat_partners_missing(p: &Pkt, backend: NetAddr, bport: BeU16, snat_port: u32) -> u32 {
+    let sp = BeU16(snat_port as u16);
+    let Some(node) = node_addr(p.v6) else {
+        return 1;
+    };
+    // One key variable for the three lookups: one stack slot.
+    let mut k = conntrack::tuple(backend, sp, p.saddr, p.sport, p.proto, CT_REV);
+    if conntrack::lookup(&k).is_none() {
+        return 1;
+    }
+    k = conntrack::tuple(p.saddr, sp, backend, bport, p.proto, CT_SNAT);
+    if conntrack::lookup(&k).is_none() {
+        return 1;
+    }
+    k = conntrack::tuple(backend, bport, node, sp, p.proto, CT_RSNAT);
+    match conntrack::lookup(&k) {
+        Some(r) if r.addr == p.saddr && r.port == p.sport => 0,
+        _ => 1,
+    }
 }
 
 /// 1 when the client is inside the frontend's loadBalancerSourceRanges.
@@ -281,52 +331,82 @@ fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 
 }
 
 /// Creates a new flow's conntrack entries: forward and reverse, and the
-/// SNAT pair when the backend is on another node. Not inlined (stack).
+/// SNAT pair when the backend is on another node, is the client itself,
+/// or would see the same tuple from another frontend's flow (or when
+/// `force_snat`). Returns the SNAT port (raw, network order) when the flow
+/// is SNAT'd, 0 when not, negative when no SNAT port was free. Not
+/// inlined (stack).
 #[inline(never)]
-pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32) -> i32 {
+pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) -> i32 {
     let (client, cport) = (p.saddr, p.sport);
     // A pod picked as the backend of its own connection (hairpin on a pod
     // interface) would answer itself inside its namespace: it must see
     // another source, so it is SNAT'd as a remote backend's flow is.
-    if b.flags & BACKEND_LOCAL == 0 || b.addr == client {
-        // Another node's backend: replies must come back through here, so
-        // the source becomes this node's address (at egress).
-        let Some(node) = node_addr(p.v6) else {
-            return -1;
-        };
-        let mut k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
-        if snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) != 0 {
-            return -1;
-        }
-        let sport = k.dport;
-        let k = conntrack::tuple(client, cport, b.addr, b.port, p.proto, CT_SNAT);
-        conntrack::put(&k, &node, sport.0 as u32, 0, 0);
+    let snat = force_snat != 0
+        || b.flags & BACKEND_LOCAL == 0
+        || b.addr == client
+        || tuple_taken(p, b.addr, b.port) != 0;
+    // One key variable for every entry: one stack slot, not five.
+    let mut k = conntrack::tuple(b.addr, b.port, client, cport, p.proto, CT_REV);
+    if !snat {
+        conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
+        k = conntrack::key(p, CT_FWD);
+        conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, b.flags as u32);
+        return 0;
     }
-    let k = conntrack::tuple(b.addr, b.port, client, cport, p.proto, CT_REV);
+    // Replies must come back through here, so the source becomes this
+    // node's address (at egress).
+    let Some(node) = node_addr(p.v6) else {
+        return -1;
+    };
+    k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
+    if snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) != 0 {
+        return -1;
+    }
+    let sport = k.dport;
+    k = conntrack::tuple(client, sport, b.addr, b.port, p.proto, CT_SNAT);
+    conntrack::put(&k, &node, sport.0 as u32, 0, 0);
+    k = conntrack::tuple(b.addr, sport, client, cport, p.proto, CT_REV);
     conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
-    let k = conntrack::key(p, CT_FWD);
-    conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, b.flags as u32);
-    0
+    k = conntrack::key(p, CT_FWD);
+    let flags_snat = b.flags as u32 | ((sport.0 as u32) << 16);
+    conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, flags_snat);
+    sport.0 as i32
+}
+
+/// 1 when another frontend's flow from this client port already reaches
+/// `backend:bport` unchanged: the backend would see one tuple for two
+/// connections. Not inlined (stack).
+#[inline(never)]
+fn tuple_taken(p: &Pkt, backend: NetAddr, bport: BeU16) -> u32 {
+    let k = conntrack::tuple(backend, bport, p.saddr, p.sport, p.proto, CT_REV);
+    match conntrack::lookup(&k) {
+        Some(r) => (r.addr != p.daddr || r.port != p.dport) as u32,
+        None => 0,
+    }
 }
 
 /// Verdict of `new_flow`: answer with ICMP port unreachable.
 const REFUSE: i32 = -1;
+/// Verdict of `new_flow`: the flow's entries are made; the known-flow path
+/// translates the packet (in the caller's frame, not under this one's).
+const TRACKED: i32 = -2;
 
 /// A packet to a frontend with no conntrack entry: pick a backend, create
 /// the entries, DNAT. Not inlined, so its keys get a stack frame of their
 /// own, apart from the ICMP builder's.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, p: &mut Pkt, from_pod: u32) -> i32 {
+fn new_flow(p: &mut Pkt, from_pod: u32) -> i32 {
     // Non-inlined functions return plain integers: a Result would come back
     // through a pointer into the caller's stack, which the verifier refuses.
-    match try_new_flow(ctx, p, from_pod) {
+    match try_new_flow(p, from_pod) {
         Ok(v) => v,
         Err(_) => TC_ACT_OK,
     }
 }
 
 #[inline(always)]
-fn try_new_flow(ctx: &TcContext, p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
+fn try_new_flow(p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
     let mut c = Choice::default();
     match choose(p, &mut c) {
         CHOSEN if from_pod == 0 && is_local_pod(&p.saddr) != 0 => {
@@ -359,15 +439,12 @@ fn try_new_flow(ctx: &TcContext, p: &mut Pkt, from_pod: u32) -> Result<i32, i64>
             return Ok(TC_ACT_SHOT);
         }
     }
-    if track(p, &c.backend, c.backend_id) != 0 {
+    if track(p, &c.backend, c.backend_id, 0) < 0 {
         count(C_DROP_SNAT_EXHAUSTED);
         return Ok(TC_ACT_SHOT);
     }
     count(C_CT_CREATE);
-    if rewrite_dst(ctx, p, c.backend.addr, c.backend.port).is_ok() {
-        count(C_TC_DNAT);
-    }
-    Ok(TC_ACT_OK)
+    Ok(TRACKED)
 }
 
 /// What `choose` picked.

@@ -55,11 +55,15 @@ fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
             DROP
         }
         tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
-            if tc::track(p, &to.backend, to.backend_id) != 0 {
-                return PASS_ON;
+            match tc::track(p, &to.backend, to.backend_id, 0) {
+                0 => {
+                    count(C_CT_CREATE);
+                    TRANSLATE
+                }
+                // SNAT'd (a clash with another frontend's flow): TC
+                // translates it from its entries; or no port was free.
+                _ => PASS_ON,
             }
-            count(C_CT_CREATE);
-            TRANSLATE
         }
         tc::DROP_NO_LOCAL => {
             count(C_DROP_NO_LOCAL);
@@ -149,7 +153,7 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
         to.backend_id = NO_ENTRY;
         return PASS_ON;
     };
-    if v.flags & BACKEND_LOCAL == 0 {
+    if v.flags & BACKEND_LOCAL == 0 || v.snat_port.0 != 0 {
         return PASS_ON;
     }
     // A backend gone is a miss: TC reselects.

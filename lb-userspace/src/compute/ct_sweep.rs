@@ -55,41 +55,35 @@ pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
 
 /// The entries of the flow whose forward entry is `k`: itself, its reverse
 /// entry, its SNAT pair (the reverse SNAT entry only if it still points
-/// back at this flow's client).
+/// back at this flow's client). An SNAT'd flow's reverse and SNAT entries
+/// are keyed by its own SNAT port (see `lb_common::CT_FWD`); a forward
+/// entry without one (a local backend's flow, or an earlier agent's
+/// SNAT'd one) has them keyed by the client's port.
 fn flow_of(k: &CtKey, v: &CtValue, by_key: &HashMap<&CtKey, &CtValue>) -> Vec<CtKey> {
     let mut group = vec![*k];
-    let rev = CtKey {
-        saddr: v.addr,
-        daddr: k.saddr,
-        sport: v.port,
-        dport: k.sport,
+    let snat_port = v.snat_port.0 != 0;
+    let tuple = |saddr, sport, daddr, dport, kind| CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
         proto: k.proto,
-        kind: CT_REV,
+        kind,
         _pad: [0; 2],
     };
-    let snat = CtKey {
-        saddr: k.saddr,
-        daddr: v.addr,
-        sport: k.sport,
-        dport: v.port,
-        proto: k.proto,
-        kind: CT_SNAT,
-        _pad: [0; 2],
+    let (rev_port, snat_sport) = if snat_port {
+        (v.snat_port, v.snat_port)
+    } else {
+        (v.port, k.sport)
     };
+    let rev = tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV);
+    let snat = tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT);
     if by_key.contains_key(&rev) {
         group.push(rev);
     }
     if let Some(sv) = by_key.get(&snat) {
         group.push(snat);
-        let rsnat = CtKey {
-            saddr: v.addr,
-            daddr: sv.addr,
-            sport: v.port,
-            dport: sv.port,
-            proto: k.proto,
-            kind: CT_RSNAT,
-            _pad: [0; 2],
-        };
+        let rsnat = tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
         if by_key
             .get(&rsnat)
             .is_some_and(|r| r.addr == k.saddr && r.port == k.sport)
@@ -181,32 +175,88 @@ mod tests {
     }
 
     /// A client's TCP flow through 10.100.0.1:30080 to a backend on another
-    /// node, SNAT'd to port 61000: its four entries.
+    /// node, SNAT'd to port 61000: its four entries, its reverse and SNAT
+    /// entries keyed by that port.
     fn snat_flow(
         fwd_flags: u8,
         fwd_seen: u32,
         back_flags: u8,
         back_seen: u32,
     ) -> Vec<(CtKey, CtValue)> {
+        snat_flow_on(40000, 61000, [fwd_flags, back_flags], [fwd_seen, back_seen])
+    }
+
+    /// As `snat_flow`, from client port `cport` SNAT'd to `snat`; flags and
+    /// last-seen times of the client's side, then the backend's.
+    fn snat_flow_on(
+        cport: u16,
+        snat: u16,
+        flags: [u8; 2],
+        seen: [u32; 2],
+    ) -> Vec<(CtKey, CtValue)> {
         let p = PROTO_TCP;
+        let mut fwd = val("10.244.2.10", 8080, flags[0], 3, seen[0]);
+        fwd.snat_port = BeU16::from_host(snat);
+        vec![
+            (
+                key(CT_FWD, "10.100.0.200", cport, "10.100.0.1", 30080, p),
+                fwd,
+            ),
+            (
+                key(CT_REV, "10.244.2.10", snat, "10.100.0.200", cport, p),
+                val("10.100.0.1", 30080, flags[1], 0, seen[1]),
+            ),
+            (
+                key(CT_SNAT, "10.100.0.200", snat, "10.244.2.10", 8080, p),
+                val("10.100.0.1", snat, flags[0], 0, seen[0]),
+            ),
+            (
+                key(CT_RSNAT, "10.244.2.10", 8080, "10.100.0.1", snat, p),
+                val("10.100.0.200", cport, flags[1], 0, seen[1]),
+            ),
+        ]
+    }
+
+    /// The same flow as an earlier agent made it: no SNAT port in the
+    /// forward entry, reverse and SNAT entries keyed by the client's port.
+    fn earlier_snat_flow(seen: u32) -> Vec<(CtKey, CtValue)> {
+        let p = PROTO_TCP;
+        let e = CT_F_ESTABLISHED;
         vec![
             (
                 key(CT_FWD, "10.100.0.200", 40000, "10.100.0.1", 30080, p),
-                val("10.244.2.10", 8080, fwd_flags, 3, fwd_seen),
+                val("10.244.2.10", 8080, e, 3, seen),
             ),
             (
                 key(CT_REV, "10.244.2.10", 8080, "10.100.0.200", 40000, p),
-                val("10.100.0.1", 30080, back_flags, 0, back_seen),
+                val("10.100.0.1", 30080, e, 0, seen),
             ),
             (
                 key(CT_SNAT, "10.100.0.200", 40000, "10.244.2.10", 8080, p),
-                val("10.100.0.1", 61000, fwd_flags, 0, fwd_seen),
+                val("10.100.0.1", 61000, e, 0, seen),
             ),
             (
                 key(CT_RSNAT, "10.244.2.10", 8080, "10.100.0.1", 61000, p),
-                val("10.100.0.200", 40000, back_flags, 0, back_seen),
+                val("10.100.0.200", 40000, e, 0, seen),
             ),
         ]
+    }
+
+    #[test]
+    fn a_flows_entries_are_found_in_todays_layout_and_in_an_earlier_agents() {
+        let now = 100_000;
+        for flow in [
+            snat_flow(CT_F_ESTABLISHED, now, CT_F_ESTABLISHED, now),
+            earlier_snat_flow(now),
+        ] {
+            let st = stats(&flow);
+            assert_eq!((st.flows, st.orphans), (1, 0), "{flow:?}");
+        }
+        // Today's layout read the old way (or the other way round) would
+        // leave the reverse and SNAT entries unclaimed.
+        let mut mixed = snat_flow(CT_F_ESTABLISHED, now, CT_F_ESTABLISHED, now);
+        mixed[0].1.snat_port = BeU16(0);
+        assert_eq!(stats(&mixed).orphans, 3);
     }
 
     fn backends() -> HashMap<u32, Backend> {
@@ -307,25 +357,7 @@ mod tests {
         let now = 100_000;
         let mut all = snat_flow(CT_F_ESTABLISHED | CT_F_CLOSING, now, CT_F_ESTABLISHED, now);
         // An unanswered SYN: forward and partners, no flag set.
-        let mut syn = snat_flow(0, now, 0, now);
-        for (k, _) in syn.iter_mut() {
-            k.sport = BeU16::from_host(40001);
-            if k.kind == CT_REV || k.kind == CT_RSNAT {
-                k.dport = BeU16::from_host(40001);
-                k.sport = BeU16::from_host(8080);
-            }
-        }
-        // The SYN's reverse SNAT entry points at its own port.
-        for (k, v) in syn.iter_mut() {
-            if k.kind == CT_RSNAT {
-                k.dport = BeU16::from_host(61001);
-                v.port = BeU16::from_host(40001);
-            }
-            if k.kind == CT_SNAT {
-                v.port = BeU16::from_host(61001);
-            }
-        }
-        all.extend(syn);
+        all.extend(snat_flow_on(40001, 61001, [0, 0], [now, now]));
         // An orphan: a reverse entry whose forward entry was evicted.
         all.push((
             key(

@@ -9,7 +9,7 @@ use lb_common::{
     CtValue, PROTO_TCP, SNAT_LOW_MAX, SNAT_LOW_MIN, SNAT_PORT_MAX, SNAT_PORT_MIN, is_snat_port,
 };
 
-use super::test_run::{Bed, TC_ACT_OK, dst4, ip, src4, tcp4};
+use super::test_run::{Bed, TC_ACT_OK, assert_checksums, dst4, ip, src4, tcp4};
 
 const TC_ACT_SHOT: u32 = 2;
 const CLIENT: [u8; 4] = [10, 100, 0, 200];
@@ -223,4 +223,91 @@ fn a_packet_from_outside_claiming_a_local_pod_address_is_dropped_not_hairpinned(
     );
     // (The pod itself, from its own interface, still gets the hairpin: the
     // lab's held NodePort test.)
+}
+
+const LB_IP: [u8; 4] = [192, 0, 2, 10];
+
+/// One client port towards two frontends of one backend (a NodePort and a
+/// LoadBalancer IP): each flow's replies come back from its own frontend,
+/// and each flow's packets reach the backend on a tuple of their own.
+/// Returns the tuples (source address, port) the backend saw.
+fn two_frontends_one_client_port(bed: &Bed, backend: [u8; 4], local: bool) -> Vec<(String, u16)> {
+    let mut seen = vec![];
+    for (front, fport) in [(NODE, 30080), (LB_IP, 80)] {
+        let (verdict, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40005, front, fport, true));
+        assert_eq!(verdict, TC_ACT_OK);
+        let (_, out) = bed.run("lb_tc_egress", &fwd);
+        let b = format!(
+            "{}.{}.{}.{}",
+            backend[0], backend[1], backend[2], backend[3]
+        );
+        assert_eq!(dst4(&out), (b, 8080));
+        assert_checksums(&out);
+        seen.push(src4(&out));
+    }
+    assert_ne!(
+        seen[0], seen[1],
+        "the backend saw one tuple for two connections"
+    );
+    for ((front, fport), (to, port)) in [(NODE, 30080), (LB_IP, 80)].into_iter().zip(&seen) {
+        let to: std::net::Ipv4Addr = to.parse().unwrap();
+        let reply = tcp_flags(backend, 8080, to.octets(), *port, "synack");
+        // A reply to the node (SNAT'd) is translated back at ingress first;
+        // a local backend's reply to the client goes straight to egress.
+        let reply = if to.octets() == NODE {
+            bed.run("lb_tc_ingress", &reply).1
+        } else {
+            assert!(local);
+            reply
+        };
+        let (_, out) = bed.run("lb_tc_egress", &reply);
+        assert_eq!(dst4(&out), ("10.100.0.200".into(), 40005));
+        let f = format!("{}.{}.{}.{}", front[0], front[1], front[2], front[3]);
+        assert_eq!(
+            src4(&out),
+            (f, fport),
+            "a reply must come from its own flow's frontend"
+        );
+        assert_checksums(&out);
+    }
+    seen
+}
+
+#[test]
+fn one_client_port_to_two_frontends_of_a_remote_backend_keeps_two_flows() {
+    let mut bed = remote_bed("twofronts");
+    bed.service("192.0.2.10", 80, PROTO_TCP, Some(("10.244.2.10", 8080, 0)));
+    let seen = two_frontends_one_client_port(&bed, [10, 244, 2, 10], false);
+    assert!(
+        seen.iter()
+            .all(|(a, p)| a == "10.100.0.1" && is_snat_port(*p)),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn one_client_port_to_two_frontends_of_a_local_backend_snats_the_second() {
+    let mut bed = Bed::with_node_port("twofrontsl");
+    bed.service(
+        "192.0.2.10",
+        80,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    let seen = two_frontends_one_client_port(&bed, [10, 244, 1, 10], true);
+    assert_eq!(
+        seen[0],
+        ("10.100.0.200".into(), 40005),
+        "the first flow keeps its client"
+    );
+    assert_eq!(seen[1].0, "10.100.0.1", "the second is SNAT'd: {seen:?}");
+    // Both flows go on: a data packet of each reaches the backend on its tuple.
+    for ((front, fport), want) in [(NODE, 30080), (LB_IP, 80)].into_iter().zip(&seen) {
+        let (_, fwd) = bed.run(
+            "lb_tc_ingress",
+            &tcp_flags(CLIENT, 40005, front, fport, "ack"),
+        );
+        let (_, out) = bed.run("lb_tc_egress", &fwd);
+        assert_eq!(&src4(&out), want);
+    }
 }

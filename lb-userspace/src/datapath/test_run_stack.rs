@@ -97,11 +97,7 @@ fn frame_depths(insns: &[Insn], starts: &[usize]) -> Vec<u32> {
                     fp_off[dst.min(9)] = None;
                     i += 1;
                 }
-                0 | 4 | 6 => {
-                    if dst < 10 {
-                        fp_off[dst] = None;
-                    }
-                }
+                0 | 4 | 6 if dst < 10 => fp_off[dst] = None,
                 _ => {}
             }
             i += 1;
@@ -147,6 +143,26 @@ fn max_chain(raw: &[u64]) -> (u32, Vec<u32>) {
         if !grew {
             break;
         }
+    }
+    if std::env::var_os("LB_STACK_CHAIN").is_some() {
+        // The deepest chain, function by function (index: frame).
+        let mut path = vec![0usize];
+        loop {
+            let f = *path.last().expect("non-empty");
+            let next = insns.iter().enumerate().find_map(|(i, x)| {
+                let g = func_of(target(i, x));
+                (is_call(x) && func_of(i) == f && chain[f] == depths[f] + chain[g]).then_some(g)
+            });
+            match next {
+                Some(g) if g != f && chain[g] > 0 => path.push(g),
+                _ => break,
+            }
+        }
+        let shown: Vec<String> = path
+            .iter()
+            .map(|f| format!("#{f}:{}", depths[*f]))
+            .collect();
+        eprintln!("deepest chain {}", shown.join(" > "));
     }
     (chain[0], depths)
 }
