@@ -42,6 +42,13 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Set-up, build, then the restart storm: every lab agent killed and
+    /// restarted every two seconds under TCP and UDP load (the suite runs 20 s).
+    Chaos {
+        /// How long the storm lasts.
+        #[arg(long, default_value_t = 60)]
+        secs: u32,
+    },
     /// Set-up, build, then a lab scenario (see LAB.md): one JSON line per probe attempt.
     Lab {
         scenario: PathBuf,
@@ -128,6 +135,7 @@ fn main() -> ExitCode {
             human,
         } => setup::setup().and_then(|_| lab(&scenario, &agent_args, human)),
         Cmd::Fuzz { packets, seed } => setup::setup().and_then(|_| fuzz(packets, seed)),
+        Cmd::Chaos { secs } => setup::setup().and_then(|_| chaos(secs)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,6 +190,25 @@ fn fuzz(packets: u64, seed: Option<u64>) -> anyhow::Result<()> {
         cmd.env("LB_FUZZ_SEED", s.to_string());
     }
     run(&mut cmd)
+}
+
+/// The restart storm of tests/tests/chaos.rs, `secs` long.
+fn chaos(secs: u32) -> anyhow::Result<()> {
+    require_root("the restart storm (the lab)")?;
+    build()?;
+    build_ebpf()?;
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "lb-tests",
+            "--test",
+            "chaos",
+            "--",
+            "--nocapture",
+        ])
+        .env("LB_CHAOS_SECS", secs.to_string())
+        .env("LB_AGENT_BIN", root().join("target/debug/lb-agent")))
 }
 
 /// Runs the lab and exits with its own code (0 ran, 1 set-up failed, 2 invalid).

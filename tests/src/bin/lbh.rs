@@ -11,8 +11,11 @@
 //!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
 //!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http
 //!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
-//!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK   new TCP connections back to back
-//!                                     for SECS seconds, each closed with an RST; one line
+//!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK TCP|UDP SRC_PORT|same
+//!                                     new TCP connections back to back for SECS
+//!                                     seconds, each closed with an RST (UDP:
+//!                                     requests on new sockets from SRC_PORT, or
+//!                                     on one connected socket); one line
 #![expect(
     unsafe_code,
     reason = "a test helper of raw sockets: dual-stack binds, SO_LINGER, SO_MARK, setns"
@@ -339,9 +342,14 @@ fn main() {
             let secs: u64 = arg(2).parse().expect("seconds");
             let timeout = Duration::from_millis(arg(3).parse().expect("timeout"));
             let mark: u32 = arg(4).parse().expect("mark");
+            let mode = match (arg(5).as_str(), arg(6).as_str()) {
+                ("UDP", "same") => lab::ChurnMode::UdpSame,
+                ("UDP", src) => lab::ChurnMode::Udp(src.parse().expect("source port")),
+                _ => lab::ChurnMode::Tcp,
+            };
             println!(
                 "{}",
-                lab::churn(target, Duration::from_secs(secs), timeout, mark)
+                lab::churn(target, Duration::from_secs(secs), timeout, mark, mode)
             );
             let _ = std::io::stdout().flush();
         }
@@ -688,52 +696,75 @@ mod lab {
         }
     }
 
-    /// New TCP connections back to back until `secs` have passed (the last
-    /// one started may run past it by one connect at most): each sends one
-    /// request line, reads the answer (within `timeout`) and is closed with
-    /// an RST. One line: the usual fields (`served_by`, `client_seen` of
-    /// the first answer, `ms` the mean connect) and `churn`, the totals.
-    pub fn churn(target: SocketAddr, secs: Duration, timeout: Duration, mark: u32) -> Value {
+    /// What a churn makes back to back.
+    #[derive(Clone, Copy)]
+    pub enum ChurnMode {
+        /// New TCP connections, each closed with an RST.
+        Tcp,
+        /// UDP requests, each on a new socket from this port (0: any).
+        Udp(u16),
+        /// UDP requests on one connected socket (a DNS client's).
+        UdpSame,
+    }
+
+    /// New TCP connections (or UDP requests, see `ChurnMode`) back to back
+    /// until `secs` have passed (the last one started may run past it by
+    /// one attempt at most): each sends one request line and reads the
+    /// answer (within `timeout`). One line: the usual fields (`served_by`,
+    /// `client_seen` of the first answer, `ms` the mean connect or round
+    /// trip) and `churn`, the totals.
+    pub fn churn(
+        target: SocketAddr,
+        secs: Duration,
+        timeout: Duration,
+        mark: u32,
+        mode: ChurnMode,
+    ) -> Value {
         let start = Instant::now();
         let (mut attempts, mut failed, mut over_1s) = (0u64, 0u64, 0u64);
         let (mut max_ms, mut sum_ms) = (0f64, 0f64);
         let mut errors = std::collections::BTreeMap::<String, u64>::new();
         let mut slow = Vec::new();
         let mut first: Option<Value> = None;
+        let mut same: Option<UdpSocket> = None;
         while start.elapsed() < secs {
             attempts += 1;
             let at_s = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let fd = match socket(target, libc::SOCK_STREAM, 0, mark) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    failed += 1;
-                    *errors.entry(error_name(&e)).or_default() += 1;
-                    if slow.len() < CHURN_LISTED {
-                        slow.push(
-                            json!({"port": 0, "ms": 0.0, "error": error_name(&e), "at_s": at_s}),
-                        );
+            let (v, port, ms) = match mode {
+                ChurnMode::Tcp => tcp_attempt(target, timeout, mark),
+                ChurnMode::Udp(src) => {
+                    let v = udp(target, timeout, src, mark);
+                    let ms = v["ms"].as_f64().unwrap_or(0.0);
+                    (v, src, ms)
+                }
+                ChurnMode::UdpSame => {
+                    if same.is_none() {
+                        same = socket(target, libc::SOCK_DGRAM, 0, mark)
+                            .map(UdpSocket::from)
+                            .and_then(|s| {
+                                s.set_read_timeout(Some(timeout))?;
+                                s.connect(target)?;
+                                Ok(s)
+                            })
+                            .ok();
                     }
-                    continue;
+                    let v = match &same {
+                        Some(s) => udp_request(s),
+                        None => json!({"ok": false, "error": "socket", "ms": 0.0}),
+                    };
+                    let ms = v["ms"].as_f64().unwrap_or(0.0);
+                    let port = same
+                        .as_ref()
+                        .and_then(|s| s.local_addr().ok())
+                        .map_or(0, |a| a.port());
+                    (v, port, ms)
                 }
             };
-            linger_zero(&fd);
-            let connected = connect(&fd, target, CHURN_CONNECT);
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let port = local_port(&fd);
             max_ms = max_ms.max(ms);
             sum_ms += ms;
             if ms > 1000.0 {
                 over_1s += 1;
             }
-            let v = match connected {
-                Ok(()) => {
-                    let c = TcpStream::from(fd);
-                    request(&c, timeout, ms)
-                    // dropped here: closed with an RST
-                }
-                Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
-            };
             let ok = v["ok"] == true;
             if ok {
                 first.get_or_insert(v.clone());
@@ -767,6 +798,43 @@ mod lab {
                 "slow": slow,
             },
         })
+    }
+
+    /// One churn connection: (answer, client port, connect ms).
+    fn tcp_attempt(target: SocketAddr, timeout: Duration, mark: u32) -> (Value, u16, f64) {
+        let t = Instant::now();
+        let fd = match socket(target, libc::SOCK_STREAM, 0, mark) {
+            Ok(fd) => fd,
+            Err(e) => return (json!({"ok": false, "error": error_name(&e)}), 0, 0.0),
+        };
+        linger_zero(&fd);
+        let connected = connect(&fd, target, CHURN_CONNECT);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let port = local_port(&fd);
+        let v = match connected {
+            Ok(()) => {
+                let c = TcpStream::from(fd);
+                request(&c, timeout, ms)
+                // dropped here: closed with an RST
+            }
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        };
+        (v, port, ms)
+    }
+
+    /// One request on a connected UDP socket; `ms` the round trip.
+    fn udp_request(s: &UdpSocket) -> Value {
+        let t = Instant::now();
+        let mut buf = [0u8; 1500];
+        let r = s.send(b"hello\n").and_then(|_| s.recv(&mut buf));
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(n) => {
+                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
+                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            }
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        }
     }
 
     pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::spawn::{Proc, confine};
 use control::Cluster;
@@ -142,6 +143,58 @@ struct AgentRun {
     pin_dir: PathBuf,
     log: PathBuf,
     proc: Proc,
+    /// How to start it again (a restart storm): its arguments, control
+    /// cgroup and network namespace.
+    args: Vec<String>,
+    ctl: PathBuf,
+    netns: PathBuf,
+}
+
+impl AgentRun {
+    /// Starts the agent, its stderr appended to its log.
+    fn spawn(args: &[String], ctl: &Path, netns: &Path, log: &Path) -> anyhow::Result<Proc> {
+        let logf = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut cmd = Command::new(crate::agent_bin());
+        cmd.args(args).stderr(logf);
+        confine(&mut cmd, Some(ctl), Some(netns));
+        cmd.stdout(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        let child = cmd.spawn().context("spawning lb-agent")?;
+        Ok(Proc {
+            child,
+            stdout: None,
+        })
+    }
+
+    /// SIGKILL, then the same agent again.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        self.proc = Self::spawn(&self.args, &self.ctl, &self.netns, &self.log)?;
+        Ok(())
+    }
+}
+
+/// Restarts every agent every `every` until `stop`; returns the restarts.
+fn storm(agents: &mut [AgentRun], every: Duration, stop: &AtomicBool) -> anyhow::Result<u64> {
+    let mut restarts = 0;
+    loop {
+        let until = Instant::now() + every;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(restarts);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for a in agents.iter_mut() {
+            a.restart()
+                .with_context(|| format!("restarting the agent of node {}", a.node))?;
+            restarts += 1;
+        }
+    }
 }
 
 struct Lab {
@@ -194,7 +247,39 @@ impl Lab {
             }
             self.wait_synced(generation)
                 .with_context(|| format!("step {i}"))?;
-            let attempts = probes::run_step(&plans[i], &node_cgroups, &ext, &mut self.holds);
+            let attempts = match step.restart_agents_every_ms {
+                Some(ms) => {
+                    if plans[i]
+                        .iter()
+                        .any(|r| matches!(r.kind, probes::Kind::Hold(_)))
+                    {
+                        bail!("step {i}: hold a connection in a step without restarts");
+                    }
+                    let stop = AtomicBool::new(false);
+                    let (agents, holds) = (&mut self.agents, &mut self.holds);
+                    // The agents are restarted from this thread: their
+                    // parent-death signal follows the thread that spawned
+                    // them, and the probes' thread ends with the step.
+                    let (attempts, restarts) = std::thread::scope(|s| {
+                        let probing = s.spawn(|| {
+                            let a = probes::run_step(&plans[i], &node_cgroups, &ext, holds);
+                            stop.store(true, Ordering::Relaxed);
+                            a
+                        });
+                        let restarts = storm(agents, Duration::from_millis(ms), &stop);
+                        (probing.join(), restarts)
+                    });
+                    let attempts =
+                        attempts.map_err(|_| anyhow::anyhow!("step {i}'s probes panicked"))?;
+                    let restarts = restarts?;
+                    eprintln!("step {i}: {restarts} agent restarts while its probes ran");
+                    // The last agents started must be serving before what follows.
+                    self.wait_synced(generation)
+                        .with_context(|| format!("step {i}, after the restart storm"))?;
+                    attempts
+                }
+                None => probes::run_step(&plans[i], &node_cgroups, &ext, &mut self.holds),
+            };
             for a in attempts {
                 out.line(&a);
             }
@@ -281,36 +366,30 @@ impl Lab {
             let pin_dir =
                 PathBuf::from("/sys/fs/bpf").join(format!("{}n{}", topo::prefix(), k + 1));
             let log = self.dir.join(format!("agent-{node}.log"));
-            let logf = std::fs::File::create(&log)?;
-            let mut cmd = Command::new(crate::agent_bin());
-            cmd.arg("run")
-                .arg(format!(
-                    "--source=file:{}",
-                    self.dir.join("source").display()
-                ))
-                .arg(format!("--node-name={node}"))
-                .arg(format!("--pin-dir={}", pin_dir.display()))
-                .arg(format!("--cgroup={}", node_cgroups[k].display()))
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                format!("--source=file:{}", self.dir.join("source").display()),
+                format!("--node-name={node}"),
+                format!("--pin-dir={}", pin_dir.display()),
+                format!("--cgroup={}", node_cgroups[k].display()),
                 // node-local: the node's own address in its namespace
-                .arg(format!(
+                format!(
                     "--health-addr={}:10256",
                     control::node_ip(k, scenario::Family::IPv4)
-                ))
-                .args(&sc.agent_args)
-                .args(&opts.agent_args)
-                .stderr(logf);
-            confine(&mut cmd, Some(ctl), Some(&topo::ns_path(&topo::node_ns(k))));
-            cmd.stdout(std::process::Stdio::null())
-                .stdin(std::process::Stdio::null());
-            let child = cmd.spawn().context("spawning lb-agent")?;
+                ),
+            ];
+            args.extend(sc.agent_args.iter().cloned());
+            args.extend(opts.agent_args.iter().cloned());
+            let netns = topo::ns_path(&topo::node_ns(k));
+            let proc = AgentRun::spawn(&args, ctl, &netns, &log)?;
             self.agents.push(AgentRun {
                 node: node.clone(),
                 pin_dir,
                 log,
-                proc: Proc {
-                    child,
-                    stdout: None,
-                },
+                proc,
+                args,
+                ctl: ctl.to_path_buf(),
+                netns,
             });
         }
         Ok(())

@@ -52,6 +52,8 @@ pub struct Resolved {
     pub source_port: u16,
     pub mark: u32,
     pub kind: Kind,
+    /// UDP churn on one connected socket.
+    pub same_socket: bool,
 }
 
 /// One output line, fields in LAB.md's order.
@@ -306,16 +308,22 @@ fn resolve_one(
         }
         kind = Kind::Reuse(r.clone());
     }
+    if p.same_socket && (p.churn_secs.is_none() || p.protocol != Protocol::UDP) {
+        return Err(Invalid(format!(
+            "{at}.sameSocket: only UDP churn (churnSecs) runs on one socket"
+        )));
+    }
     if let Some(secs) = p.churn_secs {
-        if p.protocol != Protocol::TCP
-            || p.count != 1
+        let tcp = p.protocol == Protocol::TCP;
+        if p.count != 1
             || p.hold.is_some()
             || p.reuse.is_some()
             || kind == Kind::Http
-            || p.source_port.is_some()
+            || (tcp && p.source_port.is_some())
+            || (p.same_socket && p.source_port.is_some())
         {
             return Err(Invalid(format!(
-                "{at}.churnSecs: churn opens new TCP connections (protocol TCP, count 1, no hold, reuse, sourcePort or healthcheck target)"
+                "{at}.churnSecs: churn makes new TCP connections or UDP requests (count 1, no hold, reuse or healthcheck target; sourcePort for UDP only, not with sameSocket)"
             )));
         }
         if secs == 0 {
@@ -349,6 +357,7 @@ fn resolve_one(
         source_port: p.source_port.unwrap_or(0),
         mark,
         kind,
+        same_socket: p.same_socket,
     }))
 }
 
@@ -432,12 +441,19 @@ pub fn run_step(
                 ]);
             }
             Kind::Churn(secs) => {
+                let mode = if r.same_socket {
+                    "same".to_string()
+                } else {
+                    r.source_port.to_string()
+                };
                 cmd.args([
                     "lab-churn",
                     &target.to_string(),
                     &secs.to_string(),
                     &r.timeout_ms.to_string(),
                     &r.mark.to_string(),
+                    r.protocol.as_str(),
+                    &mode,
                 ]);
             }
             Kind::Plain | Kind::Http => {

@@ -143,10 +143,14 @@ pub struct Probe {
     pub hold: Option<String>,
     #[serde(default)]
     pub reuse: Option<String>,
-    /// Open new TCP connections back to back for this many seconds (one
-    /// output line for the whole run).
+    /// Open new TCP connections (UDP: requests on new sockets, or from
+    /// `sourcePort`, or on one connected socket with `sameSocket`) back to
+    /// back for this many seconds (one output line for the whole run).
     #[serde(default)]
     pub churn_secs: Option<u32>,
+    /// UDP churn: every request on one connected socket (a DNS client's).
+    #[serde(default)]
+    pub same_socket: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -185,6 +189,10 @@ pub struct Step {
     pub pods: Vec<PodUpdate>,
     #[serde(default)]
     pub probes: Vec<Probe>,
+    /// While this step's probes run, every node's agent is killed (SIGKILL)
+    /// and started again every this many milliseconds.
+    #[serde(default)]
+    pub restart_agents_every_ms: Option<u64>,
 }
 
 /// An invalid scenario: exit 2, nothing created. The message names the field.
