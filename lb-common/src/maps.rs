@@ -6,6 +6,8 @@ use crate::addr::{BeU16, NetAddr};
 pub const MAP_SERVICES: &str = "LB_SERVICES_V1";
 pub const MAP_BACKENDS: &str = "LB_BACKENDS_V1";
 pub const MAP_SOCK_REV: &str = "LB_SOCK_REV_V1";
+/// Socket-local reverse translations (BPF_MAP_TYPE_SK_STORAGE).
+pub const MAP_SOCK_NAT: &str = "LB_SOCK_NAT_V1";
 pub const MAP_STATUS: &str = "LB_STATUS_V1";
 pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
@@ -189,7 +191,33 @@ pub struct SockDoomedKey {
     pub addr: NetAddr,
 }
 
-/// Key of `LB_SOCK_REV_V1`: which frontend a socket reached a backend through.
+/// One reverse translation a socket needs: the backend its packets go to
+/// and the frontend it asked for (`service_id` of that frontend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatEntry {
+    pub backend: NetAddr,
+    pub backend_port: BeU16,
+    pub front_port: BeU16,
+    pub front: NetAddr,
+    pub service_id: u32,
+}
+
+/// Entries per socket in `LB_SOCK_NAT_V1`: slot 0 is a connected socket's
+/// (written at connect); an unconnected UDP socket's datagrams to several
+/// Services take slots 1.. (a DNS forwarder's upstreams).
+pub const SOCK_NAT_SLOTS: usize = 4;
+
+/// Value of `LB_SOCK_NAT_V1`, socket-local storage: it lives exactly as
+/// long as its socket, so no churn of other sockets can evict it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNat {
+    pub entries: [SockNatEntry; SOCK_NAT_SLOTS],
+}
+
+/// Key of `LB_SOCK_REV_V1` (read only, for sockets connected before the
+/// socket-local storage; no agent of this version writes it): which frontend a socket reached a backend through.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockRevKey {
@@ -406,6 +434,8 @@ const _: () = {
     assert!(core::mem::size_of::<SockRevKey>() == 32);
     assert!(core::mem::size_of::<SockRevValue>() == 24);
     assert!(core::mem::size_of::<SockDoomedKey>() == 24);
+    assert!(core::mem::size_of::<SockNatEntry>() == 40);
+    assert!(core::mem::offset_of!(SockNatEntry, service_id) == 36);
     assert!(core::mem::offset_of!(SockRevValue, service_id) == 20);
     assert!(core::mem::size_of::<Status>() == 88);
     assert!(core::mem::size_of::<CtKey>() == 40);
@@ -429,6 +459,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::SockNat {}
     unsafe impl aya::Pod for super::Status {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}

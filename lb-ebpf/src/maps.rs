@@ -77,6 +77,11 @@ pub static LB_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub static LB_SRCRANGE_V1: LpmTrie<SrcRangeData, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_MAX, 0);
 
+/// Reverse translations of each socket the socket hooks translated, in
+/// the socket's own storage (freed with it). Pinned by path, as a BTF map.
+#[btf_map]
+pub static LB_SOCK_NAT_V1: btf_maps::SkStorage<lb_common::SockNat> = btf_maps::SkStorage::new();
+
 /// Maglev tables by frontend service id, swapped in whole by the agent:
 /// each inner array maps `flow hash % maglev_size` to a slot number. The
 /// template's size is a placeholder: BPF_F_INNER_MAP lets the agent's

@@ -8,10 +8,10 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue};
+use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP, SOCK_NAT_SLOTS, SockNatEntry, SockRevKey};
 
 use crate::{
-    maps::{LB_HOSTNS_V1, LB_SOCK_REV_V1},
+    maps::{LB_HOSTNS_V1, LB_SOCK_NAT_V1, LB_SOCK_REV_V1},
     service::{self, Lookup},
 };
 
@@ -127,27 +127,14 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
                 unsafe { bpf_set_retval(-ECONNREFUSED) };
                 return REJECT;
             }
-            let key = SockRevKey {
-                cookie,
-                addr: backend.addr,
-                port: backend.port,
-                _pad: [0; 6],
-            };
-            let value = SockRevValue {
-                addr,
-                port,
-                _pad: [0; 2],
+            let entry = SockNatEntry {
+                backend: backend.addr,
+                backend_port: backend.port,
+                front_port: port,
+                front: addr,
                 service_id: frontend.service_id,
             };
-            // Unconnected UDP runs this per datagram: skip the write when the
-            // entry already says the same.
-            // SAFETY: copied out at once.
-            let same = unsafe { LB_SOCK_REV_V1.get(&key) }.is_some_and(|v| *v == value);
-            if !same {
-                // A full LRU evicts; a failed insert only costs the reverse
-                // rewrite, never the connection.
-                let _ = LB_SOCK_REV_V1.insert(&key, &value, 0);
-            }
+            remember(ctx, hook, &entry);
             write_addr(ctx, family, backend.addr, backend.port);
             ALLOW
         }
@@ -161,15 +148,80 @@ fn in_host_netns(netns: u64) -> bool {
     LB_HOSTNS_V1.get(0).is_some_and(|h| *h != 0 && *h == netns)
 }
 
+/// Writes a socket's reverse translation into its own storage: a connect
+/// into slot 0; an unconnected datagram into the slot already naming its
+/// backend, else the first free one, else one picked by the backend's port.
+/// Not inlined (stack). A failure (no memory) only costs the reverse
+/// rewrite, never the connection.
+#[inline(never)]
+fn remember(ctx: &SockAddrContext, hook: Hook, e: &SockNatEntry) -> i32 {
+    // SAFETY: the helper reads the context's socket, which every sock_addr
+    // program has; the storage is created zeroed when missing.
+    let st = unsafe { LB_SOCK_NAT_V1.get_or_insert_ptr_mut(ctx, None) };
+    if st.is_null() {
+        return 1;
+    }
+    // SAFETY: a non-null pointer from bpf_sk_storage_get: the socket's
+    // value, valid for this program run (only this socket's hooks write it,
+    // and they run under its lock).
+    let st = unsafe { &mut *st };
+    let mut slot = 0;
+    if hook == Hook::Sendmsg {
+        slot = 1 + (e.backend_port.0 as usize) % (SOCK_NAT_SLOTS - 1);
+        let mut i = SOCK_NAT_SLOTS - 1;
+        while i >= 1 {
+            let cur = &st.entries[i];
+            if cur.backend_port.0 == 0 {
+                slot = i;
+            }
+            if cur.backend == e.backend && cur.backend_port == e.backend_port {
+                slot = i;
+                break;
+            }
+            i -= 1;
+        }
+    }
+    // The mask must reach the verifier: a volatile read keeps LLVM from
+    // folding it into what it knows of `slot` (the verifier does not).
+    // SAFETY: a read of a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) } & (SOCK_NAT_SLOTS - 1);
+    let cur = &mut st.entries[slot];
+    // Unconnected UDP runs this per datagram: write only a change.
+    if *cur != *e {
+        *cur = *e;
+    }
+    0
+}
+
 /// recvmsg4/6 and getpeername4/6: show the frontend, not the backend, to a
-/// socket that the forward path translated. Accepted sockets have their own
-/// cookies, so a server keeps seeing its real client.
+/// socket that the forward path translated. Accepted sockets have storage
+/// of their own (none), so a server keeps seeing its real client.
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
+    let addr = read_addr(ctx, family);
+    let port = read_port(ctx);
+    // SAFETY: as in `remember`; no storage is created here.
+    let st = unsafe { LB_SOCK_NAT_V1.get_ptr_mut(ctx) };
+    if !st.is_null() {
+        // SAFETY: as in `remember`; read only.
+        let st = unsafe { &*st };
+        let mut i = 0;
+        while i < SOCK_NAT_SLOTS {
+            let e = &st.entries[i];
+            if e.backend_port == port && e.backend == addr {
+                if family == Family::V6 || e.front.is_v4() {
+                    write_addr(ctx, family, e.front, e.front_port);
+                }
+                return ALLOW;
+            }
+            i += 1;
+        }
+    }
+    // A socket connected by an agent before socket-local storage.
     let key = SockRevKey {
         cookie: cookie(ctx),
-        addr: read_addr(ctx, family),
-        port: read_port(ctx),
+        addr,
+        port,
         _pad: [0; 6],
     };
     // SAFETY: copied out at once.

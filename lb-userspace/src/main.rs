@@ -63,7 +63,8 @@ enum Cmd {
         max_services: u32,
         #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX, env = "LB_MAX_BACKENDS")]
         max_backends: u32,
-        /// Capacity of the socket reverse-translation LRU.
+        /// Capacity of the socket reverse-translation LRU earlier agents
+        /// wrote (read only now: translations live in socket storage).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX, env = "LB_MAX_SOCK_REV")]
         max_sock_rev: u32,
         /// Capacity of the packet-level conntrack LRU.

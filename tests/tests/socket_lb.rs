@@ -270,6 +270,33 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed_and_reconnects() {
     );
 }
 
+/// A quiet connected UDP socket (a DNS forwarder waiting on a slow
+/// upstream) keeps seeing the ClusterIP as its replies' source while the
+/// same client opens hundreds of TCP connections through the Service: its
+/// reverse translation lives in the socket's own storage, which no other
+/// socket's churn can evict (the old shared map is made tiny here).
+#[test]
+fn a_quiet_udp_socket_keeps_its_frontend_under_connect_churn() {
+    let mut bed = Testbed::with_agent_args(3, &["--max-sock-rev=16"]);
+    web(&mut bed, &["10.96.0.10"], &[0, 1, 2]);
+    let mut held = bed.client_proc(&["hold-udp", "10.96.0.10:53"]);
+    let mut ask = |line: &str| -> Value {
+        held.send_line(line);
+        serde_json::from_str(&held.read_line()).unwrap()
+    };
+    let first = ask("go");
+    assert_eq!(first["from"], "10.96.0.10:53", "{first}");
+    let by = served(&bed.probe("10.96.0.10:80", "tcp", 300, "-", false));
+    assert_eq!(by.values().sum::<usize>(), 300);
+    let again = ask("again");
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(
+        again["from"], "10.96.0.10:53",
+        "the reply must still come from the ClusterIP: {again}"
+    );
+    assert_eq!(again["served_by"], first["served_by"], "{again}");
+}
+
 #[test]
 fn agent_killed_and_restarted_drops_no_connection() {
     let mut bed = Testbed::new(2);

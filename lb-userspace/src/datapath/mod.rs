@@ -181,10 +181,12 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         check_pinned(&opts.pin_dir, &spec)?;
     }
     let maglev_pin = opts.pin_dir.join(MAP_MAGLEV);
+    let sock_nat_pin = opts.pin_dir.join(lb_common::MAP_SOCK_NAT);
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&opts.pin_dir)
-        // A BTF map: pinned by path, not by the legacy pinning attribute.
+        // BTF maps: pinned by path, not by the legacy pinning attribute.
         .map_pin_path(MAP_MAGLEV, maglev_pin.as_path())
+        .map_pin_path(lb_common::MAP_SOCK_NAT, sock_nat_pin.as_path())
         .map_max_entries(MAP_SERVICES, opts.sizes.services)
         .map_max_entries(MAP_BACKENDS, opts.sizes.backends)
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
@@ -294,7 +296,14 @@ impl Datapath {
         let Some(Map::LruHashMap(rev)) = self.ebpf.map(MAP_SOCK_REV) else {
             bail!("map {MAP_SOCK_REV} missing from the object");
         };
-        sock_destroy::destroy_udp(rev.fd().as_fd(), doomed, &self.cgroup)
+        let Some(Map::SkStorage(nat)) = self.ebpf.map(lb_common::MAP_SOCK_NAT) else {
+            bail!("map {} missing from the object", lb_common::MAP_SOCK_NAT);
+        };
+        let maps = sock_destroy::SockMaps {
+            nat: nat.fd().as_fd(),
+            rev: rev.fd().as_fd(),
+        };
+        sock_destroy::destroy_udp(&maps, doomed, &self.cgroup)
     }
 }
 
@@ -329,6 +338,7 @@ mod tests {
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .map_pin_path(MAP_MAGLEV, maglev_pin.as_path())
+            .map_pin_path(lb_common::MAP_SOCK_NAT, dir.join(lb_common::MAP_SOCK_NAT))
             .load(OBJECT)
             .expect("load object");
         let mut names: Vec<&str> = ebpf

@@ -5,8 +5,9 @@
 //! the same reason.
 //!
 //! A `bpf_iter/udp` program walks every UDP socket of a network namespace;
-//! one whose (cookie, peer) has a socket reverse entry naming a frontend
-//! and backend pair listed in a per-pass "doomed" map is handed to the
+//! one whose reverse translation (its socket-local storage, or the older
+//! cookie-keyed map) names a frontend and backend pair listed in a per-pass
+//! "doomed" map is handed to the
 //! `bpf_sock_destroy` kfunc. aya 0.14 cannot load a program that calls a
 //! kfunc, so the program (a few dozen instructions) is built here against
 //! the running kernel's BTF and loaded with the raw syscalls of `sys`.
@@ -101,6 +102,11 @@ impl Asm {
         self.fixups.push((self.insns.len(), to));
         self.raw(code, dst, 0, 0, imm);
     }
+    /// A jump comparing two registers.
+    fn jump_x(&mut self, code: u8, dst: u8, src: u8, to: &'static str) {
+        self.fixups.push((self.insns.len(), to));
+        self.raw(code, dst, src, 0, 0);
+    }
     fn ld_map_fd(&mut self, dst: u8, fd: i32) {
         const PSEUDO_MAP_FD: u8 = 1;
         self.raw(0x18, dst, PSEUDO_MAP_FD, 0, fd);
@@ -140,23 +146,34 @@ const R0: u8 = 0;
 const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
+const R4: u8 = 4;
 const R6: u8 = 6;
 const R8: u8 = 8;
 const FP: u8 = 10;
 
-/// The iterator program. Stack: the `SockRevKey` at fp-32 (cookie, peer
-/// address, peer port), the `SockDoomedKey` at fp-56 (frontend id from the
-/// reverse entry, peer port, peer address). The doomed entry's value counts
-/// the sockets destroyed.
-fn program(l: &Layout, rev_map: i32, doomed_map: i32) -> Vec<u64> {
+/// The maps the iterator reads: the sockets' own reverse translations,
+/// and the cookie-keyed map of sockets connected before those existed.
+pub struct SockMaps<'a> {
+    pub nat: BorrowedFd<'a>,
+    pub rev: BorrowedFd<'a>,
+}
+
+const HELPER_SK_STORAGE_GET: i32 = 107;
+const JNE_X: u8 = 0x5d;
+
+/// The iterator program. Stack: the peer (address at fp-24, port at fp-8),
+/// a `SockRevKey` around it (cookie at fp-32) for the older map, the
+/// `SockDoomedKey` at fp-56 (frontend id, peer port, peer address). The
+/// frontend id comes from the socket's own storage (its connect slot,
+/// when that names the peer), else from the older map. The doomed entry's
+/// value counts the sockets destroyed.
+fn program(l: &Layout, maps: (i32, i32), doomed_map: i32) -> Vec<u64> {
+    let (nat_map, rev_map) = maps;
     let mut a = Asm::default();
     a.raw(LDX_DW, R6, R1, l.ctx_udp_sk, 0);
     a.jump(JEQ_K, R6, 0, "out");
-    a.raw(MOV_X, R1, R6, 0, 0);
-    a.raw(CALL, 0, 0, 0, HELPER_GET_SOCKET_COOKIE);
-    a.raw(STX_DW, FP, R0, -32, 0);
     a.raw(MOV_K, R1, 0, 0, 0);
-    for off in [-24, -16, -8] {
+    for off in [-32, -24, -16, -8] {
         a.raw(STX_DW, FP, R1, off, 0);
     }
     a.raw(LDX_H, R2, R6, l.family, 0);
@@ -175,13 +192,35 @@ fn program(l: &Layout, rev_map: i32, doomed_map: i32) -> Vec<u64> {
     a.label("port");
     a.raw(LDX_H, R3, R6, l.dport, 0);
     a.raw(STX_H, FP, R3, -8, 0);
+    // The socket's own storage: slot 0 (`SockNatEntry`) when it names the peer.
+    a.ld_map_fd(R1, nat_map);
+    a.raw(MOV_X, R2, R6, 0, 0);
+    a.raw(MOV_K, R3, 0, 0, 0);
+    a.raw(MOV_K, R4, 0, 0, 0);
+    a.raw(CALL, 0, 0, 0, HELPER_SK_STORAGE_GET);
+    a.jump(JEQ_K, R0, 0, "older");
+    for i in 0..4i16 {
+        a.raw(LDX_W, R1, R0, 4 * i, 0);
+        a.raw(LDX_W, R2, FP, -24 + 4 * i, 0);
+        a.jump_x(JNE_X, R1, R2, "older");
+    }
+    a.raw(LDX_H, R1, R0, 16, 0);
+    a.raw(LDX_H, R2, FP, -8, 0);
+    a.jump_x(JNE_X, R1, R2, "older");
+    a.raw(LDX_W, R1, R0, 36, 0);
+    a.jump(JA, 0, 0, "frontend");
+    // The older, cookie-keyed map (`SockRevValue.service_id` at 20).
+    a.label("older");
+    a.raw(MOV_X, R1, R6, 0, 0);
+    a.raw(CALL, 0, 0, 0, HELPER_GET_SOCKET_COOKIE);
+    a.raw(STX_DW, FP, R0, -32, 0);
     a.ld_map_fd(R1, rev_map);
     a.raw(MOV_X, R2, FP, 0, 0);
     a.raw(ADD_K, R2, 0, 0, -32);
     a.raw(CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
     a.jump(JEQ_K, R0, 0, "out");
-    // SockRevValue.service_id: the frontend the socket went through.
     a.raw(LDX_W, R1, R0, 20, 0);
+    a.label("frontend");
     a.raw(STX_W, FP, R1, -56, 0);
     a.raw(LDX_H, R1, FP, -8, 0);
     a.raw(STX_H, FP, R1, -52, 0);
@@ -274,19 +313,19 @@ fn iterate_in(ns: &Path, link: BorrowedFd<'_>) -> anyhow::Result<()> {
 /// that reach a backend listed in `doomed` through its frontend; returns
 /// how many.
 pub fn destroy_udp(
-    rev_map: BorrowedFd<'_>,
+    maps: &SockMaps<'_>,
     doomed: &[SockDoomedKey],
     cgroup: &Path,
 ) -> anyhow::Result<u64> {
     if doomed.is_empty() {
         return Ok(0);
     }
-    destroy_udp_in(rev_map, doomed, &netns_under(cgroup))
+    destroy_udp_in(maps, doomed, &netns_under(cgroup))
 }
 
 /// `destroy_udp` over the network namespaces at `namespaces`.
 fn destroy_udp_in(
-    rev_map: BorrowedFd<'_>,
+    maps: &SockMaps<'_>,
     doomed: &[SockDoomedKey],
     namespaces: &[PathBuf],
 ) -> anyhow::Result<u64> {
@@ -301,7 +340,11 @@ fn destroy_udp_in(
         sys::map_update(map.as_fd(), k, &0u64.to_ne_bytes())
             .context("writing the map of removed backends")?;
     }
-    let insns = program(&layout, rev_map.as_raw_fd(), map.as_raw_fd());
+    let insns = program(
+        &layout,
+        (maps.nat.as_raw_fd(), maps.rev.as_raw_fd()),
+        map.as_raw_fd(),
+    );
     let prog = sys::prog_load(&sys::ProgLoad {
         prog_type: BPF_PROG_TYPE_TRACING,
         expected_attach_type: BPF_TRACE_ITER,
@@ -381,7 +424,29 @@ mod tests {
                 .status()
                 .expect("ip");
             assert!(up.success());
-            let rev = sys::map_create(9, 32, 24, 16).expect("LRU map");
+            let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-sockd", std::process::id()));
+            crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
+            struct Cleanup(PathBuf);
+            impl Drop for Cleanup {
+                fn drop(&mut self) {
+                    let _ = crate::datapath::reset(&self.0);
+                }
+            }
+            let _cleanup = Cleanup(dir.clone());
+            let ebpf = aya::EbpfLoader::new()
+                .default_map_pin_directory(&dir)
+                .load(crate::datapath::OBJECT)
+                .expect("load");
+            let Some(aya::maps::Map::SkStorage(nat)) = ebpf.map(lb_common::MAP_SOCK_NAT) else {
+                panic!("no socket storage map");
+            };
+            let Some(aya::maps::Map::LruHashMap(rev)) = ebpf.map(lb_common::MAP_SOCK_REV) else {
+                panic!("no socket reverse map");
+            };
+            let maps = SockMaps {
+                nat: nat.fd().as_fd(),
+                rev: rev.fd().as_fd(),
+            };
             let connect = |port: u16| {
                 let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.connect(("127.0.0.1", port)).unwrap();
@@ -392,21 +457,36 @@ mod tests {
             gone6.connect(("::1", 5353)).unwrap();
             let lo = NetAddr::from_v4_raw(u32::from_ne_bytes([127, 0, 0, 1]));
             let lo6 = NetAddr::from_octets(std::net::Ipv6Addr::LOCALHOST.octets());
-            for (s, addr, port) in [(&gone, lo, 5353), (&kept, lo, 5354), (&gone6, lo6, 5353)] {
-                let k = SockRevKey {
-                    cookie: cookie(s),
-                    addr,
-                    port: BeU16::from_host(port),
-                    _pad: [0; 6],
-                };
-                let v = SockRevValue {
-                    addr: NetAddr::from_v4_raw(u32::from_ne_bytes([10, 96, 0, 10])),
-                    port: BeU16::from_host(53),
-                    _pad: [0; 2],
+            let front = NetAddr::from_v4_raw(u32::from_ne_bytes([10, 96, 0, 10]));
+            // `gone` and `kept` as this agent's socket hooks leave them: in
+            // the socket's own storage.
+            for (s, port) in [(&gone, 5353), (&kept, 5354)] {
+                let mut v = lb_common::SockNat::default();
+                v.entries[0] = lb_common::SockNatEntry {
+                    backend: lo,
+                    backend_port: BeU16::from_host(port),
+                    front_port: BeU16::from_host(53),
+                    front,
                     service_id: 7,
                 };
-                sys::map_update(rev.as_fd(), &pod_bytes(&k), &pod_bytes(&v)).unwrap();
+                use std::os::fd::AsRawFd as _;
+                let key = s.as_raw_fd().to_ne_bytes();
+                sys::map_update(maps.nat, &key, &pod_bytes(&v)).expect("socket storage");
             }
+            // `gone6` as an earlier agent left it: in the cookie-keyed map.
+            let k = SockRevKey {
+                cookie: cookie(&gone6),
+                addr: lo6,
+                port: BeU16::from_host(5353),
+                _pad: [0; 6],
+            };
+            let v = SockRevValue {
+                addr: front,
+                port: BeU16::from_host(53),
+                _pad: [0; 2],
+                service_id: 7,
+            };
+            sys::map_update(maps.rev, &pod_bytes(&k), &pod_bytes(&v)).unwrap();
             let doomed = [lo, lo6].map(|addr| SockDoomedKey {
                 service_id: 7,
                 port: BeU16::from_host(5353),
@@ -414,7 +494,7 @@ mod tests {
                 addr,
             });
             let here = PathBuf::from("/proc/thread-self/ns/net");
-            let n = destroy_udp_in(rev.as_fd(), &doomed, &[here]).expect("the pass runs");
+            let n = destroy_udp_in(&maps, &doomed, &[here]).expect("the pass runs");
             assert_eq!(n, 2, "exactly the two doomed sockets destroyed");
             for s in [&gone, &gone6] {
                 let err = s.take_error().unwrap().map(|e| e.raw_os_error());
@@ -453,7 +533,7 @@ mod tests {
             v6_daddr: 56,
             dport: 12,
         };
-        let p = program(&l, 3, 4);
+        let p = program(&l, (3, 5), 4);
         let insn = |i: usize| p[i].to_le_bytes();
         let exit = p.len() - 1;
         assert_eq!(insn(exit)[0], EXIT);
@@ -463,7 +543,7 @@ mod tests {
         // Every jump stays inside the program.
         for (i, raw) in p.iter().enumerate() {
             let b = raw.to_le_bytes();
-            if matches!(b[0], JA | JEQ_K | JNE_K) {
+            if matches!(b[0], JA | JEQ_K | JNE_K | JNE_X) {
                 let to = i as i64 + 1 + i16::from_le_bytes([b[2], b[3]]) as i64;
                 assert!(to > i as i64 && to < p.len() as i64, "jump at {i} to {to}");
             }

@@ -32,7 +32,7 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-pub fn map_specs(sizes: MapSizes) -> [MapSpec; 19] {
+pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
     use std::mem::size_of;
     [
         MapSpec {
@@ -90,6 +90,13 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 19] {
             key_size: 4,
             value_size: 8,
             max_entries: lb_common::POL_EP_ID_MAX * lb_common::POL_REASONS,
+        },
+        MapSpec {
+            name: lb_common::MAP_SOCK_NAT,
+            map_type: MapType::SkStorage,
+            key_size: 4,
+            value_size: size_of::<lb_common::SockNat>() as u32,
+            max_entries: 0,
         },
         MapSpec {
             name: MAP_MAGLEV,

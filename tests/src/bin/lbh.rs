@@ -308,11 +308,11 @@ fn main() {
                     s = open();
                 }
                 let mut buf = [0u8; 512];
-                let res = s.send(b"hello\n").and_then(|_| s.recv(&mut buf));
+                let res = s.send(b"hello\n").and_then(|_| s.recv_from(&mut buf));
                 let v = match res {
-                    Ok(n) => {
+                    Ok((n, from)) => {
                         let (served_by, _) = answer(&String::from_utf8_lossy(&buf[..n]));
-                        json!({"ok": true, "served_by": served_by})
+                        json!({"ok": true, "served_by": served_by, "from": plain(from)})
                     }
                     Err(e) => json!({"ok": false, "error": error_name(&e)}),
                 };
