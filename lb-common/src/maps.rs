@@ -337,8 +337,10 @@ pub const C_DROP_SNAT_EXHAUSTED: u32 = 14;
 pub const C_DROP_SPOOFED: u32 = 15;
 /// A port unreachable the node would have sent beyond its ICMP budget.
 pub const C_DROP_ICMP_RATE: u32 = 16;
+/// An ICMP error about a translated flow, translated to its other side.
+pub const C_ICMP_ERR_TRANSLATED: u32 = 17;
 /// Counters in use (named below).
-pub const COUNTERS: u32 = 17;
+pub const COUNTERS: u32 = 18;
 /// Slots of the counters map: room for new counters without changing the
 /// pinned map's shape.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -360,6 +362,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "drop_snat_ports_exhausted",
     "drop_spoofed_pod_source",
     "drop_icmp_rate_limited",
+    "icmp_error_translated",
 ];
 
 /// TCP header flag bits (the byte at offset 13).

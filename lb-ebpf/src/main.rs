@@ -6,6 +6,7 @@
 mod affinity;
 mod conntrack;
 mod icmp;
+mod icmp_nat;
 mod maglev;
 mod maps;
 mod nat;

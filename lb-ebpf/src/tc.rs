@@ -49,7 +49,7 @@ fn flow_hash(p: &Pkt) -> u32 {
 }
 
 #[inline(always)]
-fn node_addr(v6: bool) -> Option<NetAddr> {
+pub fn node_addr(v6: bool) -> Option<NetAddr> {
     let c = LB_CONFIG_V1.get(0)?;
     match v6 {
         true if c.flags & CONFIG_HAS_IP6 != 0 => Some(c.node_ip6),
@@ -70,7 +70,9 @@ pub fn ingress(ctx: &TcContext, from_pod: bool) -> i32 {
 pub fn egress(ctx: &TcContext) -> i32 {
     let mut p = Pkt::default();
     if packet::parse_into(ctx, &mut p) != 0 {
-        count(C_PASS_UNPARSED);
+        if crate::icmp_nat::egress(ctx) == 0 {
+            count(C_PASS_UNPARSED);
+        }
         return TC_ACT_OK;
     }
     let k = conntrack::key(&p, CT_SNAT);
@@ -107,7 +109,9 @@ fn rewrite_src(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
 fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
     let mut p = Pkt::default();
     if packet::parse_into(ctx, &mut p) != 0 {
-        count(C_PASS_UNPARSED);
+        if crate::icmp_nat::ingress(ctx) == 0 {
+            count(C_PASS_UNPARSED);
+        }
         return Ok(TC_ACT_OK);
     }
     match known_flow(ctx, &mut p) {

@@ -161,12 +161,24 @@ fn a_minute_of_connect_churn_through_a_node_port_has_no_slow_connect() {
 }
 
 #[test]
-fn a_churn_probe_is_one_tcp_probe_or_the_scenario_is_invalid() {
+fn a_churn_probe_is_one_probe_of_its_kind_or_the_scenario_is_invalid() {
     let dir = DumpDir::new("churn-invalid");
     let base = "pods: [{name: web, namespace: x, ports: [{port: 80}]}]\nprobes:\n  - ";
     for (probe, needle) in [
         (
-            "{from: x/web, to: x/web, port: 80, protocol: UDP, churnSecs: 5}",
+            "{from: x/web, to: x/web, port: 80, sourcePort: 40000, churnSecs: 5}",
+            "probes[0].churnSecs",
+        ),
+        (
+            "{from: x/web, to: x/web, port: 80, sameSocket: true, churnSecs: 5}",
+            "probes[0].sameSocket",
+        ),
+        (
+            "{from: x/web, to: x/web, port: 80, protocol: UDP, sameSocket: true}",
+            "probes[0].sameSocket",
+        ),
+        (
+            "{from: x/web, to: x/web, port: 80, protocol: UDP, sameSocket: true, sourcePort: 4, churnSecs: 5}",
             "probes[0].churnSecs",
         ),
         (

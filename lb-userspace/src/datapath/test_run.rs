@@ -140,7 +140,7 @@ impl Bed {
     }
 
     /// ... and a UDP one on IPv6, [fd00:100::1]:30053.
-    fn with_node_ports(tag: &str) -> Self {
+    pub(super) fn with_node_ports(tag: &str) -> Self {
         let mut bed = Bed::with_node_port(tag);
         bed.service(
             "fd00:100::1",
@@ -192,7 +192,7 @@ pub(super) fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool
     v
 }
 
-fn udp6(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+pub(super) fn udp6(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     let s: std::net::Ipv6Addr = src.parse().unwrap();
     let d: std::net::Ipv6Addr = dst.parse().unwrap();
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])

@@ -59,7 +59,13 @@ fn v6(s: &str) -> [u8; 16] {
 /// A well-formed packet of one of the kinds the programs handle.
 fn valid(r: &mut Rng) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1]);
-    let sport = 1024 + r.below(64000) as u16;
+    // Half the client ports come from a few, so flows repeat and ICMP
+    // errors can quote flows the maps hold.
+    let sport = if r.below(2) == 0 {
+        40000 + r.below(8) as u16
+    } else {
+        1024 + r.below(64000) as u16
+    };
     let payload: Vec<u8> = (0..r.below(64)).map(|_| r.next() as u8).collect();
     let mut out = Vec::new();
     if r.below(3) > 0 {
@@ -85,12 +91,19 @@ fn valid(r: &mut Rng) -> Vec<u8> {
             }
             2 => ip.udp(sport, dport).write(&mut out, &payload).unwrap(),
             _ => {
-                // An ICMP error quoting a packet of a flow the other way.
+                // An ICMP error quoting a packet of a flow the other way
+                // (a reply, when this one goes to a frontend: a known
+                // flow's, with a TCP quote and a repeated client port).
                 let mut quoted = Vec::new();
-                PacketBuilder::ipv4(dst, src, 64)
-                    .udp(dport, sport)
-                    .write(&mut quoted, b"q")
-                    .unwrap();
+                let q = PacketBuilder::ipv4(dst, src, 64);
+                if r.below(2) == 0 {
+                    q.tcp(dport, sport, 1, 64000)
+                        .ack(1)
+                        .write(&mut quoted, b"q")
+                } else {
+                    q.udp(dport, sport).write(&mut quoted, b"q")
+                }
+                .unwrap();
                 quoted.truncate(28);
                 ip.icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
                     etherparse::icmpv4::DestUnreachableHeader::Port,
@@ -258,6 +271,15 @@ fn checksums_ok(pkt: &[u8]) -> Option<bool> {
             }
             let frag = u16::from_be_bytes([l3[6], l3[7]]) & 0x3fff;
             let proto = l3[9];
+            if frag == 0 && proto == 1 {
+                // ICMP over its whole message; a quoted IPv4 header too.
+                let icmp = &l3[ihl..total];
+                let quoted_ok = match icmp.get(8..28) {
+                    Some(h) if h[0] == 0x45 => sum(h, 0) == 0xffff,
+                    _ => true,
+                };
+                return Some(sum(icmp, 0) == 0xffff && quoted_ok);
+            }
             if frag != 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
                 return Some(true);
             }
@@ -300,13 +322,25 @@ fn only_translated(a: &[u8], b: &[u8]) -> bool {
     };
     let l4 = 14 + ihl;
     let csum = if proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
+    // An ICMP error translated: its checksum, and in its quote the IPv4
+    // header checksum, the addresses and the ports.
+    let icmp = (v4 && proto == 1) || (!v4 && proto == 58);
+    let q = l4 + 8;
+    let quoted = |i: usize| {
+        icmp && ((l4 + 2..l4 + 4).contains(&i)
+            || (v4 && (q + 10..q + 20).contains(&i))
+            || (v4 && (q + 20..q + 24).contains(&i))
+            || (!v4 && (q + 8..q + 40).contains(&i))
+            || (!v4 && (q + 40..q + 44).contains(&i)))
+    };
     let may = |i: usize| {
         i < 12
             || (v4 && (24..26).contains(&i))
             || (v4 && (26..34).contains(&i))
             || (!v4 && (22..54).contains(&i))
-            || (l4..l4 + 4).contains(&i)
-            || (csum..csum + 2).contains(&i)
+            || (!icmp && (l4..l4 + 4).contains(&i))
+            || (!icmp && (csum..csum + 2).contains(&i))
+            || quoted(i)
     };
     a.iter()
         .zip(b)
@@ -466,9 +500,12 @@ fn generated_and_mutated_packets_keep_every_invariant() {
             clear_ct(&mut bed);
         }
     }
-    eprintln!("{n} packets: {rewritten} rewritten, {dropped} drops, {junk_runs} junk");
+    let icmp = super::test_run_conntrack::counter(&bed, "icmp_error_translated");
+    eprintln!(
+        "{n} packets: {rewritten} rewritten ({icmp} ICMP errors), {dropped} drops, {junk_runs} junk"
+    );
     assert!(
-        rewritten > 0 && dropped > 0 && junk_runs > 0,
+        rewritten > 0 && dropped > 0 && junk_runs > 0 && icmp > 0,
         "the generator reaches every path"
     );
 }

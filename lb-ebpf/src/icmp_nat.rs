@@ -1,0 +1,275 @@
+//! ICMP errors about translated flows, translated as their flows are, so
+//! path MTU discovery ("fragmentation needed", "packet too big") and
+//! unreachables work through NodePorts and LoadBalancer IPs.
+//!
+//! Ingress: an error a router sends to a frontend about one of its replies
+//! (the quote: frontend -> client) goes to the flow's backend: the outer
+//! destination and the quote's source become the backend's, and for an
+//! SNAT'd flow the quote's destination becomes the node's address and the
+//! flow's port, the tuple the backend knows. Egress: an error a local
+//! backend sends to a client about one of its packets (the quote: client
+//! -> backend) leaves from the frontend, quoting the frontend.
+//!
+//! The quote's own L4 checksum is left as it was: it covers a payload the
+//! quote does not carry, and no stack checks it. Every checksum that can
+//! be checked (outer IPv4 header, ICMP/ICMPv6 with its pseudo-header,
+//! quoted IPv4 header) stays right.
+
+use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use lb_common::{BeU16, C_ICMP_ERR_TRANSLATED, CT_FWD, CT_REV, NetAddr, PROTO_TCP, PROTO_UDP};
+
+use crate::{conntrack, maps::count, packet::ETH_HLEN};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+
+/// An ICMP(v6) error quoting a TCP or UDP packet, by offsets into the frame.
+#[derive(Clone, Copy)]
+struct Quote {
+    v6: bool,
+    /// The ICMP header (its checksum at +2).
+    icmp: usize,
+    /// The quoted IP header and its L4 header.
+    inner: usize,
+    inner_l4: usize,
+    proto: u8,
+    outer_saddr: NetAddr,
+    outer_daddr: NetAddr,
+    saddr: NetAddr,
+    daddr: NetAddr,
+    sport: BeU16,
+    dport: BeU16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// IPv4 without options, ICMP destination unreachable (fragmentation
+/// needed among them), time exceeded or parameter problem; IPv6 without
+/// extension headers, ICMPv6 destination unreachable, packet too big, time
+/// exceeded or parameter problem. The quote: an IP header without options
+/// or extension headers and the first 8 bytes of TCP or UDP.
+#[inline(always)]
+fn quote(ctx: &TcContext) -> Option<Quote> {
+    let eth_proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let v6 = match eth_proto {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return None,
+    };
+    let (icmp, outer_saddr, outer_daddr) = if v6 {
+        if ctx.load::<u8>(ETH_HLEN).ok()? >> 4 != 6
+            || ctx.load::<u8>(ETH_HLEN + 6).ok()? != PROTO_ICMPV6
+        {
+            return None;
+        }
+        let s: [u32; 4] = ctx.load(ETH_HLEN + 8).ok()?;
+        let d: [u32; 4] = ctx.load(ETH_HLEN + 24).ok()?;
+        (ETH_HLEN + 40, NetAddr(s), NetAddr(d))
+    } else {
+        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+        if ctx.load::<u8>(ETH_HLEN).ok()? != 0x45
+            || ctx.load::<u8>(ETH_HLEN + 9).ok()? != PROTO_ICMP
+            || frag & 0x3fff != 0
+        {
+            return None;
+        }
+        let s: u32 = ctx.load(ETH_HLEN + 12).ok()?;
+        let d: u32 = ctx.load(ETH_HLEN + 16).ok()?;
+        (
+            ETH_HLEN + 20,
+            NetAddr::from_v4_raw(s),
+            NetAddr::from_v4_raw(d),
+        )
+    };
+    let ty: u8 = ctx.load(icmp).ok()?;
+    let error = if v6 {
+        (1..=4).contains(&ty)
+    } else {
+        ty == 3 || ty == 11 || ty == 12
+    };
+    if !error {
+        return None;
+    }
+    let inner = icmp + 8;
+    let (proto, saddr, daddr, inner_l4) = if v6 {
+        if ctx.load::<u8>(inner).ok()? >> 4 != 6 {
+            return None;
+        }
+        let proto: u8 = ctx.load(inner + 6).ok()?;
+        let s: [u32; 4] = ctx.load(inner + 8).ok()?;
+        let d: [u32; 4] = ctx.load(inner + 24).ok()?;
+        (proto, NetAddr(s), NetAddr(d), inner + 40)
+    } else {
+        if ctx.load::<u8>(inner).ok()? != 0x45 {
+            return None;
+        }
+        let proto: u8 = ctx.load(inner + 9).ok()?;
+        let s: u32 = ctx.load(inner + 12).ok()?;
+        let d: u32 = ctx.load(inner + 16).ok()?;
+        (
+            proto,
+            NetAddr::from_v4_raw(s),
+            NetAddr::from_v4_raw(d),
+            inner + 20,
+        )
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let sport = BeU16(ctx.load::<u16>(inner_l4).ok()?);
+    let dport = BeU16(ctx.load::<u16>(inner_l4 + 2).ok()?);
+    Some(Quote {
+        v6,
+        icmp,
+        inner,
+        inner_l4,
+        proto,
+        outer_saddr,
+        outer_daddr,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    })
+}
+
+/// The ones'-complement difference of two addresses, for an IPv6 checksum.
+#[inline(always)]
+fn diff16(old: &NetAddr, new: &NetAddr) -> u64 {
+    let mut from = old.0;
+    let mut to = new.0;
+    // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
+    unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) as u64 }
+}
+
+/// The outer source or destination becomes `new`: the IPv4 header checksum
+/// follows; ICMPv6's covers the address in its pseudo-header.
+#[inline(always)]
+fn set_outer(ctx: &TcContext, q: &Quote, side: Side, new: NetAddr) -> Result<(), i64> {
+    let old = if side == Side::Src {
+        q.outer_saddr
+    } else {
+        q.outer_daddr
+    };
+    if q.v6 {
+        let off = ETH_HLEN + if side == Side::Src { 8 } else { 24 };
+        ctx.store(off, &new.0, 0)?;
+        ctx.l4_csum_replace(q.icmp + 2, 0, diff16(&old, &new), BPF_F_PSEUDO_HDR)
+    } else {
+        let off = ETH_HLEN + if side == Side::Src { 12 } else { 16 };
+        let (o, n) = (old.v4_raw(), new.v4_raw());
+        ctx.store(off, &n, 0)?;
+        ctx.l3_csum_replace(ETH_HLEN + 10, o as u64, n as u64, 4)
+    }
+}
+
+/// The quote's source or destination becomes `addr`:`port`. In IPv4 the
+/// quoted header's checksum follows, and the two changes cancel out in the
+/// ICMP checksum; IPv6 quotes carry no header checksum, so ICMPv6's takes
+/// the address change. The port change goes into the ICMP checksum.
+#[inline(always)]
+fn set_quoted(
+    ctx: &TcContext,
+    q: &Quote,
+    side: Side,
+    addr: NetAddr,
+    port: BeU16,
+) -> Result<(), i64> {
+    let (old, old_port) = if side == Side::Src {
+        (q.saddr, q.sport)
+    } else {
+        (q.daddr, q.dport)
+    };
+    if q.v6 {
+        let off = q.inner + if side == Side::Src { 8 } else { 24 };
+        ctx.store(off, &addr.0, 0)?;
+        ctx.l4_csum_replace(q.icmp + 2, 0, diff16(&old, &addr), 0)?;
+    } else {
+        let off = q.inner + if side == Side::Src { 12 } else { 16 };
+        let (o, n) = (old.v4_raw(), addr.v4_raw());
+        ctx.store(off, &n, 0)?;
+        ctx.l3_csum_replace(q.inner + 10, o as u64, n as u64, 4)?;
+    }
+    let port_off = q.inner_l4 + if side == Side::Src { 0 } else { 2 };
+    ctx.store(port_off, &port.0, 0)?;
+    ctx.l4_csum_replace(q.icmp + 2, old_port.0 as u64, port.0 as u64, 2)
+}
+
+/// An error about one of a flow's replies, sent to its frontend: to the
+/// backend. 1 when translated. Not inlined: its frame is its own.
+#[inline(never)]
+pub fn ingress(ctx: &TcContext) -> i32 {
+    match try_ingress(ctx) {
+        Ok(true) => {
+            count(C_ICMP_ERR_TRANSLATED);
+            1
+        }
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &TcContext) -> Result<bool, i64> {
+    let Some(q) = quote(ctx) else {
+        return Ok(false);
+    };
+    // The quote is a reply, frontend -> client: its flow's forward entry
+    // is keyed the other way round.
+    let fk = conntrack::tuple(q.daddr, q.dport, q.saddr, q.sport, q.proto, CT_FWD);
+    let Some(v) = conntrack::lookup(&fk) else {
+        return Ok(false);
+    };
+    if q.outer_daddr != q.saddr {
+        // Sent elsewhere than the frontend the quote names: not ours.
+        return Ok(false);
+    }
+    set_outer(ctx, &q, Side::Dst, v.addr)?;
+    set_quoted(ctx, &q, Side::Src, v.addr, v.port)?;
+    if v.snat_port.0 != 0 {
+        // The backend knows the flow as node:port -> backend.
+        let Some(node) = crate::tc::node_addr(q.v6) else {
+            return Ok(true);
+        };
+        set_quoted(ctx, &q, Side::Dst, node, v.snat_port)?;
+    }
+    Ok(true)
+}
+
+/// An error a local backend sends a client about one of its packets: from
+/// the frontend, quoting the frontend. 1 when translated. Not inlined.
+#[inline(never)]
+pub fn egress(ctx: &TcContext) -> i32 {
+    match try_egress(ctx) {
+        Ok(true) => {
+            count(C_ICMP_ERR_TRANSLATED);
+            1
+        }
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<bool, i64> {
+    let Some(q) = quote(ctx) else {
+        return Ok(false);
+    };
+    // The quote is the client's packet after DNAT, client -> backend: the
+    // flow's reverse entry is keyed the other way round.
+    let rk = conntrack::tuple(q.daddr, q.dport, q.saddr, q.sport, q.proto, CT_REV);
+    let Some(v) = conntrack::lookup(&rk) else {
+        return Ok(false);
+    };
+    if q.outer_saddr != q.daddr {
+        return Ok(false);
+    }
+    set_outer(ctx, &q, Side::Src, v.addr)?;
+    set_quoted(ctx, &q, Side::Dst, v.addr, v.port)?;
+    Ok(true)
+}
