@@ -13,7 +13,7 @@ pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V3";
 /// Maps of the object that are not pinned: each loaded object has its own.
-pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET"];
+pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET", "LB_FRAG"];
 /// The counters map of earlier agents (16 slots), removed at load.
 pub const MAP_COUNTERS_OLD: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";
@@ -190,6 +190,28 @@ pub struct SockDoomedKey {
     pub _pad: u16,
     pub addr: NetAddr,
 }
+
+/// Key of `LB_FRAG`: a datagram's fragments as one hook sees them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: NetAddr,
+    pub daddr: NetAddr,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `LB_FRAG`: the ports the datagram's first fragment carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    pub sport: BeU16,
+    pub dport: BeU16,
+}
+
+/// Datagrams in flight as fragments that the packet programs remember.
+pub const FRAG_MAX: u32 = 8192;
 
 /// One reverse translation a socket needs: the backend its packets go to
 /// and the frontend it asked for (`service_id` of that frontend).
@@ -438,6 +460,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockRevValue>() == 24);
     assert!(core::mem::size_of::<SockDoomedKey>() == 24);
     assert!(core::mem::size_of::<SockNatEntry>() == 40);
+    assert!(core::mem::size_of::<FragKey>() == 40);
     assert!(core::mem::offset_of!(SockNatEntry, service_id) == 36);
     assert!(core::mem::offset_of!(SockRevValue, service_id) == 20);
     assert!(core::mem::size_of::<Status>() == 88);

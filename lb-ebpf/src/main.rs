@@ -5,6 +5,7 @@
 
 mod affinity;
 mod conntrack;
+mod frag;
 mod icmp;
 mod icmp_nat;
 mod maglev;

@@ -63,6 +63,12 @@ pub fn count(idx: u32) {
     }
 }
 
+/// Ports of first fragments, for the later ones (see `frag`). Not pinned:
+/// a datagram's fragments arrive within moments.
+#[map]
+pub static LB_FRAG: LruHashMap<lb_common::FragKey, lb_common::FragPorts> =
+    LruHashMap::with_max_entries(lb_common::FRAG_MAX, 0);
+
 /// The node's budget of ICMP errors it builds: ns of credit, and when it
 /// was last topped up. Not pinned: a fresh budget per loaded object.
 #[map]

@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
 use lb_common::{BeU16, NetAddr, PROTO_UDP};
 
-use crate::packet::Pkt;
+use crate::packet::{FRAG_LATER, Pkt};
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
@@ -36,22 +36,29 @@ pub fn set_addr(ctx: &TcContext, p: &mut Pkt, side: Side, new: NetAddr) -> Resul
     if old == new {
         return Ok(());
     }
+    // A later fragment has no L4 header: the first one's checksum covers
+    // the whole datagram and took the change.
+    let l4 = p.frag != FRAG_LATER;
     if p.v6 {
-        let mut from = old.0;
-        let mut to = new.0;
-        // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
-        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
         ctx.store(off, &new.0, 0)?;
-        ctx.l4_csum_replace(p.csum_off(), 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
+        if l4 {
+            let mut from = old.0;
+            let mut to = new.0;
+            // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
+            let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+            ctx.l4_csum_replace(p.csum_off(), 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
+        }
     } else {
         let (o, n) = (old.v4_raw(), new.v4_raw());
         ctx.store(off, &n, 0)?;
-        ctx.l4_csum_replace(
-            p.csum_off(),
-            o as u64,
-            n as u64,
-            BPF_F_PSEUDO_HDR | 4 | l4_flags(p),
-        )?;
+        if l4 {
+            ctx.l4_csum_replace(
+                p.csum_off(),
+                o as u64,
+                n as u64,
+                BPF_F_PSEUDO_HDR | 4 | l4_flags(p),
+            )?;
+        }
         ctx.l3_csum_replace(IPV4_CSUM_OFF, o as u64, n as u64, 4)?;
     }
     match side {
@@ -70,8 +77,12 @@ pub fn set_port(ctx: &TcContext, p: &mut Pkt, side: Side, new: BeU16) -> Result<
     if old == new {
         return Ok(());
     }
-    ctx.store(off, &new.0, 0)?;
-    ctx.l4_csum_replace(p.csum_off(), old.0 as u64, new.0 as u64, 2 | l4_flags(p))?;
+    // A later fragment carries no ports: only the tuple it is known by
+    // changes.
+    if p.frag != FRAG_LATER {
+        ctx.store(off, &new.0, 0)?;
+        ctx.l4_csum_replace(p.csum_off(), old.0 as u64, new.0 as u64, 2 | l4_flags(p))?;
+    }
     match side {
         Side::Src => p.sport = new,
         Side::Dst => p.dport = new,

@@ -1,7 +1,10 @@
 //! Bounds-checked parsing of Ethernet + IPv4/IPv6 + TCP/UDP into a tuple.
-//! What it does not understand (fragments, other protocols, IPv6 extension
-//! headers, truncated headers) yields None, and the caller passes the
-//! packet untouched.
+//! Fragments are understood: a first fragment carries its ports, and
+//! leaves them (by addresses, protocol and fragment id) for the later ones,
+//! which carry none (`frag`). What it does not understand (other
+//! protocols, other IPv6 extension headers, truncated headers, a later
+//! fragment whose first one this hook never saw) yields None, and the
+//! caller passes the packet untouched.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{BeU16, NetAddr, PROTO_TCP, PROTO_UDP};
@@ -19,9 +22,19 @@ pub struct Pkt {
     pub sport: BeU16,
     pub dport: BeU16,
     pub l4_off: usize,
-    /// The TCP header's flags byte (0 for UDP).
+    /// The TCP header's flags byte (0 for UDP, and for a later fragment).
     pub tcp_flags: u8,
+    /// `FRAG_NONE`, `FRAG_FIRST` or `FRAG_LATER` (no L4 header: its ports
+    /// came from the first fragment).
+    pub frag: u8,
+    /// The fragment id (IPv4's 16 bits, IPv6's 32).
+    pub frag_id: u32,
 }
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
+const NEXT_FRAGMENT: u8 = 44;
 
 impl Pkt {
     pub fn saddr_off(&self) -> usize {
@@ -51,7 +64,11 @@ pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> i32 {
     match parse(ctx) {
         Some(p) => {
             *out = p;
-            0
+            match out.frag {
+                FRAG_FIRST => crate::frag::remember(out),
+                FRAG_LATER => crate::frag::ports(out),
+                _ => 0,
+            }
         }
         None => -1,
     }
@@ -60,19 +77,20 @@ pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> i32 {
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Pkt> {
     let eth_proto = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let (v6, proto, saddr, daddr, l4_off) = match eth_proto {
+    let (v6, proto, saddr, daddr, l4_off, frag, frag_id) = match eth_proto {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
             let ihl = (vihl & 0x0f) as usize * 4;
             if vihl >> 4 != 4 || ihl < 20 {
                 return None;
             }
-            // Any fragment (MF set or an offset) passes untouched: later
-            // fragments carry no ports to translate.
-            let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-            if frag & 0x3fff != 0 {
-                return None;
-            }
+            let f = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+            let frag = match (f & 0x1fff, f & 0x2000) {
+                (0, 0) => FRAG_NONE,
+                (0, _) => FRAG_FIRST,
+                _ => FRAG_LATER,
+            };
+            let id = u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?) as u32;
             let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
             let s: u32 = ctx.load(ETH_HLEN + 12).ok()?;
             let d: u32 = ctx.load(ETH_HLEN + 16).ok()?;
@@ -82,6 +100,8 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
                 NetAddr::from_v4_raw(s),
                 NetAddr::from_v4_raw(d),
                 ETH_HLEN + ihl,
+                frag,
+                id,
             )
         }
         ETH_P_IPV6 => {
@@ -89,27 +109,61 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
             if vtc >> 4 != 6 {
                 return None;
             }
-            // Extension headers are not parsed: only TCP/UDP right after the
-            // fixed header is translated.
             let next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
             let s: [u32; 4] = ctx.load(ETH_HLEN + 8).ok()?;
             let d: [u32; 4] = ctx.load(ETH_HLEN + 24).ok()?;
-            (true, next, NetAddr(s), NetAddr(d), ETH_HLEN + 40)
+            if next == NEXT_FRAGMENT {
+                // The fragment header: next header, offset and M flag, id.
+                let fh = ETH_HLEN + 40;
+                let next: u8 = ctx.load(fh).ok()?;
+                let f = u16::from_be(ctx.load::<u16>(fh + 2).ok()?);
+                let id = u32::from_be(ctx.load::<u32>(fh + 4).ok()?);
+                let frag = match (f & 0xfff8, f & 1) {
+                    (0, 0) => FRAG_NONE,
+                    (0, _) => FRAG_FIRST,
+                    _ => FRAG_LATER,
+                };
+                (true, next, NetAddr(s), NetAddr(d), fh + 8, frag, id)
+            } else {
+                (
+                    true,
+                    next,
+                    NetAddr(s),
+                    NetAddr(d),
+                    ETH_HLEN + 40,
+                    FRAG_NONE,
+                    0,
+                )
+            }
         }
         _ => return None,
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
-    // The whole L4 header must be there, and the IP length must agree with
-    // the frame (a packet that lies about its length, or is cut short,
-    // passes untouched: the stack drops it, and it gets no state here).
-    let hdr_len = if proto == PROTO_TCP { 20 } else { 8 };
     let ip_end = if v6 {
-        l4_off + u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?) as usize
+        ETH_HLEN + 40 + u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?) as usize
     } else {
         ETH_HLEN + u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?) as usize
     };
+    if frag == FRAG_LATER {
+        if ip_end < l4_off || (ctx.len() as usize) < ip_end {
+            return None;
+        }
+        return Some(Pkt {
+            v6,
+            proto,
+            saddr,
+            daddr,
+            sport: BeU16(0),
+            dport: BeU16(0),
+            l4_off,
+            tcp_flags: 0,
+            frag,
+            frag_id,
+        });
+    }
+    let hdr_len = if proto == PROTO_TCP { 20 } else { 8 };
     if ip_end < l4_off + hdr_len || (ctx.len() as usize) < ip_end {
         return None;
     }
@@ -129,5 +183,7 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
         dport,
         l4_off,
         tcp_flags,
+        frag,
+        frag_id,
     })
 }

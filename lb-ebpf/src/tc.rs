@@ -67,13 +67,31 @@ pub fn ingress(ctx: &TcContext, from_pod: bool) -> i32 {
     }
 }
 
+/// The egress translation; ICMP errors and what no parser understands go
+/// to `unparsed`, called beside this (not under it: frames never add up).
 pub fn egress(ctx: &TcContext) -> i32 {
+    match translate_egress(ctx) {
+        UNPARSED => unparsed_egress(ctx),
+        v => v,
+    }
+}
+
+/// `translate_egress`: not a TCP or UDP packet it understands.
+const UNPARSED: i32 = i32::MIN;
+
+#[inline(never)]
+fn unparsed_egress(ctx: &TcContext) -> i32 {
+    if crate::icmp_nat::egress(ctx) == 0 {
+        count(C_PASS_UNPARSED);
+    }
+    TC_ACT_OK
+}
+
+#[inline(never)]
+fn translate_egress(ctx: &TcContext) -> i32 {
     let mut p = Pkt::default();
     if packet::parse_into(ctx, &mut p) != 0 {
-        if crate::icmp_nat::egress(ctx) == 0 {
-            count(C_PASS_UNPARSED);
-        }
-        return TC_ACT_OK;
+        return UNPARSED;
     }
     let k = conntrack::key(&p, CT_SNAT);
     if let Some(v) = conntrack::lookup(&k) {
@@ -411,6 +429,10 @@ fn new_flow(p: &mut Pkt, from_pod: u32) -> i32 {
 
 #[inline(always)]
 fn try_new_flow(p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
+    // Flows start at a datagram's first fragment, never at a later one.
+    if p.frag == crate::packet::FRAG_LATER {
+        return Ok(TC_ACT_OK);
+    }
     let mut c = Choice::default();
     match choose(p, &mut c) {
         CHOSEN if from_pod == 0 && is_local_pod(&p.saddr) != 0 => {

@@ -25,6 +25,8 @@ mod test_run_conntrack;
 #[cfg(test)]
 mod test_run_draining;
 #[cfg(test)]
+mod test_run_frag;
+#[cfg(test)]
 mod test_run_fuzz;
 #[cfg(test)]
 mod test_run_icmp;
