@@ -25,6 +25,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+/// As in `nat`: an IPv6 pseudo-header change must stay out of skb->csum
+/// (kernels before 6.16 refuse the flag: the call is made again without).
+const BPF_F_IPV6: u64 = 1 << 7;
 
 /// An ICMP(v6) error quoting a TCP or UDP packet, by offsets into the frame.
 #[derive(Clone, Copy)]
@@ -161,7 +164,14 @@ fn set_outer(ctx: &TcContext, q: &Quote, side: Side, new: NetAddr) -> Result<(),
     if q.v6 {
         let off = ETH_HLEN + if side == Side::Src { 8 } else { 24 };
         ctx.store(off, &new.0, 0)?;
-        ctx.l4_csum_replace(q.icmp + 2, 0, diff16(&old, &new), BPF_F_PSEUDO_HDR)
+        let d = diff16(&old, &new);
+        if ctx
+            .l4_csum_replace(q.icmp + 2, 0, d, BPF_F_PSEUDO_HDR | BPF_F_IPV6)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        ctx.l4_csum_replace(q.icmp + 2, 0, d, BPF_F_PSEUDO_HDR)
     } else {
         let off = ETH_HLEN + if side == Side::Src { 12 } else { 16 };
         let (o, n) = (old.v4_raw(), new.v4_raw());

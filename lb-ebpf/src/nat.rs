@@ -9,6 +9,12 @@ use crate::packet::{FRAG_LATER, Pkt};
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+/// The L4 checksum of an IPv6 packet: with CHECKSUM_COMPLETE the kernel
+/// must not fold the pseudo-header change into skb->csum (IPv6 has no
+/// header checksum to absorb it), or the stack reports "hw csum failure".
+/// Kernels before 6.16 do not know the flag and refuse the call: it is
+/// then made again without it.
+const BPF_F_IPV6: u64 = 1 << 7;
 const IPV4_CSUM_OFF: usize = crate::packet::ETH_HLEN + 10;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -25,6 +31,19 @@ fn l4_flags(p: &Pkt) -> u64 {
     } else {
         0
     }
+}
+
+/// `bpf_l4_csum_replace`, with BPF_F_IPV6 for IPv6 where the kernel has it.
+#[inline(always)]
+fn l4_csum(ctx: &TcContext, p: &Pkt, from: u64, to: u64, flags: u64) -> Result<(), i64> {
+    if p.v6
+        && ctx
+            .l4_csum_replace(p.csum_off(), from, to, flags | BPF_F_IPV6)
+            .is_ok()
+    {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(p.csum_off(), from, to, flags)
 }
 
 #[inline(always)]
@@ -46,14 +65,15 @@ pub fn set_addr(ctx: &TcContext, p: &mut Pkt, side: Side, new: NetAddr) -> Resul
             let mut to = new.0;
             // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
             let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-            ctx.l4_csum_replace(p.csum_off(), 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
+            l4_csum(ctx, p, 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
         }
     } else {
         let (o, n) = (old.v4_raw(), new.v4_raw());
         ctx.store(off, &n, 0)?;
         if l4 {
-            ctx.l4_csum_replace(
-                p.csum_off(),
+            l4_csum(
+                ctx,
+                p,
                 o as u64,
                 n as u64,
                 BPF_F_PSEUDO_HDR | 4 | l4_flags(p),
@@ -81,7 +101,7 @@ pub fn set_port(ctx: &TcContext, p: &mut Pkt, side: Side, new: BeU16) -> Result<
     // changes.
     if p.frag != FRAG_LATER {
         ctx.store(off, &new.0, 0)?;
-        ctx.l4_csum_replace(p.csum_off(), old.0 as u64, new.0 as u64, 2 | l4_flags(p))?;
+        l4_csum(ctx, p, old.0 as u64, new.0 as u64, 2 | l4_flags(p))?;
     }
     match side {
         Side::Src => p.sport = new,

@@ -636,3 +636,46 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     }
     assert_eq!(backends_of_new_flows(&bed, 43000).len(), 2);
 }
+
+/// On a device that delivers CHECKSUM_COMPLETE, a translated packet keeps
+/// skb->csum equal to its data's sum (the kernel's test run checks it and
+/// fails with EBADMSG otherwise: a "hw csum failure" on a real device),
+/// IPv6 included, in both directions.
+#[test]
+fn translation_keeps_a_complete_checksum_right_on_ipv6_and_ipv4() {
+    use std::os::fd::AsFd as _;
+    const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+    let bed = Bed::with_node_ports("csumc");
+    let run = |prog: &str, pkt: &[u8]| {
+        let p: &SchedClassifier = bed.ebpf.program(prog).unwrap().try_into().unwrap();
+        super::sys::prog_test_run(
+            p.fd().unwrap().as_fd(),
+            pkt,
+            BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+        )
+        .unwrap_or_else(|e| panic!("{prog}: skb->csum no longer matches the packet: {e}"))
+    };
+    let (verdict, out) = run(
+        "lb_tc_ingress",
+        &udp6("fd00:100::200", 50020, "fd00:100::1", 30053),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[38..54], &ip("fd00:244:1::a").octets(), "translated");
+    assert_checksums(&out);
+    let (_, out) = run(
+        "lb_tc_egress",
+        &udp6("fd00:244:1::a", 5353, "fd00:100::200", 50020),
+    );
+    assert_eq!(
+        &out[22..38],
+        &ip("fd00:100::1").octets(),
+        "reverse translated"
+    );
+    assert_checksums(&out);
+    let (_, out) = run(
+        "lb_tc_ingress",
+        &tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, true),
+    );
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_checksums(&out);
+}

@@ -165,4 +165,16 @@ fn an_ipv6_packet_too_big_about_a_reply_reaches_the_backend() {
     assert_eq!(&q[8..24], &backend.octets(), "quoting the backend");
     assert_eq!(u16::from_be_bytes([q[40], q[41]]), 5353);
     assert_checksums(&out);
+    // The same on a CHECKSUM_COMPLETE skb: skb->csum stays right.
+    use std::os::fd::AsFd as _;
+    let again = bed.run("lb_tc_ingress", &e);
+    let p: &aya::programs::SchedClassifier = bed
+        .ebpf
+        .program("lb_tc_ingress")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let (_, complete) = super::sys::prog_test_run(p.fd().unwrap().as_fd(), &e, 1 << 2)
+        .expect("skb->csum matches the packet after the translation");
+    assert_eq!(complete, again.1);
 }
