@@ -4,9 +4,10 @@
 use super::*;
 
 impl Datapath {
-    /// One conntrack sweep: removes what `compute::ct_sweep::doomed` says, walking
-    /// at most the map's size of keys (a walk over an LRU being written can
-    /// restart). Returns how many entries went, how many stayed, and the
+    /// One conntrack sweep: removes what `compute::ct_sweep::doomed` says,
+    /// reading at most the map's size of entries with batch lookups, and
+    /// deleting an entry only if its last-seen time is still the one read
+    /// (nothing touched it since). Returns how many entries went, how many stayed, and the
     /// flows it saw.
     pub fn ct_gc(
         &mut self,
@@ -14,13 +15,20 @@ impl Datapath {
         t: &crate::compute::conntrack_gc::Timeouts,
     ) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
         let now = crate::datapath::host::monotonic_s();
+        let max = self.ct_max as usize;
+        // Batch lookups: a few calls for the whole map.
+        let batch = match self.ebpf.map(MAP_CT) {
+            Some(Map::LruHashMap(m)) => super::sys::lookup_batch(m.fd().as_fd(), max).ok(),
+            _ => None,
+        };
         let map = self
             .ebpf
             .map_mut(MAP_CT)
             .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
         let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
-        let max = self.ct_max as usize;
-        let entries: Vec<(CtKey, CtValue)> = ct.iter().take(max).filter_map(Result::ok).collect();
+        // A kernel without batch lookups on LRU maps gets the walk.
+        let entries: Vec<(CtKey, CtValue)> =
+            batch.unwrap_or_else(|| ct.iter().take(max).filter_map(Result::ok).collect());
         let seen = entries.len();
         let walked: std::collections::HashMap<CtKey, u32> =
             entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();

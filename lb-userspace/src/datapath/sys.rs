@@ -20,6 +20,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `union bpf_attr` is 144 bytes in 6.x kernels; zero tails are accepted.
@@ -197,6 +198,52 @@ pub fn update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io
     Ok(())
 }
 
+/// Every entry of a hash map (`K`, `V` its exact key and value types), at
+/// most `max`, read `chunk` at a time with BPF_MAP_LOOKUP_BATCH: a few
+/// system calls for a million entries instead of two per entry. A map
+/// being written may show an entry twice or miss one, as a walk would.
+pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    max: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let mut chunk = 4096usize;
+    let mut out = Vec::new();
+    let mut token = [0u64; 8];
+    let mut first = true;
+    while out.len() < max {
+        let mut keys = vec![K::default(); chunk];
+        let mut values = vec![V::default(); chunk];
+        let mut next = [0u64; 8];
+        let mut a = Attr::new();
+        if !first {
+            a.put_u64(0, token.as_ptr() as u64);
+        }
+        a.put_u64(8, next.as_mut_ptr() as u64);
+        a.put_u64(16, keys.as_mut_ptr() as u64);
+        a.put_u64(24, values.as_mut_ptr() as u64);
+        a.put_u32(32, chunk as u32);
+        a.put_u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
+        let n = n.min(chunk);
+        out.extend(keys.into_iter().zip(values).take(n));
+        match r {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            // A bucket holds more entries than one chunk: a bigger one.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && chunk < 1 << 20 => {
+                chunk *= 4;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
+    out.truncate(max);
+    Ok(out)
+}
+
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
 /// Linux 5.14+), the value `bpf_get_netns_cookie` gives its sockets.
 pub fn netns_cookie() -> io::Result<u64> {
@@ -224,6 +271,60 @@ pub fn netns_cookie() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd as _;
+
+    #[test]
+    fn batch_lookups_read_every_entry_of_a_conntrack_sized_map() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "creating a BPF map needs root: run through `cargo xtask test`"
+        );
+        let (k, v) = (
+            size_of::<lb_common::CtKey>(),
+            size_of::<lb_common::CtValue>(),
+        );
+        let map = map_create(9, k as u32, v as u32, 20_000).expect("an LRU map");
+        for i in 0..10_000u32 {
+            let mut key = lb_common::CtKey {
+                proto: 6,
+                kind: lb_common::CT_FWD,
+                ..Default::default()
+            };
+            key.saddr.0[3] = i;
+            let value = lb_common::CtValue {
+                backend_id: i,
+                ..Default::default()
+            };
+            // SAFETY: both are repr(C) Pod values of the map's sizes.
+            let (kb, vb) = unsafe {
+                (
+                    std::slice::from_raw_parts((&key as *const lb_common::CtKey).cast::<u8>(), k),
+                    std::slice::from_raw_parts(
+                        (&value as *const lb_common::CtValue).cast::<u8>(),
+                        v,
+                    ),
+                )
+            };
+            map_update(map.as_fd(), kb, vb).unwrap();
+        }
+        let all: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+            lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
+        assert_eq!(all.len(), 10_000);
+        let ids: std::collections::BTreeSet<u32> = all.iter().map(|(_, v)| v.backend_id).collect();
+        assert_eq!(ids.len(), 10_000, "every entry once");
+        assert!(
+            all.iter().all(|(k, v)| k.saddr.0[3] == v.backend_id),
+            "keys with their values"
+        );
+        let some: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+            lookup_batch(map.as_fd(), 5_000).unwrap();
+        assert_eq!(some.len(), 5_000, "at most `max`");
+    }
 }
 
 fn owned(fd: libc::c_long) -> OwnedFd {
