@@ -49,6 +49,9 @@ pub struct RunOptions {
     /// `--external-ip-cidrs`: the only addresses externalIPs may use
     /// (empty: any but this node's addresses and ClusterIPs).
     pub external_ip_cidrs: Vec<crate::model::cidr::Cidr>,
+    /// `--service-cidrs`: the cluster's Service ranges, closed to
+    /// externalIPs.
+    pub service_cidrs: Vec<crate::model::cidr::Cidr>,
     /// `/healthz`, `/livez`, `/metrics` (None: off).
     pub health_addr: Option<std::net::SocketAddr>,
     pub load: LoadOptions,
@@ -173,6 +176,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut rec = Reconciler::new(mirror, opts.node_name.clone());
     rec.node_port_cidrs = opts.node_port_cidrs.clone();
     rec.external_ip_cidrs = opts.external_ip_cidrs.clone();
+    rec.service_cidrs = opts.service_cidrs.clone();
     rec.policy = PolicySync::adopt(dp.policy.read()?);
     rec.policy.host_addrs = local_addrs();
     rec.policy.ifindex_of = crate::datapath::host::host_routes();

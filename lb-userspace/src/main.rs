@@ -105,6 +105,12 @@ enum Cmd {
         /// is reported and not programmed.
         #[arg(long, value_delimiter = ',', env = "LB_EXTERNAL_IP_CIDRS")]
         external_ip_cidrs: Vec<lb_agent::model::cidr::Cidr>,
+        /// The cluster's Service CIDRs (the API server's
+        /// `--service-cluster-ip-range`), comma-separated: an externalIP
+        /// inside them is refused even where no Service holds that
+        /// ClusterIP yet (unless `--external-ip-cidrs` allows it).
+        #[arg(long, value_delimiter = ',', env = "LB_SERVICE_CIDRS")]
+        service_cidrs: Vec<lb_agent::model::cidr::Cidr>,
         /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
         /// (port 0 picks a free port, shown by `lb-agent status`).
         #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
@@ -241,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             ct_timeout_udp,
             nodeport_addresses,
             external_ip_cidrs,
+            service_cidrs,
             xdp,
             tc_attach,
             maglev_table_size,
@@ -267,6 +274,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 node_port_cidrs: nodeport_addresses,
                 external_ip_cidrs,
+                service_cidrs,
                 health_addr: match health_addr.as_str() {
                     "off" => None,
                     a => Some(a.parse().with_context(|| {

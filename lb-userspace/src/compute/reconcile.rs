@@ -114,6 +114,9 @@ pub struct Reconciler {
     /// `--external-ip-cidrs`: the only addresses externalIPs may use
     /// (empty: any but this node's addresses and Services' ClusterIPs).
     pub external_ip_cidrs: Vec<crate::model::cidr::Cidr>,
+    /// The cluster's Service CIDRs: closed to externalIPs (empty: only
+    /// allocated ClusterIPs are).
+    pub service_cidrs: Vec<crate::model::cidr::Cidr>,
     pub policy: PolicySync,
     /// Services the maps cannot take (whole), checked before any write:
     /// skipped, kept at their previous state when they had one, and tried
@@ -200,6 +203,7 @@ impl Reconciler {
             health_checks: BTreeMap::new(),
             node_port_cidrs: Vec::new(),
             external_ip_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
             policy: PolicySync::default(),
             not_programmed: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -564,6 +568,11 @@ impl Reconciler {
                 None => "a ClusterIP".to_string(),
             };
             return Some(format!("is {whose} (allow it with --external-ip-cidrs)"));
+        }
+        if let Some(c) = self.service_cidrs.iter().find(|c| c.contains(ip)) {
+            return Some(format!(
+                "is inside the Service CIDR {c} (allow it with --external-ip-cidrs)"
+            ));
         }
         None
     }
@@ -1311,6 +1320,12 @@ mod tests {
             ("", "127.0.0.1", Some("address of this node")),
             ("", "10.96.0.10", Some("ClusterIP of Service x/c")),
             ("", "10.200.0.5", None),
+            (
+                "",
+                "10.96.5.5",
+                Some("inside the Service CIDR 10.96.0.0/16"),
+            ),
+            ("10.96.0.0/16", "10.96.5.5", None),
             ("10.100.0.0/24", "10.100.0.1", None),
             ("10.96.0.0/16,10.200.0.0/16", "10.96.0.10", None),
             (
@@ -1321,6 +1336,9 @@ mod tests {
         ];
         for (allow, ip, refused) in cases {
             let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+            // The Service range closes 10.96.0.0/16 (here: an unallocated
+            // 10.96.5.5) but not 10.200.0.0/16.
+            r.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
             r.external_ip_cidrs = allow
                 .split(',')
                 .filter(|c| !c.is_empty())

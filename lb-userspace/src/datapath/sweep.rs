@@ -38,13 +38,9 @@ impl Datapath {
         for k in &doomed {
             // Only what nothing touched since the walk: its flow may have
             // come back (a new connection on the tuple) meanwhile.
+            // Gone already (evicted, or its flow ended) is fine.
             match ct.get(k, 0) {
-                Ok(v) if walked.get(k) == Some(&v.last_seen) => {
-                    // Gone already (evicted, or its flow ended) is fine.
-                    if ct.remove(k).is_ok() {
-                        n += 1;
-                    }
-                }
+                Ok(v) if walked.get(k) == Some(&v.last_seen) && ct.remove(k).is_ok() => n += 1,
                 _ => {}
             }
         }

@@ -15,6 +15,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
+#[cfg(test)]
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -273,60 +274,6 @@ pub fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsFd as _;
-
-    #[test]
-    fn batch_lookups_read_every_entry_of_a_conntrack_sized_map() {
-        assert!(
-            crate::datapath::host::is_root(),
-            "creating a BPF map needs root: run through `cargo xtask test`"
-        );
-        let (k, v) = (
-            size_of::<lb_common::CtKey>(),
-            size_of::<lb_common::CtValue>(),
-        );
-        let map = map_create(9, k as u32, v as u32, 20_000).expect("an LRU map");
-        for i in 0..10_000u32 {
-            let mut key = lb_common::CtKey {
-                proto: 6,
-                kind: lb_common::CT_FWD,
-                ..Default::default()
-            };
-            key.saddr.0[3] = i;
-            let value = lb_common::CtValue {
-                backend_id: i,
-                ..Default::default()
-            };
-            // SAFETY: both are repr(C) Pod values of the map's sizes.
-            let (kb, vb) = unsafe {
-                (
-                    std::slice::from_raw_parts((&key as *const lb_common::CtKey).cast::<u8>(), k),
-                    std::slice::from_raw_parts(
-                        (&value as *const lb_common::CtValue).cast::<u8>(),
-                        v,
-                    ),
-                )
-            };
-            map_update(map.as_fd(), kb, vb).unwrap();
-        }
-        let all: Vec<(lb_common::CtKey, lb_common::CtValue)> =
-            lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
-        assert_eq!(all.len(), 10_000);
-        let ids: std::collections::BTreeSet<u32> = all.iter().map(|(_, v)| v.backend_id).collect();
-        assert_eq!(ids.len(), 10_000, "every entry once");
-        assert!(
-            all.iter().all(|(k, v)| k.saddr.0[3] == v.backend_id),
-            "keys with their values"
-        );
-        let some: Vec<(lb_common::CtKey, lb_common::CtValue)> =
-            lookup_batch(map.as_fd(), 5_000).unwrap();
-        assert_eq!(some.len(), 5_000, "at most `max`");
-    }
-}
-
 fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: the kernel just returned this fd to us and nobody else owns it.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
@@ -409,4 +356,58 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
     a.put_u32(0, link.as_raw_fd() as u32);
     bpf(BPF_ITER_CREATE, &mut a).map(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd as _;
+
+    #[test]
+    fn batch_lookups_read_every_entry_of_a_conntrack_sized_map() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "creating a BPF map needs root: run through `cargo xtask test`"
+        );
+        let (k, v) = (
+            size_of::<lb_common::CtKey>(),
+            size_of::<lb_common::CtValue>(),
+        );
+        let map = map_create(9, k as u32, v as u32, 20_000).expect("an LRU map");
+        for i in 0..10_000u32 {
+            let mut key = lb_common::CtKey {
+                proto: 6,
+                kind: lb_common::CT_FWD,
+                ..Default::default()
+            };
+            key.saddr.0[3] = i;
+            let value = lb_common::CtValue {
+                backend_id: i,
+                ..Default::default()
+            };
+            // SAFETY: both are repr(C) Pod values of the map's sizes.
+            let (kb, vb) = unsafe {
+                (
+                    std::slice::from_raw_parts((&key as *const lb_common::CtKey).cast::<u8>(), k),
+                    std::slice::from_raw_parts(
+                        (&value as *const lb_common::CtValue).cast::<u8>(),
+                        v,
+                    ),
+                )
+            };
+            map_update(map.as_fd(), kb, vb).unwrap();
+        }
+        let all: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+            lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
+        assert_eq!(all.len(), 10_000);
+        let ids: std::collections::BTreeSet<u32> = all.iter().map(|(_, v)| v.backend_id).collect();
+        assert_eq!(ids.len(), 10_000, "every entry once");
+        assert!(
+            all.iter().all(|(k, v)| k.saddr.0[3] == v.backend_id),
+            "keys with their values"
+        );
+        let some: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+            lookup_batch(map.as_fd(), 5_000).unwrap();
+        assert_eq!(some.len(), 5_000, "at most `max`");
+    }
 }
