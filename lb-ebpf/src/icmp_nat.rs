@@ -8,7 +8,9 @@
 //! SNAT'd flow the quote's destination becomes the node's address and the
 //! flow's port, the tuple the backend knows. Egress: an error a local
 //! backend sends to a client about one of its packets (the quote: client
-//! -> backend) leaves from the frontend, quoting the frontend.
+//! -> backend) leaves from the frontend, quoting the frontend; so does one
+//! a backend on another node sends this node about an SNAT'd flow's
+//! packet (ingress gives it the client, egress the frontend).
 //!
 //! The quote's own L4 checksum is left as it was: it covers a payload the
 //! quote does not carry, and no stack checks it. Every checksum that can
@@ -16,7 +18,10 @@
 //! quoted IPv4 header) stays right.
 
 use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
-use lb_common::{BeU16, C_ICMP_ERR_TRANSLATED, CT_FWD, CT_REV, NetAddr, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    BeU16, C_ICMP_ERR_TRANSLATED, CT_F_PORT_KEYED, CT_FWD, CT_REV, CT_RSNAT, NetAddr, PROTO_TCP,
+    PROTO_UDP,
+};
 
 use crate::{conntrack, maps::count, packet::ETH_HLEN};
 
@@ -234,7 +239,7 @@ fn try_ingress(ctx: &TcContext) -> Result<bool, i64> {
     // is keyed the other way round.
     let fk = conntrack::tuple(q.daddr, q.dport, q.saddr, q.sport, q.proto, CT_FWD);
     let Some(v) = conntrack::lookup(&fk) else {
-        return Ok(false);
+        return from_remote_backend(ctx, &q);
     };
     if q.outer_daddr != q.saddr {
         // Sent elsewhere than the frontend the quote names: not ours.
@@ -249,6 +254,26 @@ fn try_ingress(ctx: &TcContext) -> Result<bool, i64> {
         };
         set_quoted(ctx, &q, Side::Dst, node, v.snat_port)?;
     }
+    Ok(true)
+}
+
+/// An error a backend on another node sends about a flow's packet (the
+/// quote: node:SNAT port -> backend), to this node: to the client, quoting
+/// the client's own port, and with the flow's SNAT port as the quote's
+/// destination port until egress, where the flow's reverse entry (keyed by
+/// that port) turns the rest into the frontend.
+#[inline(always)]
+fn from_remote_backend(ctx: &TcContext, q: &Quote) -> Result<bool, i64> {
+    let rk = conntrack::tuple(q.daddr, q.dport, q.saddr, q.sport, q.proto, CT_RSNAT);
+    let Some(v) = conntrack::lookup(&rk) else {
+        return Ok(false);
+    };
+    if v.flags & CT_F_PORT_KEYED == 0 || q.outer_daddr != q.saddr {
+        return Ok(false);
+    }
+    set_outer(ctx, q, Side::Dst, v.addr)?;
+    set_quoted(ctx, q, Side::Src, v.addr, v.port)?;
+    set_quoted(ctx, q, Side::Dst, q.daddr, q.sport)?;
     Ok(true)
 }
 

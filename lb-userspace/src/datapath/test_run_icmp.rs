@@ -178,3 +178,32 @@ fn an_ipv6_packet_too_big_about_a_reply_reaches_the_backend() {
         .expect("skb->csum matches the packet after the translation");
     assert_eq!(complete, again.1);
 }
+
+#[test]
+fn a_remote_backends_port_unreachable_reaches_the_client_from_the_frontend() {
+    let mut bed = Bed::new("icmpremote");
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.2.10", 8080, 0)),
+    );
+    let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40009, NODE, 30080, true));
+    let (_, sent) = bed.run("lb_tc_egress", &fwd);
+    // The backend refuses what reached it (node:SNAT port -> backend).
+    let e = port_unreachable([10, 244, 2, 10], NODE, &quote(&sent));
+    let (_, mid) = bed.run("lb_tc_ingress", &e);
+    assert_eq!(v4(&mid[30..34]), "10.100.0.200", "to the client");
+    let (_, out) = bed.run("lb_tc_egress", &mid);
+    assert_eq!(v4(&out[26..30]), "10.100.0.1", "from the frontend");
+    assert_eq!(v4(&out[30..34]), "10.100.0.200");
+    let (src, dst, ok) = quoted4(&out);
+    assert_eq!(
+        src,
+        ("10.100.0.200".into(), 40009),
+        "quoting the client's own packet"
+    );
+    assert_eq!(dst, ("10.100.0.1".into(), 30080));
+    assert!(ok);
+    assert_checksums(&out);
+}
