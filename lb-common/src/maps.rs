@@ -361,8 +361,11 @@ pub const C_DROP_SPOOFED: u32 = 15;
 pub const C_DROP_ICMP_RATE: u32 = 16;
 /// An ICMP error about a translated flow, translated to its other side.
 pub const C_ICMP_ERR_TRANSLATED: u32 = 17;
+/// A conntrack entry made under a key that had none (not a replacement):
+/// with the sweep's counts, what the LRU evicted.
+pub const C_CT_ENTRY_NEW: u32 = 18;
 /// Counters in use (named below).
-pub const COUNTERS: u32 = 18;
+pub const COUNTERS: u32 = 19;
 /// Slots of the counters map: room for new counters without changing the
 /// pinned map's shape.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -385,6 +388,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "drop_spoofed_pod_source",
     "drop_icmp_rate_limited",
     "icmp_error_translated",
+    "ct_entries_new",
 ];
 
 /// TCP header flag bits (the byte at offset 13).

@@ -3,9 +3,14 @@
 //! second so a busy flow does not write its entry on every packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_PORT_KEYED, CtKey, CtValue, NetAddr};
+use lb_common::{
+    BeU16, C_CT_ENTRY_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_PORT_KEYED, CtKey, CtValue, NetAddr,
+};
 
-use crate::{maps::LB_CT_V1, packet::Pkt};
+use crate::{
+    maps::{LB_CT_V1, count},
+    packet::Pkt,
+};
 
 #[inline(always)]
 pub fn now_s() -> u32 {
@@ -98,9 +103,17 @@ pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags_snat: u3
         snat_port: BeU16((flags_snat >> 16) as u16),
         _pad2: 0,
     };
-    // A full LRU evicts its oldest entry rather than failing.
+    // A full LRU evicts its oldest entry rather than failing. A new key is
+    // counted (the agent tells evictions from it); a taken one replaced.
+    // SAFETY: only whether there is a value is read.
+    let fresh = unsafe { LB_CT_V1.get(k) }.is_none();
     match LB_CT_V1.insert(k, &v, 0) {
-        Ok(()) => 0,
+        Ok(()) => {
+            if fresh {
+                count(C_CT_ENTRY_NEW);
+            }
+            0
+        }
         Err(e) => e as i32,
     }
 }
@@ -120,6 +133,7 @@ pub fn put_new(k: &CtKey, addr: &NetAddr, port: u32) -> i32 {
         snat_port: BeU16(0),
         _pad2: 0,
     };
+    // Counted by the caller (its frame, not this one's).
     match LB_CT_V1.insert(k, &v, BPF_NOEXIST) {
         Ok(()) => 0,
         Err(e) => e as i32,

@@ -382,8 +382,10 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) 
         return -1;
     };
     k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
-    if snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) != 0 {
-        return -1;
+    match snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) {
+        0 => count(lb_common::C_CT_ENTRY_NEW),
+        SNAT_PORT_HELD => {}
+        _ => return -1,
     }
     let sport = k.dport;
     k = conntrack::tuple(client, sport, b.addr, b.port, p.proto, CT_SNAT);
@@ -599,7 +601,7 @@ fn rewrite_dst(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
 /// ephemeral range and the NodePort range, so no socket of the node holds
 /// the same tuple), probed linearly from a point hashed from the flow, so
 /// a client port that comes round again finds the port it held. Sets
-/// `k.dport`; 0 on success, 1 when every try was taken (the caller drops,
+/// `k.dport`; 0 when it claimed a new port, SNAT_PORT_HELD when the client held it, 1 when every try was taken (the caller drops,
 /// counted). Not inlined: its key copy lives in its own stack frame.
 #[inline(never)]
 fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
@@ -611,13 +613,16 @@ fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
             return 0;
         }
         match conntrack::lookup(k) {
-            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return 0,
+            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return SNAT_PORT_HELD,
             _ => {}
         }
         i += 1;
     }
     1
 }
+
+/// `snat_port`: the flow's client already held the port (its entry stays).
+const SNAT_PORT_HELD: u32 = 2;
 
 /// The `n`th port of the SNAT ranges.
 #[inline(always)]

@@ -222,6 +222,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
+    let mut evictions = crate::compute::ct_sweep::Evictions::default();
     let mut gc = tokio::time::interval(Duration::from_secs(10));
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeouts = opts.ct_timeouts;
@@ -236,10 +237,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     loop {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
-                match dp.ct_gc(rec.mirror().backends(), &timeouts) {
+                match dp.ct_gc(rec.mirror().backends(), &timeouts, &mut evictions) {
                     Ok((removed, kept, flows)) => {
                         health.metrics.conntrack_entries.set(kept as i64);
                         health.metrics.conntrack(&flows);
+                        health.metrics.conntrack_evicted(&evictions);
                         if removed > 0 {
                             tracing::debug!(removed, kept, "conntrack sweep");
                         }

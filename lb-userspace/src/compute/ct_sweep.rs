@@ -94,6 +94,61 @@ fn flow_of(k: &CtKey, v: &CtValue, by_key: &HashMap<&CtKey, &CtValue>) -> Vec<Ct
     group
 }
 
+/// What the LRU evicted behind the sweeps' backs, judged from one sweep to
+/// the next: entries (those the map held after the last sweep, plus the
+/// new ones the datapath counted since, less what this walk read), and
+/// answered flows (alive and answered after the last sweep, their forward
+/// entry gone now though no sweep removed it).
+#[derive(Debug, Default)]
+pub struct Evictions {
+    primed: bool,
+    left: usize,
+    new_at: u64,
+    answered: HashSet<u64>,
+    pub entries_total: u64,
+    pub answered_flows_total: u64,
+}
+
+fn key_hash(k: &CtKey) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(k)
+}
+
+impl Evictions {
+    /// One sweep: `new_entries` the datapath's count of new entries (read
+    /// before the walk), `entries` what the walk read, `doomed` what the
+    /// sweep removes.
+    pub fn observe(&mut self, new_entries: u64, entries: &[(CtKey, CtValue)], doomed: &[CtKey]) {
+        let fwd: HashSet<u64> = entries
+            .iter()
+            .filter(|(k, _)| k.kind == CT_FWD)
+            .map(|(k, _)| key_hash(k))
+            .collect();
+        if self.primed {
+            let made = new_entries.saturating_sub(self.new_at) as usize;
+            let evicted = (self.left + made).saturating_sub(entries.len());
+            self.entries_total += evicted as u64;
+            self.answered_flows_total +=
+                self.answered.iter().filter(|h| !fwd.contains(h)).count() as u64;
+        }
+        let doomed: HashSet<&CtKey> = doomed.iter().collect();
+        let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
+        self.answered = entries
+            .iter()
+            .filter(|(k, _)| k.kind == CT_FWD && !doomed.contains(k))
+            .filter(|(k, v)| {
+                flow_of(k, v, &by_key)
+                    .iter()
+                    .any(|g| by_key[g].flags & CT_F_ESTABLISHED != 0)
+            })
+            .map(|(k, _)| key_hash(k))
+            .collect();
+        self.left = entries.len().saturating_sub(doomed.len());
+        self.new_at = new_entries;
+        self.primed = true;
+    }
+}
+
 /// The keys to remove among `entries` (one walk of the map). `now` and
 /// `last_seen` are seconds of CLOCK_MONOTONIC.
 pub fn doomed(
@@ -269,6 +324,41 @@ mod tests {
                 flags: 0,
             },
         )])
+    }
+
+    #[test]
+    fn evictions_are_what_the_map_lost_that_no_sweep_removed() {
+        let now = 100_000;
+        let e = CT_F_ESTABLISHED;
+        let a = snat_flow_on(40001, 61001, [e, e], [now, now]);
+        let b = snat_flow_on(40002, 61002, [e, e], [now, now]);
+        let c = snat_flow_on(40003, 61003, [0, 0], [now, now]);
+        let mut ev = Evictions::default();
+        let all: Vec<_> = [a.clone(), b.clone(), c.clone()].concat();
+        ev.observe(12, &all, &[]);
+        assert_eq!(
+            (ev.entries_total, ev.answered_flows_total),
+            (0, 0),
+            "the first sweep primes"
+        );
+        // Four new entries (flow d) since; the LRU took answered flow b
+        // (four entries) and the sweep removed nothing: 12 + 4 - 12 read.
+        let d = snat_flow_on(40004, 61004, [e, e], [now, now]);
+        let now_in_map: Vec<_> = [a.clone(), c.clone(), d.clone()].concat();
+        ev.observe(16, &now_in_map, &[]);
+        assert_eq!(ev.entries_total, 4);
+        assert_eq!(ev.answered_flows_total, 1, "b was answered");
+        // The sweep removes flow c (unanswered): not an eviction later.
+        let c_keys: Vec<CtKey> = c.iter().map(|(k, _)| *k).collect();
+        ev.observe(16, &now_in_map, &c_keys);
+        assert_eq!(ev.entries_total, 4, "nothing new");
+        let after: Vec<_> = [a, d].concat();
+        ev.observe(16, &after, &[]);
+        assert_eq!(
+            (ev.entries_total, ev.answered_flows_total),
+            (4, 1),
+            "c was the sweep's"
+        );
     }
 
     #[test]

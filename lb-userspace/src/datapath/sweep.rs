@@ -13,7 +13,10 @@ impl Datapath {
         &mut self,
         backends: &std::collections::HashMap<u32, Backend>,
         t: &crate::compute::conntrack_gc::Timeouts,
+        evictions: &mut crate::compute::ct_sweep::Evictions,
     ) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
+        // Read before the walk: what the datapath made up to now.
+        let new_entries = self.counter(lb_common::C_CT_ENTRY_NEW)?;
         let now = crate::datapath::host::monotonic_s();
         let max = self.ct_max as usize;
         // Batch lookups: a few calls for the whole map.
@@ -34,6 +37,7 @@ impl Datapath {
             entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();
         let doomed = crate::compute::ct_sweep::doomed(&entries, now, backends, t);
         let stats = crate::compute::ct_sweep::stats(&entries);
+        evictions.observe(new_entries, &entries, &doomed);
         let mut n = 0;
         for k in &doomed {
             // Only what nothing touched since the walk: its flow may have
@@ -45,6 +49,16 @@ impl Datapath {
             }
         }
         Ok((n, seen - n, stats))
+    }
+
+    /// A packet counter, summed over CPUs.
+    fn counter(&self, idx: u32) -> anyhow::Result<u64> {
+        let map = self
+            .ebpf
+            .map(lb_common::MAP_COUNTERS)
+            .ok_or_else(|| anyhow!("map {} missing", lb_common::MAP_COUNTERS))?;
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(m.get(&idx, 0)?.iter().sum())
     }
 
     /// The same sweep over the policy conntrack: idle entries go.

@@ -311,3 +311,28 @@ fn one_client_port_to_two_frontends_of_a_local_backend_snats_the_second() {
         assert_eq!(&src4(&out), want);
     }
 }
+
+/// The datapath counts entries made under new keys, not replacements: with
+/// the sweep's counts the agent tells what the LRU evicted.
+#[test]
+fn new_conntrack_entries_are_counted_and_replacements_are_not() {
+    let bed = Bed::with_node_port("ctnew");
+    let new = |bed: &Bed| counter(bed, "ct_entries_new");
+    let before = new(&bed);
+    bed.run("lb_tc_ingress", &tcp4(CLIENT, 40030, NODE, 30080, true));
+    assert_eq!(new(&bed) - before, 2, "forward and reverse");
+    bed.run(
+        "lb_tc_ingress",
+        &tcp_flags(CLIENT, 40030, NODE, 30080, "ack"),
+    );
+    bed.run("lb_tc_ingress", &tcp4(CLIENT, 40030, NODE, 30080, true));
+    assert_eq!(
+        new(&bed) - before,
+        2,
+        "a new connection on the tuple replaces its entries"
+    );
+    let remote = remote_bed("ctnew2");
+    let before = new(&remote);
+    remote.run("lb_tc_ingress", &tcp4(CLIENT, 40031, NODE, 30080, true));
+    assert_eq!(new(&remote) - before, 4, "and the SNAT pair");
+}

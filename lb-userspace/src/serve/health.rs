@@ -55,6 +55,8 @@ pub struct Metrics {
     pub conntrack_entries: Gauge,
     pub conntrack_flows: Family<StateLabel, Gauge>,
     pub conntrack_orphan_entries: Gauge,
+    pub conntrack_evicted_entries: Gauge,
+    pub conntrack_evicted_answered_flows: Gauge,
     pub policy_conntrack_entries: Gauge,
     pub watch_restarts: Counter,
     pub udp_sockets_destroyed: Counter,
@@ -79,6 +81,13 @@ impl Metrics {
                 .set(n as i64);
         }
         self.conntrack_orphan_entries.set(s.orphans as i64);
+    }
+
+    /// What the conntrack LRU evicted, since the agent started.
+    pub fn conntrack_evicted(&self, e: &crate::compute::ct_sweep::Evictions) {
+        self.conntrack_evicted_entries.set(e.entries_total as i64);
+        self.conntrack_evicted_answered_flows
+            .set(e.answered_flows_total as i64);
     }
 }
 
@@ -125,6 +134,8 @@ impl Health {
             conntrack_entries: Gauge::default(),
             conntrack_flows: Family::default(),
             conntrack_orphan_entries: Gauge::default(),
+            conntrack_evicted_entries: Gauge::default(),
+            conntrack_evicted_answered_flows: Gauge::default(),
             watch_restarts: Counter::default(),
             udp_sockets_destroyed: Counter::default(),
             datapath_packets: Family::default(),
@@ -188,6 +199,16 @@ impl Health {
             "conntrack_orphan_entries",
             "Conntrack entries no flow claims (partners of a forward entry the LRU evicted)",
             metrics.conntrack_orphan_entries.clone(),
+        );
+        r.register(
+            "conntrack_evicted_entries",
+            "Conntrack entries the LRU evicted (the map was full), since the agent started",
+            metrics.conntrack_evicted_entries.clone(),
+        );
+        r.register(
+            "conntrack_evicted_answered_flows",
+            "Answered flows whose entries the LRU evicted, since the agent started",
+            metrics.conntrack_evicted_answered_flows.clone(),
         );
         r.register(
             "policy_conntrack_entries",
