@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_REDIRECT},
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -107,7 +107,9 @@ pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
             unsafe { bpf_redirect(ifindex, 0) as i32 };
             TC_ACT_REDIRECT
         }
-        _ => TC_ACT_SHOT,
+        // No reply could be built: the packet goes, counted as dropped
+        // for want of a backend.
+        _ => crate::maps::drop(lb_common::C_DROP_NO_BACKEND),
     }
 }
 

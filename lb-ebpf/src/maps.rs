@@ -12,8 +12,8 @@ use lb_common::{
     DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX, DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX,
     DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX,
     IpcacheData, NetAddr, POL_EP_ID_MAX, POL_REASONS, PolCidrData, PolCtKey, PolCtValue,
-    PolEndpoint, PolicyData, PolicyState, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    SrcRangeData, Status,
+    PolEndpoint, PolicyData, PolicyState, Reason, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, SrcRangeData, Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -55,12 +55,20 @@ pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);
 pub static LB_COUNTERS_V3: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 #[inline(always)]
-pub fn count(idx: u32) {
-    if let Some(p) = LB_COUNTERS_V3.get_ptr_mut(idx) {
+pub fn count(r: Reason) {
+    if let Some(p) = LB_COUNTERS_V3.get_ptr_mut(r as u32) {
         // SAFETY: a per-CPU slot: no other CPU writes it; the pointer is valid
         // for this program run.
         unsafe { *p += 1 };
     }
+}
+
+/// Every drop of the TC packet path goes through here: counted by its
+/// reason (the verdict is TC_ACT_SHOT).
+#[inline(always)]
+pub fn drop(r: Reason) -> i32 {
+    count(r);
+    aya_ebpf::bindings::TC_ACT_SHOT
 }
 
 /// Ports of first fragments, for the later ones (see `frag`). Not pinned:

@@ -9,7 +9,7 @@
 //! egress:  flows to a backend on another node get this node's address as
 //!          source (SNAT); replies get the frontend back as source.
 
-use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use lb_common::{
     AFF_CLIENT, BACKEND_DRAINING, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED,
     C_CT_STALE_BACKEND, C_DROP_ICMP_RATE, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL,
@@ -24,7 +24,9 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     affinity, conntrack, icmp, maglev,
-    maps::{LB_BACKENDS_V1, LB_CONFIG_V1, LB_POL_EP_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count},
+    maps::{
+        LB_BACKENDS_V1, LB_CONFIG_V1, LB_POL_EP_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count, drop,
+    },
     nat::{self, Side},
     packet::{self, Pkt},
 };
@@ -63,7 +65,10 @@ pub fn node_addr(v6: bool) -> Option<NetAddr> {
 pub fn ingress(ctx: &TcContext, from_pod: bool) -> i32 {
     match try_ingress(ctx, from_pod) {
         Ok(v) => v,
-        Err(_) => TC_ACT_OK,
+        Err(_) => {
+            count(lb_common::C_PASS_REWRITE_FAILED);
+            TC_ACT_OK
+        }
     }
 }
 
@@ -136,7 +141,7 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
         0 => {}
         RETRACK => {
             if retrack(&p) != 0 {
-                return Ok(TC_ACT_SHOT);
+                return Ok(drop(C_DROP_SNAT_EXHAUSTED));
             }
             // Fresh now: the known-flow path translates it.
             known_flow(ctx, &mut p);
@@ -149,10 +154,7 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
             known_flow(ctx, &mut p);
             Ok(TC_ACT_OK)
         }
-        REFUSE if !icmp::budget_allows() => {
-            count(C_DROP_ICMP_RATE);
-            Ok(TC_ACT_SHOT)
-        }
+        REFUSE if !icmp::budget_allows() => Ok(drop(C_DROP_ICMP_RATE)),
         REFUSE => {
             count(C_ICMP_UNREACH);
             Ok(icmp::port_unreachable(ctx, &p))
@@ -229,7 +231,6 @@ fn retrack(p: &Pkt) -> i32 {
     // A flow SNAT'd for a clash stays SNAT'd: its backend knows it by the
     // node's tuple.
     if track(p, &b, v.backend_id, (v.snat_port.0 != 0) as u32) < 0 {
-        count(C_DROP_SNAT_EXHAUSTED);
         return 1;
     }
     count(C_CT_RESTORED);
@@ -440,36 +441,24 @@ fn try_new_flow(p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
         CHOSEN if from_pod == 0 && is_local_pod(&p.saddr) != 0 => {
             // From outside, with a source only a pod of this node may use:
             // spoofed, and it must not get the hairpin SNAT a pod would.
-            count(C_DROP_SPOOFED);
-            return Ok(TC_ACT_SHOT);
+            return Ok(drop(C_DROP_SPOOFED));
         }
         CHOSEN => {}
         NOT_EXTERNAL => return Ok(TC_ACT_OK),
-        DROP_NO_LOCAL => {
-            count(C_DROP_NO_LOCAL);
-            return Ok(TC_ACT_SHOT);
-        }
-        DROP_SOURCE_RANGE => {
-            count(C_DROP_SOURCE_RANGE);
-            return Ok(TC_ACT_SHOT);
-        }
+        DROP_NO_LOCAL => return Ok(drop(C_DROP_NO_LOCAL)),
+        DROP_SOURCE_RANGE => return Ok(drop(C_DROP_SOURCE_RANGE)),
         NO_ENDPOINTS => {
-            count(C_DROP_NO_BACKEND);
             // Refuse what opens a flow (a TCP SYN, any UDP datagram) at once.
             let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             if syn || p.proto == PROTO_UDP {
                 return Ok(REFUSE);
             }
-            return Ok(TC_ACT_SHOT);
+            return Ok(drop(C_DROP_NO_BACKEND));
         }
-        _ => {
-            count(C_DROP_NO_BACKEND);
-            return Ok(TC_ACT_SHOT);
-        }
+        _ => return Ok(drop(lb_common::C_DROP_BACKEND_MISSING)),
     }
     if track(p, &c.backend, c.backend_id, 0) < 0 {
-        count(C_DROP_SNAT_EXHAUSTED);
-        return Ok(TC_ACT_SHOT);
+        return Ok(drop(C_DROP_SNAT_EXHAUSTED));
     }
     count(C_CT_CREATE);
     Ok(TRACKED)

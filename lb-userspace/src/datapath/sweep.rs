@@ -52,13 +52,13 @@ impl Datapath {
     }
 
     /// A packet counter, summed over CPUs.
-    fn counter(&self, idx: u32) -> anyhow::Result<u64> {
+    fn counter(&self, r: lb_common::Reason) -> anyhow::Result<u64> {
         let map = self
             .ebpf
             .map(lb_common::MAP_COUNTERS)
             .ok_or_else(|| anyhow!("map {} missing", lb_common::MAP_COUNTERS))?;
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(m.get(&idx, 0)?.iter().sum())
+        Ok(m.get(&(r as u32), 0)?.iter().sum())
     }
 
     /// The same sweep over the policy conntrack: idle entries go.

@@ -679,3 +679,57 @@ fn translation_keeps_a_complete_checksum_right_on_ipv6_and_ipv4() {
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_checksums(&out);
 }
+
+/// Every drop is counted once, under its own reason: an answered SYN to a
+/// Service without endpoints is not also a drop, a bare ACK there is one,
+/// and a slot naming no backend entry has a reason of its own.
+#[test]
+fn each_drop_is_counted_once_under_its_own_reason() {
+    use super::test_run_conntrack::counter;
+    let mut bed = Bed::new("reasons");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    bed.service(
+        "10.100.0.1",
+        30081,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    // The second frontend's backend entry goes (a write in flight).
+    let mut bes: HashMap<_, u32, Backend> =
+        HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+    let ids: Vec<u32> = bes.keys().filter_map(Result::ok).collect();
+    for id in ids {
+        bes.remove(&id).unwrap();
+    }
+    let names = lb_common::COUNTER_NAMES;
+    let snapshot = |bed: &Bed| names.map(|n| counter(bed, n));
+    let delta = |before: &[u64], after: &[u64]| -> Vec<(&str, u64)> {
+        names
+            .iter()
+            .zip(before.iter().zip(after))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(n, (b, a))| (*n, a - b))
+            .collect()
+    };
+    let c = [10, 100, 0, 200];
+    let n = [10, 100, 0, 1];
+    let b0 = snapshot(&bed);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40040, n, 30080, true)).0,
+        TC_ACT_REDIRECT
+    );
+    let b1 = snapshot(&bed);
+    assert_eq!(delta(&b0, &b1), [("icmp_port_unreachable_sent", 1)]);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40041, n, 30080, false)).0,
+        2
+    );
+    let b2 = snapshot(&bed);
+    assert_eq!(delta(&b1, &b2), [("drop_no_backend", 1)]);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40042, n, 30081, true)).0,
+        2
+    );
+    let b3 = snapshot(&bed);
+    assert_eq!(delta(&b2, &b3), [("drop_backend_missing", 1)]);
+}
