@@ -8,7 +8,9 @@
 //! SNAT'd flow the quote's destination becomes the node's address and the
 //! flow's port, the tuple the backend knows. Egress: an error a local
 //! backend sends to a client about one of its packets (the quote: client
-//! -> backend) leaves from the frontend, quoting the frontend; so does one
+//! -> backend) leaves from the frontend, quoting the frontend (one a
+//! router on the way sends, this node when the pod's link has a smaller
+//! MTU, keeps its source and quotes the frontend); so does one
 //! a backend on another node sends this node about an SNAT'd flow's
 //! packet (ingress gives it the client, egress the frontend).
 //!
@@ -301,10 +303,12 @@ fn try_egress(ctx: &TcContext) -> Result<bool, i64> {
     let Some(v) = conntrack::lookup(&rk) else {
         return Ok(false);
     };
-    if q.outer_saddr != q.daddr {
-        return Ok(false);
+    // From the backend itself: it leaves from the frontend. From a router
+    // on the way (this node, when the pod's interface has a smaller MTU)
+    // its source stays: a client takes an error from any router.
+    if q.outer_saddr == q.daddr {
+        set_outer(ctx, &q, Side::Src, v.addr)?;
     }
-    set_outer(ctx, &q, Side::Src, v.addr)?;
     set_quoted(ctx, &q, Side::Dst, v.addr, v.port)?;
     Ok(true)
 }

@@ -141,6 +141,28 @@ fn a_local_backends_port_unreachable_reaches_the_client_from_the_frontend() {
     assert_checksums(&out);
 }
 
+/// The node itself, forwarding to a pod whose link has a smaller MTU,
+/// tells the client "fragmentation needed": the quote names the frontend
+/// the client knows; the error keeps the node as its source.
+#[test]
+fn the_nodes_own_fragmentation_needed_about_a_clients_packet_quotes_the_frontend() {
+    let bed = Bed::with_node_port("icmpnode");
+    let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40010, NODE, 30080, true));
+    let e = frag_needed(NODE, CLIENT, &quote(&fwd));
+    let (verdict, out) = bed.run("lb_tc_egress", &e);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(v4(&out[26..30]), "10.100.0.1", "from the node, as sent");
+    let (src, dst, ok) = quoted4(&out);
+    assert_eq!(src, ("10.100.0.200".into(), 40010));
+    assert_eq!(
+        dst,
+        ("10.100.0.1".into(), 30080),
+        "quoting the client's own packet"
+    );
+    assert!(ok);
+    assert_checksums(&out);
+}
+
 #[test]
 fn an_ipv6_packet_too_big_about_a_reply_reaches_the_backend() {
     let bed = Bed::with_node_ports("icmp6");
