@@ -1084,3 +1084,23 @@ fn packet_path_scenarios_reach_the_same_in_xdp_mode() {
         );
     }
 }
+
+/// Path MTU discovery through a NodePort (tests/scenarios/pmtu.yaml): the
+/// node's "fragmentation needed" about a client's oversized request, whose
+/// quote is translated back to the NodePort, reaches the client's socket
+/// (EMSGSIZE rather than a silent timeout); a request that fits is served.
+#[test]
+fn path_mtu_discovery_works_through_a_node_port() {
+    let r = ok_run("pmtu.yaml");
+    let lines = select(&r, 0, "external", "nodeport/node-1/x/web");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let by_size = |ok: bool| lines.iter().find(|l| l["ok"] == ok).copied();
+    let big =
+        by_size(false).unwrap_or_else(|| panic!("the 1400-byte request went through: {lines:?}"));
+    assert_eq!(
+        big["error"], "message too long",
+        "the client must learn the path MTU: {big}"
+    );
+    let small = by_size(true).unwrap_or_else(|| panic!("the 1200-byte request failed: {lines:?}"));
+    assert_eq!(small["served_by"], "x/web", "{small}");
+}

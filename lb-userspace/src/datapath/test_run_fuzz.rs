@@ -19,7 +19,7 @@ use etherparse::PacketBuilder;
 use lb_common::{
     BACKEND_LOCAL, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ISOLATED,
     EP_F_INGRESS_ISOLATED, IpcacheData, NetAddr, POL_F_ANY_EGRESS, POL_F_ANY_INGRESS, PROTO_TCP,
-    PROTO_UDP, PolEndpoint, PolicyData, PolicyState,
+    PROTO_UDP, PolEndpoint, PolicyData, PolicyState, SVC_FLAG_EXTERNAL,
 };
 
 use super::test_run::{Bed, ip, test_run};
@@ -43,14 +43,22 @@ impl Rng {
 }
 
 const CLIENTS4: [[u8; 4]; 3] = [[10, 100, 0, 200], [10, 244, 1, 10], [192, 0, 2, 7]];
-const FRONTS4: [([u8; 4], u16); 4] = [
+/// NodePorts (local and remote backend), a LoadBalancer IP with source
+/// ranges, an externalIP, a pod and a ClusterIP (no packet-path frontend).
+const FRONTS4: [([u8; 4], u16); 6] = [
     ([10, 100, 0, 1], 30080),
     ([10, 100, 0, 1], 30081),
+    ([10, 200, 0, 1], 80),
+    ([10, 200, 1, 1], 53),
     ([10, 244, 2, 10], 8080),
     ([10, 96, 0, 10], 80),
 ];
 const CLIENTS6: [&str; 2] = ["fd00:100::200", "fd00:244:1::a"];
-const FRONTS6: [(&str, u16); 2] = [("fd00:100::1", 30053), ("fd00:244:1::b", 53)];
+const FRONTS6: [(&str, u16); 3] = [
+    ("fd00:100::1", 30053),
+    ("fd00:200::1", 80),
+    ("fd00:244:1::b", 53),
+];
 
 fn v6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().unwrap().octets()
@@ -134,8 +142,10 @@ fn mutate(r: &mut Rng, pkt: &mut Vec<u8>) -> bool {
         // Cut short anywhere inside the headers.
         0 => {
             let n = 14 + r.below(40) as usize;
+            // Junk only if something was cut (a short valid packet stays one).
+            let cut = n < pkt.len();
             pkt.truncate(n.min(pkt.len()));
-            true
+            cut
         }
         // Random bytes of a random length.
         1 => {
@@ -372,6 +382,51 @@ fn seed(bed: &mut Bed) {
         Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
     );
     bed.service("fd00:100::1", 30054, PROTO_UDP, None);
+    // A LoadBalancer IP whose source ranges let one client in, an
+    // externalIP (both families): the other frontend kinds.
+    bed.frontend(
+        "10.200.0.1",
+        80,
+        PROTO_TCP,
+        SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_SOURCE_RANGES,
+        &[("10.244.2.10", 8080, 0)],
+    );
+    {
+        let mut r: LpmTrie<_, lb_common::SrcRangeData, u8> =
+            LpmTrie::try_from(bed.ebpf.map_mut(lb_common::MAP_SRC_RANGES).unwrap()).unwrap();
+        let d = lb_common::SrcRangeData {
+            front: ip("10.200.0.1"),
+            port: lb_common::BeU16::from_host(80),
+            proto: PROTO_TCP,
+            _pad: 0,
+            client: ip("10.100.0.200"),
+        };
+        r.insert(&Key::new(lb_common::SRC_RANGE_FRONT_BITS + 128, d), 1, 0)
+            .unwrap();
+    }
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        bed.frontend(
+            "10.200.1.1",
+            53,
+            proto,
+            SVC_FLAG_EXTERNAL,
+            &[("10.244.1.10", 5353, BACKEND_LOCAL)],
+        );
+    }
+    bed.frontend(
+        "fd00:200::1",
+        80,
+        PROTO_TCP,
+        SVC_FLAG_EXTERNAL,
+        &[("fd00:244:1::a", 8080, BACKEND_LOCAL)],
+    );
+    bed.frontend(
+        "fd00:200::1",
+        80,
+        PROTO_UDP,
+        SVC_FLAG_EXTERNAL,
+        &[("fd00:244:1::a", 8080, BACKEND_LOCAL)],
+    );
     for name in ["lb_pod_from", "lb_pod_to"] {
         let p: &mut SchedClassifier = bed.ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));

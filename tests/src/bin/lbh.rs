@@ -9,7 +9,7 @@
 //!   lbh hold-udp TARGET               one connected UDP socket; a request per stdin
 //!                                     line, `reconnect` opens a new one
 //!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
-//!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http
+//!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http [BYTES]
 //!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
 //!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK TCP|UDP SRC_PORT|same
 //!                                     new TCP connections back to back for SECS
@@ -124,6 +124,7 @@ fn serve(name: String, ports: Vec<u16>) {
 fn error_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::EMSGSIZE) => "message too long".into(),
         Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => "unreachable".into(),
         Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) | Some(libc::EINPROGRESS) => "timeout".into(),
         _ if e.kind() == std::io::ErrorKind::TimedOut
@@ -327,10 +328,12 @@ fn main() {
             let timeout = Duration::from_millis(arg(4).parse().expect("timeout"));
             let src: u16 = arg(5).parse().expect("source port");
             let mark: u32 = arg(6).parse().expect("mark");
+            let size: usize = arg(8).parse().unwrap_or(0);
             for _ in 0..count {
                 let v = match (arg(2).as_str(), arg(7).as_str()) {
                     (_, "http") => lab::http(target, timeout, mark),
                     ("TCP", _) => lab::tcp(target, timeout, src, mark).1,
+                    _ if size > 0 => lab::udp_sized(target, timeout, mark, size),
                     _ => lab::udp(target, timeout, src, mark),
                 };
                 println!("{v}");
@@ -827,6 +830,56 @@ mod lab {
         let t = Instant::now();
         let mut buf = [0u8; 1500];
         let r = s.send(b"hello\n").and_then(|_| s.recv(&mut buf));
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(n) => {
+                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
+                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            }
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        }
+    }
+
+    /// One UDP request of `size` bytes with "don't fragment" (IP_PMTUDISC_DO
+    /// / IPV6_PMTUDISC_DO): an ICMP "fragmentation needed" / "packet too
+    /// big" the socket understood surfaces as EMSGSIZE.
+    pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Value {
+        let t = Instant::now();
+        let s = match socket(target, libc::SOCK_DGRAM, 0, mark) {
+            Ok(fd) => UdpSocket::from(fd),
+            Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
+        };
+        let (level, opt, val) = if target.is_ipv4() {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+            )
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+            )
+        };
+        // SAFETY: setsockopt with a stack-held int of its own size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        s.set_read_timeout(Some(timeout)).ok();
+        let mut req = vec![b'x'; size.max(2) - 1];
+        req.push(b'\n');
+        if let Err(e) = s.connect(target).and_then(|_| s.send(&req)) {
+            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        }
+        let mut buf = [0u8; 1500];
+        let r = s.recv(&mut buf);
         let ms = t.elapsed().as_secs_f64() * 1e3;
         match r {
             Ok(n) => {

@@ -54,6 +54,8 @@ pub struct Resolved {
     pub kind: Kind,
     /// UDP churn on one connected socket.
     pub same_socket: bool,
+    /// UDP: the request's size, sent with "don't fragment" (0: a line).
+    pub payload_bytes: u32,
 }
 
 /// One output line, fields in LAB.md's order.
@@ -308,6 +310,11 @@ fn resolve_one(
         }
         kind = Kind::Reuse(r.clone());
     }
+    if p.payload_bytes.is_some() && (p.protocol != Protocol::UDP || p.churn_secs.is_some()) {
+        return Err(Invalid(format!(
+            "{at}.payloadBytes: only a plain UDP probe sends a sized request"
+        )));
+    }
     if p.same_socket && (p.churn_secs.is_none() || p.protocol != Protocol::UDP) {
         return Err(Invalid(format!(
             "{at}.sameSocket: only UDP churn (churnSecs) runs on one socket"
@@ -358,6 +365,7 @@ fn resolve_one(
         mark,
         kind,
         same_socket: p.same_socket,
+        payload_bytes: p.payload_bytes.unwrap_or(0),
     }))
 }
 
@@ -470,6 +478,7 @@ pub fn run_step(
                     } else {
                         "plain"
                     },
+                    &r.payload_bytes.to_string(),
                 ]);
             }
         }

@@ -96,6 +96,9 @@ pub struct Scenario {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSpec {
     pub name: String,
+    /// The MTU of the pod's link (both ends; default the veth's 1500).
+    #[serde(default)]
+    pub mtu: Option<u32>,
     #[serde(default = "default_ns")]
     pub namespace: String,
     #[serde(default)]
@@ -151,6 +154,11 @@ pub struct Probe {
     /// UDP churn: every request on one connected socket (a DNS client's).
     #[serde(default)]
     pub same_socket: bool,
+    /// UDP: the request padded to this many bytes and sent with "don't
+    /// fragment" (path MTU discovery): a path too small for it reports
+    /// `message too long` once an ICMP error says so.
+    #[serde(default)]
+    pub payload_bytes: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

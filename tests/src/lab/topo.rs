@@ -191,6 +191,10 @@ pub fn build(c: &Cluster) -> anyhow::Result<()> {
                 nv6 = node_ip(k, Family::IPv6)
             ),
         )?;
+        if let Some(mtu) = p.spec.mtu {
+            sh(&node_ns(k), &format!("ip link set {lxc} mtu {mtu}"))?;
+            sh(&pns, &format!("ip link set eth0 mtu {mtu}"))?;
+        }
         sh(
             &pns,
             &format!(
