@@ -5,6 +5,7 @@
 
 mod affinity;
 mod conntrack;
+mod flow;
 mod frag;
 mod icmp;
 mod icmp_nat;

@@ -11,11 +11,10 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use lb_common::{
-    AFF_CLIENT, BACKEND_DRAINING, BACKEND_LOCAL, BeU16, C_CT_CREATE, C_CT_RESTORED,
-    C_CT_STALE_BACKEND, C_DROP_ICMP_RATE, C_DROP_NO_BACKEND, C_DROP_NO_LOCAL,
-    C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED, C_ICMP_UNREACH, C_PASS_UNPARSED,
-    C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_CLOSING,
-    CT_F_ESTABLISHED, CT_F_PORT_KEYED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr,
+    AFF_CLIENT, BACKEND_DRAINING, BeU16, C_CT_CREATE, C_CT_STALE_BACKEND, C_DROP_ICMP_RATE,
+    C_DROP_NO_BACKEND, C_DROP_NO_LOCAL, C_DROP_SNAT_EXHAUSTED, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
+    C_ICMP_UNREACH, C_PASS_UNPARSED, C_TC_DNAT, C_TC_REVDNAT, C_TC_RSNAT, C_TC_SNAT,
+    CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_F_PORT_KEYED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, NetAddr,
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_FRONT_BITS, SVC_FLAG_EXT_LOCAL,
     SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, SrcRangeData, TCP_ACK, TCP_SYN,
 };
@@ -23,7 +22,9 @@ use lb_common::{
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    affinity, conntrack, icmp, maglev,
+    affinity, conntrack,
+    flow::{CHECK_SNAT, RETRACK, retrack, snat_partners_missing, stale_flow, track},
+    icmp, maglev,
     maps::{
         LB_BACKENDS_V1, LB_CONFIG_V1, LB_POL_EP_V1, LB_SERVICES_V1, LB_SRCRANGE_V1, count, drop,
     },
@@ -38,7 +39,7 @@ fn mix(h: u32, v: u32) -> u32 {
 
 /// A hash of the client's 5-tuple to the frontend.
 #[inline(always)]
-fn flow_hash(p: &Pkt) -> u32 {
+pub(crate) fn flow_hash(p: &Pkt) -> u32 {
     let mut h = 0x811c_9dc5u32;
     let mut i = 0;
     while i < 4 {
@@ -210,99 +211,6 @@ fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     0
 }
 
-/// A new connection on a reused tuple, or a flow that lost an entry (LRU
-/// eviction): all its entries are made again, fresh, towards the backend
-/// it had, so its replies find their way back (the caller then takes the
-/// known-flow path again to DNAT). 0, or non-zero when no SNAT port was
-/// free. Called from `try_ingress`, not from `known_flow`, and without the
-/// rewrite, so the stack frames never add up past the verifier's limit.
-#[inline(never)]
-fn retrack(p: &Pkt) -> i32 {
-    let fk = conntrack::key(p, CT_FWD);
-    let Some(v) = conntrack::lookup(&fk) else {
-        return 0;
-    };
-    let b = lb_common::Backend {
-        addr: v.addr,
-        port: v.port,
-        proto: p.proto,
-        flags: v.flags & !(CT_F_CLOSING | CT_F_ESTABLISHED),
-    };
-    // A flow SNAT'd for a clash stays SNAT'd: its backend knows it by the
-    // node's tuple.
-    if track(p, &b, v.backend_id, (v.snat_port.0 != 0) as u32) < 0 {
-        return 1;
-    }
-    count(C_CT_RESTORED);
-    0
-}
-
-/// `known_flow`: the flow's entries must be made again (`retrack`).
-const RETRACK: u32 = 2;
-
-/// 1 when a forward hit (its entry `fk`) must make its flow's entries
-/// again: a bare SYN on an entry whose connection got past its handshake
-/// or closed (the tuple is reused: the new connection starts fresh), or a
-/// partner entry the replies need is gone. Also 1 for a SYN or a UDP
-/// datagram whose backend is draining, so that XDP passes it on: TC's
-/// `backend_is` has already made that a miss (re-balanced) before asking.
-/// Not inlined: its keys get a frame of their own. (It takes the key, not
-/// the caller's copy of the value: LLVM's BPF backend fails on the latter.)
-#[inline(never)]
-pub fn stale_flow(p: &Pkt, fk: &CtKey) -> u32 {
-    let Some(v) = conntrack::lookup(fk) else {
-        return 0;
-    };
-    // A SYN or a datagram to a draining backend is TC's to re-balance
-    // (XDP passes it on; TC's own check comes before this one).
-    if !drains(p) && is_draining(v.backend_id) {
-        return 1;
-    }
-    let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if syn && v.flags & (CT_F_CLOSING | CT_F_ESTABLISHED) != 0 {
-        return 1;
-    }
-    if v.snat_port.0 == 0 {
-        if v.flags & BACKEND_LOCAL == 0 || v.addr == p.saddr {
-            // An earlier agent's SNAT'd flow: made again in today's form
-            // (it finds the SNAT port it held).
-            return 1;
-        }
-        let rev = conntrack::tuple(v.addr, v.port, p.saddr, p.sport, p.proto, CT_REV);
-        return conntrack::lookup(&rev).is_none() as u32;
-    }
-    CHECK_SNAT
-}
-
-/// `stale_flow`: an SNAT'd flow, whose partners `snat_partners_missing`
-/// checks (called beside it, so the two frames never stack).
-pub const CHECK_SNAT: u32 = 2;
-
-/// 1 when an SNAT'd flow lost its reverse, SNAT or reverse SNAT entry
-/// (the last only counts while it names this flow's client). Not inlined:
-/// its keys get a frame of their own.
-#[inline(never)]
-fn snat_partners_missing(p: &Pkt, backend: NetAddr, bport: BeU16, snat_port: u32) -> u32 {
-    let sp = BeU16(snat_port as u16);
-    let Some(node) = node_addr(p.v6) else {
-        return 1;
-    };
-    // One key variable for the three lookups: one stack slot.
-    let mut k = conntrack::tuple(backend, sp, p.saddr, p.sport, p.proto, CT_REV);
-    if conntrack::lookup(&k).is_none() {
-        return 1;
-    }
-    k = conntrack::tuple(p.saddr, sp, backend, bport, p.proto, CT_SNAT);
-    if conntrack::lookup(&k).is_none() {
-        return 1;
-    }
-    k = conntrack::tuple(backend, bport, node, sp, p.proto, CT_RSNAT);
-    match conntrack::lookup(&k) {
-        Some(r) if r.addr == p.saddr && r.port == p.sport => 0,
-        _ => 1,
-    }
-}
-
 /// 1 when the client is inside the frontend's loadBalancerSourceRanges.
 /// Not inlined (stack).
 #[inline(never)]
@@ -351,64 +259,6 @@ fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 
         backend_id,
     );
     0
-}
-
-/// Creates a new flow's conntrack entries: forward and reverse, and the
-/// SNAT pair when the backend is on another node, is the client itself,
-/// or would see the same tuple from another frontend's flow (or when
-/// `force_snat`). Returns the SNAT port (raw, network order) when the flow
-/// is SNAT'd, 0 when not, negative when no SNAT port was free. Not
-/// inlined (stack).
-#[inline(never)]
-pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) -> i32 {
-    let (client, cport) = (p.saddr, p.sport);
-    // A pod picked as the backend of its own connection (hairpin on a pod
-    // interface) would answer itself inside its namespace: it must see
-    // another source, so it is SNAT'd as a remote backend's flow is.
-    let snat = force_snat != 0
-        || b.flags & BACKEND_LOCAL == 0
-        || b.addr == client
-        || tuple_taken(p, b.addr, b.port) != 0;
-    // One key variable for every entry: one stack slot, not five.
-    let mut k = conntrack::tuple(b.addr, b.port, client, cport, p.proto, CT_REV);
-    if !snat {
-        conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
-        k = conntrack::key(p, CT_FWD);
-        conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, b.flags as u32);
-        return 0;
-    }
-    // Replies must come back through here, so the source becomes this
-    // node's address (at egress).
-    let Some(node) = node_addr(p.v6) else {
-        return -1;
-    };
-    k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
-    match snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) {
-        0 => count(lb_common::C_CT_ENTRY_NEW),
-        SNAT_PORT_HELD => {}
-        _ => return -1,
-    }
-    let sport = k.dport;
-    k = conntrack::tuple(client, sport, b.addr, b.port, p.proto, CT_SNAT);
-    conntrack::put(&k, &node, sport.0 as u32, 0, 0);
-    k = conntrack::tuple(b.addr, sport, client, cport, p.proto, CT_REV);
-    conntrack::put(&k, &p.daddr, p.dport.0 as u32, 0, 0);
-    k = conntrack::key(p, CT_FWD);
-    let flags_snat = b.flags as u32 | ((sport.0 as u32) << 16);
-    conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, flags_snat);
-    sport.0 as i32
-}
-
-/// 1 when another frontend's flow from this client port already reaches
-/// `backend:bport` unchanged: the backend would see one tuple for two
-/// connections. Not inlined (stack).
-#[inline(never)]
-fn tuple_taken(p: &Pkt, backend: NetAddr, bport: BeU16) -> u32 {
-    let k = conntrack::tuple(backend, bport, p.saddr, p.sport, p.proto, CT_REV);
-    match conntrack::lookup(&k) {
-        Some(r) => (r.addr != p.daddr || r.port != p.dport) as u32,
-        None => 0,
-    }
 }
 
 /// Verdict of `new_flow`: answer with ICMP port unreachable.
@@ -567,12 +417,12 @@ fn backend_is(id: u32, addr: &NetAddr, port: BeU16, p: &Pkt) -> bool {
 /// A packet that may go on to a draining backend: TCP, anything but a
 /// bare SYN.
 #[inline(always)]
-fn drains(p: &Pkt) -> bool {
+pub(crate) fn drains(p: &Pkt) -> bool {
     p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
 }
 
 #[inline(always)]
-fn is_draining(id: u32) -> bool {
+pub(crate) fn is_draining(id: u32) -> bool {
     // SAFETY: one byte read at once, never held.
     unsafe { LB_BACKENDS_V1.get(&id) }.is_some_and(|b| b.flags & BACKEND_DRAINING != 0)
 }
@@ -582,59 +432,3 @@ fn rewrite_dst(ctx: &TcContext, p: &mut Pkt, addr: NetAddr, port: BeU16) -> Resu
     nat::set_addr(ctx, p, Side::Dst, addr)?;
     nat::set_port(ctx, p, Side::Dst, port)
 }
-
-/// Claims a node port for a flow SNAT'd towards `k.saddr:k.sport` (an
-/// RSNAT key): its reverse entry (port -> client) is inserted only where
-/// none exists (BPF_NOEXIST, so two CPUs can never hand one port to two
-/// clients). Ports come from the SNAT ranges (outside the node's
-/// ephemeral range and the NodePort range, so no socket of the node holds
-/// the same tuple), probed linearly from a point hashed from the flow, so
-/// a client port that comes round again finds the port it held. Sets
-/// `k.dport`; 0 when it claimed a new port, SNAT_PORT_HELD when the client held it, 1 when every try was taken (the caller drops,
-/// counted). Not inlined: its key copy lives in its own stack frame.
-#[inline(never)]
-fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
-    let start = fmix(h) % SNAT_PORTS;
-    let mut i = 0u32;
-    while i < SNAT_TRIES {
-        k.dport = BeU16::from_host(snat_port_at((start + i) % SNAT_PORTS) as u16);
-        if conntrack::put_new(k, client, cport) == 0 {
-            return 0;
-        }
-        match conntrack::lookup(k) {
-            Some(v) if v.addr == *client && v.port.0 as u32 == cport => return SNAT_PORT_HELD,
-            _ => {}
-        }
-        i += 1;
-    }
-    1
-}
-
-/// `snat_port`: the flow's client already held the port (its entry stays).
-const SNAT_PORT_HELD: u32 = 2;
-
-/// The `n`th port of the SNAT ranges.
-#[inline(always)]
-fn snat_port_at(n: u32) -> u32 {
-    let low = lb_common::SNAT_LOW_MAX as u32 - lb_common::SNAT_LOW_MIN as u32 + 1;
-    if n < low {
-        lb_common::SNAT_LOW_MIN as u32 + n
-    } else {
-        lb_common::SNAT_PORT_MIN as u32 + (n - low)
-    }
-}
-
-/// A full-avalanche 32-bit mix (murmur3's finalizer): nearby flows start
-/// their probes far apart.
-#[inline(always)]
-fn fmix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-const SNAT_TRIES: u32 = 32;
-const SNAT_PORTS: u32 = (lb_common::SNAT_LOW_MAX as u32 - lb_common::SNAT_LOW_MIN as u32 + 1)
-    + (lb_common::SNAT_PORT_MAX as u32 - lb_common::SNAT_PORT_MIN as u32 + 1);

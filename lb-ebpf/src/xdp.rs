@@ -55,7 +55,7 @@ fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
             DROP
         }
         tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
-            match tc::track(p, &to.backend, to.backend_id, 0) {
+            match crate::flow::track(p, &to.backend, to.backend_id, 0) {
                 0 => {
                     count(C_CT_CREATE);
                     TRANSLATE
@@ -166,7 +166,7 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     }
     // A FIN or RST goes on to TC, which marks the entry closing; so does
     // a flow TC must make afresh (a reused tuple, a lost partner entry).
-    if p.tcp_flags & 0x05 != 0 || tc::stale_flow(p, &k) != 0 {
+    if p.tcp_flags & 0x05 != 0 || crate::flow::stale_flow(p, &k) != 0 {
         return PASS_ON;
     }
     conntrack::touch(&k, &v, p.tcp_flags);

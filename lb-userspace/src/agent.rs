@@ -115,34 +115,8 @@ async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender
     }
 }
 
-/// SNAT hands out node ports from a range of its own: a node whose
-/// ephemeral range reaches into it could see one of its own connections
-/// collide with a translated flow towards the same backend.
-fn check_ephemeral_ports() {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|n| n.parse::<u32>().ok());
-    if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-        let overlaps = |a: u16, b: u16| hi >= a as u32 && lo <= b as u32;
-        if overlaps(lb_common::SNAT_LOW_MIN, lb_common::SNAT_LOW_MAX)
-            || overlaps(lb_common::SNAT_PORT_MIN, lb_common::SNAT_PORT_MAX)
-        {
-            tracing::warn!(
-                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the SNAT ports {}-{} and {}-{}: keep it within 30000-60999 so no socket of this node can collide with a translated flow",
-                lb_common::SNAT_LOW_MIN,
-                lb_common::SNAT_LOW_MAX,
-                lb_common::SNAT_PORT_MIN,
-                lb_common::SNAT_PORT_MAX
-            );
-        }
-    }
-}
-
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    check_ephemeral_ports();
+    crate::datapath::host::check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
     let source_desc = match &opts.source {
@@ -212,7 +186,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut needs_resync = false;
     // A failed write is answered with full resyncs, backing off (from one
     // tick to 30 s) and said once per distinct error, never every tick.
-    let mut resync = Backoff::new(opts.poll);
+    let mut resync = crate::backoff::Backoff::new(opts.poll);
     // The generation of a change set whose write failed: recorded once a
     // resync has put its state in the maps.
     let mut unrecorded: Option<u64> = None;
@@ -440,51 +414,6 @@ fn destroy_left_udp(dp: &Datapath, rec: &mut Reconciler, health: &crate::serve::
             }
         }
         Err(e) => tracing::warn!("destroying the UDP sockets of removed backends: {e:#}"),
-    }
-}
-
-/// When to try a full resync again after a failed one: the next tick at
-/// first, then twice as long each time up to 30 s; a failure is logged
-/// when its message is new.
-struct Backoff {
-    first: Duration,
-    delay: Duration,
-    at: std::time::Instant,
-    said: Option<String>,
-}
-
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn new(first: Duration) -> Self {
-        Self {
-            first,
-            delay: first,
-            at: std::time::Instant::now(),
-            said: None,
-        }
-    }
-
-    fn due(&self) -> bool {
-        std::time::Instant::now() >= self.at
-    }
-
-    fn reset(&mut self) {
-        self.delay = self.first;
-        self.at = std::time::Instant::now();
-        self.said = None;
-    }
-
-    fn failed(&mut self, msg: &str) {
-        if self.said.as_deref() != Some(msg) {
-            tracing::error!(
-                "full resync failed: {msg}; trying again with backoff (up to {} s), said once",
-                Self::MAX.as_secs()
-            );
-            self.said = Some(msg.to_string());
-        }
-        self.at = std::time::Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(Self::MAX);
     }
 }
 

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod compute;
 pub mod datapath;

@@ -34,17 +34,30 @@ fn filters(ns: &Netns) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them() {
+/// One node namespace (eth0 at 198.51.100.7 towards a peer, then `sh`)
+/// with a synced agent run with `flags`. Fields drop in order: agent,
+/// cgroup, namespaces, files.
+struct OneNode {
+    agent: AgentProc,
+    m: Manifests,
+    pins: std::path::PathBuf,
+    _cgroup: Cgroup,
+    node: Netns,
+    _peer: Netns,
+    _dir: TempDir,
+}
+
+fn one_node(tag: &str, sh: &str, flags: &[&str]) -> OneNode {
     lb_tests::require_kernel();
-    let prefix = lb_tests::unique("tca");
-    // Drop order: agent, cgroup, namespaces, files.
+    let prefix = lb_tests::unique(tag);
     let dir = TempDir(std::env::temp_dir().join(&prefix));
     std::fs::create_dir_all(&dir.0).unwrap();
     let node = Netns::new(format!("{prefix}-n"));
     let peer = Netns::new(format!("{prefix}-p"));
     veth(&node, "eth0", &peer, "eth0");
-    node.sh("ip addr add 198.51.100.7/24 dev eth0; ip link set eth0 up");
+    node.sh(&format!(
+        "ip addr add 198.51.100.7/24 dev eth0; ip link set eth0 up\n{sh}"
+    ));
     let cgroup = Cgroup::new(&prefix);
     let mut m = Manifests::new(dir.0.join("m"));
     m.write(
@@ -52,17 +65,34 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
         "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 198.51.100.7}]}\n",
     );
     let g = m.commit();
+    let pins = pin_path(&prefix);
     let mut agent = AgentProc::new(
-        pin_path(&prefix),
+        pins.clone(),
         cgroup.path.clone(),
         m.dir.clone(),
         dir.0.join("agent.log"),
     );
     agent.netns = Some(node.path());
-    agent.extra = vec!["--tc-attach=netlink".into(), "--node-name=n1".into()];
+    agent.extra = flags.iter().map(|f| f.to_string()).collect();
+    agent.extra.push("--node-name=n1".into());
     agent.start();
     agent.wait_synced(g);
-    let first = filters(&node);
+    OneNode {
+        agent,
+        m,
+        pins,
+        _cgroup: cgroup,
+        node,
+        _peer: peer,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them() {
+    let mut n = one_node("tca", "", &["--tc-attach=netlink"]);
+    let OneNode { agent, m, node, .. } = &mut n;
+    let first = filters(node);
     let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -72,12 +102,12 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
     );
 
     agent.kill9();
-    assert_eq!(filters(&node), first, "the filters outlive the agent");
+    assert_eq!(filters(node), first, "the filters outlive the agent");
 
     agent.start();
     let g2 = m.commit();
     agent.wait_synced(g2);
-    let second = filters(&node);
+    let second = filters(node);
     assert_eq!(second.len(), 2, "replaced, not added: {second:?}");
     for ((n1, id1), (n2, id2)) in first.iter().zip(&second) {
         assert_eq!(n1, n2);
@@ -98,7 +128,7 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(filters(&node).is_empty(), "reset removed the filters");
+    assert!(filters(node).is_empty(), "reset removed the filters");
     assert!(
         node.sh_output("tc filter show dev eth1 ingress")
             .contains("handle 0x1b"),
@@ -111,33 +141,12 @@ fn clsact_filters_survive_the_agent_are_replaced_in_place_and_reset_removes_them
 /// programs and the agent syncs.
 #[test]
 fn a_device_without_ethernet_headers_is_refused_by_name_and_the_others_attached() {
-    lb_tests::require_kernel();
-    let prefix = lb_tests::unique("tce");
-    let dir = TempDir(std::env::temp_dir().join(&prefix));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let node = Netns::new(format!("{prefix}-n"));
-    let peer = Netns::new(format!("{prefix}-p"));
-    veth(&node, "eth0", &peer, "eth0");
-    node.sh("ip addr add 198.51.100.7/24 dev eth0; ip link set eth0 up
-         ip tuntap add dev tun0 mode tun; ip addr add 192.0.2.7/24 dev tun0; ip link set tun0 up");
-    let cgroup = Cgroup::new(&prefix);
-    let mut m = Manifests::new(dir.0.join("m"));
-    m.write(
-        "node.yaml",
-        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 198.51.100.7}]}\n",
+    let mut n = one_node(
+        "tce",
+        "ip tuntap add dev tun0 mode tun; ip addr add 192.0.2.7/24 dev tun0; ip link set tun0 up",
+        &["--devices=eth0,tun0"],
     );
-    let g = m.commit();
-    let pins = pin_path(&prefix);
-    let mut agent = AgentProc::new(
-        pins.clone(),
-        cgroup.path.clone(),
-        m.dir.clone(),
-        dir.0.join("agent.log"),
-    );
-    agent.netns = Some(node.path());
-    agent.extra = vec!["--devices=eth0,tun0".into(), "--node-name=n1".into()];
-    agent.start();
-    agent.wait_synced(g);
+    let OneNode { agent, pins, .. } = &mut n;
     let links: Vec<String> = std::fs::read_dir(pins.join("links"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -533,3 +533,29 @@ fn link_type(dev: &str) -> std::io::Result<u16> {
     }
     Ok(u16::from_ne_bytes([ifreq[16], ifreq[17]]))
 }
+
+/// SNAT hands out node ports from a range of its own: a node whose
+/// ephemeral range reaches into it could see one of its own connections
+/// collide with a translated flow towards the same backend.
+pub fn check_ephemeral_ports() {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u32>().ok());
+    if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+        let overlaps = |a: u16, b: u16| hi >= a as u32 && lo <= b as u32;
+        if overlaps(lb_common::SNAT_LOW_MIN, lb_common::SNAT_LOW_MAX)
+            || overlaps(lb_common::SNAT_PORT_MIN, lb_common::SNAT_PORT_MAX)
+        {
+            tracing::warn!(
+                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the SNAT ports {}-{} and {}-{}: keep it within 30000-60999 so no socket of this node can collide with a translated flow",
+                lb_common::SNAT_LOW_MIN,
+                lb_common::SNAT_LOW_MAX,
+                lb_common::SNAT_PORT_MIN,
+                lb_common::SNAT_PORT_MAX
+            );
+        }
+    }
+}

@@ -825,92 +825,77 @@ mod lab {
         (v, port, ms)
     }
 
-    /// One request on a connected UDP socket; `ms` the round trip.
+    /// One request on a connected UDP socket; `ms` the time since `t`.
+    /// Connected, so an ICMP error surfaces as the receive's error.
+    fn udp_exchange(s: &UdpSocket, req: &[u8], t: Instant) -> Value {
+        let mut buf = [0u8; 1500];
+        let r = s.send(req).and_then(|_| s.recv(&mut buf));
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(n) => {
+                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
+                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            }
+            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        }
+    }
+
+    /// One request on a churn's connected UDP socket.
     fn udp_request(s: &UdpSocket) -> Value {
-        let t = Instant::now();
-        let mut buf = [0u8; 1500];
-        let r = s.send(b"hello\n").and_then(|_| s.recv(&mut buf));
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        match r {
-            Ok(n) => {
-                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
-                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
-            }
-            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
-        }
+        udp_exchange(s, b"hello\n", Instant::now())
     }
 
-    /// One UDP request of `size` bytes with "don't fragment" (IP_PMTUDISC_DO
-    /// / IPV6_PMTUDISC_DO): an ICMP "fragmentation needed" / "packet too
-    /// big" the socket understood surfaces as EMSGSIZE.
-    pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Value {
-        let t = Instant::now();
-        let s = match socket(target, libc::SOCK_DGRAM, 0, mark) {
-            Ok(fd) => UdpSocket::from(fd),
-            Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
-        };
-        let (level, opt, val) = if target.is_ipv4() {
-            (
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )
-        } else {
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_DO,
-            )
-        };
-        // SAFETY: setsockopt with a stack-held int of its own size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
-        }
-        s.set_read_timeout(Some(timeout)).ok();
-        let mut req = vec![b'x'; size.max(2) - 1];
-        req.push(b'\n');
-        if let Err(e) = s.connect(target).and_then(|_| s.send(&req)) {
-            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
-        }
-        let mut buf = [0u8; 1500];
-        let r = s.recv(&mut buf);
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        match r {
-            Ok(n) => {
-                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
-                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
-            }
-            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
-        }
-    }
-
-    pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {
+    /// One UDP request from a new socket (from port `src`, 0: any):
+    /// `size` bytes with "don't fragment" (IP_PMTUDISC_DO /
+    /// IPV6_PMTUDISC_DO), so an ICMP "fragmentation needed" / "packet too
+    /// big" the socket understood surfaces as EMSGSIZE; 0: a short line.
+    fn udp_new(target: SocketAddr, timeout: Duration, src: u16, mark: u32, size: usize) -> Value {
         let t = Instant::now();
         let s = match socket(target, libc::SOCK_DGRAM, src, mark) {
             Ok(fd) => UdpSocket::from(fd),
             Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
         };
+        if size > 0 {
+            let (level, opt, val) = if target.is_ipv4() {
+                (
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_DO,
+                )
+            } else {
+                (
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_DO,
+                )
+            };
+            // SAFETY: setsockopt with a stack-held int of its own size.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    opt,
+                    (&val as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+        }
         s.set_read_timeout(Some(timeout)).ok();
-        // Connected, so an ICMP error surfaces as the next call's error.
-        if let Err(e) = s.connect(target).and_then(|_| s.send(b"hello\n")) {
+        let mut req = vec![b'x'; size.max(6) - 1];
+        req[..5].copy_from_slice(b"hello");
+        req.push(b'\n');
+        if let Err(e) = s.connect(target) {
             return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
         }
-        let mut buf = [0u8; 1500];
-        let r = s.recv(&mut buf);
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        match r {
-            Ok(n) => {
-                let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
-                json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
-            }
-            Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
-        }
+        udp_exchange(&s, &req, t)
+    }
+
+    pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Value {
+        udp_new(target, timeout, 0, mark, size)
+    }
+
+    pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {
+        udp_new(target, timeout, src, mark, 0)
     }
 
     pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Value {
