@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod spawn;
@@ -59,7 +60,7 @@ pub fn helper_bin() -> PathBuf {
 
 /// A binary of this workspace's build: target/<profile>/deps/<test> ->
 /// target/<profile>/<name>.
-fn built(name: &str) -> PathBuf {
+pub(crate) fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()

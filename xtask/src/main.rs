@@ -49,6 +49,15 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         secs: u32,
     },
+    /// Set-up, a release build, then this project against direct
+    /// connections and kube-proxy-shaped iptables and nftables rules at
+    /// 1 to 100,000 Services; writes BENCHMARKS.md and docs/bench/ (needs
+    /// root and a quiet machine).
+    Bench {
+        /// Two sizes, two seconds per measurement (about two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set-up, build, then a lab scenario (see LAB.md): one JSON line per probe attempt.
     Lab {
         scenario: PathBuf,
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
         } => setup::setup().and_then(|_| lab(&scenario, &agent_args, human)),
         Cmd::Fuzz { packets, seed } => setup::setup().and_then(|_| fuzz(packets, seed)),
         Cmd::Chaos { secs } => setup::setup().and_then(|_| chaos(secs)),
+        Cmd::Bench { quick } => setup::setup().and_then(|_| bench(quick)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +219,20 @@ fn chaos(secs: u32) -> anyhow::Result<()> {
         ])
         .env("LB_CHAOS_SECS", secs.to_string())
         .env("LB_AGENT_BIN", root().join("target/debug/lb-agent")))
+}
+
+/// The bench from release builds (the agent's programming time and
+/// memory are those of a release), writing into the repository's root.
+fn bench(quick: bool) -> anyhow::Result<()> {
+    require_root("the bench (network namespaces, BPF, iptables, nftables)")?;
+    eprintln!("xtask: building release binaries for the bench");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    let mut cmd = Command::new(root().join("target/release/lb-bench"));
+    cmd.args(["run", "--out"]).arg(root());
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(cmd.env("LB_AGENT_BIN", root().join("target/release/lb-agent")))
 }
 
 /// Runs the lab and exits with its own code (0 ran, 1 set-up failed, 2 invalid).

@@ -1,0 +1,140 @@
+//! `cargo xtask bench`: this project against direct connections and
+//! kube-proxy-shaped iptables and nftables rules, side by side in one run
+//! on one topology (see `topo`), at growing numbers of Services. Not a
+//! test: it measures, and writes BENCHMARKS.md and a plot.
+//!
+//! One stage per module: `rules` (what each variant is told), `topo` (the
+//! namespaces), `load` (client and server), `variants` (bringing each
+//! variant up and measuring through it), `report` (the files).
+
+pub mod load;
+pub mod report;
+pub mod rules;
+pub mod topo;
+pub mod variants;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::Measured;
+
+/// A bench run's shape.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sizes: Vec<usize>,
+    /// Seconds per measurement.
+    pub secs: f64,
+    pub quick: bool,
+    /// Where BENCHMARKS.md and the plot go.
+    pub out_dir: std::path::PathBuf,
+}
+
+impl Options {
+    pub fn full(out_dir: std::path::PathBuf) -> Self {
+        Self {
+            sizes: vec![1, 1_000, 10_000, 30_000, 100_000],
+            secs: 5.0,
+            quick: false,
+            out_dir,
+        }
+    }
+
+    pub fn quick(out_dir: std::path::PathBuf) -> Self {
+        Self {
+            sizes: vec![1, 1_000],
+            secs: 2.0,
+            quick: true,
+            out_dir,
+        }
+    }
+}
+
+/// The ways a connection reaches the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Variant {
+    Direct,
+    Iptables,
+    Nftables,
+    /// This project: socket hooks for ClusterIPs, TC for NodePorts.
+    Agent,
+    /// This project with its XDP program in native mode on the node's device.
+    AgentXdp,
+}
+
+impl Variant {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Iptables => "iptables (kube-proxy)",
+            Self::Nftables => "nftables (kube-proxy)",
+            Self::Agent => "lb-agent",
+            Self::AgentXdp => "lb-agent, XDP native",
+        }
+    }
+}
+
+/// Where the client connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Path {
+    /// The backend's own address (the direct variant).
+    Backend,
+    ClusterIp,
+    NodePort,
+}
+
+/// New connections, or requests on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    Connections,
+    Requests,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub services: usize,
+    pub variant: Variant,
+    pub path: Path,
+    pub mode: Mode,
+    pub measured: Measured,
+}
+
+/// Programming a variant with `services` Services from nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cold {
+    pub services: usize,
+    pub variant: Variant,
+    pub secs: f64,
+    /// The agent's resident memory once synced.
+    pub rss_mib: Option<f64>,
+}
+
+/// One EndpointSlice changed at `services` Services: from the change set
+/// being written to the agent reporting it synced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Churn {
+    pub services: usize,
+    pub changes: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub rows: Vec<Row>,
+    pub cold: Vec<Cold>,
+    pub churn: Vec<Churn>,
+}
+
+/// Runs every variant at every size; writes the report.
+pub fn run(opts: &Options) -> anyhow::Result<Results> {
+    crate::require_kernel();
+    let topo = topo::Topology::up()?;
+    let mut res = Results::default();
+    for &n in &opts.sizes {
+        eprintln!("bench: {n} Services");
+        variants::all(&topo, n, opts, &mut res)?;
+        // Written after every size: a long run stopped early still leaves
+        // what it measured.
+        report::write(opts, &res)?;
+    }
+    Ok(res)
+}

@@ -1,0 +1,321 @@
+//! BENCHMARKS.md, a plot of connections per second against the number of
+//! Services (SVG), and the raw results (JSON), from one run.
+
+use std::{collections::BTreeSet, fmt::Write as _, process::Command};
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+
+use super::{Mode, Options, Path, Results, Variant};
+
+/// The plot and raw results, beside BENCHMARKS.md in the output directory.
+pub const PLOT: &str = "docs/bench/connections.svg";
+pub const RESULTS: &str = "docs/bench/results.json";
+
+fn cmd_out(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("({cmd}: {e})"))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The rate one variant reached through `path` in `mode` at `n` Services.
+fn rate(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<f64> {
+    let path = if v == Variant::Direct {
+        Path::Backend
+    } else {
+        path
+    };
+    r.rows
+        .iter()
+        .find(|x| x.services == n && x.variant == v && x.path == path && x.mode == mode)
+        .map(|x| x.measured.rate)
+}
+
+fn latency(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<(f64, f64)> {
+    let path = if v == Variant::Direct {
+        Path::Backend
+    } else {
+        path
+    };
+    r.rows
+        .iter()
+        .find(|x| x.services == n && x.variant == v && x.path == path && x.mode == mode)
+        .map(|x| (x.measured.p50_us, x.measured.p99_us))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn sizes(r: &Results) -> Vec<usize> {
+    r.rows
+        .iter()
+        .map(|x| x.services)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// One table: per size, each variant's rate, its p50/p99 and its ratio
+/// to direct; then this project against each baseline.
+fn table(s: &mut String, r: &Results, path: Path, mode: Mode, variants: &[Variant]) {
+    let unit = match mode {
+        Mode::Connections => "connections/s",
+        Mode::Requests => "requests/s",
+    };
+    let _ = write!(s, "| Services |");
+    for v in variants {
+        let _ = write!(s, " {} {unit} (p50 / p99 µs, vs direct) |", v.label());
+    }
+    let ours: Vec<Variant> = variants
+        .iter()
+        .copied()
+        .filter(|v| matches!(v, Variant::Agent | Variant::AgentXdp))
+        .collect();
+    for o in &ours {
+        let _ = write!(
+            s,
+            " {} vs iptables | {} vs nftables |",
+            o.label(),
+            o.label()
+        );
+    }
+    let _ = write!(s, "\n|---|");
+    for _ in 0..variants.len() + 2 * ours.len() {
+        let _ = write!(s, "---|");
+    }
+    s.push('\n');
+    for n in sizes(r) {
+        let direct = rate(r, n, Variant::Direct, path, mode);
+        let _ = write!(s, "| {n} |");
+        for &v in variants {
+            let x = rate(r, n, v, path, mode);
+            match (x, latency(r, n, v, path, mode)) {
+                (Some(x), Some((p50, p99))) => {
+                    let _ = write!(
+                        s,
+                        " {x:.0} ({p50:.0} / {p99:.0}, {}) |",
+                        ratio(Some(x), direct)
+                    );
+                }
+                _ => s.push_str(" - |"),
+            }
+        }
+        for &o in &ours {
+            let x = rate(r, n, o, path, mode);
+            let _ = write!(
+                s,
+                " {} | {} |",
+                ratio(x, rate(r, n, Variant::Iptables, path, mode)),
+                ratio(x, rate(r, n, Variant::Nftables, path, mode))
+            );
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+}
+
+fn markdown(opts: &Options, r: &Results) -> String {
+    let mut s = String::new();
+    let cmd = if opts.quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let _ = writeln!(
+        s,
+        "# Benchmarks\n\nWritten by `{cmd}` (`tests/src/bench/`); every figure below comes from the same run, on this machine:\n\n\
+         - CPU: {} ({} cores); kernel {}\n- {}; {}\n- {} s per measurement; client and server each pinned to a CPU of their own\n",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cmd_out("uname", &["-r"]),
+        cmd_out("iptables", &["-V"]),
+        cmd_out("nft", &["-v"]),
+        opts.secs,
+    );
+    s.push_str(
+        "The topology: a client namespace, a node namespace routing to a backend namespace \
+         (the pod, on the node's `lxc*` veth). The cluster: N Services of ten endpoints each, \
+         the measured one last (a NodePort); iptables and nftables get the rules kube-proxy \
+         writes for it (KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains with statistic-mode random \
+         and NodePort masquerade; a service-ips verdict map and numgen endpoint maps), \
+         lb-agent gets the manifests. A connection is connect(), one 8-byte request and reply, \
+         and a close with RST; \"direct\" connects to the backend's own address.\n\n",
+    );
+    let _ = writeln!(s, "![connections per second against Services]({PLOT})\n");
+    let all = [
+        Variant::Direct,
+        Variant::Iptables,
+        Variant::Nftables,
+        Variant::Agent,
+    ];
+    s.push_str("## New connections through a ClusterIP (the socket path)\n\n");
+    table(&mut s, r, Path::ClusterIp, Mode::Connections, &all);
+    s.push_str("## New connections from outside through a NodePort (TC, and XDP native)\n\n");
+    let np = [
+        Variant::Direct,
+        Variant::Iptables,
+        Variant::Nftables,
+        Variant::Agent,
+        Variant::AgentXdp,
+    ];
+    table(&mut s, r, Path::NodePort, Mode::Connections, &np);
+    s.push_str("## Requests on an established connection through a ClusterIP\n\n");
+    table(&mut s, r, Path::ClusterIp, Mode::Requests, &all);
+    s.push_str("## Requests on an established connection through a NodePort\n\n");
+    table(&mut s, r, Path::NodePort, Mode::Requests, &np);
+    s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation` with the file source; its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent s | lb-agent RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|\n");
+    for n in sizes(r) {
+        let c = |v| r.cold.iter().find(|c| c.services == n && c.variant == v);
+        let a = c(Variant::Agent);
+        let objects = (n * (1 + super::rules::ENDPOINTS_PER_SERVICE)) as f64;
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} | {} |",
+            a.map_or("-".into(), |a| format!("{:.2}", a.secs)),
+            a.and_then(|a| a.rss_mib)
+                .map_or("-".into(), |m| format!("{m:.0}")),
+            a.and_then(|a| a.rss_mib)
+                .map_or("-".into(), |m| format!("{:.2}", m * 1024.0 / objects)),
+            c(Variant::Iptables).map_or("-".into(), |c| format!("{:.2}", c.secs)),
+            c(Variant::Nftables).map_or("-".into(), |c| format!("{:.2}", c.secs)),
+        );
+    }
+    s.push_str("\n## One EndpointSlice changed\n\nFrom the change set written (the file source's GENERATION file) to the agent's own synced timestamp, one change set per change.\n\n| Services | changes | p50 ms | p99 ms |\n|---|---|---|---|\n");
+    for c in &r.churn {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} |",
+            c.services, c.changes, c.p50_ms, c.p99_ms
+        );
+    }
+    s.push_str("\n## What this means\n\n");
+    s.push_str(&meaning(r));
+    s
+}
+
+/// The run's figures in words, at its largest size.
+fn meaning(r: &Results) -> String {
+    let Some(&n) = sizes(r).last() else {
+        return "No size was measured.\n".into();
+    };
+    let f = |v, p, m| rate(r, n, v, p, m);
+    let d = f(Variant::Direct, Path::Backend, Mode::Connections);
+    let pct = |x: Option<f64>| match (x, d) {
+        (Some(x), Some(d)) if d > 0.0 => format!("{:.0}%", 100.0 * x / d),
+        _ => "-".into(),
+    };
+    format!(
+        "At {n} Services a pod's new connection to a ClusterIP runs at {} of a direct connection \
+         with lb-agent (it is translated once, at connect(), and then costs nothing), against {} \
+         with kube-proxy's iptables rules (which walk one rule per Service for every new \
+         connection) and {} with its nftables rules (one map lookup). From outside through a \
+         NodePort: lb-agent {} (TC), {} (XDP native), iptables {}, nftables {}. Requests on a \
+         connection that is already open pay only the per-packet costs (none on the socket \
+         path; a conntrack lookup in TC or XDP, or netfilter's). Figures from a machine \
+         doing other work are noise: compare ratios within one quiet run.\n",
+        pct(f(Variant::Agent, Path::ClusterIp, Mode::Connections)),
+        pct(f(Variant::Iptables, Path::ClusterIp, Mode::Connections)),
+        pct(f(Variant::Nftables, Path::ClusterIp, Mode::Connections)),
+        pct(f(Variant::Agent, Path::NodePort, Mode::Connections)),
+        pct(f(Variant::AgentXdp, Path::NodePort, Mode::Connections)),
+        pct(f(Variant::Iptables, Path::NodePort, Mode::Connections)),
+        pct(f(Variant::Nftables, Path::NodePort, Mode::Connections)),
+    )
+}
+
+fn plot(path: &std::path::Path, r: &Results) -> anyhow::Result<()> {
+    let ns = sizes(r);
+    let max_rate = r
+        .rows
+        .iter()
+        .filter(|x| x.mode == Mode::Connections)
+        .map(|x| x.measured.rate)
+        .fold(1.0, f64::max);
+    let (lo, hi) = (
+        *ns.first().unwrap_or(&1) as f64,
+        *ns.last().unwrap_or(&1) as f64,
+    );
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "New connections per second against Services",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (lo.max(1.0)..hi.max(lo + 1.0) * 1.2).log_scale(),
+            0.0..max_rate * 1.1,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("Services")
+        .y_desc("connections/s")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let series = [
+        (Variant::Direct, Path::Backend, "direct"),
+        (Variant::Agent, Path::ClusterIp, "lb-agent ClusterIP"),
+        (Variant::Iptables, Path::ClusterIp, "iptables ClusterIP"),
+        (Variant::Nftables, Path::ClusterIp, "nftables ClusterIP"),
+        (Variant::Agent, Path::NodePort, "lb-agent NodePort (TC)"),
+        (Variant::AgentXdp, Path::NodePort, "lb-agent NodePort (XDP)"),
+        (Variant::Iptables, Path::NodePort, "iptables NodePort"),
+        (Variant::Nftables, Path::NodePort, "nftables NodePort"),
+    ];
+    for (k, (v, p, name)) in series.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = ns
+            .iter()
+            .filter_map(|&n| rate(r, n, *v, *p, Mode::Connections).map(|x| (n as f64, x)))
+            .collect();
+        let color = Palette99::pick(k).to_rgba();
+        let style = if *p == Path::NodePort {
+            color.stroke_width(1)
+        } else {
+            color.stroke_width(3)
+        };
+        chart
+            .draw_series(LineSeries::new(pts, style))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+pub fn write(opts: &Options, r: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let md = opts.out_dir.join("BENCHMARKS.md");
+    std::fs::write(&md, markdown(opts, r)).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::create_dir_all(opts.out_dir.join("docs/bench"))?;
+    plot(&opts.out_dir.join(PLOT), r)?;
+    std::fs::write(opts.out_dir.join(RESULTS), serde_json::to_string_pretty(r)?)?;
+    Ok(())
+}

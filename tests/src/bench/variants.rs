@@ -1,0 +1,284 @@
+//! Each variant brought up on the topology, measured, and taken down
+//! again, so the next starts from a clean node.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    Churn, Cold, Measured, Mode, Options, Path, Results, Row, Variant,
+    rules::{self, cluster_ip, target},
+    topo::{
+        BACKEND, BACKEND_PORT, NODE_DEVICE, NODE_NAME, NODE_OUTSIDE, NODE_PORT, SERVICE_PORT,
+        Topology,
+    },
+};
+use crate::agent::{AgentProc, Manifests, pin_path};
+
+/// How long a cold start may take before the bench gives up on it.
+const COLD_LIMIT: Duration = Duration::from_secs(900);
+
+fn measure(topo: &Topology, to: SocketAddr, mode: Mode, secs: f64) -> anyhow::Result<Measured> {
+    let m = match mode {
+        Mode::Connections => "connections",
+        Mode::Requests => "requests",
+    };
+    let v = topo.client(&[m, &to.to_string(), &secs.to_string()])?;
+    Ok(serde_json::from_value(v)?)
+}
+
+fn target_of(path: Path, n: usize) -> SocketAddr {
+    match path {
+        Path::Backend => (BACKEND, BACKEND_PORT).into(),
+        Path::ClusterIp => (cluster_ip(target(n)), SERVICE_PORT).into(),
+        Path::NodePort => (NODE_OUTSIDE, NODE_PORT).into(),
+    }
+}
+
+/// Measures `paths` in both modes; a variant that carries no connection
+/// at all is an error (the bench would otherwise report a rate of zero
+/// as if it were one).
+fn measure_paths(
+    topo: &Topology,
+    n: usize,
+    variant: Variant,
+    paths: &[Path],
+    opts: &Options,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    for &path in paths {
+        for mode in [Mode::Connections, Mode::Requests] {
+            let measured = measure(topo, target_of(path, n), mode, opts.secs)?;
+            if measured.ok == 0 {
+                bail!(
+                    "{} carried no {mode:?} through {path:?} at {n} Services: {}",
+                    variant.label(),
+                    measured.first_error.as_deref().unwrap_or("no error")
+                );
+            }
+            eprintln!(
+                "bench:   {:<24} {path:?} {mode:?}: {:.0}/s, p50 {:.0} us, p99 {:.0} us, {} failed",
+                variant.label(),
+                measured.rate,
+                measured.p50_us,
+                measured.p99_us,
+                measured.failed
+            );
+            res.rows.push(Row {
+                services: n,
+                variant,
+                path,
+                mode,
+                measured,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyhow::Result<()> {
+    measure_paths(topo, n, Variant::Direct, &[Path::Backend], opts, res)?;
+    let dir = crate::testbed::TempDir(std::env::temp_dir().join(crate::unique("bench-files")));
+    std::fs::create_dir_all(&dir.0)?;
+
+    let ipt = dir.0.join("iptables.rules");
+    std::fs::write(&ipt, rules::iptables(n))?;
+    let t = Instant::now();
+    topo.node_sh_with_input("iptables-restore", &ipt)?;
+    res.cold.push(Cold {
+        services: n,
+        variant: Variant::Iptables,
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: None,
+    });
+    let r = measure_paths(
+        topo,
+        n,
+        Variant::Iptables,
+        &[Path::ClusterIp, Path::NodePort],
+        opts,
+        res,
+    );
+    std::fs::write(&ipt, "*nat\nCOMMIT\n")?;
+    topo.node_sh_with_input("iptables-restore", &ipt)?;
+    r?;
+
+    let nft = dir.0.join("nftables.rules");
+    std::fs::write(&nft, rules::nftables(n))?;
+    let t = Instant::now();
+    topo.node_sh_with_input("nft -f -", &nft)?;
+    res.cold.push(Cold {
+        services: n,
+        variant: Variant::Nftables,
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: None,
+    });
+    let r = measure_paths(
+        topo,
+        n,
+        Variant::Nftables,
+        &[Path::ClusterIp, Path::NodePort],
+        opts,
+        res,
+    );
+    topo.node.sh("nft delete table ip kube-proxy");
+    r?;
+
+    let mut agent = Agent::start(topo, n, &dir.0, &[])?;
+    res.cold.push(agent.cold.clone());
+    measure_paths(
+        topo,
+        n,
+        Variant::Agent,
+        &[Path::ClusterIp, Path::NodePort],
+        opts,
+        res,
+    )?;
+    res.churn
+        .push(agent.churn(n, if opts.quick { 10 } else { 50 })?);
+    drop(agent);
+
+    let _xdp_peer = topo.xdp_pass_on_client()?;
+    let agent = Agent::start(topo, n, &dir.0, &["--xdp=native"])?;
+    measure_paths(topo, n, Variant::AgentXdp, &[Path::NodePort], opts, res)?;
+    drop(agent);
+    Ok(())
+}
+
+/// The agent on the node, from a manifest directory written before it
+/// starts (a cold start).
+pub struct Agent {
+    proc: AgentProc,
+    manifests: Manifests,
+    pub cold: Cold,
+}
+
+impl Agent {
+    pub fn start(
+        topo: &Topology,
+        n: usize,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let tag = crate::unique("bench-agent");
+        let mdir = dir.join(&tag);
+        let _ = std::fs::remove_dir_all(&mdir);
+        let mut manifests = Manifests::new(mdir.clone());
+        manifests.write("cluster.yaml", &rules::manifests(n));
+        manifests.write(
+            rules::CHURN_FILE,
+            &rules::slice_yaml(n, rules::CHURNED, rules::ENDPOINTS_PER_SERVICE),
+        );
+        let g = manifests.commit();
+        let mut proc = AgentProc::new(
+            pin_path(&tag),
+            topo.cgroup.path.clone(),
+            mdir,
+            dir.join(format!("{tag}.log")),
+        );
+        proc.netns = Some(topo.node.path());
+        proc.extra = [
+            format!("--node-name={NODE_NAME}"),
+            format!("--devices={NODE_DEVICE}"),
+            // Room for the largest size: the bench measures speed, not the
+            // capacity checks.
+            "--max-services=2000000".into(),
+            "--max-backends=2000000".into(),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
+        let t = Instant::now();
+        proc.start();
+        wait_synced(&mut proc, g, COLD_LIMIT)?;
+        let secs = t.elapsed().as_secs_f64();
+        let rss_mib = proc.pid().and_then(rss_mib);
+        Ok(Self {
+            proc,
+            manifests,
+            cold: Cold {
+                services: n,
+                variant: Variant::Agent,
+                secs,
+                rss_mib,
+            },
+        })
+    }
+
+    /// `changes` EndpointSlice changes (one endpoint of a Service other
+    /// than the measured one going and coming back), one per change set:
+    /// from the change set written to the agent's own synced timestamp.
+    pub fn churn(&mut self, n: usize, changes: usize) -> anyhow::Result<Churn> {
+        let i = rules::CHURNED;
+        let mut took = Vec::new();
+        for k in 0..changes {
+            let full = if i == target(n) {
+                1
+            } else {
+                rules::ENDPOINTS_PER_SERVICE
+            };
+            let count = if k % 2 == 0 { full - 1 } else { full };
+            self.manifests
+                .write(rules::CHURN_FILE, &rules::slice_yaml(n, i, count));
+            let written = unix_ms();
+            let g = self.manifests.commit();
+            wait_synced(&mut self.proc, g, Duration::from_secs(60))?;
+            let s = self.proc.status().context("agent status")?;
+            let at = s["synced_at_unix_ms"]
+                .as_u64()
+                .context("synced_at_unix_ms")?;
+            took.push(at.saturating_sub(written) as f64);
+        }
+        took.sort_by(f64::total_cmp);
+        let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+        Ok(Churn {
+            services: n,
+            changes,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        })
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn wait_synced(a: &mut AgentProc, generation: u64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if a.status().is_some_and(|s| {
+            s["synced_generation"]
+                .as_u64()
+                .is_some_and(|g| g >= generation)
+        }) {
+            return Ok(());
+        }
+        a.assert_running(&format!("syncing generation {generation}"));
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not sync generation {generation} in {limit:?}:\n{}",
+                a.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}

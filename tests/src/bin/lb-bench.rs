@@ -1,0 +1,60 @@
+//! `lb-bench run [--quick] [--out DIR]` (run by `cargo xtask bench`), and
+//! its own server and client inside the topology:
+//!
+//!   lb-bench server PORT
+//!   lb-bench client connections|requests ADDR:PORT SECS
+
+use anyhow::{Context as _, bail};
+use lb_tests::bench;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("lb-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["server", port] => bench::load::serve(port.parse().context("PORT")?),
+        ["client", mode, to, secs] => {
+            let to = to.parse().context("ADDR:PORT")?;
+            let secs = secs.parse().context("SECS")?;
+            let m = match *mode {
+                "connections" => bench::load::connections(to, secs),
+                "requests" => bench::load::requests(to, secs),
+                m => bail!("unknown client mode `{m}`"),
+            };
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+        ["run", rest @ ..] => {
+            let mut quick = false;
+            let mut out = std::path::PathBuf::from(".");
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                match *a {
+                    "--quick" => quick = true,
+                    "--out" => out = it.next().context("--out needs a directory")?.into(),
+                    a => bail!("unknown flag `{a}`; usage: lb-bench run [--quick] [--out DIR]"),
+                }
+            }
+            let opts = if quick {
+                bench::Options::quick(out)
+            } else {
+                bench::Options::full(out)
+            };
+            bench::run(&opts)?;
+            eprintln!(
+                "lb-bench: wrote {}",
+                opts.out_dir.join("BENCHMARKS.md").display()
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS"
+        ),
+    }
+}
