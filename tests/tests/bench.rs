@@ -12,6 +12,8 @@ fn the_bench_topology_carries_connections_through_every_variant() {
         sizes: vec![3],
         secs: 0.3,
         quick: true,
+        ct_entries: 1000,
+        repeat: 100,
         out_dir: out.0.clone(),
     };
     let r = bench::run(&opts).expect("the bench's quick run");
@@ -47,6 +49,7 @@ fn the_bench_topology_carries_connections_through_every_variant() {
         r.cold
     );
     assert_eq!(r.churn.len(), 1, "{:?}", r.churn);
+    assert_eq!(r.packets.len(), 2, "{:?}", r.packets);
     let md = std::fs::read_to_string(out.0.join("BENCHMARKS.md")).expect("BENCHMARKS.md");
     assert!(md.contains("| 3 |"), "{md}");
     let svg = std::fs::read_to_string(out.0.join(bench::report::PLOT)).expect("the plot");

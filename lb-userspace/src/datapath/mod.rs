@@ -5,6 +5,7 @@
 mod btf;
 pub mod host;
 mod links;
+pub mod packet_cost;
 mod pinned;
 pub mod policy;
 mod resize;

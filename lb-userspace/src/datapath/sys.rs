@@ -15,7 +15,6 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
-#[cfg(test)]
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -148,10 +147,23 @@ pub fn prog_jited(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<u32>)> {
     Ok((image, lens))
 }
 
-/// BPF_PROG_TEST_RUN of `data` with `flags` (aya's TestRunOptions has none):
-/// the verdict and the packet as the program left it.
-#[cfg(test)]
-pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], flags: u32) -> io::Result<(u32, Vec<u8>)> {
+/// What one BPF_PROG_TEST_RUN returned.
+pub struct TestRunOut {
+    pub verdict: u32,
+    /// The packet as the program left it (after the last repeat).
+    pub data: Vec<u8>,
+    /// The kernel's mean time per repeat.
+    pub ns_per_run: u32,
+}
+
+/// BPF_PROG_TEST_RUN of `data`, `repeat` times, with `flags` (aya's
+/// TestRunOptions has no flags).
+pub fn prog_test_run_repeat(
+    prog: BorrowedFd<'_>,
+    data: &[u8],
+    flags: u32,
+    repeat: u32,
+) -> io::Result<TestRunOut> {
     let mut out = vec![0u8; data.len() + 256];
     let mut a = Attr::new();
     a.put_u32(0, prog.as_raw_fd() as u32);
@@ -159,13 +171,23 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], flags: u32) -> io::Resul
     a.put_u32(12, out.len() as u32);
     a.put_u64(16, data.as_ptr() as u64);
     a.put_u64(24, out.as_mut_ptr() as u64);
-    a.put_u32(32, 1);
+    a.put_u32(32, repeat.max(1));
     a.put_u32(64, flags);
     bpf(BPF_PROG_TEST_RUN, &mut a)?;
-    let retval = u32::from_ne_bytes(a.0[4..8].try_into().expect("4 bytes"));
-    let len = u32::from_ne_bytes(a.0[12..16].try_into().expect("4 bytes")) as usize;
-    out.truncate(len);
-    Ok((retval, out))
+    let word = |off: usize| u32::from_ne_bytes(a.0[off..off + 4].try_into().expect("4 bytes"));
+    out.truncate(word(12) as usize);
+    Ok(TestRunOut {
+        verdict: word(4),
+        data: out,
+        ns_per_run: word(36),
+    })
+}
+
+/// One BPF_PROG_TEST_RUN of `data` with `flags`: the verdict and the
+/// packet as the program left it.
+#[cfg(test)]
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], flags: u32) -> io::Result<(u32, Vec<u8>)> {
+    prog_test_run_repeat(prog, data, flags, 1).map(|o| (o.verdict, o.data))
 }
 
 /// BPF_LINK_UPDATE: the link runs `prog` from now on, atomically.

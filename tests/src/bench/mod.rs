@@ -24,6 +24,10 @@ pub struct Options {
     /// Seconds per measurement.
     pub secs: f64,
     pub quick: bool,
+    /// Conntrack entries for the per-packet figures (beside an empty map).
+    pub ct_entries: usize,
+    /// BPF_PROG_TEST_RUN repeats per per-packet figure.
+    pub repeat: u32,
     /// Where BENCHMARKS.md and the plot go.
     pub out_dir: std::path::PathBuf,
 }
@@ -34,6 +38,8 @@ impl Options {
             sizes: vec![1, 1_000, 10_000, 30_000, 100_000],
             secs: 5.0,
             quick: false,
+            ct_entries: 1_000_000,
+            repeat: 1_000_000,
             out_dir,
         }
     }
@@ -43,6 +49,8 @@ impl Options {
             sizes: vec![1, 1_000],
             secs: 2.0,
             quick: true,
+            ct_entries: 100_000,
+            repeat: 100_000,
             out_dir,
         }
     }
@@ -122,6 +130,8 @@ pub struct Results {
     pub rows: Vec<Row>,
     pub cold: Vec<Cold>,
     pub churn: Vec<Churn>,
+    /// Per packet, by BPF_PROG_TEST_RUN (see `lb_agent::datapath::packet_cost`).
+    pub packets: Vec<lb_agent::datapath::packet_cost::Costs>,
 }
 
 /// Runs every variant at every size; writes the report.
@@ -132,6 +142,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     for &n in &opts.sizes {
         eprintln!("bench: {n} Services");
         variants::all(&topo, n, opts, &mut res)?;
+        for ct in [0, opts.ct_entries] {
+            let c = lb_agent::datapath::packet_cost::measure(n, ct, opts.repeat)?;
+            eprintln!("bench:   per packet with {ct} conntrack entries: {c:?}");
+            res.packets.push(c);
+        }
         // Written after every size: a long run stopped early still leaves
         // what it measured.
         report::write(opts, &res)?;

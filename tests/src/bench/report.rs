@@ -205,6 +205,30 @@ fn markdown(opts: &Options, r: &Results) -> String {
             c.services, c.changes, c.p50_ms, c.p99_ms
         );
     }
+    s.push_str(
+        "\n## Per packet (BPF_PROG_TEST_RUN)\n\nThe kernel's mean time per run over many repeats of one packet through the loaded programs, \
+         with the services map holding N frontends and the conntrack map the entries shown: a TCP SYN for no Service, \
+         an ACK of a flow conntrack knows (TC ingress), and an empty program on each hook as the floor. \
+         Targets: at most 150 ns above the empty program at TC for no Service, at most 60 ns at XDP, a conntrack hit at most 150 ns above it.\n\n\
+         | Services | conntrack entries | TC empty ns | TC no Service ns (above empty) | TC conntrack hit ns (above empty) | XDP empty ns | XDP no Service ns (above empty) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for c in &r.packets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} ({:+}) | {} ({:+}) | {} | {} ({:+}) |",
+            c.services,
+            c.ct_entries,
+            c.tc_empty_ns,
+            c.tc_no_service_ns,
+            i64::from(c.tc_no_service_ns) - i64::from(c.tc_empty_ns),
+            c.tc_ct_hit_ns,
+            i64::from(c.tc_ct_hit_ns) - i64::from(c.tc_empty_ns),
+            c.xdp_empty_ns,
+            c.xdp_no_service_ns,
+            i64::from(c.xdp_no_service_ns) - i64::from(c.xdp_empty_ns),
+        );
+    }
     s.push_str("\n## What this means\n\n");
     s.push_str(&meaning(r));
     s

@@ -3,6 +3,7 @@
 //!
 //!   lb-bench server PORT
 //!   lb-bench client connections|requests ADDR:PORT SECS
+//!   lb-bench packets SERVICES CT_ENTRIES REPEAT   (the per-packet figures alone)
 
 use anyhow::{Context as _, bail};
 use lb_tests::bench;
@@ -30,6 +31,15 @@ fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
+        ["packets", services, ct, repeat] => {
+            let c = lb_agent::datapath::packet_cost::measure(
+                services.parse().context("SERVICES")?,
+                ct.parse().context("CT_ENTRIES")?,
+                repeat.parse().context("REPEAT")?,
+            )?;
+            println!("{}", serde_json::to_string(&c)?);
+            Ok(())
+        }
         ["run", rest @ ..] => {
             let mut quick = false;
             let mut out = std::path::PathBuf::from(".");
@@ -54,7 +64,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS"
+            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS | packets SERVICES CT_ENTRIES REPEAT"
         ),
     }
 }

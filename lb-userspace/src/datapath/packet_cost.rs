@@ -1,0 +1,287 @@
+//! What one packet costs the packet programs, measured with
+//! BPF_PROG_TEST_RUN repeat counts on the loaded programs against maps
+//! filled to a given size: a packet for no Service, a packet of a flow
+//! conntrack already knows, and an empty program of each hook as the floor.
+//! For `cargo xtask bench`; nothing here runs in the agent.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
+    programs::{SchedClassifier, Xdp},
+};
+use lb_common::{
+    BACKEND_LOCAL, Backend, BeU16, CONFIG_HAS_IP4, CT_FWD, Config, CtKey, CtValue, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CT, MAP_SERVICES, PROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, ServiceKey,
+    ServiceValue,
+};
+use serde::{Deserialize, Serialize};
+
+use super::sys;
+use crate::compute::desired::net_addr;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+const PROG_SCHED_CLS: u32 = 3;
+const PROG_XDP: u32 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Nanoseconds per packet, as the kernel timed the repeats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Costs {
+    pub services: usize,
+    pub ct_entries: usize,
+    pub tc_empty_ns: u32,
+    pub tc_no_service_ns: u32,
+    pub tc_ct_hit_ns: u32,
+    pub xdp_empty_ns: u32,
+    pub xdp_no_service_ns: u32,
+}
+
+/// The frontend `i` of the filled services map: a LoadBalancer-style
+/// external address, port 80, one local backend.
+fn frontend(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
+}
+
+fn csum(chunks: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for c in chunks {
+        for w in c.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 + TCP packet with valid checksums.
+fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let payload = b"hello";
+    let mut tcp = Vec::with_capacity(20 + payload.len());
+    tcp.extend(sport.to_be_bytes());
+    tcp.extend(dport.to_be_bytes());
+    tcp.extend(1000u32.to_be_bytes());
+    tcp.extend(u32::from(flags & TCP_ACK != 0).to_be_bytes());
+    tcp.extend([5 << 4, flags]);
+    tcp.extend(64000u16.to_be_bytes());
+    tcp.extend([0, 0, 0, 0]);
+    tcp.extend(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend([0, 6]);
+    pseudo.extend((tcp.len() as u16).to_be_bytes());
+    let c = csum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend((20 + tcp.len() as u16).to_be_bytes());
+    ip.extend([0, 1, 0x40, 0, 64, 6, 0, 0]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = csum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut pkt = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0xc8, 0x08, 0x00];
+    pkt.extend(ip);
+    pkt.extend(tcp);
+    pkt
+}
+
+/// `mov r0, verdict; exit`: the floor every program on a hook pays.
+fn empty_program(prog_type: u32, verdict: u32) -> anyhow::Result<std::os::fd::OwnedFd> {
+    let insns = [0xb7 | (u64::from(verdict) << 32), 0x95];
+    sys::prog_load(&sys::ProgLoad {
+        prog_type,
+        expected_attach_type: 0,
+        attach_btf_id: 0,
+        insns: &insns,
+        name: "lb_empty",
+    })
+    .context("loading an empty program")
+}
+
+fn ns(prog: BorrowedFd<'_>, pkt: &[u8], repeat: u32) -> anyhow::Result<u32> {
+    Ok(sys::prog_test_run_repeat(prog, pkt, 0, repeat)?.ns_per_run)
+}
+
+/// The packet programs loaded against maps of their own (pinned under a
+/// directory removed on drop).
+struct Loaded {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = super::reset(&self.dir);
+    }
+}
+
+fn load(services: usize, ct_entries: usize) -> anyhow::Result<Loaded> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbb{}-cost", std::process::id()));
+    let _ = super::reset(&dir);
+    super::host::ensure_pin_dir(&dir)?;
+    let cap = |n: usize| (n.max(1024) * 2) as u32;
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .map_max_entries(MAP_SERVICES, cap(services * 2 + 2))
+        .map_max_entries(MAP_BACKENDS, cap(services + 1))
+        .map_max_entries(MAP_CT, cap(ct_entries + 8))
+        .load(super::OBJECT)
+        .context("loading the object")?;
+    let mut l = Loaded { ebpf, dir };
+    let tc: &mut SchedClassifier = l
+        .ebpf
+        .program_mut("lb_tc_ingress")
+        .context("lb_tc_ingress")?
+        .try_into()?;
+    tc.load()?;
+    let xdp: &mut Xdp = l.ebpf.program_mut("lb_xdp").context("lb_xdp")?.try_into()?;
+    xdp.load()?;
+    let mut cfg: Array<_, Config> = Array::try_from(l.ebpf.map_mut(MAP_CONFIG).context("config")?)?;
+    cfg.set(
+        0,
+        Config {
+            node_ip4: net_addr(NODE.into()),
+            flags: CONFIG_HAS_IP4,
+            ..Default::default()
+        },
+        0,
+    )?;
+    fill(&mut l.ebpf, services, ct_entries)?;
+    Ok(l)
+}
+
+fn fill(ebpf: &mut Ebpf, services: usize, ct_entries: usize) -> anyhow::Result<()> {
+    let mut bes: HashMap<_, u32, Backend> =
+        HashMap::try_from(ebpf.map_mut(MAP_BACKENDS).context("backends")?)?;
+    for i in 0..services {
+        let b = Backend {
+            addr: net_addr(
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32).into(),
+            ),
+            port: BeU16::from_host(8080),
+            proto: PROTO_TCP,
+            flags: BACKEND_LOCAL,
+        };
+        bes.insert(i as u32 + 1, b, 0)?;
+    }
+    let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+        HashMap::try_from(ebpf.map_mut(MAP_SERVICES).context("services")?)?;
+    for i in 0..services {
+        let key = ServiceKey::frontend(
+            net_addr(frontend(i).into()),
+            BeU16::from_host(80),
+            PROTO_TCP,
+            SCOPE_INTERNAL,
+        );
+        let slot = ServiceValue {
+            backend_id: i as u32 + 1,
+            ..Default::default()
+        };
+        svcs.insert(key.with_slot(1), slot, 0)?;
+        let v = ServiceValue {
+            count: 1,
+            flags: SVC_FLAG_EXTERNAL,
+            service_id: i as u32 + 1,
+            ..Default::default()
+        };
+        svcs.insert(key, v, 0)?;
+    }
+    let mut ct: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(ebpf.map_mut(MAP_CT).context("conntrack")?)?;
+    for k in 0..ct_entries {
+        let key = CtKey {
+            saddr: net_addr(
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + (k / 60000) as u32).into(),
+            ),
+            daddr: net_addr(frontend(k % services.max(1)).into()),
+            sport: BeU16::from_host(1024 + (k % 60000) as u16),
+            dport: BeU16::from_host(80),
+            proto: PROTO_TCP,
+            kind: CT_FWD,
+            _pad: [0; 2],
+        };
+        let v = CtValue {
+            addr: net_addr(Ipv4Addr::new(10, 128, 0, 0).into()),
+            port: BeU16::from_host(8080),
+            backend_id: (k % services.max(1)) as u32 + 1,
+            ..Default::default()
+        };
+        ct.insert(key, v, 0)?;
+    }
+    Ok(())
+}
+
+/// The per-packet costs with `services` frontends and `ct_entries`
+/// conntrack entries, each the kernel's mean over `repeat` runs.
+pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Result<Costs> {
+    if services == 0 {
+        bail!("measure with at least one Service (the conntrack hit needs one)");
+    }
+    let l = load(services, ct_entries)?;
+    let tc: &SchedClassifier = l
+        .ebpf
+        .program("lb_tc_ingress")
+        .context("lb_tc_ingress")?
+        .try_into()?;
+    let xdp: &Xdp = l.ebpf.program("lb_xdp").context("lb_xdp")?.try_into()?;
+    let (tc, xdp) = (tc.fd()?.as_fd(), xdp.fd()?.as_fd());
+    let tc_empty = empty_program(PROG_SCHED_CLS, 0)?;
+    let xdp_empty = empty_program(PROG_XDP, 2)?;
+    let none = tcp4(CLIENT, 40000, Ipv4Addr::new(10, 200, 0, 1), 443, TCP_SYN);
+    // The last frontend (the farthest in any order), its flow made by its
+    // SYN, then measured on its ACKs.
+    let to = frontend(services - 1);
+    let syn = tcp4(CLIENT, 40001, to, 80, TCP_SYN);
+    let ack = tcp4(CLIENT, 40001, to, 80, TCP_ACK);
+    let first = sys::prog_test_run_repeat(tc, &syn, 0, 1)?;
+    if first.data.get(30..34) == Some(&to.octets()[..]) {
+        bail!(
+            "the measured SYN to {to}:80 was not translated (verdict {}): is the frontend in the map?",
+            first.verdict
+        );
+    }
+    let hit = sys::prog_test_run_repeat(tc, &ack, 0, 1)?;
+    if hit.data.get(30..34) == Some(&to.octets()[..]) {
+        bail!(
+            "an ACK of the flow the SYN made was not translated (verdict {})",
+            hit.verdict
+        );
+    }
+    Ok(Costs {
+        services,
+        ct_entries,
+        tc_empty_ns: ns(tc_empty.as_fd(), &none, repeat)?,
+        tc_no_service_ns: ns(tc, &none, repeat)?,
+        tc_ct_hit_ns: ns(tc, &ack, repeat)?,
+        xdp_empty_ns: ns(xdp_empty.as_fd(), &none, repeat)?,
+        xdp_no_service_ns: ns(xdp, &none, repeat)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_conntrack_hit_and_a_packet_for_no_service_are_timed() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
+        );
+        let c = super::measure(3, 100, 10).expect("measure");
+        assert!(
+            c.tc_empty_ns > 0 && c.tc_no_service_ns > 0 && c.tc_ct_hit_ns > 0,
+            "{c:?}"
+        );
+        assert!(c.xdp_empty_ns > 0 && c.xdp_no_service_ns > 0, "{c:?}");
+    }
+}
