@@ -359,6 +359,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
                 // Pods come with their objects: their interfaces are new now.
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
+                // This agent's programs now run under every link.
+                dp.finish_carry();
                 health.node_deleting(rec.snapshot.node.deleting);
                 if let Some(generation) = batch.generation {
                     status.synced_generation = generation;

@@ -344,17 +344,34 @@ fn pinned_map_of_another_shape_is_refused_and_reset_removes_everything() {
             .output()
             .unwrap()
     };
-    // The conntrack map is not resized (the datapath writes it).
+    // A map whose keys changed cannot be carried (tests/tests/upgrade.rs
+    // carries the ones that can).
+    let affinity = bed.agent.pin_dir.join(lb_common::MAP_AFFINITY);
+    let aside = bed.agent.pin_dir.join("affinity-aside");
+    std::fs::rename(&affinity, &aside).unwrap();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&affinity)
+        .args([
+            "type", "lru_hash", "key", "3", "value", "8", "entries", "16", "name", "x",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
     let out = run("--max-ct=1000");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
-        "agent must refuse a pinned map of another size"
+        "agent must refuse a pinned map of another key"
     );
     assert!(
-        err.contains("LB_CT_V1") && err.contains("reset"),
-        "message must name the map and the way out: {err}"
+        err.contains(lb_common::MAP_AFFINITY)
+            && err.contains("keys are 3 bytes")
+            && err.contains("reset"),
+        "message must name the map, why and the way out: {err}"
     );
+    std::fs::remove_file(&affinity).unwrap();
+    std::fs::rename(&aside, &affinity).unwrap();
     // The services map is, but never below what it holds (5 entries).
     let out = run("--max-services=2");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -5,10 +5,10 @@
 mod btf;
 pub mod host;
 mod links;
+mod migrate;
 pub mod packet_cost;
 mod pinned;
 pub mod policy;
-mod resize;
 mod sock_destroy;
 mod specs;
 mod sweep;
@@ -156,6 +156,10 @@ pub struct Datapath {
     /// Where the socket programs are attached: whose processes' sockets
     /// they translate.
     cgroup: PathBuf,
+    /// Maps carried from an earlier agent's pins, finished once this
+    /// agent's programs run under every link (`finish_carry`).
+    carried: Vec<migrate::Carry>,
+    pin_dir: PathBuf,
 }
 
 /// The packet programs of external devices, with their direction.
@@ -175,13 +179,11 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     // Statistics only, and no program of this agent reads it: an earlier
     // agent's counters pin goes (its programs keep the map while they run).
     let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_COUNTERS_OLD));
-    let mut resizes = Vec::new();
+    let mut carried = Vec::new();
     for spec in map_specs(opts.sizes) {
-        if resize::RESIZABLE.contains(&spec.name) {
-            if let Some(r) = resize::prepare(&opts.pin_dir, &spec)? {
-                resizes.push(r);
-                continue;
-            }
+        if let Some(c) = migrate::prepare(&opts.pin_dir, &spec)? {
+            carried.push(c);
+            continue;
         }
         check_pinned(&opts.pin_dir, &spec)?;
     }
@@ -198,10 +200,10 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         .map_max_entries(MAP_CT, opts.sizes.ct)
         .load(OBJECT)
         .context("loading the eBPF object")?;
-    // Before any program of this object runs: the resized maps hold
+    // Before any program of this object runs: the carried maps hold
     // everything the old ones did.
-    for r in &resizes {
-        resize::fill(&mut ebpf, r)?;
+    for c in &carried {
+        migrate::fill(&opts.pin_dir, c)?;
     }
 
     let cgroup = std::fs::File::open(&opts.cgroup)
@@ -228,9 +230,6 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         link.pin(&pin)
             .with_context(|| format!("pinning link {}", pin.display()))?;
         tracing::info!(program = name, cgroup = %opts.cgroup.display(), "attached");
-    }
-    for r in &resizes {
-        resize::finish(r);
     }
 
     for name in TC_PROGRAMS.iter().chain(POD_PROGRAMS).map(|(n, _)| n) {
@@ -291,10 +290,22 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         sizes: opts.sizes,
         policy,
         cgroup: opts.cgroup.clone(),
+        carried,
+        pin_dir: opts.pin_dir.clone(),
     })
 }
 
 impl Datapath {
+    /// Ends the carrying of an earlier agent's maps (see `migrate`): call
+    /// once this agent's programs have replaced the earlier ones under
+    /// every link (after the first change set's devices and pod
+    /// interfaces). Does nothing the second time.
+    pub fn finish_carry(&mut self) {
+        for c in std::mem::take(&mut self.carried) {
+            migrate::finish(&self.pin_dir, c);
+        }
+    }
+
     /// Destroys the connected UDP sockets that reach one of `doomed`'s
     /// backends through its frontend; returns how many.
     pub fn destroy_udp_sockets(&self, doomed: &[lb_common::SockDoomedKey]) -> anyhow::Result<u64> {

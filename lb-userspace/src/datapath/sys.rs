@@ -13,6 +13,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -313,11 +314,53 @@ pub fn map_create(map_type: u32, key_size: u32, value_size: u32, max: u32) -> io
 
 /// BPF_MAP_UPDATE_ELEM with `key` and `value` as the map's raw bytes.
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    map_update_flags(map, key, value, 0)
+}
+
+/// BPF_NOEXIST: an update that never replaces an entry.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// BPF_MAP_UPDATE_ELEM with update flags (BPF_ANY, BPF_NOEXIST).
+pub fn map_update_flags(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: &[u8],
+    flags: u64,
+) -> io::Result<()> {
     let mut a = Attr::new();
     a.put_u32(0, map.as_raw_fd() as u32);
     a.put_u64(8, key.as_ptr() as u64);
     a.put_u64(16, value.as_ptr() as u64);
+    a.put_u64(24, flags);
     bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
+}
+
+/// BPF_MAP_LOOKUP_ELEM into `value` (the map's value size); false when the
+/// key is gone.
+pub fn map_lookup_raw(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_mut_ptr() as u64);
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// BPF_MAP_GET_NEXT_KEY: the key after `key` (the first for None) into
+/// `next`; false at the end.
+pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.map_or(0, |k| k.as_ptr() as u64));
+    a.put_u64(16, next.as_mut_ptr() as u64);
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// BPF_MAP_LOOKUP_ELEM of a map whose values are one u64.

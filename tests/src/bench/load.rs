@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -28,21 +28,23 @@ pub struct Measured {
     pub first_error: Option<String>,
 }
 
-/// Serves on [::]:`port` (IPv4 too) until killed; says `ready` first.
+/// Serves on 0.0.0.0:`port` until killed; says `ready` first.
 pub fn serve(port: u16) -> anyhow::Result<()> {
     let l = TcpListener::bind(SocketAddr::from(([0u8; 4], port)))?;
     println!("ready");
     std::io::stdout().flush()?;
     for c in l.incoming() {
         let Ok(mut c) = c else { continue };
-        let _ = c.set_nodelay(true);
-        let _ = c.set_read_timeout(Some(TIMEOUT));
-        let mut buf = [0u8; REQUEST.len()];
-        while c.read_exact(&mut buf).is_ok() {
-            if c.write_all(REPLY).is_err() {
-                break;
+        // A thread each: a held connection must not keep others waiting.
+        std::thread::spawn(move || {
+            let _ = c.set_nodelay(true);
+            let mut buf = [0u8; REQUEST.len()];
+            while c.read_exact(&mut buf).is_ok() {
+                if c.write_all(REPLY).is_err() {
+                    break;
+                }
             }
-        }
+        });
     }
     Ok(())
 }
@@ -82,9 +84,56 @@ fn exchange(s: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-fn one_connection(target: SocketAddr) -> std::io::Result<Duration> {
+/// connect() from `src` when given (bound first), within TIMEOUT.
+#[expect(unsafe_code, reason = "bind before connect: std has no call for it")]
+fn connect(src: Option<Ipv4Addr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let (Some(src), SocketAddr::V4(to)) = (src, to) else {
+        return TcpStream::connect_timeout(&to, TIMEOUT);
+    };
+    let sin = |a: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: a fresh socket owned at once; the sockaddr and timeval live
+    // on the stack for each call; connect() honours SO_SNDTIMEO.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let tv = libc::timeval {
+            tv_sec: TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let local = sin(src, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sin(*to.ip(), to.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(TcpStream::from(owned))
+    }
+}
+
+fn one_connection(src: Option<Ipv4Addr>, target: SocketAddr) -> std::io::Result<Duration> {
     let t = Instant::now();
-    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    let mut s = connect(src, target)?;
     let took = t.elapsed();
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -93,14 +142,15 @@ fn one_connection(target: SocketAddr) -> std::io::Result<Duration> {
     Ok(took)
 }
 
-/// New connections to `target` back to back for `secs`, one request each.
-pub fn connections(target: SocketAddr, secs: f64) -> Measured {
+/// New connections to `target` back to back for `secs`, one request each,
+/// from `src` when given.
+pub fn connections(src: Option<Ipv4Addr>, target: SocketAddr, secs: f64) -> Measured {
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let mut lat = Vec::new();
     let (mut failed, mut first_error) = (0, None);
     while Instant::now() < until {
-        match one_connection(target) {
+        match one_connection(src, target) {
             Ok(d) => lat.push(d),
             Err(e) => {
                 failed += 1;
@@ -111,10 +161,11 @@ pub fn connections(target: SocketAddr, secs: f64) -> Measured {
     summarize(lat, failed, first_error, start.elapsed())
 }
 
-/// One connection to `target`, requests back to back for `secs`.
-pub fn requests(target: SocketAddr, secs: f64) -> Measured {
+/// One connection to `target` (from `src` when given), requests back to
+/// back for `secs`.
+pub fn requests(src: Option<Ipv4Addr>, target: SocketAddr, secs: f64) -> Measured {
     let start = Instant::now();
-    let mut s = match TcpStream::connect_timeout(&target, TIMEOUT) {
+    let mut s = match connect(src, target) {
         Ok(s) => s,
         Err(e) => return summarize(vec![], 1, Some(e.to_string()), start.elapsed()),
     };

@@ -13,6 +13,10 @@ use crate::{
 };
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 253, 1, 1);
+/// The client namespace's second address, the source of `Client::Outside`
+/// connections: a process of the node and a client elsewhere never share
+/// an address (and so never a connection's tuple at the backend).
+pub const CLIENT_OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 253, 1, 3);
 /// The node's address towards the client: NodePorts are served on it.
 pub const NODE_OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 253, 1, 2);
 pub const NODE_INSIDE: Ipv4Addr = Ipv4Addr::new(10, 253, 2, 1);
@@ -30,6 +34,13 @@ pub const POD_DEVICE: &str = "lxcbench";
 pub const CLIENT_CPU: usize = 0;
 pub const SERVER_CPU: usize = 1;
 
+/// Where the client process is, as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Inside,
+    Outside,
+}
+
 pub struct Topology {
     // Drop order: server, cgroup, namespaces.
     pub server: Proc,
@@ -37,6 +48,12 @@ pub struct Topology {
     pub client: Netns,
     pub node: Netns,
     pub backend: Netns,
+}
+
+/// The one JSON line a bench client prints when done.
+pub fn client_result(p: &mut Proc) -> anyhow::Result<serde_json::Value> {
+    let l = p.read_line();
+    serde_json::from_str(&l).with_context(|| format!("the bench client said `{l}`"))
 }
 
 /// `lb-bench` itself, run as a server or client in the topology.
@@ -66,7 +83,8 @@ impl Topology {
         veth(&client, "eth0", &node, NODE_DEVICE);
         veth(&backend, "eth0", &node, POD_DEVICE);
         client.sh(&format!(
-            "ip addr add {CLIENT}/24 dev eth0; ip route add default via {NODE_OUTSIDE}"
+            "ip addr add {CLIENT}/24 dev eth0; ip addr add {CLIENT_OUTSIDE}/24 dev eth0; \
+             ip route add default via {NODE_OUTSIDE} src {CLIENT}"
         ));
         backend.sh(&format!(
             "ip addr add {BACKEND}/24 dev eth0; ip route add default via {NODE_INSIDE}"
@@ -92,16 +110,26 @@ impl Topology {
         })
     }
 
-    /// Runs the bench client in the client namespace and cgroup and
-    /// returns its one JSON line.
-    pub fn client(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let mut p = Proc::spawn(
-            pinned(CLIENT_CPU, &[&["client"], args].concat()),
-            Some(&self.cgroup.path),
+    /// Runs the bench client in the client namespace and returns its one
+    /// JSON line. `Inside` the agent's cgroup its connect() meets the
+    /// socket hooks (a pod or process of the node); `Outside`, its packets
+    /// meet TC and XDP on the node's device (a client on another machine).
+    pub fn client(&self, at: Client, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        client_result(&mut self.spawn_client(at, args))
+    }
+
+    /// The bench client started; `client_result` reads what it measured.
+    pub fn spawn_client(&self, at: Client, args: &[&str]) -> Proc {
+        let outside = CLIENT_OUTSIDE.to_string();
+        let (cgroup, src) = match at {
+            Client::Inside => (Some(self.cgroup.path.as_path()), None),
+            Client::Outside => (None, Some(outside.as_str())),
+        };
+        Proc::spawn(
+            pinned(CLIENT_CPU, &[&["client"], args, src.as_slice()].concat()),
+            cgroup,
             Some(&self.client.path()),
-        );
-        let l = p.read_line();
-        serde_json::from_str(&l).with_context(|| format!("the bench client said `{l}`"))
+        )
     }
 
     /// A shell snippet in the node namespace, with its stdin from `input`.

@@ -12,8 +12,8 @@ use super::{
     Churn, Cold, Measured, Mode, Options, Path, Results, Row, Variant,
     rules::{self, cluster_ip, target},
     topo::{
-        BACKEND, BACKEND_PORT, NODE_DEVICE, NODE_NAME, NODE_OUTSIDE, NODE_PORT, SERVICE_PORT,
-        Topology,
+        BACKEND, BACKEND_PORT, Client, NODE_DEVICE, NODE_NAME, NODE_OUTSIDE, NODE_PORT,
+        SERVICE_PORT, Topology,
     },
 };
 use crate::agent::{AgentProc, Manifests, pin_path};
@@ -21,16 +21,32 @@ use crate::agent::{AgentProc, Manifests, pin_path};
 /// How long a cold start may take before the bench gives up on it.
 const COLD_LIMIT: Duration = Duration::from_secs(900);
 
-fn measure(topo: &Topology, to: SocketAddr, mode: Mode, secs: f64) -> anyhow::Result<Measured> {
+fn measure(
+    topo: &Topology,
+    path: Path,
+    n: usize,
+    mode: Mode,
+    secs: f64,
+) -> anyhow::Result<Measured> {
     let m = match mode {
         Mode::Connections => "connections",
         Mode::Requests => "requests",
     };
-    let v = topo.client(&[m, &to.to_string(), &secs.to_string()])?;
+    let to = target_of(path, n);
+    let v = topo.client(client_at(path), &[m, &to.to_string(), &secs.to_string()])?;
     Ok(serde_json::from_value(v)?)
 }
 
-fn target_of(path: Path, n: usize) -> SocketAddr {
+/// ClusterIPs are reached from the node (its pods and processes, under the
+/// socket hooks); NodePorts and the backend itself from another machine.
+pub fn client_at(path: Path) -> Client {
+    match path {
+        Path::ClusterIp => Client::Inside,
+        Path::NodePort | Path::Backend => Client::Outside,
+    }
+}
+
+pub fn target_of(path: Path, n: usize) -> SocketAddr {
     match path {
         Path::Backend => (BACKEND, BACKEND_PORT).into(),
         Path::ClusterIp => (cluster_ip(target(n)), SERVICE_PORT).into(),
@@ -51,7 +67,7 @@ fn measure_paths(
 ) -> anyhow::Result<()> {
     for &path in paths {
         for mode in [Mode::Connections, Mode::Requests] {
-            let measured = measure(topo, target_of(path, n), mode, opts.secs)?;
+            let measured = measure(topo, path, n, mode, opts.secs)?;
             if measured.ok == 0 {
                 bail!(
                     "{} carried no {mode:?} through {path:?} at {n} Services: {}",
@@ -151,7 +167,7 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
 /// The agent on the node, from a manifest directory written before it
 /// starts (a cold start).
 pub struct Agent {
-    proc: AgentProc,
+    pub proc: AgentProc,
     manifests: Manifests,
     pub cold: Cold,
 }

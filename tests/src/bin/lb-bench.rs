@@ -2,7 +2,7 @@
 //! its own server and client inside the topology:
 //!
 //!   lb-bench server PORT
-//!   lb-bench client connections|requests ADDR:PORT SECS
+//!   lb-bench client connections|requests ADDR:PORT SECS [SRC]
 //!   lb-bench packets SERVICES CT_ENTRIES REPEAT   (the per-packet figures alone)
 
 use anyhow::{Context as _, bail};
@@ -20,12 +20,17 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["server", port] => bench::load::serve(port.parse().context("PORT")?),
-        ["client", mode, to, secs] => {
+        ["client", mode, to, secs, src @ ..] => {
             let to = to.parse().context("ADDR:PORT")?;
             let secs = secs.parse().context("SECS")?;
+            let src = match src {
+                [] => None,
+                [a] => Some(a.parse().context("SRC")?),
+                _ => bail!("client: one source address at most"),
+            };
             let m = match *mode {
-                "connections" => bench::load::connections(to, secs),
-                "requests" => bench::load::requests(to, secs),
+                "connections" => bench::load::connections(src, to, secs),
+                "requests" => bench::load::requests(src, to, secs),
                 m => bail!("unknown client mode `{m}`"),
             };
             println!("{}", serde_json::to_string(&m)?);
@@ -64,7 +69,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS | packets SERVICES CT_ENTRIES REPEAT"
+            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT"
         ),
     }
 }

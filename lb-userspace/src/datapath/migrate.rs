@@ -1,0 +1,436 @@
+//! Carrying pinned maps into this agent's maps at start, so neither a new
+//! size (`--max-*`) nor an upgrade that changed a map's layout drops a
+//! connection or a programmed Service.
+//!
+//! A pinned map whose size or layout differs from this agent's is moved
+//! aside (`NAME_PREVIOUS`; bpffs names cannot hold dots); the loader then
+//! creates and pins this agent's map, which gets every entry of the old
+//! one before any program of this agent runs. A value that grew keeps its
+//! old bytes and gets zeros for the fields added at its end (the one way
+//! layouts change: new fields go last, zero meaning "not known"). The
+//! running programs of the earlier agent keep their maps until this agent
+//! swaps its programs in under their links; maps those programs write
+//! (conntrack, affinity) are copied once more after that, without
+//! replacing anything, so flows they made meanwhile come along. Then the
+//! old pin goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
+//! the next one starts the copy again from it.
+//!
+//! What cannot be carried is refused by name with the way out: another key,
+//! a value that shrank, another map type, socket storage and the Maglev
+//! map of maps (their entries are kernel objects). Statistics (per-CPU
+//! counters) of another shape start again from zero.
+
+use std::{
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapInfo, MapType};
+use lb_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_POL_COUNT, MAP_SERVICES, MAP_SOCK_REV};
+
+use super::{MapSpec, sys};
+
+fn old_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("{name}_PREVIOUS"))
+}
+
+/// The flag that sizes `map`, if one does.
+fn flag(map: &str) -> Option<&'static str> {
+    match map {
+        MAP_SERVICES => Some("--max-services"),
+        MAP_BACKENDS => Some("--max-backends"),
+        MAP_CT => Some("--max-ct"),
+        MAP_SOCK_REV => Some("--max-sock-rev"),
+        _ => None,
+    }
+}
+
+/// A map's type, key and value sizes, and capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layout {
+    pub map_type: Option<MapType>,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl Layout {
+    fn of(spec: &MapSpec) -> Self {
+        Self {
+            map_type: Some(spec.map_type),
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            max_entries: spec.max_entries,
+        }
+    }
+
+    fn of_pin(path: &Path) -> anyhow::Result<Self> {
+        let info = MapInfo::from_pin(path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        Ok(Self {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        })
+    }
+}
+
+/// How a pinned map becomes this agent's.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Reused as it is (or absent: the loader creates it).
+    Reuse,
+    /// Statistics of another shape: the pin goes, counting starts again.
+    Restart,
+    /// Copied into a map of this agent's layout.
+    Carry,
+    /// Not carried: the reason.
+    Refuse(String),
+}
+
+/// What happens to a pinned map of layout `from` when this agent needs `to`
+/// (pure: the table `migrate::tests` checks).
+pub fn verdict(name: &str, from: Layout, to: Layout) -> Verdict {
+    if from == to {
+        return Verdict::Reuse;
+    }
+    if matches!(name, MAP_COUNTERS | MAP_POL_COUNT) {
+        return Verdict::Restart;
+    }
+    let copyable = matches!(
+        to.map_type,
+        Some(MapType::Hash | MapType::LruHash | MapType::Array | MapType::LpmTrie)
+    );
+    if from.map_type != to.map_type {
+        return Verdict::Refuse(format!(
+            "its type is {:?}, this agent's is {:?}",
+            from.map_type, to.map_type
+        ));
+    }
+    if !copyable {
+        return Verdict::Refuse(format!(
+            "a {:?} map's entries cannot be copied",
+            to.map_type
+        ));
+    }
+    if from.key_size != to.key_size {
+        return Verdict::Refuse(format!(
+            "its keys are {} bytes, this agent's {}",
+            from.key_size, to.key_size
+        ));
+    }
+    if from.value_size > to.value_size {
+        return Verdict::Refuse(format!(
+            "its values are {} bytes, more than this agent's {} (a newer agent's layout)",
+            from.value_size, to.value_size
+        ));
+    }
+    if to.map_type == Some(MapType::Array) && from.max_entries > to.max_entries {
+        return Verdict::Refuse(format!(
+            "it has {} slots, more than this agent's {}",
+            from.max_entries, to.max_entries
+        ));
+    }
+    Verdict::Carry
+}
+
+/// A map being carried: the old map's pin and fd, the two layouts.
+pub struct Carry {
+    pub name: &'static str,
+    old: PathBuf,
+    old_fd: OwnedFd,
+    pub from: Layout,
+    pub to: Layout,
+}
+
+impl Carry {
+    /// Maps the programs write: what they add after the first copy is
+    /// copied again once they are gone.
+    fn written_by_programs(&self) -> bool {
+        self.to.map_type == Some(MapType::LruHash)
+    }
+}
+
+/// Before the object is loaded: a pinned map of another size or layout is
+/// moved aside so the loader creates this agent's; a carry an earlier agent
+/// left unfinished starts again from the map it moved aside.
+pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> {
+    let path = pin_dir.join(spec.name);
+    let old = old_pin(pin_dir, spec.name);
+    let interrupted = old.exists();
+    let source = if interrupted {
+        &old
+    } else if path.exists() {
+        &path
+    } else {
+        return Ok(None);
+    };
+    let from = Layout::of_pin(source)?;
+    let to = Layout::of(spec);
+    match verdict(spec.name, from, to) {
+        Verdict::Reuse if !interrupted => return Ok(None),
+        Verdict::Reuse | Verdict::Carry => {}
+        Verdict::Restart => {
+            tracing::info!(
+                map = spec.name,
+                ?from,
+                ?to,
+                "statistics map of another shape: counting starts again"
+            );
+            std::fs::remove_file(source)
+                .with_context(|| format!("removing {}", source.display()))?;
+            return Ok(None);
+        }
+        Verdict::Refuse(why) => bail!(
+            "pinned map {} cannot be carried into this agent's layout: {why} (found {from:?}, this agent needs {to:?}); \
+             run `lb-agent reset --pin-dir {}` (drops established translations){}",
+            source.display(),
+            pin_dir.display(),
+            flag(spec.name).map_or(String::new(), |f| format!(
+                " or start with the {f} it was created with"
+            )),
+        ),
+    }
+    if matches!(to.map_type, Some(MapType::Hash)) {
+        let fd = sys::obj_get(source).with_context(|| format!("opening {}", source.display()))?;
+        let held = count(fd.as_fd(), from.key_size)?;
+        if held > to.max_entries as usize {
+            let f = flag(spec.name).unwrap_or("a bigger size");
+            bail!(
+                "pinned map {} holds {held} entries, more than the {} this agent gives it: start with {f} {held} or more (a smaller map would drop programmed Services)",
+                spec.name,
+                to.max_entries,
+            );
+        }
+    }
+    if interrupted {
+        if path.exists() {
+            // The copy the earlier agent was making: made again.
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    } else {
+        std::fs::rename(&path, &old).with_context(|| format!("moving {} aside", path.display()))?;
+    }
+    let old_fd = sys::obj_get(&old).with_context(|| format!("opening {}", old.display()))?;
+    Ok(Some(Carry {
+        name: spec.name,
+        old,
+        old_fd,
+        from,
+        to,
+    }))
+}
+
+fn count(map: BorrowedFd<'_>, key_size: u32) -> anyhow::Result<usize> {
+    let (mut key, mut next) = (vec![0u8; key_size as usize], vec![0u8; key_size as usize]);
+    let mut n = 0;
+    while sys::map_next_key(map, (n > 0).then_some(&key[..]), &mut next)? {
+        std::mem::swap(&mut key, &mut next);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Copies every entry of `old` into `new`, values zero-extended to the new
+/// layout; with BPF_NOEXIST entries already there are kept. A hash map
+/// written meanwhile can make the walk start over: it is bounded by twice
+/// the old map's capacity.
+fn copy(
+    old: BorrowedFd<'_>,
+    new: BorrowedFd<'_>,
+    from: Layout,
+    to: Layout,
+    flags: u64,
+) -> anyhow::Result<usize> {
+    let (mut key, mut next) = (
+        vec![0u8; from.key_size as usize],
+        vec![0u8; from.key_size as usize],
+    );
+    let mut value = vec![0u8; to.value_size as usize];
+    let (mut copied, mut walked) = (0, 0u64);
+    let limit = 2 * u64::from(from.max_entries.max(1));
+    while walked < limit && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)? {
+        std::mem::swap(&mut key, &mut next);
+        walked += 1;
+        value.fill(0);
+        if !sys::map_lookup_raw(old, &key, &mut value[..from.value_size as usize])? {
+            continue;
+        }
+        match sys::map_update_flags(new, &key, &value, flags) {
+            Ok(()) => copied += 1,
+            Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(copied)
+}
+
+/// After the object is loaded (this agent's map created and pinned),
+/// before any of its programs runs: the new map gets every entry.
+pub fn fill(pin_dir: &Path, c: &Carry) -> anyhow::Result<()> {
+    let new_pin = pin_dir.join(c.name);
+    let new = sys::obj_get(&new_pin).with_context(|| format!("opening {}", new_pin.display()))?;
+    let n = copy(c.old_fd.as_fd(), new.as_fd(), c.from, c.to, 0)
+        .with_context(|| format!("copying {} into this agent's map", c.name))?;
+    let what = if c.from.value_size != c.to.value_size {
+        format!(
+            "carried into this agent's layout (values of {} bytes, now {})",
+            c.from.value_size, c.to.value_size
+        )
+    } else {
+        match c.to.max_entries.cmp(&c.from.max_entries) {
+            std::cmp::Ordering::Greater => "grown".into(),
+            std::cmp::Ordering::Less => "shrunk".into(),
+            std::cmp::Ordering::Equal => {
+                "copied again (an earlier agent's copy was interrupted)".into()
+            }
+        }
+    };
+    tracing::info!(
+        "map {} {what} from {} to {} entries{}: {n} entries copied; the programs switch to the new map as their links are adopted",
+        c.name,
+        c.from.max_entries,
+        c.to.max_entries,
+        flag(c.name).map_or(String::new(), |f| format!(" ({f})")),
+    );
+    Ok(())
+}
+
+/// Once this agent's programs run under every link: what the earlier
+/// agent's programs wrote since the copy comes along (never replacing an
+/// entry), and the old pin goes (the map itself lives while a program of
+/// the earlier agent still holds it).
+pub fn finish(pin_dir: &Path, c: Carry) {
+    if c.written_by_programs() {
+        let new_pin = pin_dir.join(c.name);
+        let r = sys::obj_get(&new_pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|new| {
+                copy(
+                    c.old_fd.as_fd(),
+                    new.as_fd(),
+                    c.from,
+                    c.to,
+                    sys::BPF_NOEXIST,
+                )
+            });
+        match r {
+            Ok(n) => tracing::info!(
+                map = c.name,
+                "{n} entries the earlier programs made during the swap copied"
+            ),
+            Err(e) => tracing::warn!(
+                map = c.name,
+                "copying the entries made during the swap: {e:#}"
+            ),
+        }
+    }
+    if let Err(e) = std::fs::remove_file(&c.old) {
+        tracing::warn!("removing {}: {e}", c.old.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(map_type: MapType, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
+        Layout {
+            map_type: Some(map_type),
+            key_size,
+            value_size,
+            max_entries,
+        }
+    }
+
+    #[test]
+    fn what_is_carried_and_what_is_refused() {
+        use MapType::*;
+        use Verdict::*;
+        let cases = [
+            (
+                "LB_CT_V1",
+                l(LruHash, 40, 32, 1000),
+                l(LruHash, 40, 32, 1000),
+                Reuse,
+            ),
+            (
+                "LB_CT_V1",
+                l(LruHash, 40, 32, 1000),
+                l(LruHash, 40, 32, 9000),
+                Carry,
+            ),
+            (
+                "LB_CT_V1",
+                l(LruHash, 40, 32, 9000),
+                l(LruHash, 40, 32, 1000),
+                Carry,
+            ),
+            // A field added at the end of the status value.
+            (
+                "LB_STATUS_V1",
+                l(Array, 4, 24, 1),
+                l(Array, 4, 88, 1),
+                Carry,
+            ),
+            (
+                "LB_STATUS_V1",
+                l(Array, 4, 88, 1),
+                l(Array, 4, 24, 1),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_STATUS_V1",
+                l(Array, 4, 24, 2),
+                l(Array, 4, 24, 1),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_SERVICES_V1",
+                l(Hash, 24, 16, 10),
+                l(Hash, 28, 16, 10),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_SERVICES_V1",
+                l(Hash, 24, 16, 10),
+                l(LruHash, 24, 16, 10),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_SOCK_NAT_V1",
+                l(SkStorage, 4, 64, 0),
+                l(SkStorage, 4, 80, 0),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_MAGLEV_V1",
+                l(HashOfMaps, 4, 4, 10),
+                l(HashOfMaps, 4, 4, 20),
+                Refuse(String::new()),
+            ),
+            (
+                "LB_POLICY_V1",
+                l(LpmTrie, 12, 4, 10),
+                l(LpmTrie, 12, 4, 20),
+                Carry,
+            ),
+            (
+                MAP_COUNTERS,
+                l(PerCpuArray, 4, 8, 32),
+                l(PerCpuArray, 4, 8, 64),
+                Restart,
+            ),
+        ];
+        for (name, from, to, want) in cases {
+            let got = verdict(name, from, to);
+            let same = match (&got, &want) {
+                (Refuse(_), Refuse(_)) => true,
+                (g, w) => g == w,
+            };
+            assert!(same, "{name} {from:?} -> {to:?}: {got:?}, want {want:?}");
+        }
+    }
+}

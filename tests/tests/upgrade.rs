@@ -1,0 +1,153 @@
+//! An agent started over pins of an earlier layout or size carries them:
+//! the status map as it was before its last field was added (an upgrade),
+//! then a conntrack map of another size, under connections through a
+//! ClusterIP (socket hooks) and a NodePort (TC), none of which may fail.
+
+use std::time::Duration;
+
+use lb_tests::{
+    bench::{
+        rules::{cluster_ip, target},
+        topo::{self, Client, NODE_OUTSIDE, NODE_PORT, SERVICE_PORT, Topology},
+        variants::Agent,
+    },
+    spawn::Proc,
+};
+
+/// The status value before `source` (64 bytes) was added at its end.
+const OLD_STATUS_VALUE: usize = std::mem::size_of::<lb_common::Status>() - 64;
+
+fn ct_entries(agent: &Agent) -> u64 {
+    let st = agent.proc.status().expect("status");
+    st["maps"]["LB_CT_V1"]["entries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{st}"))
+}
+
+fn assert_none_failed(loops: &mut [(&str, Proc)], during: &str) {
+    for (name, p) in loops.iter_mut() {
+        let r = topo::client_result(p).unwrap();
+        assert!(r["ok"].as_u64().unwrap() > 0, "{name}: {r}");
+        assert_eq!(r["failed"], 0, "{name} failed across {during}: {r}");
+    }
+}
+
+fn old_pins_left(agent: &Agent) -> Vec<String> {
+    std::fs::read_dir(&agent.proc.pin_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_PREVIOUS"))
+        .collect()
+}
+
+#[test]
+fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
+    lb_tests::require_kernel();
+    let t = Topology::up().expect("topology");
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("upgrade")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let n = 3;
+    // Closed flows keep their entries through the test.
+    let keep = "--ct-timeout-tcp-closing=600";
+    let mut agent = Agent::start(&t, n, &dir.0, &["--max-ct=65536", keep]).expect("agent");
+    let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
+    let cluster = format!("{}:{SERVICE_PORT}", cluster_ip(target(n)));
+    // Flows that end before the upgrade: their entries stay idle through it.
+    let burst = t
+        .client(Client::Outside, &["connections", &node_port, "0.5"])
+        .unwrap();
+    assert!(burst["ok"].as_u64().unwrap() > 10, "{burst}");
+    let before = ct_entries(&agent);
+    assert!(
+        before > 10,
+        "conntrack entries before the upgrade: {before}"
+    );
+
+    // An upgrade: the earlier agent's status map lacks the last field.
+    let mut loops = [
+        (
+            "NodePort connections",
+            t.spawn_client(Client::Outside, &["connections", &node_port, "4"]),
+        ),
+        (
+            "ClusterIP connections",
+            t.spawn_client(Client::Inside, &["connections", &cluster, "4"]),
+        ),
+        (
+            "a NodePort connection's requests",
+            t.spawn_client(Client::Outside, &["requests", &node_port, "4"]),
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(800));
+    // The earlier agent stops; its programs keep running under their links.
+    agent.proc.kill9();
+    let status_pin = agent.proc.pin_dir.join(lb_common::MAP_STATUS);
+    std::fs::remove_file(&status_pin).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&status_pin)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            &OLD_STATUS_VALUE.to_string(),
+        ])
+        .args(["entries", "1", "name", "LB_STATUS_V1"])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.proc.start();
+    agent.proc.wait_synced(1);
+    assert_none_failed(&mut loops, "the upgrade");
+    let after = ct_entries(&agent);
+    assert!(
+        after >= before,
+        "the earlier flows' conntrack entries are kept: {before} before, {after} after"
+    );
+    let log = agent.proc.log_text();
+    assert!(
+        log.contains("LB_STATUS_V1 carried into this agent's layout"),
+        "{log}"
+    );
+    assert_eq!(old_pins_left(&agent), Vec::<String>::new());
+
+    // A bigger conntrack map: its entries are copied into the new one.
+    let mut loops = [
+        (
+            "ClusterIP connections",
+            t.spawn_client(Client::Inside, &["connections", &cluster, "3"]),
+        ),
+        (
+            "a NodePort connection's requests",
+            t.spawn_client(Client::Outside, &["requests", &node_port, "3"]),
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ct_entries(&agent);
+    agent.proc.kill9();
+    agent.proc.extra.retain(|a| !a.starts_with("--max-ct"));
+    agent.proc.extra.push("--max-ct=131072".into());
+    agent.proc.start();
+    agent.proc.wait_synced(1);
+    assert_none_failed(&mut loops, "the conntrack map's growth");
+    let st = agent.proc.status().unwrap();
+    assert_eq!(st["maps"]["LB_CT_V1"]["max_entries"], 131072, "{st}");
+    let after = ct_entries(&agent);
+    assert!(
+        after >= before,
+        "conntrack entries carried: {before} before, {after} after"
+    );
+    let log = agent.proc.log_text();
+    assert!(
+        log.contains("LB_CT_V1 grown from 65536 to 131072 entries"),
+        "{log}"
+    );
+    assert_eq!(old_pins_left(&agent), Vec::<String>::new());
+}
