@@ -30,32 +30,42 @@
 //! random change sequences). What the incremental state cannot reproduce
 //! exactly (maps over capacity, endpoint ids exhausted) is handed back as
 //! an error, and the caller computes in full.
+//!
+//! Split by job: this file keeps the state and runs a step; `claims` is
+//! the keyed-claims table the ipcache, endpoints and interfaces use;
+//! `selection` which local endpoints each policy selects; `touched` what
+//! else a change set touches; `view` the kept state as policy rules read
+//! it; `ops` the step's shares into the totals and the map writes.
+
+mod claims;
+mod ops;
+mod selection;
+mod touched;
+mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    hash::Hash,
     net::IpAddr,
 };
 
-use lb_common::{
-    ID_HOST, NetAddr, POL_F_ANY_EGRESS, POL_F_ANY_INGRESS, PolCidrData, PolEndpoint, PolicyData,
-};
+use lb_common::{ID_HOST, NetAddr, PolCidrData, PolEndpoint, PolicyData};
 
 use crate::{
     compute::{
         desired::net_addr,
-        identity::{Identities, IdentityKey},
-        policy::{
-            self, Capacity, Ctx, EndpointReport, EpIds, IdentityReport, PeerView, PolicyMaps,
-            Report,
-        },
+        identity::Identities,
+        policy::{self, Capacity, Ctx, EndpointReport, EpIds, IdentityReport, PolicyMaps, Report},
         policy_plan::PolicyOp,
     },
     model::{
-        policy::{Labels, Peer, PodInfo, PolicyInfo, PortRef, Rule},
+        policy::{Labels, PodInfo, PolicyInfo},
         snapshot::{ObjRef, PolicyChanges, Snapshot},
     },
 };
+
+use claims::Claims;
+use selection::unselect;
+use view::EngineView;
 
 /// What the stage reads besides the snapshot.
 pub(crate) struct Inputs<'a> {
@@ -74,85 +84,6 @@ pub struct StepStats {
     pub pods: usize,
     /// Local endpoints whose entries were recomputed.
     pub endpoints: usize,
-}
-
-/// Keys several owners may claim (two pods holding one address): the
-/// greatest claimant holds the key, as in the full computation, whose last
-/// write (in claimant order) wins. Remembers the holder each touched key
-/// had before its first change since the last `take_changes`.
-#[derive(Debug)]
-struct Claims<K, C, V> {
-    map: HashMap<K, Vec<(C, V)>>,
-    before: HashMap<K, Option<V>>,
-}
-
-impl<K, C, V> Default for Claims<K, C, V> {
-    fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-            before: HashMap::new(),
-        }
-    }
-}
-
-impl<K: Hash + Eq + Ord + Copy, C: Ord, V: Copy + PartialEq> Claims<K, C, V> {
-    fn holder(&self, k: &K) -> Option<V> {
-        self.map
-            .get(k)?
-            .iter()
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, v)| *v)
-    }
-
-    fn touch(&mut self, k: K) {
-        if !self.before.contains_key(&k) {
-            let h = self.holder(&k);
-            self.before.insert(k, h);
-        }
-    }
-
-    fn add(&mut self, k: K, c: C, v: V) {
-        self.touch(k);
-        let list = self.map.entry(k).or_default();
-        match list.iter_mut().find(|x| x.0 == c) {
-            Some(x) => x.1 = v,
-            None => list.push((c, v)),
-        }
-    }
-
-    fn remove(&mut self, k: K, is: impl Fn(&C) -> bool) {
-        self.touch(k);
-        if let Some(list) = self.map.get_mut(&k) {
-            list.retain(|x| !is(&x.0));
-            if list.is_empty() {
-                self.map.remove(&k);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// The keys whose holder changed since the last call: (writes,
-    /// removals), each in key order.
-    fn take_changes(&mut self) -> (Vec<(K, V)>, Vec<K>) {
-        let (mut puts, mut dels) = (Vec::new(), Vec::new());
-        for (k, before) in std::mem::take(&mut self.before) {
-            match self.holder(&k) {
-                Some(v) if before != Some(v) => puts.push((k, v)),
-                None if before.is_some() => dels.push(k),
-                _ => {}
-            }
-        }
-        puts.sort_unstable_by_key(|a| a.0);
-        dels.sort_unstable();
-        (puts, dels)
-    }
-
-    fn holders(&self) -> impl Iterator<Item = (K, V)> + '_ {
-        self.map.keys().filter_map(|k| Some((*k, self.holder(k)?)))
-    }
 }
 
 #[derive(Debug)]
@@ -232,89 +163,6 @@ pub(crate) struct Engine {
     /// The pods of `Report::endpoints`, in its order.
     report_keys: Vec<ObjRef>,
     pub(crate) stats: StepStats,
-}
-
-/// The cluster as the kept state holds it.
-struct EngineView<'a> {
-    snap: &'a Snapshot,
-    ids: &'a Identities,
-    members: &'a HashMap<u32, BTreeSet<ObjRef>>,
-    ns_ids: &'a HashMap<String, BTreeSet<u32>>,
-}
-
-impl PeerView for EngineView<'_> {
-    fn each_pod(&self, f: &mut dyn FnMut(&PodInfo)) {
-        for p in self.snap.pods.values().filter(|p| p.is_endpoint()) {
-            f(p);
-        }
-    }
-
-    fn each_namespace(&self, f: &mut dyn FnMut(&str, &Labels)) {
-        for (ns, ids) in self.ns_ids {
-            if let Some(k) = ids.first().and_then(|id| self.ids.key(*id)) {
-                f(ns, &k.ns_labels);
-            }
-        }
-    }
-
-    fn each_identity_in(&self, ns: &str, f: &mut dyn FnMut(u32, &Labels)) {
-        for id in self.ns_ids.get(ns).into_iter().flatten() {
-            if let Some(k) = self.ids.key(*id) {
-                f(*id, &k.pod_labels);
-            }
-        }
-    }
-
-    fn each_pod_of(&self, id: u32, f: &mut dyn FnMut(&PodInfo)) {
-        for k in self.members.get(&id).into_iter().flatten() {
-            if let Some(p) = self.snap.pods.get(k) {
-                f(p);
-            }
-        }
-    }
-}
-
-fn has_named_port(r: &Rule) -> bool {
-    r.ports
-        .iter()
-        .any(|s| matches!(s.port, Some(PortRef::Name(_))))
-}
-
-/// `rule` (of a policy in `policy_ns`) may reach a pod of identity `key`
-/// with addresses `ips` (ipBlock excepts aside: over-approximated).
-fn reaches(rule: &Rule, policy_ns: &str, key: &IdentityKey, ips: &[IpAddr]) -> bool {
-    rule.peers.is_empty()
-        || rule.peers.iter().any(|peer| match peer {
-            Peer::Pods { .. } => policy::peer_selects(
-                peer,
-                policy_ns,
-                &key.namespace,
-                &key.ns_labels,
-                &key.pod_labels,
-            ),
-            Peer::IpBlock { cidr, .. } => ips.iter().any(|ip| policy::block_holds(cidr, *ip)),
-        })
-}
-
-fn rules(pol: &PolicyInfo) -> impl Iterator<Item = &Rule> {
-    pol.ingress.iter().chain(&pol.egress).flatten()
-}
-
-/// `ep` is no longer selected by `pk`.
-fn unselect(pol_eps: &mut HashMap<ObjRef, Active>, pk: &ObjRef, ep: &ObjRef) {
-    if let Some(a) = pol_eps.get_mut(pk) {
-        a.eps.remove(ep);
-        if a.eps.is_empty() {
-            pol_eps.remove(pk);
-        }
-    }
-}
-
-fn ns_start(ns: &str) -> ObjRef {
-    ObjRef {
-        namespace: ns.to_string(),
-        name: String::new(),
-    }
 }
 
 impl Engine {
@@ -539,156 +387,10 @@ impl Engine {
 
         // Policies: who they select.
         let mut dirty: BTreeSet<ObjRef> = BTreeSet::new();
-        let changed_policies: Vec<&ObjRef> = match changes {
-            None => snap.policies.keys().collect(),
-            Some(c) => c.policies.iter().collect(),
-        };
-        for &pk in &changed_policies {
-            if let Some(a) = self.pol_eps.remove(pk) {
-                for e in a.eps {
-                    if let Some(st) = self.eps.get_mut(&e) {
-                        st.policies.remove(pk);
-                    }
-                    dirty.insert(e);
-                }
-            }
-            let here = self.ns_policies.entry(pk.namespace.clone()).or_default();
-            here.remove(pk);
-            if let Some(pol) = snap.policies.get(pk) {
-                here.insert(pk.clone());
-                if !rebuild {
-                    // (A rebuild finds each endpoint's policies below.)
-                    let mut sel = BTreeSet::new();
-                    for (e, st) in self
-                        .eps
-                        .range_mut(ns_start(&pk.namespace)..)
-                        .take_while(|(e, _)| e.namespace == pk.namespace)
-                    {
-                        if pol.selects(&snap.pods[e]) {
-                            st.policies.insert(pk.clone());
-                            sel.insert(e.clone());
-                        }
-                    }
-                    dirty.extend(sel.iter().cloned());
-                    if !sel.is_empty() {
-                        let policy = pol.clone();
-                        self.pol_eps.insert(pk.clone(), Active { eps: sel, policy });
-                    }
-                }
-            } else if here.is_empty() {
-                self.ns_policies.remove(&pk.namespace);
-            }
-        }
-        let old_flags = self.flags;
-        if !changed_policies.is_empty() {
-            self.flags = 0;
-            for pol in snap.policies.values() {
-                if pol.ingress.is_some() {
-                    self.flags |= POL_F_ANY_INGRESS;
-                }
-                if pol.egress.is_some() {
-                    self.flags |= POL_F_ANY_EGRESS;
-                }
-            }
-        }
-
-        // Local pods recomputed: the policies selecting them.
-        for &key in &local_changed {
-            let pod = &snap.pods[key];
-            let now: BTreeSet<ObjRef> = self
-                .ns_policies
-                .get(&key.namespace)
-                .into_iter()
-                .flatten()
-                .filter(|pk| snap.policies[*pk].selects(pod))
-                .cloned()
-                .collect();
-            let st = self.eps.get_mut(key).expect("a local pod is an endpoint");
-            for pk in st.policies.difference(&now) {
-                unselect(&mut self.pol_eps, pk, key);
-            }
-            for pk in now.difference(&st.policies) {
-                self.pol_eps
-                    .entry(pk.clone())
-                    .or_insert_with(|| Active {
-                        eps: BTreeSet::new(),
-                        policy: snap.policies[pk].clone(),
-                    })
-                    .eps
-                    .insert(key.clone());
-            }
-            st.policies = now;
-            dirty.insert(key.clone());
-        }
+        let old_flags = self.reselect(snap, changes, rebuild, local_changed, &mut dirty);
 
         if !rebuild {
-            // Identities that appeared or went: the endpoints whose
-            // policies have a peer selecting one.
-            let flipped: Vec<&IdentityKey> = held_before
-                .iter()
-                .filter(|(id, before)| {
-                    **before != self.members.get(id).is_some_and(|m| !m.is_empty())
-                })
-                .filter_map(|(id, _)| ids.key(*id))
-                .collect();
-            // The pods recomputed, before and after.
-            let versions: Vec<(&IdentityKey, &[IpAddr])> = moved
-                .iter()
-                .flat_map(|m| {
-                    let old = m
-                        .old
-                        .as_ref()
-                        .and_then(|(id, ips)| Some((ids.key(*id)?, ips.as_slice())));
-                    let new = m
-                        .new
-                        .and_then(|(id, p)| Some((ids.key(id)?, p.ips.as_slice())));
-                    old.into_iter().chain(new)
-                })
-                .collect();
-            if !flipped.is_empty() || !versions.is_empty() {
-                for (
-                    pk,
-                    Active {
-                        eps: sel,
-                        policy: pol,
-                    },
-                ) in &self.pol_eps
-                {
-                    let ns = pk.namespace.as_str();
-                    // A peer selecting an identity that appeared or went.
-                    let hit = !flipped.is_empty()
-                        && rules(pol).flat_map(|r| &r.peers).any(|peer| {
-                            flipped.iter().any(|k| {
-                                policy::peer_selects(
-                                    peer,
-                                    ns,
-                                    &k.namespace,
-                                    &k.ns_labels,
-                                    &k.pod_labels,
-                                )
-                            })
-                        });
-                    // Egress named ports are the ports of the pods reached.
-                    let hit = hit
-                        || pol
-                            .egress
-                            .iter()
-                            .flatten()
-                            .filter(|r| has_named_port(r))
-                            .any(|r| versions.iter().any(|(k, ips)| reaches(r, ns, k, ips)));
-                    if hit {
-                        dirty.extend(sel.iter().cloned());
-                    }
-                }
-            }
-            // Interfaces that appeared, went or changed.
-            for (k, st) in &self.eps {
-                if st.share.as_ref().is_some_and(|sh| {
-                    policy::ifindex_for(&snap.pods[k], inp.ifindex_of) != sh.ep.ifindex
-                }) {
-                    dirty.insert(k.clone());
-                }
-            }
+            self.touched(inp, ids, &held_before, &moved, &mut dirty);
         }
 
         // Identities no pod holds any more go; new ones join their
@@ -783,110 +485,7 @@ impl Engine {
             endpoints: redone.len(),
         };
 
-        // Old shares out, new ones in.
-        let mut old_entries: HashSet<(PolicyData, u32)> = HashSet::new();
-        let mut new_entries: HashSet<(PolicyData, u32)> = HashSet::new();
-        let mut old_cidrs: HashMap<(PolCidrData, u32), u32> = HashMap::new();
-        let mut new_cidrs: HashMap<(PolCidrData, u32), u32> = HashMap::new();
-        let olds = gone
-            .iter()
-            .map(|(k, sh)| (k, sh))
-            .chain(redone.iter().filter_map(|(k, sh)| Some((k, sh.as_ref()?))));
-        for (key, sh) in olds {
-            self.n_entries -= sh.entries.len();
-            self.n_cidrs -= sh.cidrs.len();
-            for a in &sh.addrs {
-                self.endpoints.remove(*a, |c| c == key);
-            }
-            if sh.ep.ifindex != 0 {
-                self.ifaces.remove(sh.ep.ifindex, |c| c == key);
-            }
-            if !rebuild {
-                old_entries.extend(sh.entries.iter().copied());
-                old_cidrs.extend(sh.cidrs.iter().copied());
-            }
-        }
-        for (key, _) in &redone {
-            let sh = self.eps[key].share.as_ref().expect("just computed");
-            self.n_entries += sh.entries.len();
-            self.n_cidrs += sh.cidrs.len();
-            for a in &sh.addrs {
-                self.endpoints.add(*a, key.clone(), sh.ep);
-            }
-            if sh.ep.ifindex != 0 {
-                self.ifaces.add(sh.ep.ifindex, key.clone(), sh.ep.ep_id);
-            }
-            if !rebuild {
-                new_entries.extend(sh.entries.iter().copied());
-                new_cidrs.extend(sh.cidrs.iter().copied());
-            }
-        }
-
-        let cap = inp.cap;
-        if self.n_entries > cap.entries
-            || self.n_cidrs > cap.cidrs
-            || self.ipcache.len() >= cap.ipcache
-        {
-            return Err(format!(
-                "near capacity ({} of {} entries, {} of {} CIDR entries, {} of {} ipcache entries)",
-                self.n_entries,
-                cap.entries,
-                self.n_cidrs,
-                cap.cidrs,
-                self.ipcache.len(),
-                cap.ipcache
-            ));
-        }
-
-        let (ipc_puts, ipc_dels) = self.ipcache.take_changes();
-        let (ep_puts, ep_dels) = self.endpoints.take_changes();
-        let (if_puts, if_dels) = self.ifaces.take_changes();
-        let mut ops = Vec::new();
-        if !rebuild {
-            // The order of `policy_plan::diff`: what opens first, in key
-            // order, removals after, the revision last.
-            let mut e_puts: Vec<_> = new_entries.difference(&old_entries).copied().collect();
-            e_puts.sort_unstable();
-            let mut e_dels: Vec<_> = old_entries.difference(&new_entries).copied().collect();
-            e_dels.sort_unstable();
-            let mut c_puts: Vec<_> = new_cidrs
-                .iter()
-                .filter(|(k, v)| old_cidrs.get(*k) != Some(*v))
-                .map(|(k, v)| (*k, *v))
-                .collect();
-            c_puts.sort_unstable();
-            let mut c_dels: Vec<_> = old_cidrs
-                .keys()
-                .filter(|k| !new_cidrs.contains_key(*k))
-                .copied()
-                .collect();
-            c_dels.sort_unstable();
-            ops.extend(e_puts.into_iter().map(|(d, l)| PolicyOp::EntryPut(d, l)));
-            ops.extend(
-                c_puts
-                    .into_iter()
-                    .map(|((d, l), v)| PolicyOp::CidrPut(d, l, v)),
-            );
-            ops.extend(
-                ipc_puts
-                    .into_iter()
-                    .map(|(a, id)| PolicyOp::IpcachePut(a, 128, id)),
-            );
-            ops.extend(
-                ep_puts
-                    .into_iter()
-                    .map(|(a, e)| PolicyOp::EndpointPut(a, e)),
-            );
-            ops.extend(if_puts.into_iter().map(|(i, e)| PolicyOp::IfacePut(i, e)));
-            ops.extend(if_dels.into_iter().map(PolicyOp::IfaceDel));
-            ops.extend(ipc_dels.into_iter().map(|a| PolicyOp::IpcacheDel(a, 128)));
-            ops.extend(ep_dels.into_iter().map(PolicyOp::EndpointDel));
-            ops.extend(c_dels.into_iter().map(|(d, l)| PolicyOp::CidrDel(d, l)));
-            ops.extend(e_dels.into_iter().map(|(d, l)| PolicyOp::EntryDel(d, l)));
-            if !ops.is_empty() || old_flags != self.flags {
-                ops.push(PolicyOp::Revision { flags: self.flags });
-            }
-        }
+        let ops = self.share_ops(inp, gone, redone, rebuild, old_flags)?;
         Ok(Step {
             reports,
             identities: held_before.into_keys().collect(),
