@@ -1,14 +1,26 @@
 //! The cluster as the agent needs it: plain structs converted from
 //! k8s-openapi objects, indexed so that a change finds the Services it
 //! touches without a scan.
+//!
+//! Split by object: `service`, `slice` and `node` convert a Service, an
+//! EndpointSlice and the Node; this file holds the snapshot that indexes
+//! them and applies changes.
+
+mod node;
+mod service;
+mod slice;
+
+pub use node::{NodeInfo, ZONE_LABEL, node_info};
+pub use service::{HEADLESS_LABEL, PROXY_NAME_LABEL, ServiceInfo, ServicePortInfo, service_info};
+pub use slice::{
+    EndpointInfo, Family, Hints, SERVICE_NAME_LABEL, SliceInfo, SlicePortInfo, slice_info,
+};
 
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
     net::IpAddr,
 };
-
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     model::policy::{Labels, PodInfo, PolicyInfo, namespace_labels, pod_info, policy_info},
@@ -54,140 +66,6 @@ impl Proto {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePortInfo {
-    pub name: String,
-    pub port: u16,
-    pub proto: Proto,
-    pub node_port: Option<u16>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceInfo {
-    pub key: ObjRef,
-    /// Why the service gets no datapath entries (headless, ExternalName, ...).
-    pub skip: Option<&'static str>,
-    pub cluster_ips: Vec<IpAddr>,
-    pub ports: Vec<ServicePortInfo>,
-    /// `spec.externalIPs`.
-    pub external_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip`.
-    pub lb_ips: Vec<IpAddr>,
-    /// `externalTrafficPolicy: Local`: clients from outside get this node's
-    /// endpoints only, with their address kept.
-    pub external_local: bool,
-    /// `internalTrafficPolicy: Local`: pods and host-network clients on a
-    /// node reach its ClusterIPs' endpoints on that node only.
-    pub internal_local: bool,
-    /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
-    pub health_check_node_port: Option<u16>,
-    /// sessionAffinity: ClientIP's timeout in seconds (0: no affinity).
-    pub affinity_timeout: u32,
-    /// `spec.loadBalancerSourceRanges` (leading and trailing spaces allowed).
-    pub source_ranges: Vec<crate::model::cidr::Cidr>,
-    /// `metadata.creationTimestamp` in Unix seconds: of two Services
-    /// claiming one frontend (not a ClusterIP), the older one wins.
-    pub created: Option<i64>,
-}
-
-/// This node, as its Node object describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub addrs: Vec<IpAddr>,
-    /// metadata.deletionTimestamp is set: `/healthz` answers 503.
-    pub deleting: bool,
-    /// The `topology.kubernetes.io/zone` label (EndpointSlice zone hints).
-    pub zone: Option<String>,
-}
-
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-
-pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, String> {
-    let name = node
-        .metadata
-        .name
-        .clone()
-        .ok_or("Node: metadata.name is missing")?;
-    let mut addrs = Vec::new();
-    for (i, a) in node
-        .status
-        .iter()
-        .flat_map(|s| s.addresses.iter().flatten())
-        .enumerate()
-    {
-        if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-            let ip: IpAddr = a.address.parse().map_err(|_| {
-                format!(
-                    "Node {name}: status.addresses[{i}].address: `{}` is not an IP address",
-                    a.address
-                )
-            })?;
-            if !addrs.contains(&ip) {
-                addrs.push(ip);
-            }
-        }
-    }
-    Ok(NodeInfo {
-        name,
-        addrs,
-        deleting: node.metadata.deletion_timestamp.is_some(),
-        zone: node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .filter(|z| !z.is_empty())
-            .cloned(),
-    })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlicePortInfo {
-    pub name: String,
-    pub port: u16,
-    pub proto: Proto,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndpointInfo {
-    pub addrs: Vec<IpAddr>,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-    pub node: Option<String>,
-    /// `hints` (topology), when it names any zone or node.
-    pub hints: Option<Box<Hints>>,
-}
-
-/// An endpoint's topology hints: the zones (`forZones`) and nodes
-/// (`forNodes`) it should serve.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Hints {
-    pub zones: Vec<String>,
-    pub nodes: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SliceInfo {
-    pub key: ObjRef,
-    pub service: Option<ObjRef>,
-    /// None for FQDN slices, which kube-proxy ignores too.
-    pub family: Option<Family>,
-    pub ports: Vec<SlicePortInfo>,
-    pub endpoints: Vec<EndpointInfo>,
-}
-
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
-pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-
 fn port16(v: i32, object: &str, field: &str) -> Result<u16, String> {
     u16::try_from(v)
         .ok()
@@ -207,227 +85,6 @@ fn meta_ref(
         meta.namespace.as_deref().unwrap_or("default"),
         name,
     ))
-}
-
-pub fn service_info(svc: &Service) -> Result<ServiceInfo, String> {
-    let key = meta_ref(&svc.metadata, "Service")?;
-    let object = format!("Service {key}");
-    let labels = svc.metadata.labels.as_ref();
-    let has_label = |l: &str| labels.is_some_and(|m| m.contains_key(l));
-    let spec = svc.spec.clone().unwrap_or_default();
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        ports.push(ServicePortInfo {
-            name: p.name.clone().unwrap_or_default(),
-            port: port16(p.port, &object, &format!("spec.ports[{i}].port"))?,
-            proto: Proto::parse(p.protocol.as_deref())
-                .map_err(|e| format!("{object}: spec.ports[{i}].protocol: {e}"))?,
-            node_port: match p.node_port {
-                Some(n) if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) => {
-                    Some(port16(n, &object, &format!("spec.ports[{i}].nodePort"))?)
-                }
-                _ => None,
-            },
-        });
-    }
-    let raw_ips: Vec<String> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.clone(),
-        _ => spec.cluster_ip.iter().cloned().collect(),
-    };
-    let headless = raw_ips.iter().any(|ip| ip == "None");
-    let skip = if spec.type_.as_deref() == Some("ExternalName") {
-        Some("type ExternalName")
-    } else if headless {
-        Some("headless (clusterIP None)")
-    } else if has_label(HEADLESS_LABEL) {
-        Some("labelled service.kubernetes.io/headless")
-    } else if has_label(PROXY_NAME_LABEL) {
-        Some("labelled service.kubernetes.io/service-proxy-name")
-    } else {
-        None
-    };
-    let mut cluster_ips = Vec::new();
-    if skip.is_none() {
-        for (i, ip) in raw_ips.iter().enumerate().filter(|(_, ip)| !ip.is_empty()) {
-            cluster_ips.push(ip.parse::<IpAddr>().map_err(|_| {
-                format!("{object}: spec.clusterIPs[{i}]: `{ip}` is not an IP address")
-            })?);
-        }
-    }
-    let parse_ips = |list: Vec<String>, field: &str| -> Result<Vec<IpAddr>, String> {
-        list.iter()
-            .enumerate()
-            .map(|(i, ip)| {
-                // kube-proxy tolerates surrounding spaces in these lists.
-                ip.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("{object}: {field}[{i}]: `{ip}` is not an IP address"))
-            })
-            .collect()
-    };
-    let (external_ips, lb_ips) = if skip.is_none() {
-        let ext = parse_ips(
-            spec.external_ips.clone().unwrap_or_default(),
-            "spec.externalIPs",
-        )?;
-        let lb: Vec<String> = svc
-            .status
-            .iter()
-            .flat_map(|s| s.load_balancer.iter())
-            .flat_map(|lb| lb.ingress.iter().flatten())
-            .filter_map(|i| i.ip.clone())
-            .collect();
-        let lb = if spec.type_.as_deref() == Some("LoadBalancer") {
-            parse_ips(lb, "status.loadBalancer.ingress[].ip")?
-        } else {
-            vec![]
-        };
-        (ext, lb)
-    } else {
-        (vec![], vec![])
-    };
-    let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
-        && matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let health_check_node_port = match spec.health_check_node_port {
-        Some(p) if external_local => Some(port16(p, &object, "spec.healthCheckNodePort")?),
-        _ => None,
-    };
-    let mut source_ranges = Vec::new();
-    for (i, r) in spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .enumerate()
-    {
-        source_ranges.push(
-            r.parse::<crate::model::cidr::Cidr>()
-                .map_err(|e| format!("{object}: spec.loadBalancerSourceRanges[{i}]: {e}"))?,
-        );
-    }
-    let affinity_timeout = match spec.session_affinity.as_deref() {
-        Some("ClientIP") => {
-            let t = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10800);
-            if !(1..=86400).contains(&t) {
-                return Err(format!(
-                    "{object}: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not in 1..=86400"
-                ));
-            }
-            t as u32
-        }
-        None | Some("None") => 0,
-        Some(other) => {
-            return Err(format!(
-                "{object}: spec.sessionAffinity: unknown value `{other}`"
-            ));
-        }
-    };
-    Ok(ServiceInfo {
-        key,
-        skip,
-        cluster_ips,
-        ports,
-        external_ips,
-        lb_ips,
-        external_local,
-        internal_local,
-        health_check_node_port,
-        affinity_timeout,
-        source_ranges,
-        created: svc
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second()),
-    })
-}
-
-pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
-    let key = meta_ref(&slice.metadata, "EndpointSlice")?;
-    let object = format!("EndpointSlice {key}");
-    let service = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .map(|s| ObjRef::new(&key.namespace, s));
-    let family = match slice.address_type.as_str() {
-        "IPv4" => Some(Family::V4),
-        "IPv6" => Some(Family::V6),
-        "FQDN" => None,
-        other => {
-            return Err(format!(
-                "{object}: addressType: unknown address type `{other}`"
-            ));
-        }
-    };
-    let mut ports = Vec::new();
-    for (i, p) in slice.ports.iter().flatten().enumerate() {
-        // A port without a number means "all ports", which no proxy serves.
-        let Some(n) = p.port else { continue };
-        ports.push(SlicePortInfo {
-            name: p.name.clone().unwrap_or_default(),
-            port: port16(n, &object, &format!("ports[{i}].port"))?,
-            proto: Proto::parse(p.protocol.as_deref())
-                .map_err(|e| format!("{object}: ports[{i}].protocol: {e}"))?,
-        });
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in slice.endpoints.iter().flatten().enumerate() {
-        let mut addrs = Vec::new();
-        if family.is_some() {
-            for (j, a) in e.addresses.iter().enumerate() {
-                let ip: IpAddr = a.parse().map_err(|_| {
-                    format!("{object}: endpoints[{i}].addresses[{j}]: `{a}` is not an IP address")
-                })?;
-                if (family == Some(Family::V4)) != ip.is_ipv4() {
-                    return Err(format!(
-                        "{object}: endpoints[{i}].addresses[{j}]: `{a}` does not match addressType {}",
-                        slice.address_type
-                    ));
-                }
-                addrs.push(ip);
-            }
-        }
-        let c = e.conditions.clone().unwrap_or_default();
-        let hints = e.hints.as_ref().map(|h| Hints {
-            zones: h
-                .for_zones
-                .iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect(),
-            nodes: h
-                .for_nodes
-                .iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect(),
-        });
-        // As kube-proxy reads them: unset ready and serving mean true.
-        endpoints.push(EndpointInfo {
-            addrs,
-            ready: c.ready.unwrap_or(true),
-            serving: c.serving.unwrap_or(true),
-            terminating: c.terminating.unwrap_or(false),
-            node: e.node_name.clone(),
-            hints: hints
-                .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
-                .map(Box::new),
-        });
-    }
-    Ok(SliceInfo {
-        key,
-        service,
-        family,
-        ports,
-        endpoints,
-    })
 }
 
 /// Services and EndpointSlices, with slices indexed by their Service.
