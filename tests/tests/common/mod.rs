@@ -11,6 +11,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod expect;
+
 /// Lab scenarios run one at a time.
 pub static LAB: Mutex<()> = Mutex::new(());
 
