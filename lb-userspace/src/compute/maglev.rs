@@ -3,8 +3,8 @@
 //! the backends' own addresses so every node builds the same table, and
 //! changing by little more than the share of a backend that comes or goes.
 //!
-//! Pure: plan.rs turns tables into slot numbers per external frontend and
-//! the kernel module swaps them into a map-of-maps whole.
+//! Pure: plan/maglev.rs turns tables into slot numbers per external
+//! frontend and the kernel module swaps them into a map-of-maps whole.
 
 use std::net::SocketAddr;
 

@@ -1,7 +1,7 @@
 //! Drives the policy stage: when a policy input changed, brings the policy
 //! maps to the snapshot's state and hands the ops to the writer.
 //!
-//! A change set is applied incrementally (policy_incremental.rs: only what
+//! A change set is applied incrementally (policy_incremental/: only what
 //! it touches is recomputed, the ops come from the old and new shares of
 //! what was recomputed). The first change set, a full resync, a change set
 //! after a failed write and whatever the incremental state cannot
@@ -19,7 +19,7 @@ use crate::{
     model::snapshot::{PolicyChanges, Snapshot},
 };
 
-#[path = "policy_incremental.rs"]
+#[path = "policy_incremental/mod.rs"]
 mod incremental;
 #[cfg(test)]
 #[path = "policy_incremental_tests.rs"]

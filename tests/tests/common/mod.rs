@@ -11,6 +11,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod expect;
+pub mod socket;
+
 /// Lab scenarios run one at a time.
 pub static LAB: Mutex<()> = Mutex::new(());
 

@@ -1,0 +1,109 @@
+//! Services the maps cannot take whole.
+
+use super::*;
+
+#[test]
+fn services_that_do_not_fit_are_skipped_whole_and_retried_when_room_frees() {
+    // Each Service: its ClusterIP marker, the port's frontend and one
+    // slot per backend. 7 entries hold two of three one-backend ones.
+    let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+    let mut w = Fake {
+        capacity: Capacity {
+            services: Some(7),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let y = svc_eps("a", "10.96.0.10", &["10.244.0.1"])
+        + &svc_eps("b", "10.96.0.11", &["10.244.0.2"])
+        + &svc_eps("c", "10.96.0.12", &["10.244.0.3"]);
+    let out = r.apply(&objs(&y), true, &mut w).unwrap();
+    assert!(!writes_to(&w.applied, "10.96.0.12"), "{:?}", w.applied);
+    assert_eq!(r.mirror().services().len(), 6);
+    let np: Vec<&NotProgrammed> = out.not_programmed.iter().collect();
+    assert_eq!(np.len(), 1, "{np:?}");
+    assert_eq!(
+        (np[0].service.as_str(), np[0].map.as_str()),
+        ("x/c", lb_common::MAP_SERVICES)
+    );
+    assert_eq!((np[0].needed, np[0].free, np[0].capacity), (3, 1, 7));
+    assert!(!np[0].previous_state_kept);
+    let msg = np[0].to_string();
+    for words in [
+        "Service x/c not programmed",
+        "needs 3 entries",
+        "1 of its 7",
+        "--max-services",
+    ] {
+        assert!(msg.contains(words), "`{words}` in: {msg}");
+    }
+    assert_eq!(r.not_programmed.len(), 1);
+    // Other change sets: c stays out, and is not reported again.
+    let out = r
+        .apply(
+            &objs(&svc_eps("a", "10.96.0.10", &["10.244.0.9"])),
+            false,
+            &mut w,
+        )
+        .unwrap();
+    assert!(out.not_programmed.is_empty(), "{:?}", out.not_programmed);
+    assert!(r.not_programmed.contains_key(&ObjRef::new("x", "c")));
+    // a goes: room for c, programmed whole.
+    w.applied.clear();
+    let del = Change::Delete {
+        kind: "Service".into(),
+        key: ObjRef::new("x", "a"),
+    };
+    let out = r.apply(&[del], false, &mut w).unwrap();
+    assert_eq!(out.programmed_again, [ObjRef::new("x", "c")]);
+    assert!(r.not_programmed.is_empty());
+    assert!(writes_to(&w.applied, "10.96.0.12"));
+    assert_eq!(r.mirror().services().len(), 6);
+
+    // An update that does not fit keeps the Service's previous state.
+    w.applied.clear();
+    let out = r
+        .apply(
+            &objs(&svc_eps(
+                "b",
+                "10.96.0.11",
+                &["10.244.0.2", "10.244.0.4", "10.244.0.5"],
+            )),
+            false,
+            &mut w,
+        )
+        .unwrap();
+    assert!(!writes_to(&w.applied, "10.96.0.11"), "{:?}", w.applied);
+    assert_eq!(out.not_programmed.len(), 1);
+    assert_eq!(out.not_programmed[0].needed, 2);
+    assert!(out.not_programmed[0].previous_state_kept);
+    assert!(
+        out.not_programmed[0].to_string().contains("previous"),
+        "{}",
+        out.not_programmed[0]
+    );
+    assert_eq!(r.mirror().services().len(), 6);
+
+    // The backends map the same way.
+    let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+    let mut w = Fake {
+        capacity: Capacity {
+            backends: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let y = svc_eps("a", "10.96.0.10", &["10.244.0.1", "10.244.0.2"])
+        + &svc_eps("b", "10.96.0.11", &["10.244.0.1", "10.244.0.3"])
+        + &svc_eps("c", "10.96.0.12", &["10.244.0.4", "10.244.0.5"]);
+    let out = r.apply(&objs(&y), true, &mut w).unwrap();
+    assert_eq!(r.mirror().backends().len(), 3, "b shares a backend with a");
+    assert_eq!(out.not_programmed.len(), 1);
+    let np = &out.not_programmed[0];
+    assert_eq!(
+        (np.service.as_str(), np.map.as_str(), np.needed, np.free),
+        ("x/c", lb_common::MAP_BACKENDS, 2, 0)
+    );
+    assert!(np.to_string().contains("--max-backends"), "{np}");
+    assert!(!writes_to(&w.applied, "10.96.0.12"));
+}

@@ -1,0 +1,176 @@
+//! What is refused, rate limited, dropped and counted, or left alone.
+
+use super::*;
+
+#[test]
+fn no_backend_answers_port_unreachable() {
+    let mut bed = Bed::new("icmp");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    bed.service("fd00:100::1", 30053, PROTO_UDP, None);
+    let syn = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, true);
+    let (verdict, out) = bed.run("lb_tc_ingress", &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[0..6],
+        &[2, 0, 0, 0, 0, 0xc8],
+        "back to the sender's MAC"
+    );
+    assert_eq!(out[14 + 9], 1, "ICMP");
+    assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
+    assert_eq!(&out[26..30], &[10, 100, 0, 1]);
+    assert_eq!(&out[30..34], &[10, 100, 0, 200]);
+    assert_eq!(&out[42..62], &syn[14..34], "quotes the offending header");
+    assert_checksums(&out);
+    // a non-SYN segment is dropped, not answered
+    let ack = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, false);
+    assert_eq!(bed.run("lb_tc_ingress", &ack).0, 2);
+    let q = udp6("fd00:100::200", 50001, "fd00:100::1", 30053);
+    let (verdict, out) = bed.run("lb_tc_ingress", &q);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[20], 58, "ICMPv6");
+    assert_eq!((out[54], out[55]), (1, 4), "port unreachable");
+    assert_checksums(&out);
+}
+
+/// A flood of SYNs to a Service without endpoints gets at most the node's
+/// ICMP budget back (a burst of 50, then 1,000 a second); the rest are
+/// dropped and counted.
+#[test]
+fn port_unreachables_are_rate_limited_per_node() {
+    use crate::datapath::test_run_conntrack::counter;
+    let mut bed = Bed::new("icmprl");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    let (sent0, limited0) = (
+        counter(&bed, "icmp_port_unreachable_sent"),
+        counter(&bed, "drop_icmp_rate_limited"),
+    );
+    let started = std::time::Instant::now();
+    let mut answered = 0u64;
+    let mut dropped = 0u64;
+    for i in 0..400u16 {
+        let syn = tcp4([10, 100, 0, 200], 1024 + i, [10, 100, 0, 1], 30080, true);
+        match bed.run("lb_tc_ingress", &syn).0 {
+            TC_ACT_REDIRECT => answered += 1,
+            2 => dropped += 1,
+            v => panic!("verdict {v}"),
+        }
+    }
+    let refill = started.elapsed().as_millis() as u64 + 1;
+    assert!(answered >= 50, "the burst goes out: {answered}");
+    assert!(
+        answered <= 50 + refill,
+        "{answered} answered in {refill} ms: more than the budget"
+    );
+    assert_eq!(answered + dropped, 400);
+    assert!(dropped > 0, "a flood must be cut");
+    assert_eq!(
+        counter(&bed, "icmp_port_unreachable_sent") - sent0,
+        answered
+    );
+    assert_eq!(counter(&bed, "drop_icmp_rate_limited") - limited0, dropped);
+}
+
+#[test]
+fn packets_it_does_not_understand_pass_untouched() {
+    let bed = Bed::with_node_ports("pass");
+    let syn = tcp4([10, 100, 0, 200], 40003, [10, 100, 0, 1], 30080, true);
+    // a later fragment whose first this hook never saw (first fragments
+    // are translated: test_run_frag.rs), a truncated TCP header
+    let mut later = syn.clone();
+    later[14 + 7] = 8;
+    let truncated = syn[..14 + 20 + 10].to_vec();
+    // an IPv6 packet with a hop-by-hop extension header before UDP
+    let mut hbh = udp6("fd00:100::200", 50002, "fd00:100::1", 30053);
+    hbh[14 + 6] = 0;
+    let plen = u16::from_be_bytes([hbh[18], hbh[19]]) + 8;
+    hbh[18..20].copy_from_slice(&plen.to_be_bytes());
+    hbh.splice(54..54, [17u8, 0, 1, 4, 0, 0, 0, 0]);
+    // not IP at all
+    let mut arp = syn.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    // an ICMP error (destination unreachable) quoting a packet to the frontend
+    let icmp_err = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+            .ipv4([10, 100, 0, 200], [10, 100, 0, 1], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut v, &syn[14..14 + 28])
+            .unwrap();
+        v
+    };
+    for (what, pkt) in [
+        ("later fragment", later),
+        ("truncated", truncated),
+        ("IPv6 extension header", hbh),
+        ("ARP", arp),
+        ("ICMP error", icmp_err),
+    ] {
+        for prog in ["lb_tc_ingress", "lb_tc_egress"] {
+            let (verdict, out) = bed.run(prog, &pkt);
+            assert_eq!(verdict, TC_ACT_OK, "{what} at {prog}");
+            assert_eq!(out, pkt, "{what} must pass untouched through {prog}");
+        }
+        assert_eq!(
+            bed.run_xdp(&pkt),
+            (XDP_PASS, pkt.clone()),
+            "{what} must pass untouched through XDP"
+        );
+    }
+    assert!(bed.ct().is_empty(), "nothing tracked");
+}
+
+/// Every drop is counted once, under its own reason: an answered SYN to a
+/// Service without endpoints is not also a drop, a bare ACK there is one,
+/// and a slot naming no backend entry has a reason of its own.
+#[test]
+fn each_drop_is_counted_once_under_its_own_reason() {
+    use crate::datapath::test_run_conntrack::counter;
+    let mut bed = Bed::new("reasons");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    bed.service(
+        "10.100.0.1",
+        30081,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    // The second frontend's backend entry goes (a write in flight).
+    let mut bes: HashMap<_, u32, Backend> =
+        HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+    let ids: Vec<u32> = bes.keys().filter_map(Result::ok).collect();
+    for id in ids {
+        bes.remove(&id).unwrap();
+    }
+    let names = lb_common::COUNTER_NAMES;
+    let snapshot = |bed: &Bed| names.map(|n| counter(bed, n));
+    let delta = |before: &[u64], after: &[u64]| -> Vec<(&str, u64)> {
+        names
+            .iter()
+            .zip(before.iter().zip(after))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(n, (b, a))| (*n, a - b))
+            .collect()
+    };
+    let c = [10, 100, 0, 200];
+    let n = [10, 100, 0, 1];
+    let b0 = snapshot(&bed);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40040, n, 30080, true)).0,
+        TC_ACT_REDIRECT
+    );
+    let b1 = snapshot(&bed);
+    assert_eq!(delta(&b0, &b1), [("icmp_port_unreachable_sent", 1)]);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40041, n, 30080, false)).0,
+        2
+    );
+    let b2 = snapshot(&bed);
+    assert_eq!(delta(&b1, &b2), [("drop_no_backend", 1)]);
+    assert_eq!(
+        bed.run("lb_tc_ingress", &tcp4(c, 40042, n, 30081, true)).0,
+        2
+    );
+    let b3 = snapshot(&bed);
+    assert_eq!(delta(&b2, &b3), [("drop_backend_missing", 1)]);
+}

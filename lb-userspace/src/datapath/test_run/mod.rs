@@ -1,0 +1,275 @@
+//! The packet programs on crafted packets (BPF_PROG_TEST_RUN) with seeded
+//! maps: verdicts, rewritten headers, checksums, conntrack entries, and
+//! packets they must leave alone.
+//!
+//! Here: the test bed (`Bed`) and the packet helpers the other `test_run_*`
+//! modules share; the tests sit in one file per concern.
+
+mod drops;
+mod flows;
+mod translation;
+
+use std::{net::IpAddr, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use etherparse::PacketBuilder;
+use lb_common::{
+    BACKEND_LOCAL, Backend, BeU16, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT,
+    CT_SNAT, Config, CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL,
+    ServiceKey, ServiceValue,
+};
+
+use super::{OBJECT, TC_PROGRAMS};
+use crate::compute::desired::net_addr;
+
+pub(super) const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+pub(super) struct Bed {
+    pub(super) ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = super::reset(&self.dir);
+    }
+}
+
+pub(super) fn ip(s: &str) -> lb_common::NetAddr {
+    net_addr(s.parse::<IpAddr>().unwrap())
+}
+
+impl Bed {
+    pub(super) fn new(tag: &str) -> Self {
+        assert_eq!(
+            crate::datapath::host::is_root(),
+            true,
+            "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
+        );
+        let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-tr{tag}", std::process::id()));
+        crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .expect("load");
+        for (name, _) in TC_PROGRAMS {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+        let x: &mut Xdp = ebpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
+        x.load().unwrap_or_else(|e| panic!("lb_xdp: {e:?}"));
+        let mut cfg: Array<_, Config> =
+            Array::try_from(ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
+        cfg.set(
+            0,
+            Config {
+                node_ip4: ip("10.100.0.1"),
+                node_ip6: ip("fd00:100::1"),
+                flags: CONFIG_HAS_IP4 | CONFIG_HAS_IP6,
+                maglev_size: 0,
+            },
+            0,
+        )
+        .unwrap();
+        Self { ebpf, dir }
+    }
+
+    /// One external frontend with one backend (or none).
+    pub(super) fn service(
+        &mut self,
+        front: &str,
+        fport: u16,
+        proto: u8,
+        backend: Option<(&str, u16, u8)>,
+    ) {
+        self.frontend(front, fport, proto, SVC_FLAG_EXTERNAL, backend.as_slice());
+    }
+
+    /// A frontend with `flags` and `backends` (address, port, flags) in
+    /// slots 1..; its service id is its port, distinct within a test.
+    pub(super) fn frontend(
+        &mut self,
+        front: &str,
+        fport: u16,
+        proto: u8,
+        flags: u8,
+        backends: &[(&str, u16, u8)],
+    ) {
+        let key = ServiceKey::frontend(ip(front), BeU16::from_host(fport), proto, SCOPE_INTERNAL);
+        let mut bes: HashMap<_, u32, Backend> =
+            HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_BACKENDS).unwrap()).unwrap();
+        // distinct ids: a test may seed several services
+        let first = 7 + bes.keys().count() as u32;
+        for (i, (b, bport, bflags)) in backends.iter().enumerate() {
+            let backend = Backend {
+                addr: ip(b),
+                port: BeU16::from_host(*bport),
+                proto,
+                flags: *bflags,
+            };
+            bes.insert(first + i as u32, backend, 0).unwrap();
+        }
+        let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
+        for i in 0..backends.len() {
+            let v = ServiceValue {
+                backend_id: first + i as u32,
+                ..Default::default()
+            };
+            svcs.insert(key.with_slot(i as u16 + 1), v, 0).unwrap();
+        }
+        let v = ServiceValue {
+            count: backends.len() as u16,
+            flags,
+            service_id: fport as u32,
+            ..Default::default()
+        };
+        svcs.insert(key, v, 0).unwrap();
+    }
+
+    /// A bed with a TCP NodePort 10.100.0.1:30080 served by a local backend.
+    pub(super) fn with_node_port(tag: &str) -> Self {
+        let mut bed = Bed::new(tag);
+        bed.service(
+            "10.100.0.1",
+            30080,
+            PROTO_TCP,
+            Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+        );
+        bed
+    }
+
+    /// ... and a UDP one on IPv6, [fd00:100::1]:30053.
+    pub(super) fn with_node_ports(tag: &str) -> Self {
+        let mut bed = Bed::with_node_port(tag);
+        bed.service(
+            "fd00:100::1",
+            30053,
+            PROTO_UDP,
+            Some(("fd00:244:1::a", 5353, BACKEND_LOCAL)),
+        );
+        bed
+    }
+
+    pub(super) fn run_xdp(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let p: &Xdp = self.ebpf.program("lb_xdp").unwrap().try_into().unwrap();
+        test_run(p, pkt)
+    }
+
+    pub(super) fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        test_run(p, pkt)
+    }
+
+    pub(super) fn ct(&self) -> Vec<(CtKey, CtValue)> {
+        let m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(lb_common::MAP_CT).unwrap()).unwrap();
+        m.iter().filter_map(Result::ok).collect()
+    }
+}
+
+/// BPF_PROG_TEST_RUN on one packet: (verdict, packet out).
+pub(super) fn test_run<P>(p: &P, pkt: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; 2048];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    let r = p.test_run(opts).expect("test run");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+pub(super) fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+pub(super) fn udp6(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = src.parse().unwrap();
+    let d: std::net::Ipv6Addr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ipv6(s.octets(), d.octets(), 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, b"query\n").unwrap();
+    v
+}
+
+/// The ones'-complement sum of 16-bit words.
+fn sum(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// Checks the IPv4/IPv6 header and L4 checksums of an Ethernet frame.
+pub(super) fn assert_checksums(pkt: &[u8]) {
+    let l3 = &pkt[14..];
+    let (pseudo, l4, proto) = if l3[0] >> 4 == 4 {
+        let ihl = (l3[0] & 0xf) as usize * 4;
+        assert_eq!(sum(&l3[..ihl], 0), 0xffff, "IPv4 header checksum");
+        let len = u16::from_be_bytes([l3[2], l3[3]]) as usize - ihl;
+        let mut p = l3[12..20].to_vec();
+        p.extend_from_slice(&[0, l3[9]]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        (p, &l3[ihl..ihl + len], l3[9])
+    } else {
+        let len = u16::from_be_bytes([l3[4], l3[5]]) as usize;
+        let mut p = l3[8..40].to_vec();
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, l3[6]]);
+        (p, &l3[40..40 + len], l3[6])
+    };
+    if proto == 1 || proto == 58 {
+        // ICMP has no pseudo-header over IPv4
+        let s = if proto == 1 {
+            sum(l4, 0)
+        } else {
+            sum(l4, sum(&pseudo, 0))
+        };
+        assert_eq!(s, 0xffff, "ICMP checksum");
+        return;
+    }
+    assert_eq!(
+        sum(l4, sum(&pseudo, 0)),
+        0xffff,
+        "L4 checksum (proto {proto})"
+    );
+}
+
+pub(super) fn dst4(pkt: &[u8]) -> (String, u16) {
+    let ihl = (pkt[14] & 0xf) as usize * 4;
+    let a = &pkt[30..34];
+    (
+        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
+        u16::from_be_bytes([pkt[14 + ihl + 2], pkt[14 + ihl + 3]]),
+    )
+}
+
+pub(super) fn src4(pkt: &[u8]) -> (String, u16) {
+    let ihl = (pkt[14] & 0xf) as usize * 4;
+    let a = &pkt[26..30];
+    (
+        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
+        u16::from_be_bytes([pkt[14 + ihl], pkt[14 + ihl + 1]]),
+    )
+}

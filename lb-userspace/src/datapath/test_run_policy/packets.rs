@@ -1,0 +1,192 @@
+//! Crafted frames: TCP, UDP, SCTP, GRE, ICMP errors and echoes, ARP,
+//! fragments.
+
+use super::*;
+
+pub(super) const MAC_POD: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
+pub(super) const MAC_HOST: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+pub(super) fn ip_step(src: &str, dst: &str) -> PacketBuilderStep<IpHeaders> {
+    let eth = PacketBuilder::ethernet2(MAC_HOST, MAC_POD);
+    match (parse(src), parse(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("{src} -> {dst}: mixed families"),
+    }
+}
+
+pub(super) fn is_v4(addr: &str) -> bool {
+    parse(addr).is_ipv4()
+}
+
+pub(super) fn tcp(src: &str, sport: u16, dst: &str, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let b = ip_step(src, dst).tcp(sport, dport, 1000, 64000);
+    let b = if syn { b.syn() } else { b };
+    let b = if ack { b.ack(1) } else { b };
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+pub(super) fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp(src, sport, dst, dport, true, false)
+}
+
+pub(super) fn synack(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp(src, sport, dst, dport, true, true)
+}
+
+pub(super) fn ack(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp(src, sport, dst, dport, false, true)
+}
+
+pub(super) fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    ip_step(src, dst)
+        .udp(sport, dport)
+        .write(&mut v, &[0x5a; 32])
+        .unwrap();
+    v
+}
+
+/// An IP packet of any protocol, `payload` as its L4 bytes.
+pub(super) fn raw(src: &str, dst: &str, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    ip_step(src, dst)
+        .write(&mut v, IpNumber(proto), payload)
+        .unwrap();
+    v
+}
+
+/// SCTP: the 12-byte common header (ports first, verification tag,
+/// checksum), then an INIT chunk's header.
+pub(super) fn sctp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0; 8]);
+    l4.extend_from_slice(&[1, 0, 0, 20]);
+    l4.extend_from_slice(&[0; 16]);
+    raw(src, dst, PROTO_SCTP, &l4)
+}
+
+/// GRE with a zero header (no options) carrying nothing in particular.
+pub(super) fn gre(src: &str, dst: &str) -> Vec<u8> {
+    raw(src, dst, GRE, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20])
+}
+
+/// The part of an IP packet an ICMP error quotes: its IP header and the
+/// first 8 bytes after it.
+pub(super) fn quote(pkt: &[u8]) -> &[u8] {
+    let l3 = &pkt[14..];
+    let len = if l3[0] >> 4 == 4 {
+        (l3[0] & 0xf) as usize * 4 + 8
+    } else {
+        48
+    };
+    &l3[..len]
+}
+
+/// Destination (port) unreachable from `src` to `dst`, quoting `quoted`.
+pub(super) fn unreachable(src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    let b = ip_step(src, dst);
+    let mut v = Vec::new();
+    if is_v4(src) {
+        b.icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut v, quoted)
+        .unwrap();
+    } else {
+        b.icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port,
+        ))
+        .write(&mut v, quoted)
+        .unwrap();
+    }
+    v
+}
+
+pub(super) fn echo(src: &str, dst: &str, id: u16, request: bool) -> Vec<u8> {
+    let b = ip_step(src, dst);
+    let mut v = Vec::new();
+    match (is_v4(src), request) {
+        (true, true) => b.icmpv4_echo_request(id, 1).write(&mut v, b"ping"),
+        (true, false) => b.icmpv4_echo_reply(id, 1).write(&mut v, b"ping"),
+        (false, true) => b.icmpv6_echo_request(id, 1).write(&mut v, b"ping"),
+        (false, false) => b.icmpv6_echo_reply(id, 1).write(&mut v, b"ping"),
+    }
+    .unwrap();
+    v
+}
+
+pub(super) fn echo_request(src: &str, dst: &str, id: u16) -> Vec<u8> {
+    echo(src, dst, id, true)
+}
+
+pub(super) fn echo_reply(src: &str, dst: &str, id: u16) -> Vec<u8> {
+    echo(src, dst, id, false)
+}
+
+/// ICMPv6 of type `ty` (code 0) with `body` after the first 8 bytes.
+pub(super) fn icmp6(src: &str, dst: &str, ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    ip_step(src, dst)
+        .icmpv6_raw(ty, 0, [0; 4])
+        .write(&mut v, body)
+        .unwrap();
+    v
+}
+
+/// An ARP request from `spa` for `tpa`.
+pub(super) fn arp(spa: &str, tpa: &str) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(t)) = (parse(spa), parse(tpa)) else {
+        panic!("ARP is IPv4");
+    };
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&MAC_POD);
+    v.extend_from_slice(&[0x08, 0x06]);
+    v.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    v.extend_from_slice(&MAC_POD);
+    v.extend_from_slice(&s.octets());
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&t.octets());
+    v
+}
+
+/// The IPv4 header checksum, recomputed after an edit.
+pub(super) fn fix_ip4_checksum(pkt: &mut [u8]) {
+    let ihl = (pkt[14] & 0xf) as usize * 4;
+    pkt[24] = 0;
+    pkt[25] = 0;
+    let mut acc: u32 = 0;
+    for c in pkt[14..14 + ihl].chunks(2) {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    pkt[24..26].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+}
+
+/// `pkt` as a fragment at `offset` (8-byte units), more to come or not.
+/// IPv4: the header's fields; IPv6: a fragment extension header. The L4
+/// bytes stay as they were: a later fragment whose payload happens to look
+/// like the ports of an allowed flow must not be read as such.
+pub(super) fn fragment(pkt: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut v = pkt.to_vec();
+    if v[14] >> 4 == 4 {
+        let word = (more as u16) << 13 | offset;
+        v[20..22].copy_from_slice(&word.to_be_bytes());
+        fix_ip4_checksum(&mut v);
+        return v;
+    }
+    let next = v[14 + 6];
+    v[14 + 6] = 44;
+    let plen = u16::from_be_bytes([v[18], v[19]]) + 8;
+    v[18..20].copy_from_slice(&plen.to_be_bytes());
+    let word = (offset << 3) | more as u16;
+    let w = word.to_be_bytes();
+    v.splice(54..54, [next, 0, w[0], w[1], 0, 0, 0x12, 0x34]);
+    v
+}

@@ -1,0 +1,163 @@
+//! The lab's probes: TCP requests, UDP exchanges, HTTP.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use super::sockets::{connect, socket};
+use crate::sock::{answer, error_name};
+
+pub fn request(c: &TcpStream, timeout: Duration, ms: f64) -> Value {
+    c.set_read_timeout(Some(timeout)).ok();
+    let mut w = c;
+    let mut line = String::new();
+    let r = w
+        .write_all(b"hello\n")
+        .and_then(|_| BufReader::new(c).read_line(&mut line));
+    match r {
+        Ok(n) if n > 0 => {
+            let (served_by, client_seen) = answer(&line);
+            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+        }
+        Ok(_) => json!({"ok": false, "error": "closed", "ms": ms}),
+        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+    }
+}
+
+pub fn tcp(
+    target: SocketAddr,
+    timeout: Duration,
+    src: u16,
+    mark: u32,
+) -> (Option<TcpStream>, Value) {
+    let t = Instant::now();
+    let fd = match socket(target, libc::SOCK_STREAM, src, mark)
+        .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            return (
+                None,
+                json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3}),
+            );
+        }
+    };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let c = TcpStream::from(fd);
+    let v = request(&c, timeout, ms);
+    (Some(c), v)
+}
+
+/// One request on a connected UDP socket; `ms` the time since `t`.
+/// Connected, so an ICMP error surfaces as the receive's error.
+pub(super) fn udp_exchange(s: &UdpSocket, req: &[u8], t: Instant) -> Value {
+    let mut buf = [0u8; 1500];
+    let r = s.send(req).and_then(|_| s.recv(&mut buf));
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    match r {
+        Ok(n) => {
+            let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
+            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+        }
+        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+    }
+}
+
+/// One request on a churn's connected UDP socket.
+pub(super) fn udp_request(s: &UdpSocket) -> Value {
+    udp_exchange(s, b"hello\n", Instant::now())
+}
+
+/// One UDP request from a new socket (from port `src`, 0: any):
+/// `size` bytes with "don't fragment" (IP_PMTUDISC_DO /
+/// IPV6_PMTUDISC_DO), so an ICMP "fragmentation needed" / "packet too
+/// big" the socket understood surfaces as EMSGSIZE; 0: a short line.
+pub(super) fn udp_new(
+    target: SocketAddr,
+    timeout: Duration,
+    src: u16,
+    mark: u32,
+    size: usize,
+) -> Value {
+    let t = Instant::now();
+    let s = match socket(target, libc::SOCK_DGRAM, src, mark) {
+        Ok(fd) => UdpSocket::from(fd),
+        Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
+    };
+    if size > 0 {
+        let (level, opt, val) = if target.is_ipv4() {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+            )
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+            )
+        };
+        // SAFETY: setsockopt with a stack-held int of its own size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+    }
+    s.set_read_timeout(Some(timeout)).ok();
+    let mut req = vec![b'x'; size.max(6) - 1];
+    req[..5].copy_from_slice(b"hello");
+    req.push(b'\n');
+    if let Err(e) = s.connect(target) {
+        return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+    }
+    udp_exchange(&s, &req, t)
+}
+
+pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Value {
+    udp_new(target, timeout, 0, mark, size)
+}
+
+pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {
+    udp_new(target, timeout, src, mark, 0)
+}
+
+pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Value {
+    let t = Instant::now();
+    let fd = match socket(target, libc::SOCK_STREAM, 0, mark)
+        .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        }
+    };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut c = TcpStream::from(fd);
+    c.set_read_timeout(Some(timeout)).ok();
+    let mut resp = String::new();
+    let r = c
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .and_then(|_| std::io::Read::read_to_string(&mut c, &mut resp));
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok());
+    match (r, status) {
+        (_, Some(code)) => {
+            json!({"ok": true, "served_by": null, "client_seen": null, "error": null, "ms": ms, "http_status": code})
+        }
+        (Err(e), None) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        (Ok(_), None) => json!({"ok": false, "error": "bad-http-response", "ms": ms}),
+    }
+}

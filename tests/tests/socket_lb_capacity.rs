@@ -1,0 +1,254 @@
+//! The socket-level datapath with a real agent at capacity: a full
+//! services map, 5000 documents, rejected documents.
+
+mod common;
+
+use lb_tests::testbed::{Testbed, backend_ip4, ready, service, slice};
+use serde_json::Value;
+
+use common::socket::*;
+
+/// The ClusterIP of Service `s{i}` in [`many`].
+fn many_ip(i: usize) -> String {
+    format!("10.96.{}.{}", 1 + i / 200, 1 + i % 200)
+}
+
+/// ClusterIP Services `s{i}` for `i` in `range` (TCP 80 -> 8080), each with
+/// one ready endpoint (backend `i % backends`): two documents per Service.
+fn many(range: std::ops::Range<usize>, backends: usize) -> String {
+    let mut y = String::new();
+    for i in range {
+        let name = format!("s{i}");
+        y += &service(&name, &[&many_ip(i)], &[TCP]);
+        y += "---\n";
+        y += &slice(
+            &format!("{name}-1"),
+            &name,
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &ready([backend_ip4(i % backends)]),
+        );
+        y += "---\n";
+    }
+    y
+}
+
+fn not_programmed(st: &Value) -> Vec<String> {
+    st["not_programmed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no not_programmed list: {st}"))
+        .iter()
+        .map(|r| r["service"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Waits (on the agent's synced generation, never a sleep) through
+/// `rounds` change sets.
+fn sync_rounds(bed: &mut Testbed, rounds: usize) {
+    for _ in 0..rounds {
+        let g = bed.manifests.commit();
+        bed.agent.wait_synced(g);
+    }
+}
+
+#[test]
+fn a_full_services_map_programs_what_fits_names_the_rest_once_and_a_bigger_restart_adds_it() {
+    // Each Service takes 3 entries (its ClusterIP marker, the port's
+    // frontend, one backend slot): 12 hold four of the six.
+    let mut bed = Testbed::with_agent_args(2, &["--max-services=12"]);
+    let g = bed.apply("svc.yaml", &many(0..6, 2));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["synced_generation"], g, "{st}");
+    assert_eq!(st["clean"], false, "{st}");
+    assert_eq!(st["services_not_programmed"], 2, "{st}");
+    assert_eq!(not_programmed(&st), ["t/s4", "t/s5"], "{st}");
+    for r in st["not_programmed"].as_array().unwrap() {
+        assert_eq!(r["map"], "LB_SERVICES_V1", "{r}");
+        assert_eq!(r["needed"], 3, "{r}");
+        assert_eq!(r["capacity"], 12, "{r}");
+    }
+    // What fits works; what does not is not half there.
+    for i in 0..4 {
+        served(&bed.probe(&format!("{}:80", many_ip(i)), "tcp", 2, "-", false));
+    }
+    let r = bed.probe(&format!("{}:80", many_ip(5)), "tcp", 1, "-", false);
+    assert_eq!(r[0]["ok"], false, "{}", r[0]);
+    let list: Value =
+        serde_json::from_slice(&bed.agent.cli(&["service", "list", "-o", "json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+    // Named once, in words.
+    let said = |bed: &Testbed, svc: &str| {
+        bed.agent
+            .log_text()
+            .matches(&format!("Service {svc} not programmed"))
+            .count()
+    };
+    let log = bed.agent.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Service t/s4 not programmed"))
+        .unwrap_or_else(|| panic!("t/s4 not named in the log:\n{log}"));
+    for words in ["LB_SERVICES_V1", "needs 3 entries", "12", "--max-services"] {
+        assert!(line.contains(words), "`{words}` missing: {line}");
+    }
+    assert!(!line.contains("PutService"), "a debug dump: {line}");
+    // /metrics, /healthz and `status` say so.
+    let (_, metrics) = bed.agent.http_get("/metrics");
+    assert!(
+        metrics.contains("lb_services_not_programmed 2"),
+        "{metrics}"
+    );
+    let (code, body) = bed.agent.http_get("/healthz");
+    assert_eq!(code, 200, "still serving what fits: {body}");
+    assert!(body.contains("2 Services not programmed"), "{body}");
+    let out = bed.agent.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("not programmed") && text.contains("t/s4") && text.contains("t/s5"),
+        "{text}"
+    );
+    // Nothing loops: change sets come and go for a few seconds (30 and
+    // more turns of the agent's loop), each waited for, and the message
+    // stays one.
+    let since = std::time::Instant::now();
+    while since.elapsed() < std::time::Duration::from_secs(3) {
+        sync_rounds(&mut bed, 1);
+    }
+    assert_eq!(said(&bed, "t/s4"), 1, "{}", bed.agent.log_text());
+    assert_eq!(said(&bed, "t/s5"), 1, "{}", bed.agent.log_text());
+    assert!(
+        !bed.agent.log_text().contains("full resync"),
+        "{}",
+        bed.agent.log_text()
+    );
+    // Room freed by a later change set: the next Service gets in.
+    bed.apply("svc.yaml", &many(1..6, 2));
+    served(&bed.probe(&format!("{}:80", many_ip(4)), "tcp", 2, "-", false));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(not_programmed(&st), ["t/s5"], "{st}");
+    // A restart with a bigger map programs the rest; what worked never fails.
+    let stops: Vec<_> = [1, 4]
+        .iter()
+        .map(|i| bed.dir.0.join(format!("stop{i}")))
+        .collect();
+    let mut loops: Vec<_> = [1, 4]
+        .iter()
+        .zip(&stops)
+        .map(|(i, stop)| {
+            let target = format!("{}:80", many_ip(*i));
+            let mut lp = bed.client_proc(&["loop", &target, stop.to_str().unwrap()]);
+            assert_eq!(lp.read_line().trim(), "started");
+            lp
+        })
+        .collect();
+    bed.agent.kill9();
+    bed.agent.extra = vec!["--max-services=64".into()];
+    bed.agent.start();
+    sync_rounds(&mut bed, 1);
+    served(&bed.probe(&format!("{}:80", many_ip(5)), "tcp", 2, "-", false));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 64, "{st}");
+    for stop in &stops {
+        std::fs::write(stop, "").unwrap();
+    }
+    for lp in &mut loops {
+        let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
+        assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+        assert_eq!(summary["failed"], 0, "connections failed: {summary}");
+    }
+    let log = bed.agent.log_text();
+    assert!(
+        log.contains("LB_SERVICES_V1") && log.contains("from 12 to 64 entries"),
+        "the resize is logged:\n{log}"
+    );
+}
+
+#[test]
+fn a_manifest_of_5000_documents_applies() {
+    let mut bed = Testbed::new(2);
+    let g = bed.apply("big.yaml", &many(0..2500, 2));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["synced_generation"], g, "{st}");
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["rejected_count"], 0, "{st}");
+    let (_, metrics) = bed.agent.http_get("/metrics");
+    assert!(
+        metrics.contains("lb_objects{kind=\"Service\"} 2500")
+            && metrics.contains("lb_objects{kind=\"EndpointSlice\"} 2500"),
+        "{metrics}"
+    );
+    let list: Value =
+        serde_json::from_slice(&bed.agent.cli(&["service", "list", "-o", "json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2500);
+    served(&bed.probe(&format!("{}:80", many_ip(2499)), "tcp", 2, "-", false));
+}
+
+#[test]
+fn rejected_documents_are_listed_in_status_and_the_generation_is_not_clean() {
+    let mut bed = Testbed::new(1);
+    let good = format!(
+        "{}---\n{}",
+        service("good", &["10.96.0.10"], &[TCP]),
+        slice(
+            "good-1",
+            "good",
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &ready([backend_ip4(0)])
+        )
+    );
+    let broken = "---\napiVersion: v1\nkind: Service\nmetadata: {name: torn, namespace: t\n";
+    let invalid = format!("---\n{}", service("bad", &["10.96.0.300"], &[TCP]));
+    let g = bed.apply("mixed.yaml", &format!("{good}{broken}{invalid}"));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(
+        st["synced_generation"], g,
+        "applied, with what was left out: {st}"
+    );
+    assert_eq!(st["clean"], false, "{st}");
+    assert_eq!(st["rejected_count"], 2, "{st}");
+    let rejected = st["rejected"].as_array().unwrap();
+    for r in rejected {
+        assert!(
+            r["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("mixed.yaml")),
+            "{r}"
+        );
+        assert!(!r["reason"].as_str().unwrap_or_default().is_empty(), "{r}");
+    }
+    assert!(
+        rejected.iter().any(|r| r["object"] == "Service t/bad"
+            && r["reason"].as_str().unwrap().contains("clusterIP")),
+        "{st}"
+    );
+    assert!(
+        rejected.iter().any(|r| r["object"]
+            .as_str()
+            .is_some_and(|o| o.contains("document 3 (line 20)"))),
+        "the broken document is named by its place: {st}"
+    );
+    served(&bed.probe("10.96.0.10:80", "tcp", 2, "-", false));
+    let out = bed.agent.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rejected") && text.contains("Service t/bad"),
+        "{text}"
+    );
+    // Another change set that leaves the file alone: still not clean.
+    bed.apply("other.yaml", &service("other", &["10.96.0.20"], &[TCP]));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(
+        (st["clean"].clone(), st["rejected_count"].clone()),
+        (Value::Bool(false), 2.into()),
+        "{st}"
+    );
+    // Fixed: clean again.
+    bed.apply("mixed.yaml", &good);
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["rejected_count"], 0, "{st}");
+    assert_eq!(st["rejected"], Value::Array(vec![]), "{st}");
+}
