@@ -243,7 +243,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 health.alive();
                 if needs_resync && resync.due() {
-                    match rec.resync(&mut dp) {
+                    let mut resynced = rec.resync(&mut dp);
+                    if resynced.is_ok() && grow_if_short(&mut dp, &rec) {
+                        let again = rec.apply_from(&[], &[], false, &mut dp);
+                        resynced = resynced.and_then(|first| again.map(|a| merge_outcomes(first, a)));
+                    }
+                    match resynced {
                         Ok(o) => {
                             tracing::info!(ops = o.ops, "full resync done");
                             destroy_left_udp(&dp, &mut rec, &health);
@@ -306,7 +311,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(r) = batch.rejected.take() {
             source_rejected = r;
         }
-        let applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
+        let mut applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
+        if applied.is_ok() && grow_if_short(&mut dp, &rec) {
+            // The Services left out for room get it now.
+            let again = rec.apply_from(&[], &[], false, &mut dp);
+            applied = applied.and_then(|first| again.map(|a| merge_outcomes(first, a)));
+        }
         // Even after a failed write: those backends are gone from what the
         // maps are to hold.
         destroy_left_udp(&dp, &mut rec, &health);
@@ -425,6 +435,85 @@ const NAMED_MAX: usize = 20;
 
 /// Says, once, which Services a change set found the maps cannot take, and
 /// which skipped ones it programmed.
+/// Grows the maps that may grow (no `--max-*` flag) when the Services
+/// left out for room need more than they have; true when grown. A map
+/// that cannot grow leaves them reported as for a fixed size.
+fn grow_if_short(dp: &mut Datapath, rec: &crate::compute::reconcile::Reconciler) -> bool {
+    if rec.not_programmed.is_empty() {
+        return false;
+    }
+    let short = |map: &str| -> u64 {
+        rec.not_programmed
+            .values()
+            .filter(|np| np.map == map)
+            .map(|np| np.needed)
+            .sum()
+    };
+    let m = rec.mirror();
+    let Some(sizes) = crate::datapath::grown(
+        dp.sizes(),
+        m.services().len() as u64 + short(lb_common::MAP_SERVICES),
+        m.backends().len() as u64 + short(lb_common::MAP_BACKENDS),
+    ) else {
+        return false;
+    };
+    let from = dp.sizes();
+    match dp.grow(sizes) {
+        Ok(()) => {
+            tracing::info!(
+                "maps grown for the cluster: services {} -> {} entries, backends {} -> {} ({} Services left out needed {} services and {} backends entries)",
+                from.services,
+                sizes.services,
+                from.backends,
+                sizes.backends,
+                rec.not_programmed.len(),
+                short(lb_common::MAP_SERVICES),
+                short(lb_common::MAP_BACKENDS),
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                "growing the maps failed: {e:#}; the Services that do not fit stay reported"
+            );
+            false
+        }
+    }
+}
+
+/// One change set's outcome when a second round after growing the maps
+/// programmed (some of) what the first left out.
+fn merge_outcomes(
+    mut first: crate::compute::reconcile::Outcome,
+    again: crate::compute::reconcile::Outcome,
+) -> crate::compute::reconcile::Outcome {
+    let now_in: std::collections::BTreeSet<String> = again
+        .programmed_again
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let left_first: std::collections::BTreeSet<String> = first
+        .not_programmed
+        .iter()
+        .map(|np| np.service.clone())
+        .collect();
+    first
+        .not_programmed
+        .retain(|np| !now_in.contains(&np.service));
+    first.not_programmed.extend(again.not_programmed);
+    // Left out and programmed within one change set: never said twice.
+    first.programmed_again.extend(
+        again
+            .programmed_again
+            .into_iter()
+            .filter(|s| !left_first.contains(&s.to_string())),
+    );
+    first.ops += again.ops;
+    first.errors.extend(again.errors);
+    first.policy_changed |= again.policy_changed;
+    first
+}
+
 fn log_left_out(out: &crate::compute::reconcile::Outcome) {
     for np in out.not_programmed.iter().take(NAMED_MAX) {
         tracing::error!("{np}");

@@ -58,11 +58,16 @@ enum Cmd {
         /// root of the cgroup v2 hierarchy found in /proc/mounts).
         #[arg(long, env = "LB_CGROUP")]
         cgroup: Option<PathBuf>,
-        /// Capacity of the services map (frontends plus one entry per backend slot).
-        #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX, env = "LB_MAX_SERVICES")]
-        max_services: u32,
-        #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX, env = "LB_MAX_BACKENDS")]
-        max_backends: u32,
+        /// Capacity of the services map (frontends plus one entry per backend
+        /// slot), fixed. Without it the map is sized from the cluster: it
+        /// starts at 65,536 entries (or the size it grew to before) and grows
+        /// while the agent runs when Services need more.
+        #[arg(long, env = "LB_MAX_SERVICES")]
+        max_services: Option<u32>,
+        /// Capacity of the backends map, fixed (without it: sized from the
+        /// cluster, as --max-services).
+        #[arg(long, env = "LB_MAX_BACKENDS")]
+        max_backends: Option<u32>,
         /// Capacity of the socket reverse-translation LRU earlier agents
         /// wrote (read only now: translations live in socket storage).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX, env = "LB_MAX_SOCK_REV")]
@@ -282,14 +287,24 @@ fn main() -> anyhow::Result<()> {
                     })?),
                 },
                 load: datapath::LoadOptions {
-                    pin_dir: pins.pin_dir,
+                    pin_dir: pins.pin_dir.clone(),
                     maglev_size: maglev_table_size,
                     cgroup,
                     xdp,
                     tc_attach,
                     sizes: datapath::MapSizes {
-                        services: max_services,
-                        backends: max_backends,
+                        services: max_services.unwrap_or_else(|| {
+                            datapath::pinned_max_entries(&pins.pin_dir, lb_common::MAP_SERVICES)
+                                .unwrap_or(0)
+                                .max(lb_common::DEFAULT_SERVICES_MAX)
+                        }),
+                        backends: max_backends.unwrap_or_else(|| {
+                            datapath::pinned_max_entries(&pins.pin_dir, lb_common::MAP_BACKENDS)
+                                .unwrap_or(0)
+                                .max(lb_common::DEFAULT_BACKENDS_MAX)
+                        }),
+                        grow_services: max_services.is_none(),
+                        grow_backends: max_backends.is_none(),
                         sock_rev: max_sock_rev,
                         ct: max_ct,
                     },

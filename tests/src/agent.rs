@@ -181,7 +181,12 @@ impl AgentProc {
     /// Waits until the agent reports `generation` as synced (the agent's own
     /// record, not a sleep); panics with the agent's log after 30 s.
     pub fn wait_synced(&mut self, generation: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_synced_within(generation, Duration::from_secs(30));
+    }
+
+    /// `wait_synced` for change sets known to take longer.
+    pub fn wait_synced_within(&mut self, generation: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.status() {
                 if s["synced_generation"]
@@ -194,7 +199,7 @@ impl AgentProc {
             self.assert_running(&format!("syncing generation {generation}"));
             assert!(
                 Instant::now() < deadline,
-                "lb-agent did not sync generation {generation} in 30 s:\n{}",
+                "lb-agent did not sync generation {generation} in {limit:?}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

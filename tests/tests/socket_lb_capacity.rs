@@ -252,3 +252,54 @@ fn rejected_documents_are_listed_in_status_and_the_generation_is_not_clean() {
     assert_eq!(st["rejected_count"], 0, "{st}");
     assert_eq!(st["rejected"], Value::Array(vec![]), "{st}");
 }
+
+/// Without `--max-services` the services map is sized from the cluster:
+/// 40,000 Services (120,000 entries: an address, a frontend and a slot
+/// each) outgrow its first 65,536 entries, and the agent grows it while
+/// running (to half again what they need, a power of two), under a
+/// connection loop.
+#[test]
+fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
+    let mut bed = Testbed::new(2);
+    web(&mut bed, &["10.95.0.10"], &[0, 1]);
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 65536, "{st}");
+    let stop = bed.dir.0.join("stop");
+    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
+    assert_eq!(lp.read_line().trim(), "started");
+    bed.manifests.write("many.yaml", &many(0..40_000, 2));
+    let g = bed.manifests.commit();
+    bed.agent
+        .wait_synced_within(g, std::time::Duration::from_secs(300));
+    let st = bed.agent.status().unwrap();
+    let log = bed.agent.log_text();
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(
+        st["maps"]["LB_SERVICES_V1"]["max_entries"],
+        262144,
+        "{st}\n{}",
+        log.lines()
+            .filter(|l| l.contains("grow") || l.contains("carried") || l.contains("grown"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for i in [0, 39_999] {
+        served(&bed.probe(&format!("{}:80", many_ip(i)), "tcp", 2, "-", false));
+    }
+    std::fs::write(&stop, "").unwrap();
+    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
+    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["failed"], 0,
+        "connections failed while the map grew: {summary}"
+    );
+    assert!(
+        log.contains("maps grown for the cluster: services 65536 -> 262144 entries"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not programmed"),
+        "nothing is reported left out: {log}"
+    );
+}

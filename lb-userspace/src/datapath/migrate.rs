@@ -298,6 +298,18 @@ pub fn fill(pin_dir: &Path, c: &Carry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After a load that failed past `prepare`: the map moved aside goes back
+/// in place, so the datapath still running keeps its pins.
+pub fn undo(pin_dir: &Path, name: &str) {
+    let (path, old) = (pin_dir.join(name), old_pin(pin_dir, name));
+    if old.exists() {
+        let _ = std::fs::remove_file(&path);
+        if let Err(e) = std::fs::rename(&old, &path) {
+            tracing::warn!("putting {} back: {e}", old.display());
+        }
+    }
+}
+
 /// Once this agent's programs run under every link: what the earlier
 /// agent's programs wrote since the copy comes along (never replacing an
 /// entry), and the old pin goes (the map itself lives while a program of

@@ -3,6 +3,7 @@
 //! back. No other module imports aya.
 
 mod btf;
+mod grow;
 pub mod host;
 mod links;
 mod migrate;
@@ -15,6 +16,7 @@ mod sweep;
 mod sys;
 mod writer;
 
+pub use grow::{GROW_MAX, grown};
 use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};
 pub use pinned::{MapFill, Pinned, reset};
 use specs::check_pinned;
@@ -321,6 +323,17 @@ impl Datapath {
         };
         sock_destroy::destroy_udp(&maps, doomed, &self.cgroup)
     }
+}
+
+/// The capacity of the pinned map `name` in `pin_dir` (or of the copy an
+/// interrupted carry left), if any: a map that grew keeps its size across
+/// restarts.
+pub fn pinned_max_entries(pin_dir: &Path, name: &str) -> Option<u32> {
+    [pin_dir.join(format!("{name}_PREVIOUS")), pin_dir.join(name)]
+        .iter()
+        .find(|p| p.exists())
+        .and_then(|p| MapInfo::from_pin(p).ok())
+        .map(|i| i.max_entries())
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {

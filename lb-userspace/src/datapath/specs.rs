@@ -3,12 +3,17 @@
 
 use super::*;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub services: u32,
     pub backends: u32,
     pub sock_rev: u32,
     pub ct: u32,
+    /// The services map is sized from the cluster (no `--max-services`):
+    /// it grows while the agent runs when Services need more room.
+    pub grow_services: bool,
+    /// The same for the backends map (no `--max-backends`).
+    pub grow_backends: bool,
 }
 
 impl Default for MapSizes {
@@ -18,6 +23,8 @@ impl Default for MapSizes {
             backends: lb_common::DEFAULT_BACKENDS_MAX,
             sock_rev: lb_common::DEFAULT_SOCK_REV_MAX,
             ct: lb_common::DEFAULT_CT_MAX,
+            grow_services: false,
+            grow_backends: false,
         }
     }
 }

@@ -199,10 +199,6 @@ impl Agent {
         proc.extra = [
             format!("--node-name={NODE_NAME}"),
             format!("--devices={NODE_DEVICE}"),
-            // Room for the largest size: the bench measures speed, not the
-            // capacity checks.
-            "--max-services=2000000".into(),
-            "--max-backends=2000000".into(),
         ]
         .into_iter()
         .chain(extra.iter().map(|s| s.to_string()))
