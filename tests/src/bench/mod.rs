@@ -66,6 +66,9 @@ pub enum Variant {
     Agent,
     /// This project with its XDP program in native mode on the node's device.
     AgentXdp,
+    /// This project reading the cluster from an API server (the test one,
+    /// paged lists and watches) instead of files.
+    AgentKube,
 }
 
 impl Variant {
@@ -76,6 +79,7 @@ impl Variant {
             Self::Nftables => "nftables (kube-proxy)",
             Self::Agent => "lb-agent",
             Self::AgentXdp => "lb-agent, XDP native",
+            Self::AgentKube => "lb-agent, kube source",
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Cold {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Churn {
     pub services: usize,
+    /// Which source told the agent (Agent: files; AgentKube: watches).
+    pub variant: Variant,
     pub changes: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,

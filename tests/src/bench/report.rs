@@ -180,7 +180,7 @@ fn markdown(opts: &Options, r: &Results) -> String {
     table(&mut s, r, Path::ClusterIp, Mode::Requests, &all);
     s.push_str("## Requests on an established connection through a NodePort\n\n");
     table(&mut s, r, Path::NodePort, Mode::Requests, &np);
-    s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation` with the file source; its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent s | lb-agent RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|\n");
+    s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation`, with the file source and with the kube source (the test API server: paged lists of 500, then watches); its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent (files) s | RSS MiB | KiB per object | lb-agent (kube) s | RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|---|---|---|\n");
     for n in sizes(r) {
         let c = |v| r.cold.iter().find(|c| c.services == n && c.variant == v);
         let a = c(Variant::Agent);

@@ -157,6 +157,10 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
         .push(agent.churn(n, if opts.quick { 10 } else { 50 })?);
     drop(agent);
 
+    let (cold, churn) = kube(topo, n, &dir.0, if opts.quick { 10 } else { 50 })?;
+    res.cold.push(cold);
+    res.churn.push(churn);
+
     let _xdp_peer = topo.xdp_pass_on_client()?;
     let agent = Agent::start(topo, n, &dir.0, &["--xdp=native"])?;
     measure_paths(topo, n, Variant::AgentXdp, &[Path::NodePort], opts, res)?;
@@ -248,6 +252,7 @@ impl Agent {
         let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
         Ok(Churn {
             services: n,
+            variant: Variant::Agent,
             changes,
             p50_ms: pct(0.5),
             p99_ms: pct(0.99),
@@ -282,6 +287,29 @@ fn wait_synced(a: &mut AgentProc, generation: u64, limit: Duration) -> anyhow::R
     }
 }
 
+/// Waits until the agent's status satisfies `done`; returns that status.
+fn wait_status(
+    a: &mut AgentProc,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = a.status().filter(|s| done(s)) {
+            return Ok(s);
+        }
+        a.assert_running(what);
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not report {what} in {limit:?}:\n{}",
+                a.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s
@@ -293,4 +321,91 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// The agent on the kube source: a cold start from the test API server's
+/// paged lists, then `changes` EndpointSlice changes through its watch,
+/// each from the object's write to the agent's synced timestamp.
+fn kube(
+    topo: &Topology,
+    n: usize,
+    dir: &std::path::Path,
+    changes: usize,
+) -> anyhow::Result<(Cold, Churn)> {
+    // Listening in the node's namespace, where the agent runs.
+    let api = topo.in_node(crate::apiserver::ApiServer::start)?;
+    api.apply_yaml(&rules::manifests(n));
+    api.apply_yaml(&rules::slice_yaml(
+        n,
+        rules::CHURNED,
+        rules::ENDPOINTS_PER_SERVICE,
+    ));
+    let tag = crate::unique("bench-kube");
+    let kubeconfig = dir.join(format!("{tag}.kubeconfig"));
+    crate::apiserver::ApiServer::write_kubeconfig(&kubeconfig, &api.url(), None);
+    let mut proc = AgentProc::new(
+        pin_path(&tag),
+        topo.cgroup.path.clone(),
+        dir.to_path_buf(),
+        dir.join(format!("{tag}.log")),
+    );
+    proc.netns = Some(topo.node.path());
+    proc.source_args = Some(vec![
+        "--source=kube".into(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--node-name={NODE_NAME}"),
+        format!("--devices={NODE_DEVICE}"),
+    ]);
+    // The kube source's change sets carry no generation: its syncs are
+    // told by their timestamp.
+    let t = Instant::now();
+    let started = unix_ms();
+    proc.start();
+    wait_status(&mut proc, COLD_LIMIT, "its first sync", |s| {
+        s["synced_at_unix_ms"]
+            .as_u64()
+            .is_some_and(|at| at >= started)
+    })?;
+    let cold = Cold {
+        services: n,
+        variant: Variant::AgentKube,
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: proc.pid().and_then(rss_mib),
+    };
+    let i = rules::CHURNED;
+    let full = if i == target(n) {
+        1
+    } else {
+        rules::ENDPOINTS_PER_SERVICE
+    };
+    let mut took = Vec::new();
+    for k in 0..changes {
+        let count = if k % 2 == 0 { full - 1 } else { full };
+        let written = unix_ms();
+        api.apply_yaml(&rules::slice_yaml(n, i, count));
+        let s = wait_status(&mut proc, Duration::from_secs(60), "the change", |s| {
+            s["synced_at_unix_ms"]
+                .as_u64()
+                .is_some_and(|at| at >= written)
+        })?;
+        let at = s["synced_at_unix_ms"]
+            .as_u64()
+            .context("synced_at_unix_ms")?;
+        took.push(at.saturating_sub(written) as f64);
+    }
+    took.sort_by(f64::total_cmp);
+    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    drop(proc);
+    // Its drop wakes its listener by connecting to it: from where it listens.
+    topo.in_node(move || drop(api))?;
+    Ok((
+        cold,
+        Churn {
+            services: n,
+            variant: Variant::AgentKube,
+            changes,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        },
+    ))
 }
