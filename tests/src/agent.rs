@@ -104,12 +104,29 @@ impl AgentProc {
     }
 
     /// An `lb-agent` subcommand on this agent's pins, in its namespace.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::agent_bin());
         cmd.args(args)
             .arg(format!("--pin-dir={}", self.pin_dir.display()));
         confine(&mut cmd, None, self.netns.as_deref());
-        cmd.output().expect("lb-agent")
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("lb-agent")
+    }
+
+    /// The subcommand with its standard output a pipe nobody reads, as
+    /// `| head` leaves it once it has its lines: the reading end is closed
+    /// before the command starts, so its first write meets the closed pipe.
+    pub fn cli_into_closed_pipe(&self, args: &[&str]) -> std::process::Output {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        self.cli_command(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("lb-agent")
     }
 
     /// GET `path` from the agent's health endpoint: (status code, body).

@@ -188,6 +188,20 @@ fn service_list_shows_what_the_kernel_holds() {
         4,
         "two families x two ports: {list}"
     );
+    // Piped into `head`, which has its lines and is gone: the commands end
+    // quietly on the closed pipe, as command-line tools do, not panicking
+    // in println!.
+    for args in [&["status"][..], &["service", "list", "-o", "json"]] {
+        let out = bed.agent.cli_into_closed_pipe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} | head: {err}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{args:?} | head ends on SIGPIPE: {:?} {err}",
+            out.status
+        );
+    }
 }
 
 #[test]
