@@ -1,22 +1,25 @@
 //! `lb-agent`: the node agent and its inspection subcommands.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_agent::{agent, cli, datapath};
+use lb_agent::{agent, cli, cli::Output, datapath};
 
 #[derive(Parser)]
 #[command(name = "lb-agent", version, about = "eBPF service load balancer agent")]
 struct Cli {
+    /// Where maps and links are pinned (on a bpffs); every subcommand
+    /// reads the agent's there.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/sys/fs/bpf/lb",
+        env = "LB_PIN_DIR"
+    )]
+    pin_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -25,11 +28,42 @@ enum LogFormat {
     Json,
 }
 
+/// `-o` of the inspection subcommands.
 #[derive(clap::Args)]
-struct PinArgs {
-    /// Where maps and links are pinned (on a bpffs).
-    #[arg(long, default_value = "/sys/fs/bpf/lb", env = "LB_PIN_DIR")]
-    pin_dir: PathBuf,
+struct OutputArg {
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+/// `--health-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HealthAddr(Option<SocketAddr>);
+
+fn health_addr(s: &str) -> Result<HealthAddr, String> {
+    match s {
+        "off" => Ok(HealthAddr(None)),
+        a => a
+            .parse()
+            .map(|a| HealthAddr(Some(a)))
+            .map_err(|_| format!("`{a}` is not ADDRESS:PORT or off")),
+    }
+}
+
+/// `--api-server`: refused at once when it is no URL, not after start-up.
+fn api_url(s: &str) -> Result<String, String> {
+    s.parse::<hyper::Uri>()
+        .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    Ok(s.to_string())
+}
+
+/// `policy get POD`: `namespace/name`.
+fn pod_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -47,13 +81,11 @@ enum Cmd {
         /// The API server's URL, for clusters where no kube-proxy serves the
         /// `kubernetes` Service yet; the token and CA still come from the
         /// service account or kubeconfig.
-        #[arg(long, env = "LB_API_SERVER")]
+        #[arg(long, env = "LB_API_SERVER", value_parser = api_url)]
         api_server: Option<String>,
         /// This node's name (its Node object gives the node's addresses).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
-        #[command(flatten)]
-        pins: PinArgs,
         /// cgroup v2 directory to attach the socket programs to (default: the
         /// root of the cgroup v2 hierarchy found in /proc/mounts).
         #[arg(long, env = "LB_CGROUP")]
@@ -118,8 +150,8 @@ enum Cmd {
         service_cidrs: Vec<lb_agent::model::cidr::Cidr>,
         /// Where `/healthz`, `/livez` and `/metrics` are served, or `off`
         /// (port 0 picks a free port, shown by `lb-agent status`).
-        #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR")]
-        health_addr: String,
+        #[arg(long, default_value = "0.0.0.0:10256", env = "LB_HEALTH_ADDR", value_parser = health_addr)]
+        health_addr: HealthAddr,
         /// Entries of each Maglev table (a prime; 0 turns Maglev off and
         /// new external flows hash over the backends). Every node must use
         /// the same size to pick the same backend for a flow.
@@ -138,9 +170,7 @@ enum Cmd {
     /// Sync status, map fill levels and links, from the pins.
     Status {
         #[command(flatten)]
-        pins: PinArgs,
-        #[arg(short, long, value_enum, default_value = "text")]
-        output: Output,
+        output: OutputArg,
     },
     /// Frontends and their backends as the kernel holds them.
     Service {
@@ -174,10 +204,7 @@ enum Cmd {
         cmd: PolicyCmd,
     },
     /// Remove everything the agent installed: links (detaching the programs) and maps.
-    Reset {
-        #[command(flatten)]
-        pins: PinArgs,
-    },
+    Reset,
 }
 
 #[derive(Subcommand)]
@@ -185,11 +212,10 @@ enum PolicyCmd {
     /// The resolved allow entries of POD (`namespace/name`), with the
     /// policy rule each came from.
     Get {
+        #[arg(value_parser = pod_name)]
         pod: String,
         #[command(flatten)]
-        pins: PinArgs,
-        #[arg(short, long, value_enum, default_value = "text")]
-        output: Output,
+        output: OutputArg,
     },
 }
 
@@ -197,9 +223,7 @@ enum PolicyCmd {
 enum ListCmd {
     List {
         #[command(flatten)]
-        pins: PinArgs,
-        #[arg(short, long, value_enum, default_value = "text")]
-        output: Output,
+        output: OutputArg,
     },
 }
 
@@ -232,13 +256,15 @@ fn main() -> anyhow::Result<()> {
     if !matches!(cli.cmd, Cmd::Run { .. }) {
         datapath::host::quiet_on_closed_pipe();
     }
+    let pinned = datapath::Pinned {
+        pin_dir: cli.pin_dir,
+    };
     match cli.cmd {
         Cmd::Run {
             source,
             kubeconfig,
             api_server,
             node_name,
-            pins,
             cgroup,
             max_services,
             max_backends,
@@ -280,26 +306,21 @@ fn main() -> anyhow::Result<()> {
                 node_port_cidrs: nodeport_addresses,
                 external_ip_cidrs,
                 service_cidrs,
-                health_addr: match health_addr.as_str() {
-                    "off" => None,
-                    a => Some(a.parse().with_context(|| {
-                        format!("--health-addr: `{a}` is not ADDRESS:PORT or off")
-                    })?),
-                },
+                health_addr: health_addr.0,
                 load: datapath::LoadOptions {
-                    pin_dir: pins.pin_dir.clone(),
+                    pin_dir: pinned.pin_dir.clone(),
                     maglev_size: maglev_table_size,
                     cgroup,
                     xdp,
                     tc_attach,
                     sizes: datapath::MapSizes {
                         services: max_services.unwrap_or_else(|| {
-                            datapath::pinned_max_entries(&pins.pin_dir, lb_common::MAP_SERVICES)
+                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_SERVICES)
                                 .unwrap_or(0)
                                 .max(lb_common::DEFAULT_SERVICES_MAX)
                         }),
                         backends: max_backends.unwrap_or_else(|| {
-                            datapath::pinned_max_entries(&pins.pin_dir, lb_common::MAP_BACKENDS)
+                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_BACKENDS)
                                 .unwrap_or(0)
                                 .max(lb_common::DEFAULT_BACKENDS_MAX)
                         }),
@@ -316,67 +337,33 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(agent::run(opts))
         }
-        Cmd::Status { pins, output } => cli::inspect::status(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+        Cmd::Status {
+            output: OutputArg { output },
+        } => cli::inspect::status(&pinned, output),
         Cmd::Service {
-            cmd: ListCmd::List { pins, output },
-        } => cli::inspect::services(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+            cmd: ListCmd::List { output },
+        } => cli::inspect::services(&pinned, output.output),
         Cmd::Ct {
-            cmd: ListCmd::List { pins, output },
-        } => cli::inspect::conntrack(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+            cmd: ListCmd::List { output },
+        } => cli::inspect::conntrack(&pinned, output.output),
         Cmd::Backend {
-            cmd: ListCmd::List { pins, output },
-        } => cli::inspect::backends(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+            cmd: ListCmd::List { output },
+        } => cli::inspect::backends(&pinned, output.output),
         Cmd::Endpoint {
-            cmd: ListCmd::List { pins, output },
-        } => cli::policy::endpoints(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+            cmd: ListCmd::List { output },
+        } => cli::policy::endpoints(&pinned, output.output),
         Cmd::Identity {
-            cmd: ListCmd::List { pins, output },
-        } => cli::policy::identities(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            output == Output::Json,
-        ),
+            cmd: ListCmd::List { output },
+        } => cli::policy::identities(&pinned, output.output),
         Cmd::Policy {
-            cmd: PolicyCmd::Get { pod, pins, output },
-        } => cli::policy::get(
-            &datapath::Pinned {
-                pin_dir: pins.pin_dir,
-            },
-            &pod,
-            output == Output::Json,
-        ),
-        Cmd::Reset { pins } => {
-            let removed = datapath::reset(&pins.pin_dir).context("reset")?;
+            cmd: PolicyCmd::Get { pod, output },
+        } => cli::policy::get(&pinned, &pod, output.output),
+        Cmd::Reset => {
+            let removed = datapath::reset(&pinned.pin_dir).context("reset")?;
             eprintln!(
                 "removed {} pins under {}",
                 removed.len(),
-                pins.pin_dir.display()
+                pinned.pin_dir.display()
             );
             Ok(())
         }

@@ -3,7 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::spawn::{Proc, confine};
@@ -104,12 +104,29 @@ impl AgentProc {
     }
 
     /// An `lb-agent` subcommand on this agent's pins, in its namespace.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::agent_bin());
         cmd.args(args)
             .arg(format!("--pin-dir={}", self.pin_dir.display()));
         confine(&mut cmd, None, self.netns.as_deref());
-        cmd.output().expect("lb-agent")
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("lb-agent")
+    }
+
+    /// The subcommand with its standard output a pipe nobody reads, as
+    /// `| head` leaves it once it has its lines: the reading end is closed
+    /// before the command starts, so its first write meets the closed pipe.
+    pub fn cli_into_closed_pipe(&self, args: &[&str]) -> std::process::Output {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        self.cli_command(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("lb-agent")
     }
 
     /// GET `path` from the agent's health endpoint: (status code, body).
@@ -141,21 +158,31 @@ impl AgentProc {
     /// Waits until this agent process answers 200 on `/healthz` (its
     /// first sync is done); panics with the agent's log after 30 s.
     pub fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pid_ok = self.pid().map(u64::from);
-            let s = self.status();
+        self.wait_until(Duration::from_secs(30), "becoming healthy", |a| {
+            let pid_ok = a.pid().map(u64::from);
+            let s = a.status();
             let mine = s.as_ref().and_then(|s| s["agent_pid"].as_u64()) == pid_ok;
-            if mine && self.http_get("/healthz").0 == 200 {
-                return;
+            mine && a.http_get("/healthz").0 == 200
+        });
+    }
+
+    /// [`crate::wait_until`] for what this agent does: fails at once if
+    /// the agent exits meanwhile, and with its log when `timeout` passes.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut condition: impl FnMut(&Self) -> bool,
+    ) {
+        let r = crate::try_wait_until(timeout, what, || {
+            if condition(self) {
+                return Ok(true);
             }
-            self.assert_running("becoming healthy");
-            assert!(
-                Instant::now() < deadline,
-                "lb-agent not healthy in 30 s:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            self.assert_running(what);
+            Ok(false)
+        });
+        if let Err(e) = r {
+            panic!("lb-agent {e:#}\nagent log:\n{}", self.log_text());
         }
     }
 
@@ -186,24 +213,14 @@ impl AgentProc {
 
     /// `wait_synced` for change sets known to take longer.
     pub fn wait_synced_within(&mut self, generation: u64, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.status() {
-                if s["synced_generation"]
+        let what = format!("syncing generation {generation}");
+        self.wait_until(limit, &what, |a| {
+            a.status().is_some_and(|s| {
+                s["synced_generation"]
                     .as_u64()
                     .is_some_and(|g| g >= generation)
-                {
-                    return;
-                }
-            }
-            self.assert_running(&format!("syncing generation {generation}"));
-            assert!(
-                Instant::now() < deadline,
-                "lb-agent did not sync generation {generation} in {limit:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        });
     }
 }
 

@@ -292,18 +292,11 @@ impl ApiServer {
 
     /// Waits until `f` holds for the request log.
     pub fn wait_requests(&self, what: &str, f: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let reqs = self.requests();
-            if f(&reqs) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "test API server: no {what} in 30 s; requests:\n{}",
-                reqs.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let what = format!("test API server: {what}");
+        if let Err(e) =
+            crate::try_wait_until(Duration::from_secs(30), &what, || Ok(f(&self.requests())))
+        {
+            panic!("{e:#}; requests:\n{}", self.requests().join("\n"));
         }
     }
 }

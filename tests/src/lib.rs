@@ -9,6 +9,9 @@ pub mod lab;
 pub mod netns;
 pub mod spawn;
 pub mod testbed;
+mod wait;
+
+pub use wait::{try_wait_until, wait_until};
 
 use std::path::PathBuf;
 

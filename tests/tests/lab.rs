@@ -54,22 +54,18 @@ fn interrupted_run_tears_everything_down() {
     let pid = child.id();
     // Wait until the run is probing: its agent has synced generation 1.
     let pin = PathBuf::from(format!("/sys/fs/bpf/lbl{pid}-n1"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let out = Command::new(lb_tests::agent_bin())
-            .args(["status", "-o", "json"])
-            .arg(format!("--pin-dir={}", pin.display()))
-            .output()
-            .unwrap();
-        if serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["synced_generation"] == 1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lab never got to its probes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    lb_tests::wait_until(
+        std::time::Duration::from_secs(60),
+        "the lab getting to its probes",
+        || {
+            let out = Command::new(lb_tests::agent_bin())
+                .args(["status", "-o", "json"])
+                .arg(format!("--pin-dir={}", pin.display()))
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["synced_generation"] == 1)
+        },
+    );
     let sent = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()

@@ -188,6 +188,20 @@ fn service_list_shows_what_the_kernel_holds() {
         4,
         "two families x two ports: {list}"
     );
+    // Piped into `head`, which has its lines and is gone: the commands end
+    // quietly on the closed pipe, as command-line tools do, not panicking
+    // in println!.
+    for args in [&["status"][..], &["service", "list", "-o", "json"]] {
+        let out = bed.agent.cli_into_closed_pipe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} | head: {err}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{args:?} | head ends on SIGPIPE: {:?} {err}",
+            out.status
+        );
+    }
 }
 
 #[test]
@@ -229,20 +243,16 @@ fn health_endpoint_turns_healthy_after_the_first_sync_and_serves_metrics() {
         bed.dir.0.join("late.log"),
     );
     late.start();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while late
-        .status()
-        .and_then(|s| s["health_port"].as_u64())
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the late agent never served health: {}",
-            late.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    late.wait_until(
+        std::time::Duration::from_secs(30),
+        "the late agent serving health",
+        |a| {
+            a.status()
+                .and_then(|s| s["health_port"].as_u64())
+                .unwrap_or(0)
+                != 0
+        },
+    );
     assert_eq!(
         late.http_get("/healthz").0,
         503,

@@ -22,7 +22,7 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
-pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn status(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let st = p.status()?;
     let fill = p.fill()?;
     let links = p.links();
@@ -35,7 +35,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         eprintln!("warning: {e:#}");
         None
     });
-    if json_out {
+    if out == super::Output::Json {
         let maps: BTreeMap<_, _> = fill
             .iter()
             .map(|f| {
@@ -158,7 +158,7 @@ pub fn status(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn services(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let services = p.services()?;
     let backends: BTreeMap<u32, _> = p.backends()?.into_iter().collect();
     let slots: BTreeMap<_, _> = services.iter().map(|(k, v)| (*k, *v)).collect();
@@ -186,7 +186,7 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
             "backends": bes,
         }));
     }
-    if json_out {
+    if out == super::Output::Json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {
@@ -210,7 +210,7 @@ pub fn services(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn backends(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let mut bes = p.backends()?;
     bes.sort_by_key(|(id, _)| *id);
     let rows: Vec<_> = bes
@@ -218,7 +218,7 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
         .map(|(id, b)| json!({"id": id, "address": endpoint(ip_of(&b.addr), b.port.to_host()), "protocol": proto_name(b.proto),
             "local": b.flags & lb_common::BACKEND_LOCAL != 0, "draining": b.flags & lb_common::BACKEND_DRAINING != 0}))
         .collect();
-    if json_out {
+    if out == super::Output::Json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {
@@ -238,7 +238,7 @@ pub fn backends(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn conntrack(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let kinds = ["?", "forward", "reverse", "snat", "reverse-snat"];
     let now = crate::datapath::host::monotonic_s() as i64;
     let rows: Vec<_> = p
@@ -256,7 +256,7 @@ pub fn conntrack(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
             })
         })
         .collect();
-    if json_out {
+    if out == super::Output::Json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {

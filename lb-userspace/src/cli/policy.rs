@@ -58,9 +58,9 @@ fn endpoint_json(e: &EndpointReport, counts: &Counts, allows: bool) -> serde_jso
     v
 }
 
-pub fn endpoints(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn endpoints(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let (r, counts) = load(p)?;
-    if json_out {
+    if out == super::Output::Json {
         let rows: Vec<_> = r
             .endpoints
             .iter()
@@ -91,9 +91,9 @@ pub fn endpoints(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn identities(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
+pub fn identities(p: &Pinned, out: super::Output) -> anyhow::Result<()> {
     let r = report::read(&p.pin_dir)?;
-    if json_out {
+    if out == super::Output::Json {
         println!("{}", json!(r.identities));
         return Ok(());
     }
@@ -127,7 +127,7 @@ pub fn identities(p: &Pinned, json_out: bool) -> anyhow::Result<()> {
 }
 
 /// One endpoint's resolved allow entries; `pod` is `namespace/name`.
-pub fn get(p: &Pinned, pod: &str, json_out: bool) -> anyhow::Result<()> {
+pub fn get(p: &Pinned, pod: &str, out: super::Output) -> anyhow::Result<()> {
     let (r, counts) = load(p)?;
     let Some(e) = r.endpoints.iter().find(|e| e.pod == pod) else {
         anyhow::bail!(
@@ -139,7 +139,7 @@ pub fn get(p: &Pinned, pod: &str, json_out: bool) -> anyhow::Result<()> {
                 .join(", ")
         );
     };
-    if json_out {
+    if out == super::Output::Json {
         println!("{}", endpoint_json(e, &counts, true));
         return Ok(());
     }

@@ -4,13 +4,11 @@
 //! `/livez`, and `/metrics` in Prometheus text format.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpListener},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use prometheus_client::{
@@ -322,56 +320,69 @@ impl Health {
     }
 }
 
-/// Reads a request's head (up to the blank line, at most 8 KiB): closing a
-/// socket with unread data would send the client a reset, not the answer.
-pub fn read_request(c: &mut std::net::TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        match c.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Serves `h` on `addr` from a thread; returns the bound address.
+/// Serves `h` on `addr` for the life of the process; returns the bound
+/// address.
 pub fn serve(addr: SocketAddr, h: Arc<Health>) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let bound = l.local_addr()?;
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let req = read_request(&mut c);
-            let path = req
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .split('?')
-                .next()
-                .unwrap_or("/")
-                .to_string();
-            let (code, ctype, body) = h.respond(&path);
-            let reason = match code {
-                200 => "OK",
-                404 => "Not Found",
-                _ => "Service Unavailable",
-            };
-            let _ = write!(
-                c,
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    crate::serve::http::serve(
+        l,
+        move |path| {
+            let (code, ctype, body) = h.respond(path);
+            crate::serve::http::response(code, ctype, body)
+        },
+        None,
+    )?;
     Ok(bound)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::Duration,
+    };
+
     use super::*;
+
+    /// Sends a GET on `c` and reads the answer to the end of the
+    /// connection: (status code, body).
+    pub(crate) fn get(mut c: TcpStream, path: &str) -> (u16, String) {
+        // A guard against a hung server, not a measure of speed.
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)
+            .unwrap_or_else(|e| panic!("GET {path}: {e} after {resp:?}"));
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        (code, body.unwrap_or_default())
+    }
+
+    #[test]
+    fn an_idle_client_does_not_keep_another_waiting() {
+        let h = Health::new();
+        h.synced();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), h).unwrap();
+        let idle = TcpStream::connect(addr).unwrap();
+        assert_eq!(
+            get(TcpStream::connect(addr).unwrap(), "/healthz"),
+            (200, "ok\n".into())
+        );
+        // The idle connection was left alone meanwhile, not answered and
+        // closed to make room for the other client.
+        assert_eq!(get(idle, "/livez"), (200, "ok\n".into()));
+        let (code, body) = get(TcpStream::connect(addr).unwrap(), "/metrics?x=1");
+        assert_eq!(code, 200);
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        assert_eq!(get(TcpStream::connect(addr).unwrap(), "/nope").0, 404);
+    }
 
     #[test]
     fn healthz_waits_for_the_first_sync_and_metrics_are_prometheus_text() {

@@ -2,4 +2,5 @@
 
 pub mod health;
 pub mod health_check;
+mod http;
 pub mod report;

@@ -378,7 +378,19 @@ fn streams(client: &Client, node_name: &str) -> (Stores, Events) {
 
 /// Runs the watchers until `tx` closes, sending debounced change sets.
 pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mpsc::Sender<Batch>) {
-    let (stores, mut events) = streams(&client, &node_name);
+    let (stores, events) = streams(&client, &node_name);
+    gather(events, || stores.counts(), &health, tx).await;
+}
+
+/// Folds `events` into change sets until either end closes: a change set
+/// leaves DEBOUNCE after the first event it holds, so a burst is applied
+/// once. `counts` is what the reflector stores hold, sent with each set.
+async fn gather<E: std::fmt::Display>(
+    mut events: impl futures::Stream<Item = (&'static str, Result<Ev, E>)> + Unpin,
+    counts: impl Fn() -> BTreeMap<String, u64>,
+    health: &Health,
+    tx: mpsc::Sender<Batch>,
+) {
     let mut asm = Assembler::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut waiting_logged = false;
@@ -408,7 +420,7 @@ pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mps
                 deadline = None;
                 match asm.take() {
                     Some(mut batch) => {
-                        batch.counts = Some(stores.counts());
+                        batch.counts = Some(counts());
                         if tx.send(batch).await.is_err() {
                             return;
                         }
@@ -423,6 +435,10 @@ pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mps
         }
     }
 }
+
+#[cfg(test)]
+#[path = "kube_debounce_tests.rs"]
+mod debounce_tests;
 
 #[cfg(test)]
 mod tests {

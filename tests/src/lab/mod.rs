@@ -397,9 +397,13 @@ impl Lab {
 
     /// Waits until every agent reports `generation` in `lb-agent status`.
     fn wait_synced(&mut self, generation: u64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         for a in &mut self.agents {
-            loop {
+            let log = |a: &AgentRun| tail(&std::fs::read_to_string(&a.log).unwrap_or_default());
+            let what = format!(
+                "the agent of node {} syncing generation {generation}",
+                a.node
+            );
+            crate::try_wait_until(Duration::from_secs(60), &what, || {
                 let out = Command::new(crate::agent_bin())
                     .args(["status", "-o", "json"])
                     .arg(format!("--pin-dir={}", a.pin_dir.display()))
@@ -408,26 +412,12 @@ impl Lab {
                     .ok()
                     .and_then(|v| v["synced_generation"].as_u64())
                     .is_some_and(|g| g >= generation);
-                if synced {
-                    break;
+                if let (false, Ok(Some(st))) = (synced, a.proc.child.try_wait()) {
+                    bail!("the agent of node {} exited ({st}):\n{}", a.node, log(a));
                 }
-                let log = || std::fs::read_to_string(&a.log).unwrap_or_default();
-                if let Ok(Some(st)) = a.proc.child.try_wait() {
-                    bail!(
-                        "the agent of node {} exited ({st}):\n{}",
-                        a.node,
-                        tail(&log())
-                    );
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "the agent of node {} did not sync generation {generation} in 60 s:\n{}",
-                        a.node,
-                        tail(&log())
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+                Ok(synced)
+            })
+            .map_err(|e| anyhow::anyhow!("{e:#}:\n{}", log(a)))?;
         }
         Ok(())
     }

@@ -9,6 +9,39 @@ use lb_common::{PROTO_UDP, ServiceKey, ServiceValue};
 use super::{Mirror, Op};
 use crate::compute::desired::Frontend;
 
+/// The backend ids by slot (from slot 1) that serve `want` when `old`
+/// held the slots: every surviving backend keeps its slot, new ones fill
+/// the holes the others left, and holes still open are closed with entries
+/// moved from the end. So a connection's slot choice changes only where
+/// it must, and the slots stay dense (the datapath picks among the first
+/// `count`).
+pub(super) fn place(old: &[u32], want: &[u32]) -> Vec<u32> {
+    let want_set: BTreeSet<u32> = want.iter().copied().collect();
+    let mut placed = BTreeSet::new();
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|id| (want_set.contains(id) && placed.insert(*id)).then_some(*id))
+        .collect();
+    let mut to_place: VecDeque<u32> = want
+        .iter()
+        .copied()
+        .filter(|id| !placed.contains(id))
+        .collect();
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        *s = to_place.pop_front();
+    }
+    slots.extend(to_place.into_iter().map(Some));
+    while let Some(pos) = slots.iter().position(Option::is_none) {
+        while slots.last() == Some(&None) {
+            slots.pop();
+        }
+        if pos < slots.len() {
+            slots[pos] = slots.pop().flatten();
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
 impl Mirror {
     fn slot_ids(&self, key: &ServiceKey) -> Vec<u32> {
         let count = self.services.get(key).map_or(0, |v| v.count);
@@ -52,34 +85,7 @@ impl Mirror {
             self.drains.insert(key, drain_ids.clone())
         }
         .unwrap_or_default();
-        let want_set: BTreeSet<u32> = want.iter().copied().collect();
-
-        // Keep every surviving backend in its slot; fill holes with new ones;
-        // close remaining holes with entries moved from the end.
-        let mut placed = BTreeSet::new();
-        let mut slots: Vec<Option<u32>> = old_ids
-            .iter()
-            .map(|id| (want_set.contains(id) && placed.insert(*id)).then_some(*id))
-            .collect();
-        let mut to_place: VecDeque<u32> = want
-            .iter()
-            .copied()
-            .filter(|id| !placed.contains(id))
-            .collect();
-        for s in slots.iter_mut().filter(|s| s.is_none()) {
-            *s = to_place.pop_front();
-        }
-        slots.extend(to_place.into_iter().map(Some));
-        while let Some(pos) = slots.iter().position(Option::is_none) {
-            while slots.last() == Some(&None) {
-                slots.pop();
-            }
-            if pos < slots.len() {
-                slots[pos] = slots.pop().flatten();
-            }
-        }
-        let new_ids: Vec<u32> = slots.into_iter().flatten().collect();
-
+        let new_ids = place(&old_ids, &want);
         for id in &new_ids {
             *self.backend_refs.entry(*id).or_default() += 1;
         }

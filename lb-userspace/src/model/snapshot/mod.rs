@@ -396,6 +396,9 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+mod conversion_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::manifest::parse_documents;

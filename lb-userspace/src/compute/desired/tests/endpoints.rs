@@ -8,37 +8,25 @@ fn endpoint_conditions_pick_ready_else_serving_terminating() {
     // (endpoints, expected backends)
     let cases: Vec<(Vec<EndpointInfo>, Vec<&str>)> = vec![
         (
-            vec![
-                ep("10.0.0.1", true, true, false),
-                ep("10.0.0.2", true, true, false),
-            ],
+            vec![ready("10.0.0.1"), ready("10.0.0.2")],
             vec!["10.0.0.1:80", "10.0.0.2:80"],
         ),
         // not ready and not terminating: never used
         (
-            vec![
-                ep("10.0.0.1", true, true, false),
-                ep("10.0.0.2", false, false, false),
-            ],
+            vec![ready("10.0.0.1"), not_ready("10.0.0.2")],
             vec!["10.0.0.1:80"],
         ),
         // a ready one hides the terminating ones
         (
-            vec![
-                ep("10.0.0.1", true, true, false),
-                ep("10.0.0.2", false, true, true),
-            ],
+            vec![ready("10.0.0.1"), terminating("10.0.0.2")],
             vec!["10.0.0.1:80"],
         ),
         // no ready one: serving+terminating ones serve
         (
-            vec![
-                ep("10.0.0.2", false, true, true),
-                ep("10.0.0.3", false, false, true),
-            ],
+            vec![terminating("10.0.0.2"), gone("10.0.0.3")],
             vec!["10.0.0.2:80"],
         ),
-        (vec![ep("10.0.0.3", false, false, true)], vec![]),
+        (vec![gone("10.0.0.3")], vec![]),
         (vec![], vec![]),
     ];
     for (eps, want) in cases {
@@ -55,13 +43,13 @@ fn named_target_port_resolves_per_slice() {
     let mut a = slice(
         Family::V4,
         &[("http", 80, Proto::Tcp)],
-        vec![ep("10.0.0.1", true, true, false)],
+        vec![ready("10.0.0.1")],
     );
     a.key.name = "a".into();
     let b = slice(
         Family::V4,
         &[("http", 9090, Proto::Tcp)],
-        vec![ep("10.0.0.2", true, true, false)],
+        vec![ready("10.0.0.2")],
     );
     let fe = service_frontends(&s, &[&a, &b], None, &[]);
     assert_eq!(
@@ -73,11 +61,7 @@ fn named_target_port_resolves_per_slice() {
 #[test]
 fn duplicate_endpoints_across_slices_count_once() {
     let s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
-    let a = slice(
-        Family::V4,
-        &[("", 80, Proto::Tcp)],
-        vec![ep("10.0.0.1", true, true, false)],
-    );
+    let a = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ready("10.0.0.1")]);
     let mut b = a.clone();
     b.key.name = "b".into();
     assert_eq!(
@@ -88,11 +72,10 @@ fn duplicate_endpoints_across_slices_count_once() {
 
 #[test]
 fn endpoints_listed_but_unusable_drain_on_external_frontends() {
-    const NOT_READY: (bool, bool, bool) = (false, false, false);
     // (endpoints, NodePort backends, NodePort draining)
     let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, Vec<&str>)> = vec![
         (
-            vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", ready("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.1:8080", "10.0.0.2:8080"],
             vec![],
         ),
@@ -100,19 +83,19 @@ fn endpoints_listed_but_unusable_drain_on_external_frontends() {
         // (terminating, not serving): listed, so its flows drain
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.2", "n2", READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n2", ready("10.0.0.2")),
             ],
             vec!["10.0.0.2:8080"],
             vec!["10.0.0.1:8080"],
         ),
         (
-            vec![on("10.0.0.1", "n1", NOT_READY), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", not_ready("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.2:8080"],
             vec!["10.0.0.1:8080"],
         ),
         (
-            vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", gone("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.2:8080"],
             vec!["10.0.0.1:8080"],
         ),
@@ -120,20 +103,20 @@ fn endpoints_listed_but_unusable_drain_on_external_frontends() {
         // slot, not draining
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.2", "n2", NOT_READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n2", not_ready("10.0.0.2")),
             ],
             vec!["10.0.0.1:8080"],
             vec!["10.0.0.2:8080"],
         ),
         // gone from every slice: nothing to drain to
         (
-            vec![on("10.0.0.2", "n2", READY)],
+            vec![on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.2:8080"],
             vec![],
         ),
         (
-            vec![on("10.0.0.1", "n1", GONE)],
+            vec![on("n1", gone("10.0.0.1"))],
             vec![],
             vec!["10.0.0.1:8080"],
         ),

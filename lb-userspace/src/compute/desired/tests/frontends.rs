@@ -20,7 +20,7 @@ fn one_port_number_over_tcp_and_udp_and_several_ports() {
             ("dns", 5354, Proto::Udp),
             ("metrics", 9153, Proto::Tcp),
         ],
-        vec![ep("10.0.0.1", true, true, false)],
+        vec![ready("10.0.0.1")],
     );
     let fe = service_frontends(&s, &[&sl], None, &[]);
     assert_eq!(backends(&fe, 53, PROTO_TCP), vec!["10.0.0.1:5353"]);
@@ -42,12 +42,12 @@ fn families_take_only_their_slices() {
     let v4 = slice(
         Family::V4,
         &[("", 8080, Proto::Tcp)],
-        vec![ep("10.0.0.1", true, true, false)],
+        vec![ready("10.0.0.1")],
     );
     let mut v6 = slice(
         Family::V6,
         &[("", 8080, Proto::Tcp)],
-        vec![ep("fd00::1", true, true, false)],
+        vec![ready("fd00::1")],
     );
     v6.key.name = "v6".into();
     let fe = service_frontends(&s, &[&v4, &v6], None, &[]);
@@ -77,7 +77,7 @@ fn node_ports_lb_ips_and_external_ips_per_family() {
     let sl = slice(
         Family::V4,
         &[("http", 8080, Proto::Tcp)],
-        vec![ep("10.0.0.1", true, true, false)],
+        vec![ready("10.0.0.1")],
     );
     let node: Vec<IpAddr> = vec![
         "10.100.0.1".parse().unwrap(),
@@ -168,10 +168,6 @@ fn source_ranges_apply_to_load_balancer_ips_of_their_own_family() {
 fn skipped_services_get_nothing() {
     let mut s = svc(&["10.96.0.10"], &[("", 80, Proto::Tcp)]);
     s.skip = Some("headless");
-    let sl = slice(
-        Family::V4,
-        &[("", 80, Proto::Tcp)],
-        vec![ep("10.0.0.1", true, true, false)],
-    );
+    let sl = slice(Family::V4, &[("", 80, Proto::Tcp)], vec![ready("10.0.0.1")]);
     assert!(service_frontends(&s, &[&sl], None, &[]).is_empty());
 }

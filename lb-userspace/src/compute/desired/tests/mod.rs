@@ -30,6 +30,8 @@ fn svc(ips: &[&str], ports: &[(&str, u16, Proto)]) -> ServiceInfo {
     }
 }
 
+/// An endpoint with its conditions; the fixtures below name the
+/// combinations the tests use.
 fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
         addrs: vec![addr.parse().unwrap()],
@@ -39,6 +41,25 @@ fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo
         node: None,
         hints: None,
     }
+}
+
+fn ready(addr: &str) -> EndpointInfo {
+    ep(addr, true, true, false)
+}
+
+/// Neither ready nor serving, and not going away (a failing probe).
+fn not_ready(addr: &str) -> EndpointInfo {
+    ep(addr, false, false, false)
+}
+
+/// Going away and still serving: used when nothing is ready.
+fn terminating(addr: &str) -> EndpointInfo {
+    ep(addr, false, true, true)
+}
+
+/// Going away and no longer serving.
+fn gone(addr: &str) -> EndpointInfo {
+    ep(addr, false, false, true)
 }
 
 fn slice(family: Family, ports: &[(&str, u16, Proto)], eps: Vec<EndpointInfo>) -> SliceInfo {
@@ -69,16 +90,11 @@ fn backends(fe: &[Frontend], port: u16, proto: u8) -> Vec<String> {
         .collect()
 }
 
-/// An endpoint on `node` with conditions (ready, serving, terminating).
-fn on(addr: &str, node: &str, c: (bool, bool, bool)) -> EndpointInfo {
-    let mut e = ep(addr, c.0, c.1, c.2);
+/// `e` on `node`.
+fn on(node: &str, mut e: EndpointInfo) -> EndpointInfo {
     e.node = Some(node.into());
     e
 }
-
-const READY: (bool, bool, bool) = (true, true, false);
-const TERMINATING: (bool, bool, bool) = (false, true, true);
-const GONE: (bool, bool, bool) = (false, false, true);
 
 /// `e` with topology hints for `zones` and `nodes`.
 fn hinted(mut e: EndpointInfo, zones: &[&str], nodes: &[&str]) -> EndpointInfo {

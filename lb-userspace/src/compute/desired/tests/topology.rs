@@ -4,10 +4,9 @@ use super::*;
 
 #[test]
 fn topology_hints_follow_kube_proxy() {
-    const NOT_READY: (bool, bool, bool) = (false, false, false);
-    let a1 = || on("10.0.0.1", "n1", READY);
-    let a2 = || on("10.0.0.2", "n2", READY);
-    let b3 = || on("10.0.0.3", "n3", READY);
+    let a1 = || on("n1", ready("10.0.0.1"));
+    let a2 = || on("n2", ready("10.0.0.2"));
+    let b3 = || on("n3", ready("10.0.0.3"));
     let all = vec!["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"];
     // (endpoints, this node's zone, Cluster-policy backends on n1)
     let cases: Vec<(&str, Vec<EndpointInfo>, Option<&str>, Vec<&str>)> = vec![
@@ -73,7 +72,7 @@ fn topology_hints_follow_kube_proxy() {
             "endpoints not ready need no hints (and are never used)",
             vec![
                 hinted(a1(), &["a"], &[]),
-                on("10.0.0.4", "n1", NOT_READY),
+                on("n1", not_ready("10.0.0.4")),
                 hinted(b3(), &["b"], &[]),
             ],
             Some("a"),
@@ -98,8 +97,8 @@ fn topology_hints_follow_kube_proxy() {
         (
             "no ready endpoint: serving terminating ones, hints aside",
             vec![
-                hinted(on("10.0.0.1", "n1", TERMINATING), &["a"], &[]),
-                hinted(on("10.0.0.3", "n3", TERMINATING), &["b"], &[]),
+                hinted(on("n1", terminating("10.0.0.1")), &["a"], &[]),
+                hinted(on("n3", terminating("10.0.0.3")), &["b"], &[]),
             ],
             Some("a"),
             vec!["10.0.0.1:8080", "10.0.0.3:8080"],
@@ -138,8 +137,8 @@ fn topology_hints_follow_kube_proxy() {
 #[test]
 fn topology_hints_leave_traffic_policy_local_alone() {
     let eps = vec![
-        hinted(on("10.0.0.1", "n1", READY), &["b"], &[]),
-        hinted(on("10.0.0.2", "n2", READY), &["a"], &[]),
+        hinted(on("n1", ready("10.0.0.1")), &["b"], &[]),
+        hinted(on("n2", ready("10.0.0.2")), &["a"], &[]),
     ];
     let here = Here {
         node: Some("n1"),

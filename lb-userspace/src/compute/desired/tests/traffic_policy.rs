@@ -7,9 +7,9 @@ fn external_traffic_policy_local_adds_a_local_only_external_scope() {
     let mut s = svc(&["10.96.0.10"], &[("http", 80, Proto::Tcp)]);
     s.ports[0].node_port = Some(30000);
     s.external_local = true;
-    let mut a = ep("10.0.0.1", true, true, false);
+    let mut a = ready("10.0.0.1");
     a.node = Some("n1".into());
-    let mut b = ep("10.0.0.2", true, true, false);
+    let mut b = ready("10.0.0.2");
     b.node = Some("n2".into());
     let sl = slice(Family::V4, &[("http", 8080, Proto::Tcp)], vec![a, b]);
     let node: Vec<IpAddr> = vec!["10.100.0.1".parse().unwrap()];
@@ -52,27 +52,27 @@ fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
         // a local endpoint: only it; NodePorts (external destinations,
         // pods included) keep every endpoint
         (
-            vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", ready("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.1:8080"],
             true,
             vec!["10.0.0.1:8080", "10.0.0.2:8080"],
         ),
         // none here, some elsewhere: empty, dropped
         (
-            vec![on("10.0.0.2", "n2", READY)],
+            vec![on("n2", ready("10.0.0.2"))],
             vec![],
             true,
             vec!["10.0.0.2:8080"],
         ),
         // none anywhere: empty, refused as usual
         (vec![], vec![], false, vec![]),
-        (vec![on("10.0.0.1", "n1", GONE)], vec![], false, vec![]),
+        (vec![on("n1", gone("10.0.0.1"))], vec![], false, vec![]),
         // the local one terminates but serves: used, though n2 has a
         // ready one
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.2", "n2", READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n2", ready("10.0.0.2")),
             ],
             vec!["10.0.0.1:8080"],
             true,
@@ -81,8 +81,8 @@ fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
         // a local ready one hides the local terminating ones
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.3", "n1", READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n1", ready("10.0.0.3")),
             ],
             vec!["10.0.0.3:8080"],
             true,
@@ -90,7 +90,7 @@ fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
         ),
         // terminating and no longer serving: never
         (
-            vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", gone("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec![],
             true,
             vec!["10.0.0.2:8080"],
@@ -136,7 +136,7 @@ fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
     let sl = slice(
         Family::V4,
         &[("http", 8080, Proto::Tcp)],
-        vec![on("10.0.0.2", "n2", READY)],
+        vec![on("n2", ready("10.0.0.2"))],
     );
     let fe = service_frontends(&s, &[&sl], Some("n1"), &[]);
     assert!(fe.iter().all(|f| f.flags & SVC_FLAG_INT_LOCAL == 0));
@@ -149,7 +149,7 @@ fn external_traffic_policy_local_falls_back_to_local_serving_terminating() {
     // health check count)
     let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, Vec<&str>, usize)> = vec![
         (
-            vec![on("10.0.0.1", "n1", READY), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", ready("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.1:8080"],
             vec!["10.0.0.1:8080", "10.0.0.2:8080"],
             1,
@@ -160,8 +160,8 @@ fn external_traffic_policy_local_falls_back_to_local_serving_terminating() {
         // move away while it drains
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.2", "n2", READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n2", ready("10.0.0.2")),
             ],
             vec!["10.0.0.1:8080"],
             vec!["10.0.0.2:8080"],
@@ -169,21 +169,21 @@ fn external_traffic_policy_local_falls_back_to_local_serving_terminating() {
         ),
         (
             vec![
-                on("10.0.0.1", "n1", TERMINATING),
-                on("10.0.0.3", "n1", READY),
+                on("n1", terminating("10.0.0.1")),
+                on("n1", ready("10.0.0.3")),
             ],
             vec!["10.0.0.3:8080"],
             vec!["10.0.0.3:8080"],
             1,
         ),
         (
-            vec![on("10.0.0.1", "n1", GONE), on("10.0.0.2", "n2", READY)],
+            vec![on("n1", gone("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec![],
             vec!["10.0.0.2:8080"],
             0,
         ),
         (
-            vec![on("10.0.0.2", "n2", TERMINATING)],
+            vec![on("n2", terminating("10.0.0.2"))],
             vec![],
             vec!["10.0.0.2:8080"],
             0,

@@ -139,3 +139,4 @@ fn external(ip: &str, backends: &[u8]) -> Frontend {
 mod ids;
 mod maglev;
 mod order;
+mod slots;

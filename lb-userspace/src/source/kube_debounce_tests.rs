@@ -1,0 +1,102 @@
+//! The kube source's debounce on tokio's paused clock: time moves only
+//! when the test says so (or every task waits), so "50 ms after the first
+//! event" is checked exactly, not measured.
+
+use std::time::Duration;
+
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use k8s_openapi::api::core::v1::Service;
+use tokio::{sync::mpsc, time::Instant};
+
+use super::*;
+
+type Event = (&'static str, Result<Ev, String>);
+
+fn svc(name: &str) -> Object {
+    let mut s = Service::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some("default".into());
+    Object::Service(Box::new(s))
+}
+
+fn upserted(b: &Batch) -> Vec<String> {
+    b.changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(o) => object_id(o).map(|(_, key)| key.name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The gathering loop on its own task, fed by the returned sender.
+fn start() -> (UnboundedSender<Event>, mpsc::Receiver<Batch>, Arc<Health>) {
+    let (events, rx_events) = unbounded();
+    let (tx, batches) = mpsc::channel(4);
+    let health = Health::new();
+    let h = health.clone();
+    tokio::spawn(async move {
+        gather(rx_events, BTreeMap::new, &h, tx).await;
+    });
+    (events, batches, health)
+}
+
+/// Sends `ev` and lets the gathering task take it at the current instant.
+async fn send(events: &UnboundedSender<Event>, kind: &'static str, ev: Result<Ev, String>) {
+    events.unbounded_send((kind, ev)).unwrap();
+    tokio::task::yield_now().await;
+}
+
+async fn list_everything(events: &UnboundedSender<Event>) {
+    for kind in NEEDED_FOR_SYNC {
+        send(events, kind, Ok(Ev::Init)).await;
+        send(events, kind, Ok(Ev::InitDone)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_leaves_as_one_change_set_debounce_after_its_first_event() {
+    let (events, mut batches, _) = start();
+    let t0 = Instant::now();
+    list_everything(&events).await;
+    let first = batches.recv().await.unwrap();
+    assert_eq!(t0.elapsed(), DEBOUNCE, "the listings wait out the debounce");
+    assert!(first.full && first.changes.is_empty() && first.counts.is_some());
+
+    let t1 = Instant::now();
+    send(&events, "Service", Ok(Ev::Upsert(svc("a")))).await;
+    tokio::time::advance(DEBOUNCE - Duration::from_millis(1)).await;
+    send(&events, "Service", Ok(Ev::Upsert(svc("b")))).await;
+    assert!(
+        batches.try_recv().is_err(),
+        "nothing leaves before the debounce is over"
+    );
+    let burst = batches.recv().await.unwrap();
+    assert_eq!(
+        t1.elapsed(),
+        DEBOUNCE,
+        "timed from the burst's first event, not pushed back by the later ones"
+    );
+    assert_eq!(upserted(&burst), ["a", "b"], "one change set for the burst");
+    assert!(!burst.full);
+
+    // The next event starts a new window.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(batches.try_recv().is_err(), "nothing to send, nothing sent");
+    let t2 = Instant::now();
+    send(&events, "Service", Ok(Ev::Upsert(svc("c")))).await;
+    let next = batches.recv().await.unwrap();
+    assert_eq!(t2.elapsed(), DEBOUNCE);
+    assert_eq!(upserted(&next), ["c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_watch_is_counted_and_starts_no_change_set() {
+    let (events, mut batches, health) = start();
+    list_everything(&events).await;
+    batches.recv().await.unwrap();
+    send(&events, "Pod", Err("connection reset".into())).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(batches.try_recv().is_err(), "an error is no change");
+    assert_eq!(health.metrics.watch_restarts.get(), 1);
+}
