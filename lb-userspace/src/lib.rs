@@ -8,7 +8,7 @@
 //! datapath/  the only module that imports aya: load, pins, links, map writer
 //! serve/     /healthz, /metrics and the healthCheckNodePorts
 //! cli/       the inspection subcommands
-//! agent.rs   `lb-agent run`: wires the stages together
+//! agent/     `lb-agent run`: wires the stages together
 //! ```
 
 pub mod agent;
