@@ -14,6 +14,7 @@ fn the_bench_topology_carries_connections_through_every_variant() {
         quick: true,
         ct_entries: 1000,
         repeat: 100,
+        baselines_up_to: usize::MAX,
         out_dir: out.0.clone(),
     };
     let r = bench::run(&opts).expect("the bench's quick run");

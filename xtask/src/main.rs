@@ -57,6 +57,9 @@ enum Cmd {
         /// Two sizes, two seconds per measurement (about two minutes).
         #[arg(long)]
         quick: bool,
+        /// More for `lb-bench run` (`--sizes 1,1000`, `--baselines-up-to 10000`).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Set-up, build, then a lab scenario (see LAB.md): one JSON line per probe attempt.
     Lab {
@@ -145,7 +148,7 @@ fn main() -> ExitCode {
         } => setup::setup().and_then(|_| lab(&scenario, &agent_args, human)),
         Cmd::Fuzz { packets, seed } => setup::setup().and_then(|_| fuzz(packets, seed)),
         Cmd::Chaos { secs } => setup::setup().and_then(|_| chaos(secs)),
-        Cmd::Bench { quick } => setup::setup().and_then(|_| bench(quick)),
+        Cmd::Bench { quick, args } => setup::setup().and_then(|_| bench(quick, &args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,7 +226,7 @@ fn chaos(secs: u32) -> anyhow::Result<()> {
 
 /// The bench from release builds (the agent's programming time and
 /// memory are those of a release), writing into the repository's root.
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
     require_root("the bench (network namespaces, BPF, iptables, nftables)")?;
     eprintln!("xtask: building release binaries for the bench");
     run(cargo().args(["build", "--release", "--bins"]))?;
@@ -232,6 +235,7 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    cmd.args(args);
     run(cmd.env("LB_AGENT_BIN", root().join("target/release/lb-agent")))
 }
 

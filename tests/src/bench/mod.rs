@@ -28,6 +28,9 @@ pub struct Options {
     pub ct_entries: usize,
     /// BPF_PROG_TEST_RUN repeats per per-packet figure.
     pub repeat: u32,
+    /// The iptables and nftables baselines run at these sizes and below
+    /// only (their programming grows faster than linearly).
+    pub baselines_up_to: usize,
     /// Where BENCHMARKS.md and the plot go.
     pub out_dir: std::path::PathBuf,
 }
@@ -40,6 +43,7 @@ impl Options {
             quick: false,
             ct_entries: 1_000_000,
             repeat: 1_000_000,
+            baselines_up_to: usize::MAX,
             out_dir,
         }
     }
@@ -51,6 +55,7 @@ impl Options {
             quick: true,
             ct_entries: 100_000,
             repeat: 100_000,
+            baselines_up_to: usize::MAX,
             out_dir,
         }
     }

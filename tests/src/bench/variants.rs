@@ -100,48 +100,9 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
     let dir = crate::testbed::TempDir(std::env::temp_dir().join(crate::unique("bench-files")));
     std::fs::create_dir_all(&dir.0)?;
 
-    let ipt = dir.0.join("iptables.rules");
-    std::fs::write(&ipt, rules::iptables(n))?;
-    let t = Instant::now();
-    topo.node_sh_with_input("iptables-restore", &ipt)?;
-    res.cold.push(Cold {
-        services: n,
-        variant: Variant::Iptables,
-        secs: t.elapsed().as_secs_f64(),
-        rss_mib: None,
-    });
-    let r = measure_paths(
-        topo,
-        n,
-        Variant::Iptables,
-        &[Path::ClusterIp, Path::NodePort],
-        opts,
-        res,
-    );
-    std::fs::write(&ipt, "*nat\nCOMMIT\n")?;
-    topo.node_sh_with_input("iptables-restore", &ipt)?;
-    r?;
-
-    let nft = dir.0.join("nftables.rules");
-    std::fs::write(&nft, rules::nftables(n))?;
-    let t = Instant::now();
-    topo.node_sh_with_input("nft -f -", &nft)?;
-    res.cold.push(Cold {
-        services: n,
-        variant: Variant::Nftables,
-        secs: t.elapsed().as_secs_f64(),
-        rss_mib: None,
-    });
-    let r = measure_paths(
-        topo,
-        n,
-        Variant::Nftables,
-        &[Path::ClusterIp, Path::NodePort],
-        opts,
-        res,
-    );
-    topo.node.sh("nft delete table ip kube-proxy");
-    r?;
+    if n <= opts.baselines_up_to {
+        baselines(topo, n, &dir.0, opts, res)?;
+    }
 
     let mut agent = Agent::start(topo, n, &dir.0, &[])?;
     res.cold.push(agent.cold.clone());
@@ -321,6 +282,60 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// kube-proxy's iptables and nftables rules for `n` Services, each
+/// loaded, measured and removed.
+fn baselines(
+    topo: &Topology,
+    n: usize,
+    dir: &std::path::Path,
+    opts: &Options,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let ipt = dir.join("iptables.rules");
+    std::fs::write(&ipt, rules::iptables(n))?;
+    let t = Instant::now();
+    topo.node_sh_with_input("iptables-restore", &ipt)?;
+    res.cold.push(Cold {
+        services: n,
+        variant: Variant::Iptables,
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: None,
+    });
+    let r = measure_paths(
+        topo,
+        n,
+        Variant::Iptables,
+        &[Path::ClusterIp, Path::NodePort],
+        opts,
+        res,
+    );
+    std::fs::write(&ipt, "*nat\nCOMMIT\n")?;
+    topo.node_sh_with_input("iptables-restore", &ipt)?;
+    r?;
+
+    let nft = dir.join("nftables.rules");
+    std::fs::write(&nft, rules::nftables(n))?;
+    let t = Instant::now();
+    topo.node_sh_with_input("nft -f -", &nft)?;
+    res.cold.push(Cold {
+        services: n,
+        variant: Variant::Nftables,
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: None,
+    });
+    let r = measure_paths(
+        topo,
+        n,
+        Variant::Nftables,
+        &[Path::ClusterIp, Path::NodePort],
+        opts,
+        res,
+    );
+    topo.node.sh("nft delete table ip kube-proxy");
+    r?;
+    Ok(())
 }
 
 /// The agent on the kube source: a cold start from the test API server's

@@ -1,4 +1,5 @@
-//! `lb-bench run [--quick] [--out DIR]` (run by `cargo xtask bench`), and
+//! `lb-bench run [--quick] [--out DIR] [--sizes N,N,...] [--baselines-up-to N]`
+//! (run by `cargo xtask bench`), and
 //! its own server and client inside the topology:
 //!
 //!   lb-bench server PORT
@@ -7,6 +8,9 @@
 
 use anyhow::{Context as _, bail};
 use lb_tests::bench;
+
+const USAGE_RUN: &str =
+    "lb-bench run [--quick] [--out DIR] [--sizes N,N,...] [--baselines-up-to N]";
 
 fn main() {
     if let Err(e) = run() {
@@ -48,19 +52,38 @@ fn run() -> anyhow::Result<()> {
         ["run", rest @ ..] => {
             let mut quick = false;
             let mut out = std::path::PathBuf::from(".");
+            let (mut sizes, mut up_to) = (None, None);
             let mut it = rest.iter();
             while let Some(a) = it.next() {
                 match *a {
                     "--quick" => quick = true,
                     "--out" => out = it.next().context("--out needs a directory")?.into(),
-                    a => bail!("unknown flag `{a}`; usage: lb-bench run [--quick] [--out DIR]"),
+                    "--sizes" => {
+                        let v = it.next().context("--sizes needs N,N,...")?;
+                        let parsed: Result<Vec<usize>, _> = v.split(',').map(str::parse).collect();
+                        sizes = Some(parsed.with_context(|| format!("--sizes `{v}`"))?);
+                    }
+                    "--baselines-up-to" => {
+                        let v = it.next().context("--baselines-up-to needs N")?;
+                        up_to = Some(
+                            v.parse()
+                                .with_context(|| format!("--baselines-up-to `{v}`"))?,
+                        );
+                    }
+                    a => bail!("unknown flag `{a}`; usage: {USAGE_RUN}"),
                 }
             }
-            let opts = if quick {
+            let mut opts = if quick {
                 bench::Options::quick(out)
             } else {
                 bench::Options::full(out)
             };
+            if let Some(s) = sizes {
+                opts.sizes = s;
+            }
+            if let Some(n) = up_to {
+                opts.baselines_up_to = n;
+            }
             bench::run(&opts)?;
             eprintln!(
                 "lb-bench: wrote {}",
@@ -69,7 +92,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: lb-bench run [--quick] [--out DIR] | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT"
+            "usage: {USAGE_RUN} | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT"
         ),
     }
 }
