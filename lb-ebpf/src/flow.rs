@@ -166,9 +166,19 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) 
 /// connections. Not inlined (stack).
 #[inline(never)]
 fn tuple_taken(p: &Pkt, backend: NetAddr, bport: BeU16) -> u32 {
-    let k = conntrack::tuple(backend, bport, p.saddr, p.sport, p.proto, CT_REV);
+    let mut k = conntrack::tuple(backend, bport, p.saddr, p.sport, p.proto, CT_REV);
+    let Some(r) = conntrack::lookup(&k) else {
+        return 0;
+    };
+    if r.addr == p.daddr && r.port == p.dport {
+        return 0;
+    }
+    // The other flow is over (a FIN or RST seen, or its forward entry
+    // gone): a new connection may take its tuple, as netfilter lets a new
+    // SYN take a closing connection's.
+    k = conntrack::tuple(p.saddr, p.sport, r.addr, r.port, p.proto, CT_FWD);
     match conntrack::lookup(&k) {
-        Some(r) => (r.addr != p.daddr || r.port != p.dport) as u32,
+        Some(f) => (f.flags & CT_F_CLOSING == 0 && r.flags & CT_F_CLOSING == 0) as u32,
         None => 0,
     }
 }

@@ -312,6 +312,35 @@ fn one_client_port_to_two_frontends_of_a_local_backend_snats_the_second() {
     }
 }
 
+/// A flow that closed (its client sent an RST) leaves its tuple free: the
+/// same client port towards another frontend of the local backend keeps
+/// its client, as netfilter lets a new SYN take a closing connection's
+/// tuple (a lab client's ports come round between frontends).
+#[test]
+fn a_closed_flows_client_port_to_another_frontend_keeps_its_client() {
+    let mut bed = Bed::with_node_port("closedtuple");
+    bed.service(
+        "192.0.2.10",
+        80,
+        PROTO_TCP,
+        Some(("10.244.1.10", 8080, BACKEND_LOCAL)),
+    );
+    let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40006, NODE, 30080, true));
+    assert_eq!(bed.run("lb_tc_egress", &fwd).1.len(), fwd.len());
+    bed.run(
+        "lb_tc_ingress",
+        &tcp_flags(CLIENT, 40006, NODE, 30080, "rst"),
+    );
+    let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40006, LB_IP, 80, true));
+    let (_, out) = bed.run("lb_tc_egress", &fwd);
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_eq!(
+        src4(&out),
+        ("10.100.0.200".into(), 40006),
+        "the closed flow's tuple is taken again, not SNAT'd"
+    );
+}
+
 /// The datapath counts entries made under new keys, not replacements: with
 /// the sweep's counts the agent tells what the LRU evicted.
 #[test]
