@@ -183,25 +183,42 @@ fn markdown(opts: &Options, r: &Results) -> String {
     s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation`, with the file source and with the kube source (the test API server: paged lists of 500, then watches); its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent (files) s | RSS MiB | KiB per object | lb-agent (kube) s | RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|---|---|---|\n");
     for n in sizes(r) {
         let c = |v| r.cold.iter().find(|c| c.services == n && c.variant == v);
-        let a = c(Variant::Agent);
         let objects = (n * (1 + super::rules::ENDPOINTS_PER_SERVICE)) as f64;
+        let agent = |v| {
+            let a = c(v);
+            format!(
+                "{} | {} | {}",
+                a.map_or("-".into(), |a| format!("{:.2}", a.secs)),
+                a.and_then(|a| a.rss_mib)
+                    .map_or("-".into(), |m| format!("{m:.0}")),
+                a.and_then(|a| a.rss_mib)
+                    .map_or("-".into(), |m| format!("{:.2}", m * 1024.0 / objects)),
+            )
+        };
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {} | {} |",
-            a.map_or("-".into(), |a| format!("{:.2}", a.secs)),
-            a.and_then(|a| a.rss_mib)
-                .map_or("-".into(), |m| format!("{m:.0}")),
-            a.and_then(|a| a.rss_mib)
-                .map_or("-".into(), |m| format!("{:.2}", m * 1024.0 / objects)),
+            "| {n} | {} | {} | {} | {} |",
+            agent(Variant::Agent),
+            agent(Variant::AgentKube),
             c(Variant::Iptables).map_or("-".into(), |c| format!("{:.2}", c.secs)),
             c(Variant::Nftables).map_or("-".into(), |c| format!("{:.2}", c.secs)),
         );
     }
-    s.push_str("\n## One EndpointSlice changed\n\nFrom the change set written (the file source's GENERATION file) to the agent's own synced timestamp, one change set per change.\n\n| Services | changes | p50 ms | p99 ms |\n|---|---|---|---|\n");
+    s.push_str(
+        "\n## One EndpointSlice changed\n\nFrom the change written (files: the GENERATION file of a change set; kube: \
+         the object written to the API server) to the agent's own synced timestamp, one change set per change. The \
+         file source polls every 100 ms and reads the changed file; the kube source is told by its watch and waits \
+         50 ms for more events before applying.\n\n| Services | source | changes | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+    );
     for c in &r.churn {
+        let src = if c.variant == Variant::AgentKube {
+            "kube"
+        } else {
+            "files"
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} |",
+            "| {} | {src} | {} | {:.1} | {:.1} |",
             c.services, c.changes, c.p50_ms, c.p99_ms
         );
     }
@@ -236,31 +253,62 @@ fn markdown(opts: &Options, r: &Results) -> String {
 
 /// The run's figures in words, at its largest size.
 fn meaning(r: &Results) -> String {
-    let Some(&n) = sizes(r).last() else {
+    let all = sizes(r);
+    let Some(&top) = all.last() else {
         return "No size was measured.\n".into();
     };
-    let f = |v, p, m| rate(r, n, v, p, m);
-    let d = f(Variant::Direct, Path::Backend, Mode::Connections);
-    let pct = |x: Option<f64>| match (x, d) {
-        (Some(x), Some(d)) if d > 0.0 => format!("{:.0}%", 100.0 * x / d),
-        _ => "-".into(),
+    // The baselines may stop at a smaller size than the agent.
+    let base = all
+        .iter()
+        .copied()
+        .filter(|&n| rate(r, n, Variant::Iptables, Path::ClusterIp, Mode::Connections).is_some())
+        .next_back()
+        .unwrap_or(top);
+    let at = |n: usize| {
+        let d = rate(r, n, Variant::Direct, Path::Backend, Mode::Connections);
+        move |v, p| match (rate(r, n, v, p, Mode::Connections), d) {
+            (Some(x), Some(d)) if d > 0.0 => format!("{:.0}%", 100.0 * x / d),
+            _ => "-".into(),
+        }
+    };
+    let b = at(base);
+    let t = at(top);
+    let cold = |v| {
+        r.cold
+            .iter()
+            .find(|c| c.services == top && c.variant == v)
+            .map_or("-".into(), |c| {
+                format!(
+                    "{:.1} s and {} MiB",
+                    c.secs,
+                    c.rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+                )
+            })
     };
     format!(
-        "At {n} Services a pod's new connection to a ClusterIP runs at {} of a direct connection \
+        "At {base} Services a pod's new connection to a ClusterIP runs at {} of a direct connection \
          with lb-agent (it is translated once, at connect(), and then costs nothing), against {} \
          with kube-proxy's iptables rules (which walk one rule per Service for every new \
          connection) and {} with its nftables rules (one map lookup). From outside through a \
-         NodePort: lb-agent {} (TC), {} (XDP native), iptables {}, nftables {}. Requests on a \
-         connection that is already open pay only the per-packet costs (none on the socket \
-         path; a conntrack lookup in TC or XDP, or netfilter's). Figures from a machine \
-         doing other work are noise: compare ratios within one quiet run.\n",
-        pct(f(Variant::Agent, Path::ClusterIp, Mode::Connections)),
-        pct(f(Variant::Iptables, Path::ClusterIp, Mode::Connections)),
-        pct(f(Variant::Nftables, Path::ClusterIp, Mode::Connections)),
-        pct(f(Variant::Agent, Path::NodePort, Mode::Connections)),
-        pct(f(Variant::AgentXdp, Path::NodePort, Mode::Connections)),
-        pct(f(Variant::Iptables, Path::NodePort, Mode::Connections)),
-        pct(f(Variant::Nftables, Path::NodePort, Mode::Connections)),
+         NodePort: lb-agent {} (TC), {} (XDP native), iptables {}, nftables {}. At {top} Services \
+         lb-agent's ClusterIP connections run at {} of direct and its NodePort ones at {} (TC) and \
+         {} (XDP); it programmed them from nothing in {} from files, {} from the API server. \
+         Requests on a connection that is already open pay only the per-packet costs (none on \
+         the socket path; a conntrack lookup in TC or XDP, or netfilter's). Here the client and \
+         server themselves bound the rates near the direct figure, so only a big gap is a \
+         difference; figures from a machine doing other work are noise.\n",
+        b(Variant::Agent, Path::ClusterIp),
+        b(Variant::Iptables, Path::ClusterIp),
+        b(Variant::Nftables, Path::ClusterIp),
+        b(Variant::Agent, Path::NodePort),
+        b(Variant::AgentXdp, Path::NodePort),
+        b(Variant::Iptables, Path::NodePort),
+        b(Variant::Nftables, Path::NodePort),
+        t(Variant::Agent, Path::ClusterIp),
+        t(Variant::Agent, Path::NodePort),
+        t(Variant::AgentXdp, Path::NodePort),
+        cold(Variant::Agent),
+        cold(Variant::AgentKube),
     )
 }
 
@@ -332,6 +380,17 @@ fn plot(path: &std::path::Path, r: &Results) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// The report again from a run's raw results (`lb-bench report`).
+pub fn rewrite(opts: &Options) -> anyhow::Result<Results> {
+    let path = opts.out_dir.join(RESULTS);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let r: Results =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    write(opts, &r)?;
+    Ok(r)
 }
 
 pub fn write(opts: &Options, r: &Results) -> anyhow::Result<()> {

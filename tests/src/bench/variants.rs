@@ -244,7 +244,13 @@ fn wait_synced(a: &mut AgentProc, generation: u64, limit: Duration) -> anyhow::R
                 a.log_text()
             );
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Each look runs `lb-agent status`: often enough to time a change
+        // to the millisecond, not so often it takes the agent's CPU.
+        std::thread::sleep(Duration::from_millis(if limit >= COLD_LIMIT {
+            100
+        } else {
+            5
+        }));
     }
 }
 
@@ -267,7 +273,13 @@ fn wait_status(
                 a.log_text()
             );
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Each look runs `lb-agent status`: often enough to time a change
+        // to the millisecond, not so often it takes the agent's CPU.
+        std::thread::sleep(Duration::from_millis(if limit >= COLD_LIMIT {
+            100
+        } else {
+            5
+        }));
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use lb_tests::bench;
 
 const USAGE_RUN: &str =
-    "lb-bench run [--quick] [--out DIR] [--sizes N,N,...] [--baselines-up-to N]";
+    "lb-bench run [--quick] [--out DIR] [--sizes N,N,...] [--baselines-up-to N] [--report-only]";
 
 fn main() {
     if let Err(e) = run() {
@@ -50,13 +50,15 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         ["run", rest @ ..] => {
-            let mut quick = false;
+            let (mut quick, mut rewrite) = (false, false);
             let mut out = std::path::PathBuf::from(".");
             let (mut sizes, mut up_to) = (None, None);
             let mut it = rest.iter();
             while let Some(a) = it.next() {
                 match *a {
                     "--quick" => quick = true,
+                    // The report again from the raw results a run left.
+                    "--report-only" => rewrite = true,
                     "--out" => out = it.next().context("--out needs a directory")?.into(),
                     "--sizes" => {
                         let v = it.next().context("--sizes needs N,N,...")?;
@@ -84,7 +86,11 @@ fn run() -> anyhow::Result<()> {
             if let Some(n) = up_to {
                 opts.baselines_up_to = n;
             }
-            bench::run(&opts)?;
+            if rewrite {
+                bench::report::rewrite(&opts)?;
+            } else {
+                bench::run(&opts)?;
+            }
             eprintln!(
                 "lb-bench: wrote {}",
                 opts.out_dir.join("BENCHMARKS.md").display()
