@@ -31,8 +31,9 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-/// The rate one variant reached through `path` in `mode` at `n` Services.
-fn rate(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<f64> {
+/// What one variant measured through `path` in `mode` at `n` Services
+/// (direct: to the backend itself).
+fn measured(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<&super::Measured> {
     let path = if v == Variant::Direct {
         Path::Backend
     } else {
@@ -41,19 +42,15 @@ fn rate(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<f64
     r.rows
         .iter()
         .find(|x| x.services == n && x.variant == v && x.path == path && x.mode == mode)
-        .map(|x| x.measured.rate)
+        .map(|x| &x.measured)
+}
+
+fn rate(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<f64> {
+    measured(r, n, v, path, mode).map(|m| m.rate)
 }
 
 fn latency(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<(f64, f64)> {
-    let path = if v == Variant::Direct {
-        Path::Backend
-    } else {
-        path
-    };
-    r.rows
-        .iter()
-        .find(|x| x.services == n && x.variant == v && x.path == path && x.mode == mode)
-        .map(|x| (x.measured.p50_us, x.measured.p99_us))
+    measured(r, n, v, path, mode).map(|m| (m.p50_us, m.p99_us))
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -133,11 +130,16 @@ fn table(s: &mut String, r: &Results, path: Path, mode: Mode, variants: &[Varian
 
 fn markdown(opts: &Options, r: &Results) -> String {
     let mut s = String::new();
-    let cmd = if opts.quick {
+    let mut cmd = String::from(if opts.quick {
         "cargo xtask bench --quick"
     } else {
         "cargo xtask bench"
-    };
+    });
+    let asked: Vec<String> = opts.sizes.iter().map(usize::to_string).collect();
+    cmd += &format!(" -- --sizes {}", asked.join(","));
+    if opts.baselines_up_to != usize::MAX {
+        cmd += &format!(" --baselines-up-to {}", opts.baselines_up_to);
+    }
     let _ = writeln!(
         s,
         "# Benchmarks\n\nWritten by `{cmd}` (`tests/src/bench/`); every figure below comes from the same run, on this machine:\n\n\
@@ -261,8 +263,7 @@ fn meaning(r: &Results) -> String {
     let base = all
         .iter()
         .copied()
-        .filter(|&n| rate(r, n, Variant::Iptables, Path::ClusterIp, Mode::Connections).is_some())
-        .next_back()
+        .rfind(|&n| rate(r, n, Variant::Iptables, Path::ClusterIp, Mode::Connections).is_some())
         .unwrap_or(top);
     let at = |n: usize| {
         let d = rate(r, n, Variant::Direct, Path::Backend, Mode::Connections);

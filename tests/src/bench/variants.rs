@@ -297,7 +297,7 @@ fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// kube-proxy's iptables and nftables rules for `n` Services, each
-/// loaded, measured and removed.
+/// loaded (timed), measured and removed.
 fn baselines(
     topo: &Topology,
     n: usize,
@@ -305,48 +305,48 @@ fn baselines(
     opts: &Options,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let ipt = dir.join("iptables.rules");
-    std::fs::write(&ipt, rules::iptables(n))?;
-    let t = Instant::now();
-    topo.node_sh_with_input("iptables-restore", &ipt)?;
-    res.cold.push(Cold {
-        services: n,
-        variant: Variant::Iptables,
-        secs: t.elapsed().as_secs_f64(),
-        rss_mib: None,
-    });
-    let r = measure_paths(
-        topo,
-        n,
-        Variant::Iptables,
-        &[Path::ClusterIp, Path::NodePort],
-        opts,
-        res,
-    );
-    std::fs::write(&ipt, "*nat\nCOMMIT\n")?;
-    topo.node_sh_with_input("iptables-restore", &ipt)?;
-    r?;
-
-    let nft = dir.join("nftables.rules");
-    std::fs::write(&nft, rules::nftables(n))?;
-    let t = Instant::now();
-    topo.node_sh_with_input("nft -f -", &nft)?;
-    res.cold.push(Cold {
-        services: n,
-        variant: Variant::Nftables,
-        secs: t.elapsed().as_secs_f64(),
-        rss_mib: None,
-    });
-    let r = measure_paths(
-        topo,
-        n,
-        Variant::Nftables,
-        &[Path::ClusterIp, Path::NodePort],
-        opts,
-        res,
-    );
-    topo.node.sh("nft delete table ip kube-proxy");
-    r?;
+    // (variant, rules file, rules, loading command, what removes them)
+    let kinds = [
+        (
+            Variant::Iptables,
+            "iptables.rules",
+            rules::iptables(n),
+            "iptables-restore",
+        ),
+        (
+            Variant::Nftables,
+            "nftables.rules",
+            rules::nftables(n),
+            "nft -f -",
+        ),
+    ];
+    for (variant, file, text, load) in kinds {
+        let path = dir.join(file);
+        std::fs::write(&path, text)?;
+        let t = Instant::now();
+        topo.node_sh_with_input(load, &path)?;
+        res.cold.push(Cold {
+            services: n,
+            variant,
+            secs: t.elapsed().as_secs_f64(),
+            rss_mib: None,
+        });
+        let measured = measure_paths(
+            topo,
+            n,
+            variant,
+            &[Path::ClusterIp, Path::NodePort],
+            opts,
+            res,
+        );
+        if variant == Variant::Iptables {
+            std::fs::write(&path, "*nat\nCOMMIT\n")?;
+            topo.node_sh_with_input(load, &path)?;
+        } else {
+            topo.node.sh("nft delete table ip kube-proxy");
+        }
+        measured?;
+    }
     Ok(())
 }
 
