@@ -303,3 +303,62 @@ fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
         "nothing is reported left out: {log}"
     );
 }
+
+/// 6,000 Services of 12 endpoints each (84,000 services entries, 66,002
+/// distinct backends) outgrow both maps in one change set: both grow
+/// before the change set is recorded, and nothing is reported left out,
+/// not even for a moment, under a connection loop.
+#[test]
+fn both_maps_grow_in_the_change_set_that_outgrows_them() {
+    let mut bed = Testbed::new(2);
+    web(&mut bed, &["10.95.0.10"], &[0, 1]);
+    let stop = bed.dir.0.join("stop");
+    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
+    assert_eq!(lp.read_line().trim(), "started");
+    let mut y = String::new();
+    for i in 0..6_000 {
+        let name = format!("s{i}");
+        y += &service(&name, &[&many_ip(i)], &[TCP]);
+        y += "---\n";
+        // One live backend and eleven addresses no other Service has.
+        let fake = (0..11).map(|k| {
+            let n = i * 11 + k;
+            format!(
+                "10.{}.{}.{}",
+                200 + n / 50_000,
+                (n % 50_000) / 250,
+                1 + n % 250
+            )
+        });
+        let eps = ready(std::iter::once(backend_ip4(i % 2)).chain(fake));
+        y += &slice(
+            &format!("{name}-1"),
+            &name,
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &eps,
+        );
+        y += "---\n";
+    }
+    bed.manifests.write("many.yaml", &y);
+    let g = bed.manifests.commit();
+    bed.agent
+        .wait_synced_within(g, std::time::Duration::from_secs(300));
+    let st = bed.agent.status().unwrap();
+    let log = bed.agent.log_text();
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 131072, "{st}");
+    assert_eq!(st["maps"]["LB_BACKENDS_V1"]["max_entries"], 131072, "{st}");
+    assert!(
+        !log.contains("not programmed"),
+        "nothing is reported left out: {log}"
+    );
+    std::fs::write(&stop, "").unwrap();
+    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
+    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["failed"], 0,
+        "connections failed while the maps grew: {summary}"
+    );
+}

@@ -35,28 +35,44 @@ pub(super) fn destroy_left_udp(
 /// rest are counted (all are listed by `lb-agent status`).
 const NAMED_MAX: usize = 20;
 
-/// Grows the maps that may grow (no `--max-*` flag) when the Services
-/// left out for room need more than they have; true when grown. A map
-/// that cannot grow leaves them reported as for a fixed size.
-pub(super) fn grow_if_short(
+/// The change set's outcome after growing the maps (those with no
+/// `--max-*` flag) for what it left out for room, and programming that in
+/// the same change set: several rounds when Services fit one grown map and
+/// then meet another, so that a change set is recorded with all it could
+/// program.
+pub(super) fn grow_for_left_out(
     dp: &mut Datapath,
-    rec: &crate::compute::reconcile::Reconciler,
-) -> bool {
+    rec: &mut Reconciler,
+    first: anyhow::Result<crate::compute::reconcile::Outcome>,
+) -> anyhow::Result<crate::compute::reconcile::Outcome> {
+    let mut out = first;
+    // Each round grows at least one map that was short, to what every
+    // left-out Service needs of it: services, backends, then done.
+    for _ in 0..3 {
+        if out.is_err() || !grow_if_short(dp, rec) {
+            break;
+        }
+        let again = rec.apply_from(&[], &[], false, dp);
+        out = out.and_then(|first| again.map(|a| merge_outcomes(first, a)));
+    }
+    out
+}
+
+/// Grows the maps that may grow when the Services left out for room need
+/// more than they have, every map by what they all need of it; true when
+/// grown. A map that cannot grow leaves them reported as for a fixed size.
+fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
     if rec.not_programmed.is_empty() {
         return false;
     }
-    let short = |map: &str| -> u64 {
-        rec.not_programmed
-            .values()
-            .filter(|np| np.map == map)
-            .map(|np| np.needed)
-            .sum()
-    };
+    let (services, backends) = rec.not_programmed.values().fold((0, 0), |(s, b), np| {
+        (s + np.need.services, b + np.need.backends)
+    });
     let m = rec.mirror();
     let Some(sizes) = crate::datapath::grown(
         dp.sizes(),
-        m.services().len() as u64 + short(lb_common::MAP_SERVICES),
-        m.backends().len() as u64 + short(lb_common::MAP_BACKENDS),
+        m.services().len() as u64 + services,
+        m.backends().len() as u64 + backends,
     ) else {
         return false;
     };
@@ -64,14 +80,12 @@ pub(super) fn grow_if_short(
     match dp.grow(sizes) {
         Ok(()) => {
             tracing::info!(
-                "maps grown for the cluster: services {} -> {} entries, backends {} -> {} ({} Services left out needed {} services and {} backends entries)",
+                "maps grown for the cluster: services {} -> {} entries, backends {} -> {} ({} Services left out needed {services} services and {backends} backends entries)",
                 from.services,
                 sizes.services,
                 from.backends,
                 sizes.backends,
                 rec.not_programmed.len(),
-                short(lb_common::MAP_SERVICES),
-                short(lb_common::MAP_BACKENDS),
             );
             true
         }

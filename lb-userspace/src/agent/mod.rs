@@ -8,7 +8,7 @@ use anyhow::Context as _;
 mod left_out;
 mod node;
 
-use left_out::{destroy_left_udp, grow_if_short, log_left_out, merge_outcomes, publish_left_out};
+use left_out::{destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out};
 use node::{local_addrs, node_setup, sync_pod_ifaces};
 
 use crate::{
@@ -249,11 +249,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 health.alive();
                 if needs_resync && resync.due() {
-                    let mut resynced = rec.resync(&mut dp);
-                    if resynced.is_ok() && grow_if_short(&mut dp, &rec) {
-                        let again = rec.apply_from(&[], &[], false, &mut dp);
-                        resynced = resynced.and_then(|first| again.map(|a| merge_outcomes(first, a)));
-                    }
+                    let resynced = rec.resync(&mut dp);
+                    let resynced = grow_for_left_out(&mut dp, &mut rec, resynced);
                     match resynced {
                         Ok(o) => {
                             tracing::info!(ops = o.ops, "full resync done");
@@ -317,12 +314,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(r) = batch.rejected.take() {
             source_rejected = r;
         }
-        let mut applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
-        if applied.is_ok() && grow_if_short(&mut dp, &rec) {
-            // The Services left out for room get it now.
-            let again = rec.apply_from(&[], &[], false, &mut dp);
-            applied = applied.and_then(|first| again.map(|a| merge_outcomes(first, a)));
-        }
+        let applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
+        // The Services left out for room get it now.
+        let applied = grow_for_left_out(&mut dp, &mut rec, applied);
         // Even after a failed write: those backends are gone from what the
         // maps are to hold.
         destroy_left_udp(&dp, &mut rec, &health);

@@ -95,6 +95,22 @@ fn measure_paths(
     Ok(())
 }
 
+/// The control plane alone at `n` Services: cold start, memory and
+/// churn from files and from the API server, no traffic measured.
+pub fn control(topo: &Topology, n: usize, changes: usize) -> anyhow::Result<Results> {
+    let mut res = Results::default();
+    let dir = crate::testbed::TempDir(std::env::temp_dir().join(crate::unique("bench-files")));
+    std::fs::create_dir_all(&dir.0)?;
+    let mut agent = Agent::start(topo, n, &dir.0, &[])?;
+    res.cold.push(agent.cold.clone());
+    res.churn.push(agent.churn(n, changes)?);
+    drop(agent);
+    let (cold, churn) = kube(topo, n, &dir.0, changes)?;
+    res.cold.push(cold);
+    res.churn.push(churn);
+    Ok(res)
+}
+
 pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyhow::Result<()> {
     measure_paths(topo, n, Variant::Direct, &[Path::Backend], opts, res)?;
     let dir = crate::testbed::TempDir(std::env::temp_dir().join(crate::unique("bench-files")));
@@ -209,6 +225,7 @@ impl Agent {
                 .context("synced_at_unix_ms")?;
             took.push(at.saturating_sub(written) as f64);
         }
+        eprintln!("bench:   churn (file source), ms per change in order: {took:?}");
         took.sort_by(f64::total_cmp);
         let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
         Ok(Churn {
@@ -420,6 +437,7 @@ fn kube(
             .context("synced_at_unix_ms")?;
         took.push(at.saturating_sub(written) as f64);
     }
+    eprintln!("bench:   churn (kube source), ms per change in order: {took:?}");
     took.sort_by(f64::total_cmp);
     let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
     drop(proc);

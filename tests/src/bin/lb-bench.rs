@@ -5,6 +5,7 @@
 //!   lb-bench server PORT
 //!   lb-bench client connections|requests ADDR:PORT SECS [SRC]
 //!   lb-bench packets SERVICES CT_ENTRIES REPEAT   (the per-packet figures alone)
+//!   lb-bench control SERVICES CHANGES   (cold start, memory and churn alone)
 
 use anyhow::{Context as _, bail};
 use lb_tests::bench;
@@ -47,6 +48,16 @@ fn run() -> anyhow::Result<()> {
                 repeat.parse().context("REPEAT")?,
             )?;
             println!("{}", serde_json::to_string(&c)?);
+            Ok(())
+        }
+        ["control", services, changes] => {
+            let topo = bench::topo::Topology::up()?;
+            let res = bench::variants::control(
+                &topo,
+                services.parse().context("SERVICES")?,
+                changes.parse().context("CHANGES")?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&res)?);
             Ok(())
         }
         ["run", rest @ ..] => {
@@ -98,7 +109,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: {USAGE_RUN} | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT"
+            "usage: {USAGE_RUN} | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT | control SERVICES CHANGES"
         ),
     }
 }

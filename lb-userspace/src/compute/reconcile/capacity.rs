@@ -35,6 +35,10 @@ pub struct NotProgrammed {
     pub remedy: String,
     /// The Service was in the maps before: that state stays (whole).
     pub previous_state_kept: bool,
+    /// What it needs of every map, the short one and the others: maps
+    /// grown for it grow together, not one per change set.
+    #[serde(default)]
+    pub need: Need,
 }
 
 impl NotProgrammed {
@@ -69,11 +73,11 @@ impl std::fmt::Display for NotProgrammed {
 }
 
 /// Entries one Service's frontends need beyond what the maps hold for them.
-#[derive(Default, Debug)]
-pub(super) struct Need {
-    services: u64,
-    backends: u64,
-    maglev: u64,
+#[derive(Clone, Default, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Need {
+    pub services: u64,
+    pub backends: u64,
+    pub maglev: u64,
 }
 
 impl Reconciler {
@@ -178,6 +182,7 @@ impl Reconciler {
                     holds: holds.to_string(),
                     remedy: remedy.to_string(),
                     previous_state_kept: kept,
+                    need: need.clone(),
                 })
             })
     }
