@@ -124,7 +124,7 @@ async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::datapath::host::check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
-    let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
+    let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(source::QUEUED);
     let source_desc = match &opts.source {
         Source::File(dir) => {
             tokio::spawn(poll_files(dir.clone(), opts.poll, tx));

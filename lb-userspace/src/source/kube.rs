@@ -1,7 +1,7 @@
 //! The Kubernetes source: one kube-rs watcher per kind the agent reads,
-//! feeding a reflector store of trimmed objects (what NetworkPolicy will
-//! query: pods and namespaces by label) and turned into the same change
-//! sets as the file source.
+//! its objects trimmed as they arrive and turned into the same change sets
+//! as the file source (the snapshot keeps what it reads of them; nothing
+//! here keeps the objects).
 //!
 //! Restart rule: nothing is handed to the reconciler until Services,
 //! EndpointSlices and this node's Node have each been listed completely, so
@@ -15,7 +15,6 @@ use std::{
     collections::{BTreeMap, HashSet},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -30,11 +29,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
-        watcher,
-    },
+    runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::sync::mpsc;
 
@@ -70,9 +65,6 @@ const NEEDED_FOR_SYNC: &[&str] = &[
     "Namespace",
     "NetworkPolicy",
 ];
-
-/// A burst of events is gathered this long before it is applied.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
@@ -208,7 +200,7 @@ impl Assembler {
             errors: Vec::new(),
             rejected: None,
             full,
-            // The reflector stores count objects (`run` fills this in).
+            // `gather` fills this in.
             counts: None,
         })
     }
@@ -264,49 +256,20 @@ fn trim_pod(p: &mut Pod) {
     }
 }
 
-/// The reflector stores, one per watched kind, filled by the watchers.
-pub struct Stores {
-    pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
-    pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
-    pub namespaces: Store<Namespace>,
-    pub policies: Store<NetworkPolicy>,
-}
-
-impl Stores {
-    /// Objects each store holds, by kind, for `/metrics`.
-    fn counts(&self) -> BTreeMap<String, u64> {
-        [
-            ("Service", self.services.len()),
-            ("EndpointSlice", self.slices.len()),
-            ("Node", self.nodes.len()),
-            ("Pod", self.pods.len()),
-            ("Namespace", self.namespaces.len()),
-            ("NetworkPolicy", self.policies.len()),
-        ]
-        .into_iter()
-        .map(|(k, n)| (k.to_string(), n as u64))
-        .collect()
-    }
-}
-
 fn watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     kind: &'static str,
     trim: fn(&mut K),
     wrap: fn(K) -> Object,
-) -> (Store<K>, Events)
+) -> Events
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (store, writer) = reflector::store();
-    let events = watcher(api, cfg)
+    watcher(api, cfg)
         .default_backoff()
         .modify(trim)
-        .reflect(writer)
         .map(move |r| {
             let ev = r.map(|e| match e {
                 watcher::Event::Init => Ev::Init,
@@ -316,91 +279,76 @@ where
             });
             (kind, ev)
         })
-        .boxed();
-    (store, events)
+        .boxed()
 }
 
-fn streams(client: &Client, node_name: &str) -> (Stores, Events) {
+fn streams(client: &Client, node_name: &str) -> Events {
     let all = watcher::Config::default;
-    let (services, s1) = watch(
+    let s1 = watch(
         Api::<Service>::all(client.clone()),
         all(),
         "Service",
         trim,
         |o| Object::Service(Box::new(o)),
     );
-    let (slices, s2) = watch(
+    let s2 = watch(
         Api::<EndpointSlice>::all(client.clone()),
         all(),
         "EndpointSlice",
         trim,
         |o| Object::EndpointSlice(Box::new(o)),
     );
-    let (nodes, s3) = watch(
+    let s3 = watch(
         Api::<Node>::all(client.clone()),
         all().fields(&format!("metadata.name={node_name}")),
         "Node",
         trim,
         |o| Object::Node(Box::new(o)),
     );
-    let (pods, s4) = watch(
+    let s4 = watch(
         Api::<Pod>::all(client.clone()),
         all(),
         "Pod",
         trim_pod,
         |o| Object::Pod(Box::new(o)),
     );
-    let (namespaces, s5) = watch(
+    let s5 = watch(
         Api::<Namespace>::all(client.clone()),
         all(),
         "Namespace",
         trim,
         |o| Object::Namespace(Box::new(o)),
     );
-    let (policies, s6) = watch(
+    let s6 = watch(
         Api::<NetworkPolicy>::all(client.clone()),
         all(),
         "NetworkPolicy",
         trim,
         |o| Object::NetworkPolicy(Box::new(o)),
     );
-    let stores = Stores {
-        services,
-        slices,
-        nodes,
-        pods,
-        namespaces,
-        policies,
-    };
-    let events = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).boxed();
-    (stores, events)
+    futures::stream::select_all([s1, s2, s3, s4, s5, s6]).boxed()
 }
 
-/// Runs the watchers until `tx` closes, sending debounced change sets.
+/// Runs the watchers until `tx` closes, sending change sets as the sync
+/// loop takes them.
 pub async fn run(client: Client, node_name: String, health: Arc<Health>, tx: mpsc::Sender<Batch>) {
-    let (stores, events) = streams(&client, &node_name);
-    gather(events, || stores.counts(), &health, tx).await;
+    gather(streams(&client, &node_name), &health, tx).await;
 }
 
-/// Folds `events` into change sets until either end closes: a change set
-/// leaves DEBOUNCE after the first event it holds, so a burst is applied
-/// once. `counts` is what the reflector stores hold, sent with each set.
+/// Folds `events` into change sets until either end closes. A change set
+/// leaves as soon as the sync loop has room for it (`tx` holds
+/// [`super::QUEUED`]): an idle agent applies an event the moment it comes,
+/// and what comes while it applies gathers into the next set, so a burst
+/// costs a few change sets and never a wait.
 async fn gather<E: std::fmt::Display>(
     mut events: impl futures::Stream<Item = (&'static str, Result<Ev, E>)> + Unpin,
-    counts: impl Fn() -> BTreeMap<String, u64>,
     health: &Health,
     tx: mpsc::Sender<Batch>,
 ) {
     let mut asm = Assembler::default();
-    let mut deadline: Option<tokio::time::Instant> = None;
     let mut waiting_logged = false;
     loop {
-        let flush = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sendable = asm.ready() && asm.has_pending();
         tokio::select! {
             next = events.next() => {
                 let Some((kind, ev)) = next else { return };
@@ -412,24 +360,16 @@ async fn gather<E: std::fmt::Display>(
                         continue;
                     }
                 }
-                if deadline.is_none() && asm.has_pending() {
-                    deadline = Some(tokio::time::Instant::now() + DEBOUNCE);
+                if !asm.ready() && !waiting_logged {
+                    waiting_logged = true;
+                    tracing::info!("waiting for complete listings of Services, EndpointSlices, this Node, Pods, Namespaces and NetworkPolicies before touching the maps");
                 }
             }
-            _ = flush => {
-                deadline = None;
-                match asm.take() {
-                    Some(mut batch) => {
-                        batch.counts = Some(counts());
-                        if tx.send(batch).await.is_err() {
-                            return;
-                        }
-                    }
-                    None if !asm.ready() && !waiting_logged => {
-                        waiting_logged = true;
-                        tracing::info!("waiting for complete listings of Services, EndpointSlices, this Node, Pods, Namespaces and NetworkPolicies before touching the maps");
-                    }
-                    None => {}
+            permit = tx.reserve(), if sendable => {
+                let Ok(permit) = permit else { return };
+                if let Some(mut batch) = asm.take() {
+                    batch.counts = Some(asm.counts());
+                    permit.send(batch);
                 }
             }
         }
@@ -437,8 +377,8 @@ async fn gather<E: std::fmt::Display>(
 }
 
 #[cfg(test)]
-#[path = "kube_debounce_tests.rs"]
-mod debounce_tests;
+#[path = "kube_gather_tests.rs"]
+mod gather_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
-//! The kube source's debounce on tokio's paused clock: time moves only
-//! when the test says so (or every task waits), so "50 ms after the first
-//! event" is checked exactly, not measured.
+//! When the kube source's change sets leave, on tokio's paused clock: time
+//! moves only when the test says so (or every task waits), so "at once"
+//! is checked exactly, not measured.
 
 use std::time::Duration;
 
@@ -32,11 +32,11 @@ fn upserted(b: &Batch) -> Vec<String> {
 /// The gathering loop on its own task, fed by the returned sender.
 fn start() -> (UnboundedSender<Event>, mpsc::Receiver<Batch>, Arc<Health>) {
     let (events, rx_events) = unbounded();
-    let (tx, batches) = mpsc::channel(4);
+    let (tx, batches) = mpsc::channel(crate::source::QUEUED);
     let health = Health::new();
     let h = health.clone();
     tokio::spawn(async move {
-        gather(rx_events, BTreeMap::new, &h, tx).await;
+        gather(rx_events, &h, tx).await;
     });
     (events, batches, health)
 }
@@ -55,39 +55,49 @@ async fn list_everything(events: &UnboundedSender<Event>) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_leaves_as_one_change_set_debounce_after_its_first_event() {
+async fn an_idle_agent_gets_each_change_at_once() {
     let (events, mut batches, _) = start();
     let t0 = Instant::now();
     list_everything(&events).await;
     let first = batches.recv().await.unwrap();
-    assert_eq!(t0.elapsed(), DEBOUNCE, "the listings wait out the debounce");
-    assert!(first.full && first.changes.is_empty() && first.counts.is_some());
-
-    let t1 = Instant::now();
-    send(&events, "Service", Ok(Ev::Upsert(svc("a")))).await;
-    tokio::time::advance(DEBOUNCE - Duration::from_millis(1)).await;
-    send(&events, "Service", Ok(Ev::Upsert(svc("b")))).await;
-    assert!(
-        batches.try_recv().is_err(),
-        "nothing leaves before the debounce is over"
-    );
-    let burst = batches.recv().await.unwrap();
     assert_eq!(
-        t1.elapsed(),
-        DEBOUNCE,
-        "timed from the burst's first event, not pushed back by the later ones"
+        t0.elapsed(),
+        Duration::ZERO,
+        "the listings leave when complete"
     );
-    assert_eq!(upserted(&burst), ["a", "b"], "one change set for the burst");
-    assert!(!burst.full);
+    assert!(first.full && first.changes.is_empty());
+    let counts = first.counts.expect("counts sent with the change set");
+    assert_eq!(counts.get("Service"), Some(&0), "{counts:?}");
 
-    // The next event starts a new window.
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(batches.try_recv().is_err(), "nothing to send, nothing sent");
-    let t2 = Instant::now();
-    send(&events, "Service", Ok(Ev::Upsert(svc("c")))).await;
+    let t1 = Instant::now();
+    send(&events, "Service", Ok(Ev::Upsert(svc("a")))).await;
     let next = batches.recv().await.unwrap();
-    assert_eq!(t2.elapsed(), DEBOUNCE);
-    assert_eq!(upserted(&next), ["c"]);
+    assert_eq!(t1.elapsed(), Duration::ZERO, "no wait for more events");
+    assert_eq!(upserted(&next), ["a"]);
+    assert!(!next.full);
+    assert_eq!(next.counts.unwrap().get("Service"), Some(&1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_comes_while_the_agent_is_busy_gathers_into_one_change_set() {
+    let (events, mut batches, _) = start();
+    list_everything(&events).await;
+    // The listing's change set waits in the queue: the agent is busy.
+    send(&events, "Service", Ok(Ev::Upsert(svc("a")))).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    send(&events, "Service", Ok(Ev::Upsert(svc("b")))).await;
+    send(&events, "Service", Ok(Ev::Upsert(svc("c")))).await;
+    let first = batches.recv().await.unwrap();
+    assert!(first.full && first.changes.is_empty());
+    let burst = batches.recv().await.unwrap();
+    assert_eq!(
+        upserted(&burst),
+        ["a", "b", "c"],
+        "one change set for what came meanwhile"
+    );
+    assert!(batches.try_recv().is_err(), "and nothing more");
 }
 
 #[tokio::test(start_paused = true)]
