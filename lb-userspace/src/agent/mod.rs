@@ -6,6 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 mod left_out;
+mod memory;
 mod node;
 
 use left_out::{destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out};
@@ -395,6 +396,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     full = batch.full,
                     "change set applied"
                 );
+                if batch.changes.len() >= memory::TRIM_AFTER {
+                    // What the change set's objects took goes back now,
+                    // not at some later allocation.
+                    drop(batch);
+                    memory::release_freed();
+                }
             }
             Err(e) => {
                 tracing::error!("writing the maps failed: {e:#}; resyncing");

@@ -118,7 +118,9 @@ pub struct Batch {
 pub struct FileSource {
     dir: PathBuf,
     files: HashMap<PathBuf, FileState>,
-    objects: HashMap<ObjId, Object>,
+    /// The file whose version of each object the change sets carried: the
+    /// objects themselves live once, in `files`.
+    applied: HashMap<ObjId, Arc<Path>>,
     generation: Option<u64>,
     started: bool,
 }
@@ -128,7 +130,7 @@ impl FileSource {
         Self {
             dir: dir.into(),
             files: HashMap::new(),
-            objects: HashMap::new(),
+            applied: HashMap::new(),
             generation: None,
             started: false,
         }
@@ -137,7 +139,7 @@ impl FileSource {
     /// How many objects of each kind the source holds.
     pub fn counts_by_kind(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
-        for (kind, _) in self.objects.keys() {
+        for (kind, _) in self.applied.keys() {
             *m.entry(kind.clone()).or_default() += 1;
         }
         m
@@ -200,6 +202,9 @@ impl FileSource {
         }
         present.sort();
         let mut touched: Vec<ObjId> = Vec::new();
+        // The objects of files read again or gone, as they were: what the
+        // change sets carried is compared with them.
+        let mut before: HashMap<PathBuf, BTreeMap<ObjId, Object>> = HashMap::new();
         for path in &present {
             let Ok(st) = stamp(path) else { continue };
             if self.files.get(path).is_some_and(|f| f.stamp == st) {
@@ -216,6 +221,7 @@ impl FileSource {
                 .extend(rejected.iter().map(Rejected::to_string));
             touched.extend(old.keys().cloned());
             touched.extend(objects.keys().cloned());
+            before.insert(path.clone(), old);
             self.files.insert(
                 path.clone(),
                 FileState {
@@ -233,33 +239,36 @@ impl FileSource {
             .collect();
         for p in gone {
             if let Some(f) = self.files.remove(&p) {
-                touched.extend(f.objects.into_keys());
+                touched.extend(f.objects.keys().cloned());
+                before.insert(p, f.objects);
             }
         }
         touched.sort();
         touched.dedup();
-        let mut names: HashMap<&Path, Arc<str>> = HashMap::new();
+        let mut names: HashMap<&Path, (Arc<Path>, Arc<str>)> = HashMap::new();
+        let winners = winners(&self.files, &touched);
         for id in touched {
-            // The last file (in name order) defining an object wins.
-            let now = self
-                .files
-                .iter()
-                .filter(|(_, f)| f.objects.contains_key(&id))
-                .max_by_key(|(p, _)| (*p).clone());
-            match now.and_then(|(_, f)| f.objects.get(&id)) {
-                Some(o) => {
-                    if self.objects.get(&id) != Some(o) {
-                        self.objects.insert(id, o.clone());
+            let now = winners.get(&id).map(|p| (*p, &self.files[*p]));
+            let carried = self
+                .applied
+                .get(&id)
+                .and_then(|p| match before.get(p.as_ref()) {
+                    Some(old) => old.get(&id),
+                    None => self.files.get(p.as_ref()).and_then(|f| f.objects.get(&id)),
+                });
+            match now.and_then(|(p, f)| Some((p, f.objects.get(&id)?))) {
+                Some((path, o)) => {
+                    let (path, name) = names.entry(path).or_insert_with(|| {
+                        (Arc::from(path.as_path()), path.display().to_string().into())
+                    });
+                    if carried != Some(o) {
                         batch.changes.push(Change::Upsert(o.clone()));
-                        let path = now.map(|(p, _)| p.as_path()).unwrap_or(&self.dir);
-                        let name = names
-                            .entry(path)
-                            .or_insert_with(|| path.display().to_string().into());
                         batch.files.push(Some(name.clone()));
                     }
+                    self.applied.insert(id, path.clone());
                 }
                 None => {
-                    if self.objects.remove(&id).is_some() {
+                    if self.applied.remove(&id).is_some() {
                         batch.changes.push(Change::Delete {
                             kind: id.0,
                             key: id.1,
@@ -355,6 +364,40 @@ impl FileSource {
     }
 }
 
+/// The file defining each of `ids` that wins: the last in name order.
+/// Looked up per id when few change, in one pass over every file's
+/// objects when that is cheaper (a cold start from many files).
+fn winners<'a>(
+    files: &'a HashMap<PathBuf, FileState>,
+    ids: &[ObjId],
+) -> HashMap<ObjId, &'a PathBuf> {
+    let mut won: HashMap<ObjId, &PathBuf> = HashMap::with_capacity(ids.len());
+    let total: usize = files.values().map(|f| f.objects.len()).sum();
+    if ids.len().saturating_mul(files.len()) <= total {
+        for id in ids {
+            let last = files
+                .iter()
+                .filter(|(_, f)| f.objects.contains_key(id))
+                .map(|(p, _)| p)
+                .max();
+            if let Some(p) = last {
+                won.insert(id.clone(), p);
+            }
+        }
+    } else {
+        let wanted: std::collections::HashSet<&ObjId> = ids.iter().collect();
+        for (p, f) in files {
+            for id in f.objects.keys().filter(|id| wanted.contains(id)) {
+                let w = won.entry(id.clone()).or_insert(p);
+                if p > *w {
+                    *w = p;
+                }
+            }
+        }
+    }
+    won
+}
+
 /// `Kind namespace/name` (`Kind name` when cluster-scoped), as messages
 /// name objects.
 pub fn describe_id((kind, r): &ObjId) -> String {
@@ -421,6 +464,57 @@ mod tests {
         assert_eq!(kinds(&b), ["upsert Service x/a", "delete Service x/b"]);
         write(&d.0, GENERATION_FILE, "3");
         assert!(s.poll().unwrap().unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn the_last_file_defining_an_object_wins_and_the_other_takes_over_when_it_goes() {
+        let d = dir("winner");
+        write(&d.0, "a.yaml", SVC_A);
+        write(&d.0, "b.yaml", SVC_A2);
+        let mut s = FileSource::new(&d.0);
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(kinds(&b), ["upsert Service x/a"]);
+        assert!(b.files[0].as_deref().unwrap().ends_with("b.yaml"));
+        // The losing file changes: what was carried does not.
+        write(&d.0, "a.yaml", &format!("{SVC_A}---\n{SVC_B}"));
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(kinds(&b), ["upsert Service x/b"]);
+        // The winner goes: the other file's version is carried.
+        std::fs::remove_file(d.0.join("b.yaml")).unwrap();
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(kinds(&b), ["upsert Service x/a"]);
+        assert!(b.files[0].as_deref().unwrap().ends_with("a.yaml"));
+        // Both the same again in another file: nothing to carry.
+        write(&d.0, "c.yaml", SVC_A);
+        assert!(s.poll().unwrap().is_none());
+        std::fs::remove_file(d.0.join("a.yaml")).unwrap();
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(kinds(&b), ["delete Service x/b"]);
+    }
+
+    #[test]
+    fn a_cold_start_from_many_files_finds_each_objects_file() {
+        let d = dir("many");
+        for i in 0..300 {
+            write(
+                &d.0,
+                &format!("s{i:03}.yaml"),
+                &SVC_A.replace("name: a", &format!("name: s{i}")),
+            );
+        }
+        let mut s = FileSource::new(&d.0);
+        let b = s.poll().unwrap().unwrap();
+        assert_eq!(b.changes.len(), 300);
+        for (c, f) in b.changes.iter().zip(&b.files) {
+            let Change::Upsert(o) = c else {
+                panic!("{c:?}")
+            };
+            let (_, key) = object_id(o).unwrap();
+            assert!(f.as_deref().unwrap().ends_with(&format!(
+                "/s{:03}.yaml",
+                key.name[1..].parse::<u32>().unwrap()
+            )));
+        }
     }
 
     #[test]
