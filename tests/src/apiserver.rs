@@ -463,10 +463,12 @@ fn watch(
         if st.watch_epoch != epoch || st.unreachable || stop.load(Ordering::Relaxed) {
             return; // dropped mid-stream, no final chunk
         }
-        let batch: Vec<(u64, &'static str, Value)> = st
-            .events
+        // Events are in resourceVersion order: start after the cursor, not
+        // at the beginning of history (100,000 Services make 200,000).
+        let after = st.events.partition_point(|(rv, ..)| *rv <= cursor);
+        let batch: Vec<(u64, &'static str, Value)> = st.events[after..]
             .iter()
-            .filter(|(rv, k, _, o)| *rv > cursor && k == kind && selected(o, fields))
+            .filter(|(_, k, _, o)| k == kind && selected(o, fields))
             .map(|(rv, _, t, o)| (*rv, *t, o.clone()))
             .collect();
         let head_rv = st.rv;

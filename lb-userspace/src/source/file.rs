@@ -121,6 +121,8 @@ pub struct FileSource {
     /// The file whose version of each object the change sets carried: the
     /// objects themselves live once, in `files`.
     applied: HashMap<ObjId, Arc<Path>>,
+    /// `applied` by kind, kept as it changes (not counted per change set).
+    counts: BTreeMap<String, u64>,
     generation: Option<u64>,
     started: bool,
 }
@@ -131,6 +133,7 @@ impl FileSource {
             dir: dir.into(),
             files: HashMap::new(),
             applied: HashMap::new(),
+            counts: BTreeMap::new(),
             generation: None,
             started: false,
         }
@@ -138,11 +141,7 @@ impl FileSource {
 
     /// How many objects of each kind the source holds.
     pub fn counts_by_kind(&self) -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
-        for (kind, _) in self.applied.keys() {
-            *m.entry(kind.clone()).or_default() += 1;
-        }
-        m
+        self.counts.clone()
     }
 
     /// The next complete change set, if one is ready.
@@ -265,10 +264,18 @@ impl FileSource {
                         batch.changes.push(Change::Upsert(o.clone()));
                         batch.files.push(Some(name.clone()));
                     }
-                    self.applied.insert(id, path.clone());
+                    if let Some(p) = self.applied.get_mut(&id) {
+                        *p = path.clone();
+                    } else {
+                        *self.counts.entry(id.0.clone()).or_default() += 1;
+                        self.applied.insert(id, path.clone());
+                    }
                 }
                 None => {
                     if self.applied.remove(&id).is_some() {
+                        if let Some(n) = self.counts.get_mut(&id.0) {
+                            *n -= 1;
+                        }
                         batch.changes.push(Change::Delete {
                             kind: id.0,
                             key: id.1,
@@ -490,6 +497,7 @@ mod tests {
         std::fs::remove_file(d.0.join("a.yaml")).unwrap();
         let b = s.poll().unwrap().unwrap();
         assert_eq!(kinds(&b), ["delete Service x/b"]);
+        assert_eq!(b.counts.unwrap().get("Service"), Some(&1), "x/a is left");
     }
 
     #[test]
