@@ -204,7 +204,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
     let mut evictions = crate::compute::ct_sweep::Evictions::default();
-    let mut gc = tokio::time::interval(Duration::from_secs(10));
+    let mut gc = tokio::time::interval(crate::compute::ct_sweep::SWEEP_EVERY);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeouts = opts.ct_timeouts;
     let mut tick = tokio::time::interval(opts.poll);

@@ -16,6 +16,9 @@ use lb_common::{
 
 use crate::compute::conntrack_gc::Timeouts;
 
+/// How often the agent sweeps conntrack.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Conntrack pressure, by flow: what `/metrics` and `status` show.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CtStats {
@@ -32,66 +35,160 @@ pub struct CtStats {
     pub orphans: usize,
 }
 
-/// Counts `entries` (one walk of the map) by flow.
-pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
-    let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
-    let mut st = CtStats::default();
-    let mut claimed = 0;
-    for (k, v) in entries.iter().filter(|(k, _)| k.kind == CT_FWD) {
-        let group = flow_of(k, v, &by_key);
-        claimed += group.len();
-        let flags = group.iter().fold(0u8, |f, g| f | by_key[g].flags);
-        st.flows += 1;
-        if flags & CT_F_ESTABLISHED == 0 {
-            st.unanswered += 1;
-        }
-        if flags & CT_F_CLOSING != 0 {
-            st.closing += 1;
-        }
-    }
-    st.orphans = entries.len() - claimed.min(entries.len());
-    st
+/// A fast hasher for the walk's own tables: their keys come from the
+/// kernel's map, not from anyone who could aim at collisions, and a sweep
+/// of 1M entries hashes a few million times.
+type Fast = foldhash::fast::RandomState;
+
+/// One walk of the conntrack map grouped into flows once: the decision, the
+/// statistics and the eviction count all read it (each used to build its
+/// own index and groups).
+pub struct Flows<'a> {
+    entries: &'a [(CtKey, CtValue)],
+    index: HashMap<&'a CtKey, u32, Fast>,
+    /// Per forward entry: its flow's entries (indices), the flags of all of
+    /// them, and the latest packet on any.
+    groups: Vec<Group>,
 }
 
-/// The entries of the flow whose forward entry is `k`: itself, its reverse
-/// entry, its SNAT pair (the reverse SNAT entry only if it still points
-/// back at this flow's client). An SNAT'd flow's reverse and SNAT entries
-/// are keyed by its own SNAT port (see `lb_common::CT_FWD`); a forward
-/// entry without one (a local backend's flow, or an earlier agent's
-/// SNAT'd one) has them keyed by the client's port.
-fn flow_of(k: &CtKey, v: &CtValue, by_key: &HashMap<&CtKey, &CtValue>) -> Vec<CtKey> {
-    let mut group = vec![*k];
-    let snat_port = v.snat_port.0 != 0;
-    let tuple = |saddr, sport, daddr, dport, kind| CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: k.proto,
-        kind,
-        _pad: [0; 2],
-    };
-    let (rev_port, snat_sport) = if snat_port {
-        (v.snat_port, v.snat_port)
-    } else {
-        (v.port, k.sport)
-    };
-    let rev = tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV);
-    let snat = tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT);
-    if by_key.contains_key(&rev) {
-        group.push(rev);
+struct Group {
+    members: [u32; 4],
+    len: u8,
+    flags: u8,
+    last: u32,
+}
+
+impl Group {
+    fn members(&self) -> &[u32] {
+        &self.members[..self.len as usize]
     }
-    if let Some(sv) = by_key.get(&snat) {
-        group.push(snat);
-        let rsnat = tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
-        if by_key
-            .get(&rsnat)
-            .is_some_and(|r| r.addr == k.saddr && r.port == k.sport)
-        {
-            group.push(rsnat);
+}
+
+impl<'a> Flows<'a> {
+    pub fn of(entries: &'a [(CtKey, CtValue)]) -> Self {
+        let mut index = HashMap::with_capacity_and_hasher(entries.len(), Fast::default());
+        for (i, (k, _)) in entries.iter().enumerate() {
+            index.insert(k, i as u32);
         }
+        let mut flows = Self {
+            entries,
+            index,
+            groups: Vec::new(),
+        };
+        flows.groups = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| k.kind == CT_FWD)
+            .map(|(i, (k, v))| flows.group(i as u32, k, v))
+            .collect();
+        flows
     }
-    group
+
+    /// The forward entry `i`'s flow: its reverse entry, and its SNAT pair
+    /// when the reverse SNAT entry points back at this flow's client.
+    fn group(&self, i: u32, k: &CtKey, v: &CtValue) -> Group {
+        let mut g = Group {
+            members: [i, 0, 0, 0],
+            len: 1,
+            flags: v.flags,
+            last: v.last_seen,
+        };
+        let mut add = |j: u32| {
+            let e = &self.entries[j as usize].1;
+            g.members[g.len as usize] = j;
+            g.len += 1;
+            g.flags |= e.flags;
+            g.last = g.last.max(e.last_seen);
+        };
+        let tuple = |saddr, sport, daddr, dport, kind| CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto: k.proto,
+            kind,
+            _pad: [0; 2],
+        };
+        let (rev_port, snat_sport) = if v.snat_port.0 != 0 {
+            (v.snat_port, v.snat_port)
+        } else {
+            (v.port, k.sport)
+        };
+        if let Some(&j) = self.index.get(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV)) {
+            add(j);
+        }
+        if let Some(&j) = self.index.get(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT)) {
+            add(j);
+            let sv = &self.entries[j as usize].1;
+            let rsnat = tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
+            if let Some(&r) = self.index.get(&rsnat) {
+                let rv = &self.entries[r as usize].1;
+                if rv.addr == k.saddr && rv.port == k.sport {
+                    add(r);
+                }
+            }
+        }
+        g
+    }
+
+    /// The entries to remove (indices): a flow goes whole when its backend
+    /// left or it has been idle past its state's timeout; an entry no flow
+    /// claims goes after the closing timeout. `now` and `last_seen` are
+    /// seconds of CLOCK_MONOTONIC.
+    pub fn doomed(&self, now: u32, backends: &HashMap<u32, Backend>, t: &Timeouts) -> Vec<u32> {
+        let mut claimed = vec![false; self.entries.len()];
+        let mut out = Vec::new();
+        for g in &self.groups {
+            let (k, v) = &self.entries[g.members[0] as usize];
+            let backend_gone = !backends
+                .get(&v.backend_id)
+                .is_some_and(|b| b.addr == v.addr && b.port == v.port);
+            let limit = if k.proto != PROTO_TCP {
+                t.other
+            } else if g.flags & CT_F_CLOSING != 0 {
+                t.tcp_closing
+            } else if g.flags & CT_F_ESTABLISHED != 0 {
+                t.tcp
+            } else {
+                t.tcp_syn
+            };
+            let dead = backend_gone || now.saturating_sub(g.last) > limit;
+            for &m in g.members() {
+                if dead {
+                    out.push(m);
+                }
+                claimed[m as usize] = true;
+            }
+        }
+        for (i, (_, v)) in self.entries.iter().enumerate() {
+            if !claimed[i] && now.saturating_sub(v.last_seen) > t.tcp_closing {
+                out.push(i as u32);
+            }
+        }
+        out
+    }
+
+    pub fn stats(&self) -> CtStats {
+        let mut st = CtStats::default();
+        let mut claimed = 0;
+        for g in &self.groups {
+            claimed += g.len as usize;
+            st.flows += 1;
+            if g.flags & CT_F_ESTABLISHED == 0 {
+                st.unanswered += 1;
+            }
+            if g.flags & CT_F_CLOSING != 0 {
+                st.closing += 1;
+            }
+        }
+        st.orphans = self.entries.len() - claimed.min(self.entries.len());
+        st
+    }
+}
+
+/// Flows by state, from one walk of the map.
+pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
+    Flows::of(entries).stats()
 }
 
 /// What the LRU evicted behind the sweeps' backs, judged from one sweep to
@@ -104,14 +201,9 @@ pub struct Evictions {
     primed: bool,
     left: usize,
     new_at: u64,
-    answered: HashSet<u64>,
+    answered: HashSet<CtKey, Fast>,
     pub entries_total: u64,
     pub answered_flows_total: u64,
-}
-
-fn key_hash(k: &CtKey) -> u64 {
-    use std::hash::{BuildHasher as _, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(k)
 }
 
 impl Evictions {
@@ -119,29 +211,33 @@ impl Evictions {
     /// before the walk), `entries` what the walk read, `doomed` what the
     /// sweep removes.
     pub fn observe(&mut self, new_entries: u64, entries: &[(CtKey, CtValue)], doomed: &[CtKey]) {
-        let fwd: HashSet<u64> = entries
-            .iter()
-            .filter(|(k, _)| k.kind == CT_FWD)
-            .map(|(k, _)| key_hash(k))
-            .collect();
+        let flows = Flows::of(entries);
+        let doomed: Vec<u32> = doomed.iter().filter_map(|k| flows.index.get(k).copied()).collect();
+        self.observe_flows(new_entries, &flows, &doomed);
+    }
+
+    /// [`Self::observe`] on a walk already grouped; `doomed` as indices.
+    pub fn observe_flows(&mut self, new_entries: u64, flows: &Flows<'_>, doomed: &[u32]) {
+        let entries = flows.entries;
         if self.primed {
             let made = new_entries.saturating_sub(self.new_at) as usize;
             let evicted = (self.left + made).saturating_sub(entries.len());
             self.entries_total += evicted as u64;
-            self.answered_flows_total +=
-                self.answered.iter().filter(|h| !fwd.contains(h)).count() as u64;
+            self.answered_flows_total += self
+                .answered
+                .iter()
+                .filter(|k| !flows.index.contains_key(k))
+                .count() as u64;
         }
-        let doomed: HashSet<&CtKey> = doomed.iter().collect();
-        let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
-        self.answered = entries
+        let mut gone = vec![false; entries.len()];
+        for &i in doomed {
+            gone[i as usize] = true;
+        }
+        self.answered = flows
+            .groups
             .iter()
-            .filter(|(k, _)| k.kind == CT_FWD && !doomed.contains(k))
-            .filter(|(k, v)| {
-                flow_of(k, v, &by_key)
-                    .iter()
-                    .any(|g| by_key[g].flags & CT_F_ESTABLISHED != 0)
-            })
-            .map(|(k, _)| key_hash(k))
+            .filter(|g| !gone[g.members[0] as usize] && g.flags & CT_F_ESTABLISHED != 0)
+            .map(|g| entries[g.members[0] as usize].0)
             .collect();
         self.left = entries.len().saturating_sub(doomed.len());
         self.new_at = new_entries;
@@ -149,51 +245,19 @@ impl Evictions {
     }
 }
 
-/// The keys to remove among `entries` (one walk of the map). `now` and
-/// `last_seen` are seconds of CLOCK_MONOTONIC.
+/// The keys to remove among `entries` (one walk of the map); see
+/// [`Flows::doomed`].
 pub fn doomed(
     entries: &[(CtKey, CtValue)],
     now: u32,
     backends: &HashMap<u32, Backend>,
     t: &Timeouts,
 ) -> Vec<CtKey> {
-    let by_key: HashMap<&CtKey, &CtValue> = entries.iter().map(|(k, v)| (k, v)).collect();
-    let mut claimed: HashSet<CtKey> = HashSet::new();
-    let mut out = Vec::new();
-    for (k, v) in entries.iter().filter(|(k, _)| k.kind == CT_FWD) {
-        let group = flow_of(k, v, &by_key);
-        let (mut flags, mut last) = (0u8, 0u32);
-        for g in &group {
-            let gv = by_key[g];
-            flags |= gv.flags;
-            last = last.max(gv.last_seen);
-        }
-        let backend_gone = !backends
-            .get(&v.backend_id)
-            .is_some_and(|b| b.addr == v.addr && b.port == v.port);
-        let limit = if k.proto != PROTO_TCP {
-            t.other
-        } else if flags & CT_F_CLOSING != 0 {
-            t.tcp_closing
-        } else if flags & CT_F_ESTABLISHED != 0 {
-            t.tcp
-        } else {
-            t.tcp_syn
-        };
-        let dead = backend_gone || now.saturating_sub(last) > limit;
-        for g in group {
-            if dead {
-                out.push(g);
-            }
-            claimed.insert(g);
-        }
-    }
-    for (k, v) in entries {
-        if !claimed.contains(k) && now.saturating_sub(v.last_seen) > t.tcp_closing {
-            out.push(*k);
-        }
-    }
-    out
+    Flows::of(entries)
+        .doomed(now, backends, t)
+        .into_iter()
+        .map(|i| entries[i as usize].0)
+        .collect()
 }
 
 #[cfg(test)]

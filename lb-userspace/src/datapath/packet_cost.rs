@@ -43,6 +43,17 @@ pub struct Costs {
     pub tc_ct_hit_ns: u32,
     pub xdp_empty_ns: u32,
     pub xdp_no_service_ns: u32,
+    /// Milliseconds one conntrack sweep took over these entries (none of
+    /// them due), the agent's own code on the loaded map.
+    #[serde(default)]
+    pub ct_sweep_ms: f64,
+}
+
+impl Costs {
+    /// What the sweep costs, as a share of one core at the agent's tick.
+    pub fn ct_sweep_core_pct(&self) -> f64 {
+        self.ct_sweep_ms / crate::compute::ct_sweep::SWEEP_EVERY.as_secs_f64() / 10.0
+    }
 }
 
 /// The frontend `i` of the filled services map: a LoadBalancer-style
@@ -118,6 +129,7 @@ fn ns(prog: BorrowedFd<'_>, pkt: &[u8], repeat: u32) -> anyhow::Result<u32> {
 struct Loaded {
     ebpf: Ebpf,
     dir: PathBuf,
+    backends: std::collections::HashMap<u32, Backend>,
 }
 
 impl Drop for Loaded {
@@ -138,7 +150,11 @@ fn load(services: usize, ct_entries: usize) -> anyhow::Result<Loaded> {
         .map_max_entries(MAP_CT, cap(ct_entries + 8))
         .load(super::OBJECT)
         .context("loading the object")?;
-    let mut l = Loaded { ebpf, dir };
+    let mut l = Loaded {
+        ebpf,
+        dir,
+        backends: Default::default(),
+    };
     let tc: &mut SchedClassifier = l
         .ebpf
         .program_mut("lb_tc_ingress")
@@ -157,11 +173,17 @@ fn load(services: usize, ct_entries: usize) -> anyhow::Result<Loaded> {
         },
         0,
     )?;
-    fill(&mut l.ebpf, services, ct_entries)?;
+    l.backends = fill(&mut l.ebpf, services, ct_entries)?;
     Ok(l)
 }
 
-fn fill(ebpf: &mut Ebpf, services: usize, ct_entries: usize) -> anyhow::Result<()> {
+/// Fills the maps; returns the backends as the agent's mirror holds them.
+fn fill(
+    ebpf: &mut Ebpf,
+    services: usize,
+    ct_entries: usize,
+) -> anyhow::Result<std::collections::HashMap<u32, Backend>> {
+    let mut mirror = std::collections::HashMap::new();
     let mut bes: HashMap<_, u32, Backend> =
         HashMap::try_from(ebpf.map_mut(MAP_BACKENDS).context("backends")?)?;
     for i in 0..services {
@@ -174,6 +196,7 @@ fn fill(ebpf: &mut Ebpf, services: usize, ct_entries: usize) -> anyhow::Result<(
             flags: BACKEND_LOCAL,
         };
         bes.insert(i as u32 + 1, b, 0)?;
+        mirror.insert(i as u32 + 1, b);
     }
     let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
         HashMap::try_from(ebpf.map_mut(MAP_SERVICES).context("services")?)?;
@@ -199,6 +222,8 @@ fn fill(ebpf: &mut Ebpf, services: usize, ct_entries: usize) -> anyhow::Result<(
     }
     let mut ct: HashMap<_, CtKey, CtValue> =
         HashMap::try_from(ebpf.map_mut(MAP_CT).context("conntrack")?)?;
+    // Live flows: seen now, so a sweep keeps them all.
+    let now = super::host::monotonic_s();
     for k in 0..ct_entries {
         let key = CtKey {
             saddr: net_addr(
@@ -211,15 +236,19 @@ fn fill(ebpf: &mut Ebpf, services: usize, ct_entries: usize) -> anyhow::Result<(
             kind: CT_FWD,
             _pad: [0; 2],
         };
+        let id = (k % services.max(1)) as u32 + 1;
+        let b = mirror.get(&id).copied().unwrap_or_default();
         let v = CtValue {
-            addr: net_addr(Ipv4Addr::new(10, 128, 0, 0).into()),
-            port: BeU16::from_host(8080),
-            backend_id: (k % services.max(1)) as u32 + 1,
+            addr: b.addr,
+            port: b.port,
+            backend_id: id,
+            last_seen: now,
+            flags: lb_common::CT_F_ESTABLISHED,
             ..Default::default()
         };
         ct.insert(key, v, 0)?;
     }
-    Ok(())
+    Ok(mirror)
 }
 
 /// The per-packet costs with `services` frontends and `ct_entries`
@@ -228,7 +257,8 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
     if services == 0 {
         bail!("measure with at least one Service (the conntrack hit needs one)");
     }
-    let l = load(services, ct_entries)?;
+    let mut l = load(services, ct_entries)?;
+    let ct_sweep_ms = sweep_ms(&mut l, ct_entries)?;
     let tc: &SchedClassifier = l
         .ebpf
         .program("lb_tc_ingress")
@@ -266,7 +296,30 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
         tc_ct_hit_ns: ns(tc, &ack, repeat)?,
         xdp_empty_ns: ns(xdp_empty.as_fd(), &none, repeat)?,
         xdp_no_service_ns: ns(xdp, &none, repeat)?,
+        ct_sweep_ms,
     })
+}
+
+/// One conntrack sweep over the filled map, timed; every entry a live
+/// flow, so the figure is the steady state's walk, not a mass removal.
+fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
+    let max = ct_entries + 8;
+    let map = l.ebpf.map_mut(MAP_CT).context("conntrack")?;
+    let mut evictions = crate::compute::ct_sweep::Evictions::default();
+    let t = std::time::Instant::now();
+    let (removed, kept, _) = super::sweep::sweep_ct(
+        map,
+        max,
+        0,
+        &l.backends,
+        &Default::default(),
+        &mut evictions,
+    )?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if removed != 0 || kept != ct_entries {
+        bail!("the sweep removed {removed} and kept {kept} of {ct_entries} live entries");
+    }
+    Ok(ms)
 }
 
 #[cfg(test)]

@@ -4,11 +4,7 @@
 use super::*;
 
 impl Datapath {
-    /// One conntrack sweep: removes what `compute::ct_sweep::doomed` says,
-    /// reading at most the map's size of entries with batch lookups, and
-    /// deleting an entry only if its last-seen time is still the one read
-    /// (nothing touched it since). Returns how many entries went, how many stayed, and the
-    /// flows it saw.
+    /// One conntrack sweep of this datapath's map (see [`sweep_ct`]).
     pub fn ct_gc(
         &mut self,
         backends: &std::collections::HashMap<u32, Backend>,
@@ -17,38 +13,12 @@ impl Datapath {
     ) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
         // Read before the walk: what the datapath made up to now.
         let new_entries = self.counter(lb_common::C_CT_ENTRY_NEW)?;
-        let now = crate::datapath::host::monotonic_s();
         let max = self.ct_max as usize;
-        // Batch lookups: a few calls for the whole map.
-        let batch = match self.ebpf.map(MAP_CT) {
-            Some(Map::LruHashMap(m)) => super::sys::lookup_batch(m.fd().as_fd(), max).ok(),
-            _ => None,
-        };
         let map = self
             .ebpf
             .map_mut(MAP_CT)
             .ok_or_else(|| anyhow!("map {MAP_CT} missing"))?;
-        let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
-        // A kernel without batch lookups on LRU maps gets the walk.
-        let entries: Vec<(CtKey, CtValue)> =
-            batch.unwrap_or_else(|| ct.iter().take(max).filter_map(Result::ok).collect());
-        let seen = entries.len();
-        let walked: std::collections::HashMap<CtKey, u32> =
-            entries.iter().map(|(k, v)| (*k, v.last_seen)).collect();
-        let doomed = crate::compute::ct_sweep::doomed(&entries, now, backends, t);
-        let stats = crate::compute::ct_sweep::stats(&entries);
-        evictions.observe(new_entries, &entries, &doomed);
-        let mut n = 0;
-        for k in &doomed {
-            // Only what nothing touched since the walk: its flow may have
-            // come back (a new connection on the tuple) meanwhile.
-            // Gone already (evicted, or its flow ended) is fine.
-            match ct.get(k, 0) {
-                Ok(v) if walked.get(k) == Some(&v.last_seen) && ct.remove(k).is_ok() => n += 1,
-                _ => {}
-            }
-        }
-        Ok((n, seen - n, stats))
+        sweep_ct(map, max, new_entries, backends, t, evictions)
     }
 
     /// A packet counter, summed over CPUs.
@@ -92,4 +62,46 @@ impl Datapath {
             .count();
         Ok((n, seen - n))
     }
+}
+
+/// One conntrack sweep: removes what `compute::ct_sweep::doomed` says,
+/// reading at most `max` entries with batch lookups, and deleting an entry
+/// only if its last-seen time is still the one read (nothing touched it
+/// since). Returns how many entries went, how many stayed, and the flows it
+/// saw. `new_entries`: the datapath's count of entries made, read before.
+pub fn sweep_ct(
+    map: &mut Map,
+    max: usize,
+    new_entries: u64,
+    backends: &std::collections::HashMap<u32, Backend>,
+    t: &crate::compute::conntrack_gc::Timeouts,
+    evictions: &mut crate::compute::ct_sweep::Evictions,
+) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
+    let now = crate::datapath::host::monotonic_s();
+    // Batch lookups: a few calls for the whole map.
+    let batch = match &*map {
+        Map::LruHashMap(m) => super::sys::lookup_batch(m.fd().as_fd(), max).ok(),
+        _ => None,
+    };
+    let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
+    // A kernel without batch lookups on LRU maps gets the walk.
+    let entries: Vec<(CtKey, CtValue)> =
+        batch.unwrap_or_else(|| ct.iter().take(max).filter_map(Result::ok).collect());
+    let seen = entries.len();
+    let flows = crate::compute::ct_sweep::Flows::of(&entries);
+    let doomed = flows.doomed(now, backends, t);
+    let stats = flows.stats();
+    evictions.observe_flows(new_entries, &flows, &doomed);
+    let mut n = 0;
+    for i in doomed {
+        let (k, walked) = &entries[i as usize];
+        // Only what nothing touched since the walk: its flow may have
+        // come back (a new connection on the tuple) meanwhile.
+        // Gone already (evicted, or its flow ended) is fine.
+        match ct.get(k, 0) {
+            Ok(v) if v.last_seen == walked.last_seen && ct.remove(k).is_ok() => n += 1,
+            _ => {}
+        }
+    }
+    Ok((n, seen - n, stats))
 }
