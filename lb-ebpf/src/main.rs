@@ -6,6 +6,7 @@
 mod affinity;
 mod conntrack;
 mod flow;
+mod frame;
 mod frag;
 mod icmp;
 mod icmp_nat;

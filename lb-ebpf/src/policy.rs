@@ -30,12 +30,9 @@ use crate::{
         LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1, LB_POL_IF_V1,
         LB_POL_STATE_V1, LB_POLICY_V1,
     },
-    packet::ETH_HLEN,
+    packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     tc,
 };
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 /// What the parser made of a packet.
 const KIND_PASS: u8 = 0;
@@ -503,28 +500,20 @@ fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
 /// and whether this is the first (or only) fragment.
 #[inline(always)]
 fn ip4(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let vihl: u8 = ctx.load(off).ok()?;
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
-        return None;
-    }
-    let frag = u16::from_be(ctx.load::<u16>(off + 6).ok()?);
-    f.proto = ctx.load(off + 9).ok()?;
-    f.saddr = NetAddr::from_v4_raw(ctx.load(off + 12).ok()?);
-    f.daddr = NetAddr::from_v4_raw(ctx.load(off + 16).ok()?);
-    Some((off + ihl, frag & 0x1fff == 0))
+    let h = packet::ip4(ctx, off)?;
+    f.proto = h.proto;
+    f.saddr = h.saddr;
+    f.daddr = h.daddr;
+    Some((h.l4_off, h.frag != packet::FRAG_LATER))
 }
 
 /// IPv6 header at `off`, walking up to four extension headers.
 #[inline(always)]
 fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let vtc: u8 = ctx.load(off).ok()?;
-    if vtc >> 4 != 6 {
-        return None;
-    }
-    f.saddr = NetAddr(ctx.load(off + 8).ok()?);
-    f.daddr = NetAddr(ctx.load(off + 24).ok()?);
-    let mut next: u8 = ctx.load(off + 6).ok()?;
+    let h = packet::ip6(ctx, off)?;
+    f.saddr = h.saddr;
+    f.daddr = h.daddr;
+    let mut next = h.next;
     let mut l4 = off + 40;
     let mut first = true;
     let mut i = 0;

@@ -17,8 +17,9 @@ use lb_common::{
 
 use crate::{
     conntrack,
+    frame::xdp_ptr as ptr,
     maps::{LB_BACKENDS_V1, count},
-    packet::Pkt,
+    packet::{self, Pkt},
     tc::{self, Choice},
 };
 
@@ -77,16 +78,7 @@ fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
     }
 }
 
-const ETH: usize = 14;
-
-#[inline(always)]
-fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
+const ETH: usize = packet::ETH_HLEN;
 
 /// Adds the replacement of raw memory word `from` by `to` to a ones'
 /// complement sum (RFC 1624), in registers: no stack buffers on the
@@ -175,79 +167,17 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     TRANSLATE
 }
 
-/// The tuple of an IPv4 (no options, not a fragment) or IPv6 (no extension
-/// header) TCP/UDP packet; non-zero for anything else. Inlined: packet
-/// pointers do not survive a call as arguments.
-#[inline(always)]
+/// The tuple of a TCP/UDP packet, as TC's parser reads it; non-zero for
+/// anything it does not understand, and for fragments: their ports are
+/// TC's to remember. Not inlined: the parser's temporaries stay out of
+/// `fast_path`'s frame (the frame reads the packet bounds itself: see
+/// `frame::bounds`).
+#[inline(never)]
 fn parse(ctx: &XdpContext, out: &mut Pkt) -> i32 {
-    match try_parse(ctx, out) {
-        Some(()) => 0,
-        None => 1,
+    if packet::parse_headers(ctx, out) != 0 || out.frag != packet::FRAG_NONE {
+        return 1;
     }
-}
-
-#[inline(always)]
-fn try_parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
-    // SAFETY (all derefs below): each pointer comes from `ptr`, which checked
-    // that the whole value lies inside the packet.
-    let eth_proto = u16::from_be(unsafe { *ptr::<u16>(ctx, 12)? });
-    let (v6, proto, saddr, daddr, l4) = match eth_proto {
-        0x0800 => {
-            let vihl = unsafe { *ptr::<u8>(ctx, ETH)? };
-            let frag = u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 6)? });
-            if vihl != 0x45 || frag & 0x3fff != 0 {
-                return None;
-            }
-            let proto = unsafe { *ptr::<u8>(ctx, ETH + 9)? };
-            let s = unsafe { *ptr::<u32>(ctx, ETH + 12)? };
-            let d = unsafe { *ptr::<u32>(ctx, ETH + 16)? };
-            (
-                false,
-                proto,
-                NetAddr::from_v4_raw(s),
-                NetAddr::from_v4_raw(d),
-                ETH + 20,
-            )
-        }
-        0x86dd => {
-            if unsafe { *ptr::<u8>(ctx, ETH)? } >> 4 != 6 {
-                return None;
-            }
-            let proto = unsafe { *ptr::<u8>(ctx, ETH + 6)? };
-            let s = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 8)? };
-            let d = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 24)? };
-            (true, proto, NetAddr(s), NetAddr(d), ETH + 40)
-        }
-        _ => return None,
-    };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    // The whole L4 header must be there, and the IP length must agree
-    // with the frame (as TC's parser checks).
-    let hdr = if proto == PROTO_TCP { 20 } else { 8 };
-    ptr::<u8>(ctx, l4 + hdr - 1)?;
-    let ip_end = if v6 {
-        l4 + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 4)? }) as usize
-    } else {
-        ETH + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 2)? }) as usize
-    };
-    if ip_end < l4 + hdr || ctx.data() + ip_end > ctx.data_end() {
-        return None;
-    }
-    out.v6 = v6;
-    out.proto = proto;
-    out.saddr = saddr;
-    out.daddr = daddr;
-    out.sport = BeU16(unsafe { *ptr::<u16>(ctx, l4)? });
-    out.dport = BeU16(unsafe { *ptr::<u16>(ctx, l4 + 2)? });
-    out.l4_off = l4;
-    out.tcp_flags = if proto == PROTO_TCP {
-        unsafe { *ptr::<u8>(ctx, l4 + 13)? }
-    } else {
-        0
-    };
-    Some(())
+    0
 }
 
 /// Rewrites the destination to `addr`:`port` (network order in the low 16
@@ -267,6 +197,7 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
     let csum_p = ptr::<u16>(ctx, csum_off)?;
     let dport_p = ptr::<u16>(ctx, l4 + 2)?;
     let dport = p.dport;
+    // SAFETY: bounds-checked by `ptr` against data_end.
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
     let mut sum = (!old_csum) as u64;
@@ -292,6 +223,7 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
     }
     sum = csum_add16(sum, dport.0, to_port.0);
     let csum = csum_fold(sum);
+    // SAFETY: both pointers bounds-checked by `ptr` against data_end.
     unsafe {
         *dport_p = to_port.0;
         if !udp_no_csum {

@@ -7,13 +7,14 @@
 
 mod drops;
 mod flows;
+mod parser;
 mod translation;
 
 use std::{net::IpAddr, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
@@ -166,6 +167,26 @@ impl Bed {
     pub(super) fn run(&self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         test_run(p, pkt)
+    }
+
+    /// Every datapath counter, summed over CPUs, in `COUNTER_NAMES` order.
+    pub(super) fn counters(&self) -> Vec<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(lb_common::MAP_COUNTERS).unwrap()).unwrap();
+        (0..lb_common::COUNTERS)
+            .map(|i| m.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    /// The counters that moved since `before` (from `counters`), by how
+    /// much: a test of one outcome expects exactly its own counters here.
+    pub(super) fn moved(&self, before: &[u64]) -> Vec<(&'static str, u64)> {
+        lb_common::COUNTER_NAMES
+            .iter()
+            .zip(before.iter().zip(self.counters()))
+            .filter(|(_, (b, a))| a != *b)
+            .map(|(n, (b, a))| (*n, a - b))
+            .collect()
     }
 
     pub(super) fn ct(&self) -> Vec<(CtKey, CtValue)> {
