@@ -5,11 +5,12 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_REDIRECT},
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 
 use crate::{
+    csum::{fold, sum},
     maps::LB_ICMP_BUDGET,
     packet::{ETH_HLEN, Pkt},
 };
@@ -65,32 +66,6 @@ struct Icmp6 {
     next: [u8; 4],
     hdr: [u8; 8],
     quote: [u8; QUOTE6],
-}
-
-/// Folds a csum_diff result into the 16-bit checksum, in memory order (the
-/// sum ran over network-order bytes as they lie in memory).
-#[inline(always)]
-fn fold(mut c: u64) -> u16 {
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    !(c as u16)
-}
-
-/// The ones'-complement sum of `T`'s bytes (T: 4-byte aligned, size a
-/// multiple of 4).
-#[inline(always)]
-fn sum<T>(t: &mut T) -> u64 {
-    // SAFETY: `t` is a live, 4-byte aligned value of size_of::<T>() bytes.
-    unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            (t as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-            0,
-        ) as u64
-    }
 }
 
 /// Rewrites the packet into an ICMP(v6) port unreachable to its sender and

@@ -5,9 +5,10 @@
 
 mod affinity;
 mod conntrack;
+mod csum;
 mod flow;
-mod frame;
 mod frag;
+mod frame;
 mod icmp;
 mod icmp_nat;
 mod maglev;

@@ -12,11 +12,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
-    C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP,
+    C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST,
 };
 
 use crate::{
-    conntrack,
+    conntrack, csum,
     frame::xdp_ptr as ptr,
     maps::{LB_BACKENDS_V1, count},
     packet::{self, Pkt},
@@ -80,31 +80,6 @@ fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
 
 const ETH: usize = packet::ETH_HLEN;
 
-/// Adds the replacement of raw memory word `from` by `to` to a ones'
-/// complement sum (RFC 1624), in registers: no stack buffers on the
-/// program's deepest call chain.
-#[inline(always)]
-fn csum_add(sum: u64, from: u32, to: u32) -> u64 {
-    let nf = !from;
-    sum + (nf & 0xffff) as u64 + (nf >> 16) as u64 + (to & 0xffff) as u64 + (to >> 16) as u64
-}
-
-/// As `csum_add`, for a 16-bit field.
-#[inline(always)]
-fn csum_add16(sum: u64, from: u16, to: u16) -> u64 {
-    sum + (!from) as u64 + to as u64
-}
-
-/// The checksum `old` with the replacements summed in `sum` (which starts
-/// from `!old`).
-#[inline(always)]
-fn csum_fold(mut c: u64) -> u16 {
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    !(c as u16)
-}
-
 pub fn fast_path(ctx: &XdpContext) -> u32 {
     let mut p = Pkt::default();
     if parse(ctx, &mut p) != 0 {
@@ -158,7 +133,7 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     }
     // A FIN or RST goes on to TC, which marks the entry closing; so does
     // a flow TC must make afresh (a reused tuple, a lost partner entry).
-    if p.tcp_flags & 0x05 != 0 || crate::flow::stale_flow(p, &k) != 0 {
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 || crate::flow::stale_flow(p, &k) != 0 {
         return PASS_ON;
     }
     conntrack::touch(&k, &v, p.tcp_flags);
@@ -203,10 +178,10 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
     let mut sum = (!old_csum) as u64;
     if v6 {
         let dp = ptr::<[u32; 4]>(ctx, ETH + 24)?;
-        sum = csum_add(sum, daddr.0[0], to_addr.0[0]);
-        sum = csum_add(sum, daddr.0[1], to_addr.0[1]);
-        sum = csum_add(sum, daddr.0[2], to_addr.0[2]);
-        sum = csum_add(sum, daddr.0[3], to_addr.0[3]);
+        sum = csum::add(sum, daddr.0[0], to_addr.0[0]);
+        sum = csum::add(sum, daddr.0[1], to_addr.0[1]);
+        sum = csum::add(sum, daddr.0[2], to_addr.0[2]);
+        sum = csum::add(sum, daddr.0[3], to_addr.0[3]);
         // SAFETY: bounds-checked by `ptr` against data_end.
         unsafe { *dp = to_addr.0 };
     } else {
@@ -214,15 +189,15 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
         let ip_csum_p = ptr::<u16>(ctx, ETH + 10)?;
         // SAFETY: bounds-checked by `ptr` against data_end.
         unsafe {
-            let ip = csum_add((!*ip_csum_p) as u64, daddr.v4_raw(), to_addr.v4_raw());
-            *ip_csum_p = csum_fold(ip);
+            let ip = csum::add((!*ip_csum_p) as u64, daddr.v4_raw(), to_addr.v4_raw());
+            *ip_csum_p = csum::fold(ip);
         }
-        sum = csum_add(sum, daddr.v4_raw(), to_addr.v4_raw());
+        sum = csum::add(sum, daddr.v4_raw(), to_addr.v4_raw());
         // SAFETY: as above.
         unsafe { *dp = to_addr.v4_raw() };
     }
-    sum = csum_add16(sum, dport.0, to_port.0);
-    let csum = csum_fold(sum);
+    sum = csum::add16(sum, dport.0, to_port.0);
+    let csum = csum::fold(sum);
     // SAFETY: both pointers bounds-checked by `ptr` against data_end.
     unsafe {
         *dport_p = to_port.0;
