@@ -9,9 +9,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+use lb_common::{C_DROP_NO_BACKEND, C_ICMP_UNREACH};
+
 use crate::{
     csum::{fold, sum},
-    maps::LB_ICMP_BUDGET,
+    maps::{LB_ICMP_BUDGET, count, drop},
     packet::{ETH_HLEN, Pkt},
 };
 
@@ -76,6 +78,7 @@ pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
     let r = if p.v6 { reply6(ctx) } else { reply4(ctx) };
     match r {
         0 => {
+            count(C_ICMP_UNREACH);
             // SAFETY: reading the context's own ifindex field.
             let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
             // SAFETY: plain helper call; redirect to the device's egress.
@@ -83,8 +86,8 @@ pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
             TC_ACT_REDIRECT
         }
         // No reply could be built: the packet goes, counted as dropped
-        // for want of a backend.
-        _ => crate::maps::drop(lb_common::C_DROP_NO_BACKEND),
+        // for want of a backend (and not as a reply sent).
+        _ => drop(C_DROP_NO_BACKEND),
     }
 }
 

@@ -237,7 +237,7 @@ fn try_ingress(ctx: &TcContext) -> Result<bool, i64> {
     set_quoted(ctx, &q, Side::Src, v.addr, v.port)?;
     if v.snat_port.0 != 0 {
         // The backend knows the flow as node:port -> backend.
-        let Some(node) = crate::tc::node_addr(q.v6) else {
+        let Some(node) = crate::maps::node_addr(q.v6) else {
             return Ok(true);
         };
         set_quoted(ctx, &q, Side::Dst, node, v.snat_port)?;

@@ -102,15 +102,13 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
             POL_F_ANY_EGRESS
         };
         if st.flags & any != 0 {
-            count(0, PolReason::UnknownEndpoint);
-            return TC_ACT_SHOT;
+            return deny(0, PolReason::UnknownEndpoint);
         }
         return TC_ACT_OK;
     };
     // Another local pod's address, arriving on this interface.
     if dir == DIR_EGRESS && ep.ifindex != 0 && ep.ifindex != ifindex(ctx) {
-        count(ep.ep_id, PolReason::SpoofedSource);
-        return TC_ACT_SHOT;
+        return deny(ep.ep_id, PolReason::SpoofedSource);
     }
     if f.kind == KIND_ICMP_ERR {
         return icmp_error(&ep, dir, &f);
@@ -118,14 +116,12 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     match known(&ep, dir, &f, st.revision) {
         KNOWN => return TC_ACT_OK,
         REVOKED => {
-            count(ep.ep_id, denied(dir));
-            return TC_ACT_SHOT;
+            return deny(ep.ep_id, denied(dir));
         }
         _ => {}
     }
     if allowed(&ep, dir, &f) == 0 {
-        count(ep.ep_id, denied(dir));
-        return TC_ACT_SHOT;
+        return deny(ep.ep_id, denied(dir));
     }
     remember(&ep, dir, &f, st.revision);
     count(
@@ -204,8 +200,7 @@ fn icmp_error(ep: &PolEndpoint, dir: u8, f: &Flow) -> i32 {
     if ep.flags & isolated_flag(dir) == 0 {
         return TC_ACT_OK;
     }
-    count(ep.ep_id, denied(dir));
-    TC_ACT_SHOT
+    deny(ep.ep_id, denied(dir))
 }
 
 const UNKNOWN: i32 = 0;
@@ -406,6 +401,14 @@ fn denied(dir: u8) -> PolReason {
     } else {
         PolReason::DeniedEgress
     }
+}
+
+/// Every policy drop goes through here (or through `spoofed_unknown`,
+/// which counts on the interface's pod): counted on its endpoint.
+#[inline(always)]
+fn deny(ep_id: u32, reason: PolReason) -> i32 {
+    count(ep_id, reason);
+    TC_ACT_SHOT
 }
 
 #[inline(always)]

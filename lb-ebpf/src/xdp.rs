@@ -11,22 +11,22 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
-    C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr,
+    PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST,
 };
 
 use crate::{
+    choose::{self, Choice},
     conntrack, csum,
     frame::xdp_ptr as ptr,
-    maps::{LB_BACKENDS_V1, count},
+    maps::{LB_BACKENDS_V1, count, xdp_drop},
     packet::{self, Pkt},
-    tc::{self, Choice},
 };
 
-/// Verdicts of `open_flow`.
-const PASS_ON: i32 = 0;
-const TRANSLATE: i32 = 1;
-const DROP: i32 = 2;
+/// Verdicts of `known_flow` and `open_flow`: XDP's own actions (pass on to
+/// TC, drop), or DNAT to the backend they chose.
+const PASS_ON: u32 = XDP_PASS;
+const TRANSLATE: u32 = u32::MAX;
 
 /// 1 when the packet is a reply of a flow SNAT'd towards another node's
 /// backend. Not inlined: its key gets a frame of its own.
@@ -39,41 +39,32 @@ fn is_snat_reply(p: &Pkt) -> u32 {
 /// its conntrack entries and `to`; drops TC would make happen here.
 /// Not inlined (stack).
 #[inline(never)]
-fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
+fn open_flow(p: &Pkt, to: &mut Choice) -> u32 {
     // Most packets without a forward entry are no Service's: one lookup
     // says so before any other.
-    if tc::is_external_frontend(p) == 0 {
+    if choose::is_external_frontend(p) == 0 {
         return PASS_ON;
     }
     // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
     if is_snat_reply(p) != 0 {
         return PASS_ON;
     }
-    match tc::choose(p, to) {
-        // A source only a pod of this node may use, from outside: spoofed.
-        tc::CHOSEN if tc::is_local_pod(&p.saddr) != 0 => {
-            count(C_DROP_SPOOFED);
-            DROP
+    let verdict = choose::choose(p, 0, to);
+    if let Some(r) = choose::drop_reason(verdict) {
+        return xdp_drop(r);
+    }
+    if verdict != choose::CHOSEN || to.backend.flags & BACKEND_LOCAL == 0 {
+        // A backend on another node (SNAT at egress), a Service without
+        // endpoints (ICMP), a backend missing: TC's.
+        return PASS_ON;
+    }
+    match crate::flow::track(p, &to.backend, to.backend_id, 0) {
+        0 => {
+            count(C_CT_CREATE);
+            TRANSLATE
         }
-        tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
-            match crate::flow::track(p, &to.backend, to.backend_id, 0) {
-                0 => {
-                    count(C_CT_CREATE);
-                    TRANSLATE
-                }
-                // SNAT'd (a clash with another frontend's flow): TC
-                // translates it from its entries; or no port was free.
-                _ => PASS_ON,
-            }
-        }
-        tc::DROP_NO_LOCAL => {
-            count(C_DROP_NO_LOCAL);
-            DROP
-        }
-        tc::DROP_SOURCE_RANGE => {
-            count(C_DROP_SOURCE_RANGE);
-            DROP
-        }
+        // SNAT'd (a clash with another frontend's flow): TC translates it
+        // from its entries; or it could not be tracked: TC drops it, counted.
         _ => PASS_ON,
     }
 }
@@ -88,9 +79,7 @@ pub fn fast_path(ctx: &XdpContext) -> u32 {
     }
     let mut to = Choice::default();
     let verdict = match known_flow(&p, &mut to) {
-        TRANSLATE => TRANSLATE,
-        DROP => DROP,
-        _ if to.backend_id == NO_ENTRY => open_flow(&p, &mut to),
+        PASS_ON if to.backend_id == NO_ENTRY => open_flow(&p, &mut to),
         v => v,
     };
     match verdict {
@@ -98,7 +87,7 @@ pub fn fast_path(ctx: &XdpContext) -> u32 {
             count(C_XDP_DNAT);
             XDP_PASS
         }
-        DROP => XDP_DROP,
+        XDP_DROP => XDP_DROP,
         _ => {
             count(C_XDP_PASS);
             XDP_PASS
@@ -114,7 +103,7 @@ const NO_ENTRY: u32 = u32::MAX;
 /// nodes, a gone backend, a FIN or RST to mark), with `to.backend_id` set
 /// to NO_ENTRY when there is no forward entry at all. Not inlined (stack).
 #[inline(never)]
-fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
+fn known_flow(p: &Pkt, to: &mut Choice) -> u32 {
     let k = conntrack::key(p, CT_FWD);
     let Some(v) = conntrack::lookup(&k) else {
         to.backend_id = NO_ENTRY;

@@ -174,3 +174,44 @@ fn each_drop_is_counted_once_under_its_own_reason() {
     let b3 = snapshot(&bed);
     assert_eq!(delta(&b2, &b3), [("drop_backend_missing", 1)]);
 }
+
+/// A new flow that needs SNAT on a node without an address of its family
+/// is dropped under a reason of its own, not as if SNAT ports ran out.
+#[test]
+fn a_flow_needing_snat_without_a_node_address_is_dropped_under_its_own_reason() {
+    let mut bed = Bed::new("nonode");
+    {
+        let mut cfg: Array<_, Config> =
+            Array::try_from(bed.ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
+        let mut c = cfg.get(&0, 0).unwrap();
+        c.flags = CONFIG_HAS_IP6;
+        cfg.set(0, c, 0).unwrap();
+    }
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.2.10", 8080, 0)),
+    );
+    let before = bed.counters();
+    let syn = tcp4([10, 100, 0, 200], 40050, [10, 100, 0, 1], 30080, true);
+    assert_eq!(bed.run("lb_tc_ingress", &syn).0, TC_ACT_SHOT);
+    assert_eq!(bed.moved(&before), [("drop_no_node_address", 1)]);
+    // XDP leaves it to TC (a backend on another node).
+    let before = bed.counters();
+    assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
+    assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
+}
+
+/// A SYN the node cannot answer (the reply quotes a plain 20-byte IPv4
+/// header only) is dropped for want of a backend, and not also counted as
+/// an ICMP error sent.
+#[test]
+fn a_refusal_that_cannot_be_built_counts_only_its_drop() {
+    let mut bed = Bed::new("noicmp");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    let before = bed.counters();
+    let syn = tcp4_with_options([10, 100, 0, 200], 40051, [10, 100, 0, 1], 30080, true);
+    assert_eq!(bed.run("lb_tc_ingress", &syn).0, TC_ACT_SHOT);
+    assert_eq!(bed.moved(&before), [("drop_no_backend", 1)]);
+}

@@ -28,6 +28,7 @@ use super::{OBJECT, TC_PROGRAMS};
 use crate::compute::desired::net_addr;
 
 pub(super) const TC_ACT_OK: u32 = 0;
+pub(super) const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -217,6 +218,27 @@ pub(super) fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+/// A TCP segment whose IPv4 header carries a Router Alert option (24 bytes
+/// of header, not 20).
+pub(super) fn tcp4_with_options(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+    ip.options = [0x94, 0x04, 0, 0].into();
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(sport, dport, 1000, 64000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    assert_eq!(v[14] & 0x0f, 6, "a 24-byte header");
     v
 }
 

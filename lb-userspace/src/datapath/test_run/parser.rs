@@ -1,34 +1,20 @@
 //! One parser for TC and XDP: both understand the same packets (IPv4
 //! options included) and refuse the same ones (a wrong IP version).
 
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
-
 use super::*;
 
 const CLIENT: [u8; 4] = [10, 100, 0, 200];
 const NODE: [u8; 4] = [10, 100, 0, 1];
-
-/// A TCP segment whose IPv4 header carries a Router Alert option (24 bytes
-/// of header, not 20).
-fn tcp4_with_options(sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, NODE).unwrap();
-    ip.options = [0x94, 0x04, 0, 0].into();
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
-        .ip(IpHeaders::Ipv4(ip, Default::default()))
-        .tcp(sport, dport, 1000, 64000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, b"hello").unwrap();
-    assert_eq!(v[14] & 0x0f, 6, "a 24-byte header");
-    v
-}
 
 #[test]
 fn xdp_translates_an_ipv4_packet_with_options_as_tc_does() {
     let bed = Bed::with_node_port("xdpopt");
     // TC, as before: DNAT'd, the flow tracked.
     let before = bed.counters();
-    let (verdict, out) = bed.run("lb_tc_ingress", &tcp4_with_options(40100, 30080, true));
+    let (verdict, out) = bed.run(
+        "lb_tc_ingress",
+        &tcp4_with_options(CLIENT, 40100, NODE, 30080, true),
+    );
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_checksums(&out);
@@ -38,7 +24,7 @@ fn xdp_translates_an_ipv4_packet_with_options_as_tc_does() {
     );
     // XDP makes the same decision for a new flow...
     let before = bed.counters();
-    let (verdict, out) = bed.run_xdp(&tcp4_with_options(40101, 30080, true));
+    let (verdict, out) = bed.run_xdp(&tcp4_with_options(CLIENT, 40101, NODE, 30080, true));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080), "XDP DNAT'd it");
     assert_eq!(src4(&out), ("10.100.0.200".into(), 40101));
@@ -50,7 +36,7 @@ fn xdp_translates_an_ipv4_packet_with_options_as_tc_does() {
     );
     // ... and for the flow's next segment, through its entry.
     let before = bed.counters();
-    let (verdict, out) = bed.run_xdp(&tcp4_with_options(40101, 30080, false));
+    let (verdict, out) = bed.run_xdp(&tcp4_with_options(CLIENT, 40101, NODE, 30080, false));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_checksums(&out);
