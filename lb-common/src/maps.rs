@@ -396,6 +396,9 @@ reasons! {
     DropBackendMissing = 19, C_DROP_BACKEND_MISSING, "drop_backend_missing";
     /// A translation a helper failed to write: the packet went on as it was.
     PassRewriteFailed = 20, C_PASS_REWRITE_FAILED, "pass_rewrite_failed";
+    /// A new flow needs SNAT (a backend on another node, a pod reaching
+    /// itself) and this node has no address of its family: dropped.
+    DropNoNodeAddress = 21, C_DROP_NO_NODE_ADDR, "drop_no_node_address";
 }
 
 /// Counters in use (`Reason`'s values).

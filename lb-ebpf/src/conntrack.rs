@@ -4,7 +4,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    BeU16, C_CT_ENTRY_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_PORT_KEYED, CtKey, CtValue, NetAddr,
+    BeU16, C_CT_ENTRY_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_PORT_KEYED, CtKey, CtValue,
+    NetAddr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -68,10 +69,10 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
 pub fn touch(k: &CtKey, v: &CtValue, tcp_flags: u8) {
     let now = now_s();
     let mut set = 0u8;
-    if tcp_flags & 0x05 != 0 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         set |= CT_F_CLOSING;
     }
-    if tcp_flags != 0 && tcp_flags & 0x12 != 0x02 {
+    if tcp_flags != 0 && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         set |= CT_F_ESTABLISHED;
     }
     let set = set & !v.flags;

@@ -6,22 +6,22 @@
 //! again (`stale_flow`, `retrack`).
 
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_RESTORED, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT,
-    CT_SNAT, CtKey, NetAddr, PROTO_TCP, TCP_ACK, TCP_SYN,
+    BACKEND_LOCAL, BeU16, C_CT_RESTORED, C_DROP_NO_NODE_ADDR, C_DROP_SNAT_EXHAUSTED, CT_F_CLOSING,
+    CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, NetAddr, PROTO_TCP, Reason,
+    TCP_ACK, TCP_SYN,
 };
 
 use crate::{
+    choose::{drains, flow_hash, is_draining},
     conntrack,
-    maps::count,
+    maps::{count, node_addr},
     packet::Pkt,
-    tc::{drains, flow_hash, is_draining, node_addr},
 };
 
 /// A new connection on a reused tuple, or a flow that lost an entry (LRU
 /// eviction): all its entries are made again, fresh, towards the backend
 /// it had, so its replies find their way back (the caller then takes the
-/// known-flow path again to DNAT). 0, or non-zero when no SNAT port was
-/// free. Called from `try_ingress`, not from `known_flow`, and without the
+/// known-flow path again to DNAT). 0, or `track`'s failure (negative). Called from `try_ingress`, not from `known_flow`, and without the
 /// rewrite, so the stack frames never add up past the verifier's limit.
 #[inline(never)]
 pub(crate) fn retrack(p: &Pkt) -> i32 {
@@ -37,8 +37,9 @@ pub(crate) fn retrack(p: &Pkt) -> i32 {
     };
     // A flow SNAT'd for a clash stays SNAT'd: its backend knows it by the
     // node's tuple.
-    if track(p, &b, v.backend_id, (v.snat_port.0 != 0) as u32) < 0 {
-        return 1;
+    let t = track(p, &b, v.backend_id, (v.snat_port.0 != 0) as u32);
+    if t < 0 {
+        return t;
     }
     count(C_CT_RESTORED);
     0
@@ -119,8 +120,8 @@ pub(crate) fn snat_partners_missing(
 /// SNAT pair when the backend is on another node, is the client itself,
 /// or would see the same tuple from another frontend's flow (or when
 /// `force_snat`). Returns the SNAT port (raw, network order) when the flow
-/// is SNAT'd, 0 when not, negative when no SNAT port was free. Not
-/// inlined (stack).
+/// is SNAT'd, 0 when not, `NO_SNAT_PORT` or `NO_NODE_ADDR` when it cannot
+/// be. Not inlined (stack).
 #[inline(never)]
 pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) -> i32 {
     let (client, cport) = (p.saddr, p.sport);
@@ -142,13 +143,13 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) 
     // Replies must come back through here, so the source becomes this
     // node's address (at egress).
     let Some(node) = node_addr(p.v6) else {
-        return -1;
+        return NO_NODE_ADDR;
     };
     k = conntrack::tuple(b.addr, b.port, node, cport, p.proto, CT_RSNAT);
     match snat_port(&mut k, &client, cport.0 as u32, flow_hash(p)) {
         0 => count(lb_common::C_CT_ENTRY_NEW),
         SNAT_PORT_HELD => {}
-        _ => return -1,
+        _ => return NO_SNAT_PORT,
     }
     let sport = k.dport;
     k = conntrack::tuple(client, sport, b.addr, b.port, p.proto, CT_SNAT);
@@ -159,6 +160,21 @@ pub fn track(p: &Pkt, b: &lb_common::Backend, backend_id: u32, force_snat: u32) 
     let flags_snat = b.flags as u32 | ((sport.0 as u32) << 16);
     conntrack::put(&k, &b.addr, b.port.0 as u32, backend_id, flags_snat);
     sport.0 as i32
+}
+
+/// `track`: no SNAT port towards the backend was free.
+pub const NO_SNAT_PORT: i32 = -1;
+/// `track`: the flow needs SNAT, and this node has no address of its family.
+pub const NO_NODE_ADDR: i32 = -2;
+
+/// The reason a flow `track` failed for is dropped under.
+#[inline(always)]
+pub fn untracked(t: i32) -> Reason {
+    if t == NO_NODE_ADDR {
+        C_DROP_NO_NODE_ADDR
+    } else {
+        C_DROP_SNAT_EXHAUSTED
+    }
 }
 
 /// 1 when another frontend's flow from this client port already reaches

@@ -5,12 +5,15 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_REDIRECT},
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 
+use lb_common::{C_DROP_NO_BACKEND, C_ICMP_UNREACH};
+
 use crate::{
-    maps::LB_ICMP_BUDGET,
+    csum::{fold, sum},
+    maps::{LB_ICMP_BUDGET, count, drop},
     packet::{ETH_HLEN, Pkt},
 };
 
@@ -67,32 +70,6 @@ struct Icmp6 {
     quote: [u8; QUOTE6],
 }
 
-/// Folds a csum_diff result into the 16-bit checksum, in memory order (the
-/// sum ran over network-order bytes as they lie in memory).
-#[inline(always)]
-fn fold(mut c: u64) -> u16 {
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    !(c as u16)
-}
-
-/// The ones'-complement sum of `T`'s bytes (T: 4-byte aligned, size a
-/// multiple of 4).
-#[inline(always)]
-fn sum<T>(t: &mut T) -> u64 {
-    // SAFETY: `t` is a live, 4-byte aligned value of size_of::<T>() bytes.
-    unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            (t as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-            0,
-        ) as u64
-    }
-}
-
 /// Rewrites the packet into an ICMP(v6) port unreachable to its sender and
 /// redirects it; drops it when that cannot be done. Not inlined: its
 /// buffers get a stack frame of their own, off the main path's.
@@ -101,6 +78,7 @@ pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
     let r = if p.v6 { reply6(ctx) } else { reply4(ctx) };
     match r {
         0 => {
+            count(C_ICMP_UNREACH);
             // SAFETY: reading the context's own ifindex field.
             let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
             // SAFETY: plain helper call; redirect to the device's egress.
@@ -108,8 +86,8 @@ pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
             TC_ACT_REDIRECT
         }
         // No reply could be built: the packet goes, counted as dropped
-        // for want of a backend.
-        _ => crate::maps::drop(lb_common::C_DROP_NO_BACKEND),
+        // for want of a backend (and not as a reply sent).
+        _ => drop(C_DROP_NO_BACKEND),
     }
 }
 

@@ -19,22 +19,23 @@
 //! be checked (outer IPv4 header, ICMP/ICMPv6 with its pseudo-header,
 //! quoted IPv4 header) stays right.
 
-use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use lb_common::{
     BeU16, C_ICMP_ERR_TRANSLATED, CT_F_PORT_KEYED, CT_FWD, CT_REV, CT_RSNAT, NetAddr, PROTO_TCP,
     PROTO_UDP,
 };
 
-use crate::{conntrack, maps::count, packet::ETH_HLEN};
+use crate::{
+    conntrack,
+    csum::{self, BPF_F_PSEUDO_HDR, addr_diff},
+    maps::count,
+    packet::ETH_HLEN,
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
-const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
-/// As in `nat`: an IPv6 pseudo-header change must stay out of skb->csum
-/// (kernels before 6.16 refuse the flag: the call is made again without).
-const BPF_F_IPV6: u64 = 1 << 7;
 
 /// An ICMP(v6) error quoting a TCP or UDP packet, by offsets into the frame.
 #[derive(Clone, Copy)]
@@ -150,15 +151,6 @@ fn quote(ctx: &TcContext) -> Option<Quote> {
     })
 }
 
-/// The ones'-complement difference of two addresses, for an IPv6 checksum.
-#[inline(always)]
-fn diff16(old: &NetAddr, new: &NetAddr) -> u64 {
-    let mut from = old.0;
-    let mut to = new.0;
-    // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
-    unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) as u64 }
-}
-
 /// The outer source or destination becomes `new`: the IPv4 header checksum
 /// follows; ICMPv6's covers the address in its pseudo-header.
 #[inline(always)]
@@ -171,14 +163,8 @@ fn set_outer(ctx: &TcContext, q: &Quote, side: Side, new: NetAddr) -> Result<(),
     if q.v6 {
         let off = ETH_HLEN + if side == Side::Src { 8 } else { 24 };
         ctx.store(off, &new.0, 0)?;
-        let d = diff16(&old, &new);
-        if ctx
-            .l4_csum_replace(q.icmp + 2, 0, d, BPF_F_PSEUDO_HDR | BPF_F_IPV6)
-            .is_ok()
-        {
-            return Ok(());
-        }
-        ctx.l4_csum_replace(q.icmp + 2, 0, d, BPF_F_PSEUDO_HDR)
+        let d = addr_diff(&old, &new);
+        csum::l4_replace(ctx, q.icmp + 2, 0, d, BPF_F_PSEUDO_HDR, true)
     } else {
         let off = ETH_HLEN + if side == Side::Src { 12 } else { 16 };
         let (o, n) = (old.v4_raw(), new.v4_raw());
@@ -207,7 +193,7 @@ fn set_quoted(
     if q.v6 {
         let off = q.inner + if side == Side::Src { 8 } else { 24 };
         ctx.store(off, &addr.0, 0)?;
-        ctx.l4_csum_replace(q.icmp + 2, 0, diff16(&old, &addr), 0)?;
+        ctx.l4_csum_replace(q.icmp + 2, 0, addr_diff(&old, &addr), 0)?;
     } else {
         let off = q.inner + if side == Side::Src { 12 } else { 16 };
         let (o, n) = (old.v4_raw(), addr.v4_raw());
@@ -251,7 +237,7 @@ fn try_ingress(ctx: &TcContext) -> Result<bool, i64> {
     set_quoted(ctx, &q, Side::Src, v.addr, v.port)?;
     if v.snat_port.0 != 0 {
         // The backend knows the flow as node:port -> backend.
-        let Some(node) = crate::tc::node_addr(q.v6) else {
+        let Some(node) = crate::maps::node_addr(q.v6) else {
             return Ok(true);
         };
         set_quoted(ctx, &q, Side::Dst, node, v.snat_port)?;

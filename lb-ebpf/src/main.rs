@@ -4,9 +4,12 @@
 #![no_main]
 
 mod affinity;
+mod choose;
 mod conntrack;
+mod csum;
 mod flow;
 mod frag;
+mod frame;
 mod icmp;
 mod icmp_nat;
 mod maglev;

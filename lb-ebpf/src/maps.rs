@@ -7,13 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, COUNTER_SLOTS, Config, CtKey, CtValue,
-    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX, DEFAULT_IPCACHE_MAX,
-    DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX, DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX,
-    DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX,
-    IpcacheData, NetAddr, POL_EP_ID_MAX, POL_REASONS, PolCidrData, PolCtKey, PolCtValue,
-    PolEndpoint, PolicyData, PolicyState, Reason, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, SrcRangeData, Status,
+    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, CONFIG_HAS_IP4, CONFIG_HAS_IP6,
+    COUNTER_SLOTS, Config, CtKey, CtValue, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX,
+    DEFAULT_CT_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX,
+    DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX, DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX,
+    DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX, IpcacheData, NetAddr, POL_EP_ID_MAX, POL_REASONS,
+    PolCidrData, PolCtKey, PolCtValue, PolEndpoint, PolicyData, PolicyState, Reason, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, SrcRangeData, Status,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count). Agent-owned.
@@ -50,6 +50,17 @@ pub static LB_HOSTNS_V1: Array<u64> = Array::pinned(1, 0);
 #[map]
 pub static LB_CONFIG_V1: Array<Config> = Array::pinned(1, 0);
 
+/// This node's address of a family (the source SNAT gives), if it has one.
+#[inline(always)]
+pub fn node_addr(v6: bool) -> Option<NetAddr> {
+    let c = LB_CONFIG_V1.get(0)?;
+    match v6 {
+        true if c.flags & CONFIG_HAS_IP6 != 0 => Some(c.node_ip6),
+        false if c.flags & CONFIG_HAS_IP4 != 0 => Some(c.node_ip4),
+        _ => None,
+    }
+}
+
 /// What the packet programs did, per CPU, by `C_*` index.
 #[map]
 pub static LB_COUNTERS_V3: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
@@ -63,12 +74,19 @@ pub fn count(r: Reason) {
     }
 }
 
-/// Every drop of the TC packet path goes through here: counted by its
-/// reason (the verdict is TC_ACT_SHOT).
+/// Every drop of the packet path goes through here, counted under its
+/// reason: TC's verdict (TC_ACT_SHOT); XDP's through `xdp_drop`.
 #[inline(always)]
 pub fn drop(r: Reason) -> i32 {
     count(r);
     aya_ebpf::bindings::TC_ACT_SHOT
+}
+
+/// `drop`, with XDP's verdict.
+#[inline(always)]
+pub fn xdp_drop(r: Reason) -> u32 {
+    drop(r);
+    aya_ebpf::bindings::xdp_action::XDP_DROP
 }
 
 /// Ports of first fragments, for the later ones (see `frag`). Not pinned:

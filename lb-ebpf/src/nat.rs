@@ -2,19 +2,14 @@
 //! kernel's csum helpers): addresses change the IPv4 header checksum and the
 //! L4 pseudo-header; ports change the L4 checksum.
 
-use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use lb_common::{BeU16, NetAddr, PROTO_UDP};
 
-use crate::packet::{FRAG_LATER, Pkt};
+use crate::{
+    csum::{self, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    packet::{FRAG_LATER, Pkt},
+};
 
-const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
-const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-/// The L4 checksum of an IPv6 packet: with CHECKSUM_COMPLETE the kernel
-/// must not fold the pseudo-header change into skb->csum (IPv6 has no
-/// header checksum to absorb it), or the stack reports "hw csum failure".
-/// Kernels before 6.16 do not know the flag and refuse the call: it is
-/// then made again without it.
-const BPF_F_IPV6: u64 = 1 << 7;
 const IPV4_CSUM_OFF: usize = crate::packet::ETH_HLEN + 10;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,17 +28,9 @@ fn l4_flags(p: &Pkt) -> u64 {
     }
 }
 
-/// `bpf_l4_csum_replace`, with BPF_F_IPV6 for IPv6 where the kernel has it.
 #[inline(always)]
 fn l4_csum(ctx: &TcContext, p: &Pkt, from: u64, to: u64, flags: u64) -> Result<(), i64> {
-    if p.v6
-        && ctx
-            .l4_csum_replace(p.csum_off(), from, to, flags | BPF_F_IPV6)
-            .is_ok()
-    {
-        return Ok(());
-    }
-    ctx.l4_csum_replace(p.csum_off(), from, to, flags)
+    csum::l4_replace(ctx, p.csum_off(), from, to, flags, p.v6)
 }
 
 #[inline(always)]
@@ -61,11 +48,8 @@ pub fn set_addr(ctx: &TcContext, p: &mut Pkt, side: Side, new: NetAddr) -> Resul
     if p.v6 {
         ctx.store(off, &new.0, 0)?;
         if l4 {
-            let mut from = old.0;
-            let mut to = new.0;
-            // SAFETY: both buffers are 16-byte stack arrays, sizes as given.
-            let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-            l4_csum(ctx, p, 0, diff as u64, BPF_F_PSEUDO_HDR | l4_flags(p))?;
+            let diff = csum::addr_diff(&old, &new);
+            l4_csum(ctx, p, 0, diff, BPF_F_PSEUDO_HDR | l4_flags(p))?;
         }
     } else {
         let (o, n) = (old.v4_raw(), new.v4_raw());

@@ -30,12 +30,9 @@ use crate::{
         LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1, LB_POL_IF_V1,
         LB_POL_STATE_V1, LB_POLICY_V1,
     },
-    packet::ETH_HLEN,
+    packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     tc,
 };
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 /// What the parser made of a packet.
 const KIND_PASS: u8 = 0;
@@ -105,15 +102,13 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
             POL_F_ANY_EGRESS
         };
         if st.flags & any != 0 {
-            count(0, PolReason::UnknownEndpoint);
-            return TC_ACT_SHOT;
+            return deny(0, PolReason::UnknownEndpoint);
         }
         return TC_ACT_OK;
     };
     // Another local pod's address, arriving on this interface.
     if dir == DIR_EGRESS && ep.ifindex != 0 && ep.ifindex != ifindex(ctx) {
-        count(ep.ep_id, PolReason::SpoofedSource);
-        return TC_ACT_SHOT;
+        return deny(ep.ep_id, PolReason::SpoofedSource);
     }
     if f.kind == KIND_ICMP_ERR {
         return icmp_error(&ep, dir, &f);
@@ -121,14 +116,12 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     match known(&ep, dir, &f, st.revision) {
         KNOWN => return TC_ACT_OK,
         REVOKED => {
-            count(ep.ep_id, denied(dir));
-            return TC_ACT_SHOT;
+            return deny(ep.ep_id, denied(dir));
         }
         _ => {}
     }
     if allowed(&ep, dir, &f) == 0 {
-        count(ep.ep_id, denied(dir));
-        return TC_ACT_SHOT;
+        return deny(ep.ep_id, denied(dir));
     }
     remember(&ep, dir, &f, st.revision);
     count(
@@ -207,8 +200,7 @@ fn icmp_error(ep: &PolEndpoint, dir: u8, f: &Flow) -> i32 {
     if ep.flags & isolated_flag(dir) == 0 {
         return TC_ACT_OK;
     }
-    count(ep.ep_id, denied(dir));
-    TC_ACT_SHOT
+    deny(ep.ep_id, denied(dir))
 }
 
 const UNKNOWN: i32 = 0;
@@ -411,6 +403,14 @@ fn denied(dir: u8) -> PolReason {
     }
 }
 
+/// Every policy drop goes through here (or through `spoofed_unknown`,
+/// which counts on the interface's pod): counted on its endpoint.
+#[inline(always)]
+fn deny(ep_id: u32, reason: PolReason) -> i32 {
+    count(ep_id, reason);
+    TC_ACT_SHOT
+}
+
 #[inline(always)]
 fn count(ep_id: u32, reason: PolReason) {
     if ep_id >= POL_EP_ID_MAX {
@@ -503,28 +503,20 @@ fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
 /// and whether this is the first (or only) fragment.
 #[inline(always)]
 fn ip4(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let vihl: u8 = ctx.load(off).ok()?;
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
-        return None;
-    }
-    let frag = u16::from_be(ctx.load::<u16>(off + 6).ok()?);
-    f.proto = ctx.load(off + 9).ok()?;
-    f.saddr = NetAddr::from_v4_raw(ctx.load(off + 12).ok()?);
-    f.daddr = NetAddr::from_v4_raw(ctx.load(off + 16).ok()?);
-    Some((off + ihl, frag & 0x1fff == 0))
+    let h = packet::ip4(ctx, off)?;
+    f.proto = h.proto;
+    f.saddr = h.saddr;
+    f.daddr = h.daddr;
+    Some((h.l4_off, h.frag != packet::FRAG_LATER))
 }
 
 /// IPv6 header at `off`, walking up to four extension headers.
 #[inline(always)]
 fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let vtc: u8 = ctx.load(off).ok()?;
-    if vtc >> 4 != 6 {
-        return None;
-    }
-    f.saddr = NetAddr(ctx.load(off + 8).ok()?);
-    f.daddr = NetAddr(ctx.load(off + 24).ok()?);
-    let mut next: u8 = ctx.load(off + 6).ok()?;
+    let h = packet::ip6(ctx, off)?;
+    f.saddr = h.saddr;
+    f.daddr = h.daddr;
+    let mut next = h.next;
     let mut l4 = off + 40;
     let mut first = true;
     let mut i = 0;

@@ -11,21 +11,22 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_DROP_NO_LOCAL, C_DROP_SOURCE_RANGE, C_DROP_SPOOFED,
-    C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr, PROTO_TCP, PROTO_UDP,
+    BACKEND_LOCAL, BeU16, C_CT_CREATE, C_XDP_DNAT, C_XDP_PASS, CT_FWD, CT_RSNAT, NetAddr,
+    PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST,
 };
 
 use crate::{
-    conntrack,
-    maps::{LB_BACKENDS_V1, count},
-    packet::Pkt,
-    tc::{self, Choice},
+    choose::{self, Choice},
+    conntrack, csum,
+    frame::xdp_ptr as ptr,
+    maps::{LB_BACKENDS_V1, count, xdp_drop},
+    packet::{self, Pkt},
 };
 
-/// Verdicts of `open_flow`.
-const PASS_ON: i32 = 0;
-const TRANSLATE: i32 = 1;
-const DROP: i32 = 2;
+/// Verdicts of `known_flow` and `open_flow`: XDP's own actions (pass on to
+/// TC, drop), or DNAT to the backend they chose.
+const PASS_ON: u32 = XDP_PASS;
+const TRANSLATE: u32 = u32::MAX;
 
 /// 1 when the packet is a reply of a flow SNAT'd towards another node's
 /// backend. Not inlined: its key gets a frame of its own.
@@ -38,80 +39,37 @@ fn is_snat_reply(p: &Pkt) -> u32 {
 /// its conntrack entries and `to`; drops TC would make happen here.
 /// Not inlined (stack).
 #[inline(never)]
-fn open_flow(p: &Pkt, to: &mut Choice) -> i32 {
+fn open_flow(p: &Pkt, to: &mut Choice) -> u32 {
     // Most packets without a forward entry are no Service's: one lookup
     // says so before any other.
-    if tc::is_external_frontend(p) == 0 {
+    if choose::is_external_frontend(p) == 0 {
         return PASS_ON;
     }
     // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
     if is_snat_reply(p) != 0 {
         return PASS_ON;
     }
-    match tc::choose(p, to) {
-        // A source only a pod of this node may use, from outside: spoofed.
-        tc::CHOSEN if tc::is_local_pod(&p.saddr) != 0 => {
-            count(C_DROP_SPOOFED);
-            DROP
+    let verdict = choose::choose(p, 0, to);
+    if let Some(r) = choose::drop_reason(verdict) {
+        return xdp_drop(r);
+    }
+    if verdict != choose::CHOSEN || to.backend.flags & BACKEND_LOCAL == 0 {
+        // A backend on another node (SNAT at egress), a Service without
+        // endpoints (ICMP), a backend missing: TC's.
+        return PASS_ON;
+    }
+    match crate::flow::track(p, &to.backend, to.backend_id, 0) {
+        0 => {
+            count(C_CT_CREATE);
+            TRANSLATE
         }
-        tc::CHOSEN if to.backend.flags & BACKEND_LOCAL != 0 => {
-            match crate::flow::track(p, &to.backend, to.backend_id, 0) {
-                0 => {
-                    count(C_CT_CREATE);
-                    TRANSLATE
-                }
-                // SNAT'd (a clash with another frontend's flow): TC
-                // translates it from its entries; or no port was free.
-                _ => PASS_ON,
-            }
-        }
-        tc::DROP_NO_LOCAL => {
-            count(C_DROP_NO_LOCAL);
-            DROP
-        }
-        tc::DROP_SOURCE_RANGE => {
-            count(C_DROP_SOURCE_RANGE);
-            DROP
-        }
+        // SNAT'd (a clash with another frontend's flow): TC translates it
+        // from its entries; or it could not be tracked: TC drops it, counted.
         _ => PASS_ON,
     }
 }
 
-const ETH: usize = 14;
-
-#[inline(always)]
-fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
-
-/// Adds the replacement of raw memory word `from` by `to` to a ones'
-/// complement sum (RFC 1624), in registers: no stack buffers on the
-/// program's deepest call chain.
-#[inline(always)]
-fn csum_add(sum: u64, from: u32, to: u32) -> u64 {
-    let nf = !from;
-    sum + (nf & 0xffff) as u64 + (nf >> 16) as u64 + (to & 0xffff) as u64 + (to >> 16) as u64
-}
-
-/// As `csum_add`, for a 16-bit field.
-#[inline(always)]
-fn csum_add16(sum: u64, from: u16, to: u16) -> u64 {
-    sum + (!from) as u64 + to as u64
-}
-
-/// The checksum `old` with the replacements summed in `sum` (which starts
-/// from `!old`).
-#[inline(always)]
-fn csum_fold(mut c: u64) -> u16 {
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    c = (c & 0xffff) + (c >> 16);
-    !(c as u16)
-}
+const ETH: usize = packet::ETH_HLEN;
 
 pub fn fast_path(ctx: &XdpContext) -> u32 {
     let mut p = Pkt::default();
@@ -121,9 +79,7 @@ pub fn fast_path(ctx: &XdpContext) -> u32 {
     }
     let mut to = Choice::default();
     let verdict = match known_flow(&p, &mut to) {
-        TRANSLATE => TRANSLATE,
-        DROP => DROP,
-        _ if to.backend_id == NO_ENTRY => open_flow(&p, &mut to),
+        PASS_ON if to.backend_id == NO_ENTRY => open_flow(&p, &mut to),
         v => v,
     };
     match verdict {
@@ -131,7 +87,7 @@ pub fn fast_path(ctx: &XdpContext) -> u32 {
             count(C_XDP_DNAT);
             XDP_PASS
         }
-        DROP => XDP_DROP,
+        XDP_DROP => XDP_DROP,
         _ => {
             count(C_XDP_PASS);
             XDP_PASS
@@ -147,7 +103,7 @@ const NO_ENTRY: u32 = u32::MAX;
 /// nodes, a gone backend, a FIN or RST to mark), with `to.backend_id` set
 /// to NO_ENTRY when there is no forward entry at all. Not inlined (stack).
 #[inline(never)]
-fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
+fn known_flow(p: &Pkt, to: &mut Choice) -> u32 {
     let k = conntrack::key(p, CT_FWD);
     let Some(v) = conntrack::lookup(&k) else {
         to.backend_id = NO_ENTRY;
@@ -166,7 +122,7 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     }
     // A FIN or RST goes on to TC, which marks the entry closing; so does
     // a flow TC must make afresh (a reused tuple, a lost partner entry).
-    if p.tcp_flags & 0x05 != 0 || crate::flow::stale_flow(p, &k) != 0 {
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 || crate::flow::stale_flow(p, &k) != 0 {
         return PASS_ON;
     }
     conntrack::touch(&k, &v, p.tcp_flags);
@@ -175,79 +131,17 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> i32 {
     TRANSLATE
 }
 
-/// The tuple of an IPv4 (no options, not a fragment) or IPv6 (no extension
-/// header) TCP/UDP packet; non-zero for anything else. Inlined: packet
-/// pointers do not survive a call as arguments.
-#[inline(always)]
+/// The tuple of a TCP/UDP packet, as TC's parser reads it; non-zero for
+/// anything it does not understand, and for fragments: their ports are
+/// TC's to remember. Not inlined: the parser's temporaries stay out of
+/// `fast_path`'s frame (the frame reads the packet bounds itself: see
+/// `frame::bounds`).
+#[inline(never)]
 fn parse(ctx: &XdpContext, out: &mut Pkt) -> i32 {
-    match try_parse(ctx, out) {
-        Some(()) => 0,
-        None => 1,
+    if packet::parse_headers(ctx, out) != 0 || out.frag != packet::FRAG_NONE {
+        return 1;
     }
-}
-
-#[inline(always)]
-fn try_parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
-    // SAFETY (all derefs below): each pointer comes from `ptr`, which checked
-    // that the whole value lies inside the packet.
-    let eth_proto = u16::from_be(unsafe { *ptr::<u16>(ctx, 12)? });
-    let (v6, proto, saddr, daddr, l4) = match eth_proto {
-        0x0800 => {
-            let vihl = unsafe { *ptr::<u8>(ctx, ETH)? };
-            let frag = u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 6)? });
-            if vihl != 0x45 || frag & 0x3fff != 0 {
-                return None;
-            }
-            let proto = unsafe { *ptr::<u8>(ctx, ETH + 9)? };
-            let s = unsafe { *ptr::<u32>(ctx, ETH + 12)? };
-            let d = unsafe { *ptr::<u32>(ctx, ETH + 16)? };
-            (
-                false,
-                proto,
-                NetAddr::from_v4_raw(s),
-                NetAddr::from_v4_raw(d),
-                ETH + 20,
-            )
-        }
-        0x86dd => {
-            if unsafe { *ptr::<u8>(ctx, ETH)? } >> 4 != 6 {
-                return None;
-            }
-            let proto = unsafe { *ptr::<u8>(ctx, ETH + 6)? };
-            let s = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 8)? };
-            let d = unsafe { *ptr::<[u32; 4]>(ctx, ETH + 24)? };
-            (true, proto, NetAddr(s), NetAddr(d), ETH + 40)
-        }
-        _ => return None,
-    };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    // The whole L4 header must be there, and the IP length must agree
-    // with the frame (as TC's parser checks).
-    let hdr = if proto == PROTO_TCP { 20 } else { 8 };
-    ptr::<u8>(ctx, l4 + hdr - 1)?;
-    let ip_end = if v6 {
-        l4 + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 4)? }) as usize
-    } else {
-        ETH + u16::from_be(unsafe { *ptr::<u16>(ctx, ETH + 2)? }) as usize
-    };
-    if ip_end < l4 + hdr || ctx.data() + ip_end > ctx.data_end() {
-        return None;
-    }
-    out.v6 = v6;
-    out.proto = proto;
-    out.saddr = saddr;
-    out.daddr = daddr;
-    out.sport = BeU16(unsafe { *ptr::<u16>(ctx, l4)? });
-    out.dport = BeU16(unsafe { *ptr::<u16>(ctx, l4 + 2)? });
-    out.l4_off = l4;
-    out.tcp_flags = if proto == PROTO_TCP {
-        unsafe { *ptr::<u8>(ctx, l4 + 13)? }
-    } else {
-        0
-    };
-    Some(())
+    0
 }
 
 /// Rewrites the destination to `addr`:`port` (network order in the low 16
@@ -267,15 +161,16 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
     let csum_p = ptr::<u16>(ctx, csum_off)?;
     let dport_p = ptr::<u16>(ctx, l4 + 2)?;
     let dport = p.dport;
+    // SAFETY: bounds-checked by `ptr` against data_end.
     let old_csum = unsafe { *csum_p };
     let udp_no_csum = proto == PROTO_UDP && !v6 && old_csum == 0;
     let mut sum = (!old_csum) as u64;
     if v6 {
         let dp = ptr::<[u32; 4]>(ctx, ETH + 24)?;
-        sum = csum_add(sum, daddr.0[0], to_addr.0[0]);
-        sum = csum_add(sum, daddr.0[1], to_addr.0[1]);
-        sum = csum_add(sum, daddr.0[2], to_addr.0[2]);
-        sum = csum_add(sum, daddr.0[3], to_addr.0[3]);
+        sum = csum::add(sum, daddr.0[0], to_addr.0[0]);
+        sum = csum::add(sum, daddr.0[1], to_addr.0[1]);
+        sum = csum::add(sum, daddr.0[2], to_addr.0[2]);
+        sum = csum::add(sum, daddr.0[3], to_addr.0[3]);
         // SAFETY: bounds-checked by `ptr` against data_end.
         unsafe { *dp = to_addr.0 };
     } else {
@@ -283,15 +178,16 @@ fn try_dnat(ctx: &XdpContext, p: &Pkt, to_addr: &NetAddr, to_port: BeU16) -> Opt
         let ip_csum_p = ptr::<u16>(ctx, ETH + 10)?;
         // SAFETY: bounds-checked by `ptr` against data_end.
         unsafe {
-            let ip = csum_add((!*ip_csum_p) as u64, daddr.v4_raw(), to_addr.v4_raw());
-            *ip_csum_p = csum_fold(ip);
+            let ip = csum::add((!*ip_csum_p) as u64, daddr.v4_raw(), to_addr.v4_raw());
+            *ip_csum_p = csum::fold(ip);
         }
-        sum = csum_add(sum, daddr.v4_raw(), to_addr.v4_raw());
+        sum = csum::add(sum, daddr.v4_raw(), to_addr.v4_raw());
         // SAFETY: as above.
         unsafe { *dp = to_addr.v4_raw() };
     }
-    sum = csum_add16(sum, dport.0, to_port.0);
-    let csum = csum_fold(sum);
+    sum = csum::add16(sum, dport.0, to_port.0);
+    let csum = csum::fold(sum);
+    // SAFETY: both pointers bounds-checked by `ptr` against data_end.
     unsafe {
         *dport_p = to_port.0;
         if !udp_no_csum {

@@ -8,8 +8,10 @@ fn no_backend_answers_port_unreachable() {
     bed.service("10.100.0.1", 30080, PROTO_TCP, None);
     bed.service("fd00:100::1", 30053, PROTO_UDP, None);
     let syn = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, true);
+    let before = bed.counters();
     let (verdict, out) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
     assert_eq!(
         &out[0..6],
         &[2, 0, 0, 0, 0, 0xc8],
@@ -23,10 +25,14 @@ fn no_backend_answers_port_unreachable() {
     assert_checksums(&out);
     // a non-SYN segment is dropped, not answered
     let ack = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, false);
-    assert_eq!(bed.run("lb_tc_ingress", &ack).0, 2);
+    let before = bed.counters();
+    assert_eq!(bed.run("lb_tc_ingress", &ack).0, TC_ACT_SHOT);
+    assert_eq!(bed.moved(&before), [("drop_no_backend", 1)]);
     let q = udp6("fd00:100::200", 50001, "fd00:100::1", 30053);
+    let before = bed.counters();
     let (verdict, out) = bed.run("lb_tc_ingress", &q);
     assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
     assert_eq!(out[20], 58, "ICMPv6");
     assert_eq!((out[54], out[55]), (1, 4), "port unreachable");
     assert_checksums(&out);
@@ -51,7 +57,7 @@ fn port_unreachables_are_rate_limited_per_node() {
         let syn = tcp4([10, 100, 0, 200], 1024 + i, [10, 100, 0, 1], 30080, true);
         match bed.run("lb_tc_ingress", &syn).0 {
             TC_ACT_REDIRECT => answered += 1,
-            2 => dropped += 1,
+            TC_ACT_SHOT => dropped += 1,
             v => panic!("verdict {v}"),
         }
     }
@@ -76,18 +82,30 @@ fn packets_it_does_not_understand_pass_untouched() {
     let syn = tcp4([10, 100, 0, 200], 40003, [10, 100, 0, 1], 30080, true);
     // a later fragment whose first this hook never saw (first fragments
     // are translated: test_run_frag.rs), a truncated TCP header
-    let mut later = syn.clone();
-    later[14 + 7] = 8;
+    let later = tcp4_fragment([10, 100, 0, 200], 40003, [10, 100, 0, 1], 30080, 8, false);
     let truncated = syn[..14 + 20 + 10].to_vec();
     // an IPv6 packet with a hop-by-hop extension header before UDP
-    let mut hbh = udp6("fd00:100::200", 50002, "fd00:100::1", 30053);
-    hbh[14 + 6] = 0;
-    let plen = u16::from_be_bytes([hbh[18], hbh[19]]) + 8;
-    hbh[18..20].copy_from_slice(&plen.to_be_bytes());
-    hbh.splice(54..54, [17u8, 0, 1, 4, 0, 0, 0, 0]);
+    let hbh = udp6_hop_by_hop("fd00:100::200", 50002, "fd00:100::1", 30053);
     // not IP at all
-    let mut arp = syn.clone();
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let arp = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+            .arp(
+                etherparse::ArpPacket::new(
+                    etherparse::ArpHardwareId::ETHERNET,
+                    etherparse::EtherType::IPV4,
+                    etherparse::ArpOperation::REQUEST,
+                    &[2, 0, 0, 0, 0, 0xc8],
+                    &[10, 100, 0, 200],
+                    &[0; 6],
+                    &[10, 100, 0, 1],
+                )
+                .unwrap(),
+            )
+            .write(&mut v)
+            .unwrap();
+        v
+    };
     // an ICMP error (destination unreachable) quoting a packet to the frontend
     let icmp_err = {
         let mut v = Vec::new();
@@ -108,15 +126,23 @@ fn packets_it_does_not_understand_pass_untouched() {
         ("ICMP error", icmp_err),
     ] {
         for prog in ["lb_tc_ingress", "lb_tc_egress"] {
+            let before = bed.counters();
             let (verdict, out) = bed.run(prog, &pkt);
             assert_eq!(verdict, TC_ACT_OK, "{what} at {prog}");
             assert_eq!(out, pkt, "{what} must pass untouched through {prog}");
+            assert_eq!(
+                bed.moved(&before),
+                [("pass_unparsed", 1)],
+                "{what} at {prog}"
+            );
         }
+        let before = bed.counters();
         assert_eq!(
             bed.run_xdp(&pkt),
             (XDP_PASS, pkt.clone()),
             "{what} must pass untouched through XDP"
         );
+        assert_eq!(bed.moved(&before), [("xdp_pass", 1)], "{what} at XDP");
     }
     assert!(bed.ct().is_empty(), "nothing tracked");
 }
@@ -126,7 +152,6 @@ fn packets_it_does_not_understand_pass_untouched() {
 /// and a slot naming no backend entry has a reason of its own.
 #[test]
 fn each_drop_is_counted_once_under_its_own_reason() {
-    use crate::datapath::test_run_conntrack::counter;
     let mut bed = Bed::new("reasons");
     bed.service("10.100.0.1", 30080, PROTO_TCP, None);
     bed.service(
@@ -142,35 +167,65 @@ fn each_drop_is_counted_once_under_its_own_reason() {
     for id in ids {
         bes.remove(&id).unwrap();
     }
-    let names = lb_common::COUNTER_NAMES;
-    let snapshot = |bed: &Bed| names.map(|n| counter(bed, n));
-    let delta = |before: &[u64], after: &[u64]| -> Vec<(&str, u64)> {
-        names
-            .iter()
-            .zip(before.iter().zip(after))
-            .filter(|(_, (b, a))| a != b)
-            .map(|(n, (b, a))| (*n, a - b))
-            .collect()
-    };
     let c = [10, 100, 0, 200];
     let n = [10, 100, 0, 1];
-    let b0 = snapshot(&bed);
+    let before = bed.counters();
     assert_eq!(
         bed.run("lb_tc_ingress", &tcp4(c, 40040, n, 30080, true)).0,
         TC_ACT_REDIRECT
     );
-    let b1 = snapshot(&bed);
-    assert_eq!(delta(&b0, &b1), [("icmp_port_unreachable_sent", 1)]);
+    assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
+    let before = bed.counters();
     assert_eq!(
         bed.run("lb_tc_ingress", &tcp4(c, 40041, n, 30080, false)).0,
-        2
+        TC_ACT_SHOT
     );
-    let b2 = snapshot(&bed);
-    assert_eq!(delta(&b1, &b2), [("drop_no_backend", 1)]);
+    assert_eq!(bed.moved(&before), [("drop_no_backend", 1)]);
+    let before = bed.counters();
     assert_eq!(
         bed.run("lb_tc_ingress", &tcp4(c, 40042, n, 30081, true)).0,
-        2
+        TC_ACT_SHOT
     );
-    let b3 = snapshot(&bed);
-    assert_eq!(delta(&b2, &b3), [("drop_backend_missing", 1)]);
+    assert_eq!(bed.moved(&before), [("drop_backend_missing", 1)]);
+}
+
+/// A new flow that needs SNAT on a node without an address of its family
+/// is dropped under a reason of its own, not as if SNAT ports ran out.
+#[test]
+fn a_flow_needing_snat_without_a_node_address_is_dropped_under_its_own_reason() {
+    let mut bed = Bed::new("nonode");
+    {
+        let mut cfg: Array<_, Config> =
+            Array::try_from(bed.ebpf.map_mut(lb_common::MAP_CONFIG).unwrap()).unwrap();
+        let mut c = cfg.get(&0, 0).unwrap();
+        c.flags = CONFIG_HAS_IP6;
+        cfg.set(0, c, 0).unwrap();
+    }
+    bed.service(
+        "10.100.0.1",
+        30080,
+        PROTO_TCP,
+        Some(("10.244.2.10", 8080, 0)),
+    );
+    let before = bed.counters();
+    let syn = tcp4([10, 100, 0, 200], 40050, [10, 100, 0, 1], 30080, true);
+    assert_eq!(bed.run("lb_tc_ingress", &syn).0, TC_ACT_SHOT);
+    assert_eq!(bed.moved(&before), [("drop_no_node_address", 1)]);
+    // XDP leaves it to TC (a backend on another node).
+    let before = bed.counters();
+    assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
+    assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
+}
+
+/// A SYN the node cannot answer (the reply quotes a plain 20-byte IPv4
+/// header only) is dropped for want of a backend, and not also counted as
+/// an ICMP error sent.
+#[test]
+fn a_refusal_that_cannot_be_built_counts_only_its_drop() {
+    let mut bed = Bed::new("noicmp");
+    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
+    let before = bed.counters();
+    let syn = tcp4_with_options([10, 100, 0, 200], 40051, [10, 100, 0, 1], 30080, true);
+    assert_eq!(bed.run("lb_tc_ingress", &syn).0, TC_ACT_SHOT);
+    assert_eq!(bed.moved(&before), [("drop_no_backend", 1)]);
 }

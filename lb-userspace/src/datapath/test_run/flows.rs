@@ -7,10 +7,15 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
     let mut bed = Bed::with_node_ports("xdp");
     // A new flow to a local backend: XDP makes its entries and translates.
     let syn = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, true);
+    let before = bed.counters();
     let (verdict, out) = bed.run_xdp(&syn);
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_checksums(&out);
+    assert_eq!(
+        bed.moved(&before),
+        [("ct_created", 1), ("xdp_dnat", 1), ("ct_entries_new", 2)]
+    );
     let kinds: Vec<u8> = bed.ct().iter().map(|(k, _)| k.kind).collect();
     assert!(
         kinds.contains(&CT_FWD) && kinds.contains(&CT_REV),
@@ -18,10 +23,12 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
     );
     // ... and its next packets through the entry.
     let ack = tcp4([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, false);
+    let before = bed.counters();
     let (verdict, out) = bed.run_xdp(&ack);
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_checksums(&out);
+    assert_eq!(bed.moved(&before), [("xdp_dnat", 1)]);
     let q = udp6("fd00:100::200", 50010, "fd00:100::1", 30053);
     bed.run("lb_tc_ingress", &q);
     let (_, out) = bed.run_xdp(&q);
@@ -33,10 +40,11 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
             .octets()
     );
     assert_checksums(&out);
-    // a fragment passes untouched
-    let mut mf = ack.clone();
-    mf[14 + 6] |= 0x20;
+    // a fragment passes untouched (its ports are TC's to remember)
+    let mf = tcp4_fragment([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, 0, true);
+    let before = bed.counters();
     assert_eq!(bed.run_xdp(&mf), (XDP_PASS, mf.clone()));
+    assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
     // A backend on another node needs SNAT at egress: TC's, untouched here.
     bed.service(
         "10.100.0.1",
@@ -45,12 +53,16 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
         Some(("10.244.2.10", 8080, 0)),
     );
     let syn = tcp4([10, 100, 0, 200], 40011, [10, 100, 0, 1], 30081, true);
+    let before = bed.counters();
     assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
+    assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
     // externalTrafficPolicy: Local without a local endpoint: dropped here.
     let ext_local = SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_EXT_LOCAL;
     bed.frontend("10.100.0.1", 30082, PROTO_TCP, ext_local, &[]);
     let syn = tcp4([10, 100, 0, 200], 40012, [10, 100, 0, 1], 30082, true);
+    let before = bed.counters();
     assert_eq!(bed.run_xdp(&syn).0, XDP_DROP);
+    assert_eq!(bed.moved(&before), [("drop_no_local_backend", 1)]);
 }
 
 #[test]
@@ -78,8 +90,13 @@ fn tcp_flags_drive_the_flow_state_the_sweep_reads() {
     bed.run("lb_tc_ingress", &syn);
     assert_eq!(flags(&bed, CT_FWD) & est, 0, "a retransmitted SYN neither");
     // The backend's SYN-ACK (egress, reverse entry), then the client's ACK.
-    let mut synack = tcp4([10, 244, 1, 10], 8080, [10, 100, 0, 200], 40020, true);
-    synack[14 + 20 + 13] |= 0x10;
+    let synack = tcp4_flags(
+        [10, 244, 1, 10],
+        8080,
+        [10, 100, 0, 200],
+        40020,
+        TCP_SYN | TCP_ACK,
+    );
     bed.run("lb_tc_egress", &synack);
     assert_ne!(flags(&bed, CT_REV) & est, 0, "the backend answered");
     let ack = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, false);
@@ -94,9 +111,16 @@ fn tcp_flags_drive_the_flow_state_the_sweep_reads() {
         0,
         "the backend's locality bit stays"
     );
-    let mut fin = tcp4([10, 100, 0, 200], 40020, [10, 100, 0, 1], 30080, false);
-    fin[14 + 20 + 13] |= 0x01; // FIN (checksum no longer matters: only flags are read)
+    let fin = tcp4_flags(
+        [10, 100, 0, 200],
+        40020,
+        [10, 100, 0, 1],
+        30080,
+        TCP_FIN | TCP_ACK,
+    );
+    let before = bed.counters();
     let (_, out) = bed.run("lb_tc_ingress", &fin);
+    assert_eq!(bed.moved(&before), [("tc_dnat", 1)]);
     assert_eq!(
         dst4(&out),
         ("10.244.1.10".into(), 8080),

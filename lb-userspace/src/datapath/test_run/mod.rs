@@ -7,26 +7,28 @@
 
 mod drops;
 mod flows;
+mod parser;
 mod translation;
 
 use std::{net::IpAddr, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
 use lb_common::{
     BACKEND_LOCAL, Backend, BeU16, CONFIG_HAS_IP4, CONFIG_HAS_IP6, CT_FWD, CT_REV, CT_RSNAT,
     CT_SNAT, Config, CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL,
-    ServiceKey, ServiceValue,
+    ServiceKey, ServiceValue, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use super::{OBJECT, TC_PROGRAMS};
 use crate::compute::desired::net_addr;
 
 pub(super) const TC_ACT_OK: u32 = 0;
+pub(super) const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -168,6 +170,26 @@ impl Bed {
         test_run(p, pkt)
     }
 
+    /// Every datapath counter, summed over CPUs, in `COUNTER_NAMES` order.
+    pub(super) fn counters(&self) -> Vec<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(lb_common::MAP_COUNTERS).unwrap()).unwrap();
+        (0..lb_common::COUNTERS)
+            .map(|i| m.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    /// The counters that moved since `before` (from `counters`), by how
+    /// much: a test of one outcome expects exactly its own counters here.
+    pub(super) fn moved(&self, before: &[u64]) -> Vec<(&'static str, u64)> {
+        lb_common::COUNTER_NAMES
+            .iter()
+            .zip(before.iter().zip(self.counters()))
+            .filter(|(_, (b, a))| a != *b)
+            .map(|(n, (b, a))| (*n, a - b))
+            .collect()
+    }
+
     pub(super) fn ct(&self) -> Vec<(CtKey, CtValue)> {
         let m: HashMap<_, CtKey, CtValue> =
             HashMap::try_from(self.ebpf.map(lb_common::MAP_CT).unwrap()).unwrap();
@@ -189,13 +211,75 @@ where
     (r.return_value, out)
 }
 
+/// An IPv4 TCP segment with "hello": a bare SYN, or an ACK.
 pub(super) fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+    let flags = if syn { TCP_SYN } else { TCP_ACK };
+    tcp4_flags(src, sport, dst, dport, flags)
+}
+
+/// An IPv4 TCP segment with "hello" and `flags` (`lb_common::TCP_*`).
+pub(super) fn tcp4_flags(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
         .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000);
+    if flags & TCP_SYN != 0 {
+        b = b.syn();
+    }
+    if flags & TCP_ACK != 0 {
+        b = b.ack(1);
+    }
+    if flags & TCP_FIN != 0 {
+        b = b.fin();
+    }
+    if flags & TCP_RST != 0 {
+        b = b.rst();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+/// An ACK segment as an IPv4 fragment: `offset` in 8-byte units, `more`
+/// the more-fragments flag.
+pub(super) fn tcp4_fragment(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    offset: u16,
+    more: bool,
+) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+    ip.dont_fragment = false;
+    ip.more_fragments = more;
+    ip.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(sport, dport, 1000, 64000)
+        .ack(1);
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+/// A TCP segment whose IPv4 header carries a Router Alert option (24 bytes
+/// of header, not 20).
+pub(super) fn tcp4_with_options(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+    ip.options = [0x94, 0x04, 0, 0].into();
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
         .tcp(sport, dport, 1000, 64000);
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, b"hello").unwrap();
+    assert_eq!(v[14] & 0x0f, 6, "a 24-byte header");
     v
 }
 
@@ -204,6 +288,32 @@ pub(super) fn udp6(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     let d: std::net::Ipv6Addr = dst.parse().unwrap();
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
         .ipv6(s.octets(), d.octets(), 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, b"query\n").unwrap();
+    v
+}
+
+/// As `udp6`, behind an (empty) hop-by-hop options header.
+pub(super) fn udp6_hop_by_hop(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = src.parse().unwrap();
+    let d: std::net::Ipv6Addr = dst.parse().unwrap();
+    let ip = etherparse::Ipv6Header {
+        hop_limit: 64,
+        source: s.octets(),
+        destination: d.octets(),
+        ..Default::default()
+    };
+    let exts = etherparse::Ipv6Extensions {
+        hop_by_hop_options: Some(
+            // PadN over the header's six bytes of options.
+            etherparse::Ipv6RawExtHeader::new_raw(etherparse::IpNumber::UDP, &[1, 4, 0, 0, 0, 0])
+                .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc8], [2, 0, 0, 0, 0, 1])
+        .ip(etherparse::IpHeaders::Ipv6(ip, exts))
         .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, b"query\n").unwrap();

@@ -6,8 +6,13 @@ use super::*;
 fn syn_to_a_node_port_is_dnated_with_valid_checksums_and_tracked() {
     let bed = Bed::with_node_port("syn");
     let syn = tcp4([10, 100, 0, 200], 40000, [10, 100, 0, 1], 30080, true);
+    let before = bed.counters();
     let (verdict, out) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        bed.moved(&before),
+        [("tc_dnat", 1), ("ct_created", 1), ("ct_entries_new", 2)]
+    );
     assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
     assert_eq!(
         src4(&out),
@@ -22,16 +27,20 @@ fn syn_to_a_node_port_is_dnated_with_valid_checksums_and_tracked() {
     );
     // the backend's reply leaves through egress as the frontend
     let reply = tcp4([10, 244, 1, 10], 8080, [10, 100, 0, 200], 40000, false);
+    let before = bed.counters();
     let (verdict, out) = bed.run("lb_tc_egress", &reply);
     assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(bed.moved(&before), [("tc_reverse_dnat", 1)]);
     assert_eq!(src4(&out), ("10.100.0.1".into(), 30080));
     assert_checksums(&out);
     // a later packet of the flow reuses the entry
     let ack = tcp4([10, 100, 0, 200], 40000, [10, 100, 0, 1], 30080, false);
+    let before = bed.counters();
     assert_eq!(
         dst4(&bed.run("lb_tc_ingress", &ack).1),
         ("10.244.1.10".into(), 8080)
     );
+    assert_eq!(bed.moved(&before), [("tc_dnat", 1)]);
 }
 
 #[test]
@@ -44,21 +53,33 @@ fn remote_backend_gets_snat_and_its_reply_is_translated_back() {
         Some(("10.244.2.10", 8080, 0)),
     );
     let syn = tcp4([10, 100, 0, 200], 40001, [10, 100, 0, 1], 30080, true);
+    let before = bed.counters();
     let (_, fwd) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(dst4(&fwd), ("10.244.2.10".into(), 8080));
+    assert_eq!(
+        bed.moved(&before),
+        [("tc_dnat", 1), ("ct_created", 1), ("ct_entries_new", 4)],
+        "four entries: forward, reverse, SNAT, reverse SNAT"
+    );
     // at egress the source becomes the node, at a port of the SNAT range
+    let before = bed.counters();
     let (_, out) = bed.run("lb_tc_egress", &fwd);
+    assert_eq!(bed.moved(&before), [("tc_snat", 1)]);
     let (node, port) = src4(&out);
     assert_eq!(node, "10.100.0.1");
     assert!(lb_common::is_snat_port(port), "{port}");
     assert_checksums(&out);
     // the reply comes back to the node and gets the client as destination...
     let reply = tcp4([10, 244, 2, 10], 8080, [10, 100, 0, 1], port, false);
+    let before = bed.counters();
     let (_, back) = bed.run("lb_tc_ingress", &reply);
+    assert_eq!(bed.moved(&before), [("tc_reverse_snat", 1)]);
     assert_eq!(dst4(&back), ("10.100.0.200".into(), 40001));
     assert_checksums(&back);
     // ...and the frontend as source on its way out
+    let before = bed.counters();
     let (_, out) = bed.run("lb_tc_egress", &back);
+    assert_eq!(bed.moved(&before), [("tc_reverse_dnat", 1)]);
     assert_eq!(src4(&out), ("10.100.0.1".into(), 30080));
     assert_checksums(&out);
     let kinds: Vec<u8> = bed.ct().iter().map(|(k, _)| k.kind).collect();
