@@ -45,14 +45,16 @@ pub struct Costs {
     pub xdp_no_service_ns: u32,
     /// Milliseconds one conntrack sweep took over these entries (none of
     /// them due), the agent's own code on the loaded map.
+    /// None in results from before the sweep was timed.
     #[serde(default)]
-    pub ct_sweep_ms: f64,
+    pub ct_sweep_ms: Option<f64>,
 }
 
 impl Costs {
     /// What the sweep costs, as a share of one core at the agent's tick.
-    pub fn ct_sweep_core_pct(&self) -> f64 {
-        self.ct_sweep_ms / crate::compute::ct_sweep::SWEEP_EVERY.as_secs_f64() / 10.0
+    pub fn ct_sweep_core_pct(&self) -> Option<f64> {
+        let every_ms = crate::compute::ct_sweep::SWEEP_EVERY.as_secs_f64() * 1e3;
+        self.ct_sweep_ms.map(|ms| ms / every_ms * 100.0)
     }
 }
 
@@ -296,7 +298,7 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
         tc_ct_hit_ns: ns(tc, &ack, repeat)?,
         xdp_empty_ns: ns(xdp_empty.as_fd(), &none, repeat)?,
         xdp_no_service_ns: ns(xdp, &none, repeat)?,
-        ct_sweep_ms,
+        ct_sweep_ms: Some(ct_sweep_ms),
     })
 }
 

@@ -143,6 +143,10 @@ pub struct Results {
     pub churn: Vec<Churn>,
     /// Per packet, by BPF_PROG_TEST_RUN (see `lb_agent::datapath::packet_cost`).
     pub packets: Vec<lb_agent::datapath::packet_cost::Costs>,
+    /// Figures replaced after the run by a later measurement of the same
+    /// thing (which, when, with what command), said at the report's top.
+    #[serde(default)]
+    pub remeasured: Vec<String>,
 }
 
 /// Runs every variant at every size; writes the report.

@@ -151,6 +151,13 @@ fn markdown(opts: &Options, r: &Results) -> String {
         cmd_out("nft", &["-v"]),
         opts.secs,
     );
+    if !r.remeasured.is_empty() {
+        s.push_str("Figures measured again after that run, replacing its own (same machine):\n\n");
+        for m in &r.remeasured {
+            let _ = writeln!(s, "- {m}");
+        }
+        s.push('\n');
+    }
     s.push_str(
         "The topology: a client namespace, a node namespace routing to a backend namespace \
          (the pod, on the node's `lxc*` veth). The cluster: N Services of ten endpoints each, \
@@ -237,7 +244,7 @@ fn markdown(opts: &Options, r: &Results) -> String {
     for c in &r.packets {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ({:+}) | {} ({:+}) | {} | {} ({:+}) | {:.0} ({:.2}%) |",
+            "| {} | {} | {} | {} ({:+}) | {} ({:+}) | {} | {} ({:+}) | {} |",
             c.services,
             c.ct_entries,
             c.tc_empty_ns,
@@ -248,8 +255,10 @@ fn markdown(opts: &Options, r: &Results) -> String {
             c.xdp_empty_ns,
             c.xdp_no_service_ns,
             i64::from(c.xdp_no_service_ns) - i64::from(c.xdp_empty_ns),
-            c.ct_sweep_ms,
-            c.ct_sweep_core_pct(),
+            match (c.ct_sweep_ms, c.ct_sweep_core_pct()) {
+                (Some(ms), Some(pct)) => format!("{ms:.0} ({pct:.1}%)"),
+                _ => "not measured".into(),
+            },
         );
     }
     s.push_str("\n## What this means\n\n");
