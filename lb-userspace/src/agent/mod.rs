@@ -386,22 +386,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     status.synced_generation,
                     &mut last_report,
                 );
+                let (generation, changes, full) =
+                    (batch.generation, batch.changes.len(), batch.full);
+                if changes >= memory::TRIM_AFTER {
+                    // What the change set's objects took goes back before
+                    // the sync is recorded: the memory after a sync is the
+                    // agent's steady state, not a parse's leftovers.
+                    drop(batch);
+                    memory::release_freed();
+                }
                 status.synced_at_unix_ms = now_ms();
                 dp.set_status(status)
                     .context("recording the synced generation")?;
                 tracing::info!(
-                    generation = batch.generation,
-                    changes = batch.changes.len(),
+                    generation,
+                    changes,
                     ops = out.ops,
-                    full = batch.full,
+                    full,
                     "change set applied"
                 );
-                if batch.changes.len() >= memory::TRIM_AFTER {
-                    // What the change set's objects took goes back now,
-                    // not at some later allocation.
-                    drop(batch);
-                    memory::release_freed();
-                }
             }
             Err(e) => {
                 tracing::error!("writing the maps failed: {e:#}; resyncing");
