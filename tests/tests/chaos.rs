@@ -34,8 +34,10 @@ fn agents_restarted_every_two_seconds_fail_no_connection_and_no_request() {
         })
         .unwrap_or(0);
     println!("{restarts} agent restarts in {secs} s");
+    // A round every two seconds restarts both agents; one round of slack
+    // for the storm's last moments racing the probes' end.
     assert!(
-        restarts >= 2 * (secs as u64 / 2).saturating_sub(1),
+        restarts >= 2 * (secs as u64 / 2).saturating_sub(2),
         "the storm restarted the agents only {restarts} times in {secs} s:\n{}",
         r.stderr
     );
