@@ -114,10 +114,16 @@ impl<'a> Flows<'a> {
         } else {
             (v.port, k.sport)
         };
-        if let Some(&j) = self.index.get(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV)) {
+        if let Some(&j) = self
+            .index
+            .get(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV))
+        {
             add(j);
         }
-        if let Some(&j) = self.index.get(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT)) {
+        if let Some(&j) = self
+            .index
+            .get(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT))
+        {
             add(j);
             let sv = &self.entries[j as usize].1;
             let rsnat = tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
@@ -212,7 +218,10 @@ impl Evictions {
     /// sweep removes.
     pub fn observe(&mut self, new_entries: u64, entries: &[(CtKey, CtValue)], doomed: &[CtKey]) {
         let flows = Flows::of(entries);
-        let doomed: Vec<u32> = doomed.iter().filter_map(|k| flows.index.get(k).copied()).collect();
+        let doomed: Vec<u32> = doomed
+            .iter()
+            .filter_map(|k| flows.index.get(k).copied())
+            .collect();
         self.observe_flows(new_entries, &flows, &doomed);
     }
 
