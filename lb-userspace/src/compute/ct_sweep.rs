@@ -8,6 +8,7 @@
 //! closing timeout. Pure; the datapath's sweep applies it.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use lb_common::{
     Backend, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, CtValue,
@@ -35,17 +36,17 @@ pub struct CtStats {
     pub orphans: usize,
 }
 
-/// A fast hasher for the walk's own tables: their keys come from the
-/// kernel's map, not from anyone who could aim at collisions, and a sweep
-/// of 1M entries hashes a few million times.
-type Fast = foldhash::fast::RandomState;
+/// The walk's tables hash with foldhash, seeded per agent: the keys hold
+/// client addresses and ports anyone can choose, so a fixed hash could be
+/// aimed at; and one seed for the agent's life, so a sweep's hashes match
+/// the last sweep's.
+pub type Fast = foldhash::fast::RandomState;
 
 /// One walk of the conntrack map grouped into flows once: the decision, the
-/// statistics and the eviction count all read it (each used to build its
-/// own index and groups).
+/// statistics and the eviction count all read it.
 pub struct Flows<'a> {
-    entries: &'a [(CtKey, CtValue)],
-    index: HashMap<&'a CtKey, u32, Fast>,
+    keys: &'a [CtKey],
+    values: &'a [CtValue],
     /// Per forward entry: its flow's entries (indices), the flags of all of
     /// them, and the latest packet on any.
     groups: Vec<Group>,
@@ -65,76 +66,35 @@ impl Group {
 }
 
 impl<'a> Flows<'a> {
-    pub fn of(entries: &'a [(CtKey, CtValue)]) -> Self {
-        let mut index = HashMap::with_capacity_and_hasher(entries.len(), Fast::default());
-        for (i, (k, _)) in entries.iter().enumerate() {
-            index.insert(k, i as u32);
+    /// `keys[i]`'s value is `values[i]`, as a batch lookup gives them.
+    pub fn of(keys: &'a [CtKey], values: &'a [CtValue], hasher: &Fast) -> Self {
+        assert_eq!(keys.len(), values.len(), "a value per key");
+        // Only partners are ever looked up (a forward entry finds its
+        // reverse and SNAT entries): the forward half stays out. A slot
+        // holds its key: the compare reads the line the probe just did.
+        let hash = |k: &CtKey| hasher.hash_one(k);
+        let partners = keys.iter().filter(|k| k.kind != CT_FWD).count();
+        let mut index = hashbrown::HashTable::<(CtKey, u32)>::with_capacity(partners);
+        for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.kind != CT_FWD) {
+            index.insert_unique(hash(k), (*k, i as u32), |(k, _)| hash(k));
         }
-        let mut flows = Self {
-            entries,
-            index,
-            groups: Vec::new(),
-        };
-        flows.groups = entries
+        let find = |k: &CtKey| index.find(hash(k), |(e, _)| e == k).map(|&(_, i)| i);
+        let groups = keys
             .iter()
+            .zip(values)
             .enumerate()
             .filter(|(_, (k, _))| k.kind == CT_FWD)
-            .map(|(i, (k, v))| flows.group(i as u32, k, v))
+            .map(|(i, (k, v))| group(values, &find, i as u32, k, v))
             .collect();
-        flows
+        Self {
+            keys,
+            values,
+            groups,
+        }
     }
 
-    /// The forward entry `i`'s flow: its reverse entry, and its SNAT pair
-    /// when the reverse SNAT entry points back at this flow's client.
-    fn group(&self, i: u32, k: &CtKey, v: &CtValue) -> Group {
-        let mut g = Group {
-            members: [i, 0, 0, 0],
-            len: 1,
-            flags: v.flags,
-            last: v.last_seen,
-        };
-        let mut add = |j: u32| {
-            let e = &self.entries[j as usize].1;
-            g.members[g.len as usize] = j;
-            g.len += 1;
-            g.flags |= e.flags;
-            g.last = g.last.max(e.last_seen);
-        };
-        let tuple = |saddr, sport, daddr, dport, kind| CtKey {
-            saddr,
-            daddr,
-            sport,
-            dport,
-            proto: k.proto,
-            kind,
-            _pad: [0; 2],
-        };
-        let (rev_port, snat_sport) = if v.snat_port.0 != 0 {
-            (v.snat_port, v.snat_port)
-        } else {
-            (v.port, k.sport)
-        };
-        if let Some(&j) = self
-            .index
-            .get(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV))
-        {
-            add(j);
-        }
-        if let Some(&j) = self
-            .index
-            .get(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT))
-        {
-            add(j);
-            let sv = &self.entries[j as usize].1;
-            let rsnat = tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
-            if let Some(&r) = self.index.get(&rsnat) {
-                let rv = &self.entries[r as usize].1;
-                if rv.addr == k.saddr && rv.port == k.sport {
-                    add(r);
-                }
-            }
-        }
-        g
+    fn len(&self) -> usize {
+        self.keys.len()
     }
 
     /// The entries to remove (indices): a flow goes whole when its backend
@@ -142,10 +102,11 @@ impl<'a> Flows<'a> {
     /// claims goes after the closing timeout. `now` and `last_seen` are
     /// seconds of CLOCK_MONOTONIC.
     pub fn doomed(&self, now: u32, backends: &HashMap<u32, Backend>, t: &Timeouts) -> Vec<u32> {
-        let mut claimed = vec![false; self.entries.len()];
+        let mut claimed = vec![false; self.len()];
         let mut out = Vec::new();
         for g in &self.groups {
-            let (k, v) = &self.entries[g.members[0] as usize];
+            let i = g.members[0] as usize;
+            let (k, v) = (&self.keys[i], &self.values[i]);
             let backend_gone = !backends
                 .get(&v.backend_id)
                 .is_some_and(|b| b.addr == v.addr && b.port == v.port);
@@ -166,7 +127,7 @@ impl<'a> Flows<'a> {
                 claimed[m as usize] = true;
             }
         }
-        for (i, (_, v)) in self.entries.iter().enumerate() {
+        for (i, v) in self.values.iter().enumerate() {
             if !claimed[i] && now.saturating_sub(v.last_seen) > t.tcp_closing {
                 out.push(i as u32);
             }
@@ -187,14 +148,73 @@ impl<'a> Flows<'a> {
                 st.closing += 1;
             }
         }
-        st.orphans = self.entries.len() - claimed.min(self.entries.len());
+        st.orphans = self.len() - claimed.min(self.len());
         st
     }
 }
 
+/// The forward entry `i`'s flow: its reverse entry, and its SNAT pair when
+/// the reverse SNAT entry points back at this flow's client. `find` gives
+/// a partner's index by its key.
+fn group(
+    values: &[CtValue],
+    find: &impl Fn(&CtKey) -> Option<u32>,
+    i: u32,
+    k: &CtKey,
+    v: &CtValue,
+) -> Group {
+    let mut g = Group {
+        members: [i, 0, 0, 0],
+        len: 1,
+        flags: v.flags,
+        last: v.last_seen,
+    };
+    let mut add = |j: u32| {
+        let e = &values[j as usize];
+        g.members[g.len as usize] = j;
+        g.len += 1;
+        g.flags |= e.flags;
+        g.last = g.last.max(e.last_seen);
+    };
+    let tuple = |saddr, sport, daddr, dport, kind| CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: k.proto,
+        kind,
+        _pad: [0; 2],
+    };
+    let (rev_port, snat_sport) = if v.snat_port.0 != 0 {
+        (v.snat_port, v.snat_port)
+    } else {
+        (v.port, k.sport)
+    };
+    if let Some(j) = find(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV)) {
+        add(j);
+    }
+    if let Some(j) = find(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT)) {
+        add(j);
+        let sv = &values[j as usize];
+        if let Some(r) = find(&tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT)) {
+            let rv = &values[r as usize];
+            if rv.addr == k.saddr && rv.port == k.sport {
+                add(r);
+            }
+        }
+    }
+    g
+}
+
+/// The walk as separate keys and values, as [`Flows::of`] takes it.
+fn split(entries: &[(CtKey, CtValue)]) -> (Vec<CtKey>, Vec<CtValue>) {
+    entries.iter().copied().unzip()
+}
+
 /// Flows by state, from one walk of the map.
 pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
-    Flows::of(entries).stats()
+    let (keys, values) = split(entries);
+    Flows::of(&keys, &values, &Fast::default()).stats()
 }
 
 /// What the LRU evicted behind the sweeps' backs, judged from one sweep to
@@ -202,56 +222,83 @@ pub fn stats(entries: &[(CtKey, CtValue)]) -> CtStats {
 /// new ones the datapath counted since, less what this walk read), and
 /// answered flows (alive and answered after the last sweep, their forward
 /// entry gone now though no sweep removed it).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Evictions {
     primed: bool,
     left: usize,
     new_at: u64,
-    answered: HashSet<CtKey, Fast>,
+    hasher: Fast,
+    /// The answered flows alive after the last sweep: their forward keys'
+    /// hashes, sorted (eight bytes a flow; a collision could hide one
+    /// eviction from the count, one in 2^64).
+    answered: Vec<u64>,
     pub entries_total: u64,
     pub answered_flows_total: u64,
 }
 
 impl Evictions {
+    /// The hasher a sweep's [`Flows`] use: the same for the agent's life.
+    pub fn hasher(&self) -> &Fast {
+        &self.hasher
+    }
+
     /// One sweep: `new_entries` the datapath's count of new entries (read
     /// before the walk), `entries` what the walk read, `doomed` what the
     /// sweep removes.
     pub fn observe(&mut self, new_entries: u64, entries: &[(CtKey, CtValue)], doomed: &[CtKey]) {
-        let flows = Flows::of(entries);
-        let doomed: Vec<u32> = doomed
-            .iter()
-            .filter_map(|k| flows.index.get(k).copied())
+        let (keys, values) = split(entries);
+        let flows = Flows::of(&keys, &values, &self.hasher);
+        let doomed: HashSet<&CtKey> = doomed.iter().collect();
+        let doomed: Vec<u32> = (0..keys.len() as u32)
+            .filter(|&i| doomed.contains(&keys[i as usize]))
             .collect();
         self.observe_flows(new_entries, &flows, &doomed);
     }
 
     /// [`Self::observe`] on a walk already grouped; `doomed` as indices.
     pub fn observe_flows(&mut self, new_entries: u64, flows: &Flows<'_>, doomed: &[u32]) {
-        let entries = flows.entries;
-        if self.primed {
-            let made = new_entries.saturating_sub(self.new_at) as usize;
-            let evicted = (self.left + made).saturating_sub(entries.len());
-            self.entries_total += evicted as u64;
-            self.answered_flows_total += self
-                .answered
-                .iter()
-                .filter(|k| !flows.index.contains_key(k))
-                .count() as u64;
-        }
-        let mut gone = vec![false; entries.len()];
+        let mut gone = vec![false; flows.len()];
         for &i in doomed {
             gone[i as usize] = true;
         }
-        self.answered = flows
-            .groups
-            .iter()
-            .filter(|g| !gone[g.members[0] as usize] && g.flags & CT_F_ESTABLISHED != 0)
-            .map(|g| entries[g.members[0] as usize].0)
-            .collect();
-        self.left = entries.len().saturating_sub(doomed.len());
+        let mut read = Vec::with_capacity(flows.groups.len());
+        let mut answered = Vec::new();
+        for g in &flows.groups {
+            let first = g.members[0] as usize;
+            let h = self.hasher.hash_one(&flows.keys[first]);
+            read.push(h);
+            if !gone[first] && g.flags & CT_F_ESTABLISHED != 0 {
+                answered.push(h);
+            }
+        }
+        if self.primed {
+            let made = new_entries.saturating_sub(self.new_at) as usize;
+            let evicted = (self.left + made).saturating_sub(flows.len());
+            self.entries_total += evicted as u64;
+            read.sort_unstable();
+            self.answered_flows_total += missing(&self.answered, &read) as u64;
+        }
+        answered.sort_unstable();
+        self.answered = answered;
+        self.left = flows.len().saturating_sub(doomed.len());
         self.new_at = new_entries;
         self.primed = true;
     }
+}
+
+/// How many of `wanted` are not in `have` (both sorted): one merge.
+fn missing(wanted: &[u64], have: &[u64]) -> usize {
+    let mut j = 0;
+    let mut n = 0;
+    for &h in wanted {
+        while j < have.len() && have[j] < h {
+            j += 1;
+        }
+        if have.get(j) != Some(&h) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The keys to remove among `entries` (one walk of the map); see
@@ -262,10 +309,11 @@ pub fn doomed(
     backends: &HashMap<u32, Backend>,
     t: &Timeouts,
 ) -> Vec<CtKey> {
-    Flows::of(entries)
+    let (keys, values) = split(entries);
+    Flows::of(&keys, &values, &Fast::default())
         .doomed(now, backends, t)
         .into_iter()
-        .map(|i| entries[i as usize].0)
+        .map(|i| keys[i as usize])
         .collect()
 }
 

@@ -224,31 +224,45 @@ fn fill(
     }
     let mut ct: HashMap<_, CtKey, CtValue> =
         HashMap::try_from(ebpf.map_mut(MAP_CT).context("conntrack")?)?;
-    // Live flows: seen now, so a sweep keeps them all.
+    // Live flows, as the datapath makes them: a forward entry and its
+    // reverse, seen now, so a sweep keeps them all. An odd count ends with
+    // a forward entry alone.
     let now = super::host::monotonic_s();
-    for k in 0..ct_entries {
-        let key = CtKey {
-            saddr: net_addr(
-                Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + (k / 60000) as u32).into(),
-            ),
-            daddr: net_addr(frontend(k % services.max(1)).into()),
-            sport: BeU16::from_host(1024 + (k % 60000) as u16),
-            dport: BeU16::from_host(80),
-            proto: PROTO_TCP,
-            kind: CT_FWD,
-            _pad: [0; 2],
-        };
+    for k in 0..ct_entries.div_ceil(2) {
+        let client = net_addr(
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + (k / 60000) as u32).into(),
+        );
+        let cport = BeU16::from_host(1024 + (k % 60000) as u16);
+        let fe = net_addr(frontend(k % services.max(1)).into());
         let id = (k % services.max(1)) as u32 + 1;
         let b = mirror.get(&id).copied().unwrap_or_default();
-        let v = CtValue {
-            addr: b.addr,
-            port: b.port,
-            backend_id: id,
-            last_seen: now,
-            flags: lb_common::CT_F_ESTABLISHED,
-            ..Default::default()
+        let entry = |saddr, sport, daddr, dport, kind, addr, port| {
+            let key = CtKey {
+                saddr,
+                daddr,
+                sport,
+                dport,
+                proto: PROTO_TCP,
+                kind,
+                _pad: [0; 2],
+            };
+            let v = CtValue {
+                addr,
+                port,
+                backend_id: id,
+                last_seen: now,
+                flags: lb_common::CT_F_ESTABLISHED,
+                ..Default::default()
+            };
+            (key, v)
         };
-        ct.insert(key, v, 0)?;
+        let http = BeU16::from_host(80);
+        let (fk, fv) = entry(client, cport, fe, http, CT_FWD, b.addr, b.port);
+        ct.insert(fk, fv, 0)?;
+        if 2 * k + 1 < ct_entries {
+            let (rk, rv) = entry(b.addr, b.port, client, cport, lb_common::CT_REV, fe, http);
+            ct.insert(rk, rv, 0)?;
+        }
     }
     Ok(mirror)
 }
@@ -302,14 +316,14 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
     })
 }
 
-/// One conntrack sweep over the filled map, timed; every entry a live
-/// flow, so the figure is the steady state's walk, not a mass removal.
+/// One conntrack sweep over the filled map, timed; every entry part of a
+/// live flow, so the figure is the steady state's walk, not a mass removal.
 fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
     let max = ct_entries + 8;
     let map = l.ebpf.map_mut(MAP_CT).context("conntrack")?;
     let mut evictions = crate::compute::ct_sweep::Evictions::default();
     let t = std::time::Instant::now();
-    let (removed, kept, _) = super::sweep::sweep_ct(
+    let (removed, kept, flows) = super::sweep::sweep_ct(
         map,
         max,
         0,
@@ -320,6 +334,9 @@ fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if removed != 0 || kept != ct_entries {
         bail!("the sweep removed {removed} and kept {kept} of {ct_entries} live entries");
+    }
+    if flows.flows != ct_entries.div_ceil(2) || flows.orphans != 0 {
+        bail!("the sweep saw {flows:?} in {ct_entries} entries (each flow forward and reverse)");
     }
     Ok(ms)
 }

@@ -85,16 +85,16 @@ pub fn sweep_ct(
     };
     let mut ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
     // A kernel without batch lookups on LRU maps gets the walk.
-    let entries: Vec<(CtKey, CtValue)> =
-        batch.unwrap_or_else(|| ct.iter().take(max).filter_map(Result::ok).collect());
-    let seen = entries.len();
-    let flows = crate::compute::ct_sweep::Flows::of(&entries);
+    let (keys, values): (Vec<CtKey>, Vec<CtValue>) =
+        batch.unwrap_or_else(|| ct.iter().take(max).filter_map(Result::ok).unzip());
+    let seen = keys.len();
+    let flows = crate::compute::ct_sweep::Flows::of(&keys, &values, evictions.hasher());
     let doomed = flows.doomed(now, backends, t);
     let stats = flows.stats();
     evictions.observe_flows(new_entries, &flows, &doomed);
     let mut n = 0;
     for i in doomed {
-        let (k, walked) = &entries[i as usize];
+        let (k, walked) = (&keys[i as usize], &values[i as usize]);
         // Only what nothing touched since the walk: its flow may have
         // come back (a new connection on the tuple) meanwhile.
         // Gone already (evicted, or its flow ended) is fine.

@@ -223,40 +223,48 @@ pub fn update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io
 }
 
 /// Every entry of a hash map (`K`, `V` its exact key and value types), at
-/// most `max`, read `chunk` at a time with BPF_MAP_LOOKUP_BATCH: a few
-/// system calls for a million entries instead of two per entry. A map
-/// being written may show an entry twice or miss one, as a walk would.
+/// most `max`, read with BPF_MAP_LOOKUP_BATCH: a few system calls for a
+/// million entries instead of two per entry. The keys, and the values in
+/// the same order: the kernel writes straight into them. A map being
+/// written may show an entry twice or miss one, as a walk would.
 pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     max: usize,
-) -> io::Result<Vec<(K, V)>> {
-    let mut chunk = 4096usize;
-    let mut out = Vec::new();
+) -> io::Result<(Vec<K>, Vec<V>)> {
+    // Big calls: each one costs the kernel an allocation of its size and a
+    // walk of the buckets since the last, whatever it finds.
+    let chunk = 1usize << 16;
+    // After ENOSPC (one bucket holds more than the call had room for): at
+    // least this much room, even past `max` (cut below).
+    let mut floor = 0usize;
+    let mut keys: Vec<K> = Vec::new();
+    let mut values: Vec<V> = Vec::new();
     let mut token = [0u64; 8];
     let mut first = true;
-    while out.len() < max {
-        let mut keys = vec![K::default(); chunk];
-        let mut values = vec![V::default(); chunk];
+    while keys.len() < max {
+        let at = keys.len();
+        let want = chunk.min(max - at).max(floor);
+        keys.resize(at + want, K::default());
+        values.resize(at + want, V::default());
         let mut next = [0u64; 8];
         let mut a = Attr::new();
         if !first {
             a.put_u64(0, token.as_ptr() as u64);
         }
         a.put_u64(8, next.as_mut_ptr() as u64);
-        a.put_u64(16, keys.as_mut_ptr() as u64);
-        a.put_u64(24, values.as_mut_ptr() as u64);
-        a.put_u32(32, chunk as u32);
+        a.put_u64(16, keys[at..].as_mut_ptr() as u64);
+        a.put_u64(24, values[at..].as_mut_ptr() as u64);
+        a.put_u32(32, want as u32);
         a.put_u32(36, map.as_raw_fd() as u32);
         let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
         let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        let n = n.min(chunk);
-        out.extend(keys.into_iter().zip(values).take(n));
+        keys.truncate(at + n.min(want));
+        values.truncate(at + n.min(want));
         match r {
-            Ok(_) => {}
+            Ok(_) => floor = 0,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            // A bucket holds more entries than one chunk: a bigger one.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && chunk < 1 << 20 => {
-                chunk *= 4;
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && want < 1 << 22 => {
+                floor = want * 4;
                 continue;
             }
             Err(e) => return Err(e),
@@ -264,8 +272,9 @@ pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
         token = next;
         first = false;
     }
-    out.truncate(max);
-    Ok(out)
+    keys.truncate(max);
+    values.truncate(max);
+    Ok((keys, values))
 }
 
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
@@ -462,16 +471,18 @@ mod tests {
             };
             map_update(map.as_fd(), kb, vb).unwrap();
         }
-        let all: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+        let (keys, values): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
             lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
-        assert_eq!(all.len(), 10_000);
-        let ids: std::collections::BTreeSet<u32> = all.iter().map(|(_, v)| v.backend_id).collect();
+        assert_eq!((keys.len(), values.len()), (10_000, 10_000));
+        let ids: std::collections::BTreeSet<u32> = values.iter().map(|v| v.backend_id).collect();
         assert_eq!(ids.len(), 10_000, "every entry once");
         assert!(
-            all.iter().all(|(k, v)| k.saddr.0[3] == v.backend_id),
+            keys.iter()
+                .zip(&values)
+                .all(|(k, v)| k.saddr.0[3] == v.backend_id),
             "keys with their values"
         );
-        let some: Vec<(lb_common::CtKey, lb_common::CtValue)> =
+        let (some, _): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
             lookup_batch(map.as_fd(), 5_000).unwrap();
         assert_eq!(some.len(), 5_000, "at most `max`");
     }

@@ -236,7 +236,7 @@ fn markdown(opts: &Options, r: &Results) -> String {
          with the services map holding N frontends and the conntrack map the entries shown: a TCP SYN for no Service, \
          an ACK of a flow conntrack knows (TC ingress), and an empty program on each hook as the floor. \
          Targets: at most 150 ns above the empty program at TC for no Service, at most 60 ns at XDP, a conntrack hit at most 150 ns above it. \
-         The last column is one conntrack sweep of those entries (every one a live flow: the steady state's walk with batch lookups), \
+         The last column is one conntrack sweep of those entries (live flows, each a forward and a reverse entry: the steady state's walk with batch lookups), \
          timed on the agent's own code, and what it costs of one core at the agent's 10 s tick (target: at most 5% at 1M entries).\n\n\
          | Services | conntrack entries | TC empty ns | TC no Service ns (above empty) | TC conntrack hit ns (above empty) | XDP empty ns | XDP no Service ns (above empty) | sweep ms (% of a core) |\n\
          |---|---|---|---|---|---|---|---|\n",
