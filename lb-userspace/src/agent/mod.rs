@@ -203,10 +203,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
-    let mut evictions = crate::compute::ct_sweep::Evictions::default();
+    let sweeper = {
+        let health = health.clone();
+        crate::datapath::Sweeper::spawn(
+            opts.load.pin_dir.clone(),
+            opts.ct_timeouts,
+            crate::compute::ct_sweep::SWEEP_EVERY,
+            move |r| match r {
+                Ok(r) => health.metrics.swept(&r),
+                Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+            },
+        )
+        .context("starting the conntrack sweeper thread")?
+    };
+    // Metrics and pod interfaces: what the sweeps did on this loop.
     let mut gc = tokio::time::interval(crate::compute::ct_sweep::SWEEP_EVERY);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeouts = opts.ct_timeouts;
     let mut tick = tokio::time::interval(opts.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -218,26 +230,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     loop {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
-                match dp.ct_gc(rec.mirror().backends(), &timeouts, &mut evictions) {
-                    Ok((removed, kept, flows)) => {
-                        health.metrics.conntrack_entries.set(kept as i64);
-                        health.metrics.conntrack(&flows);
-                        health.metrics.conntrack_evicted(&evictions);
-                        if removed > 0 {
-                            tracing::debug!(removed, kept, "conntrack sweep");
-                        }
-                    }
-                    Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
-                }
-                match dp.policy_ct_gc(&timeouts) {
-                    Ok((removed, kept)) => {
-                        health.metrics.policy_conntrack_entries.set(kept as i64);
-                        if removed > 0 {
-                            tracing::debug!(removed, kept, "policy conntrack sweep");
-                        }
-                    }
-                    Err(e) => tracing::warn!("policy conntrack sweep: {e:#}"),
-                }
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
@@ -256,6 +248,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         Ok(o) => {
                             tracing::info!(ops = o.ops, "full resync done");
                             destroy_left_udp(&dp, &mut rec, &health);
+                            sweeper.backends_left(rec.take_left_backends());
                             needs_resync = false;
                             resync.reset();
                             log_left_out(&o);
@@ -321,6 +314,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         // Even after a failed write: those backends are gone from what the
         // maps are to hold.
         destroy_left_udp(&dp, &mut rec, &health);
+        sweeper.backends_left(rec.take_left_backends());
         match applied {
             Ok(out) => {
                 unrecorded = None;

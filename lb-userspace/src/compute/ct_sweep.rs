@@ -98,18 +98,28 @@ impl<'a> Flows<'a> {
     }
 
     /// The entries to remove (indices): a flow goes whole when its backend
-    /// left or it has been idle past its state's timeout; an entry no flow
-    /// claims goes after the closing timeout. `now` and `last_seen` are
-    /// seconds of CLOCK_MONOTONIC.
-    pub fn doomed(&self, now: u32, backends: &HashMap<u32, Backend>, t: &Timeouts) -> Vec<u32> {
+    /// left (`backend_gone` of its forward entry's value) or it has been
+    /// idle past its state's timeout; an entry no flow claims goes after
+    /// the closing timeout. `now` and `last_seen` are seconds of
+    /// CLOCK_MONOTONIC. At most `budget` entries, flows whole: a flow cut
+    /// in two would leave orphans behind.
+    pub fn doomed(
+        &self,
+        now: u32,
+        mut backend_gone: impl FnMut(&CtValue) -> bool,
+        t: &Timeouts,
+        budget: usize,
+    ) -> Vec<u32> {
         let mut claimed = vec![false; self.len()];
         let mut out = Vec::new();
         for g in &self.groups {
+            if out.len() + g.members().len() > budget {
+                // The rest is the next sweep's: nothing here is claimed,
+                // so no orphan judgement either.
+                return out;
+            }
             let i = g.members[0] as usize;
             let (k, v) = (&self.keys[i], &self.values[i]);
-            let backend_gone = !backends
-                .get(&v.backend_id)
-                .is_some_and(|b| b.addr == v.addr && b.port == v.port);
             let limit = if k.proto != PROTO_TCP {
                 t.other
             } else if g.flags & CT_F_CLOSING != 0 {
@@ -119,7 +129,7 @@ impl<'a> Flows<'a> {
             } else {
                 t.tcp_syn
             };
-            let dead = backend_gone || now.saturating_sub(g.last) > limit;
+            let dead = now.saturating_sub(g.last) > limit || backend_gone(v);
             for &m in g.members() {
                 if dead {
                     out.push(m);
@@ -128,6 +138,9 @@ impl<'a> Flows<'a> {
             }
         }
         for (i, v) in self.values.iter().enumerate() {
+            if out.len() == budget {
+                break;
+            }
             if !claimed[i] && now.saturating_sub(v.last_seen) > t.tcp_closing {
                 out.push(i as u32);
             }
@@ -204,6 +217,17 @@ fn group(
         }
     }
     g
+}
+
+/// `backend_gone` for [`Flows::doomed`] from the backends the maps hold:
+/// an entry's backend is gone when its id names no backend, or another one
+/// (the id was reused).
+pub fn gone_from(backends: &HashMap<u32, Backend>) -> impl Fn(&CtValue) -> bool + '_ {
+    |v| {
+        !backends
+            .get(&v.backend_id)
+            .is_some_and(|b| b.addr == v.addr && b.port == v.port)
+    }
 }
 
 /// The walk as separate keys and values, as [`Flows::of`] takes it.
@@ -311,7 +335,7 @@ pub fn doomed(
 ) -> Vec<CtKey> {
     let (keys, values) = split(entries);
     Flows::of(&keys, &values, &Fast::default())
-        .doomed(now, backends, t)
+        .doomed(now, gone_from(backends), t, usize::MAX)
         .into_iter()
         .map(|i| keys[i as usize])
         .collect()

@@ -13,6 +13,7 @@ pub mod policy;
 mod sock_destroy;
 mod specs;
 mod sweep;
+mod sweeper;
 mod sys;
 mod writer;
 
@@ -21,6 +22,7 @@ use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};
 pub use pinned::{MapFill, Pinned, reset};
 use specs::check_pinned;
 pub use specs::{MapSizes, MapSpec, map_specs};
+pub use sweeper::{SweepReport, Sweeper};
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
@@ -150,7 +152,6 @@ pub struct Datapath {
     refused_ifaces: std::collections::HashSet<String>,
     xdp: XdpAttach,
     tc_attach: TcAttach,
-    ct_max: u32,
     /// The sizes the maps were loaded (or resized) with.
     sizes: MapSizes,
     /// The NetworkPolicy maps.
@@ -288,7 +289,6 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         refused_ifaces: Default::default(),
         xdp: opts.xdp,
         tc_attach: opts.tc_attach,
-        ct_max: opts.sizes.ct,
         sizes: opts.sizes,
         policy,
         cgroup: opts.cgroup.clone(),

@@ -128,10 +128,10 @@ fn ns(prog: BorrowedFd<'_>, pkt: &[u8], repeat: u32) -> anyhow::Result<u32> {
 
 /// The packet programs loaded against maps of their own (pinned under a
 /// directory removed on drop).
-struct Loaded {
-    ebpf: Ebpf,
-    dir: PathBuf,
-    backends: std::collections::HashMap<u32, Backend>,
+pub(super) struct Loaded {
+    pub(super) ebpf: Ebpf,
+    pub(super) dir: PathBuf,
+    pub(super) backends: std::collections::HashMap<u32, Backend>,
 }
 
 impl Drop for Loaded {
@@ -140,8 +140,11 @@ impl Drop for Loaded {
     }
 }
 
-fn load(services: usize, ct_entries: usize) -> anyhow::Result<Loaded> {
-    let dir = PathBuf::from(format!("/sys/fs/bpf/lbb{}-cost", std::process::id()));
+pub(super) fn load(services: usize, ct_entries: usize) -> anyhow::Result<Loaded> {
+    // One directory per load: tests load side by side.
+    static LOADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbb{}-cost{n}", std::process::id()));
     let _ = super::reset(&dir);
     super::host::ensure_pin_dir(&dir)?;
     let cap = |n: usize| (n.max(1024) * 2) as u32;
@@ -327,9 +330,10 @@ fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
         map,
         max,
         0,
-        &l.backends,
+        crate::compute::ct_sweep::gone_from(&l.backends),
         &Default::default(),
         &mut evictions,
+        usize::MAX,
     )?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if removed != 0 || kept != ct_entries {

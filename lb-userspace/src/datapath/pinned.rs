@@ -8,7 +8,7 @@ pub struct Pinned {
     pub pin_dir: PathBuf,
 }
 
-fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+pub(super) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(

@@ -81,11 +81,26 @@ impl Metrics {
         self.conntrack_orphan_entries.set(s.orphans as i64);
     }
 
-    /// What the conntrack LRU evicted, since the agent started.
-    pub fn conntrack_evicted(&self, e: &crate::compute::ct_sweep::Evictions) {
-        self.conntrack_evicted_entries.set(e.entries_total as i64);
+    /// What a conntrack sweep found: entries, flows, and what the LRU
+    /// evicted since the agent started.
+    pub fn swept(&self, r: &crate::datapath::SweepReport) {
+        self.conntrack_entries.set(r.kept as i64);
+        self.conntrack(&r.flows);
+        self.conntrack_evicted_entries
+            .set(r.evicted_entries_total as i64);
         self.conntrack_evicted_answered_flows
-            .set(e.answered_flows_total as i64);
+            .set(r.evicted_answered_flows_total as i64);
+        self.policy_conntrack_entries.set(r.policy_kept as i64);
+        if r.removed + r.policy_removed > 0 {
+            tracing::debug!(
+                removed = r.removed,
+                kept = r.kept,
+                policy_removed = r.policy_removed,
+                policy_kept = r.policy_kept,
+                took_ms = r.took.as_millis() as u64,
+                "conntrack sweep"
+            );
+        }
     }
 }
 

@@ -56,6 +56,7 @@ impl Mirror {
             self.backends.remove(&id);
             self.backend_ids.remove(&identity(b));
             self.free_backend_ids.insert(id);
+            self.left_backends.push(id);
             ops.push(Op::DelBackend { id });
             return;
         }

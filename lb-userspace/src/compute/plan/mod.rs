@@ -93,6 +93,9 @@ pub struct Mirror {
     /// UDP backends that left a frontend since `take_left_udp`: sockets
     /// connected to them through it are to be destroyed.
     left_udp: Vec<lb_common::SockDoomedKey>,
+    /// Backend ids deleted since `take_left_backends`: the conntrack sweep
+    /// looks their flows up.
+    left_backends: Vec<u32>,
 }
 
 /// A backend as the mirror indexes it: without the draining flag.
@@ -189,6 +192,12 @@ impl Mirror {
         }
     }
 
+    /// The backend ids deleted since the last call (an id may be reused by
+    /// now: it names another backend then).
+    pub fn take_left_backends(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.left_backends)
+    }
+
     /// The UDP backends that left a frontend since the last call, with the
     /// frontend's id.
     pub fn take_left_udp(&mut self) -> Vec<lb_common::SockDoomedKey> {
@@ -200,5 +209,9 @@ impl Mirror {
 
     pub fn note_left_udp(&mut self, left: Vec<lb_common::SockDoomedKey>) {
         self.left_udp.extend(left);
+    }
+
+    pub fn note_left_backends(&mut self, ids: Vec<u32>) {
+        self.left_backends.extend(ids);
     }
 }

@@ -129,12 +129,20 @@ impl Reconciler {
         self.mirror.take_left_udp()
     }
 
+    /// Backend ids deleted since the last call (see
+    /// `Mirror::take_left_backends`).
+    pub fn take_left_backends(&mut self) -> Vec<u32> {
+        self.mirror.take_left_backends()
+    }
+
     /// The maps as the kernel holds them, keeping what the old mirror
     /// noted and nobody took yet.
     fn reread_mirror(&mut self, w: &mut dyn Writer) -> anyhow::Result<()> {
         let left = self.mirror.take_left_udp();
+        let gone = self.mirror.take_left_backends();
         self.mirror = w.read_mirror()?;
         self.mirror.note_left_udp(left);
+        self.mirror.note_left_backends(gone);
         Ok(())
     }
 

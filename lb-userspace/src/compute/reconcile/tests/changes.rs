@@ -147,3 +147,30 @@ fn invalid_object_keeps_previous_state() {
     assert_eq!(r.mirror().frontends().count(), 2);
     let _ = Object::Service(Box::default());
 }
+
+#[test]
+fn a_deleted_backends_id_is_handed_to_the_conntrack_sweep_once() {
+    let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+    let mut w = Fake::default();
+    let both = svc_eps("a", "10.96.0.10", &["10.244.0.1", "10.244.0.2"]);
+    r.apply(&objs(&both), false, &mut w).unwrap();
+    assert!(r.take_left_backends().is_empty(), "nothing left yet");
+    let id_of = |r: &Reconciler, ip: &str| {
+        let a = crate::compute::desired::net_addr(ip.parse().unwrap());
+        let ids: Vec<u32> = r
+            .mirror()
+            .backends()
+            .iter()
+            .filter(|(_, b)| b.addr == a)
+            .map(|(id, _)| *id)
+            .collect();
+        ids
+    };
+    let gone = id_of(&r, "10.244.0.2");
+    assert_eq!(gone.len(), 1);
+    let one = svc_eps("a", "10.96.0.10", &["10.244.0.1"]);
+    r.apply(&objs(&one), false, &mut w).unwrap();
+    assert_eq!(r.take_left_backends(), gone);
+    assert!(r.take_left_backends().is_empty(), "taken once");
+    assert_eq!(id_of(&r, "10.244.0.1").len(), 1, "the other one stays");
+}
