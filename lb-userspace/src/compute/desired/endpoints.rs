@@ -23,7 +23,7 @@ pub fn local_ready_endpoints(slices: &[&SliceInfo], node_name: Option<&str>) -> 
             .iter()
             .filter(|e| e.ready && e.node.as_deref() == Some(node))
         {
-            addrs.extend(e.addrs.iter().copied());
+            addrs.extend(e.addr);
         }
     }
     addrs.len()
@@ -67,9 +67,9 @@ pub(super) fn endpoints_for(
             continue;
         };
         for e in &s.endpoints {
-            for a in &e.addrs {
+            if let Some(a) = e.addr {
                 let b = Backend {
-                    addr: net_addr(*a),
+                    addr: net_addr(a),
                     port: BeU16::from_host(port.port),
                     proto: proto_n,
                     flags: if node_name.is_some() && e.node.as_deref() == node_name {

@@ -261,7 +261,7 @@ fn slice(address_type: &str, endpoints: Value) -> Value {
 
 fn endpoint(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
-        addrs: ips(&[addr]),
+        addr: Some(addr.parse().unwrap()),
         ready,
         serving,
         terminating,
@@ -326,6 +326,11 @@ fn endpoint_slices_convert_field_by_field() {
             ]),
         ),
         (
+            "the first address only, as kube-proxy (the others are all checked)",
+            slice("IPv4", json!([{"addresses": ["10.244.1.5", "10.244.1.6"]}])),
+            base(vec![endpoint("10.244.1.5", true, true, false)]),
+        ),
+        (
             "IPv6",
             slice("IPv6", json!([{"addresses": ["fd00:244::5"]}])),
             SliceInfo {
@@ -339,7 +344,7 @@ fn endpoint_slices_convert_field_by_field() {
             SliceInfo {
                 family: None,
                 ..base(vec![EndpointInfo {
-                    addrs: vec![],
+                    addr: None,
                     ..endpoint("10.244.1.5", true, true, false)
                 }])
             },

@@ -115,6 +115,32 @@ pub struct Snapshot {
     /// Problems found while applying that did not stop the change (a
     /// NetworkPolicy kept as broken, failing closed).
     pub warnings: Vec<String>,
+    /// Endpoints' node names, each held once.
+    node_names: Interner,
+}
+
+/// One allocation per distinct string, however many objects hold it; a
+/// string nobody holds any more goes when the set has doubled since the
+/// last look (so the look costs O(1) a string, amortized).
+#[derive(Debug, Default)]
+struct Interner {
+    set: std::collections::HashSet<std::sync::Arc<str>>,
+    pruned_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &mut std::sync::Arc<str>) {
+        match self.set.get(&**s) {
+            Some(held) => *s = held.clone(),
+            None => {
+                if self.set.len() >= 2 * self.pruned_at.max(64) {
+                    self.set.retain(|h| std::sync::Arc::strong_count(h) > 1);
+                    self.pruned_at = self.set.len();
+                }
+                self.set.insert(s.clone());
+            }
+        }
+    }
 }
 
 /// The policy inputs a change set touched, by key: whoever takes them
@@ -259,7 +285,10 @@ impl Snapshot {
                 Ok(touched)
             }
             Change::Upsert(Object::EndpointSlice(s)) => {
-                let info = slice_info(s)?;
+                let mut info = slice_info(s)?;
+                for n in info.endpoints.iter_mut().filter_map(|e| e.node.as_mut()) {
+                    self.node_names.intern(n);
+                }
                 let key = info.key.clone();
                 if self.slices.get(&key) == Some(&info) {
                     return Ok(vec![]);
@@ -445,5 +474,40 @@ mod tests {
         let touched = s.apply(&changes(&node("", "10.100.0.2"))[0]).unwrap();
         assert_eq!(s.node.zone, None, "an empty label is no zone");
         assert_eq!(touched.len(), 1);
+    }
+
+    #[test]
+    fn endpoints_on_one_node_share_its_name_and_a_name_nobody_holds_goes() {
+        let slice = |name: &str, node: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: x, labels: {{kubernetes.io/service-name: a}}}}\naddressType: IPv4\n\
+                 endpoints: [{{addresses: [10.244.1.10], nodeName: {node}}}, {{addresses: [10.244.1.11], nodeName: {node}}}]\nports: [{{port: 8080}}]\n"
+            )
+        };
+        let mut s = Snapshot::for_node(Some("n1".into()));
+        s.apply(&changes(&slice("a-1", "n1"))[0]).unwrap();
+        s.apply(&changes(&slice("a-2", "n1"))[0]).unwrap();
+        let nodes: Vec<std::sync::Arc<str>> = s
+            .slices_of(&ObjRef::new("x", "a"))
+            .iter()
+            .flat_map(|sl| sl.endpoints.iter().map(|e| e.node.clone().unwrap()))
+            .collect();
+        assert_eq!(nodes.len(), 4);
+        assert!(
+            nodes.iter().all(|n| std::sync::Arc::ptr_eq(n, &nodes[0])),
+            "one allocation for n1"
+        );
+        drop(nodes);
+        // Slices move from node to node: names nobody holds any more go.
+        for i in 0..1000 {
+            s.apply(&changes(&slice("a-1", &format!("m{i}")))[0])
+                .unwrap();
+        }
+        assert!(
+            s.node_names.set.len() <= 2 * 64 + 1,
+            "{} names held",
+            s.node_names.set.len()
+        );
+        assert!(s.node_names.set.contains("n1"), "a-2 still names n1");
     }
 }

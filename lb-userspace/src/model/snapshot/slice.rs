@@ -2,6 +2,7 @@
 //! object.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -22,11 +23,15 @@ pub struct SlicePortInfo {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
-    pub addrs: Vec<IpAddr>,
+    /// `addresses[0]`: as the API says, no semantics are defined for the
+    /// others and kube-proxy does not look at them. None for FQDN slices.
+    pub addr: Option<IpAddr>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node: Option<String>,
+    /// `nodeName`, one allocation per name however many endpoints name it
+    /// (the snapshot interns it).
+    pub node: Option<Arc<str>>,
     /// `hints` (topology), when it names any zone or node.
     pub hints: Option<Box<Hints>>,
 }
@@ -83,7 +88,7 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
     }
     let mut endpoints = Vec::new();
     for (i, e) in slice.endpoints.iter().flatten().enumerate() {
-        let mut addrs = Vec::new();
+        let mut addr = None;
         if family.is_some() {
             for (j, a) in e.addresses.iter().enumerate() {
                 let ip: IpAddr = a.parse().map_err(|_| {
@@ -95,7 +100,8 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
                         slice.address_type
                     ));
                 }
-                addrs.push(ip);
+                // Every address is checked; the first is the endpoint's.
+                addr = addr.or(Some(ip));
             }
         }
         let c = e.conditions.clone().unwrap_or_default();
@@ -115,11 +121,11 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
         });
         // As kube-proxy reads them: unset ready and serving mean true.
         endpoints.push(EndpointInfo {
-            addrs,
+            addr,
             ready: c.ready.unwrap_or(true),
             serving: c.serving.unwrap_or(true),
             terminating: c.terminating.unwrap_or(false),
-            node: e.node_name.clone(),
+            node: e.node_name.as_deref().map(Arc::from),
             hints: hints
                 .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
                 .map(Box::new),

@@ -34,7 +34,7 @@ fn svc(ips: &[&str], ports: &[(&str, u16, Proto)]) -> ServiceInfo {
 /// combinations the tests use.
 fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
-        addrs: vec![addr.parse().unwrap()],
+        addr: Some(addr.parse().unwrap()),
         ready,
         serving,
         terminating,
