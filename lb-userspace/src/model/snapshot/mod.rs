@@ -93,8 +93,10 @@ pub struct Snapshot {
     /// This node's name (its Node object gives the NodePort addresses).
     pub node_name: Option<String>,
     pub node: NodeInfo,
-    services: HashMap<ObjRef, ServiceInfo>,
-    slices: HashMap<ObjRef, SliceInfo>,
+    /// Boxed: a table's free slots (up to half of them after it grows)
+    /// cost a pointer each, not a whole object.
+    services: HashMap<ObjRef, Box<ServiceInfo>>,
+    slices: HashMap<ObjRef, Box<SliceInfo>>,
     by_service: HashMap<ObjRef, BTreeSet<ObjRef>>,
     /// How many Services hold each ClusterIP: an externalIP equal to one
     /// is refused.
@@ -182,11 +184,11 @@ impl Snapshot {
     }
 
     pub fn service(&self, key: &ObjRef) -> Option<&ServiceInfo> {
-        self.services.get(key)
+        self.services.get(key).map(|s| &**s)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
     }
 
     /// `ip` is some Service's ClusterIP.
@@ -265,7 +267,7 @@ impl Snapshot {
             .get(svc)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
             .collect()
     }
 
@@ -276,11 +278,11 @@ impl Snapshot {
             Change::Upsert(Object::Service(s)) => {
                 let info = service_info(s)?;
                 let key = info.key.clone();
-                if self.services.get(&key) == Some(&info) {
+                if self.services.get(&key).is_some_and(|s| **s == info) {
                     return Ok(vec![]);
                 }
-                let old = self.services.insert(key.clone(), info);
-                let mut touched = self.reindex(&key, old.as_ref());
+                let old = self.services.insert(key.clone(), Box::new(info));
+                let mut touched = self.reindex(&key, old.as_deref());
                 touched.push(key);
                 Ok(touched)
             }
@@ -290,7 +292,7 @@ impl Snapshot {
                     self.node_names.intern(n);
                 }
                 let key = info.key.clone();
-                if self.slices.get(&key) == Some(&info) {
+                if self.slices.get(&key).is_some_and(|s| **s == info) {
                     return Ok(vec![]);
                 }
                 let mut touched = self.remove_slice(&key);
@@ -301,7 +303,7 @@ impl Snapshot {
                         .insert(key.clone());
                     touched.push(svc.clone());
                 }
-                self.slices.insert(key, info);
+                self.slices.insert(key, Box::new(info));
                 touched.dedup();
                 Ok(touched)
             }

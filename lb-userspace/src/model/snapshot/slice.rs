@@ -86,7 +86,8 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, String> {
                 .map_err(|e| format!("{object}: ports[{i}].protocol: {e}"))?,
         });
     }
-    let mut endpoints = Vec::new();
+    // Exact: a slice is held as long as it lives.
+    let mut endpoints = Vec::with_capacity(slice.endpoints.as_ref().map_or(0, Vec::len));
     for (i, e) in slice.endpoints.iter().flatten().enumerate() {
         let mut addr = None;
         if family.is_some() {
