@@ -23,7 +23,7 @@ fn upserted(b: &Batch) -> Vec<String> {
     b.changes
         .iter()
         .filter_map(|c| match c {
-            Change::Upsert(o) => object_id(o).map(|(_, key)| key.name),
+            Change::Upsert(o) => object_id(o).map(|(_, key)| key.name.to_string()),
             _ => None,
         })
         .collect()

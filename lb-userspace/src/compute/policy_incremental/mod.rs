@@ -291,7 +291,7 @@ impl Engine {
                     changed.extend(
                         snap.pods
                             .keys()
-                            .filter(|k| c.namespaces.contains(&k.namespace)),
+                            .filter(|k| c.namespaces.contains(&*k.namespace)),
                     );
                 }
             }
@@ -326,7 +326,7 @@ impl Engine {
             let mut new_id = None;
             if let Some(p) = new {
                 let nsl = ns_cache
-                    .entry(p.key.namespace.as_str())
+                    .entry(&*p.key.namespace)
                     .or_insert_with(|| policy::ns_labels(snap, &p.key.namespace));
                 let id = ids.id_for(&p.key.namespace, nsl, &p.labels);
                 new_id = Some(id);

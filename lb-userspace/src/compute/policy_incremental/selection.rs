@@ -20,10 +20,7 @@ pub(super) fn unselect(pol_eps: &mut HashMap<ObjRef, Active>, pk: &ObjRef, ep: &
 }
 
 fn ns_start(ns: &str) -> ObjRef {
-    ObjRef {
-        namespace: ns.to_string(),
-        name: String::new(),
-    }
+    ObjRef::new(ns, "")
 }
 
 impl Engine {
@@ -51,7 +48,10 @@ impl Engine {
                     dirty.insert(e);
                 }
             }
-            let here = self.ns_policies.entry(pk.namespace.clone()).or_default();
+            let here = self
+                .ns_policies
+                .entry(pk.namespace.to_string())
+                .or_default();
             here.remove(pk);
             if let Some(pol) = snap.policies.get(pk) {
                 here.insert(pk.clone());
@@ -75,7 +75,7 @@ impl Engine {
                     }
                 }
             } else if here.is_empty() {
-                self.ns_policies.remove(&pk.namespace);
+                self.ns_policies.remove(&*pk.namespace);
             }
         }
         let old_flags = self.flags;
@@ -96,7 +96,7 @@ impl Engine {
             let pod = &snap.pods[key];
             let now: BTreeSet<ObjRef> = self
                 .ns_policies
-                .get(&key.namespace)
+                .get(&*key.namespace)
                 .into_iter()
                 .flatten()
                 .filter(|pk| snap.policies[*pk].selects(pod))

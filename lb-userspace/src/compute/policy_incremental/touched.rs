@@ -88,7 +88,7 @@ impl Engine {
                 },
             ) in &self.pol_eps
             {
-                let ns = pk.namespace.as_str();
+                let ns = &*pk.namespace;
                 // A peer selecting an identity that appeared or went.
                 let hit = !flipped.is_empty()
                     && rules(pol).flat_map(|r| &r.peers).any(|peer| {

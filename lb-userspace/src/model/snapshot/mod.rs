@@ -27,17 +27,20 @@ use crate::{
     source::manifest::Object,
 };
 
+/// An object's namespace and name. Copies share the strings: an object is
+/// keyed in several indexes (the snapshot's, the reconciler's, the
+/// source's), each holding a reference, not the text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
 }
 
 impl ObjRef {
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -368,9 +371,9 @@ impl Snapshot {
                     vec![]
                 }
                 "Namespace" => {
-                    if self.namespaces.remove(&key.name).is_some() {
+                    if self.namespaces.remove(&*key.name).is_some() {
                         self.policy_dirty = true;
-                        self.policy_changes.namespaces.insert(key.name.clone());
+                        self.policy_changes.namespaces.insert(key.name.to_string());
                     }
                     vec![]
                 }
@@ -381,7 +384,7 @@ impl Snapshot {
                     }
                     vec![]
                 }
-                "Node" if self.node_name.as_deref() == Some(key.name.as_str()) => {
+                "Node" if self.node_name.as_deref() == Some(&*key.name) => {
                     // Recorded (the policy stage reads the addresses when it
                     // next runs); whether this alone should run it is the
                     // snapshot's `policy_dirty`, unchanged here.
