@@ -13,7 +13,7 @@ impl Mirror {
     /// draining flag here, before any slot names it.
     pub(super) fn take_backend_id(&mut self, b: Backend, draining: bool, ops: &mut Vec<Op>) -> u32 {
         let b = identity(b);
-        if let Some(id) = self.backend_ids.get(&b).copied() {
+        if let Some(id) = self.backend_ids.get(&b, &self.backends) {
             if !draining {
                 self.set_backend(id, b, ops);
             }
@@ -32,7 +32,7 @@ impl Mirror {
             b
         };
         self.backends.insert(id, value);
-        self.backend_ids.insert(b, id);
+        self.backend_ids.insert(id, &self.backends);
         ops.push(Op::PutBackend { id, backend: value });
         id
     }
@@ -53,8 +53,9 @@ impl Mirror {
         };
         let in_slot = self.backend_refs.contains_key(&id);
         if !in_slot && !self.drain_refs.contains_key(&id) {
+            // The index compares through `backends`: out of it first.
+            self.backend_ids.remove(id, &self.backends);
             self.backends.remove(&id);
-            self.backend_ids.remove(&identity(b));
             self.free_backend_ids.insert(id);
             self.left_backends.push(id);
             ops.push(Op::DelBackend { id });
@@ -104,6 +105,55 @@ impl Mirror {
         ids.retain(|id| seen.insert(*id));
         for id in ids {
             self.settle(id, ops);
+        }
+    }
+}
+
+/// Backend ids by identity (the backend without `BACKEND_DRAINING`): the
+/// table holds ids and compares through the mirror's backends, four bytes
+/// a slot where a map keyed by the backend held twenty-four. An identity
+/// held under two ids (an earlier agent's maps) finds the last inserted.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ByIdentity {
+    table: hashbrown::HashTable<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl ByIdentity {
+    fn hash(&self, b: &Backend) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, identity(*b))
+    }
+
+    pub(super) fn get(&self, b: &Backend, backends: &HashMap<u32, Backend>) -> Option<u32> {
+        let b = identity(*b);
+        self.table
+            .find(self.hash(&b), |id| {
+                backends.get(id).is_some_and(|x| identity(*x) == b)
+            })
+            .copied()
+    }
+
+    /// Indexes `id`, which `backends` holds.
+    pub(super) fn insert(&mut self, id: u32, backends: &HashMap<u32, Backend>) {
+        let b = identity(backends[&id]);
+        let h = self.hash(&b);
+        let hasher = &self.hasher;
+        let same = |x: &u32| backends.get(x).is_some_and(|x| identity(*x) == b);
+        match self.table.find_mut(h, same) {
+            Some(held) => *held = id,
+            None => {
+                self.table.insert_unique(h, id, |x| {
+                    std::hash::BuildHasher::hash_one(hasher, identity(backends[x]))
+                });
+            }
+        }
+    }
+
+    /// Forgets `id` (while `backends` still holds it).
+    pub(super) fn remove(&mut self, id: u32, backends: &HashMap<u32, Backend>) {
+        let Some(b) = backends.get(&id) else { return };
+        if let Ok(e) = self.table.find_entry(self.hash(b), |x| *x == id) {
+            e.remove();
         }
     }
 }

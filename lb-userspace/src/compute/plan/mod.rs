@@ -68,7 +68,7 @@ pub struct Mirror {
     backends: HashMap<u32, Backend>,
     /// By identity: the backend without `BACKEND_DRAINING`, which the
     /// agent flips in place.
-    backend_ids: HashMap<Backend, u32>,
+    backend_ids: ids::ByIdentity,
     /// Slots naming each backend.
     backend_refs: HashMap<u32, u32>,
     /// Frontends listing each backend as draining, and each frontend's
@@ -120,7 +120,7 @@ impl Mirror {
         m.services = services.into_iter().collect();
         for (id, b) in backends {
             m.backends.insert(id, b);
-            m.backend_ids.insert(identity(b), id);
+            m.backend_ids.insert(id, &m.backends);
             m.next_backend_id = m.next_backend_id.max(id + 1);
         }
         for (k, v) in &m.services {
@@ -165,7 +165,7 @@ impl Mirror {
 
     /// The maps hold backend `b` (under some id): taking it costs no entry.
     pub fn holds_backend(&self, b: &Backend) -> bool {
-        self.backend_ids.contains_key(b)
+        self.backend_ids.get(b, &self.backends).is_some()
     }
 
     /// The frontend `service_id` has a Maglev table in the maps.
