@@ -90,19 +90,22 @@ fn now_ms() -> u64 {
 }
 
 /// The file source, polled: its change sets go to the sync loop.
-async fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch>) {
+/// The file source, on a thread of its own: reading and parsing a big
+/// manifest takes seconds, which the sync loop's runtime must not wait out.
+/// Ends when the agent stops taking batches.
+fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch>) {
     let mut source = FileSource::new(&dir);
     let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = std::time::Instant::now();
     loop {
-        tick.tick().await;
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        next = (next + every).max(std::time::Instant::now());
         match source.poll() {
             Ok(Some(batch)) => {
                 if last_error.take().is_some() {
                     tracing::info!("source {} readable again", dir.display());
                 }
-                if tx.send(batch).await.is_err() {
+                if tx.blocking_send(batch).is_err() {
                     return;
                 }
             }
@@ -128,7 +131,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(source::QUEUED);
     let source_desc = match &opts.source {
         Source::File(dir) => {
-            tokio::spawn(poll_files(dir.clone(), opts.poll, tx));
+            let (polled, every) = (dir.clone(), opts.poll);
+            std::thread::Builder::new()
+                .name("file-source".into())
+                .spawn(move || poll_files(polled, every, tx))
+                .context("starting the file source's thread")?;
             format!("file:{}", dir.display())
         }
         Source::Kube => {
