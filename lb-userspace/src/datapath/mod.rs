@@ -5,6 +5,8 @@
 mod btf;
 mod grow;
 pub mod host;
+#[cfg(feature = "lab")]
+mod lab;
 mod links;
 mod migrate;
 pub mod packet_cost;
@@ -17,6 +19,8 @@ mod sys;
 mod writer;
 
 pub use grow::{GROW_MAX, grown};
+#[cfg(feature = "lab")]
+pub use lab::xdp_pass_on;
 use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};
 pub use pinned::{MapFill, Pinned, reset};
 pub use specs::{MapSizes, MapSpec, map_specs};
@@ -66,10 +70,6 @@ use crate::compute::plan::{Mirror, Op};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
-/// A lone XDP_PASS program (no maps), for veth peers in native XDP set-ups.
-pub static XDP_PASS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-pass"));
-
 /// How the XDP fast path is attached (`--xdp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum XdpAttach {
@@ -88,22 +88,6 @@ pub enum TcAttach {
     Tcx,
     /// cls_bpf filters on a clsact qdisc (kernels without tcx).
     Netlink,
-}
-
-/// Attaches XDP_PASS to `ifaces` of the calling thread's network namespace
-/// (native mode); the programs stay while the returned object lives.
-pub fn xdp_pass_on(ifaces: &[String]) -> anyhow::Result<Ebpf> {
-    let mut ebpf = Ebpf::load(XDP_PASS_OBJECT).context("loading the XDP_PASS object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("lb_xdp_pass")
-        .ok_or_else(|| anyhow!("lb_xdp_pass missing"))?
-        .try_into()?;
-    prog.load()?;
-    for i in ifaces {
-        prog.attach(i, XdpMode::Driver)
-            .with_context(|| format!("attaching XDP_PASS to {i}"))?;
-    }
-    Ok(ebpf)
 }
 
 /// The socket programs and the attach types (enum bpf_attach_type) they need.
