@@ -504,19 +504,19 @@ const _: () = {
     reason = "aya::Pod is an unsafe trait: these types hold any bit pattern"
 )]
 mod pod {
-    // SAFETY: each type is repr(C), made of integers and byte arrays with
-    // explicit padding fields, so every bit pattern is a valid value.
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceValue {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::SockRevKey {}
-    unsafe impl aya::Pod for super::SockRevValue {}
-    unsafe impl aya::Pod for super::SockNat {}
-    unsafe impl aya::Pod for super::Status {}
-    unsafe impl aya::Pod for super::CtKey {}
-    unsafe impl aya::Pod for super::CtValue {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::AffinityKey {}
-    unsafe impl aya::Pod for super::AffinityValue {}
-    unsafe impl aya::Pod for super::SrcRangeData {}
+    pod!(
+        super::ServiceKey,
+        super::ServiceValue,
+        super::Backend,
+        super::SockRevKey,
+        super::SockRevValue,
+        super::SockNat,
+        super::Status,
+        super::CtKey,
+        super::CtValue,
+        super::Config,
+        super::AffinityKey,
+        super::AffinityValue,
+        super::SrcRangeData,
+    );
 }

@@ -34,6 +34,7 @@ fn fs_type(path: &Path) -> std::io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: statfs writes into a zeroed struct we own; `c` is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `st` is ours to write, `c` lives through the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
