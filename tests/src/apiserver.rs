@@ -327,10 +327,10 @@ fn serve(mut c: TcpStream, shared: &(Mutex<State>, Condvar), stop: &AtomicBool) 
                 Ok(0) | Err(_) => return,
                 Ok(_) if h == "\r\n" || h == "\n" => break,
                 Ok(_) => {
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("authorization") {
-                            auth = Some(v.trim().to_string());
-                        }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("authorization")
+                    {
+                        auth = Some(v.trim().to_string());
                     }
                 }
             }
