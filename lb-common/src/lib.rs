@@ -18,7 +18,9 @@ macro_rules! pod {
 pub mod addr;
 pub mod maps;
 pub mod policy;
+pub mod reasons;
 
 pub use addr::{BeU16, NetAddr};
 pub use maps::*;
 pub use policy::*;
+pub use reasons::*;
