@@ -191,14 +191,14 @@ const _: () = {
     reason = "aya::Pod is an unsafe trait: these types hold any bit pattern"
 )]
 mod pod {
-    // SAFETY: each type is repr(C), made of integers and byte arrays with
-    // explicit padding fields, so every bit pattern is a valid value.
-    unsafe impl aya::Pod for super::PolEndpoint {}
-    unsafe impl aya::Pod for super::IpcacheData {}
-    unsafe impl aya::Pod for super::PolicyData {}
-    unsafe impl aya::Pod for super::PolCidrData {}
-    unsafe impl aya::Pod for super::PolCtKey {}
-    unsafe impl aya::Pod for super::PolCtValue {}
-    unsafe impl aya::Pod for super::PolicyState {}
-    unsafe impl aya::Pod for super::NetAddr {}
+    pod!(
+        super::PolEndpoint,
+        super::IpcacheData,
+        super::PolicyData,
+        super::PolCidrData,
+        super::PolCtKey,
+        super::PolCtValue,
+        super::PolicyState,
+        super::NetAddr,
+    );
 }

@@ -67,6 +67,10 @@ fn pod_name(s: &str) -> Result<String, String> {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; `run` carries every flag of the agent"
+)]
 enum Cmd {
     /// Run the agent: keep the BPF maps equal to the cluster's desired state.
     Run {

@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod lab;
 pub mod netns;
+pub mod probe;
 pub mod spawn;
 pub mod testbed;
 mod wait;

@@ -174,7 +174,9 @@ impl Testbed {
         }
     }
 
-    /// Runs `lbh probe` in the client namespace and cgroup.
+    /// Runs `lbh probe` in the client namespace and cgroup. `mode`: how
+    /// UDP is sent (`connected`, `unconnected`, `same-socket`; `-`: the
+    /// default, unconnected).
     pub fn probe(
         &self,
         target: &str,
@@ -184,15 +186,13 @@ impl Testbed {
         v6sock: bool,
     ) -> Vec<Value> {
         let mut cmd = Command::new(crate::helper_bin());
-        cmd.args([
-            "probe",
-            target,
-            proto,
-            &count.to_string(),
-            mode,
-            if v6sock { "v6sock" } else { "-" },
-            "1000",
-        ]);
+        cmd.args(["probe", target, proto, &count.to_string()]);
+        if mode != "-" {
+            cmd.arg(format!("--udp={mode}"));
+        }
+        if v6sock {
+            cmd.arg("--v6sock");
+        }
         let mut p = Proc::spawn(cmd, Some(&self.cgroup.path), Some(&self.client.path()));
         let mut out = Vec::new();
         for _ in 0..count {

@@ -55,16 +55,16 @@ fn plug(node: &Netns, pod: &Netns, lxc: &str, ip: &str) {
 
 fn probes(client: &Netns, cg: &Path, proto: &str, count: usize, timeout_ms: u64) -> Proc {
     let mut cmd = Command::new(lb_tests::helper_bin());
-    let mode = if proto == "udp" { "connected" } else { "-" };
     cmd.args([
         "probe",
         &format!("{POD_IP}:8080"),
         proto,
         &count.to_string(),
-        mode,
-        "-",
-        &timeout_ms.to_string(),
+        &format!("--timeout-ms={timeout_ms}"),
     ]);
+    if proto == "udp" {
+        cmd.arg("--udp=connected");
+    }
     Proc::spawn(cmd, Some(cg), Some(&client.path()))
 }
 

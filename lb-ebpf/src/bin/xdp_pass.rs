@@ -1,5 +1,6 @@
 //! A lone XDP_PASS program, for the lab's bridge-side veth peers: native
-//! XDP on a veth needs a program on the peer too.
+//! XDP on a veth needs a program on the peer too. Built only with the
+//! `lab` feature (the tests crate's), so the agent never carries it.
 #![no_std]
 #![no_main]
 

@@ -181,7 +181,13 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
             );
             std::fs::remove_file(source)
                 .with_context(|| format!("removing {}", source.display()))?;
-            return Ok(None);
+            // The map an interrupted agent pinned in its place is checked
+            // in turn: nothing of another shape is left for the loader.
+            return if interrupted {
+                prepare(pin_dir, spec)
+            } else {
+                Ok(None)
+            };
         }
         Verdict::Refuse(why) => bail!(
             "pinned map {} cannot be carried into this agent's layout: {why} (found {from:?}, this agent needs {to:?}); \

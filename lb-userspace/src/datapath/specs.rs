@@ -1,5 +1,6 @@
-//! The maps' shapes: sizes from the flags, and the check a pinned map must
-//! pass before this agent reuses it.
+//! The maps' shapes: sizes from the flags, and what a pinned map must look
+//! like for this agent to reuse it (`migrate::prepare` compares the pins
+//! with these and carries or refuses the ones that differ).
 
 use super::*;
 
@@ -183,38 +184,4 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             max_entries: lb_common::COUNTER_SLOTS,
         },
     ]
-}
-
-/// Checks a pinned map against what this agent expects (aya reuses a pin by
-/// name without looking at it).
-pub(super) fn check_pinned(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<()> {
-    let path = pin_dir.join(spec.name);
-    if !path.exists() {
-        return Ok(());
-    }
-    let info = MapInfo::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let found = (
-        info.map_type().ok(),
-        info.key_size(),
-        info.value_size(),
-        info.max_entries(),
-    );
-    let want = (
-        Some(spec.map_type),
-        spec.key_size,
-        spec.value_size,
-        spec.max_entries,
-    );
-    if found != want {
-        bail!(
-            "pinned map {} has type/key/value/max_entries {:?} but this agent needs {:?}; \
-             run `lb-agent reset --pin-dir {}` (drops established translations) or start with the sizes it was created with",
-            path.display(),
-            found,
-            want,
-            pin_dir.display()
-        );
-    }
-    Ok(())
 }

@@ -267,13 +267,13 @@ impl Scenario {
                     p.namespace, p.name
                 )));
             }
-            if let Some(n) = &p.node {
-                if !nodes.contains(n) {
-                    return Err(Invalid(format!(
-                        "pods[{i}].node: no node `{n}` (nodes: {})",
-                        nodes.join(", ")
-                    )));
-                }
+            if let Some(n) = &p.node
+                && !nodes.contains(n)
+            {
+                return Err(Invalid(format!(
+                    "pods[{i}].node: no node `{n}` (nodes: {})",
+                    nodes.join(", ")
+                )));
             }
             let mut ports = BTreeSet::new();
             for (j, port) in p.ports.iter().enumerate() {
@@ -306,19 +306,19 @@ impl Scenario {
                         "{at}probes[{i}].count: must be at least 1"
                     )));
                 }
-                if let Some(v) = &pr.via {
-                    if !nodes.contains(v) {
-                        return Err(Invalid(format!("{at}probes[{i}].via: no node `{v}`")));
-                    }
+                if let Some(v) = &pr.via
+                    && !nodes.contains(v)
+                {
+                    return Err(Invalid(format!("{at}probes[{i}].via: no node `{v}`")));
                 }
-                if let Some(f) = pr.ip_family {
-                    if !self.ip_family.families().contains(&f) {
-                        return Err(Invalid(format!(
-                            "{at}probes[{i}].ipFamily: {} is not in this {:?} scenario",
-                            f.as_str(),
-                            self.ip_family
-                        )));
-                    }
+                if let Some(f) = pr.ip_family
+                    && !self.ip_family.families().contains(&f)
+                {
+                    return Err(Invalid(format!(
+                        "{at}probes[{i}].ipFamily: {} is not in this {:?} scenario",
+                        f.as_str(),
+                        self.ip_family
+                    )));
                 }
             }
         }

@@ -227,20 +227,20 @@ pub fn checksum_errors(ns: &str) -> u64 {
                 head.split_whitespace().collect(),
                 vals.split_whitespace().collect(),
             );
-            if matches!(h.first(), Some(&"Tcp:") | Some(&"Udp:")) {
-                if let Some(i) = h.iter().position(|x| *x == "InCsumErrors") {
-                    total += v.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                }
+            if matches!(h.first(), Some(&"Tcp:") | Some(&"Udp:"))
+                && let Some(i) = h.iter().position(|x| *x == "InCsumErrors")
+            {
+                total += v.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
             }
         }
     }
     let snmp6 = sh_out(ns, "cat /proc/net/snmp6");
     for l in snmp6.lines() {
         let mut it = l.split_whitespace();
-        if let (Some(k), Some(v)) = (it.next(), it.next()) {
-            if k == "Udp6InCsumErrors" {
-                total += v.parse::<u64>().unwrap_or(0);
-            }
+        if let (Some(k), Some(v)) = (it.next(), it.next())
+            && k == "Udp6InCsumErrors"
+        {
+            total += v.parse::<u64>().unwrap_or(0);
         }
     }
     total

@@ -54,7 +54,8 @@ fn a_pod_no_policy_selects_is_open_both_ways() {
 #[test]
 fn policy_types_default_to_ingress_and_add_egress_only_with_egress_rules() {
     // spec, (ingress isolated, egress isolated), (x/b reaches x/a, x/a reaches x/b)
-    let rows: &[(&str, (bool, bool), (bool, bool))] = &[
+    type Row<'a> = (&'a str, (bool, bool), (bool, bool));
+    let rows: &[Row] = &[
         (
             "{podSelector: {matchLabels: {app: a}}}",
             (true, false),

@@ -99,20 +99,26 @@ impl Reconciler {
             self.programmed_again.push(svc.clone());
         }
         self.health_checks.retain(|_, c| &c.service != svc);
-        if let Some(info) = self.snapshot.service(svc).filter(|i| i.skip.is_none()) {
-            if let Some(port) = info.health_check_node_port {
-                let local = desired::local_ready_endpoints(
-                    &self.snapshot.slices_of(svc),
-                    self.snapshot.node_name.as_deref(),
-                );
-                match self.health_checks.get(&port) {
-                    Some(other) => errors.push(format!(
-                        "Service {svc}: spec.healthCheckNodePort {port} already belongs to Service {}",
-                        other.service
-                    )),
-                    None => {
-                        self.health_checks.insert(port, Check { service: svc.clone(), local_endpoints: local });
-                    }
+        if let Some(info) = self.snapshot.service(svc).filter(|i| i.skip.is_none())
+            && let Some(port) = info.health_check_node_port
+        {
+            let local = desired::local_ready_endpoints(
+                &self.snapshot.slices_of(svc),
+                self.snapshot.node_name.as_deref(),
+            );
+            match self.health_checks.get(&port) {
+                Some(other) => errors.push(format!(
+                    "Service {svc}: spec.healthCheckNodePort {port} already belongs to Service {}",
+                    other.service
+                )),
+                None => {
+                    self.health_checks.insert(
+                        port,
+                        Check {
+                            service: svc.clone(),
+                            local_endpoints: local,
+                        },
+                    );
                 }
             }
         }

@@ -50,9 +50,8 @@ pub(super) fn ip(s: &str) -> lb_common::NetAddr {
 
 impl Bed {
     pub(super) fn new(tag: &str) -> Self {
-        assert_eq!(
+        assert!(
             crate::datapath::host::is_root(),
-            true,
             "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-tr{tag}", std::process::id()));

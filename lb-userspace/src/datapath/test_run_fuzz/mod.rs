@@ -51,7 +51,7 @@ fn generated_and_mutated_packets_keep_every_invariant() {
     let seed0: u64 = std::env::var("LB_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_1b_f00d);
+        .unwrap_or(0x5e_ed1b_f00d);
     let mut bed = Bed::new("fuzz");
     seed(&mut bed);
     let mut r = Rng(seed0);

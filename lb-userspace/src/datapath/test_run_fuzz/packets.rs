@@ -100,7 +100,7 @@ pub(super) fn valid(r: &mut Rng) -> Vec<u8> {
             }
         }
     } else {
-        let src = v6(*r.pick::<&str>(&CLIENTS6));
+        let src = v6(r.pick::<&str>(&CLIENTS6));
         let (dst, dport) = *r.pick(&FRONTS6);
         let ip = eth.ipv6(src, v6(dst), 64);
         if r.below(2) == 0 {

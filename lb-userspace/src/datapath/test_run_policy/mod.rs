@@ -160,9 +160,8 @@ impl Drop for Bed {
 impl Bed {
     /// The two pod programs with empty policy maps.
     fn bare(tag: &str, net: &'static Net) -> Self {
-        assert_eq!(
+        assert!(
             crate::datapath::host::is_root(),
-            true,
             "BPF_PROG_TEST_RUN needs root: run through `cargo xtask test`"
         );
         let dir = PathBuf::from(format!(

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
+use lb_tests::probe::Probe;
 
 use crate::sock::{answer, dual_stack_socket, error_name, plain};
 
@@ -50,12 +50,12 @@ pub(super) fn serve(name: String, ports: Vec<u16>) {
     }
 }
 
-pub(super) fn probe_tcp(target: SocketAddr, timeout: Duration) -> serde_json::Value {
+pub(super) fn probe_tcp(target: SocketAddr, timeout: Duration) -> Probe {
     let t = Instant::now();
     let s = match TcpStream::connect_timeout(&target, timeout) {
         Ok(s) => s,
         Err(e) => {
-            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+            return Probe::failed(error_name(&e), t.elapsed().as_secs_f64() * 1e3);
         }
     };
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -64,14 +64,15 @@ pub(super) fn probe_tcp(target: SocketAddr, timeout: Duration) -> serde_json::Va
     let mut w = s.try_clone().expect("clone");
     let mut line = String::new();
     let r = writeln!(w, "hello").and_then(|_| BufReader::new(s).read_line(&mut line));
-    match r {
+    let v = match r {
         Ok(n) if n > 0 => {
             let (served_by, client_seen) = answer(&line);
-            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "peer": peer, "error": null, "ms": ms})
+            Probe::served(served_by, client_seen, ms)
         }
-        Ok(_) => json!({"ok": false, "error": "closed", "peer": peer, "ms": ms}),
-        Err(e) => json!({"ok": false, "error": error_name(&e), "peer": peer, "ms": ms}),
-    }
+        Ok(_) => Probe::failed("closed", ms),
+        Err(e) => Probe::failed(error_name(&e), ms),
+    };
+    Probe { peer, ..v }
 }
 
 pub(super) fn probe_udp(
@@ -79,7 +80,7 @@ pub(super) fn probe_udp(
     timeout: Duration,
     connected: bool,
     v6sock: bool,
-) -> serde_json::Value {
+) -> Probe {
     let bind: SocketAddr = if v6sock || target.is_ipv6() {
         "[::]:0".parse().unwrap()
     } else {
@@ -94,7 +95,7 @@ pub(super) fn udp_exchange(
     target: SocketAddr,
     timeout: Duration,
     connected: bool,
-) -> serde_json::Value {
+) -> Probe {
     s.set_read_timeout(Some(timeout)).ok();
     let t = Instant::now();
     let sent = if connected {
@@ -103,7 +104,7 @@ pub(super) fn udp_exchange(
         s.send_to(b"hello\n", target)
     };
     if let Err(e) = sent {
-        return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        return Probe::failed(error_name(&e), t.elapsed().as_secs_f64() * 1e3);
     }
     let mut buf = [0u8; 1500];
     let r = if connected {
@@ -115,8 +116,11 @@ pub(super) fn udp_exchange(
     match r {
         Ok((n, from)) => {
             let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
-            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "peer": from.map(|a| a.to_string()), "error": null, "ms": ms})
+            Probe {
+                peer: from.map(|a| a.to_string()),
+                ..Probe::served(served_by, client_seen, ms)
+            }
         }
-        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        Err(e) => Probe::failed(error_name(&e), ms),
     }
 }

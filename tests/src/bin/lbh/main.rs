@@ -1,21 +1,7 @@
 //! Lab helper: the servers and clients of tests and the demo. It is started
 //! already inside its cgroup and network namespace (see `lb_tests::spawn`),
-//! so every socket it opens belongs to them.
-//!
-//!   lbh serve NAME PORT...            TCP and UDP on [::]:PORT (both families)
-//!   lbh probe TARGET PROTO COUNT [connected|unconnected|same-socket] [v6sock] [TIMEOUT_MS]
-//!   lbh loop TARGET STOPFILE          TCP connections until STOPFILE exists
-//!   lbh hold TARGET                   one TCP connection; a request per stdin line
-//!   lbh hold-udp TARGET               one connected UDP socket; a request per stdin
-//!                                     line, `reconnect` opens a new one
-//!   lbh lab-serve                     stdin: `POD NETNS PORT/PROTO...` lines, then an empty line
-//!   lbh lab-probe TARGET PROTO COUNT TIMEOUT_MS SRC_PORT MARK plain|http [BYTES]
-//!   lbh lab-hold TARGET TIMEOUT_MS MARK   like hold, reporting the first request too
-//!   lbh lab-churn TARGET SECS TIMEOUT_MS MARK TCP|UDP SRC_PORT|same
-//!                                     new TCP connections back to back for SECS
-//!                                     seconds, each closed with an RST (UDP:
-//!                                     requests on new sockets from SRC_PORT, or
-//!                                     on one connected socket); one line
+//! so every socket it opens belongs to them. Each probe attempt prints one
+//! JSON line, an `lb_tests::probe::Probe`; `lbh help` lists the modes.
 //!
 //! Split by job: `sock` holds what both kinds of helper share (dual-stack
 //! binds, error names, the servers' answer); `basic` the tests' and the
@@ -33,30 +19,149 @@ mod sock;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
     time::Duration,
 };
 
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_tests::probe::Probe;
 use serde_json::json;
 
 use basic::{probe_tcp, probe_udp, serve, udp_exchange};
 use sock::{answer, error_name, plain};
 
+#[derive(Parser)]
+#[command(name = "lbh", about = "The tests' and the lab's servers and clients")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// How `probe` sends UDP.
+#[derive(Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+enum UdpMode {
+    /// sendto() from a new socket per attempt.
+    #[default]
+    Unconnected,
+    /// connect() then send() on a new socket per attempt.
+    Connected,
+    /// sendto() from one socket for every attempt.
+    SameSocket,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// TCP and UDP on [::]:PORT (both families), answering `NAME CLIENT`.
+    Serve {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<u16>,
+    },
+    /// COUNT requests, one line each.
+    Probe {
+        target: SocketAddr,
+        #[arg(ignore_case = true)]
+        proto: Proto,
+        count: usize,
+        #[arg(long, value_enum, default_value_t)]
+        udp: UdpMode,
+        /// UDP from an IPv6 socket (an IPv4 target v4-mapped).
+        #[arg(long)]
+        v6sock: bool,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// TCP connections until STOP_FILE exists; then one line of totals.
+    Loop {
+        target: SocketAddr,
+        stop_file: PathBuf,
+    },
+    /// One TCP connection; a request per stdin line.
+    Hold { target: SocketAddr },
+    /// One connected UDP socket; a request per stdin line, `reconnect`
+    /// opens a new socket first.
+    HoldUdp { target: SocketAddr },
+    /// The lab's servers; stdin: `POD NETNS PORT/PROTO...` lines, then an
+    /// empty line.
+    LabServe,
+    /// The lab's probe: COUNT requests, one line each.
+    LabProbe {
+        target: SocketAddr,
+        #[arg(ignore_case = true)]
+        proto: Proto,
+        count: usize,
+        #[arg(long)]
+        timeout_ms: u64,
+        /// The client's port (0: any).
+        #[arg(long, default_value_t = 0)]
+        src_port: u16,
+        /// SO_MARK of the client's sockets (0: none).
+        #[arg(long, default_value_t = 0)]
+        mark: u32,
+        /// GET /healthz over TCP instead of a request line.
+        #[arg(long)]
+        http: bool,
+        /// UDP: a request of this many bytes with "don't fragment" (0: a
+        /// line).
+        #[arg(long, default_value_t = 0)]
+        bytes: usize,
+    },
+    /// Like `hold`, with the lab's socket options, reporting the first
+    /// request too.
+    LabHold {
+        target: SocketAddr,
+        #[arg(long)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        mark: u32,
+    },
+    /// New TCP connections back to back for SECS seconds, each closed with
+    /// an RST (UDP: requests on new sockets from SRC_PORT, or on one
+    /// connected socket); one line.
+    LabChurn {
+        target: SocketAddr,
+        #[arg(ignore_case = true)]
+        proto: Proto,
+        #[arg(long)]
+        secs: u64,
+        #[arg(long)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        mark: u32,
+        /// UDP: the client's port for every new socket (0: any).
+        #[arg(long, default_value_t = 0)]
+        src_port: u16,
+        /// UDP: every request on one connected socket (a DNS client's).
+        #[arg(long)]
+        same_socket: bool,
+    },
+}
+
+fn print(line: impl std::fmt::Display) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
-    match arg(0).as_str() {
-        "serve" => serve(
-            arg(1),
-            args[2..].iter().map(|p| p.parse().expect("port")).collect(),
-        ),
-        "probe" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
-            let count: usize = arg(3).parse().expect("count");
-            let timeout =
-                Duration::from_millis(args.get(6).and_then(|t| t.parse().ok()).unwrap_or(1000));
-            // `same-socket`: every attempt from one unconnected UDP socket.
-            let shared = (arg(4) == "same-socket").then(|| {
-                let bind = if arg(5) == "v6sock" || target.is_ipv6() {
+    match Cli::parse().mode {
+        Mode::Serve { name, ports } => serve(name, ports),
+        Mode::Probe {
+            target,
+            proto,
+            count,
+            udp,
+            v6sock,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let shared = (proto == Proto::Udp && udp == UdpMode::SameSocket).then(|| {
+                let bind = if v6sock || target.is_ipv6() {
                     "[::]:0"
                 } else {
                     "0.0.0.0:0"
@@ -64,33 +169,31 @@ fn main() {
                 UdpSocket::bind(bind).expect("udp bind")
             });
             for _ in 0..count {
-                let v = match (arg(2).as_str(), &shared) {
-                    ("tcp", _) => probe_tcp(target, timeout),
-                    (_, Some(s)) => udp_exchange(s, target, timeout, false),
-                    _ => probe_udp(target, timeout, arg(4) == "connected", arg(5) == "v6sock"),
+                let v = match (proto, &shared) {
+                    (Proto::Tcp, _) => probe_tcp(target, timeout),
+                    (Proto::Udp, Some(s)) => udp_exchange(s, target, timeout, false),
+                    (Proto::Udp, None) => {
+                        probe_udp(target, timeout, udp == UdpMode::Connected, v6sock)
+                    }
                 };
                 println!("{v}");
             }
         }
-        "loop" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
-            let stop = std::path::PathBuf::from(arg(2));
+        Mode::Loop { target, stop_file } => {
             let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
-            println!("started");
-            let _ = std::io::stdout().flush();
-            while !stop.exists() {
+            print("started");
+            while !stop_file.exists() {
                 let v = probe_tcp(target, Duration::from_millis(1000));
-                if v["ok"] == true {
+                if v.ok {
                     ok += 1;
                 } else {
                     failed += 1;
-                    errors.push(v["error"].clone());
+                    errors.push(v.error);
                 }
             }
             println!("{}", json!({"ok": ok, "failed": failed, "errors": errors}));
         }
-        "hold" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
+        Mode::Hold { target } => {
             let s = TcpStream::connect_timeout(&target, Duration::from_secs(1)).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(2))).ok();
             let mut w = s.try_clone().expect("clone");
@@ -101,18 +204,16 @@ fn main() {
                 let v = match res {
                     Ok(n) if n > 0 => {
                         let (served_by, _) = answer(&line);
-                        json!({"ok": true, "served_by": served_by})
+                        Probe::served(served_by, None, 0.0)
                     }
-                    Ok(_) => json!({"ok": false, "error": "closed"}),
-                    Err(e) => json!({"ok": false, "error": error_name(&e)}),
+                    Ok(_) => Probe::failed("closed", 0.0),
+                    Err(e) => Probe::failed(error_name(&e), 0.0),
                 };
-                println!("{v}");
-                let _ = std::io::stdout().flush();
+                print(v);
             }
             let _ = r.read(&mut [0u8; 1]);
         }
-        "hold-udp" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
+        Mode::HoldUdp { target } => {
             let open = || {
                 let s = UdpSocket::bind(if target.is_ipv4() {
                     "0.0.0.0:0"
@@ -134,68 +235,76 @@ fn main() {
                 let v = match res {
                     Ok((n, from)) => {
                         let (served_by, _) = answer(&String::from_utf8_lossy(&buf[..n]));
-                        json!({"ok": true, "served_by": served_by, "from": plain(from)})
+                        Probe {
+                            from: Some(plain(from)),
+                            ..Probe::served(served_by, None, 0.0)
+                        }
                     }
-                    Err(e) => json!({"ok": false, "error": error_name(&e)}),
+                    Err(e) => Probe::failed(error_name(&e), 0.0),
                 };
-                println!("{v}");
-                let _ = std::io::stdout().flush();
+                print(v);
             }
         }
-        "lab-serve" => lab::serve(),
-        "lab-probe" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
-            let count: usize = arg(3).parse().expect("count");
-            let timeout = Duration::from_millis(arg(4).parse().expect("timeout"));
-            let src: u16 = arg(5).parse().expect("source port");
-            let mark: u32 = arg(6).parse().expect("mark");
-            let size: usize = arg(8).parse().unwrap_or(0);
+        Mode::LabServe => lab::serve(),
+        Mode::LabProbe {
+            target,
+            proto,
+            count,
+            timeout_ms,
+            src_port,
+            mark,
+            http,
+            bytes,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
             for _ in 0..count {
-                let v = match (arg(2).as_str(), arg(7).as_str()) {
-                    (_, "http") => lab::http(target, timeout, mark),
-                    ("TCP", _) => lab::tcp(target, timeout, src, mark).1,
-                    _ if size > 0 => lab::udp_sized(target, timeout, mark, size),
-                    _ => lab::udp(target, timeout, src, mark),
+                let v = match proto {
+                    _ if http => lab::http(target, timeout, mark),
+                    Proto::Tcp => lab::tcp(target, timeout, src_port, mark).1,
+                    Proto::Udp if bytes > 0 => lab::udp_sized(target, timeout, mark, bytes),
+                    Proto::Udp => lab::udp(target, timeout, src_port, mark),
                 };
-                println!("{v}");
-                let _ = std::io::stdout().flush();
+                print(v);
             }
         }
-        "lab-churn" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
-            let secs: u64 = arg(2).parse().expect("seconds");
-            let timeout = Duration::from_millis(arg(3).parse().expect("timeout"));
-            let mark: u32 = arg(4).parse().expect("mark");
-            let mode = match (arg(5).as_str(), arg(6).as_str()) {
-                ("UDP", "same") => lab::ChurnMode::UdpSame,
-                ("UDP", src) => lab::ChurnMode::Udp(src.parse().expect("source port")),
-                _ => lab::ChurnMode::Tcp,
+        Mode::LabChurn {
+            target,
+            proto,
+            secs,
+            timeout_ms,
+            mark,
+            src_port,
+            same_socket,
+        } => {
+            let mode = match proto {
+                Proto::Udp if same_socket => lab::ChurnMode::UdpSame,
+                Proto::Udp => lab::ChurnMode::Udp(src_port),
+                Proto::Tcp => lab::ChurnMode::Tcp,
             };
-            println!(
-                "{}",
-                lab::churn(target, Duration::from_secs(secs), timeout, mark, mode)
-            );
-            let _ = std::io::stdout().flush();
+            let timeout = Duration::from_millis(timeout_ms);
+            print(lab::churn(
+                target,
+                Duration::from_secs(secs),
+                timeout,
+                mark,
+                mode,
+            ));
         }
-        "lab-hold" => {
-            let target: SocketAddr = arg(1).parse().expect("target");
-            let timeout = Duration::from_millis(arg(2).parse().expect("timeout"));
-            let mark: u32 = arg(3).parse().expect("mark");
+        Mode::LabHold {
+            target,
+            timeout_ms,
+            mark,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
             let (conn, first) = lab::tcp(target, timeout, 0, mark);
-            println!("{first}");
-            let _ = std::io::stdout().flush();
+            print(first);
             for _ in std::io::stdin().lock().lines() {
                 let v = match &conn {
                     Some(c) => lab::request(c, timeout, 0.0),
-                    None => json!({"ok": false, "error": "closed", "ms": 0.0}),
+                    None => Probe::failed("closed", 0.0),
                 };
-                println!("{v}");
-                let _ = std::io::stdout().flush();
+                print(v);
             }
-        }
-        other => {
-            eprintln!("lbh: unknown mode `{other}`");
-            std::process::exit(2);
         }
     }
 }

@@ -19,13 +19,15 @@ use std::{
 };
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{
     scenario::{Family, Protocol},
     topo,
 };
-use crate::spawn::Proc;
+use crate::{
+    probe::{Churn, Probe},
+    spawn::Proc,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum From {
@@ -87,24 +89,6 @@ pub struct Attempt {
     pub churn: Option<Churn>,
 }
 
-/// What a churn probe adds to its one line (LAB.md).
-#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
-pub struct Churn {
-    /// Connections tried.
-    pub attempts: u64,
-    /// Connections that failed (connect error, or no answer in time).
-    pub failed: u64,
-    /// The slowest connect, ms.
-    pub max_ms: f64,
-    /// Connects slower than one second.
-    pub over_1s: u64,
-    /// Failures by error name.
-    pub errors: BTreeMap<String, u64>,
-    /// The first few slow (over one second) or failed attempts: client
-    /// port, connect ms, error, seconds into the run.
-    pub slow: Vec<Value>,
-}
-
 fn place(r: &Resolved, node_cgroups: &[PathBuf], ext: &Path) -> (PathBuf, PathBuf) {
     match r.from {
         From::External => (ext.to_path_buf(), topo::ns_path(&topo::external_ns())),
@@ -113,7 +97,7 @@ fn place(r: &Resolved, node_cgroups: &[PathBuf], ext: &Path) -> (PathBuf, PathBu
     }
 }
 
-fn attempt(r: &Resolved, v: &Value) -> Attempt {
+fn attempt(r: &Resolved, v: Probe) -> Attempt {
     Attempt {
         step: r.step,
         from: r.from_label.clone(),
@@ -121,29 +105,21 @@ fn attempt(r: &Resolved, v: &Value) -> Attempt {
         family: r.family.as_str(),
         target: r.target.map(|t| t.to_string()).unwrap_or_default(),
         protocol: r.protocol.as_str(),
-        ok: v["ok"] == true,
-        served_by: v["served_by"].as_str().map(str::to_string),
-        client_seen: v["client_seen"].as_str().map(str::to_string),
-        error: v["error"].as_str().map(str::to_string),
-        ms: v["ms"].as_f64().unwrap_or(0.0),
-        http_status: v["http_status"].as_u64().map(|s| s as u16),
         churn: match r.kind {
-            Kind::Churn(_) => {
-                Some(
-                    serde_json::from_value(v["churn"].clone()).unwrap_or_else(|_| Churn {
-                        attempts: 0,
-                        failed: 1,
-                        errors: [(
-                            v["error"].as_str().unwrap_or("probe crashed").to_string(),
-                            1,
-                        )]
-                        .into(),
-                        ..Default::default()
-                    }),
-                )
-            }
+            Kind::Churn(_) => Some(v.churn.unwrap_or_else(|| Churn {
+                attempts: 0,
+                failed: 1,
+                errors: [(v.error.clone().unwrap_or_else(|| "probe crashed".into()), 1)].into(),
+                ..Default::default()
+            })),
             _ => None,
         },
+        ok: v.ok,
+        served_by: v.served_by,
+        client_seen: v.client_seen,
+        error: v.error,
+        ms: v.ms,
+        http_status: v.http_status,
     }
 }
 
@@ -178,44 +154,40 @@ pub fn run_step(
             }
             Kind::Hold(_) => {
                 cmd.args([
-                    "lab-hold",
-                    &target.to_string(),
-                    &r.timeout_ms.to_string(),
-                    &r.mark.to_string(),
+                    "lab-hold".into(),
+                    target.to_string(),
+                    format!("--timeout-ms={}", r.timeout_ms),
+                    format!("--mark={}", r.mark),
                 ]);
             }
             Kind::Churn(secs) => {
-                let mode = if r.same_socket {
-                    "same".to_string()
-                } else {
-                    r.source_port.to_string()
-                };
                 cmd.args([
-                    "lab-churn",
-                    &target.to_string(),
-                    &secs.to_string(),
-                    &r.timeout_ms.to_string(),
-                    &r.mark.to_string(),
-                    r.protocol.as_str(),
-                    &mode,
+                    "lab-churn".into(),
+                    target.to_string(),
+                    r.protocol.as_str().into(),
+                    format!("--secs={secs}"),
+                    format!("--timeout-ms={}", r.timeout_ms),
+                    format!("--mark={}", r.mark),
+                    format!("--src-port={}", r.source_port),
                 ]);
+                if r.same_socket {
+                    cmd.arg("--same-socket");
+                }
             }
             Kind::Plain | Kind::Http => {
                 cmd.args([
-                    "lab-probe",
-                    &target.to_string(),
-                    r.protocol.as_str(),
-                    &r.count.to_string(),
-                    &r.timeout_ms.to_string(),
-                    &r.source_port.to_string(),
-                    &r.mark.to_string(),
-                    if r.kind == Kind::Http {
-                        "http"
-                    } else {
-                        "plain"
-                    },
-                    &r.payload_bytes.to_string(),
+                    "lab-probe".into(),
+                    target.to_string(),
+                    r.protocol.as_str().into(),
+                    r.count.to_string(),
+                    format!("--timeout-ms={}", r.timeout_ms),
+                    format!("--src-port={}", r.source_port),
+                    format!("--mark={}", r.mark),
+                    format!("--bytes={}", r.payload_bytes),
                 ]);
+                if r.kind == Kind::Http {
+                    cmd.arg("--http");
+                }
             }
         }
         running.push(Running::Proc(Proc::spawn(cmd, Some(&cg), Some(&ns))));
@@ -225,25 +197,23 @@ pub fn run_step(
         match run {
             Running::NoAddress => {
                 for _ in 0..r.count {
-                    out.push(attempt(r, &serde_json::json!({"ok": false, "error": format!("no {} address", r.family.as_str()), "ms": 0.0})));
+                    let no = format!("no {} address", r.family.as_str());
+                    out.push(attempt(r, Probe::failed(no, 0.0)));
                 }
             }
             Running::Reused(name) => {
-                let v = match holds.get_mut(&name) {
-                    Some(h) => serde_json::from_str(&h.read_line()).unwrap_or(
-                        serde_json::json!({"ok": false, "error": "held connection gone"}),
-                    ),
-                    None => serde_json::json!({"ok": false, "error": "held connection gone"}),
-                };
-                out.push(attempt(r, &v));
+                let v = holds
+                    .get_mut(&name)
+                    .and_then(|h| serde_json::from_str(&h.read_line()).ok())
+                    .unwrap_or_else(|| Probe::failed("held connection gone", 0.0));
+                out.push(attempt(r, v));
             }
             Running::Proc(mut p) => {
                 for _ in 0..r.count {
                     let l = p.read_line();
-                    let v = serde_json::from_str(&l).unwrap_or(
-                        serde_json::json!({"ok": false, "error": "probe crashed", "ms": 0.0}),
-                    );
-                    out.push(attempt(r, &v));
+                    let v = serde_json::from_str(&l)
+                        .unwrap_or_else(|_| Probe::failed("probe crashed", 0.0));
+                    out.push(attempt(r, v));
                 }
                 if let Kind::Hold(name) = &r.kind {
                     holds.insert(name.clone(), p);

@@ -9,7 +9,8 @@ fn topology_hints_follow_kube_proxy() {
     let b3 = || on("n3", ready("10.0.0.3"));
     let all = vec!["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"];
     // (endpoints, this node's zone, Cluster-policy backends on n1)
-    let cases: Vec<(&str, Vec<EndpointInfo>, Option<&str>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Vec<EndpointInfo>, Option<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "no hints: every endpoint",
             vec![a1(), a2(), b3()],

@@ -48,7 +48,8 @@ fn external_traffic_policy_local_adds_a_local_only_external_scope() {
 #[test]
 fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
     // (endpoints, ClusterIP backends on n1, drop flag, NodePort backends)
-    let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, bool, Vec<&str>)> = vec![
+    type Case<'a> = (Vec<EndpointInfo>, Vec<&'a str>, bool, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         // a local endpoint: only it; NodePorts (external destinations,
         // pods included) keep every endpoint
         (
@@ -147,7 +148,8 @@ fn internal_traffic_policy_local_keeps_cluster_ips_to_this_nodes_endpoints() {
 fn external_traffic_policy_local_falls_back_to_local_serving_terminating() {
     // (endpoints, external-scope backends on n1, in-cluster backends,
     // health check count)
-    let cases: Vec<(Vec<EndpointInfo>, Vec<&str>, Vec<&str>, usize)> = vec![
+    type Case<'a> = (Vec<EndpointInfo>, Vec<&'a str>, Vec<&'a str>, usize);
+    let cases: Vec<Case> = vec![
         (
             vec![on("n1", ready("10.0.0.1")), on("n2", ready("10.0.0.2"))],
             vec!["10.0.0.1:8080"],

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use lb_tests::probe::{Churn, Probe, Slow};
 
 use super::{
     clients::{request, udp, udp_request},
@@ -43,13 +43,13 @@ pub fn churn(
     timeout: Duration,
     mark: u32,
     mode: ChurnMode,
-) -> Value {
+) -> Probe {
     let start = Instant::now();
     let (mut attempts, mut failed, mut over_1s) = (0u64, 0u64, 0u64);
     let (mut max_ms, mut sum_ms) = (0f64, 0f64);
     let mut errors = std::collections::BTreeMap::<String, u64>::new();
     let mut slow = Vec::new();
-    let mut first: Option<Value> = None;
+    let mut first: Option<Probe> = None;
     let mut same: Option<UdpSocket> = None;
     while start.elapsed() < secs {
         attempts += 1;
@@ -58,7 +58,7 @@ pub fn churn(
             ChurnMode::Tcp => tcp_attempt(target, timeout, mark),
             ChurnMode::Udp(src) => {
                 let v = udp(target, timeout, src, mark);
-                let ms = v["ms"].as_f64().unwrap_or(0.0);
+                let ms = v.ms;
                 (v, src, ms)
             }
             ChurnMode::UdpSame => {
@@ -74,9 +74,9 @@ pub fn churn(
                 }
                 let v = match &same {
                     Some(s) => udp_request(s),
-                    None => json!({"ok": false, "error": "socket", "ms": 0.0}),
+                    None => Probe::failed("socket", 0.0),
                 };
-                let ms = v["ms"].as_f64().unwrap_or(0.0);
+                let ms = v.ms;
                 let port = same
                     .as_ref()
                     .and_then(|s| s.local_addr().ok())
@@ -89,47 +89,53 @@ pub fn churn(
         if ms > 1000.0 {
             over_1s += 1;
         }
-        let ok = v["ok"] == true;
-        if ok {
-            first.get_or_insert(v.clone());
-        } else {
+        if !v.ok {
             failed += 1;
-            let e = v["error"].as_str().unwrap_or("?").to_string();
+            let e = v.error.clone().unwrap_or_else(|| "?".into());
             *errors.entry(e).or_default() += 1;
         }
-        if (!ok || ms > 1000.0) && slow.len() < CHURN_LISTED {
-            slow.push(json!({"port": port, "ms": ms, "error": v["error"], "at_s": at_s}));
+        if (!v.ok || ms > 1000.0) && slow.len() < CHURN_LISTED {
+            slow.push(Slow {
+                port,
+                ms,
+                error: v.error.clone(),
+                at_s,
+            });
+        }
+        if v.ok {
+            first.get_or_insert(v);
         }
     }
-    let first = first.unwrap_or(Value::Null);
+    let first = first.unwrap_or_default();
     let mean = if attempts > 0 {
         sum_ms / attempts as f64
     } else {
         0.0
     };
-    json!({
-        "ok": attempts > 0 && failed == 0,
-        "served_by": first["served_by"],
-        "client_seen": first["client_seen"],
-        "error": errors.keys().next(),
-        "ms": mean,
-        "churn": {
-            "attempts": attempts,
-            "failed": failed,
-            "max_ms": max_ms,
-            "over_1s": over_1s,
-            "errors": errors,
-            "slow": slow,
-        },
-    })
+    Probe {
+        ok: attempts > 0 && failed == 0,
+        served_by: first.served_by,
+        client_seen: first.client_seen,
+        error: errors.keys().next().cloned(),
+        ms: mean,
+        churn: Some(Churn {
+            attempts,
+            failed,
+            max_ms,
+            over_1s,
+            errors,
+            slow,
+        }),
+        ..Probe::default()
+    }
 }
 
 /// One churn connection: (answer, client port, connect ms).
-pub(super) fn tcp_attempt(target: SocketAddr, timeout: Duration, mark: u32) -> (Value, u16, f64) {
+pub(super) fn tcp_attempt(target: SocketAddr, timeout: Duration, mark: u32) -> (Probe, u16, f64) {
     let t = Instant::now();
     let fd = match socket(target, libc::SOCK_STREAM, 0, mark) {
         Ok(fd) => fd,
-        Err(e) => return (json!({"ok": false, "error": error_name(&e)}), 0, 0.0),
+        Err(e) => return (Probe::failed(error_name(&e), 0.0), 0, 0.0),
     };
     linger_zero(&fd);
     let connected = connect(&fd, target, CHURN_CONNECT);
@@ -141,7 +147,7 @@ pub(super) fn tcp_attempt(target: SocketAddr, timeout: Duration, mark: u32) -> (
             request(&c, timeout, ms)
             // dropped here: closed with an RST
         }
-        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        Err(e) => Probe::failed(error_name(&e), ms),
     };
     (v, port, ms)
 }

@@ -7,12 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use lb_tests::probe::Probe;
 
 use super::sockets::{connect, socket};
 use crate::sock::{answer, error_name};
 
-pub fn request(c: &TcpStream, timeout: Duration, ms: f64) -> Value {
+pub fn request(c: &TcpStream, timeout: Duration, ms: f64) -> Probe {
     c.set_read_timeout(Some(timeout)).ok();
     let mut w = c;
     let mut line = String::new();
@@ -22,10 +22,10 @@ pub fn request(c: &TcpStream, timeout: Duration, ms: f64) -> Value {
     match r {
         Ok(n) if n > 0 => {
             let (served_by, client_seen) = answer(&line);
-            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            Probe::served(served_by, client_seen, ms)
         }
-        Ok(_) => json!({"ok": false, "error": "closed", "ms": ms}),
-        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        Ok(_) => Probe::failed("closed", ms),
+        Err(e) => Probe::failed(error_name(&e), ms),
     }
 }
 
@@ -34,7 +34,7 @@ pub fn tcp(
     timeout: Duration,
     src: u16,
     mark: u32,
-) -> (Option<TcpStream>, Value) {
+) -> (Option<TcpStream>, Probe) {
     let t = Instant::now();
     let fd = match socket(target, libc::SOCK_STREAM, src, mark)
         .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
@@ -43,7 +43,7 @@ pub fn tcp(
         Err(e) => {
             return (
                 None,
-                json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3}),
+                Probe::failed(error_name(&e), t.elapsed().as_secs_f64() * 1e3),
             );
         }
     };
@@ -55,21 +55,21 @@ pub fn tcp(
 
 /// One request on a connected UDP socket; `ms` the time since `t`.
 /// Connected, so an ICMP error surfaces as the receive's error.
-pub(super) fn udp_exchange(s: &UdpSocket, req: &[u8], t: Instant) -> Value {
+pub(super) fn udp_exchange(s: &UdpSocket, req: &[u8], t: Instant) -> Probe {
     let mut buf = [0u8; 1500];
     let r = s.send(req).and_then(|_| s.recv(&mut buf));
     let ms = t.elapsed().as_secs_f64() * 1e3;
     match r {
         Ok(n) => {
             let (served_by, client_seen) = answer(&String::from_utf8_lossy(&buf[..n]));
-            json!({"ok": true, "served_by": served_by, "client_seen": client_seen, "error": null, "ms": ms})
+            Probe::served(served_by, client_seen, ms)
         }
-        Err(e) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
+        Err(e) => Probe::failed(error_name(&e), ms),
     }
 }
 
 /// One request on a churn's connected UDP socket.
-pub(super) fn udp_request(s: &UdpSocket) -> Value {
+pub(super) fn udp_request(s: &UdpSocket) -> Probe {
     udp_exchange(s, b"hello\n", Instant::now())
 }
 
@@ -83,11 +83,11 @@ pub(super) fn udp_new(
     src: u16,
     mark: u32,
     size: usize,
-) -> Value {
+) -> Probe {
     let t = Instant::now();
     let s = match socket(target, libc::SOCK_DGRAM, src, mark) {
         Ok(fd) => UdpSocket::from(fd),
-        Err(e) => return json!({"ok": false, "error": error_name(&e), "ms": 0.0}),
+        Err(e) => return Probe::failed(error_name(&e), 0.0),
     };
     if size > 0 {
         let (level, opt, val) = if target.is_ipv4() {
@@ -119,27 +119,27 @@ pub(super) fn udp_new(
     req[..5].copy_from_slice(b"hello");
     req.push(b'\n');
     if let Err(e) = s.connect(target) {
-        return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+        return Probe::failed(error_name(&e), t.elapsed().as_secs_f64() * 1e3);
     }
     udp_exchange(&s, &req, t)
 }
 
-pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Value {
+pub fn udp_sized(target: SocketAddr, timeout: Duration, mark: u32, size: usize) -> Probe {
     udp_new(target, timeout, 0, mark, size)
 }
 
-pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Value {
+pub fn udp(target: SocketAddr, timeout: Duration, src: u16, mark: u32) -> Probe {
     udp_new(target, timeout, src, mark, 0)
 }
 
-pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Value {
+pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Probe {
     let t = Instant::now();
     let fd = match socket(target, libc::SOCK_STREAM, 0, mark)
         .and_then(|fd| connect(&fd, target, timeout).map(|_| fd))
     {
         Ok(fd) => fd,
         Err(e) => {
-            return json!({"ok": false, "error": error_name(&e), "ms": t.elapsed().as_secs_f64() * 1e3});
+            return Probe::failed(error_name(&e), t.elapsed().as_secs_f64() * 1e3);
         }
     };
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -154,10 +154,11 @@ pub fn http(target: SocketAddr, timeout: Duration, mark: u32) -> Value {
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok());
     match (r, status) {
-        (_, Some(code)) => {
-            json!({"ok": true, "served_by": null, "client_seen": null, "error": null, "ms": ms, "http_status": code})
-        }
-        (Err(e), None) => json!({"ok": false, "error": error_name(&e), "ms": ms}),
-        (Ok(_), None) => json!({"ok": false, "error": "bad-http-response", "ms": ms}),
+        (_, Some(code)) => Probe {
+            http_status: Some(code),
+            ..Probe::served(None, None, ms)
+        },
+        (Err(e), None) => Probe::failed(error_name(&e), ms),
+        (Ok(_), None) => Probe::failed("bad-http-response", ms),
     }
 }

@@ -8,7 +8,8 @@ use futures::channel::mpsc::{UnboundedSender, unbounded};
 use k8s_openapi::api::core::v1::Service;
 use tokio::{sync::mpsc, time::Instant};
 
-use super::*;
+use super::{assembler::NEEDED_FOR_SYNC, *};
+use crate::{model::snapshot::Change, source::file::object_id};
 
 type Event = (&'static str, Result<Ev, String>);
 

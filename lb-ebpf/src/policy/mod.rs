@@ -10,6 +10,8 @@
 //! are remembered in `LB_POL_CT_V1` (its own map, so NAT entries never
 //! evict them) with the policy revision; a packet of a flow allowed under
 //! an older revision is judged again, so revoked access ends.
+//!
+//! Here: the decision; `flow` reads the packet's flow tuple.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -19,9 +21,8 @@ use aya_ebpf::{
 use lb_common::{
     BeU16, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, ID_ANY, ID_HOST,
     ID_WORLD, IpcacheData, NetAddr, POL_CIDR_FIXED_BITS, POL_EP_ID_MAX, POL_F_ANY_EGRESS,
-    POL_F_ANY_INGRESS, POL_REASONS, POLICY_PREFIX_FULL, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, PolCidrData, PolCtKey, PolCtValue, PolEndpoint, PolReason, PolicyData,
-    PolicyState, TCP_FIN, TCP_RST,
+    POL_F_ANY_INGRESS, POL_REASONS, POLICY_PREFIX_FULL, PROTO_ICMP, PROTO_ICMPV6, PolCidrData,
+    PolCtKey, PolCtValue, PolEndpoint, PolReason, PolicyData, PolicyState, TCP_FIN, TCP_RST,
 };
 
 use crate::{
@@ -30,31 +31,13 @@ use crate::{
         LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_V1, LB_POL_EP_V1, LB_POL_IF_V1,
         LB_POL_STATE_V1, LB_POLICY_V1,
     },
-    packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     tc,
 };
 
-/// What the parser made of a packet.
-const KIND_PASS: u8 = 0;
-/// A flow tuple (ports 0 where the protocol has none, or for a later fragment).
-const KIND_FLOW: u8 = 1;
-/// An ICMP error: the tuple is the packet it quotes.
-const KIND_ICMP_ERR: u8 = 2;
+mod flow;
 
-#[derive(Clone, Copy, Default)]
-pub struct Flow {
-    pub saddr: NetAddr,
-    pub daddr: NetAddr,
-    pub sport: BeU16,
-    pub dport: BeU16,
-    pub proto: u8,
-    pub kind: u8,
-    pub tcp_flags: u8,
-    /// The outer header's addresses (for an ICMP error the tuple above is
-    /// the quoted packet's): the pod whose interface this is is one of them.
-    pub outer_s: NetAddr,
-    pub outer_d: NetAddr,
-}
+pub use flow::Flow;
+use flow::{KIND_FLOW, KIND_ICMP_ERR, KIND_PASS, parse};
 
 /// The pod's egress: Service translation first (pods reaching LoadBalancer
 /// IPs the packet path handles), then the policy on the translated packet.
@@ -421,128 +404,4 @@ fn count(ep_id: u32, reason: PolReason) {
         // valid for this program run.
         unsafe { *p += 1 };
     }
-}
-
-/// Fills `f` from the packet. Not inlined (stack).
-#[inline(never)]
-fn parse(ctx: &TcContext, f: &mut Flow) {
-    f.kind = KIND_PASS;
-    let Ok(eth) = ctx.load::<u16>(12) else {
-        return;
-    };
-    let l4 = match u16::from_be(eth) {
-        ETH_P_IP => ip4(ctx, ETH_HLEN, f),
-        ETH_P_IPV6 => ip6(ctx, ETH_HLEN, f),
-        _ => return,
-    };
-    let Some((l4, first)) = l4 else { return };
-    f.kind = KIND_FLOW;
-    f.outer_s = f.saddr;
-    f.outer_d = f.daddr;
-    if !first {
-        // A later fragment carries no ports: judged as the protocol's
-        // port-less flow (allowed only by rules without ports).
-        return;
-    }
-    match f.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            if let Ok(ports) = ctx.load::<[u16; 2]>(l4) {
-                f.sport = BeU16(ports[0]);
-                f.dport = BeU16(ports[1]);
-            }
-            if f.proto == PROTO_TCP {
-                f.tcp_flags = ctx.load::<u8>(l4 + 13).unwrap_or(0);
-            }
-        }
-        PROTO_ICMP | PROTO_ICMPV6 => icmp(ctx, l4, f),
-        _ => {}
-    }
-}
-
-/// ICMP: echo is a flow keyed by its identifier (request: source side,
-/// reply: destination side, so a reply reverses its request); errors carry
-/// the quoted packet's tuple; neighbour discovery always passes.
-#[inline(always)]
-fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
-    let Ok(hdr) = ctx.load::<[u8; 2]>(l4) else {
-        return;
-    };
-    let ty = hdr[0];
-    let id = ctx.load::<u16>(l4 + 4).unwrap_or(0);
-    let v6 = f.proto == PROTO_ICMPV6;
-    match (v6, ty) {
-        (false, 8) | (true, 128) => f.sport = BeU16(id),
-        (false, 0) | (true, 129) => f.dport = BeU16(id),
-        (false, 3 | 4 | 5 | 11 | 12) | (true, 1..=4) => {
-            let mut inner = Flow::default();
-            let quoted = if v6 {
-                ip6(ctx, l4 + 8, &mut inner)
-            } else {
-                ip4(ctx, l4 + 8, &mut inner)
-            };
-            if let Some((il4, _)) = quoted {
-                if let Ok(ports) = ctx.load::<[u16; 2]>(il4) {
-                    inner.sport = BeU16(ports[0]);
-                    inner.dport = BeU16(ports[1]);
-                }
-                f.kind = KIND_ICMP_ERR;
-                f.saddr = inner.saddr;
-                f.daddr = inner.daddr;
-                f.sport = inner.sport;
-                f.dport = inner.dport;
-                f.proto = inner.proto;
-            }
-        }
-        // Router and neighbour discovery, MLD: the link needs them.
-        (true, 130..=137 | 143) => f.kind = KIND_PASS,
-        _ => {}
-    }
-}
-
-/// IPv4 header at `off`: addresses and protocol into `f`; the L4 offset
-/// and whether this is the first (or only) fragment.
-#[inline(always)]
-fn ip4(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let h = packet::ip4(ctx, off)?;
-    f.proto = h.proto;
-    f.saddr = h.saddr;
-    f.daddr = h.daddr;
-    Some((h.l4_off, h.frag != packet::FRAG_LATER))
-}
-
-/// IPv6 header at `off`, walking up to four extension headers.
-#[inline(always)]
-fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
-    let h = packet::ip6(ctx, off)?;
-    f.saddr = h.saddr;
-    f.daddr = h.daddr;
-    let mut next = h.next;
-    let mut l4 = off + 40;
-    let mut first = true;
-    let mut i = 0;
-    while i < 4 {
-        match next {
-            // Hop-by-hop, routing, destination options.
-            0 | 43 | 60 => {
-                let h = ctx.load::<[u8; 2]>(l4).ok()?;
-                next = h[0];
-                l4 += (h[1] as usize + 1) * 8;
-            }
-            // Fragment header: behind a later fragment's lies payload,
-            // not headers.
-            44 => {
-                let h = ctx.load::<[u8; 4]>(l4).ok()?;
-                next = h[0];
-                first = (u16::from_be_bytes([h[2], h[3]]) >> 3) == 0;
-                l4 += 8;
-                if !first {
-                    break;
-                }
-            }
-            _ => break,
-        }
-        i += 1;
-    }
-    f.proto = next;
-    Some((l4, first))
 }
