@@ -20,6 +20,17 @@ use crate::compute::conntrack_gc::Timeouts;
 /// How often the agent sweeps conntrack.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The share of one core the sweeps may take: a sweep that took longer
+/// than this share of [`SWEEP_EVERY`] puts the next one off.
+pub const SWEEP_CORE_SHARE: f64 = 0.05;
+
+/// The time from one sweep's start to the next's, given how long it took:
+/// `every`, or less often when that would take more than
+/// [`SWEEP_CORE_SHARE`] of a core (a map of millions of entries).
+pub fn sweep_period(every: std::time::Duration, took: std::time::Duration) -> std::time::Duration {
+    every.max(took.div_f64(SWEEP_CORE_SHARE))
+}
+
 /// Conntrack pressure, by flow: what `/metrics` and `status` show.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CtStats {
@@ -344,6 +355,20 @@ pub fn doomed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeps_keep_to_their_share_of_a_core() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let every = SWEEP_EVERY;
+        assert_eq!(sweep_period(every, ms(3)), every, "a small map: the tick");
+        assert_eq!(sweep_period(every, ms(500)), every, "5% of 10 s exactly");
+        assert_eq!(
+            sweep_period(every, ms(600)),
+            ms(12_000),
+            "put off to keep to 5%"
+        );
+    }
     use crate::compute::desired::net_addr;
     use lb_common::{BeU16, NetAddr, PROTO_UDP};
 

@@ -51,10 +51,26 @@ pub struct Costs {
 }
 
 impl Costs {
-    /// What the sweep costs, as a share of one core at the agent's tick.
+    /// What the sweep costs, as a share of one core at the agent's tick
+    /// (put off when a sweep takes more than 5% of it).
     pub fn ct_sweep_core_pct(&self) -> Option<f64> {
-        let every_ms = crate::compute::ct_sweep::SWEEP_EVERY.as_secs_f64() * 1e3;
-        self.ct_sweep_ms.map(|ms| ms / every_ms * 100.0)
+        self.ct_sweep_ms.map(|ms| {
+            let took = std::time::Duration::from_secs_f64(ms / 1e3);
+            let every =
+                crate::compute::ct_sweep::sweep_period(crate::compute::ct_sweep::SWEEP_EVERY, took);
+            ms / (every.as_secs_f64() * 1e3) * 100.0
+        })
+    }
+
+    /// Seconds from one sweep to the next at this sweep's duration.
+    pub fn ct_sweep_every_s(&self) -> Option<f64> {
+        self.ct_sweep_ms.map(|ms| {
+            crate::compute::ct_sweep::sweep_period(
+                crate::compute::ct_sweep::SWEEP_EVERY,
+                std::time::Duration::from_secs_f64(ms / 1e3),
+            )
+            .as_secs_f64()
+        })
     }
 }
 

@@ -69,10 +69,13 @@ impl Sweeper {
                     match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                         Ok(ids) => s.left_now.extend(ids),
                         Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let started = Instant::now();
                             report(s.sweep());
-                            // The same cadence however long a sweep took,
-                            // never two in a row.
-                            next = (next + every).max(Instant::now() + every / 2);
+                            // The cadence, kept to the sweeps' share of a
+                            // core however big the map.
+                            let period =
+                                crate::compute::ct_sweep::sweep_period(every, started.elapsed());
+                            next = (next + every).max(started + period);
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
