@@ -6,6 +6,7 @@
 //! EndpointSlice and the Node; this file holds the snapshot that indexes
 //! them and applies changes.
 
+mod intern;
 mod node;
 mod service;
 mod slice;
@@ -121,31 +122,7 @@ pub struct Snapshot {
     /// NetworkPolicy kept as broken, failing closed).
     pub warnings: Vec<String>,
     /// Endpoints' node names, each held once.
-    node_names: Interner,
-}
-
-/// One allocation per distinct string, however many objects hold it; a
-/// string nobody holds any more goes when the set has doubled since the
-/// last look (so the look costs O(1) a string, amortized).
-#[derive(Debug, Default)]
-struct Interner {
-    set: std::collections::HashSet<std::sync::Arc<str>>,
-    pruned_at: usize,
-}
-
-impl Interner {
-    fn intern(&mut self, s: &mut std::sync::Arc<str>) {
-        match self.set.get(&**s) {
-            Some(held) => *s = held.clone(),
-            None => {
-                if self.set.len() >= 2 * self.pruned_at.max(64) {
-                    self.set.retain(|h| std::sync::Arc::strong_count(h) > 1);
-                    self.pruned_at = self.set.len();
-                }
-                self.set.insert(s.clone());
-            }
-        }
-    }
+    node_names: intern::Interner,
 }
 
 /// The policy inputs a change set touched, by key: whoever takes them
