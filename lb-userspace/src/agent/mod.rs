@@ -349,9 +349,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         .get_or_create(&crate::serve::health::MapLabel { map: map.into() })
                         .set(n as i64);
                 }
-                for e in &out.errors {
-                    tracing::error!("{e}");
-                }
+                health.metrics.problems(&out.errors);
                 if out.policy_changed {
                     if let Err(e) =
                         crate::serve::report::write(&opts.load.pin_dir, &rec.policy.report)

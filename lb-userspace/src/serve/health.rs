@@ -57,6 +57,8 @@ pub struct Metrics {
     pub conntrack_evicted_answered_flows: Gauge,
     pub policy_conntrack_entries: Gauge,
     pub watch_restarts: Counter,
+    /// What change sets could not do, by kind (`Problem::label`).
+    pub sync_problems: Family<KindLabel, Counter>,
     pub udp_sockets_destroyed: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
@@ -79,6 +81,18 @@ impl Metrics {
                 .set(n as i64);
         }
         self.conntrack_orphan_entries.set(s.orphans as i64);
+    }
+
+    /// Logs and counts what a change set could not do.
+    pub fn problems(&self, problems: &[crate::compute::reconcile::Problem]) {
+        for p in problems {
+            tracing::error!("{p}");
+            self.sync_problems
+                .get_or_create(&KindLabel {
+                    kind: p.label().into(),
+                })
+                .inc();
+        }
     }
 
     /// What a conntrack sweep found: entries, flows, and what the LRU
@@ -150,6 +164,7 @@ impl Health {
             conntrack_evicted_entries: Gauge::default(),
             conntrack_evicted_answered_flows: Gauge::default(),
             watch_restarts: Counter::default(),
+            sync_problems: Family::default(),
             udp_sockets_destroyed: Counter::default(),
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
@@ -192,6 +207,11 @@ impl Health {
             "watch_restarts",
             "Restarts of API watches",
             metrics.watch_restarts.clone(),
+        );
+        r.register(
+            "sync_problems",
+            "What change sets could not do (an invalid object, a refused externalIP, a taken frontend or healthCheckNodePort, a NetworkPolicy problem), by kind",
+            metrics.sync_problems.clone(),
         );
         r.register(
             "udp_sockets_destroyed",
@@ -397,6 +417,29 @@ pub(crate) mod tests {
         assert_eq!(code, 200);
         assert!(body.trim_end().ends_with("# EOF"), "{body}");
         assert_eq!(get(TcpStream::connect(addr).unwrap(), "/nope").0, 404);
+    }
+
+    #[test]
+    fn what_a_change_set_could_not_do_is_counted_by_kind() {
+        use crate::compute::reconcile::Problem;
+        let h = Health::new();
+        let taken = Problem::HealthCheckPortTaken {
+            service: crate::model::snapshot::ObjRef::new("x", "b"),
+            port: 30000,
+            holder: crate::model::snapshot::ObjRef::new("x", "a"),
+        };
+        h.metrics.problems(&[
+            taken.clone(),
+            taken,
+            Problem::Invalid("Service x/c: spec.clusterIPs[0]: `10.96.0.300`".into()),
+        ]);
+        let body = h.respond("/metrics").2;
+        for line in [
+            "lb_sync_problems_total{kind=\"health_check_node_port_taken\"} 2",
+            "lb_sync_problems_total{kind=\"invalid_object\"} 1",
+        ] {
+            assert!(body.contains(line), "no `{line}` in:\n{body}");
+        }
     }
 
     #[test]

@@ -83,7 +83,11 @@ pub struct Need {
 impl Reconciler {
     /// Services skipped for want of room whose shortfall the maps can now
     /// cover are tried again (in name order; each is checked again whole).
-    pub(super) fn retry_not_programmed(&mut self, ops: &mut Vec<Op>, errors: &mut Vec<String>) {
+    pub(super) fn retry_not_programmed(
+        &mut self,
+        ops: &mut Vec<Op>,
+        errors: &mut Vec<super::Problem>,
+    ) {
         let free = |cap: Option<u32>, used: usize| {
             cap.map_or(u64::MAX, |c| (c as u64).saturating_sub(used as u64))
         };

@@ -9,11 +9,13 @@
 
 mod capacity;
 mod frontends;
+mod problem;
 mod service;
 #[cfg(test)]
 mod tests;
 
 pub use capacity::{Capacity, NotProgrammed};
+pub use problem::Problem;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -79,7 +81,7 @@ pub struct Reconciler {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub ops: usize,
-    pub errors: Vec<String>,
+    pub errors: Vec<Problem>,
     /// The policy state was recomputed (its report is new).
     pub policy_changed: bool,
     /// Services found not to fit in this change set (new, or short by
@@ -176,7 +178,7 @@ impl Reconciler {
             let Some(id) = id else {
                 match res {
                     Ok(t) => touched.extend(t),
-                    Err(e) => out.errors.push(format!("{e}; keeping its previous state")),
+                    Err(e) => out.errors.push(Problem::Invalid(e)),
                 }
                 continue;
             };
@@ -188,8 +190,9 @@ impl Reconciler {
                         .then(|| self.snapshot.warnings[warned..].join("; "))
                 }
                 Err(e) => {
-                    out.errors.push(format!("{e}; keeping its previous state"));
-                    Some(format!("{e}; keeping its previous state, if any"))
+                    let reason = format!("{e}; keeping its previous state, if any");
+                    out.errors.push(Problem::Invalid(e));
+                    Some(reason)
                 }
             };
             if let (Some(reason), Change::Upsert(_)) = (reason, c) {
@@ -225,7 +228,8 @@ impl Reconciler {
             self.reread_mirror(w)?;
             return Err(e);
         }
-        out.errors.append(&mut self.snapshot.warnings);
+        out.errors
+            .extend(self.snapshot.warnings.drain(..).map(Problem::Policy));
         if self.snapshot.policy_dirty || full {
             out.ops += self.sync_policy_into(w, &mut out.errors, full)?;
             out.policy_changed = true;
@@ -239,7 +243,7 @@ impl Reconciler {
         &mut self,
         services: BTreeSet<ObjRef>,
         ops: &mut Vec<Op>,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<Problem>,
     ) {
         let mut pending = Pending::default();
         for svc in &services {
@@ -282,14 +286,16 @@ impl Reconciler {
     fn sync_policy_into(
         &mut self,
         w: &mut dyn Writer,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<Problem>,
         full: bool,
     ) -> anyhow::Result<usize> {
         self.snapshot.policy_dirty = false;
         let changes = std::mem::take(&mut self.snapshot.policy_changes);
+        let mut said = Vec::new();
         let ops = self
             .policy
-            .plan_changes(&self.snapshot, &changes, full, errors);
+            .plan_changes(&self.snapshot, &changes, full, &mut said);
+        errors.extend(said.into_iter().map(Problem::Policy));
         if let Err(e) = w.apply_policy(&ops) {
             self.policy.reload(w.read_policy()?);
             // Computed again at the next resync.

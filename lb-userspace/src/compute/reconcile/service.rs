@@ -17,7 +17,7 @@ impl Reconciler {
         &mut self,
         svc: &ObjRef,
         ops: &mut Vec<Op>,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<super::Problem>,
         pending: &mut Pending,
     ) {
         let want = match self.snapshot.service(svc) {
@@ -28,9 +28,12 @@ impl Reconciler {
                 let mut refused = Vec::new();
                 for (i, ip) in info.external_ips.iter().enumerate() {
                     if let Some(why) = self.refuse_external_ip(ip) {
-                        errors.push(format!(
-                            "Service {svc}: spec.externalIPs[{i}] {ip} {why}; not programmed"
-                        ));
+                        errors.push(super::Problem::ExternalIpRefused {
+                            service: svc.clone(),
+                            index: i,
+                            ip: *ip,
+                            why,
+                        });
                         refused.push(*ip);
                     }
                 }
@@ -107,10 +110,11 @@ impl Reconciler {
                 self.snapshot.node_name.as_deref(),
             );
             match self.health_checks.get(&port) {
-                Some(other) => errors.push(format!(
-                    "Service {svc}: spec.healthCheckNodePort {port} already belongs to Service {}",
-                    other.service
-                )),
+                Some(other) => errors.push(super::Problem::HealthCheckPortTaken {
+                    service: svc.clone(),
+                    port,
+                    holder: other.service.clone(),
+                }),
                 None => {
                     self.health_checks.insert(
                         port,
@@ -140,10 +144,12 @@ impl Reconciler {
                     // (A holder already deleted, synced later in this
                     // change set, is no conflict worth a report.)
                     if theirs.class < 2 {
-                        errors.push(format!(
-                            "Service {loser}: frontend {} belongs to Service {winner} ({why}); not programmed for {loser}",
-                            describe_key(&fe.key)
-                        ));
+                        errors.push(super::Problem::FrontendTaken {
+                            loser: loser.clone(),
+                            winner: winner.clone(),
+                            frontend: describe_key(&fe.key),
+                            why,
+                        });
                     }
                     let (take, loser) = (mine < theirs, loser.clone());
                     self.contenders.entry(fe.key).or_default().insert(loser);

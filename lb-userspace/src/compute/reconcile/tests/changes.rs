@@ -140,10 +140,12 @@ fn invalid_object_keeps_previous_state() {
     let bad = objs(&svc("a", "10.96.0.300", ""));
     let out = r.apply(&bad, false, &mut w).unwrap();
     assert!(
-        out.errors[0].contains("Service x/a") && out.errors[0].contains("spec.clusterIPs[0]"),
+        out.errors[0].to_string().contains("Service x/a")
+            && out.errors[0].to_string().contains("spec.clusterIPs[0]"),
         "{:?}",
         out.errors
     );
+    assert_eq!(out.errors[0].label(), "invalid_object");
     assert_eq!(r.mirror().frontends().count(), 2);
     let _ = Object::Service(Box::default());
 }

@@ -14,7 +14,15 @@ fn conflicting_cluster_ip_is_reported_and_first_owner_kept() {
         )
         .unwrap();
     assert_eq!(out.errors.len(), 2, "{:?}", out.errors); // marker and port
-    assert!(out.errors[0].contains("Service x/b") && out.errors[0].contains("Service x/a"));
+    assert!(
+        out.errors[0].to_string().contains("Service x/b")
+            && out.errors[0].to_string().contains("Service x/a")
+    );
+    assert!(
+        out.errors.iter().all(|e| e.label() == "frontend_taken"),
+        "{:?}",
+        out.errors
+    );
     assert_eq!(r.mirror().frontends().count(), 2);
 }
 
@@ -139,9 +147,11 @@ fn contested_external_ip_goes_to_the_oldest_service_in_any_order_and_after_resta
         assert_eq!(holder(&r, &ext).as_deref(), Some("x/b-old"), "{order:?}");
         // the loser is reported, naming both
         assert!(
-            errors.iter().any(|e| e.contains("Service x/a-new")
-                && e.contains("Service x/b-old")
-                && e.contains("10.200.0.9:80/TCP")),
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("Service x/a-new")
+                    && e.to_string().contains("Service x/b-old")
+                    && e.to_string().contains("10.200.0.9:80/TCP")),
             "{errors:?}"
         );
         // a restarted agent (its mirror from the maps, objects in
@@ -233,9 +243,11 @@ fn a_cluster_ip_always_wins_over_an_external_ip() {
         }
         assert_eq!(holder(&r, &k).as_deref(), Some("x/z-dns"), "{order:?}");
         assert!(
-            errors.iter().any(|e| e.contains("Service x/a-thief")
-                && e.contains("Service x/z-dns")
-                && e.contains("ClusterIP")),
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("Service x/a-thief")
+                    && e.to_string().contains("Service x/z-dns")
+                    && e.to_string().contains("ClusterIP")),
             "{errors:?}"
         );
     }
@@ -285,9 +297,11 @@ fn external_ips_on_node_addresses_or_cluster_ips_are_refused_unless_allowed() {
             Some(why) => {
                 assert!(!programmed, "{allow} {ip}");
                 assert!(
-                    out.errors.iter().any(|e| e.contains("Service x/e")
-                        && e.contains("spec.externalIPs[0]")
-                        && e.contains(why)),
+                    out.errors
+                        .iter()
+                        .any(|e| e.to_string().contains("Service x/e")
+                            && e.to_string().contains("spec.externalIPs[0]")
+                            && e.to_string().contains(why)),
                     "{allow} {ip}: {:?}",
                     out.errors
                 );
