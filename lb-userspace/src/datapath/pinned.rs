@@ -126,16 +126,19 @@ impl Pinned {
     ) -> anyhow::Result<std::collections::BTreeMap<u32, [u64; lb_common::POL_REASONS as usize]>>
     {
         use lb_common::POL_REASONS;
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(open_pinned(&self.pin_dir, lb_common::MAP_POL_COUNT)?)?;
+        let map = open_pinned(&self.pin_dir, lb_common::MAP_POL_COUNT)?;
+        let Map::PerCpuArray(data) = &map else {
+            bail!("{} is not a per-CPU array", lb_common::MAP_POL_COUNT);
+        };
+        // One batch read: this runs on the sync loop every tick, and an
+        // entry at a time was 24,576 system calls.
+        let len = (lb_common::POL_EP_ID_MAX * POL_REASONS) as usize;
+        let sums = super::sys::percpu_u64_sums(data.fd().as_fd(), len)?;
         let mut out = std::collections::BTreeMap::new();
-        for ep in 0..lb_common::POL_EP_ID_MAX {
-            let mut row = [0u64; POL_REASONS as usize];
-            for (r, slot) in row.iter_mut().enumerate() {
-                *slot = m.get(&(ep * POL_REASONS + r as u32), 0)?.iter().sum();
-            }
-            if row.iter().any(|v| *v != 0) {
-                out.insert(ep, row);
+        for (ep, chunk) in sums.chunks_exact(POL_REASONS as usize).enumerate() {
+            if chunk.iter().any(|v| *v != 0) {
+                let row: [u64; POL_REASONS as usize] = chunk.try_into().expect("a row");
+                out.insert(ep as u32, row);
             }
         }
         Ok(out)

@@ -3,6 +3,9 @@
 //! many entries in one call, and loading a hand-built iterator program.
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
+mod batch;
+pub use batch::{lookup_batch, percpu_u64_sums};
+
 use std::{
     ffi::CString,
     io,
@@ -222,61 +225,6 @@ pub fn update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io
     Ok(())
 }
 
-/// Every entry of a hash map (`K`, `V` its exact key and value types), at
-/// most `max`, read with BPF_MAP_LOOKUP_BATCH: a few system calls for a
-/// million entries instead of two per entry. The keys, and the values in
-/// the same order: the kernel writes straight into them. A map being
-/// written may show an entry twice or miss one, as a walk would.
-pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: BorrowedFd<'_>,
-    max: usize,
-) -> io::Result<(Vec<K>, Vec<V>)> {
-    // Big calls: each one costs the kernel an allocation of its size and a
-    // walk of the buckets since the last, whatever it finds.
-    let chunk = 1usize << 16;
-    // After ENOSPC (one bucket holds more than the call had room for): at
-    // least this much room, even past `max` (cut below).
-    let mut floor = 0usize;
-    let mut keys: Vec<K> = Vec::new();
-    let mut values: Vec<V> = Vec::new();
-    let mut token = [0u64; 8];
-    let mut first = true;
-    while keys.len() < max {
-        let at = keys.len();
-        let want = chunk.min(max - at).max(floor);
-        keys.resize(at + want, K::default());
-        values.resize(at + want, V::default());
-        let mut next = [0u64; 8];
-        let mut a = Attr::new();
-        if !first {
-            a.put_u64(0, token.as_ptr() as u64);
-        }
-        a.put_u64(8, next.as_mut_ptr() as u64);
-        a.put_u64(16, keys[at..].as_mut_ptr() as u64);
-        a.put_u64(24, values[at..].as_mut_ptr() as u64);
-        a.put_u32(32, want as u32);
-        a.put_u32(36, map.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
-        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        keys.truncate(at + n.min(want));
-        values.truncate(at + n.min(want));
-        match r {
-            Ok(_) => floor = 0,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && want < 1 << 22 => {
-                floor = want * 4;
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        token = next;
-        first = false;
-    }
-    keys.truncate(max);
-    values.truncate(max);
-    Ok((keys, values))
-}
-
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
 /// Linux 5.14+), the value `bpf_get_netns_cookie` gives its sockets.
 pub fn netns_cookie() -> io::Result<u64> {
@@ -430,60 +378,4 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
     a.put_u32(0, link.as_raw_fd() as u32);
     bpf(BPF_ITER_CREATE, &mut a).map(owned)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsFd as _;
-
-    #[test]
-    fn batch_lookups_read_every_entry_of_a_conntrack_sized_map() {
-        assert!(
-            crate::datapath::host::is_root(),
-            "creating a BPF map needs root: run through `cargo xtask test`"
-        );
-        let (k, v) = (
-            size_of::<lb_common::CtKey>(),
-            size_of::<lb_common::CtValue>(),
-        );
-        let map = map_create(9, k as u32, v as u32, 20_000).expect("an LRU map");
-        for i in 0..10_000u32 {
-            let mut key = lb_common::CtKey {
-                proto: 6,
-                kind: lb_common::CT_FWD,
-                ..Default::default()
-            };
-            key.saddr.0[3] = i;
-            let value = lb_common::CtValue {
-                backend_id: i,
-                ..Default::default()
-            };
-            // SAFETY: both are repr(C) Pod values of the map's sizes.
-            let (kb, vb) = unsafe {
-                (
-                    std::slice::from_raw_parts((&key as *const lb_common::CtKey).cast::<u8>(), k),
-                    std::slice::from_raw_parts(
-                        (&value as *const lb_common::CtValue).cast::<u8>(),
-                        v,
-                    ),
-                )
-            };
-            map_update(map.as_fd(), kb, vb).unwrap();
-        }
-        let (keys, values): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
-            lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
-        assert_eq!((keys.len(), values.len()), (10_000, 10_000));
-        let ids: std::collections::BTreeSet<u32> = values.iter().map(|v| v.backend_id).collect();
-        assert_eq!(ids.len(), 10_000, "every entry once");
-        assert!(
-            keys.iter()
-                .zip(&values)
-                .all(|(k, v)| k.saddr.0[3] == v.backend_id),
-            "keys with their values"
-        );
-        let (some, _): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
-            lookup_batch(map.as_fd(), 5_000).unwrap();
-        assert_eq!(some.len(), 5_000, "at most `max`");
-    }
 }

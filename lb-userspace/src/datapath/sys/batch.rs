@@ -1,0 +1,173 @@
+//! Batch reads of whole maps (BPF_MAP_LOOKUP_BATCH): a few system calls
+//! for a million entries, or one for an array, instead of one per entry.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::{Attr, BPF_MAP_LOOKUP_BATCH, bpf};
+
+/// Every entry of a hash map (`K`, `V` its exact key and value types), at
+/// most `max`, read with BPF_MAP_LOOKUP_BATCH: a few system calls for a
+/// million entries instead of two per entry. The keys, and the values in
+/// the same order: the kernel writes straight into them. A map being
+/// written may show an entry twice or miss one, as a walk would.
+pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    max: usize,
+) -> io::Result<(Vec<K>, Vec<V>)> {
+    // Big calls: each one costs the kernel an allocation of its size and a
+    // walk of the buckets since the last, whatever it finds.
+    let chunk = 1usize << 16;
+    // After ENOSPC (one bucket holds more than the call had room for): at
+    // least this much room, even past `max` (cut below).
+    let mut floor = 0usize;
+    let mut keys: Vec<K> = Vec::new();
+    let mut values: Vec<V> = Vec::new();
+    let mut token = [0u64; 8];
+    let mut first = true;
+    while keys.len() < max {
+        let at = keys.len();
+        let want = chunk.min(max - at).max(floor);
+        keys.resize(at + want, K::default());
+        values.resize(at + want, V::default());
+        let mut next = [0u64; 8];
+        let mut a = Attr::new();
+        if !first {
+            a.put_u64(0, token.as_ptr() as u64);
+        }
+        a.put_u64(8, next.as_mut_ptr() as u64);
+        a.put_u64(16, keys[at..].as_mut_ptr() as u64);
+        a.put_u64(24, values[at..].as_mut_ptr() as u64);
+        a.put_u32(32, want as u32);
+        a.put_u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
+        keys.truncate(at + n.min(want));
+        values.truncate(at + n.min(want));
+        match r {
+            Ok(_) => floor = 0,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && want < 1 << 22 => {
+                floor = want * 4;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
+    keys.truncate(max);
+    values.truncate(max);
+    Ok((keys, values))
+}
+
+/// The sums over CPUs of each of the first `len` entries of a per-CPU
+/// array of u64, in one batch read (the verdict counters of thousands of
+/// endpoints, read every tick on the sync loop).
+pub fn percpu_u64_sums(map: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u64>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let mut keys = vec![0u32; len];
+    let mut values = vec![0u64; len * cpus];
+    let mut next = 0u32;
+    let mut a = Attr::new();
+    a.put_u64(8, (&mut next as *mut u32) as u64);
+    a.put_u64(16, keys.as_mut_ptr() as u64);
+    a.put_u64(24, values.as_mut_ptr() as u64);
+    a.put_u32(32, len as u32);
+    a.put_u32(36, map.as_raw_fd() as u32);
+    match bpf(BPF_MAP_LOOKUP_BATCH, &mut a) {
+        Ok(_) => {}
+        // The array ended before `len` entries.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let n = (u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize).min(len);
+    let mut sums = vec![0u64; len];
+    for (i, k) in keys.iter().take(n).enumerate() {
+        if let Some(s) = sums.get_mut(*k as usize) {
+            *s = values[i * cpus..(i + 1) * cpus].iter().sum();
+        }
+    }
+    Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{map_create, map_update};
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn batch_lookups_read_every_entry_of_a_conntrack_sized_map() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "creating a BPF map needs root: run through `cargo xtask test`"
+        );
+        let (k, v) = (
+            size_of::<lb_common::CtKey>(),
+            size_of::<lb_common::CtValue>(),
+        );
+        let map = map_create(9, k as u32, v as u32, 20_000).expect("an LRU map");
+        for i in 0..10_000u32 {
+            let mut key = lb_common::CtKey {
+                proto: 6,
+                kind: lb_common::CT_FWD,
+                ..Default::default()
+            };
+            key.saddr.0[3] = i;
+            let value = lb_common::CtValue {
+                backend_id: i,
+                ..Default::default()
+            };
+            // SAFETY: both are repr(C) Pod values of the map's sizes.
+            let (kb, vb) = unsafe {
+                (
+                    std::slice::from_raw_parts((&key as *const lb_common::CtKey).cast::<u8>(), k),
+                    std::slice::from_raw_parts(
+                        (&value as *const lb_common::CtValue).cast::<u8>(),
+                        v,
+                    ),
+                )
+            };
+            map_update(map.as_fd(), kb, vb).unwrap();
+        }
+        let (keys, values): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
+            lookup_batch(map.as_fd(), usize::MAX).expect("batch lookups");
+        assert_eq!((keys.len(), values.len()), (10_000, 10_000));
+        let ids: std::collections::BTreeSet<u32> = values.iter().map(|v| v.backend_id).collect();
+        assert_eq!(ids.len(), 10_000, "every entry once");
+        assert!(
+            keys.iter()
+                .zip(&values)
+                .all(|(k, v)| k.saddr.0[3] == v.backend_id),
+            "keys with their values"
+        );
+        let (some, _): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
+            lookup_batch(map.as_fd(), 5_000).unwrap();
+        assert_eq!(some.len(), 5_000, "at most `max`");
+    }
+
+    #[test]
+    fn one_batch_read_sums_a_per_cpu_array() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "creating a BPF map needs root: run through `cargo xtask test`"
+        );
+        const PERCPU_ARRAY: u32 = 6;
+        let cpus = aya::util::nr_cpus().unwrap();
+        let map = map_create(PERCPU_ARRAY, 4, 8, 100).expect("a per-CPU array");
+        for k in [3u32, 99] {
+            let per_cpu: Vec<u64> = (0..cpus as u64).map(|c| u64::from(k) * 10 + c).collect();
+            // SAFETY: u64s as the bytes the kernel reads, one per CPU.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(per_cpu.as_ptr().cast::<u8>(), per_cpu.len() * 8)
+            };
+            map_update(map.as_fd(), &k.to_ne_bytes(), bytes).unwrap();
+        }
+        let sums = percpu_u64_sums(map.as_fd(), 100).expect("one batch read");
+        let want = |k: u64| (0..cpus as u64).map(|c| k * 10 + c).sum::<u64>();
+        assert_eq!(sums.len(), 100);
+        assert_eq!((sums[3], sums[99]), (want(3), want(99)));
+        assert_eq!(sums.iter().filter(|v| **v != 0).count(), 2, "{sums:?}");
+    }
+}
