@@ -11,6 +11,7 @@
 //! `slots` writes and removes a frontend with its slots; `ranges` its
 //! loadBalancerSourceRanges entries; `maglev` its Maglev table.
 
+mod entries;
 mod ids;
 mod maglev;
 mod ranges;
@@ -18,6 +19,7 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
+pub use entries::ServiceEntries;
 pub use maglev::MaglevTable;
 
 use std::collections::{BTreeSet, HashMap};
@@ -63,7 +65,7 @@ pub enum Op {
 /// What the kernel maps hold, plus the indexes that make a diff O(change).
 #[derive(Default, Debug, Clone)]
 pub struct Mirror {
-    services: HashMap<ServiceKey, ServiceValue>,
+    services: ServiceEntries,
     /// As the kernel holds them (`BACKEND_DRAINING` included).
     backends: HashMap<u32, Backend>,
     /// By identity: the backend without `BACKEND_DRAINING`, which the
@@ -123,7 +125,7 @@ impl Mirror {
             m.backend_ids.insert(id, &m.backends);
             m.next_backend_id = m.next_backend_id.max(id + 1);
         }
-        for (k, v) in &m.services {
+        for (k, v) in m.services.iter() {
             if k.slot == 0 {
                 if v.service_id != 0 {
                     m.service_ids.insert(v.service_id);
@@ -150,7 +152,7 @@ impl Mirror {
         self.maglev_size
     }
 
-    pub fn services(&self) -> &HashMap<ServiceKey, ServiceValue> {
+    pub fn services(&self) -> &ServiceEntries {
         &self.services
     }
 
@@ -160,7 +162,7 @@ impl Mirror {
 
     /// Slot-0 keys: every frontend the maps hold.
     pub fn frontends(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.services.keys().filter(|k| k.slot == 0)
+        self.services.frontends()
     }
 
     /// The maps hold backend `b` (under some id): taking it costs no entry.

@@ -51,7 +51,7 @@ impl Mirror {
     }
 
     fn put(&mut self, key: ServiceKey, value: ServiceValue, ops: &mut Vec<Op>) {
-        if self.services.get(&key) != Some(&value) {
+        if self.services.get(&key) != Some(value) {
             self.services.insert(key, value);
             ops.push(Op::PutService { key, value });
         }
@@ -62,7 +62,7 @@ impl Mirror {
         let key = fe.key;
         // Source ranges go in first and the stale ones last (ranges.rs).
         let stale_ranges = self.put_ranges(fe, ops);
-        let old = self.services.get(&key).copied();
+        let old = self.services.get(&key);
         let old_ids = self.slot_ids(&key);
 
         let want: Vec<u32> = fe
@@ -150,7 +150,7 @@ impl Mirror {
 
     /// Ops that remove the frontend `key` (slot 0) and its slots.
     pub fn remove(&mut self, key: &ServiceKey, ops: &mut Vec<Op>) {
-        let Some(front) = self.services.get(key).copied() else {
+        let Some(front) = self.services.get(key) else {
             return;
         };
         let ids = self.slot_ids(key);

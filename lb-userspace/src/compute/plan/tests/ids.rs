@@ -14,7 +14,7 @@ fn udp_backends_that_leave_a_frontend_are_noted_with_its_id() {
     m.upsert(&udp(&[1, 2, 3]), &mut vec![]);
     m.upsert(&fe("10.96.0.10", 80, &[1, 2]), &mut vec![]);
     assert!(m.take_left_udp().is_empty(), "nothing left yet");
-    let sid = m.services()[&udp(&[]).key].service_id;
+    let sid = m.services().get(&udp(&[]).key).unwrap().service_id;
     let left = |m: &mut Mirror| -> Vec<(u32, String)> {
         m.take_left_udp()
             .into_iter()

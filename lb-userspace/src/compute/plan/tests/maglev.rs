@@ -8,7 +8,9 @@ fn maglev_backends(m: &Mirror, ops: &[Op], key: &ServiceKey) -> Vec<Backend> {
         .iter()
         .rev()
         .find_map(|o| match o {
-            Op::PutMaglev { service_id, table } if *service_id == m.services()[key].service_id => {
+            Op::PutMaglev { service_id, table }
+                if *service_id == m.services().get(key).unwrap().service_id =>
+            {
                 Some(table.clone())
             }
             _ => None,
@@ -16,7 +18,13 @@ fn maglev_backends(m: &Mirror, ops: &[Op], key: &ServiceKey) -> Vec<Backend> {
         .expect("a Maglev table for the frontend");
     table
         .iter()
-        .map(|s| m.backends()[&m.services()[&key.with_slot(*s as u16)].backend_id])
+        .map(|s| {
+            m.backends()[&m
+                .services()
+                .get(&key.with_slot(*s as u16))
+                .unwrap()
+                .backend_id]
+        })
         .collect()
 }
 
@@ -33,8 +41,8 @@ fn maglev_tables_pick_the_same_backends_whatever_the_local_ids_and_slots() {
     b.upsert(&external("192.0.2.1", &[4, 3, 2, 1]), &mut ops_b);
     let key = external("192.0.2.1", &[]).key;
     assert_ne!(
-        a.services()[&key.with_slot(1)].backend_id,
-        b.services()[&key.with_slot(1)].backend_id,
+        a.services().get(&key.with_slot(1)).unwrap().backend_id,
+        b.services().get(&key.with_slot(1)).unwrap().backend_id,
         "the test needs different local ids"
     );
     let ta = maglev_backends(&a, &ops_a, &key);
@@ -56,7 +64,7 @@ fn maglev_tables_pick_the_same_backends_whatever_the_local_ids_and_slots() {
     assert!(
             !ops_b
                 .iter()
-                .any(|o| matches!(o, Op::PutMaglev { service_id, .. } if *service_id == b.services()[&fe("10.96.0.99", 80, &[]).key].service_id))
+                .any(|o| matches!(o, Op::PutMaglev { service_id, .. } if *service_id == b.services().get(&fe("10.96.0.99", 80, &[]).key).unwrap().service_id))
         );
 
     // Removing one of four backends moves at most 1/4 + 3 % of entries,
@@ -79,7 +87,11 @@ fn maglev_tables_follow_their_frontend() {
     let mut m = Mirror::from_entries([], []).with_maglev(251, []);
     let mut ops = vec![];
     m.upsert(&external("192.0.2.1", &[1, 2]), &mut ops);
-    let id = m.services()[&external("192.0.2.1", &[]).key].service_id;
+    let id = m
+        .services()
+        .get(&external("192.0.2.1", &[]).key)
+        .unwrap()
+        .service_id;
     assert!(
         ops.iter()
             .any(|o| matches!(o, Op::PutMaglev { service_id, .. } if *service_id == id))
@@ -92,7 +104,7 @@ fn maglev_tables_follow_their_frontend() {
     // either; one without it (or with another size) writes it.
     let reread = || {
         Mirror::from_entries(
-            m.services().iter().map(|(k, v)| (*k, *v)),
+            m.services().iter(),
             m.backends().iter().map(|(k, v)| (*k, *v)),
         )
     };

@@ -126,7 +126,7 @@ fn internal_traffic_policy_local_is_read_from_the_service() {
     ] {
         let mut r = Reconciler::new(Mirror::from_entries([], []), Some(node.into()));
         r.apply(&objs(y), true, &mut Fake::default()).unwrap();
-        let v = r.mirror().services()[&fkey("10.96.0.10", 80)];
+        let v = r.mirror().services().get(&fkey("10.96.0.10", 80)).unwrap();
         assert_eq!((v.count, v.flags), (count, flags), "{node}");
     }
 }
