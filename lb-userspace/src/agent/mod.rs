@@ -402,6 +402,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     changes,
                     ops = out.ops,
                     full,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
                     "change set applied"
                 );
             }

@@ -99,19 +99,23 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
+// Each response and each watch event leaves in one write: `write!` on the
+// stream is a system call per piece, and with Nagle's algorithm a small
+// piece behind one not yet acknowledged can wait for the client's delayed
+// ACK (the listener also turns Nagle off).
 fn respond(c: &mut TcpStream, code: u16, body: &Value) {
     let body = body.to_string();
-    let _ = write!(
-        c,
+    let all = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = c.write_all(all.as_bytes());
 }
 
 fn chunk(c: &mut TcpStream, v: &Value) -> std::io::Result<()> {
     let line = format!("{v}\n");
-    write!(c, "{:x}\r\n{line}\r\n", line.len())?;
-    c.flush()
+    let all = format!("{:x}\r\n{line}\r\n", line.len());
+    c.write_all(all.as_bytes())
 }
 
 pub(super) fn serve(mut c: TcpStream, shared: &(Mutex<State>, Condvar), stop: &AtomicBool) {

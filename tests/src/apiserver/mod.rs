@@ -74,6 +74,8 @@ impl ApiServer {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
+                    // Watch events are small writes the client waits for.
+                    let _ = conn.set_nodelay(true);
                     let shared = shared.clone();
                     let stop = stop.clone();
                     std::thread::spawn(move || serve(conn, &shared, &stop));
