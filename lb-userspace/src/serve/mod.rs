@@ -3,4 +3,5 @@
 pub mod health;
 pub mod health_check;
 mod http;
+pub mod metrics;
 pub mod report;
