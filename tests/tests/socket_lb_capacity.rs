@@ -221,13 +221,15 @@ fn rejected_documents_are_listed_in_status_and_the_generation_is_not_clean() {
     }
     assert!(
         rejected.iter().any(|r| r["object"] == "Service t/bad"
+            && r["kind"] == "invalid"
             && r["reason"].as_str().unwrap().contains("clusterIP")),
         "{st}"
     );
     assert!(
         rejected.iter().any(|r| r["object"]
             .as_str()
-            .is_some_and(|o| o.contains("document 3 (line 20)"))),
+            .is_some_and(|o| o.contains("document 3 (line 20)"))
+            && r["kind"] == "yaml"),
         "the broken document is named by its place: {st}"
     );
     served(&bed.probe("10.96.0.10:80", "tcp", 2, "-", false));

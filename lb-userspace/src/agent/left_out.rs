@@ -162,7 +162,7 @@ pub(super) fn publish_left_out(
     pin_dir: &std::path::Path,
     health: &crate::serve::health::Health,
     rec: &Reconciler,
-    source_rejected: &[crate::source::file::Rejected],
+    source_rejected: &[crate::source::Rejected],
     generation: u64,
     last: &mut Option<crate::serve::report::SyncReport>,
 ) {

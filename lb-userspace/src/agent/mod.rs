@@ -18,7 +18,7 @@ use crate::{
     compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     datapath::{self, Datapath, LoadOptions},
     source,
-    source::file::{Batch, FileSource},
+    source::{Batch, file::FileSource},
 };
 
 #[derive(Clone, Debug)]
@@ -205,7 +205,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // resync has put its state in the maps.
     let mut unrecorded: Option<u64> = None;
     // What the source holds and cannot read (the file source's list).
-    let mut source_rejected: Vec<crate::source::file::Rejected> = Vec::new();
+    let mut source_rejected: Vec<crate::source::Rejected> = Vec::new();
     let mut last_report = None;
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
@@ -307,9 +307,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 None => anyhow::bail!("the source stopped"),
             },
         };
-        for e in &batch.errors {
-            tracing::error!("{e}");
-        }
+        health.metrics.rejected(&batch.errors);
         let started = std::time::Instant::now();
         rec.policy.ifindex_of = crate::datapath::host::host_routes();
         if let Some(r) = batch.rejected.take() {

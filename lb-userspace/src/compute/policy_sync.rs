@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::IpAddr};
 use crate::{
     compute::{
         identity::Identities,
-        policy::{self, Capacity, EpIds, PolicyMaps, Report},
+        policy::{self, Capacity, EpIds, PolicyMaps, PolicyProblem, Report},
         policy_plan::{self, PolicyOp},
     },
     model::snapshot::{PolicyChanges, Snapshot},
@@ -75,7 +75,7 @@ impl PolicySync {
 
     /// The ops that bring the maps to the snapshot's policy state,
     /// computed in full.
-    pub fn plan(&mut self, snap: &Snapshot, errors: &mut Vec<String>) -> Vec<PolicyOp> {
+    pub fn plan(&mut self, snap: &Snapshot, errors: &mut Vec<PolicyProblem>) -> Vec<PolicyOp> {
         self.plan_changes(snap, &PolicyChanges::default(), true, errors)
     }
 
@@ -87,7 +87,7 @@ impl PolicySync {
         snap: &Snapshot,
         changes: &PolicyChanges,
         full: bool,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<PolicyProblem>,
     ) -> Vec<PolicyOp> {
         let inputs = incremental::Inputs {
             snap,
@@ -157,7 +157,7 @@ impl PolicySync {
             &self.capacity,
         );
         if !matches!(self.last, PlanKind::Fallback(_)) {
-            assert_eq!(c.errors, Vec::<String>::new(), "{:?}", self.last);
+            assert_eq!(c.errors, Vec::<PolicyProblem>::new(), "{:?}", self.last);
         }
         let mut m = self.mirror.clone();
         policy_plan::apply(&mut m, ops);

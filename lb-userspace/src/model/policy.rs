@@ -249,9 +249,21 @@ impl PolicyInfo {
     }
 }
 
+/// A NetworkPolicy the agent cannot represent: it fails closed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "NetworkPolicy {policy}: {why}; it isolates every pod of namespace {} and allows nothing until fixed",
+    policy.namespace
+)]
+pub struct BrokenPolicy {
+    pub policy: ObjRef,
+    /// What is wrong, naming the field.
+    pub why: String,
+}
+
 /// Parses a NetworkPolicy. A policy that cannot be represented comes back
 /// `broken` (failing closed) together with the error naming its field.
-pub fn policy_info(np: &NetworkPolicy) -> Result<(PolicyInfo, Option<String>), String> {
+pub fn policy_info(np: &NetworkPolicy) -> Result<(PolicyInfo, Option<BrokenPolicy>), String> {
     let name = np
         .metadata
         .name
@@ -261,10 +273,10 @@ pub fn policy_info(np: &NetworkPolicy) -> Result<(PolicyInfo, Option<String>), S
     match parse_policy(np, &key) {
         Ok(p) => Ok((p, None)),
         Err(e) => {
-            let msg = format!(
-                "NetworkPolicy {key}: {e}; it isolates every pod of namespace {} and allows nothing until fixed",
-                key.namespace
-            );
+            let broken = BrokenPolicy {
+                policy: key.clone(),
+                why: e.clone(),
+            };
             Ok((
                 PolicyInfo {
                     key: key.clone(),
@@ -273,7 +285,7 @@ pub fn policy_info(np: &NetworkPolicy) -> Result<(PolicyInfo, Option<String>), S
                     egress: Some(vec![]),
                     broken: Some(e),
                 },
-                Some(msg),
+                Some(broken),
             ))
         }
     }

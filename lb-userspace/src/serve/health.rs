@@ -66,6 +66,7 @@ impl Health {
             conntrack_evicted_answered_flows: Gauge::default(),
             watch_restarts: Counter::default(),
             sync_problems: Family::default(),
+            source_rejected: Family::default(),
             udp_sockets_destroyed: Counter::default(),
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
@@ -113,6 +114,11 @@ impl Health {
             "sync_problems",
             "What change sets could not do (an invalid object, a refused externalIP, a taken frontend or healthCheckNodePort, a NetworkPolicy problem), by kind",
             metrics.sync_problems.clone(),
+        );
+        r.register(
+            "source_rejected",
+            "Input a source read could not take (an unreadable file, a document that is not YAML, an unknown field, an invalid value, an unsupported kind, an object without a name), by kind",
+            metrics.source_rejected.clone(),
         );
         r.register(
             "udp_sockets_destroyed",
@@ -333,11 +339,24 @@ pub(crate) mod tests {
             taken.clone(),
             taken,
             Problem::Invalid("Service x/c: spec.clusterIPs[0]: `10.96.0.300`".into()),
+            Problem::Policy(crate::compute::policy::PolicyProblem::IpcacheFull {
+                left_out: 3,
+                capacity: 10,
+            }),
         ]);
+        let yaml = crate::source::Rejected {
+            file: Some("a.yaml".into()),
+            object: Some("document 2 (line 6)".into()),
+            kind: crate::source::RejectKind::Yaml,
+            reason: "YAML: bad".into(),
+        };
+        h.metrics.rejected(&[yaml.clone(), yaml]);
         let body = h.respond("/metrics").2;
         for line in [
             "lb_sync_problems_total{kind=\"health_check_node_port_taken\"} 2",
             "lb_sync_problems_total{kind=\"invalid_object\"} 1",
+            "lb_sync_problems_total{kind=\"policy_ipcache_full\"} 1",
+            "lb_source_rejected_total{kind=\"yaml\"} 2",
         ] {
             assert!(body.contains(line), "no `{line}` in:\n{body}");
         }

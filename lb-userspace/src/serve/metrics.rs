@@ -48,6 +48,8 @@ pub struct Metrics {
     pub watch_restarts: Counter,
     /// What change sets could not do, by kind (`Problem::label`).
     pub sync_problems: Family<KindLabel, Counter>,
+    /// Input the source could not take, by kind (`RejectKind::label`).
+    pub source_rejected: Family<KindLabel, Counter>,
     pub udp_sockets_destroyed: Counter,
     pub datapath_packets: Family<ReasonLabel, Gauge>,
     pub policy_verdicts: Family<PolicyLabel, Gauge>,
@@ -79,6 +81,18 @@ impl Metrics {
             self.sync_problems
                 .get_or_create(&KindLabel {
                     kind: p.label().into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Logs and counts the input a source read could not take.
+    pub fn rejected(&self, rejected: &[crate::source::Rejected]) {
+        for r in rejected {
+            tracing::error!("{r}");
+            self.source_rejected
+                .get_or_create(&KindLabel {
+                    kind: r.kind.label().into(),
                 })
                 .inc();
         }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::{
     compute::{policy::Report, reconcile::NotProgrammed},
-    source::file::Rejected,
+    source::Rejected,
 };
 
 const RUN_DIR: &str = "/run/lb-agent";
@@ -154,9 +154,10 @@ mod tests {
         use super::SyncReport;
         let r = SyncReport::new(Some(3), [], []);
         assert!(r.clean);
-        let rej = crate::source::file::Rejected {
+        let rej = crate::source::Rejected {
             file: Some("a.yaml".into()),
             object: None,
+            kind: crate::source::RejectKind::Yaml,
             reason: "YAML".into(),
         };
         let many = vec![rej; super::LIST_MAX + 5];

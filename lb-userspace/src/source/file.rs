@@ -14,7 +14,10 @@ use anyhow::Context as _;
 
 use crate::{
     model::snapshot::{Change, ObjRef},
-    source::manifest::{self, Object},
+    source::{
+        Batch, RejectKind, Rejected,
+        manifest::{self, Object},
+    },
 };
 
 pub const GENERATION_FILE: &str = "GENERATION";
@@ -69,50 +72,6 @@ struct FileState {
     objects: BTreeMap<ObjId, Object>,
     /// What the file holds that the agent cannot take, as last read.
     rejected: Vec<Rejected>,
-}
-
-/// Input the agent left out: a document it cannot read, an object it
-/// cannot accept. Shown by `lb-agent status` until fixed or removed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rejected {
-    /// The file it is in (None: not from a file).
-    pub file: Option<String>,
-    /// `Kind namespace/name`, or the document's place (`document 2 (line
-    /// 14)`) when it names no object.
-    pub object: Option<String>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{file}: ")?;
-        }
-        if let Some(object) = &self.object {
-            write!(f, "{object}: ")?;
-        }
-        f.write_str(&self.reason)
-    }
-}
-
-/// One complete change set.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub changes: Vec<Change>,
-    /// The file each of `changes` came from (upserts of the file source;
-    /// empty otherwise), to name it when the object is rejected later.
-    pub files: Vec<Option<Arc<str>>>,
-    pub generation: Option<u64>,
-    /// Problems with the input found by this read, each naming file,
-    /// object and field (logged once).
-    pub errors: Vec<String>,
-    /// Everything the source holds and cannot read, new or not (None: the
-    /// source has no such list).
-    pub rejected: Option<Vec<Rejected>>,
-    /// The first batch holds the whole directory: a full reconcile.
-    pub full: bool,
-    /// Objects the source holds by kind, for `/metrics`.
-    pub counts: Option<BTreeMap<String, u64>>,
 }
 
 pub struct FileSource {
@@ -215,9 +174,7 @@ impl FileSource {
                 .map(|f| f.objects)
                 .unwrap_or_default();
             let (objects, rejected) = self.read_file(path, &old);
-            batch
-                .errors
-                .extend(rejected.iter().map(Rejected::to_string));
+            batch.errors.extend(rejected.iter().cloned());
             touched.extend(old.keys().cloned());
             touched.extend(objects.keys().cloned());
             before.insert(path.clone(), old);
@@ -306,6 +263,7 @@ impl FileSource {
                 let r = Rejected {
                     file,
                     object: None,
+                    kind: RejectKind::UnreadableFile,
                     reason: format!("{e}; keeping its previous objects"),
                 };
                 return (old.clone(), vec![r]);
@@ -324,6 +282,7 @@ impl FileSource {
                     None => rejected.push(Rejected {
                         file: file.clone(),
                         object: Some(place),
+                        kind: RejectKind::NoName,
                         reason: "the object has no metadata.name".into(),
                     }),
                 },
@@ -338,6 +297,7 @@ impl FileSource {
                         rejected.push(Rejected {
                             file: file.clone(),
                             object: Some(desc.to_string()),
+                            kind: (&e).into(),
                             reason,
                         });
                     }
@@ -346,6 +306,7 @@ impl FileSource {
                         rejected.push(Rejected {
                             file: file.clone(),
                             object: Some(place),
+                            kind: (&e).into(),
                             reason: e.reason(),
                         });
                     }

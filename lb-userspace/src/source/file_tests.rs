@@ -128,7 +128,8 @@ fn rejected_input_stays_listed_until_its_file_is_fixed_or_gone() {
     assert!(rejected[0].file.as_deref().unwrap().ends_with("a.yaml"));
     assert_eq!(rejected[0].object.as_deref(), Some("document 2 (line 6)"));
     assert!(rejected[0].reason.contains("YAML"), "{rejected:?}");
-    assert_eq!(b.errors.len(), 1);
+    assert_eq!(rejected[0].kind, RejectKind::Yaml);
+    assert_eq!(b.errors, rejected);
     // another file changes: what a.yaml left out is still left out
     write(&d.0, "b.yaml", SVC_A2);
     write(&d.0, GENERATION_FILE, "2");
@@ -163,18 +164,18 @@ fn bad_documents_keep_what_was_there() {
     let b = s.poll().unwrap().unwrap();
     assert_eq!(kinds(&b), ["upsert Service x/a"]);
     assert_eq!(b.errors.len(), 1);
+    let said = b.errors[0].to_string();
     assert!(
-        b.errors[0].contains("a.yaml")
-            && b.errors[0].contains("Service x/b")
-            && b.errors[0].contains("spec.portz"),
-        "{}",
-        b.errors[0]
+        said.contains("a.yaml") && said.contains("Service x/b") && said.contains("spec.portz"),
+        "{said}"
     );
+    assert_eq!(b.errors[0].kind, RejectKind::UnknownField);
     // broken YAML: everything of the file kept
     write(&d.0, "a.yaml", "kind: [");
     let b = s.poll().unwrap().unwrap();
     assert!(b.changes.is_empty());
-    assert!(b.errors[0].contains("keeping its previous objects"));
+    assert!(b.errors[0].reason.contains("keeping its previous objects"));
+    assert_eq!(b.errors[0].kind, RejectKind::Yaml);
     // file removed: its objects go
     std::fs::remove_file(d.0.join("a.yaml")).unwrap();
     assert_eq!(

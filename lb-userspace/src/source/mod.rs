@@ -5,6 +5,9 @@
 /// meanwhile into the next, so the loop never works through stale sets.
 pub const QUEUED: usize = 1;
 
+mod batch;
 pub mod file;
 pub mod kube;
 pub mod manifest;
+
+pub use batch::{Batch, RejectKind, Rejected};

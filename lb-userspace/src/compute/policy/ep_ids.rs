@@ -31,7 +31,10 @@ impl EpIds {
         self.by_pod.get(pod).copied()
     }
 
-    pub(crate) fn assign(&mut self, live: &[(&ObjRef, Vec<NetAddr>)]) -> Result<(), String> {
+    pub(crate) fn assign(
+        &mut self,
+        live: &[(&ObjRef, Vec<NetAddr>)],
+    ) -> Result<(), super::PolicyProblem> {
         let keep: HashSet<&ObjRef> = live.iter().map(|(k, _)| *k).collect();
         self.by_pod.retain(|k, _| keep.contains(k));
         let mut used: HashSet<u32> = self.by_pod.values().copied().collect();
@@ -57,10 +60,10 @@ impl EpIds {
                 next += 1;
             }
             if next >= POL_EP_ID_MAX {
-                return Err(format!(
-                    "more than {} local pods: pod {pod} gets no endpoint id",
-                    POL_EP_ID_MAX - 1
-                ));
+                return Err(super::PolicyProblem::NoEndpointId {
+                    pod: (*pod).clone(),
+                    max: POL_EP_ID_MAX - 1,
+                });
             }
             used.insert(next);
             self.by_pod.insert((*pod).clone(), next);

@@ -13,6 +13,7 @@ mod endpoint;
 mod ep_ids;
 mod peers;
 mod prefixes;
+mod problem;
 mod report;
 mod rules;
 
@@ -21,6 +22,7 @@ pub use ep_ids::EpIds;
 pub(crate) use peers::{PeerView, peer_selects};
 pub(crate) use prefixes::block_holds;
 pub use prefixes::port_blocks;
+pub use problem::PolicyProblem;
 pub(crate) use report::endpoint_report;
 pub use report::{AllowReport, EndpointReport, IdentityReport, Report};
 pub(crate) use rules::Ctx;
@@ -64,7 +66,7 @@ pub struct PolicyMaps {
 pub struct Computed {
     pub maps: PolicyMaps,
     pub report: Report,
-    pub errors: Vec<String>,
+    pub errors: Vec<PolicyProblem>,
 }
 
 pub(crate) fn ns_labels(snap: &Snapshot, ns: &str) -> Labels {
@@ -154,10 +156,10 @@ pub fn compute_within(
         }
     }
     if left_out > 0 {
-        errors.push(format!(
-            "{left_out} pod addresses do not fit the ipcache (capacity {}): policies see them as world",
-            cap.ipcache
-        ));
+        errors.push(PolicyProblem::IpcacheFull {
+            left_out,
+            capacity: cap.ipcache,
+        });
     }
     for pol in snap.policies.values() {
         if pol.ingress.is_some() {
@@ -204,18 +206,17 @@ pub fn compute_within(
         {
             // What cannot be represented denies: the pod is isolated both
             // ways with no allow entry until its entries fit.
-            let e = format!(
-                "pod {}: its {} policy entries and {} CIDR entries do not fit (capacity {} and {}, {} and {} in use by other pods); it is isolated both ways and allows nothing until they fit",
-                p.key,
-                entries.len(),
-                cidrs.len(),
-                cap.entries,
-                cap.cidrs,
-                maps.entries.len(),
-                maps.cidrs.len()
-            );
-            errors.push(e.clone());
-            error = Some(e);
+            let e = PolicyProblem::EntriesDoNotFit {
+                pod: p.key.clone(),
+                entries: entries.len(),
+                cidrs: cidrs.len(),
+                entries_capacity: cap.entries,
+                cidrs_capacity: cap.cidrs,
+                entries_used: maps.entries.len(),
+                cidrs_used: maps.cidrs.len(),
+            };
+            error = Some(e.to_string());
+            errors.push(e);
             flags = EP_F_INGRESS_ISOLATED | EP_F_EGRESS_ISOLATED;
             entries.clear();
             cidrs.clear();

@@ -377,7 +377,7 @@ impl Engine {
                 .keys()
                 .map(|k| (k, snap.pods[k].ips.iter().map(|i| net_addr(*i)).collect()))
                 .collect();
-            ep_ids.assign(&live)?;
+            ep_ids.assign(&live).map_err(|e| e.to_string())?;
             for (k, st) in self.eps.iter_mut() {
                 st.ep_id = ep_ids
                     .get(k)

@@ -54,7 +54,7 @@ fn a_broken_policy_isolates_every_pod_of_its_namespace_and_allows_nothing() {
             pod("y/c", "app=c", "10.0.1.3"),
             netpol("x/bad", spec),
         ]);
-        if !c.snap.warnings.iter().any(|w| w.contains(field)) {
+        if !c.snap.warnings.iter().any(|w| w.why.contains(field)) {
             bad.push(format!(
                 "{spec}: no warning naming {field}: {:?}",
                 c.snap.warnings

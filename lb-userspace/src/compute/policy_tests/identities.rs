@@ -239,13 +239,18 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
         &cap,
     );
     // 3 identities x 3 ports = 9 entries per pod of x: the first fits, the second does not.
-    let errs: Vec<&String> = out
+    let errs: Vec<String> = out
         .errors
         .iter()
-        .filter(|e| e.contains("do not fit"))
+        .filter(|e| e.label() == "policy_entries_do_not_fit")
+        .map(ToString::to_string)
         .collect();
     assert_eq!(errs.len(), 1, "{:?}", out.errors);
-    assert!(errs[0].contains("pod x/b"), "{}", errs[0]);
+    assert!(
+        errs[0].contains("pod x/b") && errs[0].contains("do not fit"),
+        "{}",
+        errs[0]
+    );
     c.maps = out.maps;
     c.report = out.report;
     check(

@@ -157,7 +157,7 @@ struct Cluster {
     ep_ids: EpIds,
     maps: PolicyMaps,
     report: Report,
-    errors: Vec<String>,
+    errors: Vec<crate::compute::policy::PolicyProblem>,
 }
 
 /// `node-1` (addresses `NODE_IP`, `NODE_IP6`, interface `HOST_IF`) with

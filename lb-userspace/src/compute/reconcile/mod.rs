@@ -26,7 +26,10 @@ use crate::{
     compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     model::snapshot::{Change, ObjRef, Snapshot},
     serve::health_check::Check,
-    source::file::{ObjId, Rejected, describe_id, object_id},
+    source::{
+        RejectKind, Rejected,
+        file::{ObjId, describe_id, object_id},
+    },
 };
 
 /// Where ops go: the kernel maps, or a fake in tests.
@@ -186,8 +189,13 @@ impl Reconciler {
             let reason = match res {
                 Ok(t) => {
                     touched.extend(t);
-                    (self.snapshot.warnings.len() > warned)
-                        .then(|| self.snapshot.warnings[warned..].join("; "))
+                    (self.snapshot.warnings.len() > warned).then(|| {
+                        let said: Vec<String> = self.snapshot.warnings[warned..]
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        said.join("; ")
+                    })
                 }
                 Err(e) => {
                     let reason = format!("{e}; keeping its previous state, if any");
@@ -207,6 +215,7 @@ impl Reconciler {
                     Rejected {
                         file,
                         object: Some(object),
+                        kind: RejectKind::Invalid,
                         reason,
                     },
                 );
@@ -228,8 +237,12 @@ impl Reconciler {
             self.reread_mirror(w)?;
             return Err(e);
         }
-        out.errors
-            .extend(self.snapshot.warnings.drain(..).map(Problem::Policy));
+        out.errors.extend(
+            self.snapshot
+                .warnings
+                .drain(..)
+                .map(|b| Problem::Policy(b.into())),
+        );
         if self.snapshot.policy_dirty || full {
             out.ops += self.sync_policy_into(w, &mut out.errors, full)?;
             out.policy_changed = true;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::snapshot::ObjRef;
+use crate::{compute::policy::PolicyProblem, model::snapshot::ObjRef};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -34,10 +34,9 @@ pub enum Problem {
         frontend: String,
         why: &'static str,
     },
-    /// The NetworkPolicy stage's (a policy kept as broken, failing closed;
-    /// an endpoint it cannot represent).
-    #[error("{0}")]
-    Policy(String),
+    /// The NetworkPolicy stage's: each fails closed.
+    #[error(transparent)]
+    Policy(#[from] PolicyProblem),
 }
 
 impl Problem {
@@ -48,7 +47,7 @@ impl Problem {
             Self::ExternalIpRefused { .. } => "external_ip_refused",
             Self::HealthCheckPortTaken { .. } => "health_check_node_port_taken",
             Self::FrontendTaken { .. } => "frontend_taken",
-            Self::Policy(_) => "policy",
+            Self::Policy(p) => p.label(),
         }
     }
 }

@@ -120,7 +120,7 @@ pub struct Snapshot {
     pub policy_changes: PolicyChanges,
     /// Problems found while applying that did not stop the change (a
     /// NetworkPolicy kept as broken, failing closed).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::model::policy::BrokenPolicy>,
     /// Endpoints' node names, each held once.
     node_names: intern::Interner,
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::{
     model::snapshot::{Change, ObjRef},
-    source::file::{Batch, object_id},
     source::manifest::Object,
+    source::{Batch, file::object_id},
 };
 
 /// Kinds that must be listed before the first change set: without them the

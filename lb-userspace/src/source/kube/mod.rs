@@ -30,7 +30,7 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use crate::{serve::health::Health, source::file::Batch, source::manifest::Object};
+use crate::{serve::health::Health, source::Batch, source::manifest::Object};
 
 mod assembler;
 
