@@ -348,12 +348,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         .set(n as i64);
                 }
                 health.metrics.problems(&out.errors);
-                if out.policy_changed {
-                    if let Err(e) =
+                if out.policy_changed
+                    && let Err(e) =
                         crate::serve::report::write(&opts.load.pin_dir, &rec.policy.report)
-                    {
-                        tracing::warn!("policy report: {e:#}");
-                    }
+                {
+                    tracing::warn!("policy report: {e:#}");
                 }
                 health_checks.update(&rec.health_checks);
                 if let Err(e) = node_setup(

@@ -120,7 +120,7 @@ struct State {
 impl State {
     fn sweep(&mut self) -> anyhow::Result<SweepReport> {
         let started = Instant::now();
-        let every_id = self.sweeps % FULL_CHECK_EVERY == 0;
+        let every_id = self.sweeps.is_multiple_of(FULL_CHECK_EVERY);
         self.sweeps += 1;
         let dir = &self.pin_dir;
         let new_entries = ct_entries_made(dir)?;

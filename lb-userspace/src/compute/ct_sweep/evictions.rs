@@ -56,7 +56,7 @@ impl Evictions {
         let mut answered = Vec::new();
         for g in &flows.groups {
             let first = g.members[0] as usize;
-            let h = self.hasher.hash_one(&flows.keys[first]);
+            let h = self.hasher.hash_one(flows.keys[first]);
             read.push(h);
             if !gone[first] && g.flags & CT_F_ESTABLISHED != 0 {
                 answered.push(h);
