@@ -5,7 +5,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_REDIRECT},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
 
@@ -48,15 +48,17 @@ pub fn budget_allows() -> bool {
     true
 }
 
-/// Bytes of the offending packet quoted back: its IP header and 8 more.
-const QUOTE4: usize = 20 + 8;
+/// Bytes of the offending packet quoted back: its IP header and 8 more
+/// (RFC 792). An IPv4 header runs to 60 bytes with options.
+const QUOTE4_MAX: usize = 60 + 8;
 const QUOTE6: usize = 40 + 8;
 
-/// ICMP header and quote, checksummed as one block.
+/// ICMP header and quote, checksummed as one block: the bytes past a
+/// shorter quote stay zero and add nothing to the sum.
 #[repr(C, align(4))]
 struct Icmp4 {
     hdr: [u8; 8],
-    quote: [u8; QUOTE4],
+    quote: [u8; QUOTE4_MAX],
 }
 
 /// IPv6 pseudo-header, ICMPv6 header and quote, checksummed as one block.
@@ -112,21 +114,40 @@ fn reply6(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_reply4(ctx: &TcContext) -> Result<(), i64> {
-    // Only a plain 20-byte header is quoted; options are rare on a SYN.
     let vihl: u8 = ctx.load(ETH_HLEN)?;
-    if vihl != 0x45 {
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(-1);
+    }
+    // 28 to 68 bytes, a multiple of 4: the header, options included.
+    let quote_len = (vihl & 0x0f) as u32 * 4 + 8;
+    // The compiler folds the arithmetic into a form whose bounds the
+    // verifier loses; an opaque check gives them back.
+    if !aya_ebpf::check_bounds_signed(quote_len as i64, 28, QUOTE4_MAX as i64) {
         return Err(-1);
     }
     let mut icmp = Icmp4 {
         hdr: [3, 3, 0, 0, 0, 0, 0, 0],
-        quote: ctx.load(ETH_HLEN)?,
+        quote: [0; QUOTE4_MAX],
     };
+    // SAFETY: the program's own skb; `quote_len` is at most the buffer's
+    // size, which the verifier checks too.
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            ETH_HLEN as u32,
+            icmp.quote.as_mut_ptr().cast(),
+            quote_len,
+        )
+    } != 0
+    {
+        return Err(-1);
+    }
     let c = fold(sum(&mut icmp)).to_ne_bytes();
     icmp.hdr[2] = c[0];
     icmp.hdr[3] = c[1];
     let saddr: [u8; 4] = ctx.load(ETH_HLEN + 12)?;
     let daddr: [u8; 4] = ctx.load(ETH_HLEN + 16)?;
-    let total = (20 + core::mem::size_of::<Icmp4>()) as u16;
+    let total = (20 + 8 + quote_len) as u16;
     let t = total.to_be_bytes();
     #[repr(C, align(4))]
     struct Ip([u8; 20]);
@@ -145,7 +166,19 @@ fn try_reply4(ctx: &TcContext) -> Result<(), i64> {
     }
     ctx.store(ETH_HLEN, &ip.0, 0)?;
     ctx.store(ETH_HLEN + 20, &icmp.hdr, 0)?;
-    ctx.store(ETH_HLEN + 28, &icmp.quote, 0)?;
+    // SAFETY: as the load above; the packet is now long enough to hold it.
+    if unsafe {
+        bpf_skb_store_bytes(
+            ctx.as_ptr().cast(),
+            (ETH_HLEN + 28) as u32,
+            icmp.quote.as_ptr().cast(),
+            quote_len,
+            0,
+        )
+    } != 0
+    {
+        return Err(-1);
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use crate::{
     conntrack,
     csum::{self, BPF_F_PSEUDO_HDR, addr_diff},
     maps::count,
-    packet::ETH_HLEN,
+    packet::{ETH_HLEN, FRAG_NONE, ip4},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -61,11 +61,12 @@ enum Side {
     Dst,
 }
 
-/// IPv4 without options, ICMP destination unreachable (fragmentation
+/// IPv4 (options skipped), ICMP destination unreachable (fragmentation
 /// needed among them), time exceeded or parameter problem; IPv6 without
 /// extension headers, ICMPv6 destination unreachable, packet too big, time
-/// exceeded or parameter problem. The quote: an IP header without options
-/// or extension headers and the first 8 bytes of TCP or UDP.
+/// exceeded or parameter problem. The quote: an IP header (IPv4 options
+/// skipped, no IPv6 extension headers) and the first 8 bytes of TCP or
+/// UDP.
 #[inline(always)]
 fn quote(ctx: &TcContext) -> Option<Quote> {
     let eth_proto = u16::from_be(ctx.load::<u16>(12).ok()?);
@@ -84,20 +85,11 @@ fn quote(ctx: &TcContext) -> Option<Quote> {
         let d: [u32; 4] = ctx.load(ETH_HLEN + 24).ok()?;
         (ETH_HLEN + 40, NetAddr(s), NetAddr(d))
     } else {
-        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-        if ctx.load::<u8>(ETH_HLEN).ok()? != 0x45
-            || ctx.load::<u8>(ETH_HLEN + 9).ok()? != PROTO_ICMP
-            || frag & 0x3fff != 0
-        {
+        let ip = ip4(ctx, ETH_HLEN)?;
+        if ip.proto != PROTO_ICMP || ip.frag != FRAG_NONE {
             return None;
         }
-        let s: u32 = ctx.load(ETH_HLEN + 12).ok()?;
-        let d: u32 = ctx.load(ETH_HLEN + 16).ok()?;
-        (
-            ETH_HLEN + 20,
-            NetAddr::from_v4_raw(s),
-            NetAddr::from_v4_raw(d),
-        )
+        (ip.l4_off, ip.saddr, ip.daddr)
     };
     let ty: u8 = ctx.load(icmp).ok()?;
     let error = if v6 {
@@ -118,18 +110,8 @@ fn quote(ctx: &TcContext) -> Option<Quote> {
         let d: [u32; 4] = ctx.load(inner + 24).ok()?;
         (proto, NetAddr(s), NetAddr(d), inner + 40)
     } else {
-        if ctx.load::<u8>(inner).ok()? != 0x45 {
-            return None;
-        }
-        let proto: u8 = ctx.load(inner + 9).ok()?;
-        let s: u32 = ctx.load(inner + 12).ok()?;
-        let d: u32 = ctx.load(inner + 16).ok()?;
-        (
-            proto,
-            NetAddr::from_v4_raw(s),
-            NetAddr::from_v4_raw(d),
-            inner + 20,
-        )
+        let ip = ip4(ctx, inner)?;
+        (ip.proto, ip.saddr, ip.daddr, ip.l4_off)
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;

@@ -39,6 +39,8 @@ mod test_run_fuzz;
 #[cfg(test)]
 mod test_run_icmp;
 #[cfg(test)]
+mod test_run_icmp_options;
+#[cfg(test)]
 mod test_run_policy;
 #[cfg(test)]
 mod test_run_ranges;

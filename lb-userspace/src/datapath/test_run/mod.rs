@@ -29,7 +29,7 @@ use crate::compute::desired::net_addr;
 
 pub(super) const TC_ACT_OK: u32 = 0;
 pub(super) const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+pub(super) const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
