@@ -216,16 +216,3 @@ fn a_flow_needing_snat_without_a_node_address_is_dropped_under_its_own_reason() 
     assert_eq!(bed.run_xdp(&syn), (XDP_PASS, syn.clone()));
     assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
 }
-
-/// A SYN the node cannot answer (the reply quotes a plain 20-byte IPv4
-/// header only) is dropped for want of a backend, and not also counted as
-/// an ICMP error sent.
-#[test]
-fn a_refusal_that_cannot_be_built_counts_only_its_drop() {
-    let mut bed = Bed::new("noicmp");
-    bed.service("10.100.0.1", 30080, PROTO_TCP, None);
-    let before = bed.counters();
-    let syn = tcp4_with_options([10, 100, 0, 200], 40051, [10, 100, 0, 1], 30080, true);
-    assert_eq!(bed.run("lb_tc_ingress", &syn).0, TC_ACT_SHOT);
-    assert_eq!(bed.moved(&before), [("drop_no_backend", 1)]);
-}
