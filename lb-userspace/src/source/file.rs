@@ -67,9 +67,16 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     })
 }
 
+/// A digest of an object's document text: what the source keeps of each
+/// object instead of the object (at 100,000 Services the parsed objects
+/// were most of the agent's memory). Text that did not change is an
+/// object that did not change; an edit that changes only the text's form
+/// costs one Upsert that changes nothing.
+type Digest = u64;
+
 struct FileState {
     stamp: Stamp,
-    objects: BTreeMap<ObjId, Object>,
+    objects: BTreeMap<ObjId, Digest>,
     /// What the file holds that the agent cannot take, as last read.
     rejected: Vec<Rejected>,
 }
@@ -77,9 +84,9 @@ struct FileState {
 pub struct FileSource {
     dir: PathBuf,
     files: HashMap<PathBuf, FileState>,
-    /// The file whose version of each object the change sets carried: the
-    /// objects themselves live once, in `files`.
-    applied: HashMap<ObjId, Arc<Path>>,
+    /// The file whose version of each object the change sets carried, and
+    /// that version's digest.
+    applied: HashMap<ObjId, (Arc<Path>, Digest)>,
     /// `applied` by kind, kept as it changes (not counted per change set).
     counts: BTreeMap<String, u64>,
     generation: Option<u64>,
@@ -160,9 +167,8 @@ impl FileSource {
         }
         present.sort();
         let mut touched: Vec<ObjId> = Vec::new();
-        // The objects of files read again or gone, as they were: what the
-        // change sets carried is compared with them.
-        let mut before: HashMap<PathBuf, BTreeMap<ObjId, Object>> = HashMap::new();
+        // The objects parsed by this read, by file: what an Upsert carries.
+        let mut parsed: HashMap<PathBuf, HashMap<ObjId, Object>> = HashMap::new();
         for path in &present {
             let Ok(st) = stamp(path) else { continue };
             if self.files.get(path).is_some_and(|f| f.stamp == st) {
@@ -173,17 +179,17 @@ impl FileSource {
                 .remove(path)
                 .map(|f| f.objects)
                 .unwrap_or_default();
-            let (objects, rejected) = self.read_file(path, &old);
-            batch.errors.extend(rejected.iter().cloned());
-            touched.extend(old.keys().cloned());
-            touched.extend(objects.keys().cloned());
-            before.insert(path.clone(), old);
+            let read = read_file(path, &old);
+            batch.errors.extend(read.rejected.iter().cloned());
+            touched.extend(old.into_keys());
+            touched.extend(read.digests.keys().cloned());
+            parsed.insert(path.clone(), read.objects);
             self.files.insert(
                 path.clone(),
                 FileState {
                     stamp: st,
-                    objects,
-                    rejected,
+                    objects: read.digests,
+                    rejected: read.rejected,
                 },
             );
         }
@@ -195,141 +201,177 @@ impl FileSource {
             .collect();
         for p in gone {
             if let Some(f) = self.files.remove(&p) {
-                touched.extend(f.objects.keys().cloned());
-                before.insert(p, f.objects);
+                touched.extend(f.objects.into_keys());
             }
         }
         touched.sort();
         touched.dedup();
-        let mut names: HashMap<&Path, (Arc<Path>, Arc<str>)> = HashMap::new();
-        let winners = winners(&self.files, &touched);
-        for id in touched {
-            let now = winners.get(&id).map(|p| (*p, &self.files[*p]));
-            let carried = self
-                .applied
-                .get(&id)
-                .and_then(|p| match before.get(p.as_ref()) {
-                    Some(old) => old.get(&id),
-                    None => self.files.get(p.as_ref()).and_then(|f| f.objects.get(&id)),
-                });
-            match now.and_then(|(p, f)| Some((p, f.objects.get(&id)?))) {
-                Some((path, o)) => {
-                    let (path, name) = names.entry(path).or_insert_with(|| {
-                        (Arc::from(path.as_path()), path.display().to_string().into())
+        let now: Vec<(ObjId, Option<(PathBuf, Digest)>)> = {
+            let won = winners(&self.files, &touched);
+            touched
+                .into_iter()
+                .map(|id| {
+                    let at = won
+                        .get(&id)
+                        .map(|p| ((*p).clone(), self.files[*p].objects[&id]));
+                    (id, at)
+                })
+                .collect()
+        };
+        let mut names: HashMap<PathBuf, (Arc<Path>, Arc<str>)> = HashMap::new();
+        for (id, at) in now {
+            let carried = self.applied.get(&id).map(|(_, d)| *d);
+            let Some((path, digest)) = at else {
+                if self.applied.remove(&id).is_some() {
+                    if let Some(n) = self.counts.get_mut(&id.0) {
+                        *n -= 1;
+                    }
+                    batch.changes.push(Change::Delete {
+                        kind: id.0,
+                        key: id.1,
                     });
-                    if carried != Some(o) {
-                        batch.changes.push(Change::Upsert(o.clone()));
-                        batch.files.push(Some(name.clone()));
-                    }
-                    if let Some(p) = self.applied.get_mut(&id) {
-                        *p = path.clone();
-                    } else {
-                        *self.counts.entry(id.0.clone()).or_default() += 1;
-                        self.applied.insert(id, path.clone());
-                    }
+                    batch.files.push(None);
                 }
-                None => {
-                    if self.applied.remove(&id).is_some() {
-                        if let Some(n) = self.counts.get_mut(&id.0) {
-                            *n -= 1;
-                        }
-                        batch.changes.push(Change::Delete {
-                            kind: id.0,
-                            key: id.1,
-                        });
-                        batch.files.push(None);
-                    }
-                }
+                continue;
+            };
+            let (arc, name) = names
+                .entry(path.clone())
+                .or_insert_with(|| (Arc::from(path.as_path()), path.display().to_string().into()))
+                .clone();
+            if carried != Some(digest) {
+                let Some(o) = take_object(&mut parsed, &path, &id) else {
+                    // Its document there is broken now, and the version
+                    // that file had before is not held.
+                    batch.errors.push(Rejected {
+                        file: Some(path.display().to_string()),
+                        object: Some(describe_id(&id)),
+                        kind: RejectKind::Invalid,
+                        reason: "its document cannot be read and this file's earlier version of it is not held; keeping the version applied before".into(),
+                    });
+                    continue;
+                };
+                batch.changes.push(Change::Upsert(o));
+                batch.files.push(Some(name));
+            }
+            if self.applied.insert(id.clone(), (arc, digest)).is_none() {
+                *self.counts.entry(id.0).or_default() += 1;
             }
         }
         Ok(batch)
     }
+}
 
-    /// Parses one file, returning its objects and what it holds that cannot
-    /// be read. A document that fails keeps its object's previous version
-    /// (when it names its object); a document that names none (broken
-    /// YAML) may have been any of the file's earlier objects, so those that
-    /// no readable document names are kept: bad input never removes what
-    /// was programmed. The readable documents beside it still apply.
-    fn read_file(
-        &self,
-        path: &Path,
-        old: &BTreeMap<ObjId, Object>,
-    ) -> (BTreeMap<ObjId, Object>, Vec<Rejected>) {
-        let file = Some(path.display().to_string());
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let r = Rejected {
-                    file,
-                    object: None,
-                    kind: RejectKind::UnreadableFile,
-                    reason: format!("{e}; keeping its previous objects"),
-                };
-                return (old.clone(), vec![r]);
-            }
-        };
-        let mut out = BTreeMap::new();
-        let mut rejected = Vec::new();
-        let mut unreadable = Vec::new();
-        for doc in manifest::parse_documents_at(&text) {
-            let place = doc.place();
-            match doc.result {
-                Ok(o) => match object_id(&o) {
-                    Some(id) => {
-                        out.insert(id, o);
+/// The object `id` as `path` now holds it: parsed by this read, or read
+/// again (another file that held it went, and this one was not read).
+fn take_object(
+    parsed: &mut HashMap<PathBuf, HashMap<ObjId, Object>>,
+    path: &Path,
+    id: &ObjId,
+) -> Option<Object> {
+    if !parsed.contains_key(path) {
+        let read = read_file(path, &BTreeMap::new());
+        parsed.insert(path.to_path_buf(), read.objects);
+    }
+    parsed.get_mut(path)?.remove(id)
+}
+
+/// One file as read: each object's digest, the objects parsed, and what it
+/// holds that cannot be read.
+struct FileRead {
+    digests: BTreeMap<ObjId, Digest>,
+    objects: HashMap<ObjId, Object>,
+    rejected: Vec<Rejected>,
+}
+
+/// Parses one file: its objects, their digests, and what it holds that
+/// cannot be read. A document that fails keeps its object's previous
+/// version (its digest, when it names its object); a document that names
+/// none (broken YAML) may have been any of the file's earlier objects, so
+/// those that no readable document names are kept: bad input never
+/// removes what was programmed. The readable documents beside it still
+/// apply.
+fn read_file(path: &Path, old: &BTreeMap<ObjId, Digest>) -> FileRead {
+    let file = Some(path.display().to_string());
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let r = Rejected {
+                file,
+                object: None,
+                kind: RejectKind::UnreadableFile,
+                reason: format!("{e}; keeping its previous objects"),
+            };
+            return FileRead {
+                digests: old.clone(),
+                objects: HashMap::new(),
+                rejected: vec![r],
+            };
+        }
+    };
+    let mut read = FileRead {
+        digests: BTreeMap::new(),
+        objects: HashMap::new(),
+        rejected: Vec::new(),
+    };
+    let mut unreadable = Vec::new();
+    for doc in manifest::parse_documents_at(&text) {
+        let place = doc.place();
+        match doc.result {
+            Ok(o) => match object_id(&o) {
+                Some(id) => {
+                    read.digests.insert(id.clone(), doc.digest);
+                    read.objects.insert(id, o);
+                }
+                None => read.rejected.push(Rejected {
+                    file: file.clone(),
+                    object: Some(place),
+                    kind: RejectKind::NoName,
+                    reason: "the object has no metadata.name".into(),
+                }),
+            },
+            Err(e) => match e.object() {
+                Some(desc) => {
+                    let kept = old.iter().find(|(id, _)| describe_id(id) == desc);
+                    let mut reason = e.reason();
+                    if let Some((id, d)) = kept {
+                        reason += "; keeping its previous version";
+                        read.digests.insert(id.clone(), *d);
                     }
-                    None => rejected.push(Rejected {
+                    read.rejected.push(Rejected {
+                        file: file.clone(),
+                        object: Some(desc.to_string()),
+                        kind: (&e).into(),
+                        reason,
+                    });
+                }
+                None => {
+                    unreadable.push(read.rejected.len());
+                    read.rejected.push(Rejected {
                         file: file.clone(),
                         object: Some(place),
-                        kind: RejectKind::NoName,
-                        reason: "the object has no metadata.name".into(),
-                    }),
-                },
-                Err(e) => match e.object() {
-                    Some(desc) => {
-                        let kept = old.iter().find(|(id, _)| describe_id(id) == desc);
-                        let mut reason = e.reason();
-                        if let Some((id, o)) = kept {
-                            reason += "; keeping its previous version";
-                            out.insert(id.clone(), o.clone());
-                        }
-                        rejected.push(Rejected {
-                            file: file.clone(),
-                            object: Some(desc.to_string()),
-                            kind: (&e).into(),
-                            reason,
-                        });
-                    }
-                    None => {
-                        unreadable.push(rejected.len());
-                        rejected.push(Rejected {
-                            file: file.clone(),
-                            object: Some(place),
-                            kind: (&e).into(),
-                            reason: e.reason(),
-                        });
-                    }
-                },
-            }
-        }
-        if !unreadable.is_empty() {
-            let mut kept = false;
-            for (id, o) in old {
-                if !out.contains_key(id) {
-                    out.insert(id.clone(), o.clone());
-                    kept = true;
+                        kind: (&e).into(),
+                        reason: e.reason(),
+                    });
                 }
-            }
-            if kept {
-                for i in unreadable {
-                    rejected[i].reason +=
-                        "; keeping its previous objects that no readable document names";
-                }
-            }
+            },
         }
-        (out, rejected)
     }
+    if !unreadable.is_empty() {
+        let mut kept = false;
+        for (id, d) in old {
+            if !read.digests.contains_key(id) {
+                read.digests.insert(id.clone(), *d);
+                kept = true;
+            }
+        }
+        if kept {
+            for i in unreadable {
+                read.rejected[i].reason +=
+                    "; keeping its previous objects that no readable document names";
+            }
+        }
+    }
+    read
 }
 
 /// The file defining each of `ids` that wins: the last in name order.

@@ -83,6 +83,39 @@ fn the_last_file_defining_an_object_wins_and_the_other_takes_over_when_it_goes()
     assert_eq!(b.counts.unwrap().get("Service"), Some(&1), "x/a is left");
 }
 
+/// The source keeps digests, not objects: when the winner goes and the
+/// other file's document for the object is broken, that file's earlier
+/// version is not there to carry. The applied version stays, and it says so.
+#[test]
+fn a_winner_gone_while_the_other_files_document_is_broken_keeps_the_applied_version() {
+    let d = dir("brokenheir");
+    write(&d.0, "a.yaml", SVC_A);
+    write(&d.0, "b.yaml", SVC_A2);
+    let mut s = FileSource::new(&d.0);
+    assert_eq!(kinds(&s.poll().unwrap().unwrap()), ["upsert Service x/a"]);
+    write(&d.0, "a.yaml", &SVC_A.replace("ports:", "portz:"));
+    let b = s.poll().unwrap().unwrap();
+    assert!(b.changes.is_empty(), "a.yaml lost: {:?}", kinds(&b));
+    std::fs::remove_file(d.0.join("b.yaml")).unwrap();
+    let b = s.poll().unwrap().unwrap();
+    assert!(
+        b.changes.is_empty(),
+        "neither deleted nor replaced: {:?}",
+        kinds(&b)
+    );
+    assert_eq!(b.errors.len(), 1, "{:?}", b.errors);
+    let said = b.errors[0].to_string();
+    assert!(
+        said.contains("a.yaml")
+            && said.contains("Service x/a")
+            && said.contains("keeping the version applied before"),
+        "{said}"
+    );
+    // Fixed: a.yaml's version is carried.
+    write(&d.0, "a.yaml", SVC_A);
+    assert_eq!(kinds(&s.poll().unwrap().unwrap()), ["upsert Service x/a"]);
+}
+
 #[test]
 fn a_cold_start_from_many_files_finds_each_objects_file() {
     let d = dir("many");
