@@ -83,7 +83,7 @@ impl AgentProc {
             .arg("--health-addr=127.0.0.1:0")
             .args(&self.extra)
             .stderr(log);
-        confine(&mut cmd, None, self.netns.as_deref());
+        confine(&mut cmd, None, self.netns.as_deref()).unwrap_or_else(|e| panic!("{e:#}"));
         cmd.stdout(Stdio::null()).stdin(Stdio::null());
         let child = cmd.spawn().expect("spawning lb-agent");
         self.proc = Some(Proc {
@@ -108,7 +108,7 @@ impl AgentProc {
         let mut cmd = Command::new(crate::agent_bin());
         cmd.args(args)
             .arg(format!("--pin-dir={}", self.pin_dir.display()));
-        confine(&mut cmd, None, self.netns.as_deref());
+        confine(&mut cmd, None, self.netns.as_deref()).unwrap_or_else(|e| panic!("{e:#}"));
         cmd
     }
 

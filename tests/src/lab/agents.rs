@@ -35,7 +35,7 @@ impl AgentRun {
             .open(log)?;
         let mut cmd = Command::new(crate::agent_bin());
         cmd.args(args).stderr(logf);
-        confine(&mut cmd, Some(ctl), Some(netns));
+        confine(&mut cmd, Some(ctl), Some(netns))?;
         cmd.stdout(std::process::Stdio::null())
             .stdin(std::process::Stdio::null());
         let child = cmd.spawn().context("spawning lb-agent")?;
