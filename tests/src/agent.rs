@@ -2,11 +2,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::spawn::{Proc, confine};
+use anyhow::{Context as _, bail};
+
+use crate::spawn::confine;
 
 /// A file-source directory: files are renamed into place, GENERATION last.
 pub struct Manifests {
@@ -38,17 +40,30 @@ impl Manifests {
     }
 }
 
+/// One `lb-agent run` process, for the test bed, the tests, the bench and
+/// the lab alike: its arguments, the cgroup and network namespace it runs
+/// in, its log (standard error, appended across restarts). Started,
+/// killed, restarted and waited for here; killed and its pins removed on
+/// drop.
 pub struct AgentProc {
     pub pin_dir: PathBuf,
+    /// The cgroup its socket programs attach to (`--cgroup`).
     pub attach: PathBuf,
     pub source: PathBuf,
     pub log: PathBuf,
+    /// Added after the arguments every agent gets.
     pub extra: Vec<String>,
     /// Replaces `--source=file:SOURCE` (e.g. `--source=kube` and its flags).
     pub source_args: Option<Vec<String>>,
+    /// `--health-addr`; by default a free port on 127.0.0.1, never the
+    /// shared default port outside a private namespace.
+    pub health_addr: String,
+    /// The cgroup the agent process itself runs in (None: the test's). The
+    /// lab's agents run in a control cgroup, apart from the nodes' pods.
+    pub cgroup: Option<PathBuf>,
     /// The network namespace the agent runs in (None: the test's).
     pub netns: Option<PathBuf>,
-    proc: Option<Proc>,
+    child: Option<Child>,
 }
 
 impl AgentProc {
@@ -60,60 +75,97 @@ impl AgentProc {
             log,
             extra: vec![],
             source_args: None,
+            health_addr: "127.0.0.1:0".into(),
+            cgroup: None,
             netns: None,
-            proc: None,
+            child: None,
         }
     }
 
-    pub fn start(&mut self) {
+    /// The arguments `start` gives the agent.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["run".to_string()];
+        match &self.source_args {
+            Some(a) => args.extend(a.iter().cloned()),
+            None => args.push(format!("--source=file:{}", self.source.display())),
+        }
+        args.extend([
+            format!("--pin-dir={}", self.pin_dir.display()),
+            format!("--cgroup={}", self.attach.display()),
+            format!("--health-addr={}", self.health_addr),
+        ]);
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Starts the agent; fails (naming what) when it cannot be spawned or
+    /// is already running.
+    pub fn try_start(&mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            bail!("lb-agent is already running (pid {pid})");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
-            .expect("agent log");
+            .with_context(|| format!("opening the agent log {}", self.log.display()))?;
         let mut cmd = Command::new(crate::agent_bin());
-        cmd.arg("run");
-        match &self.source_args {
-            Some(args) => cmd.args(args),
-            None => cmd.arg(format!("--source=file:{}", self.source.display())),
-        };
-        cmd.arg(format!("--pin-dir={}", self.pin_dir.display()))
-            .arg(format!("--cgroup={}", self.attach.display()))
-            // Outside a private namespace: never the shared default port.
-            .arg("--health-addr=127.0.0.1:0")
-            .args(&self.extra)
-            .stderr(log);
-        confine(&mut cmd, None, self.netns.as_deref());
-        cmd.stdout(Stdio::null()).stdin(Stdio::null());
-        let child = cmd.spawn().expect("spawning lb-agent");
-        self.proc = Some(Proc {
-            child,
-            stdout: None,
-        });
+        cmd.args(self.args())
+            .stderr(log)
+            .stdout(Stdio::null())
+            .stdin(Stdio::null());
+        confine(&mut cmd, self.cgroup.as_deref(), self.netns.as_deref())?;
+        self.child = Some(cmd.spawn().context("spawning lb-agent")?);
+        Ok(())
     }
 
+    /// `try_start`, panicking on failure.
+    pub fn start(&mut self) {
+        self.try_start().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// SIGKILL, and waits for the process to go.
     pub fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let _ = p.child.kill(); // SIGKILL
-            let _ = p.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+    }
+
+    /// SIGKILL, then the same agent again.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.try_start()
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log's last `n` lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// An `lb-agent` subcommand on this agent's pins, in its namespace.
-    fn cli_command(&self, args: &[&str]) -> Command {
+    fn cli_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(crate::agent_bin());
         cmd.args(args)
             .arg(format!("--pin-dir={}", self.pin_dir.display()));
-        confine(&mut cmd, None, self.netns.as_deref());
-        cmd
+        confine(&mut cmd, None, self.netns.as_deref())?;
+        Ok(cmd)
+    }
+
+    pub fn try_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.cli_command(args)?
+            .output()
+            .with_context(|| format!("running lb-agent {}", args.join(" ")))
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        self.cli_command(args).output().expect("lb-agent")
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The subcommand with its standard output a pipe nobody reads, as
@@ -123,6 +175,7 @@ impl AgentProc {
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
         self.cli_command(args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
             .stdout(writer)
             .stderr(Stdio::piped())
             .output()
@@ -166,39 +219,58 @@ impl AgentProc {
         });
     }
 
-    /// [`crate::wait_until`] for what this agent does: fails at once if
-    /// the agent exits meanwhile, and with its log when `timeout` passes.
-    pub fn wait_until(
+    /// [`crate::try_wait_until`] for what this agent does: fails at once
+    /// if the agent exits meanwhile. The log is the caller's to show.
+    pub fn try_wait_until(
         &mut self,
         timeout: Duration,
         what: &str,
         mut condition: impl FnMut(&Self) -> bool,
-    ) {
-        let r = crate::try_wait_until(timeout, what, || {
+    ) -> anyhow::Result<()> {
+        crate::try_wait_until(timeout, what, || {
             if condition(self) {
                 return Ok(true);
             }
-            self.assert_running(what);
+            if let Some(st) = self.exited() {
+                bail!("exited ({st}) while {what}");
+            }
             Ok(false)
-        });
-        if let Err(e) = r {
+        })
+    }
+
+    /// `try_wait_until`, panicking with the agent's log.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        condition: impl FnMut(&Self) -> bool,
+    ) {
+        if let Err(e) = self.try_wait_until(timeout, what, condition) {
             panic!("lb-agent {e:#}\nagent log:\n{}", self.log_text());
         }
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(|p| p.child.id())
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How the agent process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Panics with the log when the agent process has exited.
     pub fn assert_running(&mut self, doing: &str) {
-        if let Some(Ok(Some(st))) = self.proc.as_mut().map(|p| p.child.try_wait()) {
+        if let Some(st) = self.exited() {
             panic!("lb-agent exited ({st}) while {doing}:\n{}", self.log_text());
         }
     }
 
+    /// `lb-agent status -o json`, or None when it fails.
     pub fn status(&self) -> Option<serde_json::Value> {
-        let out = self.cli(&["status", "-o", "json"]);
+        let out = self.try_cli(&["status", "-o", "json"]).ok()?;
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())
@@ -213,14 +285,21 @@ impl AgentProc {
 
     /// `wait_synced` for change sets known to take longer.
     pub fn wait_synced_within(&mut self, generation: u64, limit: Duration) {
+        if let Err(e) = self.try_wait_synced(generation, limit) {
+            panic!("lb-agent {e:#}\nagent log:\n{}", self.log_text());
+        }
+    }
+
+    /// `wait_synced_within` for callers that report instead of panicking.
+    pub fn try_wait_synced(&mut self, generation: u64, limit: Duration) -> anyhow::Result<()> {
         let what = format!("syncing generation {generation}");
-        self.wait_until(limit, &what, |a| {
+        self.try_wait_until(limit, &what, |a| {
             a.status().is_some_and(|s| {
                 s["synced_generation"]
                     .as_u64()
                     .is_some_and(|g| g >= generation)
             })
-        });
+        })
     }
 }
 

@@ -1,7 +1,65 @@
-//! Network namespaces made with `ip netns add` and entered with nsenter or
-//! setns only (`ip netns exec` remounts /sys and would hide bpffs).
+//! Network namespaces: made with `ip netns add`, entered with setns (the
+//! calling thread, a helper thread, or a child between fork and exec:
+//! `spawn::confine`) or through nsenter for shell snippets; never with
+//! `ip netns exec`, which remounts /sys and would hide bpffs.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    fs::File,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context as _;
+
+/// Opens a network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`) for
+/// [`enter_fd`]. The file is close-on-exec.
+pub fn open(path: &Path) -> anyhow::Result<File> {
+    File::open(path).with_context(|| format!("opening network namespace {}", path.display()))
+}
+
+/// Moves the calling thread into the network namespace `ns` refers to.
+/// Nothing but the syscall (no allocation, no lock), so it is
+/// async-signal-safe: `spawn::confine` calls it between fork and exec.
+#[expect(unsafe_code, reason = "setns through libc")]
+pub fn enter_fd(ns: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: setns takes a file descriptor the borrow keeps open and
+    // moves only the calling thread; no memory is shared with the kernel.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace at `path`, for
+/// good: for a thread that lives there (a server's). To visit one, use
+/// [`in_netns`].
+pub fn enter(path: &Path) -> anyhow::Result<()> {
+    let ns = open(path)?;
+    enter_fd(ns.as_fd()).with_context(|| format!("entering network namespace {}", path.display()))
+}
+
+/// `f` run on a helper thread inside the network namespace at `path`; the
+/// calling thread stays where it is. What `f` makes there (a listener, a
+/// program attached to a device) stays in that namespace.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<T> {
+            enter(path)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread in {} panicked", path.display()))?
+    })
+}
+
+/// `program` inside the network namespace at `path`, through nsenter (a
+/// process of its own, so this one stays where it is).
+pub fn command(path: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", path.display())).arg(program);
+    cmd
+}
 
 pub struct Netns {
     pub name: String,
@@ -30,15 +88,12 @@ impl Netns {
 
     /// Runs a shell snippet inside the namespace; panics with its stderr on failure.
     pub fn sh(&self, script: &str) {
-        run(Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(["sh", "-ec", script]));
+        run(command(&self.path(), "sh").args(["-ec", script]));
     }
 
     pub fn sh_output(&self, script: &str) -> String {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(["sh", "-ec", script])
+        let out = command(&self.path(), "sh")
+            .args(["-ec", script])
             .output()
             .expect("nsenter");
         String::from_utf8_lossy(&out.stdout).to_string()

@@ -5,7 +5,10 @@
 use std::{
     ffi::CString,
     io::{BufRead, BufReader},
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    os::{
+        fd::AsFd as _,
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
 };
@@ -45,17 +48,23 @@ pub fn remove_cgroup(path: &Path) {
 }
 
 /// Prepares `cmd` to enter `cgroup` and `netns` before exec, and to die with
-/// the test (PR_SET_PDEATHSIG).
+/// the test (PR_SET_PDEATHSIG). The namespace is opened here, so a missing
+/// one is reported by name; the child enters it with `netns::enter_fd`.
 #[expect(
     unsafe_code,
     reason = "pre_exec: joining a cgroup and a network namespace between fork and exec"
 )]
-pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
+pub fn confine(
+    cmd: &mut Command,
+    cgroup: Option<&Path>,
+    netns: Option<&Path>,
+) -> anyhow::Result<()> {
     let procs =
         cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()).expect("path"));
-    let ns = netns.map(|n| CString::new(n.as_os_str().as_bytes()).expect("path"));
+    let ns = netns.map(crate::netns::open).transpose()?;
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe syscalls on data prepared before the fork.
+    // async-signal-safe calls (raw syscalls, and `netns::enter_fd`, which
+    // is setns alone) on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // The lab blocks termination signals in its threads (one thread
@@ -73,16 +82,13 @@ pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) {
                 }
                 libc::close(fd);
             }
-            if let Some(n) = &ns {
-                let fd = libc::open(n.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
+            if let Some(ns) = &ns {
+                crate::netns::enter_fd(ns.as_fd())?;
             }
             Ok(())
         });
     }
+    Ok(())
 }
 
 /// A child killed on drop.
@@ -93,7 +99,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Path>) -> Self {
-        confine(&mut cmd, cgroup, netns);
+        confine(&mut cmd, cgroup, netns).unwrap_or_else(|e| panic!("{e:#}"));
         cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
         let mut child = cmd
             .spawn()

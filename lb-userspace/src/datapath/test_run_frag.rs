@@ -4,7 +4,7 @@
 
 use lb_common::{BACKEND_LOCAL, PROTO_UDP};
 
-use super::test_run::{Bed, TC_ACT_OK, dst4, ip, src4};
+use super::test_run::{Bed, TC_ACT_OK, addrs, dst4, dst6, ip_payload, ipv4, ipv6, src4};
 
 /// A UDP datagram (8-byte header and 32 bytes of payload) from
 /// `src`:`sport` to `dst`:`dport`, as two IPv4 fragments (16 and 24 bytes
@@ -73,19 +73,17 @@ fn fold(mut acc: u32) -> u16 {
 /// The reassembled UDP datagram of two translated IPv4 fragments, checked
 /// against its checksum (pseudo-header from the first fragment).
 fn reassembled4_ok(a: &[u8], b: &[u8]) -> bool {
-    assert_eq!(
-        fold(sum(&a[14..34], 0)),
-        0xffff,
-        "first fragment's IPv4 header"
-    );
-    assert_eq!(
-        fold(sum(&b[14..34], 0)),
-        0xffff,
-        "later fragment's IPv4 header"
-    );
-    let mut udp = a[34..].to_vec();
-    udp.extend_from_slice(&b[34..]);
-    let mut pseudo = a[26..34].to_vec();
+    for (what, f) in [("first", a), ("later", b)] {
+        let h = ipv4(f);
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "{what} fragment's IPv4 header checksum"
+        );
+    }
+    let udp = [ip_payload(a), ip_payload(b)].concat();
+    let h = ipv4(a);
+    let mut pseudo = [h.source, h.destination].concat();
     pseudo.extend_from_slice(&[0, PROTO_UDP]);
     pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
     fold(sum(&udp, sum(&pseudo, 0))) == 0xffff
@@ -106,18 +104,18 @@ fn a_fragmented_datagram_to_a_local_backend_is_translated_whole() {
     assert_eq!((v1, v2), (TC_ACT_OK, TC_ACT_OK));
     assert_eq!(dst4(&a), ("10.244.1.10".into(), 5353));
     assert_eq!(
-        &b[30..34],
-        &[10, 244, 1, 10],
+        addrs(&b).1,
+        "10.244.1.10",
         "the later fragment follows its first"
     );
-    assert_eq!(&b[34..], &later[34..], "its payload untouched");
+    assert_eq!(ip_payload(&b), ip_payload(&later), "its payload untouched");
     assert!(reassembled4_ok(&a, &b), "the datagram's UDP checksum");
     // The backend's fragmented answer leaves from the frontend.
     let [r1, r2] = fragments4([10, 244, 1, 10], 5353, [10, 100, 0, 200], 40010, 0x4321);
     let (_, a) = bed.run("lb_tc_egress", &r1);
     let (_, b) = bed.run("lb_tc_egress", &r2);
     assert_eq!(src4(&a), ("10.100.0.1".into(), 30053));
-    assert_eq!(&b[26..30], &[10, 100, 0, 1]);
+    assert_eq!(addrs(&b).0, "10.100.0.1");
     assert!(reassembled4_ok(&a, &b));
 }
 
@@ -134,11 +132,10 @@ fn a_fragmented_datagram_to_a_remote_backend_is_translated_and_snatd_whole() {
     assert!(lb_common::is_snat_port(snat_port), "{snat_port}");
     assert_eq!(dst4(&a), ("10.244.2.10".into(), 5353));
     assert_eq!(
-        &b[26..30],
-        &[10, 100, 0, 1],
+        addrs(&b),
+        ("10.100.0.1".into(), "10.244.2.10".into()),
         "the later fragment is SNAT'd too"
     );
-    assert_eq!(&b[30..34], &[10, 244, 2, 10]);
     assert!(reassembled4_ok(&a, &b));
 }
 
@@ -156,17 +153,16 @@ fn an_ipv6_fragmented_datagram_is_translated_whole() {
     let [first, later] = fragments6("fd00:100::200", 50010, "fd00:100::1", 30053, 0xabcdef);
     let (_, a) = bed.run("lb_tc_ingress", &first);
     let (_, b) = bed.run("lb_tc_ingress", &later);
-    let backend = ip("fd00:244:1::a").octets();
-    assert_eq!(&a[38..54], &backend);
-    assert_eq!(&b[38..54], &backend, "the later fragment follows its first");
+    let backend = "fd00:244:1::a";
     assert_eq!(
-        u16::from_be_bytes([a[64], a[65]]),
-        5353,
-        "the first one's port"
+        dst6(&a),
+        (backend.into(), 5353),
+        "the first one, with its port"
     );
-    let mut udp = a[62..].to_vec();
-    udp.extend_from_slice(&b[62..]);
-    let mut pseudo = a[22..54].to_vec();
+    assert_eq!(addrs(&b).1, backend, "the later fragment follows its first");
+    let udp = [ip_payload(&a), ip_payload(&b)].concat();
+    let h = ipv6(&a);
+    let mut pseudo = [h.source, h.destination].concat();
     pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
     pseudo.extend_from_slice(&[0, 0, 0, PROTO_UDP]);
     assert_eq!(

@@ -134,9 +134,8 @@ impl Topology {
 
     /// A shell snippet in the node namespace, with its stdin from `input`.
     pub fn node_sh_with_input(&self, script: &str, input: &Path) -> anyhow::Result<()> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path().display()))
-            .args(["sh", "-ec", script])
+        let out = crate::netns::command(&self.node.path(), "sh")
+            .args(["-ec", script])
             .stdin(std::fs::File::open(input)?)
             .output()
             .with_context(|| format!("running `{script}` in the node namespace"))?;
@@ -159,7 +158,7 @@ impl Topology {
     /// XDP on a veth needs a program on its peer for the frames it sends
     /// back out (as on the lab's underlay).
     pub fn xdp_pass_on_client(&self) -> anyhow::Result<XdpPeer> {
-        in_netns(&self.client.path(), || -> anyhow::Result<XdpPeer> {
+        crate::netns::in_netns(&self.client.path(), || -> anyhow::Result<XdpPeer> {
             Ok(XdpPeer(Box::new(lb_agent::datapath::xdp_pass_on(&[
                 "eth0".to_string(),
             ])?)))
@@ -168,33 +167,7 @@ impl Topology {
 
     /// `f` run on a thread inside the node's namespace: sockets it makes
     /// (a listener, say) stay there.
-    pub fn in_node<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
-        in_netns(&self.node.path(), f)
+    pub fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        crate::netns::in_netns(&self.node.path(), f)
     }
-}
-
-/// `f` on a thread of its own that entered the network namespace `ns`.
-#[expect(unsafe_code, reason = "setns on a helper thread")]
-fn in_netns<T: Send + 'static>(
-    ns: &std::path::Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let shown = ns.display().to_string();
-    let ns = ns.to_path_buf();
-    std::thread::spawn(move || -> anyhow::Result<T> {
-        use std::os::fd::AsRawFd as _;
-        let file = std::fs::File::open(&ns)?;
-        // SAFETY: setns on a namespace fd we hold; it moves only this
-        // thread, which ends when `f` returns.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("entering {}", ns.display()));
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("a thread in {shown} panicked"))?
 }

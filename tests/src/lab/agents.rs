@@ -4,54 +4,19 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use super::{Lab, Options, control, control::Cluster, scenario, scenario::Scenario, topo};
-use crate::spawn::{Proc, confine};
+use crate::agent::AgentProc;
 
-pub(super) struct AgentRun {
+/// A node's agent: the shared agent process and the node it serves.
+pub(super) struct NodeAgent {
     node: String,
-    pin_dir: PathBuf,
-    log: PathBuf,
-    proc: Proc,
-    /// How to start it again (a restart storm): its arguments, control
-    /// cgroup and network namespace.
-    args: Vec<String>,
-    ctl: PathBuf,
-    netns: PathBuf,
-}
-
-impl AgentRun {
-    /// Starts the agent, its stderr appended to its log.
-    fn spawn(args: &[String], ctl: &Path, netns: &Path, log: &Path) -> anyhow::Result<Proc> {
-        let logf = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let mut cmd = Command::new(crate::agent_bin());
-        cmd.args(args).stderr(logf);
-        confine(&mut cmd, Some(ctl), Some(netns));
-        cmd.stdout(std::process::Stdio::null())
-            .stdin(std::process::Stdio::null());
-        let child = cmd.spawn().context("spawning lb-agent")?;
-        Ok(Proc {
-            child,
-            stdout: None,
-        })
-    }
-
-    /// SIGKILL, then the same agent again.
-    fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
-        self.proc = Self::spawn(&self.args, &self.ctl, &self.netns, &self.log)?;
-        Ok(())
-    }
+    agent: AgentProc,
 }
 
 /// Restarts every agent every `every` until `stop`; returns the restarts.
@@ -59,7 +24,7 @@ impl AgentRun {
 /// makes the next come sooner), so the time restarts take on a loaded
 /// machine does not thin the storm out.
 pub(super) fn storm(
-    agents: &mut [AgentRun],
+    agents: &mut [NodeAgent],
     every: Duration,
     stop: &AtomicBool,
 ) -> anyhow::Result<u64> {
@@ -74,7 +39,8 @@ pub(super) fn storm(
             std::thread::sleep(Duration::from_millis(10));
         }
         for a in agents.iter_mut() {
-            a.restart()
+            a.agent
+                .restart()
                 .with_context(|| format!("restarting the agent of node {}", a.node))?;
             restarts += 1;
         }
@@ -91,33 +57,26 @@ impl Lab {
         opts: &Options,
     ) -> anyhow::Result<()> {
         for (k, node) in c.nodes.iter().enumerate() {
-            let pin_dir =
-                PathBuf::from("/sys/fs/bpf").join(format!("{}n{}", topo::prefix(), k + 1));
-            let log = self.dir.join(format!("agent-{node}.log"));
-            let mut args: Vec<String> = vec![
-                "run".into(),
-                format!("--source=file:{}", self.dir.join("source").display()),
-                format!("--node-name={node}"),
-                format!("--pin-dir={}", pin_dir.display()),
-                format!("--cgroup={}", node_cgroups[k].display()),
-                // node-local: the node's own address in its namespace
-                format!(
-                    "--health-addr={}:10256",
-                    control::node_ip(k, scenario::Family::IPv4)
-                ),
-            ];
-            args.extend(sc.agent_args.iter().cloned());
-            args.extend(opts.agent_args.iter().cloned());
-            let netns = topo::ns_path(&topo::node_ns(k));
-            let proc = AgentRun::spawn(&args, ctl, &netns, &log)?;
-            self.agents.push(AgentRun {
+            let mut agent = AgentProc::new(
+                PathBuf::from("/sys/fs/bpf").join(format!("{}n{}", topo::prefix(), k + 1)),
+                node_cgroups[k].clone(),
+                self.dir.join("source"),
+                self.dir.join(format!("agent-{node}.log")),
+            );
+            // node-local: the node's own address in its namespace
+            agent.health_addr = format!("{}:10256", control::node_ip(k, scenario::Family::IPv4));
+            agent.cgroup = Some(ctl.to_path_buf());
+            agent.netns = Some(topo::ns_path(&topo::node_ns(k)));
+            agent.extra = std::iter::once(format!("--node-name={node}"))
+                .chain(sc.agent_args.iter().cloned())
+                .chain(opts.agent_args.iter().cloned())
+                .collect();
+            agent
+                .try_start()
+                .with_context(|| format!("starting the agent of node {node}"))?;
+            self.agents.push(NodeAgent {
                 node: node.clone(),
-                pin_dir,
-                log,
-                proc,
-                args,
-                ctl: ctl.to_path_buf(),
-                netns,
+                agent,
             });
         }
         Ok(())
@@ -126,26 +85,15 @@ impl Lab {
     /// Waits until every agent reports `generation` in `lb-agent status`.
     pub(super) fn wait_synced(&mut self, generation: u64) -> anyhow::Result<()> {
         for a in &mut self.agents {
-            let log = |a: &AgentRun| tail(&std::fs::read_to_string(&a.log).unwrap_or_default());
-            let what = format!(
-                "the agent of node {} syncing generation {generation}",
-                a.node
-            );
-            crate::try_wait_until(Duration::from_secs(60), &what, || {
-                let out = Command::new(crate::agent_bin())
-                    .args(["status", "-o", "json"])
-                    .arg(format!("--pin-dir={}", a.pin_dir.display()))
-                    .output()?;
-                let synced = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                    .ok()
-                    .and_then(|v| v["synced_generation"].as_u64())
-                    .is_some_and(|g| g >= generation);
-                if let (false, Ok(Some(st))) = (synced, a.proc.child.try_wait()) {
-                    bail!("the agent of node {} exited ({st}):\n{}", a.node, log(a));
-                }
-                Ok(synced)
-            })
-            .map_err(|e| anyhow::anyhow!("{e:#}:\n{}", log(a)))?;
+            a.agent
+                .try_wait_synced(generation, Duration::from_secs(60))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the agent of node {}: {e:#}:\n{}",
+                        a.node,
+                        a.agent.log_tail(20)
+                    )
+                })?;
         }
         Ok(())
     }
@@ -162,10 +110,7 @@ impl Lab {
                 ("endpoints", ["endpoint", "list", "-o", "json"].as_slice()),
                 ("backends", ["backend", "list", "-o", "json"].as_slice()),
             ] {
-                let out = Command::new(crate::agent_bin())
-                    .args(args)
-                    .arg(format!("--pin-dir={}", a.pin_dir.display()))
-                    .output()?;
+                let out = a.agent.try_cli(args)?;
                 std::fs::write(
                     dir.join(format!("step{step}-{}-{what}.json", a.node)),
                     &out.stdout,
@@ -179,9 +124,4 @@ impl Lab {
         }
         Ok(())
     }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }

@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::spawn::Proc;
-use agents::{AgentRun, storm};
+use agents::{NodeAgent, storm};
 use control::Cluster;
 use probes::Resolved;
 use scenario::{Invalid, Scenario};
@@ -149,7 +149,7 @@ struct Lab {
     /// XDP_PASS programs on the underlay's bridge-side peers (native XDP).
     xdp_pass: Option<aya_keepalive::Keep>,
     dir: PathBuf,
-    agents: Vec<AgentRun>,
+    agents: Vec<NodeAgent>,
     holds: BTreeMap<String, Proc>,
     written: BTreeMap<String, String>,
 }

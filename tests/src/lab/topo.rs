@@ -1,6 +1,6 @@
 //! The lab's network: an underlay bridge in its own namespace, nodes with
 //! cgroups, pods on `lxc` veths, and `external`. Built with iproute2 inside
-//! each namespace (entered with nsenter, never `ip netns exec`).
+//! each namespace (entered through `crate::netns`, never `ip netns exec`).
 
 use std::{path::PathBuf, process::Command};
 
@@ -32,9 +32,8 @@ pub fn external_ns() -> String {
 }
 
 pub fn sh(ns: &str, script: &str) -> anyhow::Result<()> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns_path(ns).display()))
-        .args(["sh", "-ec", script])
+    let out = crate::netns::command(&ns_path(ns), "sh")
+        .args(["-ec", script])
         .output()
         .context("running nsenter")?;
     if !out.status.success() {
@@ -47,9 +46,8 @@ pub fn sh(ns: &str, script: &str) -> anyhow::Result<()> {
 }
 
 pub fn sh_out(ns: &str, script: &str) -> String {
-    Command::new("nsenter")
-        .arg(format!("--net={}", ns_path(ns).display()))
-        .args(["sh", "-c", script])
+    crate::netns::command(&ns_path(ns), "sh")
+        .args(["-c", script])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default()
@@ -256,24 +254,14 @@ pub fn all_namespaces(c: &Cluster) -> Vec<String> {
 
 /// Attaches XDP_PASS (native) to every bridge-side peer in the underlay:
 /// native XDP on a veth only sees traffic when its peer has a program too.
-/// Done from a thread that enters the underlay namespace; the programs stay
+/// Done from a thread inside the underlay namespace; the programs stay
 /// while the returned handle lives (and die with the namespace anyway).
-#[expect(unsafe_code, reason = "setns into a lab namespace")]
 pub fn xdp_pass_on_peers(c: &Cluster) -> anyhow::Result<super::aya_keepalive::Keep> {
     let mut peers: Vec<String> = (0..c.nodes.len()).map(|k| format!("u{}", k + 1)).collect();
     peers.push("u200".into());
-    let ns = ns_path(&underlay_ns());
-    std::thread::spawn(move || -> anyhow::Result<super::aya_keepalive::Keep> {
-        let f = std::fs::File::open(&ns)?;
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a namespace fd we hold; affects this thread only.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("entering the underlay namespace");
-        }
+    crate::netns::in_netns(&ns_path(&underlay_ns()), || -> anyhow::Result<_> {
         Ok(super::aya_keepalive::Keep(Box::new(
             lb_agent::datapath::xdp_pass_on(&peers)?,
         )))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the XDP_PASS thread panicked"))?
+    })?
 }

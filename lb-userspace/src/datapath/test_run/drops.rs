@@ -1,5 +1,9 @@
 //! What is refused, rate limited, dropped and counted, or left alone.
 
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, Ipv4Header, icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode,
+};
+
 use super::*;
 
 #[test]
@@ -13,15 +17,27 @@ fn no_backend_answers_port_unreachable() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
     assert_eq!(
-        &out[0..6],
-        &[2, 0, 0, 0, 0, 0xc8],
+        eth_dst(&out),
+        [2, 0, 0, 0, 0, 0xc8],
         "back to the sender's MAC"
     );
-    assert_eq!(out[14 + 9], 1, "ICMP");
-    assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
-    assert_eq!(&out[26..30], &[10, 100, 0, 1]);
-    assert_eq!(&out[30..34], &[10, 100, 0, 200]);
-    assert_eq!(&out[42..62], &syn[14..34], "quotes the offending header");
+    assert_eq!(
+        addrs(&out),
+        ("10.100.0.1".into(), "10.100.0.200".into()),
+        "from the node to the client"
+    );
+    let (kind, quote) = icmp4(&out);
+    assert_eq!(
+        kind,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        "port unreachable"
+    );
+    let (quoted, rest) = Ipv4Header::from_slice(quote).expect("a quoted IPv4 header");
+    assert_eq!(quoted, ipv4(&syn), "quotes the offending header");
+    assert!(
+        !rest.is_empty() && ip_payload(&syn).starts_with(rest),
+        "then the start of its segment"
+    );
     assert_checksums(&out);
     // a non-SYN segment is dropped, not answered
     let ack = tcp4([10, 100, 0, 200], 40002, [10, 100, 0, 1], 30080, false);
@@ -33,8 +49,16 @@ fn no_backend_answers_port_unreachable() {
     let (verdict, out) = bed.run("lb_tc_ingress", &q);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
-    assert_eq!(out[20], 58, "ICMPv6");
-    assert_eq!((out[54], out[55]), (1, 4), "port unreachable");
+    assert_eq!(
+        addrs(&out),
+        ("fd00:100::1".into(), "fd00:100::200".into()),
+        "from the node to the client"
+    );
+    assert_eq!(
+        icmp6(&out).0,
+        Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+        "port unreachable"
+    );
     assert_checksums(&out);
 }
 

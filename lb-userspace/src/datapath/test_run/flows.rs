@@ -32,13 +32,7 @@ fn xdp_translates_flows_to_local_backends_drops_what_tc_drops_and_passes_the_res
     let q = udp6("fd00:100::200", 50010, "fd00:100::1", 30053);
     bed.run("lb_tc_ingress", &q);
     let (_, out) = bed.run_xdp(&q);
-    assert_eq!(
-        &out[38..54],
-        &"fd00:244:1::a"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets()
-    );
+    assert_eq!(dst6(&out), ("fd00:244:1::a".into(), 5353));
     assert_checksums(&out);
     // a fragment passes untouched (its ports are TC's to remember)
     let mf = tcp4_fragment([10, 100, 0, 200], 40010, [10, 100, 0, 1], 30080, 0, true);

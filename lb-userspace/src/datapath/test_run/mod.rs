@@ -3,12 +3,18 @@
 //! packets they must leave alone.
 //!
 //! Here: the test bed (`Bed`) and the packet helpers the other `test_run_*`
-//! modules share; the tests sit in one file per concern.
+//! modules share (`read`: the fields of the frames put out); the tests sit
+//! in one file per concern.
 
 mod drops;
 mod flows;
 mod parser;
+mod read;
 mod translation;
+
+pub(super) use read::{
+    addrs, dst4, dst6, eth_dst, icmp4, icmp6, ip_payload, ipv4, ipv6, src4, src6,
+};
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -363,22 +369,4 @@ pub(super) fn assert_checksums(pkt: &[u8]) {
         0xffff,
         "L4 checksum (proto {proto})"
     );
-}
-
-pub(super) fn dst4(pkt: &[u8]) -> (String, u16) {
-    let ihl = (pkt[14] & 0xf) as usize * 4;
-    let a = &pkt[30..34];
-    (
-        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
-        u16::from_be_bytes([pkt[14 + ihl + 2], pkt[14 + ihl + 3]]),
-    )
-}
-
-pub(super) fn src4(pkt: &[u8]) -> (String, u16) {
-    let ihl = (pkt[14] & 0xf) as usize * 4;
-    let a = &pkt[26..30];
-    (
-        format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
-        u16::from_be_bytes([pkt[14 + ihl], pkt[14 + ihl + 1]]),
-    )
 }

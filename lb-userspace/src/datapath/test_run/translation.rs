@@ -100,14 +100,7 @@ fn udp_over_ipv6_is_translated_with_a_valid_checksum() {
     let q = udp6("fd00:100::200", 50000, "fd00:100::1", 30053);
     let (verdict, out) = bed.run("lb_tc_ingress", &q);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(
-        &out[38..54],
-        &"fd00:244:1::a"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets()
-    );
-    assert_eq!(u16::from_be_bytes([out[56], out[57]]), 5353);
+    assert_eq!(dst6(&out), ("fd00:244:1::a".into(), 5353));
     assert_checksums(&out);
 }
 
@@ -134,15 +127,15 @@ fn translation_keeps_a_complete_checksum_right_on_ipv6_and_ipv4() {
         &udp6("fd00:100::200", 50020, "fd00:100::1", 30053),
     );
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(&out[38..54], &ip("fd00:244:1::a").octets(), "translated");
+    assert_eq!(dst6(&out), ("fd00:244:1::a".into(), 5353), "translated");
     assert_checksums(&out);
     let (_, out) = run(
         "lb_tc_egress",
         &udp6("fd00:244:1::a", 5353, "fd00:100::200", 50020),
     );
     assert_eq!(
-        &out[22..38],
-        &ip("fd00:100::1").octets(),
+        src6(&out),
+        ("fd00:100::1".into(), 30053),
         "reverse translated"
     );
     assert_checksums(&out);

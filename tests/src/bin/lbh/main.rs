@@ -9,7 +9,7 @@
 
 #![expect(
     unsafe_code,
-    reason = "a test helper of raw sockets: dual-stack binds, SO_LINGER, SO_MARK, setns"
+    reason = "a test helper of raw sockets: dual-stack binds, SO_LINGER, SO_MARK"
 )]
 
 mod basic;

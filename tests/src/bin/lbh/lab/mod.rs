@@ -14,19 +14,9 @@ pub use clients::{http, request, tcp, udp, udp_sized};
 use std::{
     io::{BufRead, BufReader, Write},
     net::UdpSocket,
-    os::fd::AsRawFd,
 };
 
 use crate::sock::{dual_stack_socket, plain};
-
-fn setns(path: &str) -> std::io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    // SAFETY: setns on a namespace fd we hold; affects this thread only.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 pub fn serve() {
     let mut pods = Vec::new();
@@ -51,7 +41,8 @@ pub fn serve() {
     for (pod, ns, ports) in pods {
         let tx = tx.clone();
         std::thread::spawn(move || {
-            setns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+            // This thread and the ones it starts serve the pod from its namespace.
+            lb_tests::netns::enter(std::path::Path::new(&ns)).unwrap_or_else(|e| panic!("{e:#}"));
             let mut handles = Vec::new();
             for (port, proto) in ports {
                 let pod = pod.clone();
