@@ -52,7 +52,7 @@ pub(super) fn grow_for_left_out(
         if out.is_err() || !grow_if_short(dp, rec) {
             break;
         }
-        let again = rec.apply_from(&[], &[], false, dp);
+        let again = rec.apply_from(Vec::new(), &[], false, dp);
         out = out.and_then(|first| again.map(|a| merge_outcomes(first, a)));
     }
     out

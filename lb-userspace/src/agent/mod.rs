@@ -313,7 +313,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(r) = batch.rejected.take() {
             source_rejected = r;
         }
-        let applied = rec.apply_from(&batch.changes, &batch.files, batch.full, &mut dp);
+        let applied = rec.apply_from(
+            std::mem::take(&mut batch.changes),
+            &batch.files,
+            batch.full,
+            &mut dp,
+        );
         // The Services left out for room get it now.
         let applied = grow_for_left_out(&mut dp, &mut rec, applied);
         // Even after a failed write: those backends are gone from what the

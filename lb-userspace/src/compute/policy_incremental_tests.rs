@@ -347,7 +347,7 @@ fn run(seed: u64, steps: usize, cap: Capacity) -> (usize, usize) {
         let mut applied = Vec::new();
         for _ in 0..1 + r.below(4) {
             let c = random_change(&mut r, &mut w);
-            if snap.apply(&c).is_ok() {
+            if snap.apply(c.clone()).is_ok() {
                 applied.push(c);
             }
         }
@@ -458,7 +458,7 @@ fn a_label_change_recomputes_only_what_it_touches() {
         pol("web", "web", "api"),
         pol("db", "db", "cron"),
     ] {
-        snap.apply(&c).unwrap();
+        snap.apply(c).unwrap();
     }
     let mut sync = PolicySync::default();
     let plan = |snap: &mut Snapshot, sync: &mut PolicySync| {
@@ -469,7 +469,7 @@ fn a_label_change_recomputes_only_what_it_touches() {
     };
     assert_eq!(plan(&mut snap, &mut sync).1, PlanKind::Full);
     // x-1 becomes api: identity (a, api) exists; only the ipcache moves.
-    snap.apply(&pod("x-1", "a", "node-2", "api", "10.0.0.5"))
+    snap.apply(pod("x-1", "a", "node-2", "api", "10.0.0.5"))
         .unwrap();
     let (n, kind) = plan(&mut snap, &mut sync);
     assert_eq!(
@@ -481,7 +481,7 @@ fn a_label_change_recomputes_only_what_it_touches() {
     );
     assert_eq!(n, 2, "one ipcache write and the revision");
     // api-1 becomes cron, a new identity db's policy admits: db-1 only.
-    snap.apply(&pod("api-1", "a", "node-2", "cron", "10.0.0.3"))
+    snap.apply(pod("api-1", "a", "node-2", "cron", "10.0.0.3"))
         .unwrap();
     let (_, kind) = plan(&mut snap, &mut sync);
     assert_eq!(

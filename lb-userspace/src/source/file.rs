@@ -46,6 +46,8 @@ pub fn object_id(o: &Object) -> Option<ObjId> {
         Object::EndpointSlice(s) => id("EndpointSlice", s.as_ref(), true),
         Object::Pod(p) => id("Pod", p.as_ref(), true),
         Object::NetworkPolicy(p) => id("NetworkPolicy", p.as_ref(), true),
+        Object::ServiceInfo(i) => Some(("Service".into(), i.key.clone())),
+        Object::SliceInfo(i) => Some(("EndpointSlice".into(), i.key.clone())),
         Object::Node(n) => id("Node", n.as_ref(), false),
         Object::Namespace(n) => id("Namespace", n.as_ref(), false),
     }
@@ -320,7 +322,7 @@ fn read_file(path: &Path, old: &BTreeMap<ObjId, Digest>) -> FileRead {
             Ok(o) => match object_id(&o) {
                 Some(id) => {
                     read.digests.insert(id.clone(), doc.digest);
-                    read.objects.insert(id, o);
+                    read.objects.insert(id, o.compact());
                 }
                 None => read.rejected.push(Rejected {
                     file: file.clone(),

@@ -2,6 +2,7 @@
 //! k8s-openapi type and serialized back; an input key the round trip lost is
 //! a misspelt or unknown field, reported with its path instead of ignored.
 
+use crate::model::snapshot::{ServiceInfo, SliceInfo, service_info, slice_info};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, Pod, Service},
@@ -22,6 +23,31 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     NetworkPolicy(Box<NetworkPolicy>),
+    /// A Service already in the snapshot's form (`compact`).
+    ServiceInfo(Box<ServiceInfo>),
+    /// An EndpointSlice already in the snapshot's form (`compact`).
+    SliceInfo(Box<SliceInfo>),
+}
+
+impl Object {
+    /// The object in the snapshot's form where it has one: a typed object
+    /// is several times larger, and a source that holds a listing until
+    /// it is complete (100,000 Services and their slices) holds it in this
+    /// form. One the snapshot would refuse stays typed, to be refused
+    /// there with its reason.
+    pub fn compact(self) -> Self {
+        match self {
+            Self::Service(s) => match service_info(&s) {
+                Ok(i) => Self::ServiceInfo(Box::new(i)),
+                Err(_) => Self::Service(s),
+            },
+            Self::EndpointSlice(s) => match slice_info(&s) {
+                Ok(i) => Self::SliceInfo(Box::new(i)),
+                Err(_) => Self::EndpointSlice(s),
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
@@ -115,10 +141,7 @@ impl Document {
 /// a bad one does not hide the good ones beside it. (The outer error is
 /// kept for callers; a stream no longer fails whole.)
 pub fn parse_documents(text: &str) -> Result<Vec<Result<Object, ManifestError>>, ManifestError> {
-    Ok(parse_documents_at(text)
-        .into_iter()
-        .map(|d| d.result)
-        .collect())
+    Ok(parse_documents_at(text).map(|d| d.result).collect())
 }
 
 /// Parses every document of a YAML stream, each on its own, with its place.
@@ -128,28 +151,33 @@ pub fn parse_documents(text: &str) -> Result<Vec<Result<Object, ManifestError>>,
 /// alone, under serde-saphyr's default budget per document. So a file may
 /// hold any number of documents (serde-saphyr's whole-stream budget stops
 /// at 1,024), and a syntax error costs only the document it is in.
-pub fn parse_documents_at(text: &str) -> Vec<Document> {
-    let mut out = Vec::new();
-    for (line, first, chunk) in split_documents(text) {
-        let result = match serde_saphyr::from_str_with_options::<Value>(
-            chunk,
-            serde_saphyr::options! { with_snippet: false },
-        ) {
-            Ok(v) if v.is_null() => continue,
-            Ok(v) => parse_object(&v),
-            Err(e) => Err(ManifestError::Yaml(in_stream(
-                &one_line(&e.to_string()),
-                first,
-            ))),
-        };
-        out.push(Document {
-            index: out.len() + 1,
+///
+/// Lazily, one document at a time: a caller that keeps each object in a
+/// smaller form never holds a large file's objects all at once.
+pub fn parse_documents_at(text: &str) -> impl Iterator<Item = Document> + '_ {
+    split_documents(text)
+        .into_iter()
+        .filter_map(|(line, first, chunk)| {
+            let result = match serde_saphyr::from_str_with_options::<Value>(
+                chunk,
+                serde_saphyr::options! { with_snippet: false },
+            ) {
+                Ok(v) if v.is_null() => return None,
+                Ok(v) => parse_object(&v),
+                Err(e) => Err(ManifestError::Yaml(in_stream(
+                    &one_line(&e.to_string()),
+                    first,
+                ))),
+            };
+            Some((line, digest(chunk), result))
+        })
+        .enumerate()
+        .map(|(i, (line, digest, result))| Document {
+            index: i + 1,
             line,
-            digest: digest(chunk),
+            digest,
             result,
-        });
-    }
-    out
+        })
 }
 
 fn one_line(s: &str) -> String {
@@ -313,6 +341,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compact_holds_what_the_snapshot_takes_and_leaves_what_it_refuses_typed() {
+        let docs = parse_documents(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\n",
+        )
+        .unwrap();
+        let [Ok(good), Ok(bad), Ok(slice)] = <[_; 3]>::try_from(docs).unwrap() else {
+            panic!("three objects")
+        };
+        let Object::Service(typed) = good.clone() else {
+            panic!("a Service")
+        };
+        assert_eq!(
+            good.compact(),
+            Object::ServiceInfo(Box::new(service_info(&typed).unwrap()))
+        );
+        assert!(
+            matches!(bad.clone().compact(), Object::Service(_)),
+            "refused: kept typed"
+        );
+        assert_eq!(bad.clone().compact(), bad);
+        let Object::EndpointSlice(typed) = slice.clone() else {
+            panic!("an EndpointSlice")
+        };
+        assert_eq!(
+            slice.compact(),
+            Object::SliceInfo(Box::new(slice_info(&typed).unwrap()))
+        );
+    }
+
+    #[test]
     fn misspelt_field_is_named_with_its_path() {
         let y = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec:\n  ports: [{port: 80, targetport: 8080}]\n";
         let docs = parse_documents(y).unwrap();
@@ -363,7 +421,7 @@ mod tests {
     #[test]
     fn a_broken_document_fails_alone_named_by_its_place() {
         let y = "# leading comment\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b\n---\n--- # an empty one\n...\n%YAML 1.2\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
-        let docs = parse_documents_at(y);
+        let docs: Vec<Document> = parse_documents_at(y).collect();
         assert_eq!(docs.len(), 3, "{docs:?}");
         assert!(matches!(docs[0].result, Ok(Object::Namespace(_))));
         assert!(matches!(docs[2].result, Ok(Object::Namespace(_))));
@@ -380,7 +438,7 @@ mod tests {
     #[test]
     fn markers_inside_a_line_do_not_split() {
         let y = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels: {x: '--- not a marker'}\n---\n";
-        let docs = parse_documents_at(y);
+        let docs: Vec<Document> = parse_documents_at(y).collect();
         assert_eq!(docs.len(), 1);
         assert!(docs[0].result.is_ok(), "{docs:?}");
     }

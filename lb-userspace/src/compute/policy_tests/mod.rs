@@ -183,7 +183,7 @@ impl Cluster {
         for o in parse_documents(yaml).unwrap() {
             let o = o.unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             self.snap
-                .apply(&Change::Upsert(o))
+                .apply(Change::Upsert(o))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
@@ -191,7 +191,7 @@ impl Cluster {
     fn delete(&mut self, kind: &str, key: &str) {
         let (ns, name) = split_key(key);
         self.snap
-            .apply(&Change::Delete {
+            .apply(Change::Delete {
                 kind: kind.into(),
                 key: ObjRef::new(ns, name),
             })

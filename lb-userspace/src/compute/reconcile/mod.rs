@@ -157,24 +157,24 @@ impl Reconciler {
         full: bool,
         w: &mut dyn Writer,
     ) -> anyhow::Result<Outcome> {
-        self.apply_from(changes, &[], full, w)
+        self.apply_from(changes.to_vec(), &[], full, w)
     }
 
     /// `apply`, with the file each change came from (`files[i]` for
     /// `changes[i]`; shorter or empty when unknown) to name in rejections.
     pub fn apply_from(
         &mut self,
-        changes: &[Change],
+        changes: Vec<Change>,
         files: &[Option<std::sync::Arc<str>>],
         full: bool,
         w: &mut dyn Writer,
     ) -> anyhow::Result<Outcome> {
         let mut out = Outcome::default();
         let mut touched = BTreeSet::new();
-        for (i, c) in changes.iter().enumerate() {
-            let id = match c {
-                Change::Upsert(o) => object_id(o),
-                Change::Delete { kind, key } => Some((kind.clone(), key.clone())),
+        for (i, c) in changes.into_iter().enumerate() {
+            let (id, upsert) = match &c {
+                Change::Upsert(o) => (object_id(o), true),
+                Change::Delete { kind, key } => (Some((kind.clone(), key.clone())), false),
             };
             let warned = self.snapshot.warnings.len();
             let res = self.snapshot.apply(c);
@@ -203,7 +203,7 @@ impl Reconciler {
                     Some(reason)
                 }
             };
-            if let (Some(reason), Change::Upsert(_)) = (reason, c) {
+            if let (Some(reason), true) = (reason, upsert) {
                 let object = describe_id(&id);
                 let reason = reason
                     .strip_prefix(&format!("{object}: "))

@@ -253,42 +253,16 @@ impl Snapshot {
 
     /// Applies one change and returns the Services whose desired state it may
     /// have changed (nothing when the object is equal to what was there).
-    pub fn apply(&mut self, change: &Change) -> Result<Vec<ObjRef>, String> {
+    /// Takes the change: its object is freed here, as the next is read.
+    pub fn apply(&mut self, change: Change) -> Result<Vec<ObjRef>, String> {
         match change {
-            Change::Upsert(Object::Service(s)) => {
-                let info = service_info(s)?;
-                let key = info.key.clone();
-                if self.services.get(&key).is_some_and(|s| **s == info) {
-                    return Ok(vec![]);
-                }
-                let old = self.services.insert(key.clone(), Box::new(info));
-                let mut touched = self.reindex(&key, old.as_deref());
-                touched.push(key);
-                Ok(touched)
-            }
-            Change::Upsert(Object::EndpointSlice(s)) => {
-                let mut info = slice_info(s)?;
-                for n in info.endpoints.iter_mut().filter_map(|e| e.node.as_mut()) {
-                    self.node_names.intern(n);
-                }
-                let key = info.key.clone();
-                if self.slices.get(&key).is_some_and(|s| **s == info) {
-                    return Ok(vec![]);
-                }
-                let mut touched = self.remove_slice(&key);
-                if let Some(svc) = &info.service {
-                    self.by_service
-                        .entry(svc.clone())
-                        .or_default()
-                        .insert(key.clone());
-                    touched.push(svc.clone());
-                }
-                self.slices.insert(key, Box::new(info));
-                touched.dedup();
-                Ok(touched)
-            }
+            Change::Upsert(Object::Service(s)) => Ok(self.put_service(service_info(&s)?)),
+            Change::Upsert(Object::ServiceInfo(info)) => Ok(self.put_service(*info)),
+            Change::Upsert(Object::EndpointSlice(s)) => Ok(self.put_slice(slice_info(&s)?)),
+            Change::Upsert(Object::SliceInfo(info)) => Ok(self.put_slice(*info)),
             Change::Upsert(Object::Node(n)) => {
-                let info = node_info(n)?;
+                let info = node_info(&n)?;
+
                 if self.node_name.as_deref() != Some(info.name.as_str()) || self.node == info {
                     return Ok(vec![]);
                 }
@@ -303,7 +277,7 @@ impl Snapshot {
                 Ok(self.node_port_services())
             }
             Change::Upsert(Object::Pod(p)) => {
-                let info = pod_info(p)?;
+                let info = pod_info(&p)?;
                 if self.pods.get(&info.key) != Some(&info) {
                     self.policy_changes.pods.insert(info.key.clone());
                     self.pods.insert(info.key.clone(), info);
@@ -312,7 +286,7 @@ impl Snapshot {
                 Ok(vec![])
             }
             Change::Upsert(Object::Namespace(n)) => {
-                let (name, labels) = namespace_labels(n)?;
+                let (name, labels) = namespace_labels(&n)?;
                 if self.namespaces.get(&name) != Some(&labels) {
                     self.policy_changes.namespaces.insert(name.clone());
                     self.namespaces.insert(name, labels);
@@ -321,7 +295,7 @@ impl Snapshot {
                 Ok(vec![])
             }
             Change::Upsert(Object::NetworkPolicy(np)) => {
-                let (info, warning) = policy_info(np)?;
+                let (info, warning) = policy_info(&np)?;
                 self.warnings.extend(warning);
                 if self.policies.get(&info.key) != Some(&info) {
                     self.policy_changes.policies.insert(info.key.clone());
@@ -331,19 +305,19 @@ impl Snapshot {
                 Ok(vec![])
             }
             Change::Delete { kind, key } => Ok(match kind.as_str() {
-                "Service" => match self.services.remove(key) {
+                "Service" => match self.services.remove(&key) {
                     Some(old) => {
-                        let mut touched = self.reindex(key, Some(&old));
+                        let mut touched = self.reindex(&key, Some(&old));
                         touched.push(old.key);
                         touched
                     }
                     None => vec![],
                 },
-                "EndpointSlice" => self.remove_slice(key),
+                "EndpointSlice" => self.remove_slice(&key),
                 "Pod" => {
-                    if self.pods.remove(key).is_some() {
+                    if self.pods.remove(&key).is_some() {
                         self.policy_dirty = true;
-                        self.policy_changes.pods.insert(key.clone());
+                        self.policy_changes.pods.insert(key);
                     }
                     vec![]
                 }
@@ -355,9 +329,9 @@ impl Snapshot {
                     vec![]
                 }
                 "NetworkPolicy" => {
-                    if self.policies.remove(key).is_some() {
+                    if self.policies.remove(&key).is_some() {
                         self.policy_dirty = true;
-                        self.policy_changes.policies.insert(key.clone());
+                        self.policy_changes.policies.insert(key);
                     }
                     vec![]
                 }
@@ -377,6 +351,38 @@ impl Snapshot {
                 _ => vec![],
             }),
         }
+    }
+
+    fn put_service(&mut self, info: ServiceInfo) -> Vec<ObjRef> {
+        let key = info.key.clone();
+        if self.services.get(&key).is_some_and(|s| **s == info) {
+            return vec![];
+        }
+        let old = self.services.insert(key.clone(), Box::new(info));
+        let mut touched = self.reindex(&key, old.as_deref());
+        touched.push(key);
+        touched
+    }
+
+    fn put_slice(&mut self, mut info: SliceInfo) -> Vec<ObjRef> {
+        for n in info.endpoints.iter_mut().filter_map(|e| e.node.as_mut()) {
+            self.node_names.intern(n);
+        }
+        let key = info.key.clone();
+        if self.slices.get(&key).is_some_and(|s| **s == info) {
+            return vec![];
+        }
+        let mut touched = self.remove_slice(&key);
+        if let Some(svc) = &info.service {
+            self.by_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(key.clone());
+            touched.push(svc.clone());
+        }
+        self.slices.insert(key, Box::new(info));
+        touched.dedup();
+        touched
     }
 
     /// Services whose frontends depend on this node's addresses (NodePorts,
@@ -429,7 +435,7 @@ mod tests {
                  endpoints: [{addresses: [10.244.1.10], nodeName: n1, zone: za, hints: {forZones: [{name: za}], forNodes: [{name: n1}]}}, {addresses: [10.244.2.10], hints: {}}]\nports: [{port: 8080}]\n";
         let mut s = Snapshot::for_node(Some("n1".into()));
         for c in changes(y) {
-            s.apply(&c).unwrap();
+            s.apply(c).unwrap();
         }
         let sl = s.slices_of(&ObjRef::new("x", "a"));
         let h = sl[0].endpoints[0].hints.as_deref().unwrap();
@@ -443,7 +449,9 @@ mod tests {
                 "apiVersion: v1\nkind: Node\nmetadata: {{name: n1, labels: {{topology.kubernetes.io/zone: '{zone}'}}}}\nstatus: {{addresses: [{{type: InternalIP, address: {addr}}}]}}\n"
             )
         };
-        let touched = s.apply(&changes(&node("za", "10.100.0.1"))[0]).unwrap();
+        let touched = s
+            .apply(changes(&node("za", "10.100.0.1")).remove(0))
+            .unwrap();
         assert_eq!(s.node.zone.as_deref(), Some("za"));
         assert_eq!(
             touched,
@@ -451,9 +459,11 @@ mod tests {
             "a zone change recomputes every Service"
         );
         // Another address, same zone: only NodePort Services (none here).
-        let touched = s.apply(&changes(&node("za", "10.100.0.2"))[0]).unwrap();
+        let touched = s
+            .apply(changes(&node("za", "10.100.0.2")).remove(0))
+            .unwrap();
         assert!(touched.is_empty(), "{touched:?}");
-        let touched = s.apply(&changes(&node("", "10.100.0.2"))[0]).unwrap();
+        let touched = s.apply(changes(&node("", "10.100.0.2")).remove(0)).unwrap();
         assert_eq!(s.node.zone, None, "an empty label is no zone");
         assert_eq!(touched.len(), 1);
     }
@@ -467,8 +477,8 @@ mod tests {
             )
         };
         let mut s = Snapshot::for_node(Some("n1".into()));
-        s.apply(&changes(&slice("a-1", "n1"))[0]).unwrap();
-        s.apply(&changes(&slice("a-2", "n1"))[0]).unwrap();
+        s.apply(changes(&slice("a-1", "n1")).remove(0)).unwrap();
+        s.apply(changes(&slice("a-2", "n1")).remove(0)).unwrap();
         let nodes: Vec<std::sync::Arc<str>> = s
             .slices_of(&ObjRef::new("x", "a"))
             .iter()
@@ -482,7 +492,7 @@ mod tests {
         drop(nodes);
         // Slices move from node to node: names nobody holds any more go.
         for i in 0..1000 {
-            s.apply(&changes(&slice("a-1", &format!("m{i}")))[0])
+            s.apply(changes(&slice("a-1", &format!("m{i}"))).remove(0))
                 .unwrap();
         }
         assert!(

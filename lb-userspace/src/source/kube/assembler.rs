@@ -65,7 +65,7 @@ impl Assembler {
                     seen.insert(key.clone());
                 }
                 st.keys.insert(key);
-                self.pending.push(Change::Upsert(o));
+                self.pending.push(Change::Upsert(o.compact()));
             }
             Ev::Delete(o) => {
                 let Some((_, key)) = object_id(&o) else {
@@ -215,10 +215,10 @@ mod tests {
         assert_eq!(deletes(&b), ["Service b"]);
         assert!(b.full, "a Service relist is a full reconcile");
         assert!(
-            b.changes
-                .iter()
-                .any(|c| matches!(c, Change::Upsert(Object::Service(s)) if s.metadata.name.as_deref() == Some("a"))),
-            "the Service that still exists comes as an upsert"
+            b.changes.iter().any(
+                |c| matches!(c, Change::Upsert(Object::ServiceInfo(s)) if &*s.key.name == "a")
+            ),
+            "the Service that still exists comes as an upsert, held in the snapshot's form"
         );
         // Watch events after the listing.
         asm.event("Service", Ev::Delete(svc("a")));

@@ -8,7 +8,7 @@ fn invalid_objects_stay_rejected_until_fixed_or_deleted() {
     let mut w = Fake::default();
     let file: Option<std::sync::Arc<str>> = Some("/m/f.yaml".into());
     r.apply_from(
-        &objs(&svc("a", "10.96.0.300", "")),
+        objs(&svc("a", "10.96.0.300", "")),
         std::slice::from_ref(&file),
         false,
         &mut w,
