@@ -126,6 +126,7 @@ fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    memory::one_arena();
     crate::datapath::host::check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(source::QUEUED);
@@ -313,6 +314,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(r) = batch.rejected.take() {
             source_rejected = r;
         }
+        let changes = batch.changes.len();
         let applied = rec.apply_from(
             std::mem::take(&mut batch.changes),
             &batch.files,
@@ -387,8 +389,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     status.synced_generation,
                     &mut last_report,
                 );
-                let (generation, changes, full) =
-                    (batch.generation, batch.changes.len(), batch.full);
+                let (generation, full) = (batch.generation, batch.full);
                 if changes >= memory::TRIM_AFTER {
                     // What the change set's objects took goes back before
                     // the sync is recorded: the memory after a sync is the
