@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{BACKEND_DRAINING, Backend};
 
-use super::{Mirror, Op, identity};
+use super::{IdTable, Mirror, Op, identity};
 
 impl Mirror {
     /// The id of backend `b`, created (flagged draining when `draining`)
@@ -73,8 +73,7 @@ impl Mirror {
     /// earlier agent, e.g. draining for a frontend since removed) go, and
     /// every flag agrees with the references.
     pub fn remove_unreferenced(&mut self, ops: &mut Vec<Op>) {
-        let mut ids: Vec<u32> = self.backends.keys().copied().collect();
-        ids.sort_unstable();
+        let ids: Vec<u32> = self.backends.keys().collect();
         for id in ids {
             self.settle(id, ops);
         }
@@ -87,15 +86,6 @@ impl Mirror {
         });
         self.service_ids.insert(id);
         id
-    }
-
-    pub(super) fn unref(refs: &mut HashMap<u32, u32>, id: u32) {
-        if let Some(r) = refs.get_mut(&id) {
-            *r -= 1;
-            if *r == 0 {
-                refs.remove(&id);
-            }
-        }
     }
 
     /// Settles each of `ids` once, in order (removals after the slots and
@@ -124,7 +114,7 @@ impl ByIdentity {
         std::hash::BuildHasher::hash_one(&self.hasher, identity(*b))
     }
 
-    pub(super) fn get(&self, b: &Backend, backends: &HashMap<u32, Backend>) -> Option<u32> {
+    pub(super) fn get(&self, b: &Backend, backends: &IdTable<Backend>) -> Option<u32> {
         let b = identity(*b);
         self.table
             .find(self.hash(&b), |id| {
@@ -134,7 +124,7 @@ impl ByIdentity {
     }
 
     /// Indexes `id`, which `backends` holds.
-    pub(super) fn insert(&mut self, id: u32, backends: &HashMap<u32, Backend>) {
+    pub(super) fn insert(&mut self, id: u32, backends: &IdTable<Backend>) {
         let b = identity(backends[&id]);
         let h = self.hash(&b);
         let hasher = &self.hasher;
@@ -150,10 +140,38 @@ impl ByIdentity {
     }
 
     /// Forgets `id` (while `backends` still holds it).
-    pub(super) fn remove(&mut self, id: u32, backends: &HashMap<u32, Backend>) {
+    pub(super) fn remove(&mut self, id: u32, backends: &IdTable<Backend>) {
         let Some(b) = backends.get(&id) else { return };
         if let Ok(e) = self.table.find_entry(self.hash(b), |x| *x == id) {
             e.remove();
+        }
+    }
+}
+
+/// Reference counts by backend id: an id counted down to zero is no
+/// longer held.
+pub(super) trait RefCounts {
+    fn unref(&mut self, id: u32);
+}
+
+impl RefCounts for HashMap<u32, u32> {
+    fn unref(&mut self, id: u32) {
+        if let Some(r) = self.get_mut(&id) {
+            *r -= 1;
+            if *r == 0 {
+                self.remove(&id);
+            }
+        }
+    }
+}
+
+impl RefCounts for IdTable<u32> {
+    fn unref(&mut self, id: u32) {
+        if let Some(r) = self.get_mut(&id) {
+            *r -= 1;
+            if *r == 0 {
+                self.remove(&id);
+            }
         }
     }
 }

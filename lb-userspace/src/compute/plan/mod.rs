@@ -12,10 +12,13 @@
 //! loadBalancerSourceRanges entries; `maglev` its Maglev table.
 
 mod entries;
+mod id_table;
 mod ids;
 mod maglev;
 mod ranges;
 mod slots;
+
+pub use id_table::IdTable;
 #[cfg(test)]
 mod tests;
 
@@ -67,12 +70,12 @@ pub enum Op {
 pub struct Mirror {
     services: ServiceEntries,
     /// As the kernel holds them (`BACKEND_DRAINING` included).
-    backends: HashMap<u32, Backend>,
+    backends: IdTable<Backend>,
     /// By identity: the backend without `BACKEND_DRAINING`, which the
     /// agent flips in place.
     backend_ids: ids::ByIdentity,
     /// Slots naming each backend.
-    backend_refs: HashMap<u32, u32>,
+    backend_refs: IdTable<u32>,
     /// Frontends listing each backend as draining, and each frontend's
     /// draining backends: a backend lives while a slot or a frontend
     /// references it, flagged draining while only the latter do.
@@ -132,7 +135,7 @@ impl Mirror {
                     m.next_service_id = m.next_service_id.max(v.service_id + 1);
                 }
             } else {
-                *m.backend_refs.entry(v.backend_id).or_default() += 1;
+                *m.backend_refs.get_or_zero(v.backend_id) += 1;
             }
         }
         for id in 1..m.next_backend_id {
@@ -156,7 +159,7 @@ impl Mirror {
         &self.services
     }
 
-    pub fn backends(&self) -> &HashMap<u32, Backend> {
+    pub fn backends(&self) -> &IdTable<Backend> {
         &self.backends
     }
 

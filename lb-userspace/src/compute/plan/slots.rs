@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use lb_common::{PROTO_UDP, ServiceKey, ServiceValue};
 
-use super::{Mirror, Op};
+use super::{Mirror, Op, ids::RefCounts as _};
 use crate::compute::desired::Frontend;
 
 /// The backend ids by slot (from slot 1) that serve `want` when `old`
@@ -87,7 +87,7 @@ impl Mirror {
         .unwrap_or_default();
         let new_ids = place(&old_ids, &want);
         for id in &new_ids {
-            *self.backend_refs.entry(*id).or_default() += 1;
+            *self.backend_refs.get_or_zero(*id) += 1;
         }
         for (i, id) in new_ids.iter().enumerate() {
             let v = ServiceValue {
@@ -134,10 +134,10 @@ impl Mirror {
             ops.push(Op::DelService { key: k });
         }
         for id in &old_ids {
-            Self::unref(&mut self.backend_refs, *id);
+            self.backend_refs.unref(*id);
         }
         for id in &old_drains {
-            Self::unref(&mut self.drain_refs, *id);
+            self.drain_refs.unref(*id);
         }
         let mut touched = old_ids;
         touched.extend(old_drains);
@@ -172,11 +172,11 @@ impl Mirror {
             self.free_service_ids.insert(front.service_id);
         }
         for id in &ids {
-            Self::unref(&mut self.backend_refs, *id);
+            self.backend_refs.unref(*id);
         }
         let drains = self.drains.remove(key).unwrap_or_default();
         for id in &drains {
-            Self::unref(&mut self.drain_refs, *id);
+            self.drain_refs.unref(*id);
         }
         let mut touched = ids;
         touched.extend(drains);

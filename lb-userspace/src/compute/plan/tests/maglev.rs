@@ -105,7 +105,7 @@ fn maglev_tables_follow_their_frontend() {
     let reread = || {
         Mirror::from_entries(
             m.services().iter(),
-            m.backends().iter().map(|(k, v)| (*k, *v)),
+            m.backends().iter().map(|(k, v)| (k, *v)),
         )
     };
     let mut again = reread().with_maglev(251, [id]);

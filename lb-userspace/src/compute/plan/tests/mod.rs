@@ -127,7 +127,7 @@ fn id_of(m: &Mirror, b: u8) -> Option<u32> {
     m.backends()
         .iter()
         .find(|(_, x)| x.addr == addr)
-        .map(|(id, _)| *id)
+        .map(|(id, _)| id)
 }
 
 fn external(ip: &str, backends: &[u8]) -> Frontend {

@@ -164,7 +164,7 @@ fn a_deleted_backends_id_is_handed_to_the_conntrack_sweep_once() {
             .backends()
             .iter()
             .filter(|(_, b)| b.addr == a)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         ids
     };
