@@ -336,7 +336,15 @@ fn main() -> anyhow::Result<()> {
                 },
                 poll: Duration::from_millis(100),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Before any thread allocates (agent::memory).
+            agent::memory::one_arena();
+            // The sync loop runs on this thread (block_on) and applies a
+            // change set without yielding: a cold start of 100,000
+            // Services holds it for seconds. The sources' watches, the
+            // health endpoint and the healthCheckNodePort servers run on
+            // a worker of their own meanwhile.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()?;
             rt.block_on(agent::run(opts))

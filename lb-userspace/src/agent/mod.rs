@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 mod left_out;
-mod memory;
+pub mod memory;
 mod node;
 
 use left_out::{destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out};
@@ -126,7 +126,6 @@ fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    memory::one_arena();
     crate::datapath::host::check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Batch>(source::QUEUED);
@@ -238,6 +237,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     loop {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
+                let t = std::time::Instant::now();
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
@@ -245,6 +245,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
                 policy_metrics(&health, &pinned, &rec);
+                tracing::debug!(took_ms = t.elapsed().as_secs_f64() * 1e3, "periodic work");
                 continue;
             }
             _ = tick.tick() => {
@@ -282,6 +283,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
             Some(()) = link_events.recv() => {
+                let t = std::time::Instant::now();
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 // A pod's route names its interface: source validation.
                 let routes = crate::datapath::host::host_routes();
@@ -299,6 +301,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         }
                     }
                 }
+                tracing::debug!(took_ms = t.elapsed().as_secs_f64() * 1e3, "link change");
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,
