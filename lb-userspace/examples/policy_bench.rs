@@ -125,7 +125,7 @@ fn run(
     let (pods, policies, local) = sizes;
     let t = Instant::now();
     for c in &changes {
-        snap.apply(c).expect("apply");
+        snap.apply(c.clone()).expect("apply");
     }
     let load = t.elapsed();
     let (mut ids, mut eps) = (Identities::default(), EpIds::default());
@@ -135,7 +135,7 @@ fn run(
     let ops = policy_plan::diff(&Default::default(), &first.maps).len();
     // One label change of a remote pod that policies select as a peer.
     let t = Instant::now();
-    snap.apply(&pod(local + 7, 20, local, 3)).expect("apply");
+    snap.apply(pod(local + 7, 20, local, 3)).expect("apply");
     let next = policy::compute(&snap, &[], &mut ids, &mut eps);
     let changed = policy_plan::diff(&first.maps, &next.maps).len();
     let change_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -229,7 +229,7 @@ fn run(
             // Incremental: snapshot, plan, mirror.
             let t = Instant::now();
             for c in set {
-                snap.apply(c).expect("apply");
+                snap.apply(c.clone()).expect("apply");
             }
             let ch = std::mem::take(&mut snap.policy_changes);
             let ops = sync.plan_changes(&snap, &ch, false, &mut errors);

@@ -23,13 +23,30 @@ use crate::{
 pub const GENERATION_FILE: &str = "GENERATION";
 
 /// Kind and namespace/name: the identity of an object across files.
-pub type ObjId = (String, ObjRef);
+/// The kind is one of `KINDS`: a name, not a string per object (the file
+/// source keeps two ids per object).
+pub type ObjId = (&'static str, ObjRef);
+
+/// The kinds the agent reads.
+pub const KINDS: [&str; 6] = [
+    "Service",
+    "EndpointSlice",
+    "Pod",
+    "NetworkPolicy",
+    "Node",
+    "Namespace",
+];
+
+/// `kind` as one of `KINDS` (None: a kind the agent does not read).
+pub fn known_kind(kind: &str) -> Option<&'static str> {
+    KINDS.iter().copied().find(|k| *k == kind)
+}
 
 pub fn object_id(o: &Object) -> Option<ObjId> {
     fn id<
         T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
     >(
-        kind: &str,
+        kind: &'static str,
         t: &T,
         namespaced: bool,
     ) -> Option<ObjId> {
@@ -39,15 +56,15 @@ pub fn object_id(o: &Object) -> Option<ObjId> {
         } else {
             ""
         };
-        Some((kind.to_string(), ObjRef::new(ns, m.name.as_deref()?)))
+        Some((kind, ObjRef::new(ns, m.name.as_deref()?)))
     }
     match o {
         Object::Service(s) => id("Service", s.as_ref(), true),
         Object::EndpointSlice(s) => id("EndpointSlice", s.as_ref(), true),
         Object::Pod(p) => id("Pod", p.as_ref(), true),
         Object::NetworkPolicy(p) => id("NetworkPolicy", p.as_ref(), true),
-        Object::ServiceInfo(i) => Some(("Service".into(), i.key.clone())),
-        Object::SliceInfo(i) => Some(("EndpointSlice".into(), i.key.clone())),
+        Object::ServiceInfo(i) => Some(("Service", i.key.clone())),
+        Object::SliceInfo(i) => Some(("EndpointSlice", i.key.clone())),
         Object::Node(n) => id("Node", n.as_ref(), false),
         Object::Namespace(n) => id("Namespace", n.as_ref(), false),
     }
@@ -225,11 +242,11 @@ impl FileSource {
             let carried = self.applied.get(&id).map(|(_, d)| *d);
             let Some((path, digest)) = at else {
                 if self.applied.remove(&id).is_some() {
-                    if let Some(n) = self.counts.get_mut(&id.0) {
+                    if let Some(n) = self.counts.get_mut(id.0) {
                         *n -= 1;
                     }
                     batch.changes.push(Change::Delete {
-                        kind: id.0,
+                        kind: id.0.to_string(),
                         key: id.1,
                     });
                     batch.files.push(None);
@@ -256,7 +273,7 @@ impl FileSource {
                 batch.files.push(Some(name));
             }
             if self.applied.insert(id.clone(), (arc, digest)).is_none() {
-                *self.counts.entry(id.0).or_default() += 1;
+                *self.counts.entry(id.0.to_string()).or_default() += 1;
             }
         }
         Ok(batch)

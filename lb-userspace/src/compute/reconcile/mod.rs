@@ -28,7 +28,7 @@ use crate::{
     serve::health_check::Check,
     source::{
         RejectKind, Rejected,
-        file::{ObjId, describe_id, object_id},
+        file::{ObjId, describe_id, known_kind, object_id},
     },
 };
 
@@ -174,7 +174,7 @@ impl Reconciler {
         for (i, c) in changes.into_iter().enumerate() {
             let (id, upsert) = match &c {
                 Change::Upsert(o) => (object_id(o), true),
-                Change::Delete { kind, key } => (Some((kind.clone(), key.clone())), false),
+                Change::Delete { kind, key } => (known_kind(kind).map(|k| (k, key.clone())), false),
             };
             let warned = self.snapshot.warnings.len();
             let res = self.snapshot.apply(c);
