@@ -23,6 +23,17 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 pub fn try_wait_until(
     timeout: Duration,
     what: &str,
+    condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    try_wait_until_every(POLL, timeout, what, condition)
+}
+
+/// [`try_wait_until`], looking every `every`: the bench, which times how
+/// soon a condition holds, looks every millisecond.
+pub fn try_wait_until_every(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
     mut condition: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -33,7 +44,7 @@ pub fn try_wait_until(
         if Instant::now() >= deadline {
             anyhow::bail!("{what}: not within {timeout:?}");
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(every);
     }
 }
 

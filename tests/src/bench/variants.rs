@@ -264,20 +264,21 @@ fn wait_status(
     let pinned = lb_agent::datapath::Pinned {
         pin_dir: a.pin_dir.clone(),
     };
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = pinned.status().ok().filter(|s| done(s)) {
-            return Ok(s);
-        }
-        a.assert_running(what);
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not report {what} in {limit:?}:\n{}",
-                a.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    let mut seen = None;
+    let waited = crate::wait::try_wait_until_every(
+        Duration::from_millis(1),
+        limit,
+        &format!("the agent reporting {what}"),
+        || {
+            seen = pinned.status().ok().filter(|s| done(s));
+            a.assert_running(what);
+            Ok(seen.is_some())
+        },
+    );
+    if let Err(e) = waited {
+        bail!("{e:#}:\n{}", a.log_text());
     }
+    Ok(seen.expect("the wait ended on a status that held"))
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {

@@ -79,12 +79,11 @@ pub(super) fn gre(src: &str, dst: &str) -> Vec<u8> {
 /// first 8 bytes after it.
 pub(super) fn quote(pkt: &[u8]) -> &[u8] {
     let l3 = &pkt[14..];
-    let len = if l3[0] >> 4 == 4 {
-        (l3[0] & 0xf) as usize * 4 + 8
-    } else {
-        48
+    let header = match etherparse::Ipv4HeaderSlice::from_slice(l3) {
+        Ok(h) => h.slice().len(),
+        Err(_) => etherparse::Ipv6Header::LEN,
     };
-    &l3[..len]
+    &l3[..header + 8]
 }
 
 /// Destination (port) unreachable from `src` to `dst`, quoting `quoted`.
@@ -154,39 +153,29 @@ pub(super) fn arp(spa: &str, tpa: &str) -> Vec<u8> {
     v
 }
 
-/// The IPv4 header checksum, recomputed after an edit.
-pub(super) fn fix_ip4_checksum(pkt: &mut [u8]) {
-    let ihl = (pkt[14] & 0xf) as usize * 4;
-    pkt[24] = 0;
-    pkt[25] = 0;
-    let mut acc: u32 = 0;
-    for c in pkt[14..14 + ihl].chunks(2) {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    pkt[24..26].copy_from_slice(&(!(acc as u16)).to_be_bytes());
-}
-
 /// `pkt` as a fragment at `offset` (8-byte units), more to come or not.
 /// IPv4: the header's fields; IPv6: a fragment extension header. The L4
 /// bytes stay as they were: a later fragment whose payload happens to look
 /// like the ports of an allowed flow must not be read as such.
 pub(super) fn fragment(pkt: &[u8], offset: u16, more: bool) -> Vec<u8> {
-    let mut v = pkt.to_vec();
-    if v[14] >> 4 == 4 {
-        let word = (more as u16) << 13 | offset;
-        v[20..22].copy_from_slice(&word.to_be_bytes());
-        fix_ip4_checksum(&mut v);
+    let (eth, l3) = etherparse::Ethernet2Header::from_slice(pkt).expect("an Ethernet frame");
+    let mut v = eth.to_bytes().to_vec();
+    let offset = etherparse::IpFragOffset::try_new(offset).expect("a fragment offset");
+    if let Ok((mut ip, payload)) = etherparse::Ipv4Header::from_slice(l3) {
+        ip.dont_fragment = false;
+        ip.more_fragments = more;
+        ip.fragment_offset = offset;
+        ip.header_checksum = ip.calc_header_checksum();
+        ip.write(&mut v).unwrap();
+        v.extend_from_slice(payload);
         return v;
     }
-    let next = v[14 + 6];
-    v[14 + 6] = 44;
-    let plen = u16::from_be_bytes([v[18], v[19]]) + 8;
-    v[18..20].copy_from_slice(&plen.to_be_bytes());
-    let word = (offset << 3) | more as u16;
-    let w = word.to_be_bytes();
-    v.splice(54..54, [next, 0, w[0], w[1], 0, 0, 0x12, 0x34]);
+    let (mut ip, payload) = etherparse::Ipv6Header::from_slice(l3).expect("an IP packet");
+    let frag = etherparse::Ipv6FragmentHeader::new(ip.next_header, offset, more, 0x1234);
+    ip.next_header = etherparse::IpNumber::IPV6_FRAGMENTATION_HEADER;
+    ip.payload_length += etherparse::Ipv6FragmentHeader::LEN as u16;
+    ip.write(&mut v).unwrap();
+    frag.write(&mut v).unwrap();
+    v.extend_from_slice(payload);
     v
 }
