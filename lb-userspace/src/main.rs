@@ -340,9 +340,9 @@ fn main() -> anyhow::Result<()> {
             agent::memory::one_arena();
             // The sync loop runs on this thread (block_on) and applies a
             // change set without yielding: a cold start of 100,000
-            // Services holds it for seconds. The sources' watches, the
-            // health endpoint and the healthCheckNodePort servers run on
-            // a worker of their own meanwhile.
+            // Services holds it for seconds. The sources' watches run on
+            // a worker meanwhile (the HTTP servers have a thread of their
+            // own, serve/http.rs).
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()

@@ -6,20 +6,12 @@
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader};
 use lb_common::PROTO_TCP;
 
-use super::test_run::{Bed, TC_ACT_OK, assert_checksums, src4, tcp4, udp6};
+use super::test_run::{Bed, TC_ACT_OK, assert_checksums, quote, src4, tcp4, udp6};
 use super::test_run_conntrack::counter;
 
 const CLIENT: [u8; 4] = [10, 100, 0, 200];
 const NODE: [u8; 4] = [10, 100, 0, 1];
 const ROUTER: [u8; 4] = [10, 100, 0, 254];
-
-/// What an ICMP error quotes of `pkt` (an Ethernet frame): its IP header
-/// and the 8 bytes after it.
-fn quote(pkt: &[u8]) -> Vec<u8> {
-    let l3 = &pkt[14..];
-    let len = if l3[0] >> 4 == 4 { 28 } else { 48 };
-    l3[..len].to_vec()
-}
 
 fn frag_needed(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -75,7 +67,7 @@ fn a_routers_fragmentation_needed_about_a_reply_reaches_the_local_backend() {
     // The node's reply as the client would have got it, too big for a hop.
     let reply = tcp4(NODE, 30080, CLIENT, 40006, false);
     let before = counter(&bed, "icmp_error_translated");
-    let (verdict, out) = bed.run("lb_tc_ingress", &frag_needed(ROUTER, NODE, &quote(&reply)));
+    let (verdict, out) = bed.run("lb_tc_ingress", &frag_needed(ROUTER, NODE, quote(&reply)));
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(v4(&out[30..34]), "10.244.1.10", "to the backend");
     assert_eq!(v4(&out[26..30]), "10.100.0.254", "still from the router");
@@ -91,7 +83,7 @@ fn a_routers_fragmentation_needed_about_a_reply_reaches_the_local_backend() {
     assert_eq!(counter(&bed, "icmp_error_translated"), before + 1);
     // An error about a flow nobody has passes untouched.
     let stranger = tcp4(NODE, 30080, CLIENT, 40999, false);
-    let e = frag_needed(ROUTER, NODE, &quote(&stranger));
+    let e = frag_needed(ROUTER, NODE, quote(&stranger));
     assert_eq!(bed.run("lb_tc_ingress", &e), (TC_ACT_OK, e.clone()));
     assert_eq!(counter(&bed, "icmp_error_translated"), before + 1);
 }
@@ -109,7 +101,7 @@ fn an_error_about_an_snat_flows_reply_quotes_the_nodes_tuple_to_the_remote_backe
     let (_, out) = bed.run("lb_tc_egress", &fwd);
     let (_, snat_port) = src4(&out);
     let reply = tcp4(NODE, 30080, CLIENT, 40007, false);
-    let (_, out) = bed.run("lb_tc_ingress", &frag_needed(ROUTER, NODE, &quote(&reply)));
+    let (_, out) = bed.run("lb_tc_ingress", &frag_needed(ROUTER, NODE, quote(&reply)));
     assert_eq!(v4(&out[30..34]), "10.244.2.10");
     let (src, dst, ok) = quoted4(&out);
     assert_eq!(src, ("10.244.2.10".into(), 8080));
@@ -126,7 +118,7 @@ fn an_error_about_an_snat_flows_reply_quotes_the_nodes_tuple_to_the_remote_backe
 fn a_local_backends_port_unreachable_reaches_the_client_from_the_frontend() {
     let bed = Bed::with_node_port("icmpout");
     let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40008, NODE, 30080, true));
-    let e = port_unreachable([10, 244, 1, 10], CLIENT, &quote(&fwd));
+    let e = port_unreachable([10, 244, 1, 10], CLIENT, quote(&fwd));
     let (verdict, out) = bed.run("lb_tc_egress", &e);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(v4(&out[26..30]), "10.100.0.1", "from the frontend");
@@ -148,7 +140,7 @@ fn a_local_backends_port_unreachable_reaches_the_client_from_the_frontend() {
 fn the_nodes_own_fragmentation_needed_about_a_clients_packet_quotes_the_frontend() {
     let bed = Bed::with_node_port("icmpnode");
     let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40010, NODE, 30080, true));
-    let e = frag_needed(NODE, CLIENT, &quote(&fwd));
+    let e = frag_needed(NODE, CLIENT, quote(&fwd));
     let (verdict, out) = bed.run("lb_tc_egress", &e);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(v4(&out[26..30]), "10.100.0.1", "from the node, as sent");
@@ -177,7 +169,7 @@ fn an_ipv6_packet_too_big_about_a_reply_reaches_the_backend() {
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], [2, 0, 0, 0, 0, 1])
         .ipv6(router.octets(), node.octets(), 64)
         .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
-        .write(&mut e, &quote(&reply))
+        .write(&mut e, quote(&reply))
         .unwrap();
     let (verdict, out) = bed.run("lb_tc_ingress", &e);
     assert_eq!(verdict, TC_ACT_OK);
@@ -213,7 +205,7 @@ fn a_remote_backends_port_unreachable_reaches_the_client_from_the_frontend() {
     let (_, fwd) = bed.run("lb_tc_ingress", &tcp4(CLIENT, 40009, NODE, 30080, true));
     let (_, sent) = bed.run("lb_tc_egress", &fwd);
     // The backend refuses what reached it (node:SNAT port -> backend).
-    let e = port_unreachable([10, 244, 2, 10], NODE, &quote(&sent));
+    let e = port_unreachable([10, 244, 2, 10], NODE, quote(&sent));
     let (_, mid) = bed.run("lb_tc_ingress", &e);
     assert_eq!(v4(&mid[30..34]), "10.100.0.200", "to the client");
     let (_, out) = bed.run("lb_tc_egress", &mid);

@@ -4,34 +4,20 @@
 //! outside and in its quote is translated like any other.
 
 use etherparse::{
-    Icmpv4Type, InternetSlice, IpHeaders, IpNumber, Ipv4Header, Ipv4HeaderSlice, PacketBuilder,
-    SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+    Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4HeaderSlice, PacketBuilder,
+    icmpv4::DestUnreachableHeader,
 };
 use lb_common::PROTO_TCP;
 
-use super::test_run::{Bed, TC_ACT_OK, TC_ACT_REDIRECT, assert_checksums, tcp4_with_options};
+use super::test_run::{
+    Bed, TC_ACT_OK, TC_ACT_REDIRECT, assert_checksums, icmp4, ipv4, quote, tcp4_with_options,
+};
 
 const CLIENT: [u8; 4] = [10, 100, 0, 200];
 const NODE: [u8; 4] = [10, 100, 0, 1];
 const ROUTER: [u8; 4] = [10, 100, 0, 254];
 /// Router alert: a 4-byte option any router may add.
 const OPTION: [u8; 4] = [0x94, 0x04, 0, 0];
-
-/// The outer IPv4 header and the ICMP message of an Ethernet frame.
-fn icmp4(frame: &[u8]) -> (Ipv4Header, Icmpv4Type, Vec<u8>) {
-    let p = SlicedPacket::from_ethernet(frame).expect("an Ethernet frame");
-    let Some(InternetSlice::Ipv4(ip)) = p.net else {
-        panic!("not IPv4: {frame:?}")
-    };
-    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
-        panic!("not ICMP: {frame:?}")
-    };
-    (
-        ip.header().to_header(),
-        icmp.icmp_type(),
-        icmp.payload().to_vec(),
-    )
-}
 
 /// An ICMP error from `src` to `dst` quoting `quoted`, with `options` in
 /// its own header.
@@ -47,13 +33,6 @@ fn error4(src: [u8; 4], dst: [u8; 4], ty: Icmpv4Type, quoted: &[u8], options: bo
         .write(&mut v, quoted)
         .unwrap();
     v
-}
-
-/// What an ICMP error quotes of an IPv4 frame: its whole header, options
-/// included, and the 8 bytes after it.
-fn quote(frame: &[u8]) -> Vec<u8> {
-    let ihl = (frame[14] & 0x0f) as usize * 4;
-    frame[14..14 + ihl + 8].to_vec()
 }
 
 /// The quoted header (its checksum checked) and its ports.
@@ -79,7 +58,7 @@ fn a_syn_with_ip_options_to_a_service_without_endpoints_is_refused_quoting_its_w
     let (verdict, out) = bed.run("lb_tc_ingress", &syn);
     assert_eq!(bed.moved(&before), [("icmp_port_unreachable_sent", 1)]);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    let (ip, ty, payload) = icmp4(&out);
+    let (ip, (ty, payload)) = (ipv4(&out), icmp4(&out));
     assert_eq!((ip.source, ip.destination), (NODE, CLIENT));
     assert!(
         ip.options.is_empty(),
@@ -94,7 +73,7 @@ fn a_syn_with_ip_options_to_a_service_without_endpoints_is_refused_quoting_its_w
         quote(&syn),
         "the header with its options, and 8 bytes"
     );
-    let (q, sport, dport) = quoted(&payload);
+    let (q, sport, dport) = quoted(payload);
     assert_eq!(&q.options[..], &OPTION);
     assert_eq!((sport, dport), (40200, 30080));
     assert_checksums(&out);
@@ -112,17 +91,17 @@ fn an_icmp_error_with_ip_options_outside_and_in_its_quote_is_translated() {
     let too_big = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
         next_hop_mtu: 1400,
     });
-    let e = error4(ROUTER, NODE, too_big.clone(), &quote(&reply), true);
+    let e = error4(ROUTER, NODE, too_big.clone(), quote(&reply), true);
     let before = bed.counters();
     let (verdict, out) = bed.run("lb_tc_ingress", &e);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(bed.moved(&before), [("icmp_error_translated", 1)]);
-    let (ip, ty, payload) = icmp4(&out);
+    let (ip, (ty, payload)) = (ipv4(&out), icmp4(&out));
     assert_eq!(ip.destination, [10, 244, 1, 10], "to the backend");
     assert_eq!(ip.source, ROUTER);
     assert_eq!(&ip.options[..], &OPTION, "its own options stay");
     assert_eq!(ty, too_big);
-    let (q, sport, dport) = quoted(&payload);
+    let (q, sport, dport) = quoted(payload);
     assert_eq!(
         (q.source, sport),
         ([10, 244, 1, 10], 8080),

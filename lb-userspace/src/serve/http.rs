@@ -1,9 +1,10 @@
 //! The HTTP server under the health endpoint and the healthCheckNodePorts:
 //! hyper, every connection a task of its own, so one slow or idle client
 //! never keeps another waiting. It runs on a runtime thread of its own: the
-//! agent's runtime is single-threaded and its sync loop may write maps for
-//! seconds, which must not keep `/livez` or a load balancer's health check
-//! waiting (the kubelet would restart a busy agent).
+//! agent's sync loop may write maps for seconds, and nothing else the
+//! agent runs (its sources' watches) may keep `/livez` or a load
+//! balancer's health check waiting (the kubelet would restart a busy
+//! agent).
 
 use std::{
     convert::Infallible,

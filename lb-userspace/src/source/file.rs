@@ -225,22 +225,11 @@ impl FileSource {
         }
         touched.sort();
         touched.dedup();
-        let now: Vec<(ObjId, Option<(PathBuf, Digest)>)> = {
-            let won = winners(&self.files, &touched);
-            touched
-                .into_iter()
-                .map(|id| {
-                    let at = won
-                        .get(&id)
-                        .map(|p| ((*p).clone(), self.files[*p].objects[&id]));
-                    (id, at)
-                })
-                .collect()
-        };
-        let mut names: HashMap<PathBuf, (Arc<Path>, Arc<str>)> = HashMap::new();
-        for (id, at) in now {
+        let won = winners(&self.files, &touched);
+        let mut names: HashMap<&Path, (Arc<Path>, Arc<str>)> = HashMap::new();
+        for id in touched {
             let carried = self.applied.get(&id).map(|(_, d)| *d);
-            let Some((path, digest)) = at else {
+            let Some(path) = won.get(&id).copied() else {
                 if self.applied.remove(&id).is_some() {
                     if let Some(n) = self.counts.get_mut(id.0) {
                         *n -= 1;
@@ -253,12 +242,13 @@ impl FileSource {
                 }
                 continue;
             };
+            let digest = self.files[path].objects[&id];
             let (arc, name) = names
-                .entry(path.clone())
+                .entry(path)
                 .or_insert_with(|| (Arc::from(path.as_path()), path.display().to_string().into()))
                 .clone();
             if carried != Some(digest) {
-                let Some(o) = take_object(&mut parsed, &path, &id) else {
+                let Some(o) = take_object(&mut parsed, path, &id) else {
                     // Its document there is broken now, and the version
                     // that file had before is not held.
                     batch.errors.push(Rejected {

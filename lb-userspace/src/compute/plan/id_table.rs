@@ -85,6 +85,19 @@ impl<T> IdTable<T> {
     }
 }
 
+/// Reference counts by id.
+impl IdTable<u32> {
+    /// One reference fewer; an id counted down to zero is no longer held.
+    pub fn unref(&mut self, id: u32) {
+        if let Some(r) = self.get_mut(&id) {
+            *r -= 1;
+            if *r == 0 {
+                self.remove(&id);
+            }
+        }
+    }
+}
+
 impl<T> Index<&u32> for IdTable<T> {
     type Output = T;
 

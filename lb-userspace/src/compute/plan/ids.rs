@@ -1,7 +1,7 @@
 //! Backend and service ids: handed out, reused, and each backend kept,
 //! flagged draining or deleted as the references to it say.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use lb_common::{BACKEND_DRAINING, Backend};
 
@@ -144,34 +144,6 @@ impl ByIdentity {
         let Some(b) = backends.get(&id) else { return };
         if let Ok(e) = self.table.find_entry(self.hash(b), |x| *x == id) {
             e.remove();
-        }
-    }
-}
-
-/// Reference counts by backend id: an id counted down to zero is no
-/// longer held.
-pub(super) trait RefCounts {
-    fn unref(&mut self, id: u32);
-}
-
-impl RefCounts for HashMap<u32, u32> {
-    fn unref(&mut self, id: u32) {
-        if let Some(r) = self.get_mut(&id) {
-            *r -= 1;
-            if *r == 0 {
-                self.remove(&id);
-            }
-        }
-    }
-}
-
-impl RefCounts for IdTable<u32> {
-    fn unref(&mut self, id: u32) {
-        if let Some(r) = self.get_mut(&id) {
-            *r -= 1;
-            if *r == 0 {
-                self.remove(&id);
-            }
         }
     }
 }

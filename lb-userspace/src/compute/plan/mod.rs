@@ -79,7 +79,7 @@ pub struct Mirror {
     /// Frontends listing each backend as draining, and each frontend's
     /// draining backends: a backend lives while a slot or a frontend
     /// references it, flagged draining while only the latter do.
-    drain_refs: HashMap<u32, u32>,
+    drain_refs: IdTable<u32>,
     drains: HashMap<ServiceKey, Vec<u32>>,
     free_backend_ids: BTreeSet<u32>,
     next_backend_id: u32,

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use lb_common::{PROTO_UDP, ServiceKey, ServiceValue};
 
-use super::{Mirror, Op, ids::RefCounts as _};
+use super::{Mirror, Op};
 use crate::compute::desired::Frontend;
 
 /// The backend ids by slot (from slot 1) that serve `want` when `old`
@@ -77,7 +77,7 @@ impl Mirror {
             .map(|b| self.take_backend_id(*b, true, ops))
             .collect();
         for id in &drain_ids {
-            *self.drain_refs.entry(*id).or_default() += 1;
+            *self.drain_refs.get_or_zero(*id) += 1;
         }
         let old_drains = if drain_ids.is_empty() {
             self.drains.remove(&key)

@@ -267,6 +267,18 @@ pub(super) fn tcp4_fragment(
     v
 }
 
+/// What an ICMP error quotes of an Ethernet frame: its IP header, IPv4
+/// options included, and the 8 bytes after it (RFC 792, RFC 4443's
+/// minimum).
+pub(in crate::datapath) fn quote(pkt: &[u8]) -> &[u8] {
+    let l3 = &pkt[14..];
+    let header = match etherparse::Ipv4HeaderSlice::from_slice(l3) {
+        Ok(h) => h.slice().len(),
+        Err(_) => etherparse::Ipv6Header::LEN,
+    };
+    &l3[..header + 8]
+}
+
 /// A TCP segment whose IPv4 header carries a Router Alert option (24 bytes
 /// of header, not 20).
 pub(super) fn tcp4_with_options(

@@ -38,7 +38,7 @@ use lb_common::{
     PolEndpoint, PolReason, PolicyData, PolicyState,
 };
 
-use super::OBJECT;
+use super::{OBJECT, test_run::quote};
 use crate::compute::desired::net_addr;
 
 const OK: u32 = 0;

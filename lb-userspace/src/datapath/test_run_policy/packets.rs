@@ -75,17 +75,6 @@ pub(super) fn gre(src: &str, dst: &str) -> Vec<u8> {
     raw(src, dst, GRE, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20])
 }
 
-/// The part of an IP packet an ICMP error quotes: its IP header and the
-/// first 8 bytes after it.
-pub(super) fn quote(pkt: &[u8]) -> &[u8] {
-    let l3 = &pkt[14..];
-    let header = match etherparse::Ipv4HeaderSlice::from_slice(l3) {
-        Ok(h) => h.slice().len(),
-        Err(_) => etherparse::Ipv6Header::LEN,
-    };
-    &l3[..header + 8]
-}
-
 /// Destination (port) unreachable from `src` to `dst`, quoting `quoted`.
 pub(super) fn unreachable(src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
     let b = ip_step(src, dst);

@@ -8,20 +8,17 @@ use std::collections::{BTreeMap, HashSet};
 use crate::{
     model::snapshot::{Change, ObjRef},
     source::manifest::Object,
-    source::{Batch, file::object_id},
+    source::{
+        Batch,
+        file::{KINDS, object_id},
+    },
 };
 
-/// Kinds that must be listed before the first change set: without them the
-/// reconciler would compute frontends, or policies, from a partial view (a
-/// missing NetworkPolicy opens a pod, a missing Pod drops its peers).
-pub(super) const NEEDED_FOR_SYNC: &[&str] = &[
-    "Service",
-    "EndpointSlice",
-    "Node",
-    "Pod",
-    "Namespace",
-    "NetworkPolicy",
-];
+/// Kinds that must be listed before the first change set: every kind the
+/// agent reads. Without them the reconciler would compute frontends, or
+/// policies, from a partial view (a missing NetworkPolicy opens a pod, a
+/// missing Pod drops its peers).
+pub(super) const NEEDED_FOR_SYNC: &[&str] = &KINDS;
 
 /// What one kind's watcher has delivered so far.
 #[derive(Default)]
