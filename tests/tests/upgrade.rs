@@ -3,8 +3,6 @@
 //! then a conntrack map of another size, under connections through a
 //! ClusterIP (socket hooks) and a NodePort (TC), none of which may fail.
 
-use std::time::Duration;
-
 use lb_tests::{
     bench::{
         rules::{cluster_ip, target},
@@ -22,6 +20,14 @@ fn ct_entries(agent: &Agent) -> u64 {
     st["maps"]["LB_CT_V1"]["entries"]
         .as_u64()
         .unwrap_or_else(|| panic!("{st}"))
+}
+
+/// Each loop has completed a connection (or request): the load runs
+/// across what follows.
+fn wait_running(loops: &mut [(&str, Proc)]) {
+    for (name, p) in loops.iter_mut() {
+        topo::wait_first_ok(p).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
 }
 
 fn assert_none_failed(loops: &mut [(&str, Proc)], during: &str) {
@@ -79,7 +85,7 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
             t.spawn_client(Client::Outside, &["requests", &node_port, "4"]),
         ),
     ];
-    std::thread::sleep(Duration::from_millis(800));
+    wait_running(&mut loops);
     // The earlier agent stops; its programs keep running under their links.
     agent.proc.kill9();
     let status_pin = agent.proc.pin_dir.join(lb_common::MAP_STATUS);
@@ -129,7 +135,7 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
             t.spawn_client(Client::Outside, &["requests", &node_port, "3"]),
         ),
     ];
-    std::thread::sleep(Duration::from_millis(500));
+    wait_running(&mut loops);
     let before = ct_entries(&agent);
     agent.proc.kill9();
     agent.proc.extra.retain(|a| !a.starts_with("--max-ct"));

@@ -1,7 +1,9 @@
 //! The bench's load: a server answering each request with a reply, and a
 //! client that opens connections back to back (each closed with an RST, so
 //! no TIME_WAIT limits the rate) or keeps one and sends requests on it.
-//! Each prints one JSON line: counts and latency percentiles.
+//! Each prints `FIRST_OK` on a line when its first connection (or request)
+//! completes, so a test can wait for the load to be running, and one JSON
+//! line at the end: counts and latency percentiles.
 
 use std::{
     io::{Read as _, Write as _},
@@ -14,6 +16,18 @@ use serde::{Deserialize, Serialize};
 const REQUEST: &[u8; 8] = b"request\n";
 const REPLY: &[u8; 8] = b"replied\n";
 const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The line a client prints when its first connection (or request) is done.
+pub const FIRST_OK: &str = "first ok";
+
+fn announce_first_ok(done: &mut bool) {
+    if !*done {
+        *done = true;
+        println!("{FIRST_OK}");
+        // Read through a pipe, so stdout is block-buffered.
+        let _ = std::io::stdout().flush();
+    }
+}
 
 /// What one client run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,9 +163,13 @@ pub fn connections(src: Option<Ipv4Addr>, target: SocketAddr, secs: f64) -> Meas
     let start = Instant::now();
     let mut lat = Vec::new();
     let (mut failed, mut first_error) = (0, None);
+    let mut announced = false;
     while Instant::now() < until {
         match one_connection(src, target) {
-            Ok(d) => lat.push(d),
+            Ok(d) => {
+                lat.push(d);
+                announce_first_ok(&mut announced);
+            }
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e.to_string());
@@ -174,10 +192,14 @@ pub fn requests(src: Option<Ipv4Addr>, target: SocketAddr, secs: f64) -> Measure
     let until = start + Duration::from_secs_f64(secs);
     let mut lat = Vec::new();
     let (mut failed, mut first_error) = (0, None);
+    let mut announced = false;
     while Instant::now() < until {
         let t = Instant::now();
         match exchange(&mut s) {
-            Ok(()) => lat.push(t.elapsed()),
+            Ok(()) => {
+                lat.push(t.elapsed());
+                announce_first_ok(&mut announced);
+            }
             Err(e) => {
                 failed += 1;
                 first_error = Some(e.to_string());

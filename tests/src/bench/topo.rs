@@ -50,10 +50,25 @@ pub struct Topology {
     pub backend: Netns,
 }
 
-/// The one JSON line a bench client prints when done.
+/// The one JSON line a bench client prints when done (after its
+/// `FIRST_OK` line, unless `wait_first_ok` read that already).
 pub fn client_result(p: &mut Proc) -> anyhow::Result<serde_json::Value> {
-    let l = p.read_line();
+    let mut l = p.read_line();
+    if l.trim_end() == super::load::FIRST_OK {
+        l = p.read_line();
+    }
     serde_json::from_str(&l).with_context(|| format!("the bench client said `{l}`"))
+}
+
+/// Blocks until the client has completed its first connection (or
+/// request); fails with what it said instead if it ended without one.
+pub fn wait_first_ok(p: &mut Proc) -> anyhow::Result<()> {
+    let l = p.read_line();
+    anyhow::ensure!(
+        l.trim_end() == super::load::FIRST_OK,
+        "the bench client ended without a completed connection: `{l}`"
+    );
+    Ok(())
 }
 
 /// `lb-bench` itself, run as a server or client in the topology.
