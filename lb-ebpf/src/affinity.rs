@@ -19,7 +19,7 @@ pub fn lookup(key: &AffinityKey, front: &ServiceKey, fe: &ServiceValue) -> Optio
         return None;
     }
     // SAFETY: copied out at once.
-    let slot = unsafe { LB_SERVICES_V1.get(&front.with_slot(v.slot)) }.copied()?;
+    let slot = unsafe { LB_SERVICES_V1.get(front.with_slot(v.slot)) }.copied()?;
     (slot.backend_id == v.backend_id).then_some(v.slot)
 }
 
@@ -32,7 +32,7 @@ pub fn remember(key: &AffinityKey, slot: u16, backend_id: u32) {
         last_used_s: now_s(),
         _pad2: 0,
     };
-    let _ = LB_AFFINITY_V1.insert(key, &v, 0);
+    let _ = LB_AFFINITY_V1.insert(key, v, 0);
 }
 
 #[inline(always)]

@@ -123,7 +123,7 @@ pub const SPOOFED: i32 = 6;
 pub fn is_external_frontend(p: &Pkt) -> u32 {
     let key = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
     // SAFETY: only a flag is read, at once.
-    unsafe { LB_SERVICES_V1.get(&key) }.is_some_and(|fe| fe.flags & SVC_FLAG_EXTERNAL != 0) as u32
+    unsafe { LB_SERVICES_V1.get(key) }.is_some_and(|fe| fe.flags & SVC_FLAG_EXTERNAL != 0) as u32
 }
 
 /// The backend a packet opening a flow to an external frontend gets —
@@ -134,7 +134,7 @@ pub fn is_external_frontend(p: &Pkt) -> u32 {
 pub fn choose(p: &Pkt, from_pod: u32, out: &mut Choice) -> i32 {
     let mut skey = ServiceKey::frontend(p.daddr, p.dport, p.proto, SCOPE_INTERNAL);
     // SAFETY: copied out at once.
-    let Some(mut fe) = (unsafe { LB_SERVICES_V1.get(&skey) }).copied() else {
+    let Some(mut fe) = (unsafe { LB_SERVICES_V1.get(skey) }).copied() else {
         return NOT_EXTERNAL;
     };
     if fe.flags & SVC_FLAG_EXTERNAL == 0 {
@@ -149,7 +149,7 @@ pub fn choose(p: &Pkt, from_pod: u32, out: &mut Choice) -> i32 {
         // This node's endpoints only, the client's address kept.
         skey.scope = SCOPE_EXTERNAL;
         // SAFETY: copied out at once.
-        match unsafe { LB_SERVICES_V1.get(&skey) }.copied() {
+        match unsafe { LB_SERVICES_V1.get(skey) }.copied() {
             Some(v) if v.count > 0 => fe = v,
             _ => return DROP_NO_LOCAL,
         }
@@ -159,11 +159,11 @@ pub fn choose(p: &Pkt, from_pod: u32, out: &mut Choice) -> i32 {
     }
     let slot = pick_slot(p, &skey, &fe) as u16;
     // SAFETY: copied out at once.
-    let Some(sv) = (unsafe { LB_SERVICES_V1.get(&skey.with_slot(slot)) }).copied() else {
+    let Some(sv) = (unsafe { LB_SERVICES_V1.get(skey.with_slot(slot)) }).copied() else {
         return NO_BACKEND;
     };
     // SAFETY: copied out at once.
-    let Some(b) = (unsafe { LB_BACKENDS_V1.get(&sv.backend_id) }).copied() else {
+    let Some(b) = (unsafe { LB_BACKENDS_V1.get(sv.backend_id) }).copied() else {
         return NO_BACKEND;
     };
     if b.addr.is_v4() == p.v6 {
@@ -205,5 +205,5 @@ pub(crate) fn drains(p: &Pkt) -> bool {
 #[inline(always)]
 pub(crate) fn is_draining(id: u32) -> bool {
     // SAFETY: one byte read at once, never held.
-    unsafe { LB_BACKENDS_V1.get(&id) }.is_some_and(|b| b.flags & BACKEND_DRAINING != 0)
+    unsafe { LB_BACKENDS_V1.get(id) }.is_some_and(|b| b.flags & BACKEND_DRAINING != 0)
 }

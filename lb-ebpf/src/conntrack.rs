@@ -76,14 +76,14 @@ pub fn touch(k: &CtKey, v: &CtValue, tcp_flags: u8) {
         set |= CT_F_ESTABLISHED;
     }
     let set = set & !v.flags;
-    if v.last_seen != now || set != 0 {
-        if let Some(p) = LB_CT_V1.get_ptr_mut(k) {
-            // SAFETY: aligned stores into a live map value; a racing CPU
-            // writes the same kinds of values (a time, the same bits).
-            unsafe {
-                (*p).last_seen = now;
-                (*p).flags |= set;
-            }
+    if (v.last_seen != now || set != 0)
+        && let Some(p) = LB_CT_V1.get_ptr_mut(k)
+    {
+        // SAFETY: aligned stores into a live map value; a racing CPU
+        // writes the same kinds of values (a time, the same bits).
+        unsafe {
+            (*p).last_seen = now;
+            (*p).flags |= set;
         }
     }
 }
@@ -108,14 +108,14 @@ pub fn put(k: &CtKey, addr: &NetAddr, port: u32, backend_id: u32, flags_snat: u3
     // counted (the agent tells evictions from it); a taken one replaced.
     // SAFETY: only whether there is a value is read.
     let fresh = unsafe { LB_CT_V1.get(k) }.is_none();
-    match LB_CT_V1.insert(k, &v, 0) {
+    match LB_CT_V1.insert(k, v, 0) {
         Ok(()) => {
             if fresh {
                 count(C_CT_ENTRY_NEW);
             }
             0
         }
-        Err(e) => e as i32,
+        Err(e) => e,
     }
 }
 
@@ -135,8 +135,8 @@ pub fn put_new(k: &CtKey, addr: &NetAddr, port: u32) -> i32 {
         _pad2: 0,
     };
     // Counted by the caller (its frame, not this one's).
-    match LB_CT_V1.insert(k, &v, BPF_NOEXIST) {
+    match LB_CT_V1.insert(k, v, BPF_NOEXIST) {
         Ok(()) => 0,
-        Err(e) => e as i32,
+        Err(e) => e,
     }
 }

@@ -30,7 +30,7 @@ pub fn remember(p: &Pkt) -> i32 {
     };
     // A full LRU evicts the oldest datagram's entry: its later fragments
     // then pass untranslated, as before there were any.
-    let _ = LB_FRAG.insert(&key(p), &v, 0);
+    let _ = LB_FRAG.insert(key(p), v, 0);
     0
 }
 
@@ -39,7 +39,7 @@ pub fn remember(p: &Pkt) -> i32 {
 #[inline(never)]
 pub fn ports(p: &mut Pkt) -> i32 {
     // SAFETY: copied out at once.
-    match unsafe { LB_FRAG.get(&key(p)) }.copied() {
+    match unsafe { LB_FRAG.get(key(p)) }.copied() {
         Some(v) => {
             p.sport = v.sport;
             p.dport = v.dport;

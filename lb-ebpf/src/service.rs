@@ -52,9 +52,9 @@ pub fn lookup(
     let key = ServiceKey::frontend(addr, port, proto, SCOPE_INTERNAL);
     // SAFETY: the agent writes whole values with a map update; the value is
     // copied out at once and never held across another helper call.
-    let Some(fe) = (unsafe { LB_SERVICES_V1.get(&key) }).copied() else {
+    let Some(fe) = (unsafe { LB_SERVICES_V1.get(key) }).copied() else {
         // SAFETY: as above.
-        return match unsafe { LB_SERVICES_V1.get(&ServiceKey::addr_only(addr)) } {
+        return match unsafe { LB_SERVICES_V1.get(ServiceKey::addr_only(addr)) } {
             Some(v) if v.flags & SVC_FLAG_ADDR_ONLY != 0 => Lookup::Refuse,
             _ => Lookup::NotService,
         };
@@ -84,7 +84,7 @@ pub fn lookup(
     let remembered = aff.as_ref().and_then(|a| affinity::lookup(a, &key, &fe));
     let slot = remembered.unwrap_or_else(|| pick(fe.count, proto, cookie));
     // SAFETY: as above.
-    let Some(slot_value) = (unsafe { LB_SERVICES_V1.get(&key.with_slot(slot)) }) else {
+    let Some(slot_value) = (unsafe { LB_SERVICES_V1.get(key.with_slot(slot)) }) else {
         // The agent writes slots before the count that covers them, so this
         // is a race with a removal: nothing usable right now.
         return Lookup::Refuse;
@@ -94,7 +94,7 @@ pub fn lookup(
         affinity::remember(a, slot, backend_id);
     }
     // SAFETY: as above.
-    match unsafe { LB_BACKENDS_V1.get(&backend_id) } {
+    match unsafe { LB_BACKENDS_V1.get(backend_id) } {
         Some(b) => Lookup::Backend {
             backend: *b,
             frontend: fe,

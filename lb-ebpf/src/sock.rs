@@ -225,10 +225,10 @@ pub fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
         _pad: [0; 6],
     };
     // SAFETY: copied out at once.
-    if let Some(v) = unsafe { LB_SOCK_REV_V1.get(&key) }.copied() {
-        if family == Family::V6 || v.addr.is_v4() {
-            write_addr(ctx, family, v.addr, v.port);
-        }
+    if let Some(v) = unsafe { LB_SOCK_REV_V1.get(key) }.copied()
+        && (family == Family::V6 || v.addr.is_v4())
+    {
+        write_addr(ctx, family, v.addr, v.port);
     }
     ALLOW
 }

@@ -233,7 +233,7 @@ fn try_new_flow(p: &mut Pkt, from_pod: u32) -> Result<i32, i64> {
 #[inline(always)]
 fn backend_is(id: u32, addr: &NetAddr, port: BeU16, p: &Pkt) -> bool {
     // SAFETY: read at once, never held.
-    match unsafe { LB_BACKENDS_V1.get(&id) } {
+    match unsafe { LB_BACKENDS_V1.get(id) } {
         Some(b) => {
             b.addr == *addr && b.port == port && (b.flags & BACKEND_DRAINING == 0 || drains(p))
         }

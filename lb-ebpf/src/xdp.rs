@@ -114,7 +114,7 @@ fn known_flow(p: &Pkt, to: &mut Choice) -> u32 {
     }
     // A backend gone is a miss: TC reselects.
     // SAFETY: copied out at once.
-    let Some(b) = unsafe { LB_BACKENDS_V1.get(&v.backend_id) }.copied() else {
+    let Some(b) = unsafe { LB_BACKENDS_V1.get(v.backend_id) }.copied() else {
         return PASS_ON;
     };
     if b.addr != v.addr || b.port != v.port || b.addr.is_v4() == p.v6 {

@@ -74,7 +74,7 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     };
     let st = state();
     // SAFETY: copied out at once.
-    let Some(ep) = (unsafe { LB_POL_EP_V1.get(&pod) }).copied() else {
+    let Some(ep) = (unsafe { LB_POL_EP_V1.get(pod) }).copied() else {
         // An address no pod has, from an interface whose pod is known.
         if dir == DIR_EGRESS && spoofed_unknown(ctx) != 0 {
             return TC_ACT_SHOT;
@@ -131,7 +131,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 #[inline(never)]
 fn spoofed_unknown(ctx: &TcContext) -> u32 {
     // SAFETY: copied out at once.
-    match unsafe { LB_POL_IF_V1.get(&ifindex(ctx)) }.copied() {
+    match unsafe { LB_POL_IF_V1.get(ifindex(ctx)) }.copied() {
         Some(ep_id) => {
             count(ep_id, PolReason::SpoofedSource);
             1
@@ -220,20 +220,20 @@ fn known(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) -> i32 {
             outer_d: k.daddr,
         };
         if allowed(ep, k.dir, &orig) == 0 {
-            let _ = LB_POL_CT_V1.remove(&k);
+            let _ = LB_POL_CT_V1.remove(k);
             return REVOKED;
         }
     }
     let now = now_s();
-    if v.revision != revision || v.last_seen != now || f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        if let Some(p) = LB_POL_CT_V1.get_ptr_mut(&k) {
-            // SAFETY: aligned stores into a live map value; a racing CPU
-            // writes the same kinds of values.
-            unsafe {
-                (*p).revision = revision;
-                (*p).last_seen = now;
-                (*p).flags |= (f.tcp_flags & (TCP_FIN | TCP_RST)) as u32;
-            }
+    if (v.revision != revision || v.last_seen != now || f.tcp_flags & (TCP_FIN | TCP_RST) != 0)
+        && let Some(p) = LB_POL_CT_V1.get_ptr_mut(k)
+    {
+        // SAFETY: aligned stores into a live map value; a racing CPU
+        // writes the same kinds of values.
+        unsafe {
+            (*p).revision = revision;
+            (*p).last_seen = now;
+            (*p).flags |= (f.tcp_flags & (TCP_FIN | TCP_RST)) as u32;
         }
     }
     KNOWN
@@ -249,7 +249,7 @@ fn remember(ep: &PolEndpoint, dir: u8, f: &Flow, revision: u32) {
         _pad: 0,
     };
     // A full LRU evicts its oldest entry rather than failing.
-    let _ = LB_POL_CT_V1.insert(&k, &v, 0);
+    let _ = LB_POL_CT_V1.insert(k, v, 0);
 }
 
 /// 1 when a policy of `ep` allows the flow in `dir` (or `dir` is not isolated).
