@@ -386,9 +386,10 @@ fn kube(
     let t = Instant::now();
     let started = unix_ms();
     proc.start();
-    wait_status(&mut proc, COLD_LIMIT, "its first sync", |s| {
+    let mut last = wait_status(&mut proc, COLD_LIMIT, "its first sync", |s| {
         s.synced_at_unix_ms >= started
-    })?;
+    })?
+    .synced_at_unix_ms;
     let cold = Cold {
         services: n,
         variant: Variant::AgentKube,
@@ -404,11 +405,17 @@ fn kube(
     let mut took = Vec::new();
     for k in 0..changes {
         let count = if k % 2 == 0 { full - 1 } else { full };
+        // Timestamps are in milliseconds: a change written in the
+        // millisecond of the last sync would look synced already.
+        while unix_ms() <= last {
+            std::thread::yield_now();
+        }
         let written = unix_ms();
         api.apply_yaml(&rules::slice_yaml(n, i, count));
         let s = wait_status(&mut proc, Duration::from_secs(60), "the change", |s| {
             s.synced_at_unix_ms >= written
         })?;
+        last = s.synced_at_unix_ms;
         took.push(s.synced_at_unix_ms.saturating_sub(written) as f64);
     }
     eprintln!("bench:   churn (kube source), ms per change in order: {took:?}");
