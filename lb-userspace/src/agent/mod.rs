@@ -255,7 +255,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     let resynced = grow_for_left_out(&mut dp, &mut rec, resynced);
                     match resynced {
                         Ok(o) => {
-                            tracing::info!(ops = o.ops, "full resync done");
+                            tracing::info!(
+                                ops = o.ops,
+                                writing_ms = dp.take_write_time().as_secs_f64() * 1e3,
+                                "full resync done"
+                            );
                             destroy_left_udp(&dp, &mut rec, &health);
                             sweeper.backends_left(rec.take_left_backends());
                             needs_resync = false;
@@ -416,6 +420,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     ops = out.ops,
                     full,
                     took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    writing_ms = dp.take_write_time().as_secs_f64() * 1e3,
                     "change set applied"
                 );
             }

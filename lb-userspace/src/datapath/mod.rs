@@ -56,7 +56,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, HashOfMaps, Map, MapData, MapInfo, MapType, PerCpuArray,
+        Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, MapInfo, MapType, PerCpuArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -148,6 +148,8 @@ pub struct Datapath {
     /// agent's programs run under every link (`finish_carry`).
     carried: Vec<migrate::Carry>,
     pin_dir: PathBuf,
+    /// Time spent writing plans into the maps since `take_write_time`.
+    write_time: std::time::Duration,
 }
 
 /// The packet programs of external devices, with their direction.
@@ -279,6 +281,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         cgroup: opts.cgroup.clone(),
         carried,
         pin_dir: opts.pin_dir.clone(),
+        write_time: Default::default(),
     })
 }
 

@@ -58,6 +58,23 @@ fn describe_op(op: &Op, sizes: &MapSizes) -> String {
     }
 }
 
+/// The ops at the start of `ops` that `same` holds for.
+fn run_of(ops: &[Op], same: impl Fn(&Op) -> bool) -> usize {
+    ops.iter().take_while(|op| same(op)).count()
+}
+
+/// A failed write, named by the op that failed.
+fn write_error(op: &Op, sizes: &MapSizes, e: aya::maps::MapError) -> anyhow::Error {
+    let full = matches!(&e, aya::maps::MapError::SyscallError(s)
+        if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+    let what = describe_op(op, sizes);
+    anyhow::Error::new(e).context(if full {
+        format!("{what}: the map is full")
+    } else {
+        what
+    })
+}
+
 impl Datapath {
     /// How many entries the maps the plan writes hold.
     pub fn capacity(&self) -> crate::compute::reconcile::Capacity {
@@ -105,12 +122,72 @@ impl Datapath {
     }
 
     /// Applies ops in order; stops at the first failure, which the caller
-    /// answers with a reload of the mirror.
+    /// answers with a reload of the mirror. A run of backend or of
+    /// service-entry writes goes in one batch call (a cold start is
+    /// millions of them); the kernel writes a batch's entries in order, so
+    /// the datapath sees the same states as entry by entry.
     pub fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.apply_runs(ops);
+        self.write_time += started.elapsed();
+        r
+    }
+
+    fn apply_runs(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         // Tables the plan shares (one Service's frontends on several
         // addresses) become one inner map under several keys.
         let mut made: Vec<(crate::compute::plan::MaglevTable, MapData)> = Vec::new();
-        for op in ops {
+        let mut at = 0;
+        while at < ops.len() {
+            let run = match &ops[at] {
+                Op::PutBackend { .. } => {
+                    run_of(&ops[at..], |op| matches!(op, Op::PutBackend { .. }))
+                }
+                Op::PutService { .. } => {
+                    run_of(&ops[at..], |op| matches!(op, Op::PutService { .. }))
+                }
+                _ => 0,
+            };
+            if run > 0 {
+                let ops = &ops[at..at + run];
+                let written = match &ops[0] {
+                    Op::PutBackend { .. } => {
+                        let (keys, values): (Vec<u32>, Vec<Backend>) = ops
+                            .iter()
+                            .filter_map(|op| match op {
+                                Op::PutBackend { id, backend } => Some((*id, *backend)),
+                                _ => None,
+                            })
+                            .unzip();
+                        sys::update_batch(self.backends.map().fd().as_fd(), &keys, &values)
+                    }
+                    _ => {
+                        let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
+                            .iter()
+                            .filter_map(|op| match op {
+                                Op::PutService { key, value } => Some((*key, *value)),
+                                _ => None,
+                            })
+                            .unzip();
+                        sys::update_batch(self.services.map().fd().as_fd(), &keys, &values)
+                    }
+                };
+                if let Err(w) = written {
+                    let failed = &ops[w.written.min(run - 1)];
+                    return Err(write_error(
+                        failed,
+                        &self.sizes,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_update_batch",
+                            io_error: w.error,
+                        }),
+                    ));
+                }
+                at += run;
+                continue;
+            }
+            let op = &ops[at];
+            at += 1;
             match op {
                 Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
                 Op::PutService { key, value } => self.services.insert(key, value, 0),
@@ -139,18 +216,14 @@ impl Datapath {
                     r => r,
                 },
             }
-            .map_err(|e| {
-                let full = matches!(&e, aya::maps::MapError::SyscallError(s)
-                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
-                let what = describe_op(op, &self.sizes);
-                anyhow::Error::new(e).context(if full {
-                    format!("{what}: the map is full")
-                } else {
-                    what
-                })
-            })?;
+            .map_err(|e| write_error(op, &self.sizes, e))?;
         }
         Ok(())
+    }
+
+    /// Time spent writing plans into the maps since the last call.
+    pub fn take_write_time(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.write_time)
     }
 
     pub fn set_status(&mut self, status: Status) -> anyhow::Result<()> {
@@ -173,6 +246,8 @@ pub(super) fn maglev_table(table: &[u32]) -> anyhow::Result<MapData> {
     );
     let inner = MapData::create(obj, "lb_maglev", None).context("creating a table")?;
     let keys: Vec<u32> = (0..table.len() as u32).collect();
-    sys::update_batch_u32(inner.fd().as_fd(), &keys, table).context("filling the table")?;
+    sys::update_batch(inner.fd().as_fd(), &keys, table)
+        .map_err(|w| w.error)
+        .context("filling the table")?;
     Ok(inner)
 }

@@ -1,10 +1,11 @@
-//! Batch reads of whole maps (BPF_MAP_LOOKUP_BATCH): a few system calls
-//! for a million entries, or one for an array, instead of one per entry.
+//! Batch reads of whole maps (BPF_MAP_LOOKUP_BATCH) and batch writes
+//! (BPF_MAP_UPDATE_BATCH): a few system calls for a million entries, or
+//! one for an array, instead of one per entry.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{Attr, BPF_MAP_LOOKUP_BATCH, bpf};
+use super::{Attr, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
 
 /// Every entry of a hash map (`K`, `V` its exact key and value types), at
 /// most `max`, read with BPF_MAP_LOOKUP_BATCH: a few system calls for a
@@ -91,6 +92,46 @@ pub fn percpu_u64_sums(map: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u64>> 
     Ok(sums)
 }
 
+/// How far a batch write got before it failed.
+#[derive(Debug)]
+pub struct PartialWrite {
+    /// Entries written, in order, before the one that failed.
+    pub written: usize,
+    pub error: io::Error,
+}
+
+/// BPF_MAP_UPDATE_BATCH (BPF_ANY): `keys[i]` set to `values[i]` in order, in
+/// a few calls instead of one per entry. The kernel may take fewer than
+/// asked (it reports how many); the rest goes in the next call.
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), PartialWrite> {
+    assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let mut a = Attr::new();
+        a.put_u64(16, keys[done..].as_ptr() as u64);
+        a.put_u64(24, values[done..].as_ptr() as u64);
+        a.put_u32(32, (keys.len() - done) as u32);
+        a.put_u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_UPDATE_BATCH, &mut a);
+        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
+            Err(error) => {
+                return Err(PartialWrite {
+                    written: done + n,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{map_create, map_update};
@@ -145,6 +186,30 @@ mod tests {
         let (some, _): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
             lookup_batch(map.as_fd(), 5_000).unwrap();
         assert_eq!(some.len(), 5_000, "at most `max`");
+    }
+
+    #[test]
+    fn a_batch_write_goes_in_order_and_says_how_far_it_got() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "creating a BPF map needs root: run through `cargo xtask test`"
+        );
+        const HASH: u32 = 1;
+        let map = map_create(HASH, 4, 4, 4).expect("a hash map of 4 entries");
+        // Key 1 twice: the later value stays. Key 5 is the fifth key of a
+        // map of four.
+        let keys = [1u32, 2, 1, 3, 4, 5, 6];
+        let values = [10u32, 20, 11, 30, 40, 50, 60];
+        let e = update_batch(map.as_fd(), &keys, &values).expect_err("the map is full");
+        assert_eq!(e.written, 5, "{e:?}");
+        assert_eq!(e.error.raw_os_error(), Some(libc::E2BIG), "{e:?}");
+        let (k, v): (Vec<u32>, Vec<u32>) = lookup_batch(map.as_fd(), usize::MAX).unwrap();
+        let held: std::collections::BTreeMap<u32, u32> = k.into_iter().zip(v).collect();
+        assert_eq!(held, [(1, 11), (2, 20), (3, 30), (4, 40)].into());
+        update_batch(map.as_fd(), &[4u32, 2], &[41u32, 21]).expect("room for replacements");
+        let (k, v): (Vec<u32>, Vec<u32>) = lookup_batch(map.as_fd(), usize::MAX).unwrap();
+        let held: std::collections::BTreeMap<u32, u32> = k.into_iter().zip(v).collect();
+        assert_eq!(held, [(1, 11), (2, 21), (3, 30), (4, 41)].into());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 mod batch;
-pub use batch::{lookup_batch, percpu_u64_sums};
+pub use batch::{lookup_batch, percpu_u64_sums, update_batch};
 
 use std::{
     ffi::CString,
@@ -200,29 +200,6 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     a.put_u32(0, link.as_raw_fd() as u32);
     a.put_u32(4, prog.as_raw_fd() as u32);
     bpf(BPF_LINK_UPDATE, &mut a).map(drop)
-}
-
-/// BPF_MAP_UPDATE_BATCH of u32 keys and u32 values: a whole Maglev table in
-/// a few calls instead of one per entry. The kernel may take fewer than
-/// asked (it reports how many); the rest goes in the next call.
-pub fn update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len());
-    let mut done = 0;
-    while done < keys.len() {
-        let mut a = Attr::new();
-        a.put_u64(16, keys[done..].as_ptr() as u64);
-        a.put_u64(24, values[done..].as_ptr() as u64);
-        a.put_u32(32, (keys.len() - done) as u32);
-        a.put_u32(36, map.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_UPDATE_BATCH, &mut a);
-        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        match r {
-            Ok(_) => return Ok(()),
-            Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
