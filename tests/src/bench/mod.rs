@@ -122,6 +122,10 @@ pub struct Cold {
     pub secs: f64,
     /// The agent's resident memory once synced.
     pub rss_mib: Option<f64>,
+    /// Of `secs`, the agent's time writing the maps (its log's
+    /// `writing_ms` for the first change set).
+    #[serde(default)]
+    pub writing_secs: Option<f64>,
 }
 
 /// One EndpointSlice changed at `services` Services: from the change set

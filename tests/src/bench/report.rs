@@ -189,15 +189,17 @@ fn markdown(opts: &Options, r: &Results) -> String {
     table(&mut s, r, Path::ClusterIp, Mode::Requests, &all);
     s.push_str("## Requests on an established connection through a NodePort\n\n");
     table(&mut s, r, Path::NodePort, Mode::Requests, &np);
-    s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation`, with the file source and with the kube source (the test API server: paged lists of 500, then watches); its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent (files) s | RSS MiB | KiB per object | lb-agent (kube) s | RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("## Programming from nothing, and memory\n\nlb-agent: from its start (maps empty) to `synced_generation`, with the file source and with the kube source (the test API server: paged lists of 500, then watches); of that, the time it spent writing the maps (batch updates); its resident memory then, and per object (Services plus endpoints). iptables: `iptables-restore` of the rules; nftables: `nft -f`.\n\n| Services | lb-agent (files) s | writing s | RSS MiB | KiB per object | lb-agent (kube) s | writing s | RSS MiB | KiB per object | iptables-restore s | nft -f s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for n in sizes(r) {
         let c = |v| r.cold.iter().find(|c| c.services == n && c.variant == v);
         let objects = (n * (1 + super::rules::ENDPOINTS_PER_SERVICE)) as f64;
         let agent = |v| {
             let a = c(v);
             format!(
-                "{} | {} | {}",
+                "{} | {} | {} | {}",
                 a.map_or("-".into(), |a| format!("{:.2}", a.secs)),
+                a.and_then(|a| a.writing_secs)
+                    .map_or("-".into(), |w| format!("{w:.2}")),
                 a.and_then(|a| a.rss_mib)
                     .map_or("-".into(), |m| format!("{m:.0}")),
                 a.and_then(|a| a.rss_mib)

@@ -189,6 +189,7 @@ impl Agent {
         wait_synced(&mut proc, g, COLD_LIMIT)?;
         let secs = t.elapsed().as_secs_f64();
         let rss_mib = proc.pid().and_then(rss_mib);
+        let writing_secs = writing_secs(&proc);
         Ok(Self {
             proc,
             manifests,
@@ -197,6 +198,7 @@ impl Agent {
                 variant: Variant::Agent,
                 secs,
                 rss_mib,
+                writing_secs,
             },
         })
     }
@@ -281,6 +283,28 @@ fn wait_status(
     Ok(seen.expect("the wait ended on a status that held"))
 }
 
+/// The time the agent says it spent writing the maps for its first
+/// change set, once it has logged it (the log line follows the synced
+/// status by a moment).
+fn writing_secs(a: &AgentProc) -> Option<f64> {
+    let mut found = None;
+    let _ = crate::wait::try_wait_until_every(
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        "the agent logging its first change set",
+        || {
+            found = a
+                .log_text()
+                .lines()
+                .find(|l| l.contains("change set applied") && l.contains("full=true"))
+                .and_then(|l| l.split("writing_ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+            Ok(found.is_some())
+        },
+    );
+    found.map(|ms| ms / 1e3)
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s
@@ -328,6 +352,7 @@ fn baselines(
             variant,
             secs: t.elapsed().as_secs_f64(),
             rss_mib: None,
+            writing_secs: None,
         });
         let measured = measure_paths(
             topo,
@@ -395,6 +420,7 @@ fn kube(
         variant: Variant::AgentKube,
         secs: t.elapsed().as_secs_f64(),
         rss_mib: proc.pid().and_then(rss_mib),
+        writing_secs: writing_secs(&proc),
     };
     let i = rules::CHURNED;
     let full = if i == target(n) {
