@@ -82,6 +82,7 @@ impl Datapath {
             services: Some(self.sizes.services),
             backends: Some(self.sizes.backends),
             maglev: Some(lb_common::DEFAULT_MAGLEV_MAX),
+            ranges: Some(lb_common::DEFAULT_SRC_RANGES_MAX),
         }
     }
 

@@ -86,6 +86,8 @@ pub struct Mirror {
     service_ids: BTreeSet<u32>,
     /// loadBalancerSourceRanges entries by frontend (slot-0 key).
     ranges: HashMap<ServiceKey, BTreeSet<(u32, SrcRangeData)>>,
+    /// Entries in `ranges`, all frontends together.
+    range_entries: usize,
     free_service_ids: BTreeSet<u32>,
     next_service_id: u32,
     /// Entries per Maglev table (0: no tables).

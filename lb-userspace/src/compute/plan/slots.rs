@@ -181,7 +181,9 @@ impl Mirror {
         let mut touched = ids;
         touched.extend(drains);
         self.settle_all(touched, ops);
-        for (len, data) in self.ranges.remove(key).unwrap_or_default() {
+        let ranges = self.ranges.remove(key).unwrap_or_default();
+        self.range_entries -= ranges.len();
+        for (len, data) in ranges {
             ops.push(Op::DelRange { len, data });
         }
     }

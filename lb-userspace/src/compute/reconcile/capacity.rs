@@ -15,6 +15,8 @@ pub struct Capacity {
     pub services: Option<u32>,
     pub backends: Option<u32>,
     pub maglev: Option<u32>,
+    /// loadBalancerSourceRanges entries.
+    pub ranges: Option<u32>,
 }
 
 /// A Service the maps cannot take whole, and why.
@@ -78,6 +80,8 @@ pub struct Need {
     pub services: u64,
     pub backends: u64,
     pub maglev: u64,
+    #[serde(default)]
+    pub ranges: u64,
 }
 
 impl Reconciler {
@@ -92,10 +96,11 @@ impl Reconciler {
             cap.map_or(u64::MAX, |c| (c as u64).saturating_sub(used as u64))
         };
         let m = &self.mirror;
-        let (fs, fb, fm) = (
+        let (fs, fb, fm, fr) = (
             free(self.capacity.services, m.services().len()),
             free(self.capacity.backends, m.backends().len()),
             free(self.capacity.maglev, m.maglev_tables()),
+            free(self.capacity.ranges, m.range_entries()),
         );
         let ready: BTreeSet<ObjRef> = self
             .not_programmed
@@ -104,6 +109,7 @@ impl Reconciler {
                 let room = match np.map.as_str() {
                     lb_common::MAP_SERVICES => fs,
                     lb_common::MAP_BACKENDS => fb,
+                    lb_common::MAP_SRC_RANGES => fr,
                     _ => fm,
                 };
                 np.needed <= room
@@ -127,6 +133,7 @@ impl Reconciler {
             let old = m.services().get(&fe.key);
             let have = old.map_or(0, |v| 1 + v.count as u64);
             need.services += (1 + fe.backends.len() as u64).saturating_sub(have);
+            need.ranges += m.ranges_needed(fe);
             for b in fe.backends.iter().chain(&fe.draining) {
                 if !m.holds_backend(b) && new_backends.insert(*b) {
                     need.backends += 1;
@@ -171,6 +178,14 @@ impl Reconciler {
                 self.capacity.maglev,
                 "one Maglev table per external frontend with backends",
                 "its size is fixed; --maglev-table-size 0 does without tables",
+            ),
+            (
+                lb_common::MAP_SRC_RANGES,
+                need.ranges,
+                m.range_entries(),
+                self.capacity.ranges,
+                "one entry per loadBalancerSourceRanges CIDR of each frontend",
+                "its size is fixed; fewer or wider source ranges per Service make room",
             ),
         ];
         maps.into_iter()

@@ -107,3 +107,100 @@ fn services_that_do_not_fit_are_skipped_whole_and_retried_when_room_frees() {
     assert!(np.to_string().contains("--max-backends"), "{np}");
     assert!(!writes_to(&w.applied, "10.96.0.12"));
 }
+
+/// LoadBalancer Service `name` at ingress IP `lb` with `ranges` as its
+/// loadBalancerSourceRanges and one ready endpoint.
+fn lb_with_ranges(name: &str, cluster_ip: &str, lb: &str, ranges: &[&str]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{type: LoadBalancer, clusterIP: {cluster_ip}, ports: [{{port: 80, nodePort: 30080}}], loadBalancerSourceRanges: [{}]}}\nstatus: {{loadBalancer: {{ingress: [{{ip: {lb}}}]}}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.0.1], conditions: {{ready: true}}}}]\nports: [{{port: 8080}}]\n---\n",
+        ranges.join(", ")
+    )
+}
+
+fn range_writes(ops: &[Op]) -> usize {
+    ops.iter()
+        .filter(|o| matches!(o, Op::PutRange { .. }))
+        .count()
+}
+
+#[test]
+fn source_ranges_that_do_not_fit_leave_their_service_out_whole_until_room_frees() {
+    let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+    let mut w = Fake {
+        capacity: Capacity {
+            ranges: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let y = lb_with_ranges(
+        "a",
+        "10.96.0.10",
+        "10.200.0.1",
+        &["10.1.0.0/16", "10.2.0.0/16"],
+    ) + &lb_with_ranges(
+        "b",
+        "10.96.0.11",
+        "10.200.0.2",
+        &["10.3.0.0/16", "10.4.0.0/16"],
+    );
+    let out = r.apply(&objs(&y), true, &mut w).unwrap();
+    assert_eq!(range_writes(&w.applied), 2, "{:?}", w.applied);
+    assert!(!writes_to(&w.applied, "10.200.0.2"), "{:?}", w.applied);
+    assert!(!writes_to(&w.applied, "10.96.0.11"), "b stays out whole");
+    assert_eq!(r.mirror().range_entries(), 2);
+    assert_eq!(out.not_programmed.len(), 1, "{:?}", out.not_programmed);
+    let np = &out.not_programmed[0];
+    assert_eq!(
+        (np.service.as_str(), np.map.as_str()),
+        ("x/b", lb_common::MAP_SRC_RANGES)
+    );
+    assert_eq!((np.needed, np.free, np.capacity), (2, 1, 3));
+    let msg = np.to_string();
+    for words in [
+        "Service x/b not programmed",
+        "loadBalancerSourceRanges",
+        "needs 2 entries",
+    ] {
+        assert!(msg.contains(words), "`{words}` in: {msg}");
+    }
+
+    // a drops a range: two free, room for both of b's.
+    w.applied.clear();
+    let out = r
+        .apply(
+            &objs(&lb_with_ranges(
+                "a",
+                "10.96.0.10",
+                "10.200.0.1",
+                &["10.1.0.0/16"],
+            )),
+            false,
+            &mut w,
+        )
+        .unwrap();
+    assert_eq!(out.programmed_again, [ObjRef::new("x", "b")]);
+    assert!(writes_to(&w.applied, "10.200.0.2"), "{:?}", w.applied);
+    assert_eq!(r.mirror().range_entries(), 3);
+    assert!(r.not_programmed.is_empty());
+
+    // A change to a that needs one more range than the free ones keeps a's
+    // previous state.
+    w.applied.clear();
+    let out = r
+        .apply(
+            &objs(&lb_with_ranges(
+                "a",
+                "10.96.0.10",
+                "10.200.0.1",
+                &["10.1.0.0/16", "10.5.0.0/16"],
+            )),
+            false,
+            &mut w,
+        )
+        .unwrap();
+    assert_eq!(range_writes(&w.applied), 0, "{:?}", w.applied);
+    assert_eq!(out.not_programmed.len(), 1);
+    assert!(out.not_programmed[0].previous_state_kept);
+    assert_eq!(r.mirror().range_entries(), 3);
+}
