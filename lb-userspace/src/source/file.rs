@@ -299,6 +299,26 @@ struct FileRead {
 /// those that no readable document names are kept: bad input never
 /// removes what was programmed. The readable documents beside it still
 /// apply.
+/// One string per namespace among a file's compact objects (held by their
+/// keys here and by the snapshot), not one per object.
+fn share_namespace(
+    mut o: Object,
+    seen: &mut std::collections::HashSet<std::sync::Arc<str>>,
+) -> Object {
+    let key = match &mut o {
+        Object::ServiceInfo(i) => &mut i.key,
+        Object::SliceInfo(i) => &mut i.key,
+        _ => return o,
+    };
+    match seen.get(&*key.namespace) {
+        Some(held) => key.namespace = held.clone(),
+        None => {
+            seen.insert(key.namespace.clone());
+        }
+    }
+    o
+}
+
 fn read_file(path: &Path, old: &BTreeMap<ObjId, Digest>) -> FileRead {
     let file = Some(path.display().to_string());
     let text = match std::fs::read_to_string(path) {
@@ -323,13 +343,19 @@ fn read_file(path: &Path, old: &BTreeMap<ObjId, Digest>) -> FileRead {
         rejected: Vec::new(),
     };
     let mut unreadable = Vec::new();
+    let mut namespaces = std::collections::HashSet::new();
     for doc in manifest::parse_documents_at(&text) {
         let place = doc.place();
-        match doc.result {
+        match doc
+            .result
+            .map(|o| share_namespace(o.compact(), &mut namespaces))
+        {
+            // The id from the compact form: its name is the very string the
+            // snapshot then holds (interned, not copied), not a second one.
             Ok(o) => match object_id(&o) {
                 Some(id) => {
                     read.digests.insert(id.clone(), doc.digest);
-                    read.objects.insert(id, o.compact());
+                    read.objects.insert(id, o);
                 }
                 None => read.rejected.push(Rejected {
                     file: file.clone(),

@@ -216,3 +216,35 @@ fn bad_documents_keep_what_was_there() {
         ["delete Service x/a", "delete Service x/b"]
     );
 }
+
+#[test]
+fn a_files_objects_share_their_namespace_and_the_source_keeps_their_own_names() {
+    let d = dir("share");
+    write(&d.0, "a.yaml", &format!("{SVC_A}---\n{SVC_B}"));
+    write(&d.0, GENERATION_FILE, "1");
+    let mut s = FileSource::new(&d.0);
+    let b = s.poll().unwrap().unwrap();
+    let keys: Vec<ObjRef> = b
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Upsert(Object::ServiceInfo(i)) => i.key.clone(),
+            c => panic!("a compact Service: {c:?}"),
+        })
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        std::sync::Arc::ptr_eq(&keys[0].namespace, &keys[1].namespace),
+        "one namespace string for the file's objects"
+    );
+    for k in &keys {
+        let (held, _) = s
+            .applied
+            .get_key_value(&("Service", k.clone()))
+            .expect("applied");
+        assert!(
+            std::sync::Arc::ptr_eq(&held.1.name, &k.name),
+            "{k}: the source's id holds the object's own name string"
+        );
+    }
+}
