@@ -58,11 +58,6 @@ fn describe_op(op: &Op, sizes: &MapSizes) -> String {
     }
 }
 
-/// The ops at the start of `ops` that `same` holds for.
-fn run_of(ops: &[Op], same: impl Fn(&Op) -> bool) -> usize {
-    ops.iter().take_while(|op| same(op)).count()
-}
-
 /// A failed write, named by the op that failed.
 fn write_error(op: &Op, sizes: &MapSizes, e: aya::maps::MapError) -> anyhow::Error {
     let full = matches!(&e, aya::maps::MapError::SyscallError(s)
@@ -140,58 +135,48 @@ impl Datapath {
         let mut made: Vec<(crate::compute::plan::MaglevTable, MapData)> = Vec::new();
         let mut at = 0;
         while at < ops.len() {
-            let run = match &ops[at] {
-                Op::PutBackend { .. } => {
-                    run_of(&ops[at..], |op| matches!(op, Op::PutBackend { .. }))
-                }
-                Op::PutService { .. } => {
-                    run_of(&ops[at..], |op| matches!(op, Op::PutService { .. }))
-                }
-                _ => 0,
+            // The run of backend writes, or of service-entry writes, that
+            // starts here (empty for any other op).
+            let (ids, backends): (Vec<u32>, Vec<Backend>) = ops[at..]
+                .iter()
+                .map_while(|op| match op {
+                    Op::PutBackend { id, backend } => Some((*id, *backend)),
+                    _ => None,
+                })
+                .unzip();
+            let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops[at..]
+                .iter()
+                .map_while(|op| match op {
+                    Op::PutService { key, value } => Some((*key, *value)),
+                    _ => None,
+                })
+                .unzip();
+            let (run, written) = if !ids.is_empty() {
+                let fd = self.backends.map().fd().as_fd();
+                (ids.len(), sys::update_batch(fd, &ids, &backends))
+            } else if !keys.is_empty() {
+                let fd = self.services.map().fd().as_fd();
+                (keys.len(), sys::update_batch(fd, &keys, &values))
+            } else {
+                (0, Ok(()))
             };
-            if run > 0 {
-                let ops = &ops[at..at + run];
-                let written = match &ops[0] {
-                    Op::PutBackend { .. } => {
-                        let (keys, values): (Vec<u32>, Vec<Backend>) = ops
-                            .iter()
-                            .filter_map(|op| match op {
-                                Op::PutBackend { id, backend } => Some((*id, *backend)),
-                                _ => None,
-                            })
-                            .unzip();
-                        sys::update_batch(self.backends.map().fd().as_fd(), &keys, &values)
-                    }
-                    _ => {
-                        let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
-                            .iter()
-                            .filter_map(|op| match op {
-                                Op::PutService { key, value } => Some((*key, *value)),
-                                _ => None,
-                            })
-                            .unzip();
-                        sys::update_batch(self.services.map().fd().as_fd(), &keys, &values)
-                    }
+            if let Err(w) = written {
+                let failed = &ops[at + w.written.min(run - 1)];
+                let e = aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: w.error,
                 };
-                if let Err(w) = written {
-                    let failed = &ops[w.written.min(run - 1)];
-                    return Err(write_error(
-                        failed,
-                        &self.sizes,
-                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                            call: "bpf_map_update_batch",
-                            io_error: w.error,
-                        }),
-                    ));
-                }
+                return Err(write_error(failed, &self.sizes, e.into()));
+            }
+            if run > 0 {
                 at += run;
                 continue;
             }
             let op = &ops[at];
             at += 1;
             match op {
-                Op::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
-                Op::PutService { key, value } => self.services.insert(key, value, 0),
+                // Written in runs above.
+                Op::PutBackend { .. } | Op::PutService { .. } => Ok(()),
                 Op::DelService { key } => self.services.remove(key),
                 Op::DelBackend { id } => self.backends.remove(id),
                 Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
