@@ -292,13 +292,6 @@ struct FileRead {
     rejected: Vec<Rejected>,
 }
 
-/// Parses one file: its objects, their digests, and what it holds that
-/// cannot be read. A document that fails keeps its object's previous
-/// version (its digest, when it names its object); a document that names
-/// none (broken YAML) may have been any of the file's earlier objects, so
-/// those that no readable document names are kept: bad input never
-/// removes what was programmed. The readable documents beside it still
-/// apply.
 /// One string per namespace among a file's compact objects (held by their
 /// keys here and by the snapshot), not one per object.
 fn share_namespace(
@@ -319,6 +312,13 @@ fn share_namespace(
     o
 }
 
+/// Parses one file: its objects, their digests, and what it holds that
+/// cannot be read. A document that fails keeps its object's previous
+/// version (its digest, when it names its object); a document that names
+/// none (broken YAML) may have been any of the file's earlier objects, so
+/// those that no readable document names are kept: bad input never
+/// removes what was programmed. The readable documents beside it still
+/// apply.
 fn read_file(path: &Path, old: &BTreeMap<ObjId, Digest>) -> FileRead {
     let file = Some(path.display().to_string());
     let text = match std::fs::read_to_string(path) {
