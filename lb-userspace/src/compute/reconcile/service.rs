@@ -188,12 +188,25 @@ impl Reconciler {
             }
         }
         if ops.len() != before {
-            let ports: Vec<String> = want
-                .iter()
-                .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0)
-                .map(|f| format!("{}->{}", describe_key(&f.key), f.backends.len()))
-                .collect();
-            tracing::info!(service = %svc, frontends = ?ports, ops = ops.len() - before, "applied");
+            pending.applied += 1;
+            let level_on = if pending.say_each {
+                tracing::enabled!(tracing::Level::INFO)
+            } else {
+                tracing::enabled!(tracing::Level::DEBUG)
+            };
+            if level_on {
+                let ports: Vec<String> = want
+                    .iter()
+                    .filter(|f| f.flags & SVC_FLAG_ADDR_ONLY == 0)
+                    .map(|f| format!("{}->{}", describe_key(&f.key), f.backends.len()))
+                    .collect();
+                let n = ops.len() - before;
+                if pending.say_each {
+                    tracing::info!(service = %svc, frontends = ?ports, ops = n, "applied");
+                } else {
+                    tracing::debug!(service = %svc, frontends = ?ports, ops = n, "applied");
+                }
+            }
         }
         if !claimed.is_empty() {
             self.claimed.insert(svc.clone(), claimed);

@@ -176,3 +176,60 @@ fn a_deleted_backends_id_is_handed_to_the_conntrack_sweep_once() {
     assert!(r.take_left_backends().is_empty(), "taken once");
     assert_eq!(id_of(&r, "10.244.0.1").len(), 1, "the other one stays");
 }
+
+/// The log lines at info level `f` writes.
+fn info_lines(f: impl FnOnce()) -> Vec<String> {
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Lines::default();
+    let w = out.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_big_change_set_logs_one_line_and_a_small_one_a_line_per_service() {
+    let mut r = Reconciler::new(Mirror::from_entries([], []), None);
+    let mut w = Fake::default();
+    let many: String = (0..150)
+        .map(|i| {
+            svc(
+                &format!("s{i}"),
+                &format!("10.96.{}.{}", i / 200, 1 + i % 200),
+                "",
+            )
+        })
+        .collect();
+    let big = info_lines(|| {
+        r.apply(&objs(&many), true, &mut w).unwrap();
+    });
+    let applied: Vec<&String> = big.iter().filter(|l| l.contains("applied")).collect();
+    assert_eq!(applied.len(), 1, "{big:#?}");
+    assert!(applied[0].contains("services=150"), "{}", applied[0]);
+    let small = info_lines(|| {
+        let two = format!(
+            "{}{}",
+            svc("t1", "10.96.1.1", ""),
+            svc("t2", "10.96.1.2", "")
+        );
+        r.apply(&objs(&two), false, &mut w).unwrap();
+    });
+    let applied: Vec<&String> = small.iter().filter(|l| l.contains("applied")).collect();
+    assert_eq!(applied.len(), 2, "{small:#?}");
+    assert!(applied.iter().any(|l| l.contains("x/t1")), "{applied:#?}");
+}
