@@ -337,26 +337,33 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
 
 /// One conntrack sweep over the filled map, timed; every entry part of a
 /// live flow, so the figure is the steady state's walk, not a mass removal.
+/// One sweep of the full map as the sweeper thread makes it after its
+/// first: with the buffers the sweep before it left.
 fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
     let max = ct_entries + 8;
     let map = l.ebpf.map_mut(MAP_CT).context("conntrack")?;
-    let mut evictions = crate::compute::ct_sweep::Evictions::default();
-    let t = std::time::Instant::now();
-    let (removed, kept, flows) = super::sweep::sweep_ct(
-        map,
-        max,
-        0,
-        crate::compute::ct_sweep::gone_from(&l.backends),
-        &Default::default(),
-        &mut evictions,
-        usize::MAX,
-    )?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if removed != 0 || kept != ct_entries {
-        bail!("the sweep removed {removed} and kept {kept} of {ct_entries} live entries");
-    }
-    if flows.flows != ct_entries.div_ceil(2) || flows.orphans != 0 {
-        bail!("the sweep saw {flows:?} in {ct_entries} entries (each flow forward and reverse)");
+    let mut state = super::sweep::CtSweep::default();
+    let mut ms = 0.0;
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let (removed, kept, flows) = super::sweep::sweep_ct(
+            map,
+            &mut state,
+            max,
+            0,
+            crate::compute::ct_sweep::gone_from(&l.backends),
+            &Default::default(),
+            usize::MAX,
+        )?;
+        ms = t.elapsed().as_secs_f64() * 1e3;
+        if removed != 0 || kept != ct_entries {
+            bail!("the sweep removed {removed} and kept {kept} of {ct_entries} live entries");
+        }
+        if flows.flows != ct_entries.div_ceil(2) || flows.orphans != 0 {
+            bail!(
+                "the sweep saw {flows:?} in {ct_entries} entries (each flow forward and reverse)"
+            );
+        }
     }
     Ok(ms)
 }

@@ -4,6 +4,67 @@
 
 use super::*;
 
+/// What the conntrack sweeps keep from one to the next: the eviction
+/// count's state, and the walk's memory.
+#[derive(Default)]
+pub struct CtSweep {
+    pub evictions: crate::compute::ct_sweep::Evictions,
+    walk: Walk<CtKey, CtValue>,
+}
+
+/// A map's entries as one sweep read them. The buffers stay for the next
+/// sweep: a million entries' worth of fresh pages took longer to fault in
+/// than the kernel's walk took to fill them.
+pub struct Walk<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K, V> Default for Walk<K, V> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<K: aya::Pod + Default, V: aya::Pod + Default> Walk<K, V> {
+    /// Every entry of an LRU hash map, at most `max`: batch lookups, or a
+    /// walk on a kernel without them for LRU maps.
+    fn read(&mut self, map: &mut Map, max: usize) -> anyhow::Result<(&[K], &[V])> {
+        self.settle();
+        let batch = match &*map {
+            Map::LruHashMap(m) => {
+                super::sys::lookup_batch_into(m.fd().as_fd(), max, &mut self.keys, &mut self.values)
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if !batch {
+            let m: HashMap<_, K, V> = HashMap::try_from(map)?;
+            self.keys.clear();
+            self.values.clear();
+            for (k, v) in m.iter().take(max).filter_map(Result::ok) {
+                self.keys.push(k);
+                self.values.push(v);
+            }
+        }
+        Ok((&self.keys, &self.values))
+    }
+
+    /// Keeps memory for about what the last walk read, not for a peak
+    /// long gone (a map that emptied). Growing by doubling leaves up to
+    /// twice what was read: that much stays.
+    fn settle(&mut self) {
+        let len = self.keys.len();
+        if self.keys.capacity() > 4 * len + 65536 {
+            self.keys.shrink_to(2 * len);
+            self.values.shrink_to(2 * len);
+        }
+    }
+}
+
 /// One conntrack sweep: removes what `compute::ct_sweep::Flows::doomed`
 /// says, reading at most `max` entries with batch lookups, and deleting an
 /// entry only if its last-seen time is still the one read (nothing touched
@@ -13,17 +74,18 @@ use super::*;
 /// entries made, read before.
 pub fn sweep_ct(
     map: &mut Map,
+    state: &mut CtSweep,
     max: usize,
     new_entries: u64,
     backend_gone: impl FnMut(&CtValue) -> bool,
     t: &crate::compute::conntrack_gc::Timeouts,
-    evictions: &mut crate::compute::ct_sweep::Evictions,
     budget: usize,
 ) -> anyhow::Result<(usize, usize, crate::compute::ct_sweep::CtStats)> {
     let now = crate::datapath::host::monotonic_s();
-    let (keys, values) = read_all::<CtKey, CtValue>(map, max)?;
+    let evictions = &mut state.evictions;
+    let (keys, values) = state.walk.read(map, max)?;
     let seen = keys.len();
-    let flows = crate::compute::ct_sweep::Flows::of(&keys, &values, evictions.hasher());
+    let flows = crate::compute::ct_sweep::Flows::of(keys, values, evictions.hasher());
     let doomed = flows.doomed(now, backend_gone, t, budget);
     let stats = flows.stats();
     evictions.observe_flows(new_entries, &flows, &doomed);
@@ -46,6 +108,7 @@ pub fn sweep_ct(
 /// `budget` of them.
 pub fn sweep_policy_ct(
     map: &mut Map,
+    walk: &mut Walk<lb_common::PolCtKey, lb_common::PolCtValue>,
     max: usize,
     t: &crate::compute::conntrack_gc::Timeouts,
     budget: usize,
@@ -53,11 +116,11 @@ pub fn sweep_policy_ct(
     use crate::compute::conntrack_gc::policy_expired;
     use lb_common::{PolCtKey, PolCtValue};
     let now = crate::datapath::host::monotonic_s();
-    let (keys, values) = read_all::<PolCtKey, PolCtValue>(map, max)?;
+    let (keys, values) = walk.read(map, max)?;
     let mut ct: HashMap<_, PolCtKey, PolCtValue> = HashMap::try_from(map)?;
     let n = keys
         .iter()
-        .zip(&values)
+        .zip(values)
         .filter(|(k, v)| policy_expired(k, v, now, t))
         .take(budget)
         .filter(|(k, walked)| {
@@ -66,19 +129,4 @@ pub fn sweep_policy_ct(
         })
         .count();
     Ok((n, keys.len() - n))
-}
-
-/// Every entry of an LRU hash map, at most `max`: batch lookups, or a walk
-/// on a kernel without them for LRU maps.
-fn read_all<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: &mut Map,
-    max: usize,
-) -> anyhow::Result<(Vec<K>, Vec<V>)> {
-    if let Map::LruHashMap(m) = &*map
-        && let Ok(all) = super::sys::lookup_batch(m.fd().as_fd(), max)
-    {
-        return Ok(all);
-    }
-    let m: HashMap<_, K, V> = HashMap::try_from(map)?;
-    Ok(m.iter().take(max).filter_map(Result::ok).unzip())
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::compute::conntrack_gc::Timeouts;
-use crate::compute::ct_sweep::{CtStats, Evictions};
+use crate::compute::ct_sweep::CtStats;
 
 /// Deletions one sweep makes at most (each is two system calls): a mass
 /// expiry is spread over the next sweeps, which find the rest again.
@@ -59,7 +59,8 @@ impl Sweeper {
                 let mut s = State {
                     pin_dir,
                     timeouts,
-                    evictions: Evictions::default(),
+                    ct: sweep::CtSweep::default(),
+                    policy_walk: sweep::Walk::default(),
                     left_now: HashSet::new(),
                     left_before: HashSet::new(),
                     sweeps: 0,
@@ -109,7 +110,10 @@ impl Drop for Sweeper {
 struct State {
     pin_dir: PathBuf,
     timeouts: Timeouts,
-    evictions: Evictions,
+    /// What one conntrack sweep leaves the next (the eviction count, the
+    /// walk's buffers).
+    ct: sweep::CtSweep,
+    policy_walk: sweep::Walk<lb_common::PolCtKey, lb_common::PolCtValue>,
     /// Ids deleted since the last sweep, and before it: a flow made just
     /// before its backend left may come after the walk that looked.
     left_now: HashSet<u32>,
@@ -141,24 +145,29 @@ impl State {
         let max = MapInfo::from_pin(dir.join(MAP_CT))?.max_entries() as usize;
         let (removed, kept, flows) = sweep::sweep_ct(
             &mut ct,
+            &mut self.ct,
             max,
             new_entries,
             gone,
             &self.timeouts,
-            &mut self.evictions,
             DELETE_BUDGET,
         )?;
         self.left_before = std::mem::take(&mut self.left_now);
         let mut pol = pinned::open_pinned(dir, lb_common::MAP_POL_CT)?;
         let max = MapInfo::from_pin(dir.join(lb_common::MAP_POL_CT))?.max_entries() as usize;
-        let (policy_removed, policy_kept) =
-            sweep::sweep_policy_ct(&mut pol, max, &self.timeouts, DELETE_BUDGET)?;
+        let (policy_removed, policy_kept) = sweep::sweep_policy_ct(
+            &mut pol,
+            &mut self.policy_walk,
+            max,
+            &self.timeouts,
+            DELETE_BUDGET,
+        )?;
         Ok(SweepReport {
             removed,
             kept,
             flows,
-            evicted_entries_total: self.evictions.entries_total,
-            evicted_answered_flows_total: self.evictions.answered_flows_total,
+            evicted_entries_total: self.ct.evictions.entries_total,
+            evicted_answered_flows_total: self.ct.evictions.answered_flows_total,
             policy_removed,
             policy_kept,
             took: started.elapsed(),
@@ -268,11 +277,11 @@ mod tests {
             "pinned BPF maps need root: run through `cargo xtask test`"
         );
         let mut l = super::super::packet_cost::load(1, 10).expect("maps");
-        let mut ev = Evictions::default();
-        let sweep = |l: &mut super::super::packet_cost::Loaded, ev: &mut Evictions, budget| {
+        let mut ev = sweep::CtSweep::default();
+        let sweep = |l: &mut super::super::packet_cost::Loaded, ev: &mut sweep::CtSweep, budget| {
             let map = l.ebpf.map_mut(MAP_CT).unwrap();
             // Every backend gone: every flow is doomed.
-            sweep::sweep_ct(map, 100, 0, |_| true, &Timeouts::default(), ev, budget).unwrap()
+            sweep::sweep_ct(map, ev, 100, 0, |_| true, &Timeouts::default(), budget).unwrap()
         };
         // Five flows of two entries: three entries' budget takes one flow
         // whole, not one and a half.

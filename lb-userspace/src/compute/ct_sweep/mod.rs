@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use lb_common::{
-    Backend, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey, CtValue,
-    PROTO_TCP,
+    Backend, BeU16, CT_F_CLOSING, CT_F_ESTABLISHED, CT_FWD, CT_REV, CT_RSNAT, CT_SNAT, CtKey,
+    CtValue, NetAddr, PROTO_TCP,
 };
 
 use crate::compute::conntrack_gc::Timeouts;
 
 mod evictions;
+mod partners;
 pub use evictions::Evictions;
 
 /// How often the agent sweeps conntrack.
@@ -84,22 +85,31 @@ impl<'a> Flows<'a> {
     pub fn of(keys: &'a [CtKey], values: &'a [CtValue], hasher: &Fast) -> Self {
         assert_eq!(keys.len(), values.len(), "a value per key");
         // Only partners are ever looked up (a forward entry finds its
-        // reverse and SNAT entries): the forward half stays out. A slot
-        // holds its key: the compare reads the line the probe just did.
+        // reverse and SNAT entries): the forward half stays out.
         let hash = |k: &CtKey| hasher.hash_one(k);
-        let partners = keys.iter().filter(|k| k.kind != CT_FWD).count();
-        let mut index = hashbrown::HashTable::<(CtKey, u32)>::with_capacity(partners);
-        for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.kind != CT_FWD) {
-            index.insert_unique(hash(k), (*k, i as u32), |(k, _)| hash(k));
-        }
-        let find = |k: &CtKey| index.find(hash(k), |(e, _)| e == k).map(|&(_, i)| i);
-        let groups = keys
-            .iter()
-            .zip(values)
-            .enumerate()
-            .filter(|(_, (k, _))| k.kind == CT_FWD)
-            .map(|(i, (k, v))| group(values, &find, i as u32, k, v))
+        let index = partners::Partners::of(keys, hash);
+        let find = |k: &CtKey, h: u64| index.find(keys, h, k);
+        let forward: Vec<u32> = (0..keys.len() as u32)
+            .filter(|&i| keys[i as usize].kind == CT_FWD)
             .collect();
+        let hashes: Vec<[u64; 2]> = forward
+            .iter()
+            .map(|&i| partner_keys(&keys[i as usize], &values[i as usize]).map(|p| hash(&p)))
+            .collect();
+        // The probes miss the cache: the slots of flows a few ahead are
+        // asked for while this one's are read, and the entries they point
+        // at once those slots are in.
+        const AHEAD: usize = 8;
+        let mut groups = Vec::with_capacity(forward.len());
+        for (n, &i) in forward.iter().enumerate() {
+            for &h in hashes.get(n + 2 * AHEAD).into_iter().flatten() {
+                index.prefetch(h);
+            }
+            for &h in hashes.get(n + AHEAD).into_iter().flatten() {
+                index.prefetch_entry(keys, values, h);
+            }
+            groups.push(group((keys, values), &find, &hash, i, hashes[n]));
+        }
         Self {
             keys,
             values,
@@ -182,14 +192,16 @@ impl<'a> Flows<'a> {
 
 /// The forward entry `i`'s flow: its reverse entry, and its SNAT pair when
 /// the reverse SNAT entry points back at this flow's client. `find` gives
-/// a partner's index by its key.
+/// a partner's index by its key and hash; `partner_hashes` are those of
+/// [`partner_keys`].
 fn group(
-    values: &[CtValue],
-    find: &impl Fn(&CtKey) -> Option<u32>,
+    (keys, values): (&[CtKey], &[CtValue]),
+    find: &impl Fn(&CtKey, u64) -> Option<u32>,
+    hash: &impl Fn(&CtKey) -> u64,
     i: u32,
-    k: &CtKey,
-    v: &CtValue,
+    partner_hashes: [u64; 2],
 ) -> Group {
+    let (k, v) = (&keys[i as usize], &values[i as usize]);
     let mut g = Group {
         members: [i, 0, 0, 0],
         len: 1,
@@ -203,27 +215,16 @@ fn group(
         g.flags |= e.flags;
         g.last = g.last.max(e.last_seen);
     };
-    let tuple = |saddr, sport, daddr, dport, kind| CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: k.proto,
-        kind,
-        _pad: [0; 2],
-    };
-    let (rev_port, snat_sport) = if v.snat_port.0 != 0 {
-        (v.snat_port, v.snat_port)
-    } else {
-        (v.port, k.sport)
-    };
-    if let Some(j) = find(&tuple(v.addr, rev_port, k.saddr, k.sport, CT_REV)) {
+    let [rev, snat] = partner_keys(k, v);
+    let [h_rev, h_snat] = partner_hashes;
+    if let Some(j) = find(&rev, h_rev) {
         add(j);
     }
-    if let Some(j) = find(&tuple(k.saddr, snat_sport, v.addr, v.port, CT_SNAT)) {
+    if let Some(j) = find(&snat, h_snat) {
         add(j);
         let sv = &values[j as usize];
-        if let Some(r) = find(&tuple(v.addr, v.port, sv.addr, sv.port, CT_RSNAT)) {
+        let rsnat = tuple(k, v.addr, v.port, sv.addr, sv.port, CT_RSNAT);
+        if let Some(r) = find(&rsnat, hash(&rsnat)) {
             let rv = &values[r as usize];
             if rv.addr == k.saddr && rv.port == k.sport {
                 add(r);
@@ -231,6 +232,33 @@ fn group(
         }
     }
     g
+}
+
+/// A key of forward entry `k`'s protocol.
+fn tuple(k: &CtKey, saddr: NetAddr, sport: BeU16, daddr: NetAddr, dport: BeU16, kind: u8) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: k.proto,
+        kind,
+        _pad: [0; 2],
+    }
+}
+
+/// The keys of forward entry `k`'s reverse and SNAT entries (`v` its
+/// value), were they there.
+fn partner_keys(k: &CtKey, v: &CtValue) -> [CtKey; 2] {
+    let (rev_port, snat_sport) = if v.snat_port.0 != 0 {
+        (v.snat_port, v.snat_port)
+    } else {
+        (v.port, k.sport)
+    };
+    [
+        tuple(k, v.addr, rev_port, k.saddr, k.sport, CT_REV),
+        tuple(k, k.saddr, snat_sport, v.addr, v.port, CT_SNAT),
+    ]
 }
 
 /// `backend_gone` for [`Flows::doomed`] from the backends the maps hold:

@@ -8,22 +8,27 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use super::{Attr, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
 
 /// Every entry of a hash map (`K`, `V` its exact key and value types), at
-/// most `max`, read with BPF_MAP_LOOKUP_BATCH: a few system calls for a
-/// million entries instead of two per entry. The keys, and the values in
-/// the same order: the kernel writes straight into them. A map being
-/// written may show an entry twice or miss one, as a walk would.
-pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+/// most `max`, read with BPF_MAP_LOOKUP_BATCH into `keys` and `values`
+/// (emptied first): a few system calls for a million entries instead of
+/// two per entry. The keys, and the values in the same order: the kernel
+/// writes straight into them. A map being written may show an entry twice
+/// or miss one, as a walk would. A caller reading the same map again keeps
+/// the vectors: fresh pages for a million entries cost more to fault in
+/// than the kernel's walk.
+pub fn lookup_batch_into<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     max: usize,
-) -> io::Result<(Vec<K>, Vec<V>)> {
+    keys: &mut Vec<K>,
+    values: &mut Vec<V>,
+) -> io::Result<()> {
+    keys.clear();
+    values.clear();
     // Big calls: each one costs the kernel an allocation of its size and a
     // walk of the buckets since the last, whatever it finds.
     let chunk = 1usize << 16;
     // After ENOSPC (one bucket holds more than the call had room for): at
     // least this much room, even past `max` (cut below).
     let mut floor = 0usize;
-    let mut keys: Vec<K> = Vec::new();
-    let mut values: Vec<V> = Vec::new();
     let mut token = [0u64; 8];
     let mut first = true;
     while keys.len() < max {
@@ -59,7 +64,7 @@ pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     }
     keys.truncate(max);
     values.truncate(max);
-    Ok((keys, values))
+    Ok(())
 }
 
 /// The sums over CPUs of each of the first `len` entries of a per-CPU
@@ -132,6 +137,17 @@ pub fn update_batch<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
+/// [`lookup_batch_into`] into new vectors.
+#[cfg(test)]
+fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    max: usize,
+) -> io::Result<(Vec<K>, Vec<V>)> {
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    lookup_batch_into(map, max, &mut keys, &mut values)?;
+    Ok((keys, values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{map_create, map_update};
@@ -186,6 +202,13 @@ mod tests {
         let (some, _): (Vec<lb_common::CtKey>, Vec<lb_common::CtValue>) =
             lookup_batch(map.as_fd(), 5_000).unwrap();
         assert_eq!(some.len(), 5_000, "at most `max`");
+        // Read again into the vectors of a read: their memory serves again.
+        let (mut again_k, mut again_v) = (Vec::new(), Vec::new());
+        lookup_batch_into(map.as_fd(), usize::MAX, &mut again_k, &mut again_v).unwrap();
+        let at = (again_k.as_ptr(), again_v.as_ptr());
+        lookup_batch_into(map.as_fd(), usize::MAX, &mut again_k, &mut again_v).unwrap();
+        assert_eq!((again_k.as_ptr(), again_v.as_ptr()), at, "no new memory");
+        assert_eq!((again_k, again_v), (keys, values), "the same walk");
     }
 
     #[test]

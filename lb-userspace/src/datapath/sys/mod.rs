@@ -4,7 +4,7 @@
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 mod batch;
-pub use batch::{lookup_batch, percpu_u64_sums, update_batch};
+pub use batch::{lookup_batch_into, percpu_u64_sums, update_batch};
 
 use std::{
     ffi::CString,
