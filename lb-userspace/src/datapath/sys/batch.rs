@@ -15,7 +15,7 @@ use super::{Attr, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
 /// or miss one, as a walk would. A caller reading the same map again keeps
 /// the vectors: fresh pages for a million entries cost more to fault in
 /// than the kernel's walk.
-pub fn lookup_batch_into<K: aya::Pod + Default, V: aya::Pod + Default>(
+pub fn lookup_batch_into<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
     max: usize,
     keys: &mut Vec<K>,
@@ -34,22 +34,28 @@ pub fn lookup_batch_into<K: aya::Pod + Default, V: aya::Pod + Default>(
     while keys.len() < max {
         let at = keys.len();
         let want = chunk.min(max - at).max(floor);
-        keys.resize(at + want, K::default());
-        values.resize(at + want, V::default());
+        // The kernel fills the room it is given: nothing to zero first.
+        keys.reserve(want);
+        values.reserve(want);
         let mut next = [0u64; 8];
         let mut a = Attr::new();
         if !first {
             a.put_u64(0, token.as_ptr() as u64);
         }
         a.put_u64(8, next.as_mut_ptr() as u64);
-        a.put_u64(16, keys[at..].as_mut_ptr() as u64);
-        a.put_u64(24, values[at..].as_mut_ptr() as u64);
+        a.put_u64(16, keys.spare_capacity_mut().as_mut_ptr() as u64);
+        a.put_u64(24, values.spare_capacity_mut().as_mut_ptr() as u64);
         a.put_u32(32, want as u32);
         a.put_u32(36, map.as_raw_fd() as u32);
         let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
         let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        keys.truncate(at + n.min(want));
-        values.truncate(at + n.min(want));
+        // SAFETY: the kernel wrote `n` whole entries (it says how many in
+        // the attr, errors included) into the room reserved past `at`, and
+        // any bytes are a valid `K` and `V` (Pod).
+        unsafe {
+            keys.set_len(at + n.min(want));
+            values.set_len(at + n.min(want));
+        }
         match r {
             Ok(_) => floor = 0,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
