@@ -35,16 +35,12 @@ fn is_snat_reply(p: &Pkt) -> u32 {
     conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some() as u32
 }
 
-/// A packet without a forward entry: a new flow to a local backend gets
-/// its conntrack entries and `to`; drops TC would make happen here.
+/// A packet to an external frontend without a forward entry: a new flow
+/// to a local backend gets its conntrack entries and `to`; drops TC would
+/// make happen here.
 /// Not inlined (stack).
 #[inline(never)]
 fn open_flow(p: &Pkt, to: &mut Choice) -> u32 {
-    // Most packets without a forward entry are no Service's: one lookup
-    // says so before any other.
-    if choose::is_external_frontend(p) == 0 {
-        return PASS_ON;
-    }
     // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
     if is_snat_reply(p) != 0 {
         return PASS_ON;
@@ -74,6 +70,13 @@ const ETH: usize = packet::ETH_HLEN;
 pub fn fast_path(ctx: &XdpContext) -> u32 {
     let mut p = Pkt::default();
     if parse(ctx, &mut p) != 0 {
+        count(C_XDP_PASS);
+        return XDP_PASS;
+    }
+    // Most packets on an external device are no Service's: one lookup says
+    // so before conntrack's. A flow whose frontend went (or was never
+    // external) goes on to TC, which still knows it.
+    if choose::is_external_frontend(&p) == 0 {
         count(C_XDP_PASS);
         return XDP_PASS;
     }

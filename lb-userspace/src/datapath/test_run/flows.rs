@@ -182,3 +182,29 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
     }
     assert_eq!(backends_of_new_flows(&bed, 43000).len(), 2);
 }
+
+#[test]
+fn xdp_asks_the_services_map_first_and_leaves_a_gone_frontends_flows_to_tc() {
+    let mut bed = Bed::with_node_port("xdp-first");
+    let syn = tcp4([10, 100, 0, 200], 40030, [10, 100, 0, 1], 30080, true);
+    assert_eq!(dst4(&bed.run_xdp(&syn).1), ("10.244.1.10".into(), 8080));
+    // The frontend goes; the flow's entries stay until the sweep.
+    let key = ServiceKey::frontend(
+        ip("10.100.0.1"),
+        BeU16::from_host(30080),
+        PROTO_TCP,
+        SCOPE_INTERNAL,
+    );
+    let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
+        HashMap::try_from(bed.ebpf.map_mut(lb_common::MAP_SERVICES).unwrap()).unwrap();
+    svcs.remove(&key).unwrap();
+    // XDP's one lookup says "no Service": untouched, on to TC ...
+    let ack = tcp4([10, 100, 0, 200], 40030, [10, 100, 0, 1], 30080, false);
+    let before = bed.counters();
+    assert_eq!(bed.run_xdp(&ack), (XDP_PASS, ack.clone()));
+    assert_eq!(bed.moved(&before), [("xdp_pass", 1)]);
+    // ... whose conntrack still carries the flow to its backend.
+    let (_, out) = bed.run("lb_tc_ingress", &ack);
+    assert_eq!(dst4(&out), ("10.244.1.10".into(), 8080));
+    assert_checksums(&out);
+}
