@@ -330,6 +330,15 @@ fn main() -> anyhow::Result<()> {
                         }),
                         grow_services: max_services.is_none(),
                         grow_backends: max_backends.is_none(),
+                        // No flag sizes it: it starts at its default (or
+                        // what it grew to) and grows.
+                        ranges: datapath::pinned_max_entries(
+                            &pinned.pin_dir,
+                            lb_common::MAP_SRC_RANGES,
+                        )
+                        .unwrap_or(0)
+                        .max(lb_common::DEFAULT_SRC_RANGES_MAX),
+                        grow_ranges: true,
                         sock_rev: max_sock_rev,
                         ct: max_ct,
                     },

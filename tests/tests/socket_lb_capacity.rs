@@ -364,3 +364,68 @@ fn both_maps_grow_in_the_change_set_that_outgrows_them() {
         "connections failed while the maps grew: {summary}"
     );
 }
+
+/// 100 LoadBalancer Services of 200 loadBalancerSourceRanges each (20,000
+/// entries of the trie: a range per LoadBalancer IP) outgrow its first
+/// 16,384: the agent grows it while running, under a connection loop, and
+/// every Service is programmed with all its ranges.
+#[test]
+fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
+    let mut bed = Testbed::new(2);
+    web(&mut bed, &["10.95.0.10"], &[0, 1]);
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["maps"]["LB_SRCRANGE_V1"]["max_entries"], 16384, "{st}");
+    let stop = bed.dir.0.join("stop");
+    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
+    assert_eq!(lp.read_line().trim(), "started");
+    let ranges: Vec<String> = (0..200).map(|r| format!("\"172.16.{r}.0/24\"")).collect();
+    let mut y = String::new();
+    for i in 0..100 {
+        let name = format!("lb{i}");
+        y += &service(&name, &[&many_ip(i)], &[TCP]).replace(
+            "spec:\n",
+            &format!(
+                "spec:\n  type: LoadBalancer\n  loadBalancerSourceRanges: [{}]\n",
+                ranges.join(", ")
+            ),
+        );
+        y += &format!(
+            "status: {{loadBalancer: {{ingress: [{{ip: 10.210.0.{}}}]}}}}\n---\n",
+            i + 1
+        );
+        y += &slice(
+            &format!("{name}-1"),
+            &name,
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &ready([backend_ip4(i % 2)]),
+        );
+        y += "---\n";
+    }
+    bed.manifests.write("ranges.yaml", &y);
+    let g = bed.manifests.commit();
+    bed.agent
+        .wait_synced_within(g, std::time::Duration::from_secs(300));
+    let st = bed.agent.status().unwrap();
+    let log = bed.agent.log_text();
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["services_not_programmed"], 0, "{st}\n{log}");
+    let trie = &st["maps"]["LB_SRCRANGE_V1"];
+    assert_eq!(trie["max_entries"], 32768, "{st}");
+    assert_eq!(trie["entries"], 20_000, "{st}");
+    std::fs::write(&stop, "").unwrap();
+    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
+    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["failed"], 0,
+        "connections failed while the trie grew: {summary}"
+    );
+    assert!(
+        log.contains("loadBalancerSourceRanges 16384 -> 32768"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not programmed"),
+        "nothing is reported left out: {log}"
+    );
+}

@@ -65,26 +65,36 @@ fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
     if rec.not_programmed.is_empty() {
         return false;
     }
-    let (services, backends) = rec.not_programmed.values().fold((0, 0), |(s, b), np| {
-        (s + np.need.services, b + np.need.backends)
-    });
+    let (services, backends, ranges) =
+        rec.not_programmed
+            .values()
+            .fold((0, 0, 0), |(s, b, r), np| {
+                (
+                    s + np.need.services,
+                    b + np.need.backends,
+                    r + np.need.ranges,
+                )
+            });
     let m = rec.mirror();
-    let Some(sizes) = crate::datapath::grown(
-        dp.sizes(),
-        m.services().len() as u64 + services,
-        m.backends().len() as u64 + backends,
-    ) else {
+    let wanted = crate::datapath::Wanted {
+        services: m.services().len() as u64 + services,
+        backends: m.backends().len() as u64 + backends,
+        ranges: m.range_entries() as u64 + ranges,
+    };
+    let Some(sizes) = crate::datapath::grown(dp.sizes(), wanted) else {
         return false;
     };
     let from = dp.sizes();
     match dp.grow(sizes) {
         Ok(()) => {
             tracing::info!(
-                "maps grown for the cluster: services {} -> {} entries, backends {} -> {} ({} Services left out needed {services} services and {backends} backends entries)",
+                "maps grown for the cluster: services {} -> {} entries, backends {} -> {}, loadBalancerSourceRanges {} -> {} ({} Services left out needed {services} services, {backends} backends and {ranges} source range entries)",
                 from.services,
                 sizes.services,
                 from.backends,
                 sizes.backends,
+                from.ranges,
+                sizes.ranges,
                 rec.not_programmed.len(),
             );
             true

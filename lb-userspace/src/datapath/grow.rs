@@ -1,12 +1,13 @@
-//! Growing the services and backends maps while the agent runs, when the
-//! cluster outgrows them and no `--max-*` flag fixed their size: the
+//! Growing the services, backends and loadBalancerSourceRanges maps while
+//! the agent runs, when the cluster outgrows them and no `--max-*` flag
+//! fixed their size: the
 //! object is loaded again with bigger maps, which get every entry before
 //! any of its programs runs (see `migrate`), and its programs are swapped
 //! in under the pinned links (cgroup, tcx, XDP) as a restarted agent's
 //! are, so no lookup ever misses. Only the agent writes these maps, so
 //! the copy is complete.
 
-use lb_common::{MAP_BACKENDS, MAP_SERVICES};
+use lb_common::{MAP_BACKENDS, MAP_SERVICES, MAP_SRC_RANGES};
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 
@@ -21,18 +22,31 @@ fn with_headroom(wanted: u64) -> u32 {
     u32::try_from(p).unwrap_or(GROW_MAX).min(GROW_MAX)
 }
 
-/// The sizes to grow to, when a map that may grow needs more than it has:
-/// `wanted_services` and `wanted_backends` are the entries the maps hold
-/// plus what the Services left out need. None: nothing to grow (or no
-/// room left to grow into).
-pub fn grown(sizes: MapSizes, wanted_services: u64, wanted_backends: u64) -> Option<MapSizes> {
-    let mut to = sizes;
-    if sizes.grow_services && wanted_services > u64::from(sizes.services) {
-        to.services = with_headroom(wanted_services).max(sizes.services);
-    }
-    if sizes.grow_backends && wanted_backends > u64::from(sizes.backends) {
-        to.backends = with_headroom(wanted_backends).max(sizes.backends);
-    }
+/// Entries a map is to hold: what it holds plus what the Services left
+/// out need of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wanted {
+    pub services: u64,
+    pub backends: u64,
+    pub ranges: u64,
+}
+
+/// The sizes to grow to, when a map that may grow needs more than it has.
+/// None: nothing to grow (or no room left to grow into).
+pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
+    let grow = |may: bool, wanted: u64, has: u32| {
+        if may && wanted > u64::from(has) {
+            with_headroom(wanted).max(has)
+        } else {
+            has
+        }
+    };
+    let to = MapSizes {
+        services: grow(sizes.grow_services, wanted.services, sizes.services),
+        backends: grow(sizes.grow_backends, wanted.backends, sizes.backends),
+        ranges: grow(sizes.grow_ranges, wanted.ranges, sizes.ranges),
+        ..sizes
+    };
     (to != sizes).then_some(to)
 }
 
@@ -57,7 +71,7 @@ impl Datapath {
         let mut new = match super::load(&opts) {
             Ok(new) => new,
             Err(e) => {
-                for name in [MAP_SERVICES, MAP_BACKENDS] {
+                for name in [MAP_SERVICES, MAP_BACKENDS, MAP_SRC_RANGES] {
                     migrate::undo(&self.pin_dir, name);
                 }
                 return Err(e.context("loading the programs with the grown maps"));
@@ -77,6 +91,7 @@ impl Datapath {
         tracing::info!(
             services = sizes.services,
             backends = sizes.backends,
+            source_ranges = sizes.ranges,
             "maps grown while running: every program now uses them"
         );
         *self = new;
@@ -88,27 +103,43 @@ impl Datapath {
 mod tests {
     use super::*;
 
+    fn wanted(services: u64, backends: u64, ranges: u64) -> Wanted {
+        Wanted {
+            services,
+            backends,
+            ranges,
+        }
+    }
+
     #[test]
     fn maps_grow_only_when_allowed_and_needed_with_headroom() {
         let fixed = MapSizes {
             services: 100,
             backends: 100,
+            ranges: 100,
             ..Default::default()
         };
-        assert_eq!(grown(fixed, 1000, 1000), None, "flags fix the sizes");
+        assert_eq!(
+            grown(fixed, wanted(1000, 1000, 1000)),
+            None,
+            "flags fix the sizes"
+        );
         let auto = MapSizes {
             grow_services: true,
             grow_backends: true,
+            grow_ranges: true,
             ..fixed
         };
-        assert_eq!(grown(auto, 100, 50), None, "enough room");
-        let g = grown(auto, 101, 50).unwrap();
+        assert_eq!(grown(auto, wanted(100, 50, 100)), None, "enough room");
+        let g = grown(auto, wanted(101, 50, 0)).unwrap();
         assert_eq!(
-            (g.services, g.backends),
-            (256, 100),
+            (g.services, g.backends, g.ranges),
+            (256, 100, 100),
             "1.5 x 101, a power of two"
         );
-        let g = grown(auto, 12_000_000, 2_000_000).unwrap();
+        let g = grown(auto, wanted(0, 0, 20_000)).unwrap();
+        assert_eq!((g.services, g.ranges), (100, 32_768), "the ranges alone");
+        let g = grown(auto, wanted(12_000_000, 2_000_000, 0)).unwrap();
         assert_eq!((g.services, g.backends), (GROW_MAX, 4_194_304));
         assert_eq!(
             grown(
@@ -116,8 +147,7 @@ mod tests {
                     services: GROW_MAX,
                     ..auto
                 },
-                u64::MAX,
-                0
+                wanted(u64::MAX, 0, 0)
             ),
             None
         );

@@ -19,7 +19,7 @@ mod sweeper;
 mod sys;
 mod writer;
 
-pub use grow::{GROW_MAX, grown};
+pub use grow::{GROW_MAX, Wanted, grown};
 #[cfg(feature = "lab")]
 pub use lab::xdp_pass_on;
 use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};
@@ -188,6 +188,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         .map_max_entries(MAP_BACKENDS, opts.sizes.backends)
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
         .map_max_entries(MAP_CT, opts.sizes.ct)
+        .map_max_entries(lb_common::MAP_SRC_RANGES, opts.sizes.ranges)
         .load(OBJECT)
         .context("loading the eBPF object")?;
     // Before any program of this object runs: the carried maps hold

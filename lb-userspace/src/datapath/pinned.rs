@@ -80,7 +80,25 @@ impl Pinned {
                 entries: self.maglev_ids()?.len(),
                 max_entries: lb_common::DEFAULT_MAGLEV_MAX,
             },
+            self.range_fill()?,
         ])
+    }
+
+    /// The loadBalancerSourceRanges trie's entries and capacity.
+    fn range_fill(&self) -> anyhow::Result<MapFill> {
+        let name = lb_common::MAP_SRC_RANGES;
+        let max_entries = MapInfo::from_pin(self.pin_dir.join(name))?.max_entries();
+        let m: LpmTrie<_, SrcRangeData, u8> = LpmTrie::try_from(open_pinned(&self.pin_dir, name)?)?;
+        let entries = m
+            .keys()
+            .take(max_entries as usize)
+            .filter(Result::is_ok)
+            .count();
+        Ok(MapFill {
+            name,
+            entries,
+            max_entries,
+        })
     }
 
     /// The links this agent pinned, each with whether it is still attached.

@@ -15,6 +15,9 @@ pub struct MapSizes {
     pub grow_services: bool,
     /// The same for the backends map (no `--max-backends`).
     pub grow_backends: bool,
+    /// The loadBalancerSourceRanges trie, and whether it grows.
+    pub ranges: u32,
+    pub grow_ranges: bool,
 }
 
 impl Default for MapSizes {
@@ -26,6 +29,8 @@ impl Default for MapSizes {
             ct: lb_common::DEFAULT_CT_MAX,
             grow_services: false,
             grow_backends: false,
+            ranges: lb_common::DEFAULT_SRC_RANGES_MAX,
+            grow_ranges: false,
         }
     }
 }
@@ -174,7 +179,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::LpmTrie,
             key_size: 4 + size_of::<SrcRangeData>() as u32,
             value_size: 1,
-            max_entries: lb_common::DEFAULT_SRC_RANGES_MAX,
+            max_entries: sizes.ranges,
         },
         MapSpec {
             name: MAP_COUNTERS,

@@ -38,9 +38,10 @@ fn describe_op(op: &Op, sizes: &MapSizes) -> String {
         ),
         Op::DelService { key } => format!("removing the {} from {MAP_SERVICES}", entry(key)),
         Op::PutRange { data, .. } => format!(
-            "writing a loadBalancerSourceRanges entry of {} into {}",
+            "writing a loadBalancerSourceRanges entry of {} into {} ({} entries)",
             at(&data.front, data.port),
-            lb_common::MAP_SRC_RANGES
+            lb_common::MAP_SRC_RANGES,
+            sizes.ranges
         ),
         Op::DelRange { data, .. } => format!(
             "removing a loadBalancerSourceRanges entry of {} from {}",
@@ -77,7 +78,7 @@ impl Datapath {
             services: Some(self.sizes.services),
             backends: Some(self.sizes.backends),
             maglev: Some(lb_common::DEFAULT_MAGLEV_MAX),
-            ranges: Some(lb_common::DEFAULT_SRC_RANGES_MAX),
+            ranges: Some(self.sizes.ranges),
         }
     }
 
