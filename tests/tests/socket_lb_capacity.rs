@@ -428,4 +428,16 @@ fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
         !log.contains("not programmed"),
         "nothing is reported left out: {log}"
     );
+    // A restart keeps the size the trie grew to, and every entry.
+    bed.agent.kill9();
+    bed.agent.start();
+    sync_rounds(&mut bed, 1);
+    let st = bed.agent.status().unwrap();
+    let trie = &st["maps"]["LB_SRCRANGE_V1"];
+    assert_eq!(
+        (&trie["max_entries"], &trie["entries"]),
+        (&Value::from(32768), &Value::from(20_000)),
+        "{st}"
+    );
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
 }
