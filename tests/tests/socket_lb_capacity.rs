@@ -289,6 +289,9 @@ fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
     for i in [0, 39_999] {
         served(&bed.probe(&format!("{}:80", many_ip(i)), "tcp", 2, "-", false));
     }
+    let (_, metrics) = bed.agent.http_get("/metrics");
+    let grown = "lb_map_capacity{map=\"LB_SERVICES_V1\"} 262144";
+    assert!(metrics.contains(grown), "/metrics lacks {grown}:\n{metrics}");
     std::fs::write(&stop, "").unwrap();
     let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
     assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
@@ -428,6 +431,14 @@ fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
         !log.contains("not programmed"),
         "nothing is reported left out: {log}"
     );
+    let (_, metrics) = bed.agent.http_get("/metrics");
+    for line in [
+        "lb_map_capacity{map=\"LB_SRCRANGE_V1\"} 32768",
+        "lb_map_entries{map=\"LB_SRCRANGE_V1\"} 20000",
+        "lb_map_capacity{map=\"LB_SERVICES_V1\"} 65536",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     // A restart keeps the size the trie grew to, and every entry.
     bed.agent.kill9();
     bed.agent.start();

@@ -3,7 +3,10 @@
 //! counted for `lb-agent status`, `/healthz` and `/metrics`, and connected
 //! UDP sockets of backends that left destroyed.
 
-use crate::{compute::reconcile::Reconciler, datapath::Datapath};
+use crate::{
+    compute::reconcile::Reconciler,
+    datapath::{Datapath, MapSizes},
+};
 
 /// Connected UDP sockets whose backend left their Service are destroyed:
 /// their applications see an error and connect again, to a live backend.
@@ -46,8 +49,9 @@ pub(super) fn grow_for_left_out(
     first: anyhow::Result<crate::compute::reconcile::Outcome>,
 ) -> anyhow::Result<crate::compute::reconcile::Outcome> {
     let mut out = first;
-    // Each round grows at least one map that was short, to what every
-    // left-out Service needs of it: services, backends, then done.
+    // Each round grows every map that was short to what every left-out
+    // Service needs of it; a Service then short of another map (it stopped
+    // at the first) gets the next round.
     for _ in 0..3 {
         if out.is_err() || !grow_if_short(dp, rec) {
             break;
@@ -191,5 +195,22 @@ pub(super) fn publish_left_out(
     match crate::serve::report::write_sync(pin_dir, &report) {
         Ok(()) => *last = Some(report),
         Err(e) => tracing::warn!("sync report: {e:#}"),
+    }
+}
+
+/// The maps' capacities into `/metrics` (`lb_map_capacity`).
+pub(super) fn record_capacity(health: &crate::serve::health::Health, sizes: MapSizes) {
+    for (map, cap) in [
+        (lb_common::MAP_SERVICES, sizes.services),
+        (lb_common::MAP_BACKENDS, sizes.backends),
+        (lb_common::MAP_SRC_RANGES, sizes.ranges),
+        (lb_common::MAP_CT, sizes.ct),
+        (lb_common::MAP_SOCK_REV, sizes.sock_rev),
+    ] {
+        health
+            .metrics
+            .map_capacity
+            .get_or_create(&crate::serve::health::MapLabel { map: map.into() })
+            .set(cap as i64);
     }
 }

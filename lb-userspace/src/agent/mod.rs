@@ -9,7 +9,9 @@ mod left_out;
 pub mod memory;
 mod node;
 
-use left_out::{destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out};
+use left_out::{
+    destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out, record_capacity,
+};
 use node::{local_addrs, node_setup, sync_pod_ifaces};
 
 use crate::{
@@ -181,19 +183,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => 0,
     };
     dp.set_status(status)?;
-    let sizes = opts.load.sizes;
-    for (map, cap) in [
-        (lb_common::MAP_SERVICES, sizes.services),
-        (lb_common::MAP_BACKENDS, sizes.backends),
-        (lb_common::MAP_CT, sizes.ct),
-        (lb_common::MAP_SOCK_REV, sizes.sock_rev),
-    ] {
-        health
-            .metrics
-            .map_capacity
-            .get_or_create(&crate::serve::health::MapLabel { map: map.into() })
-            .set(cap as i64);
-    }
+    record_capacity(&health, dp.sizes());
     let pinned = datapath::Pinned {
         pin_dir: opts.load.pin_dir.clone(),
     };
@@ -350,10 +340,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         .get_or_create(&crate::serve::health::KindLabel { kind: kind.clone() })
                         .set(*n as i64);
                 }
+                // The sizes too: a map may have grown in this change set.
+                record_capacity(&health, dp.sizes());
                 let m = rec.mirror();
                 for (map, n) in [
                     (lb_common::MAP_SERVICES, m.services().len()),
                     (lb_common::MAP_BACKENDS, m.backends().len()),
+                    (lb_common::MAP_SRC_RANGES, m.range_entries()),
                 ] {
                     health
                         .metrics

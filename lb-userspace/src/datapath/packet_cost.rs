@@ -337,8 +337,8 @@ pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Resul
 
 /// One conntrack sweep over the filled map, timed; every entry part of a
 /// live flow, so the figure is the steady state's walk, not a mass removal.
-/// One sweep of the full map as the sweeper thread makes it after its
-/// first: with the buffers the sweep before it left.
+/// The sweep timed follows a first one, as the sweeper thread's do: with
+/// the buffers the sweep before it left.
 fn sweep_ms(l: &mut Loaded, ct_entries: usize) -> anyhow::Result<f64> {
     let max = ct_entries + 8;
     let map = l.ebpf.map_mut(MAP_CT).context("conntrack")?;

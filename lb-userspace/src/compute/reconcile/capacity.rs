@@ -185,7 +185,7 @@ impl Reconciler {
                 m.range_entries(),
                 self.capacity.ranges,
                 "one entry per loadBalancerSourceRanges CIDR of each frontend",
-                "its size is fixed; fewer or wider source ranges per Service make room",
+                "it grows to at most 16M entries unless growing failed (see the log); fewer or wider source ranges per Service make room",
             ),
         ];
         maps.into_iter()

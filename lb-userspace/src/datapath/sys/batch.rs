@@ -48,10 +48,20 @@ pub fn lookup_batch_into<K: aya::Pod, V: aya::Pod>(
         a.put_u32(32, want as u32);
         a.put_u32(36, map.as_raw_fd() as u32);
         let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
-        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        // SAFETY: the kernel wrote `n` whole entries (it says how many in
-        // the attr, errors included) into the room reserved past `at`, and
-        // any bytes are a valid `K` and `V` (Pod).
+        // The kernel writes the count back once it walks; an error before
+        // (an old kernel without the command, a refused map) leaves ours.
+        let walked = match &r {
+            Ok(_) => true,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOSPC)),
+        };
+        let n = if walked {
+            u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize
+        } else {
+            0
+        };
+        // SAFETY: after a walk the kernel wrote `n` whole entries (the
+        // count it returns) into the room reserved past `at`; otherwise `n`
+        // is 0. Any bytes are a valid `K` and `V` (Pod).
         unsafe {
             keys.set_len(at + n.min(want));
             values.set_len(at + n.min(want));
