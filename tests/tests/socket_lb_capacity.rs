@@ -291,7 +291,10 @@ fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
     }
     let (_, metrics) = bed.agent.http_get("/metrics");
     let grown = "lb_map_capacity{map=\"LB_SERVICES_V1\"} 262144";
-    assert!(metrics.contains(grown), "/metrics lacks {grown}:\n{metrics}");
+    assert!(
+        metrics.contains(grown),
+        "/metrics lacks {grown}:\n{metrics}"
+    );
     std::fs::write(&stop, "").unwrap();
     let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
     assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
