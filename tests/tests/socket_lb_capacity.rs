@@ -51,6 +51,25 @@ fn sync_rounds(bed: &mut Testbed, rounds: usize) {
     }
 }
 
+/// A connection loop to `target`, started; it stops when `stop` exists.
+fn start_loop(bed: &Testbed, target: &str, stop: &std::path::Path) -> lb_tests::spawn::Proc {
+    let mut lp = bed.client_proc(&["loop", target, stop.to_str().unwrap()]);
+    assert_eq!(lp.read_line().trim(), "started");
+    lp
+}
+
+/// Stops the loop `lp` (through `stop`) and checks that it connected and
+/// no connection failed `during` what the test did.
+fn no_failures(stop: &std::path::Path, lp: &mut lb_tests::spawn::Proc, during: &str) {
+    std::fs::write(stop, "").unwrap();
+    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
+    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["failed"], 0,
+        "connections failed {during}: {summary}"
+    );
+}
+
 #[test]
 fn a_full_services_map_programs_what_fits_names_the_rest_once_and_a_bigger_restart_adds_it() {
     // Each Service takes 3 entries (its ClusterIP marker, the port's
@@ -134,12 +153,7 @@ fn a_full_services_map_programs_what_fits_names_the_rest_once_and_a_bigger_resta
     let mut loops: Vec<_> = [1, 4]
         .iter()
         .zip(&stops)
-        .map(|(i, stop)| {
-            let target = format!("{}:80", many_ip(*i));
-            let mut lp = bed.client_proc(&["loop", &target, stop.to_str().unwrap()]);
-            assert_eq!(lp.read_line().trim(), "started");
-            lp
-        })
+        .map(|(i, stop)| start_loop(&bed, &format!("{}:80", many_ip(*i)), stop))
         .collect();
     bed.agent.kill9();
     bed.agent.extra = vec!["--max-services=64".into()];
@@ -150,13 +164,8 @@ fn a_full_services_map_programs_what_fits_names_the_rest_once_and_a_bigger_resta
     assert_eq!(st["clean"], true, "{st}");
     assert_eq!(st["services_not_programmed"], 0, "{st}");
     assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 64, "{st}");
-    for stop in &stops {
-        std::fs::write(stop, "").unwrap();
-    }
-    for lp in &mut loops {
-        let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
-        assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
-        assert_eq!(summary["failed"], 0, "connections failed: {summary}");
+    for (stop, lp) in stops.iter().zip(&mut loops) {
+        no_failures(stop, lp, "across the restart");
     }
     let log = bed.agent.log_text();
     assert!(
@@ -267,8 +276,7 @@ fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
     let st = bed.agent.status().unwrap();
     assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 65536, "{st}");
     let stop = bed.dir.0.join("stop");
-    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
-    assert_eq!(lp.read_line().trim(), "started");
+    let mut lp = start_loop(&bed, "10.95.0.10:80", &stop);
     bed.manifests.write("many.yaml", &many(0..40_000, 2));
     let g = bed.manifests.commit();
     bed.agent
@@ -295,13 +303,7 @@ fn the_services_map_grows_live_when_the_cluster_outgrows_it() {
         metrics.contains(grown),
         "/metrics lacks {grown}:\n{metrics}"
     );
-    std::fs::write(&stop, "").unwrap();
-    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
-    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(
-        summary["failed"], 0,
-        "connections failed while the map grew: {summary}"
-    );
+    no_failures(&stop, &mut lp, "while the map grew");
     assert!(
         log.contains("maps grown for the cluster: services 65536 -> 262144 entries"),
         "{log}"
@@ -321,8 +323,7 @@ fn both_maps_grow_in_the_change_set_that_outgrows_them() {
     let mut bed = Testbed::new(2);
     web(&mut bed, &["10.95.0.10"], &[0, 1]);
     let stop = bed.dir.0.join("stop");
-    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
-    assert_eq!(lp.read_line().trim(), "started");
+    let mut lp = start_loop(&bed, "10.95.0.10:80", &stop);
     let mut y = String::new();
     for i in 0..6_000 {
         let name = format!("s{i}");
@@ -362,13 +363,7 @@ fn both_maps_grow_in_the_change_set_that_outgrows_them() {
         !log.contains("not programmed"),
         "nothing is reported left out: {log}"
     );
-    std::fs::write(&stop, "").unwrap();
-    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
-    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(
-        summary["failed"], 0,
-        "connections failed while the maps grew: {summary}"
-    );
+    no_failures(&stop, &mut lp, "while the maps grew");
 }
 
 /// 100 LoadBalancer Services of 200 loadBalancerSourceRanges each (20,000
@@ -382,8 +377,7 @@ fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
     let st = bed.agent.status().unwrap();
     assert_eq!(st["maps"]["LB_SRCRANGE_V1"]["max_entries"], 16384, "{st}");
     let stop = bed.dir.0.join("stop");
-    let mut lp = bed.client_proc(&["loop", "10.95.0.10:80", stop.to_str().unwrap()]);
-    assert_eq!(lp.read_line().trim(), "started");
+    let mut lp = start_loop(&bed, "10.95.0.10:80", &stop);
     let ranges: Vec<String> = (0..200).map(|r| format!("\"172.16.{r}.0/24\"")).collect();
     let mut y = String::new();
     for i in 0..100 {
@@ -419,13 +413,7 @@ fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
     let trie = &st["maps"]["LB_SRCRANGE_V1"];
     assert_eq!(trie["max_entries"], 32768, "{st}");
     assert_eq!(trie["entries"], 20_000, "{st}");
-    std::fs::write(&stop, "").unwrap();
-    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
-    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(
-        summary["failed"], 0,
-        "connections failed while the trie grew: {summary}"
-    );
+    no_failures(&stop, &mut lp, "while the trie grew");
     assert!(
         log.contains("loadBalancerSourceRanges 16384 -> 32768"),
         "{log}"

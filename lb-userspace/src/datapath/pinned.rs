@@ -52,53 +52,36 @@ impl Pinned {
     }
 
     pub fn fill(&self) -> anyhow::Result<Vec<MapFill>> {
-        fn count<K: aya::Pod, V: aya::Pod>(
-            pin_dir: &Path,
-            name: &'static str,
-        ) -> anyhow::Result<MapFill> {
-            let max_entries = MapInfo::from_pin(pin_dir.join(name))?.max_entries();
-            let m: HashMap<_, K, V> = HashMap::try_from(open_pinned(pin_dir, name)?)?;
-            // Bounded: a key walk over an LRU being written can restart.
-            let entries = m
-                .keys()
-                .take(max_entries as usize)
-                .filter(Result::is_ok)
-                .count();
-            Ok(MapFill {
+        fn hash<K: aya::Pod, V: aya::Pod>(m: Map, max: usize) -> anyhow::Result<usize> {
+            Ok(bounded(HashMap::<_, K, V>::try_from(m)?.keys(), max))
+        }
+        fn trie(m: Map, max: usize) -> anyhow::Result<usize> {
+            Ok(bounded(
+                LpmTrie::<_, SrcRangeData, u8>::try_from(m)?.keys(),
+                max,
+            ))
+        }
+        let fill = |name: &'static str, count: fn(Map, usize) -> anyhow::Result<usize>| {
+            let max_entries = MapInfo::from_pin(self.pin_dir.join(name))?.max_entries();
+            let entries = count(open_pinned(&self.pin_dir, name)?, max_entries as usize)?;
+            anyhow::Ok(MapFill {
                 name,
                 entries,
                 max_entries,
             })
-        }
+        };
         Ok(vec![
-            count::<ServiceKey, ServiceValue>(&self.pin_dir, MAP_SERVICES)?,
-            count::<u32, Backend>(&self.pin_dir, MAP_BACKENDS)?,
-            count::<SockRevKey, SockRevValue>(&self.pin_dir, MAP_SOCK_REV)?,
-            count::<CtKey, CtValue>(&self.pin_dir, MAP_CT)?,
+            fill(MAP_SERVICES, hash::<ServiceKey, ServiceValue>)?,
+            fill(MAP_BACKENDS, hash::<u32, Backend>)?,
+            fill(MAP_SOCK_REV, hash::<SockRevKey, SockRevValue>)?,
+            fill(MAP_CT, hash::<CtKey, CtValue>)?,
             MapFill {
                 name: MAP_MAGLEV,
                 entries: self.maglev_ids()?.len(),
                 max_entries: lb_common::DEFAULT_MAGLEV_MAX,
             },
-            self.range_fill()?,
+            fill(lb_common::MAP_SRC_RANGES, trie)?,
         ])
-    }
-
-    /// The loadBalancerSourceRanges trie's entries and capacity.
-    fn range_fill(&self) -> anyhow::Result<MapFill> {
-        let name = lb_common::MAP_SRC_RANGES;
-        let max_entries = MapInfo::from_pin(self.pin_dir.join(name))?.max_entries();
-        let m: LpmTrie<_, SrcRangeData, u8> = LpmTrie::try_from(open_pinned(&self.pin_dir, name)?)?;
-        let entries = m
-            .keys()
-            .take(max_entries as usize)
-            .filter(Result::is_ok)
-            .count();
-        Ok(MapFill {
-            name,
-            entries,
-            max_entries,
-        })
     }
 
     /// The links this agent pinned, each with whether it is still attached.
@@ -204,4 +187,10 @@ pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     Ok(removed)
+}
+
+/// The keys a walk yields, at most `max`: a key walk over an LRU being
+/// written can restart.
+fn bounded<T, E>(keys: impl Iterator<Item = Result<T, E>>, max: usize) -> usize {
+    keys.take(max).filter(Result::is_ok).count()
 }
