@@ -13,7 +13,10 @@ pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V3";
 /// Maps of the object that are not pinned: each loaded object has its own.
-pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET", "LB_FRAG"];
+pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET", "LB_FRAG", MAP_CT_CARRIED];
+/// Slot 0: the conntrack map being carried from an earlier agent, looked
+/// up on a miss until the carry ends (an array of maps, per object).
+pub const MAP_CT_CARRIED: &str = "LB_CT_CARRIED";
 /// The counters map of earlier agents (16 slots), removed at load.
 pub const MAP_COUNTERS_OLD: &str = "LB_COUNTERS_V2";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY_V1";

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB_CT_V1, count},
+    maps::{LB_CT_CARRIED, LB_CT_V1, count},
     packet::Pkt,
 };
 
@@ -57,7 +57,32 @@ pub fn tuple(
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<CtValue> {
     // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { LB_CT_V1.get(k) } {
+        return Some(*v);
+    }
+    if !adopt_carried(k) {
+        return None;
+    }
+    // SAFETY: as above.
     unsafe { LB_CT_V1.get(k) }.copied()
+}
+
+/// On a miss while the agent carries a conntrack map of another size: the
+/// entry the earlier agent's programs made there since the agent's first
+/// copy becomes this map's (never replacing one of its own), so a
+/// handshake that began under the earlier programs completes under these.
+/// True when there was one. Not inlined: a miss is the rare path.
+#[inline(never)]
+fn adopt_carried(k: &CtKey) -> bool {
+    const BPF_NOEXIST: u64 = 1;
+    let Some(v) = LB_CT_CARRIED.get_value_ptr_mut(0, k) else {
+        return false;
+    };
+    // SAFETY: `v` points at a live value of the carried map (same layout:
+    // the agent fills the slot only with a map of this value size), read
+    // by the helper before this program can touch that map again.
+    let _ = LB_CT_V1.insert(k, unsafe { &*v }, BPF_NOEXIST);
+    true
 }
 
 /// Refreshes the last-seen time (at most once a second) and marks the

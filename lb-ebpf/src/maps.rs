@@ -2,7 +2,7 @@
 //! ones at load time (`--max-services` and friends).
 
 use aya_ebpf::{
-    btf_maps::{self, HashOfMaps},
+    btf_maps::{self, ArrayOfMaps, HashOfMaps},
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -40,6 +40,14 @@ pub static LB_STATUS_V1: Array<Status> = Array::pinned(1, 0);
 /// list`) and deletes.
 #[map]
 pub static LB_CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CT_MAX, 0);
+
+/// While the agent carries an earlier agent's conntrack map of another
+/// size into `LB_CT_V1`: that map, in slot 0, so a flow the earlier
+/// programs made after the first copy is found on a miss (empty
+/// otherwise). Not pinned: each loaded object has its own.
+#[btf_map]
+pub static LB_CT_CARRIED: ArrayOfMaps<btf_maps::LruHashMap<CtKey, CtValue, 1>, 1> =
+    ArrayOfMaps::new();
 
 /// The host network namespace's cookie (loopback NodePorts exist there
 /// only). Agent-owned.

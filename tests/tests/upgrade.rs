@@ -1,7 +1,8 @@
 //! An agent started over pins of an earlier layout or size carries them:
 //! the status map as it was before its last field was added (an upgrade),
 //! then a conntrack map of another size, under connections through a
-//! ClusterIP (socket hooks) and a NodePort (TC), none of which may fail.
+//! ClusterIP (socket hooks) and a NodePort (TC), none of which may fail
+//! (a connect times out after 1 s: a lost SYN-ACK fails it).
 
 use lb_tests::{
     bench::{
@@ -124,8 +125,14 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
     );
     assert_eq!(old_pins_left(&agent), Vec::<String>::new());
 
-    // A bigger conntrack map: its entries are copied into the new one.
+    // A bigger conntrack map: its entries are copied into the new one, and
+    // a NodePort handshake the earlier programs began completes under this
+    // agent's (found in the old map until the second copy).
     let mut loops = [
+        (
+            "NodePort connections",
+            t.spawn_client(Client::Outside, &["connections", &node_port, "3"]),
+        ),
         (
             "ClusterIP connections",
             t.spawn_client(Client::Inside, &["connections", &cluster, "3"]),

@@ -87,7 +87,12 @@ impl Datapath {
             .collect();
         new.sync_pod_ifaces(&pods)?;
         new.refused_ifaces = std::mem::take(&mut self.refused_ifaces);
-        new.finish_carry();
+        // A carry from an earlier agent still under way (growth in the
+        // first change set, before its TC programs are replaced) ends where
+        // it would have: after the change set's devices are attached.
+        if self.carried.is_empty() {
+            new.finish_carry();
+        }
         tracing::info!(
             services = sizes.services,
             backends = sizes.backends,

@@ -11,8 +11,11 @@
 //! running programs of the earlier agent keep their maps until this agent
 //! swaps its programs in under their links; maps those programs write
 //! (conntrack, affinity) are copied once more after that, without
-//! replacing anything, so flows they made meanwhile come along. Then the
-//! old pin goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
+//! replacing anything, so flows they made meanwhile come along. Until
+//! then this agent's programs find those flows on a conntrack miss in the
+//! old map itself (`bridge`: `LB_CT_CARRIED`), so a handshake that began
+//! under the earlier programs completes under these. Then the old pin
+//! goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
 //! the next one starts the copy again from it.
 //!
 //! What cannot be carried is refused by name with the way out: another key,
@@ -21,13 +24,18 @@
 //! counters) of another shape start again from zero.
 
 use std::{
-    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapInfo, MapType};
-use lb_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_POL_COUNT, MAP_SERVICES, MAP_SOCK_REV};
+use aya::{
+    Ebpf,
+    maps::{MapInfo, MapType},
+};
+use lb_common::{
+    MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_CT_CARRIED, MAP_POL_COUNT, MAP_SERVICES, MAP_SOCK_REV,
+};
 
 use super::{MapSpec, sys};
 
@@ -304,6 +312,61 @@ pub fn fill(pin_dir: &Path, c: &Carry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The object's slot where its programs look up a carried map's entries
+/// on a miss, for maps that have one.
+fn carried_slot(name: &str) -> Option<&'static str> {
+    (name == MAP_CT).then_some(MAP_CT_CARRIED)
+}
+
+fn slot_fd<'a>(ebpf: &'a Ebpf, slot: &str) -> anyhow::Result<BorrowedFd<'a>> {
+    let map = ebpf
+        .map(slot)
+        .with_context(|| format!("map {slot} missing from the object"))?;
+    let aya::maps::Map::ArrayOfMaps(m) = map else {
+        bail!("map {slot} is not an array of maps");
+    };
+    Ok(m.fd().as_fd())
+}
+
+/// After `fill`, before any program of this agent runs: the programs of
+/// `ebpf` look up the old map on a miss until `finish`, so what the
+/// earlier agent's programs make there from now on is found at once, not
+/// only at the second copy. The slot takes a map of this agent's key and
+/// value sizes only: a carry into a changed value layout keeps the window
+/// until the second copy, and says so.
+pub fn bridge(ebpf: &Ebpf, c: &Carry) -> anyhow::Result<()> {
+    let Some(slot) = carried_slot(c.name) else {
+        return Ok(());
+    };
+    if c.from.value_size != c.to.value_size {
+        tracing::info!(
+            map = c.name,
+            "the earlier map's values are {} bytes, this agent's {}: its programs cannot read it, so a flow the earlier programs start before the swap has no entry here until the second copy (a TCP handshake then needs one SYN retransmission)",
+            c.from.value_size,
+            c.to.value_size
+        );
+        return Ok(());
+    }
+    let outer = slot_fd(ebpf, slot)?;
+    sys::map_update(
+        outer,
+        &0u32.to_ne_bytes(),
+        &(c.old_fd.as_raw_fd() as u32).to_ne_bytes(),
+    )
+    .with_context(|| format!("putting the earlier {} in {slot}", c.name))
+}
+
+/// The end of `bridge`: the programs stop looking in the old map (which
+/// the kernel frees once nothing holds it).
+fn unbridge(ebpf: &Ebpf, name: &str) -> anyhow::Result<()> {
+    let Some(slot) = carried_slot(name) else {
+        return Ok(());
+    };
+    sys::map_delete(slot_fd(ebpf, slot)?, &0u32.to_ne_bytes())
+        .with_context(|| format!("emptying {slot}"))?;
+    Ok(())
+}
+
 /// After a load that failed past `prepare`: the map moved aside goes back
 /// in place, so the datapath still running keeps its pins.
 pub fn undo(pin_dir: &Path, name: &str) {
@@ -318,9 +381,10 @@ pub fn undo(pin_dir: &Path, name: &str) {
 
 /// Once this agent's programs run under every link: what the earlier
 /// agent's programs wrote since the copy comes along (never replacing an
-/// entry), and the old pin goes (the map itself lives while a program of
-/// the earlier agent still holds it).
-pub fn finish(pin_dir: &Path, c: Carry) {
+/// entry), this agent's programs stop looking in the old map, and the old
+/// pin goes (the map itself lives while a program of the earlier agent
+/// still holds it).
+pub fn finish(pin_dir: &Path, ebpf: &Ebpf, c: Carry) {
     if c.written_by_programs() {
         let new_pin = pin_dir.join(c.name);
         let r = sys::obj_get(&new_pin)
@@ -344,6 +408,11 @@ pub fn finish(pin_dir: &Path, c: Carry) {
                 "copying the entries made during the swap: {e:#}"
             ),
         }
+    }
+    // After the copy: a flow found in the old map until now is in the new
+    // one.
+    if let Err(e) = unbridge(ebpf, c.name) {
+        tracing::warn!(map = c.name, "{e:#}");
     }
     if let Err(e) = std::fs::remove_file(&c.old) {
         tracing::warn!("removing {}: {e}", c.old.display());

@@ -29,6 +29,8 @@ pub use sweeper::{SweepReport, Sweeper};
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
+mod test_run_carry;
+#[cfg(test)]
 mod test_run_conntrack;
 #[cfg(test)]
 mod test_run_draining;
@@ -195,6 +197,12 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     // everything the old ones did.
     for c in &carried {
         migrate::fill(&opts.pin_dir, c)?;
+        if let Err(e) = migrate::bridge(&ebpf, c) {
+            tracing::warn!(
+                map = c.name,
+                "{e:#}: flows the earlier programs start before the swap come with the second copy"
+            );
+        }
     }
 
     let cgroup = std::fs::File::open(&opts.cgroup)
@@ -293,7 +301,7 @@ impl Datapath {
     /// interfaces). Does nothing the second time.
     pub fn finish_carry(&mut self) {
         for c in std::mem::take(&mut self.carried) {
-            migrate::finish(&self.pin_dir, c);
+            migrate::finish(&self.pin_dir, &self.ebpf, c);
         }
     }
 

@@ -16,6 +16,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -267,6 +268,18 @@ pub fn map_update_flags(
     a.put_u64(16, value.as_ptr() as u64);
     a.put_u64(24, flags);
     bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
+}
+
+/// BPF_MAP_DELETE_ELEM of `key`; false when it was not there.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// BPF_MAP_LOOKUP_ELEM into `value` (the map's value size); false when the

@@ -62,10 +62,44 @@ impl Bed {
         );
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}-tr{tag}", std::process::id()));
         crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(OBJECT)
             .expect("load");
+        Self::programs_loaded(ebpf, dir)
+    }
+
+    /// A second object over this bed's pins, as a restarted agent with a
+    /// conntrack map of `ct` entries loads it: the pinned conntrack map is
+    /// carried (`migrate`: moved aside, copied, looked up on a miss) while
+    /// this bed's programs still run on the old one. The carry is the
+    /// caller's to finish.
+    pub(super) fn carrying_ct(&self, ct: u32) -> (Bed, super::migrate::Carry) {
+        let spec = super::map_specs(super::MapSizes {
+            ct,
+            ..Default::default()
+        })
+        .into_iter()
+        .find(|s| s.name == lb_common::MAP_CT)
+        .unwrap();
+        let carry = super::migrate::prepare(&self.dir, &spec)
+            .expect("prepare")
+            .expect("a conntrack map of another size is carried");
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&self.dir)
+            .map_max_entries(lb_common::MAP_CT, ct)
+            .load(OBJECT)
+            .expect("load");
+        super::migrate::fill(&self.dir, &carry).expect("fill");
+        super::migrate::bridge(&ebpf, &carry).expect("bridge");
+        (Self::programs_loaded(ebpf, self.dir.clone()), carry)
+    }
+
+    pub(super) fn pin_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn programs_loaded(mut ebpf: Ebpf, dir: PathBuf) -> Self {
         for (name, _) in TC_PROGRAMS {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));
