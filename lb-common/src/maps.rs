@@ -27,7 +27,11 @@ pub const MAP_SRC_RANGES: &str = "LB_SRCRANGE_V1";
 pub const MAP_HOSTNS: &str = "LB_HOSTNS_V1";
 pub const DEFAULT_SRC_RANGES_MAX: u32 = 16384;
 /// Frontend service id -> Maglev table (an array of slot numbers).
-pub const MAP_MAGLEV: &str = "LB_MAGLEV_V1";
+pub const MAP_MAGLEV: &str = "LB_MAGLEV_V2";
+/// The Maglev map of earlier agents (tables not mmapable), removed at load:
+/// this agent writes every table into its own map before its packet
+/// programs replace theirs.
+pub const MAP_MAGLEV_OLD: &str = "LB_MAGLEV_V1";
 /// How many frontends can have a Maglev table (outer map capacity).
 pub const DEFAULT_MAGLEV_MAX: u32 = 65536;
 /// Cilium's default: prime, and > 100 x a typical backend count.
@@ -35,6 +39,11 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
 /// The inner maps' flag: lets tables of any size stand in for the
 /// template (kernel 5.10+); every inner map carries it too.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Lets the agent write a whole Maglev table with one copy through a
+/// shared mapping instead of a syscall's per-entry updates (kernel 5.5+).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// The flags of every Maglev table and of the template (they must match).
+pub const MAGLEV_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 /// Data of an `LB_SRCRANGE_V1` LPM key: a LoadBalancer frontend and a
 /// client prefix. The prefix length covers the frontend (160 bits) plus

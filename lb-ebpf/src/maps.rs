@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BPF_F_INNER_MAP, Backend, CONFIG_HAS_IP4, CONFIG_HAS_IP6,
-    COUNTER_SLOTS, Config, CtKey, CtValue, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX,
-    DEFAULT_CT_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX,
-    DEFAULT_POL_CT_MAX, DEFAULT_POL_EP_MAX, DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REV_MAX, DEFAULT_SRC_RANGES_MAX, IpcacheData, NetAddr, POL_EP_ID_MAX, POL_REASONS,
+    AffinityKey, AffinityValue, Backend, CONFIG_HAS_IP4, CONFIG_HAS_IP6, COUNTER_SLOTS, Config,
+    CtKey, CtValue, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CT_MAX,
+    DEFAULT_IPCACHE_MAX, DEFAULT_MAGLEV_MAX, DEFAULT_POL_CIDR_MAX, DEFAULT_POL_CT_MAX,
+    DEFAULT_POL_EP_MAX, DEFAULT_POLICY_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REV_MAX,
+    DEFAULT_SRC_RANGES_MAX, IpcacheData, MAGLEV_TABLE_FLAGS, NetAddr, POL_EP_ID_MAX, POL_REASONS,
     PolCidrData, PolCtKey, PolCtValue, PolEndpoint, PolicyData, PolicyState, Reason, ServiceKey,
     ServiceValue, SockRevKey, SockRevValue, SrcRangeData, Status,
 };
@@ -125,11 +125,12 @@ pub static LB_SOCK_NAT_V1: btf_maps::SkStorage<lb_common::SockNat> = btf_maps::S
 /// Maglev tables by frontend service id, swapped in whole by the agent:
 /// each inner array maps `flow hash % maglev_size` to a slot number. The
 /// template's size is a placeholder: BPF_F_INNER_MAP lets the agent's
-/// tables have `--maglev-table-size` entries.
+/// tables have `--maglev-table-size` entries; BPF_F_MMAPABLE lets it write
+/// one with a single copy.
 #[btf_map]
-pub static LB_MAGLEV_V1: HashOfMaps<
+pub static LB_MAGLEV_V2: HashOfMaps<
     u32,
-    btf_maps::Array<u32, 1, { BPF_F_INNER_MAP as usize }>,
+    btf_maps::Array<u32, 1, { MAGLEV_TABLE_FLAGS as usize }>,
     { DEFAULT_MAGLEV_MAX as usize },
 > = HashOfMaps::new();
 

@@ -140,7 +140,7 @@ fn node_ports_lb_ips_and_external_ips_from_outside() {
         // Backends were picked through Maglev tables: one per external
         // frontend with backends (NodePorts on both families, LB IPs,
         // externalIPs, TCP and UDP).
-        let tables = st["maps"]["LB_MAGLEV_V1"]["entries"].as_u64().unwrap();
+        let tables = st["maps"]["LB_MAGLEV_V2"]["entries"].as_u64().unwrap();
         assert!(tables >= 8, "{node}: {tables} Maglev tables: {st}");
     }
     let st = dump.json(0, "node-3", "status");

@@ -87,6 +87,8 @@ impl Datapath {
             .collect();
         new.sync_pod_ifaces(&pods)?;
         new.refused_ifaces = std::mem::take(&mut self.refused_ifaces);
+        // The Maglev map is the same pinned map: its tables are still ours.
+        new.maglev_tables = std::mem::take(&mut self.maglev_tables);
         // A carry from an earlier agent still under way (growth in the
         // first change set, before its TC programs are replaced) ends where
         // it would have: after the change set's devices are attached.

@@ -493,7 +493,7 @@ mod tests {
                 Refuse(String::new()),
             ),
             (
-                "LB_MAGLEV_V1",
+                "LB_MAGLEV_V2",
                 l(HashOfMaps, 4, 4, 10),
                 l(HashOfMaps, 4, 4, 20),
                 Refuse(String::new()),

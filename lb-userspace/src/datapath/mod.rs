@@ -8,6 +8,7 @@ pub mod host;
 #[cfg(feature = "lab")]
 mod lab;
 mod links;
+mod maglev_tables;
 mod migrate;
 pub mod packet_cost;
 mod pinned;
@@ -131,6 +132,8 @@ pub struct Datapath {
     /// The pinned tables were built with `maglev_size` entries (false after
     /// the size changed: every table is rebuilt).
     maglev_valid: bool,
+    /// The tables this agent made, and their users (rewritten in place).
+    maglev_tables: maglev_tables::Tables,
     links_dir: PathBuf,
     devices: Vec<String>,
     /// Pod interfaces with TC programs, by name -> ifindex.
@@ -171,6 +174,10 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     // Statistics only, and no program of this agent reads it: an earlier
     // agent's counters pin goes (its programs keep the map while they run).
     let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_COUNTERS_OLD));
+    // The same for an earlier agent's Maglev map: this agent's map starts
+    // empty and gets every table in the first change set, before its
+    // packet programs (the map's readers) replace the earlier ones.
+    let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_MAGLEV_OLD));
     let mut carried = Vec::new();
     for spec in map_specs(opts.sizes) {
         // A pin of another shape is carried or refused by name here (aya
@@ -279,6 +286,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
         maglev,
         maglev_size: opts.maglev_size,
         maglev_valid,
+        maglev_tables: Default::default(),
         links_dir,
         devices: vec![],
         pod_ifaces: Default::default(),

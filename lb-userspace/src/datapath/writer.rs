@@ -133,7 +133,9 @@ impl Datapath {
     fn apply_runs(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         // Tables the plan shares (one Service's frontends on several
         // addresses) become one inner map under several keys.
-        let mut made: Vec<(crate::compute::plan::MaglevTable, MapData)> = Vec::new();
+        let mut made: Vec<(crate::compute::plan::MaglevTable, MapData, u32)> = Vec::new();
+        let rewritable = self.maglev_tables.rewritable(ops);
+        let mut rewritten = std::collections::HashSet::new();
         let mut at = 0;
         while at < ops.len() {
             // The run of backend writes, or of service-entry writes, that
@@ -183,23 +185,40 @@ impl Datapath {
                 Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
                 Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
                 Op::PutMaglev { service_id, table } => {
-                    let i = match made.iter().position(|(t, _)| t.same(table)) {
+                    let own = self.maglev_tables.table_of(*service_id);
+                    if let Some(id) = own.filter(|id| rewritable.contains_key(id)) {
+                        if rewritten.insert(id) {
+                            rewrite_maglev_table(id, table).with_context(|| {
+                                format!("rewriting the Maglev table of service id {service_id}")
+                            })?;
+                        }
+                        continue;
+                    }
+                    let i = match made.iter().position(|(t, _, _)| t.same(table)) {
                         Some(i) => i,
                         None => {
                             let inner = maglev_table(table).with_context(|| {
                                 format!("building the Maglev table of service id {service_id}")
                             })?;
-                            made.push((table.clone(), inner));
+                            let id = inner.info().context("reading a new table's id")?.id();
+                            made.push((table.clone(), inner, id));
                             made.len() - 1
                         }
                     };
                     // The swap: the datapath sees the old table or the new
                     // one, never a mix.
-                    self.maglev.insert(service_id, &made[i].1, 0)
+                    let r = self.maglev.insert(service_id, &made[i].1, 0);
+                    if r.is_ok() {
+                        self.maglev_tables.swapped(*service_id, made[i].2);
+                    }
+                    r
                 }
                 Op::DelMaglev { service_id } => match self.maglev.remove(service_id) {
                     // Already gone is what was wanted.
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                        self.maglev_tables.removed(*service_id);
+                        Ok(())
+                    }
                     r => r,
                 },
             }
@@ -222,6 +241,19 @@ impl Datapath {
     }
 }
 
+/// The table this agent made as inner map `id`, rewritten in place (see
+/// `maglev_tables`): it has the agent's table size, as `table` does.
+pub(super) fn rewrite_maglev_table(id: u32, table: &[u32]) -> anyhow::Result<()> {
+    let inner = MapData::from_id(id).context("opening the table")?;
+    let slots = inner.info().context("reading the table")?.max_entries();
+    anyhow::ensure!(
+        slots as usize == table.len(),
+        "the table has {slots} slots, the new one {}",
+        table.len()
+    );
+    sys::map_mmap_write_u32(inner.fd().as_fd(), table).context("writing the table")
+}
+
 /// A new inner map holding `table` whole, ready to be swapped in.
 pub(super) fn maglev_table(table: &[u32]) -> anyhow::Result<MapData> {
     let obj = aya_obj::Map::new_from_params(
@@ -229,12 +261,9 @@ pub(super) fn maglev_table(table: &[u32]) -> anyhow::Result<MapData> {
         4,
         4,
         table.len() as u32,
-        lb_common::BPF_F_INNER_MAP,
+        lb_common::MAGLEV_TABLE_FLAGS,
     );
     let inner = MapData::create(obj, "lb_maglev", None).context("creating a table")?;
-    let keys: Vec<u32> = (0..table.len() as u32).collect();
-    sys::update_batch(inner.fd().as_fd(), &keys, table)
-        .map_err(|w| w.error)
-        .context("filling the table")?;
+    sys::map_mmap_write_u32(inner.fd().as_fd(), table).context("filling the table")?;
     Ok(inner)
 }

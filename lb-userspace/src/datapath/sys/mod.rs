@@ -369,3 +369,42 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     a.put_u32(0, link.as_raw_fd() as u32);
     bpf(BPF_ITER_CREATE, &mut a).map(owned)
 }
+
+/// The kernel lays an array map's values out `round_up(value_size, 8)`
+/// bytes apart, in mapped memory as in its own.
+const ARRAY_ELEM_ALIGN: usize = 8;
+
+/// Writes `values` as the first entries of a BPF_F_MMAPABLE array map of
+/// u32 values through a shared mapping: one pass over memory, where a
+/// batch update costs the kernel a copy and an update call per entry.
+pub fn map_mmap_write_u32(map: BorrowedFd<'_>, values: &[u32]) -> io::Result<()> {
+    let len = values.len() * ARRAY_ELEM_ALIGN;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a fresh shared mapping of `len` bytes of the map's value
+    // area (the kernel refuses a length beyond it), written within its
+    // bounds (value i at i * 8, aligned for a u32) and unmapped before
+    // returning; nothing else in this process aliases it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = p.cast::<u8>();
+        for (i, v) in values.iter().enumerate() {
+            base.add(i * ARRAY_ELEM_ALIGN).cast::<u32>().write(*v);
+        }
+        if libc::munmap(p, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -173,6 +173,21 @@ fn new_flows_follow_the_maglev_table_and_fall_back_without_one() {
         backends_of_new_flows(&bed, 42000),
         ["10.244.1.11".to_string()].into()
     );
+    // The same table rewritten in place (no swap): new flows follow it.
+    {
+        let outer: HashOfMaps<_, u32, MapData> =
+            HashOfMaps::try_from(bed.ebpf.map(lb_common::MAP_MAGLEV).unwrap()).unwrap();
+        let id = outer.get(&30080, 0).unwrap().info().unwrap().id();
+        crate::datapath::writer::rewrite_maglev_table(id, &[1; 7]).expect("rewritten");
+        assert!(
+            crate::datapath::writer::rewrite_maglev_table(id, &[1; 8]).is_err(),
+            "a table of another size is refused"
+        );
+    }
+    assert_eq!(
+        backends_of_new_flows(&bed, 42500),
+        ["10.244.1.10".to_string()].into()
+    );
     // Entries outside the frontend's slots (a table mid-update) fall back.
     {
         let mut outer: HashOfMaps<_, u32, MapData> =
