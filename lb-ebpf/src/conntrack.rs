@@ -73,6 +73,10 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
 /// handshake that began under the earlier programs completes under these.
 /// True when there was one. Not inlined: a miss is the rare path.
 #[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
+)]
 fn adopt_carried(k: &CtKey) -> bool {
     const BPF_NOEXIST: u64 = 1;
     let Some(v) = LB_CT_CARRIED.get_value_ptr_mut(0, k) else {
