@@ -12,8 +12,11 @@ use super::topo::{BACKEND, BACKEND_PORT, NODE_NAME, NODE_OUTSIDE, NODE_PORT, SER
 pub const ENDPOINTS_PER_SERVICE: usize = 10;
 
 /// The Service whose EndpointSlice the churn measurement changes; its
-/// slice lives in a file of its own so a change rewrites only that.
+/// slice lives in a file of its own so a change rewrites only that. A
+/// NodePort Service (`CHURNED_NODE_PORT`): a change rebuilds its Maglev
+/// table, the most an endpoint change writes.
 pub const CHURNED: usize = 0;
+pub const CHURNED_NODE_PORT: u16 = NODE_PORT + 1;
 pub const CHURN_FILE: &str = "churned-slice.yaml";
 
 /// The ClusterIP of Service `i` (10.96.0.0/12 holds a million).
@@ -66,6 +69,8 @@ pub fn manifests(n: usize) -> String {
 fn service_yaml(n: usize, i: usize) -> String {
     let (ty, np) = if i == target(n) {
         ("NodePort", format!(", nodePort: {NODE_PORT}"))
+    } else if i == CHURNED {
+        ("NodePort", format!(", nodePort: {CHURNED_NODE_PORT}"))
     } else {
         ("ClusterIP", String::new())
     };
@@ -250,6 +255,11 @@ mod tests {
         assert!(nft.contains(&format!("{NODE_PORT} : goto external-2")));
         let m = manifests(3);
         assert_eq!(m.matches("kind: Service,").count(), 3);
-        assert_eq!(m.matches("type: NodePort").count(), 1);
+        assert_eq!(
+            m.matches("type: NodePort").count(),
+            2,
+            "the measured and the churned Service"
+        );
+        assert_eq!(manifests(1).matches("type: NodePort").count(), 1);
     }
 }

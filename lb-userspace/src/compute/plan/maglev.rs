@@ -52,12 +52,17 @@ impl Mirror {
         reuse: bool,
         ops: &mut Vec<Op>,
     ) {
-        let wanted = self.maglev_size > 0
-            && service_id != 0
-            && flags & lb_common::SVC_FLAG_EXTERNAL != 0
-            && !slots.is_empty();
+        let wanted =
+            self.maglev_size > 0 && service_id != 0 && flags & lb_common::SVC_FLAG_EXTERNAL != 0;
         if !wanted {
             self.drop_maglev(service_id, ops);
+            return;
+        }
+        if slots.is_empty() {
+            // No flow reads the table of a frontend without backends (a
+            // zero count is refused first): it stays, so the next backend
+            // rewrites it in place instead of swapping a new one in (an RCU
+            // grace period per frontend; see datapath::maglev_tables).
             return;
         }
         if reuse && self.maglev.contains(&service_id) {
