@@ -324,6 +324,60 @@ fn both_maps_grow_in_the_change_set_that_outgrows_them() {
     web(&mut bed, &["10.95.0.10"], &[0, 1]);
     let stop = bed.dir.0.join("stop");
     let mut lp = start_loop(&bed, "10.95.0.10:80", &stop);
+    bed.manifests.write("many.yaml", &outgrowing_both());
+    let g = bed.manifests.commit();
+    bed.agent
+        .wait_synced_within(g, std::time::Duration::from_secs(300));
+    let st = bed.agent.status().unwrap();
+    let log = bed.agent.log_text();
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 131072, "{st}");
+    assert_eq!(st["maps"]["LB_BACKENDS_V1"]["max_entries"], 131072, "{st}");
+    assert!(
+        !log.contains("not programmed"),
+        "nothing is reported left out: {log}"
+    );
+    no_failures(&stop, &mut lp, "while the maps grew");
+}
+
+/// An agent restarted with another `--max-services` carries the services
+/// map from the earlier agent's; its first change set then outgrows the
+/// backends map. Growing it carries this agent's maps, that change set's
+/// writes included (starting the carry over from the earlier agent's map
+/// would lose every Service written before the growth).
+#[test]
+fn growth_in_the_first_change_set_after_a_resized_restart_keeps_its_writes() {
+    let mut bed = Testbed::new(2);
+    web(&mut bed, &["10.95.0.10"], &[0, 1]);
+    let stop = bed.dir.0.join("stop");
+    let mut lp = start_loop(&bed, "10.95.0.10:80", &stop);
+    bed.agent.kill9();
+    bed.manifests.write("many.yaml", &outgrowing_both());
+    let g = bed.manifests.commit();
+    bed.agent.extra = vec!["--max-services=100000".into()];
+    bed.agent.start();
+    bed.agent
+        .wait_synced_within(g, std::time::Duration::from_secs(300));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 100000, "{st}");
+    assert_eq!(st["maps"]["LB_BACKENDS_V1"]["max_entries"], 131072, "{st}");
+    // Every Service's frontend and its twelve slots, the ones written
+    // before the growth included (most of them), and web's.
+    let entries = st["maps"]["LB_SERVICES_V1"]["entries"].as_u64().unwrap();
+    assert!(entries >= 6_000 * 13, "{entries} entries: {st}");
+    let out = bed.agent.cli(&["service", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{}:80", many_ip(0))), "{text}");
+    no_failures(&stop, &mut lp, "across the restart and the growth");
+}
+
+/// 6,000 ClusterIP Services of one live backend and eleven addresses no
+/// other Service has: 72,000 backends, more than the backends map's
+/// default 65,536 (and with frontends, more services-map entries too).
+fn outgrowing_both() -> String {
     let mut y = String::new();
     for i in 0..6_000 {
         let name = format!("s{i}");
@@ -349,21 +403,7 @@ fn both_maps_grow_in_the_change_set_that_outgrows_them() {
         );
         y += "---\n";
     }
-    bed.manifests.write("many.yaml", &y);
-    let g = bed.manifests.commit();
-    bed.agent
-        .wait_synced_within(g, std::time::Duration::from_secs(300));
-    let st = bed.agent.status().unwrap();
-    let log = bed.agent.log_text();
-    assert_eq!(st["services_not_programmed"], 0, "{st}");
-    assert_eq!(st["clean"], true, "{st}");
-    assert_eq!(st["maps"]["LB_SERVICES_V1"]["max_entries"], 131072, "{st}");
-    assert_eq!(st["maps"]["LB_BACKENDS_V1"]["max_entries"], 131072, "{st}");
-    assert!(
-        !log.contains("not programmed"),
-        "nothing is reported left out: {log}"
-    );
-    no_failures(&stop, &mut lp, "while the maps grew");
+    y
 }
 
 /// 100 LoadBalancer Services of 200 loadBalancerSourceRanges each (20,000

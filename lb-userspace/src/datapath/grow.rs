@@ -68,15 +68,38 @@ impl Datapath {
             tc_attach: self.tc_attach,
             sizes,
         };
-        let mut new = match super::load(&opts) {
+        // A carry from an earlier agent still under way (growth in the
+        // first change set): the maps only the agent writes hold all of it
+        // now, with this change set's writes, so their carries end here and
+        // the load carries this agent's maps. The maps the programs write
+        // stay as they are, their old maps still looked up on a miss (by
+        // the new programs too) until the carry ends after the change set's
+        // devices are attached; loading them as an unfinished carry would
+        // start over from the earlier agent's map.
+        let (under_way, done): (Vec<_>, Vec<_>) = std::mem::take(&mut self.carried)
+            .into_iter()
+            .partition(migrate::Carry::written_by_programs);
+        for c in done {
+            migrate::finish(&self.pin_dir, &self.ebpf, c);
+        }
+        let names: Vec<&str> = under_way.iter().map(|c| c.name).collect();
+        let mut new = match super::load_with(&opts, &names) {
             Ok(new) => new,
             Err(e) => {
                 for name in [MAP_SERVICES, MAP_BACKENDS, MAP_SRC_RANGES] {
                     migrate::undo(&self.pin_dir, name);
                 }
+                self.carried = under_way;
                 return Err(e.context("loading the programs with the grown maps"));
             }
         };
+        for c in &under_way {
+            if let Err(e) = migrate::bridge(&new.ebpf, c) {
+                tracing::warn!(map = c.name, "{e:#}");
+            }
+        }
+        let finish_now = under_way.is_empty();
+        new.carried.extend(under_way);
         // The socket programs switched in `load`; the packet programs
         // switch as their links are adopted here.
         new.attach_devices(&self.devices)?;
@@ -89,10 +112,7 @@ impl Datapath {
         new.refused_ifaces = std::mem::take(&mut self.refused_ifaces);
         // The Maglev map is the same pinned map: its tables are still ours.
         new.maglev_tables = std::mem::take(&mut self.maglev_tables);
-        // A carry from an earlier agent still under way (growth in the
-        // first change set, before its TC programs are replaced) ends where
-        // it would have: after the change set's devices are attached.
-        if self.carried.is_empty() {
+        if finish_now {
             new.finish_carry();
         }
         tracing::info!(

@@ -156,7 +156,7 @@ pub struct Carry {
 impl Carry {
     /// Maps the programs write: what they add after the first copy is
     /// copied again once they are gone.
-    fn written_by_programs(&self) -> bool {
+    pub fn written_by_programs(&self) -> bool {
         self.to.map_type == Some(MapType::LruHash)
     }
 }

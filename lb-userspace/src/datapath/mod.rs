@@ -166,6 +166,13 @@ pub const TC_PROGRAMS: &[(&str, &str)] =
 pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_from", "ingress"), ("lb_pod_to", "egress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
+    load_with(opts, &[])
+}
+
+/// `load`, but the maps named in `under_way` are being carried by this
+/// agent already (see `grow`): their pins are this agent's maps, reused as
+/// they are, not a carry an earlier agent left to start again.
+fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath> {
     crate::datapath::host::check_kernel()?;
     crate::datapath::host::ensure_pin_dir(&opts.pin_dir)?;
     let links_dir = opts.pin_dir.join("links");
@@ -180,6 +187,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_MAGLEV_OLD));
     let mut carried = Vec::new();
     for spec in map_specs(opts.sizes) {
+        if under_way.contains(&spec.name) {
+            continue;
+        }
         // A pin of another shape is carried or refused by name here (aya
         // reuses a pin by name without looking at it).
         if let Some(c) = migrate::prepare(&opts.pin_dir, &spec)? {
