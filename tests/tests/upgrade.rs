@@ -39,6 +39,36 @@ fn assert_none_failed(loops: &mut [(&str, Proc)], during: &str) {
     }
 }
 
+/// The kernel's id of the map pinned at `pin`.
+fn map_id(pin: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args(args)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn old_pins_left(agent: &Agent) -> Vec<String> {
     std::fs::read_dir(&agent.proc.pin_dir)
         .unwrap()
@@ -91,24 +121,32 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
     agent.proc.kill9();
     let status_pin = agent.proc.pin_dir.join(lb_common::MAP_STATUS);
     std::fs::remove_file(&status_pin).unwrap();
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&status_pin)
-        .args([
+    let old_value = OLD_STATUS_VALUE.to_string();
+    let status_args = ["type", "array", "key", "4", "value", &old_value];
+    bpftool_create(
+        &status_pin,
+        &[&status_args[..], &["entries", "1", "name", "LB_STATUS_V1"]].concat(),
+    );
+    // The Maglev map of agents before its tables were mmapable: unpinned
+    // with the one of this agent's name beside it (a downgrade left it:
+    // tables that may name Services changed since), which starts again.
+    let maglev_pin = agent.proc.pin_dir.join(lb_common::MAP_MAGLEV);
+    let maglev_before = map_id(&maglev_pin);
+    let old_maglev = agent.proc.pin_dir.join(lb_common::MAP_MAGLEV_OLD);
+    bpftool_create(
+        &old_maglev,
+        &[
             "type",
             "array",
             "key",
             "4",
             "value",
-            &OLD_STATUS_VALUE.to_string(),
-        ])
-        .args(["entries", "1", "name", "LB_STATUS_V1"])
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "4",
+            "entries",
+            "1",
+            "name",
+            "LB_MAGLEV_V1",
+        ],
     );
     agent.proc.start();
     agent.proc.wait_synced(1);
@@ -123,6 +161,8 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
         log.contains("LB_STATUS_V1 carried into this agent's layout"),
         "{log}"
     );
+    assert!(!old_maglev.exists(), "the earlier Maglev map is unpinned");
+    assert_ne!(map_id(&maglev_pin), maglev_before, "a fresh Maglev map");
     assert_eq!(old_pins_left(&agent), Vec::<String>::new());
 
     // A bigger conntrack map: its entries are copied into the new one, and

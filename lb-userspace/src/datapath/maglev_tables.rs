@@ -21,27 +21,31 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// The tables `ops` may rewrite in place: inner map id -> the new
-    /// content, for tables whose every user gets that content in `ops`.
-    pub fn rewritable<'a>(&self, ops: &'a [Op]) -> HashMap<u32, &'a MaglevTable> {
-        let mut puts: HashMap<u32, (u32, &'a MaglevTable)> = HashMap::new();
+    /// The tables `ops` may rewrite in place, those whose every user gets
+    /// the same new content in `ops`: inner map id -> the index of the last
+    /// of those ops, where it is rewritten (every user's slots are written
+    /// by then: a user reading the new table against its old slots could
+    /// send a new flow to a backend that left).
+    pub fn rewritable(&self, ops: &[Op]) -> HashMap<u32, usize> {
+        let mut puts: HashMap<u32, (u32, &MaglevTable, usize)> = HashMap::new();
         let mut mixed = HashSet::new();
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             let Op::PutMaglev { service_id, table } = op else {
                 continue;
             };
             let Some(&id) = self.table_of.get(service_id) else {
                 continue;
             };
-            let e = puts.entry(id).or_insert((0, table));
+            let e = puts.entry(id).or_insert((0, table, i));
             e.0 += 1;
+            e.2 = i;
             if e.1[..] != table[..] {
                 mixed.insert(id);
             }
         }
         puts.into_iter()
-            .filter(|(id, (n, _))| !mixed.contains(id) && self.users.get(id) == Some(n))
-            .map(|(id, (_, t))| (id, t))
+            .filter(|(id, (n, _, _))| !mixed.contains(id) && self.users.get(id) == Some(n))
+            .map(|(id, (_, _, last))| (id, last))
             .collect()
     }
 
@@ -84,6 +88,15 @@ mod tests {
             service_id,
             table: MaglevTable(table.into()),
         }
+    }
+
+    #[test]
+    fn a_shared_table_is_rewritten_at_its_last_users_op() {
+        let mut t = Tables::default();
+        t.swapped(1, 10);
+        t.swapped(2, 10);
+        let ops = [put(1, &[1, 2]), put(7, &[3]), put(2, &[1, 2])];
+        assert_eq!(t.rewritable(&ops), [(10, 2)].into());
     }
 
     fn ids(t: &Tables, ops: &[Op]) -> Vec<u32> {

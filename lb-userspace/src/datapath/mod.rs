@@ -182,9 +182,15 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
     // agent's counters pin goes (its programs keep the map while they run).
     let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_COUNTERS_OLD));
     // The same for an earlier agent's Maglev map: this agent's map starts
-    // empty and gets every table in the first change set, before its
-    // packet programs (the map's readers) replace the earlier ones.
-    let _ = std::fs::remove_file(opts.pin_dir.join(lb_common::MAP_MAGLEV_OLD));
+    // empty and gets every table in the first change set (a new flow meets
+    // no table until then and hashes over the slots). A map of this
+    // agent's name beside it is older still (an upgrade, a downgrade, this
+    // upgrade again): its tables may name Services that changed since.
+    let old_maglev = opts.pin_dir.join(lb_common::MAP_MAGLEV_OLD);
+    if old_maglev.exists() {
+        let _ = std::fs::remove_file(opts.pin_dir.join(MAP_MAGLEV));
+        let _ = std::fs::remove_file(&old_maglev);
+    }
     let mut carried = Vec::new();
     for spec in map_specs(opts.sizes) {
         if under_way.contains(&spec.name) {

@@ -135,7 +135,6 @@ impl Datapath {
         // addresses) become one inner map under several keys.
         let mut made: Vec<(crate::compute::plan::MaglevTable, MapData, u32)> = Vec::new();
         let rewritable = self.maglev_tables.rewritable(ops);
-        let mut rewritten = std::collections::HashSet::new();
         let mut at = 0;
         while at < ops.len() {
             // The run of backend writes, or of service-entry writes, that
@@ -185,9 +184,11 @@ impl Datapath {
                 Op::PutRange { len, data } => self.ranges.insert(&LpmKey::new(*len, *data), 1, 0),
                 Op::DelRange { len, data } => self.ranges.remove(&LpmKey::new(*len, *data)),
                 Op::PutMaglev { service_id, table } => {
-                    let own = self.maglev_tables.table_of(*service_id);
-                    if let Some(id) = own.filter(|id| rewritable.contains_key(id)) {
-                        if rewritten.insert(id) {
+                    if let Some(id) = self.maglev_tables.table_of(*service_id)
+                        && let Some(&last) = rewritable.get(&id)
+                    {
+                        // Its other users' ops come first: written at the last.
+                        if last == at - 1 {
                             rewrite_maglev_table(id, table).with_context(|| {
                                 format!("rewriting the Maglev table of service id {service_id}")
                             })?;

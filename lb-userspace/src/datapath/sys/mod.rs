@@ -399,8 +399,11 @@ pub fn map_mmap_write_u32(map: BorrowedFd<'_>, values: &[u32]) -> io::Result<()>
             return Err(io::Error::last_os_error());
         }
         let base = p.cast::<u8>();
+        // Volatile: the programs read these entries while they change.
         for (i, v) in values.iter().enumerate() {
-            base.add(i * ARRAY_ELEM_ALIGN).cast::<u32>().write(*v);
+            base.add(i * ARRAY_ELEM_ALIGN)
+                .cast::<u32>()
+                .write_volatile(*v);
         }
         if libc::munmap(p, len) != 0 {
             return Err(io::Error::last_os_error());
