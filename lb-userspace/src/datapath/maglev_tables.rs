@@ -30,8 +30,17 @@ impl Tables {
         let mut puts: HashMap<u32, (u32, &MaglevTable, usize)> = HashMap::new();
         let mut mixed = HashSet::new();
         for (i, op) in ops.iter().enumerate() {
-            let Op::PutMaglev { service_id, table } = op else {
-                continue;
+            let (service_id, table) = match op {
+                Op::PutMaglev { service_id, table } => (service_id, table),
+                // A user that loses its table (its id may come back in the
+                // same change set, for another frontend): swapped.
+                Op::DelMaglev { service_id } => {
+                    if let Some(&id) = self.table_of.get(service_id) {
+                        mixed.insert(id);
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             let Some(&id) = self.table_of.get(service_id) else {
                 continue;
@@ -97,6 +106,14 @@ mod tests {
         t.swapped(2, 10);
         let ops = [put(1, &[1, 2]), put(7, &[3]), put(2, &[1, 2])];
         assert_eq!(t.rewritable(&ops), [(10, 2)].into());
+        // Frontend 2's id freed and taken again by a new frontend in one
+        // change set: its table is not the new frontend's to rewrite.
+        let ops = [
+            Op::DelMaglev { service_id: 2 },
+            put(1, &[1, 2]),
+            put(2, &[1, 2]),
+        ];
+        assert_eq!(t.rewritable(&ops), HashMap::new());
     }
 
     fn ids(t: &Tables, ops: &[Op]) -> Vec<u32> {

@@ -134,6 +134,8 @@ pub struct Datapath {
     maglev_valid: bool,
     /// The tables this agent made, and their users (rewritten in place).
     maglev_tables: maglev_tables::Tables,
+    /// The Maglev map's own fd, for the batch calls aya lacks.
+    maglev_fd: std::os::fd::OwnedFd,
     links_dir: PathBuf,
     devices: Vec<String>,
     /// Pod interfaces with TC programs, by name -> ifindex.
@@ -275,6 +277,8 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
     let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)?;
     let ranges = LpmTrie::try_from(take(&mut ebpf, lb_common::MAP_SRC_RANGES)?)?;
     let maglev = HashOfMaps::try_from(take(&mut ebpf, MAP_MAGLEV)?)?;
+    let maglev_fd =
+        sys::obj_get(&maglev_pin).with_context(|| format!("opening {}", maglev_pin.display()))?;
     let policy = policy::PolicyIo::take(&mut ebpf)?;
     let mut config: Array<MapData, Config> = config;
     let mut cfg = config.get(&0, 0).context("reading config map")?;
@@ -303,6 +307,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         maglev_size: opts.maglev_size,
         maglev_valid,
         maglev_tables: Default::default(),
+        maglev_fd,
         links_dir,
         devices: vec![],
         pod_ifaces: Default::default(),

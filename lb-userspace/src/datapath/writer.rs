@@ -135,6 +135,7 @@ impl Datapath {
         // addresses) become one inner map under several keys.
         let mut made: Vec<(crate::compute::plan::MaglevTable, MapData, u32)> = Vec::new();
         let rewritable = self.maglev_tables.rewritable(ops);
+        let mut swaps: Vec<Swap> = Vec::new();
         let mut at = 0;
         while at < ops.len() {
             // The run of backend writes, or of service-entry writes, that
@@ -206,24 +207,80 @@ impl Datapath {
                             made.len() - 1
                         }
                     };
-                    // The swap: the datapath sees the old table or the new
-                    // one, never a mix.
-                    let r = self.maglev.insert(service_id, &made[i].1, 0);
-                    if r.is_ok() {
-                        self.maglev_tables.swapped(*service_id, made[i].2);
-                    }
-                    r
+                    swaps.push(Swap {
+                        op: at - 1,
+                        service_id: *service_id,
+                        table: Some(i),
+                    });
+                    Ok(())
                 }
-                Op::DelMaglev { service_id } => match self.maglev.remove(service_id) {
-                    // Already gone is what was wanted.
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                        self.maglev_tables.removed(*service_id);
-                        Ok(())
-                    }
-                    r => r,
-                },
+                Op::DelMaglev { service_id } => {
+                    swaps.push(Swap {
+                        op: at - 1,
+                        service_id: *service_id,
+                        table: None,
+                    });
+                    Ok(())
+                }
             }
             .map_err(|e| write_error(op, &self.sizes, e))?;
+        }
+        self.swap_tables(ops, &swaps, &made)
+    }
+
+    /// The Maglev map's swaps of a change set, in its order, a batch call
+    /// per run of puts or of deletes: every call that writes a map of maps
+    /// waits out an RCU grace period (several ms), so a call per frontend
+    /// would make a cold start of 100,000 NodePort Services wait minutes.
+    /// They come after the change set's other writes: until then a new
+    /// frontend has no table (a new flow hashes over its slots) and a
+    /// changed one its old table, whose entries outside the new slots fall
+    /// back the same way. The datapath sees each frontend's old table or
+    /// its new one, never a mix.
+    fn swap_tables(
+        &mut self,
+        ops: &[Op],
+        swaps: &[Swap],
+        made: &[(crate::compute::plan::MaglevTable, MapData, u32)],
+    ) -> anyhow::Result<()> {
+        let outer = self.maglev_fd.as_fd();
+        let mut at = 0;
+        while at < swaps.len() {
+            let put = swaps[at].table.is_some();
+            let run: Vec<&Swap> = swaps[at..]
+                .iter()
+                .take_while(|s| s.table.is_some() == put)
+                .collect();
+            let keys: Vec<u32> = run.iter().map(|s| s.service_id).collect();
+            let written = if put {
+                let fds: Vec<u32> = run
+                    .iter()
+                    .map(|s| made[s.table.expect("a put")].1.fd().as_fd().as_raw_fd() as u32)
+                    .collect();
+                sys::update_batch(outer, &keys, &fds)
+            } else {
+                sys::delete_batch(outer, &keys)
+            };
+            let done = written.as_ref().map_or_else(|w| w.written, |()| run.len());
+            for s in &run[..done.min(run.len())] {
+                match s.table {
+                    Some(i) => self.maglev_tables.swapped(s.service_id, made[i].2),
+                    None => self.maglev_tables.removed(s.service_id),
+                }
+            }
+            if let Err(w) = written {
+                let e = aya::sys::SyscallError {
+                    call: if put {
+                        "bpf_map_update_batch"
+                    } else {
+                        "bpf_map_delete_batch"
+                    },
+                    io_error: w.error,
+                };
+                let failed = &ops[run[w.written.min(run.len() - 1)].op];
+                return Err(write_error(failed, &self.sizes, e.into()));
+            }
+            at += run.len();
         }
         Ok(())
     }
@@ -240,6 +297,14 @@ impl Datapath {
     pub fn status(&self) -> anyhow::Result<Status> {
         self.status.get(&0, 0).context("reading status map")
     }
+}
+
+/// A Maglev map write put off to the end of its change set: the table
+/// (an index into the tables made) for a put, None for a delete.
+struct Swap {
+    op: usize,
+    service_id: u32,
+    table: Option<usize>,
 }
 
 /// The table this agent made as inner map `id`, rewritten in place (see

@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{Attr, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
+use super::{Attr, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
 
 /// Every entry of a hash map (`K`, `V` its exact key and value types), at
 /// most `max`, read with BPF_MAP_LOOKUP_BATCH into `keys` and `values`
@@ -153,6 +153,33 @@ pub fn update_batch<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
+/// BPF_MAP_DELETE_BATCH: `keys` deleted in order, in a few calls. A key
+/// that is not there stops the kernel's pass; it is skipped, as deleting
+/// it was meant to leave it absent, and the pass goes on after it.
+pub fn delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), PartialWrite> {
+    let mut done = 0;
+    while done < keys.len() {
+        let mut a = Attr::new();
+        a.put_u64(16, keys[done..].as_ptr() as u64);
+        a.put_u32(32, (keys.len() - done) as u32);
+        a.put_u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_DELETE_BATCH, &mut a);
+        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => done += n + 1,
+            Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
+            Err(error) => {
+                return Err(PartialWrite {
+                    written: done + n,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`lookup_batch_into`] into new vectors.
 #[cfg(test)]
 fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
@@ -249,6 +276,11 @@ mod tests {
         let (k, v): (Vec<u32>, Vec<u32>) = lookup_batch(map.as_fd(), usize::MAX).unwrap();
         let held: std::collections::BTreeMap<u32, u32> = k.into_iter().zip(v).collect();
         assert_eq!(held, [(1, 11), (2, 21), (3, 30), (4, 41)].into());
+        // Deletes in a batch: the keys not there (7, 9) are passed over.
+        delete_batch(map.as_fd(), &[7u32, 1, 9, 4]).expect("deleted");
+        let (k, _): (Vec<u32>, Vec<u32>) = lookup_batch(map.as_fd(), usize::MAX).unwrap();
+        let held: std::collections::BTreeSet<u32> = k.into_iter().collect();
+        assert_eq!(held, [2, 3].into());
     }
 
     #[test]

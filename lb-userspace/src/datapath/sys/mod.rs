@@ -4,7 +4,7 @@
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 mod batch;
-pub use batch::{lookup_batch_into, percpu_u64_sums, update_batch};
+pub use batch::{delete_batch, lookup_batch_into, percpu_u64_sums, update_batch};
 
 use std::{
     ffi::CString,
@@ -27,6 +27,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `union bpf_attr` is 144 bytes in 6.x kernels; zero tails are accepted.
 #[repr(C, align(8))]
