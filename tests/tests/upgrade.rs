@@ -39,26 +39,9 @@ fn assert_none_failed(loops: &mut [(&str, Proc)], during: &str) {
     }
 }
 
-/// The kernel's id of the map pinned at `pin`.
-fn map_id(pin: &std::path::Path) -> u64 {
+/// bpftool's output for `args`, which must succeed.
+fn bpftool(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(pin)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["id"].as_u64().unwrap_or_else(|| panic!("{v}"))
-}
-
-fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(pin)
         .args(args)
         .output()
         .expect("bpftool");
@@ -67,6 +50,26 @@ fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
+}
+
+/// The kernel's id of the map pinned at `pin`.
+fn map_id(pin: &std::path::Path) -> u64 {
+    let out = bpftool(&[
+        "-j".as_ref(),
+        "map".as_ref(),
+        "show".as_ref(),
+        "pinned".as_ref(),
+        pin.as_ref(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["id"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["map".as_ref(), "create".as_ref(), pin.as_ref()];
+    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    bpftool(&all);
 }
 
 fn old_pins_left(agent: &Agent) -> Vec<String> {

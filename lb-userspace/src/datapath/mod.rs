@@ -159,13 +159,19 @@ pub struct Datapath {
     write_time: std::time::Duration,
 }
 
-/// The packet programs of external devices, with their direction.
+/// The packet programs of external devices, with their direction, in the
+/// order their links are swapped: the hook that answers (egress, where a
+/// backend's reply leaves) before the one that starts flows, so a flow is
+/// never started by a new program and answered by an old one, which would
+/// not find its entry in a carried conntrack map (the other way round the
+/// new program looks in the old map: `LB_CT_CARRIED`).
 pub const TC_PROGRAMS: &[(&str, &str)] =
-    &[("lb_tc_ingress", "ingress"), ("lb_tc_egress", "egress")];
+    &[("lb_tc_egress", "egress"), ("lb_tc_ingress", "ingress")];
 
 /// The programs of pod interfaces: the same translation, plus
-/// NetworkPolicy (TC ingress there is the pod's egress).
-pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_from", "ingress"), ("lb_pod_to", "egress")];
+/// NetworkPolicy (TC ingress there is the pod's egress); answers first,
+/// as above.
+pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_to", "egress"), ("lb_pod_from", "ingress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
     load_with(opts, &[])

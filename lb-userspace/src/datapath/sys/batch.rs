@@ -130,44 +130,40 @@ pub fn update_batch<K: aya::Pod, V: aya::Pod>(
     values: &[V],
 ) -> Result<(), PartialWrite> {
     assert_eq!(keys.len(), values.len());
-    let mut done = 0;
-    while done < keys.len() {
-        let mut a = Attr::new();
-        a.put_u64(16, keys[done..].as_ptr() as u64);
-        a.put_u64(24, values[done..].as_ptr() as u64);
-        a.put_u32(32, (keys.len() - done) as u32);
-        a.put_u32(36, map.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_UPDATE_BATCH, &mut a);
-        let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
-        match r {
-            Ok(_) => return Ok(()),
-            Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
-            Err(error) => {
-                return Err(PartialWrite {
-                    written: done + n,
-                    error,
-                });
-            }
-        }
-    }
-    Ok(())
+    write_in_batches(map, BPF_MAP_UPDATE_BATCH, keys, Some(values), None)
 }
 
 /// BPF_MAP_DELETE_BATCH: `keys` deleted in order, in a few calls. A key
 /// that is not there stops the kernel's pass; it is skipped, as deleting
 /// it was meant to leave it absent, and the pass goes on after it.
 pub fn delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), PartialWrite> {
+    write_in_batches::<K, K>(map, BPF_MAP_DELETE_BATCH, keys, None, Some(libc::ENOENT))
+}
+
+/// The calls of a batch write `cmd`, each from where the kernel stopped:
+/// a call it interrupted goes on after what it took, an entry failing with
+/// `skip` is passed over, any other error ends the write.
+fn write_in_batches<K, V>(
+    map: BorrowedFd<'_>,
+    cmd: libc::c_long,
+    keys: &[K],
+    values: Option<&[V]>,
+    skip: Option<i32>,
+) -> Result<(), PartialWrite> {
     let mut done = 0;
     while done < keys.len() {
         let mut a = Attr::new();
         a.put_u64(16, keys[done..].as_ptr() as u64);
+        if let Some(v) = values {
+            a.put_u64(24, v[done..].as_ptr() as u64);
+        }
         a.put_u32(32, (keys.len() - done) as u32);
         a.put_u32(36, map.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_DELETE_BATCH, &mut a);
+        let r = bpf(cmd, &mut a);
         let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
         match r {
             Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => done += n + 1,
+            Err(e) if skip.is_some() && e.raw_os_error() == skip => done += n + 1,
             Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
             Err(error) => {
                 return Err(PartialWrite {
