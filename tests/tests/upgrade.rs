@@ -68,7 +68,7 @@ fn map_id(pin: &std::path::Path) -> u64 {
 
 fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
     let mut all: Vec<&std::ffi::OsStr> = vec!["map".as_ref(), "create".as_ref(), pin.as_ref()];
-    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    all.extend(args.iter().map(std::ffi::OsStr::new));
     bpftool(&all);
 }
 
