@@ -54,6 +54,7 @@ impl Datapath {
     /// and the others still get their programs.
     pub fn attach_devices(&mut self, devices: &[String]) -> anyhow::Result<()> {
         let mut refused = Vec::new();
+        let mut fresh = Vec::new();
         for dev in devices {
             if self.devices.contains(dev) {
                 continue;
@@ -62,12 +63,22 @@ impl Datapath {
                 refused.push(format!("{e:#}"));
                 continue;
             }
-            self.attach_tc(dev, TC_PROGRAMS)?;
-            if self.xdp != XdpAttach::Off {
+            fresh.push(dev.clone());
+        }
+        // Every device's answering hook before any device's starting one
+        // (see TC_PROGRAMS): a flow may come in on one device and answer
+        // out of another.
+        for program in TC_PROGRAMS {
+            for dev in &fresh {
+                self.attach_tc(dev, std::slice::from_ref(program))?;
+            }
+        }
+        if self.xdp != XdpAttach::Off {
+            for dev in &fresh {
                 self.attach_xdp(dev)?;
             }
-            self.devices.push(dev.clone());
         }
+        self.devices.extend(fresh);
         if !refused.is_empty() {
             anyhow::bail!("{}", refused.join("; "));
         }
