@@ -23,8 +23,12 @@
 //! map of maps (their entries are kernel objects). Statistics (per-CPU
 //! counters) of another shape start again from zero.
 
+mod bridge;
+
+pub use bridge::bridge;
+
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -33,9 +37,7 @@ use aya::{
     Ebpf,
     maps::{MapInfo, MapType},
 };
-use lb_common::{
-    MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_CT_CARRIED, MAP_POL_COUNT, MAP_SERVICES, MAP_SOCK_REV,
-};
+use lb_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_POL_COUNT, MAP_SERVICES, MAP_SOCK_REV};
 
 use super::{MapSpec, sys};
 
@@ -312,61 +314,6 @@ pub fn fill(pin_dir: &Path, c: &Carry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The object's slot where its programs look up a carried map's entries
-/// on a miss, for maps that have one.
-fn carried_slot(name: &str) -> Option<&'static str> {
-    (name == MAP_CT).then_some(MAP_CT_CARRIED)
-}
-
-fn slot_fd<'a>(ebpf: &'a Ebpf, slot: &str) -> anyhow::Result<BorrowedFd<'a>> {
-    let map = ebpf
-        .map(slot)
-        .with_context(|| format!("map {slot} missing from the object"))?;
-    let aya::maps::Map::ArrayOfMaps(m) = map else {
-        bail!("map {slot} is not an array of maps");
-    };
-    Ok(m.fd().as_fd())
-}
-
-/// After `fill`, before any program of this agent runs: the programs of
-/// `ebpf` look up the old map on a miss until `finish`, so what the
-/// earlier agent's programs make there from now on is found at once, not
-/// only at the second copy. The slot takes a map of this agent's key and
-/// value sizes only: a carry into a changed value layout keeps the window
-/// until the second copy, and says so.
-pub fn bridge(ebpf: &Ebpf, c: &Carry) -> anyhow::Result<()> {
-    let Some(slot) = carried_slot(c.name) else {
-        return Ok(());
-    };
-    if c.from.value_size != c.to.value_size {
-        tracing::info!(
-            map = c.name,
-            "the earlier map's values are {} bytes, this agent's {}: its programs cannot read it, so a flow the earlier programs start before the swap has no entry here until the second copy (a TCP handshake then needs one SYN retransmission)",
-            c.from.value_size,
-            c.to.value_size
-        );
-        return Ok(());
-    }
-    let outer = slot_fd(ebpf, slot)?;
-    sys::map_update(
-        outer,
-        &0u32.to_ne_bytes(),
-        &(c.old_fd.as_raw_fd() as u32).to_ne_bytes(),
-    )
-    .with_context(|| format!("putting the earlier {} in {slot}", c.name))
-}
-
-/// The end of `bridge`: the programs stop looking in the old map (which
-/// the kernel frees once nothing holds it).
-fn unbridge(ebpf: &Ebpf, name: &str) -> anyhow::Result<()> {
-    let Some(slot) = carried_slot(name) else {
-        return Ok(());
-    };
-    sys::map_delete(slot_fd(ebpf, slot)?, &0u32.to_ne_bytes())
-        .with_context(|| format!("emptying {slot}"))?;
-    Ok(())
-}
-
 /// After a load that failed past `prepare`: the map moved aside goes back
 /// in place, so the datapath still running keeps its pins.
 pub fn undo(pin_dir: &Path, name: &str) {
@@ -411,7 +358,7 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, c: Carry) {
     }
     // After the copy: a flow found in the old map until now is in the new
     // one.
-    if let Err(e) = unbridge(ebpf, c.name) {
+    if let Err(e) = bridge::unbridge(ebpf, c.name) {
         tracing::warn!(map = c.name, "{e:#}");
     }
     if let Err(e) = std::fs::remove_file(&c.old) {
