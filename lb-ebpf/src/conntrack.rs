@@ -32,6 +32,14 @@ pub fn key(p: &Pkt, kind: u8) -> CtKey {
     }
 }
 
+/// Whether `p` can be a reply of a flow SNAT'd towards another node: its
+/// destination port is one SNAT hands out. Every other packet is spared
+/// the reverse SNAT lookup (NodePorts, 80 and 443 among them).
+#[inline(always)]
+pub fn may_be_snat_reply(p: &Pkt) -> bool {
+    lb_common::is_snat_port(p.dport.to_host())
+}
+
 /// The entry of kind `kind` for a packet from `saddr:sport` to
 /// `daddr:dport` (the tuple as that direction's packets carry it).
 #[inline(always)]

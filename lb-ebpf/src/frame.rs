@@ -13,9 +13,21 @@ pub trait Frame {
 }
 
 impl Frame for TcContext {
+    /// Straight from the linear part of the frame, where the headers
+    /// almost always are; through `bpf_skb_load_bytes` only past it (a
+    /// helper call per field cost the parser most of its time).
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
-        TcContext::load(self, off).ok()
+        let (start, end) = skb_bounds(self);
+        // One byte of slack: LLVM turns `p + 1 > end` into `p >= end`,
+        // which tells the verifier nothing about the byte at `p`. A field
+        // ending at the last byte of the linear data takes the helper.
+        if start + off + core::mem::size_of::<T>() + 1 > end {
+            return TcContext::load(self, off).ok();
+        }
+        // SAFETY: the whole `T` lies inside the linear data (checked just
+        // above); unaligned packet loads are fine, as at XDP.
+        Some(unsafe { *((start + off) as *const T) })
     }
 
     #[inline(always)]
@@ -61,12 +73,26 @@ fn bounds(ctx: &XdpContext) -> (usize, usize) {
     }
 }
 
+/// The linear data's start and end, read where they are used (volatile, as
+/// `bounds`): a helper that changes the packet invalidates earlier ones.
+#[inline(always)]
+fn skb_bounds(ctx: &TcContext) -> (usize, usize) {
+    // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed the
+    // program, valid for the whole run; both fields are plain u32s.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.skb.skb).data) as usize,
+            core::ptr::read_volatile(&(*ctx.skb.skb).data_end) as usize,
+        )
+    }
+}
+
 /// A pointer to the `T` at byte `off` of an XDP frame, when all of it lies
 /// inside the packet (the check the verifier needs before any access).
 #[inline(always)]
 pub fn xdp_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+    let (start, end) = bounds(ctx);
+    if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
     Some((start + off) as *mut T)

@@ -14,7 +14,7 @@ use lb_common::{C_DROP_NO_BACKEND, C_ICMP_UNREACH};
 use crate::{
     csum::{fold, sum},
     maps::{LB_ICMP_BUDGET, count, drop},
-    packet::{ETH_HLEN, Pkt},
+    packet::ETH_HLEN,
 };
 
 /// Port unreachables per second the node sends at most, and how many may go
@@ -76,8 +76,8 @@ struct Icmp6 {
 /// redirects it; drops it when that cannot be done. Not inlined: its
 /// buffers get a stack frame of their own, off the main path's.
 #[inline(never)]
-pub fn port_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
-    let r = if p.v6 { reply6(ctx) } else { reply4(ctx) };
+pub fn port_unreachable(ctx: &TcContext, v6: bool) -> i32 {
+    let r = if v6 { reply6(ctx) } else { reply4(ctx) };
     match r {
         0 => {
             count(C_ICMP_UNREACH);

@@ -28,8 +28,24 @@ use crate::{
 
 /// `from_pod`: the program runs on a pod interface (the pod's egress),
 /// not on an external device.
+#[inline(always)]
 pub fn ingress(ctx: &TcContext, from_pod: bool) -> i32 {
-    match try_ingress(ctx, from_pod) {
+    // The port unreachable is built beside the translation, not under it:
+    // its buffers and the parsed packet's frame never add up.
+    match translate_ingress(ctx, from_pod as u32) {
+        REFUSE_V4 => icmp::port_unreachable(ctx, false),
+        REFUSE_V6 => icmp::port_unreachable(ctx, true),
+        v => v,
+    }
+}
+
+/// `translate_ingress`: answer with an ICMP(v6) port unreachable.
+const REFUSE_V4: i32 = i32::MIN;
+const REFUSE_V6: i32 = i32::MIN + 1;
+
+#[inline(never)]
+fn translate_ingress(ctx: &TcContext, from_pod: u32) -> i32 {
+    match try_ingress(ctx, from_pod != 0) {
         Ok(v) => v,
         Err(_) => {
             count(lb_common::C_PASS_REWRITE_FAILED);
@@ -122,7 +138,8 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
             Ok(TC_ACT_OK)
         }
         REFUSE if !icmp::budget_allows() => Ok(drop(C_DROP_ICMP_RATE)),
-        REFUSE => Ok(icmp::port_unreachable(ctx, &p)),
+        REFUSE if p.v6 => Ok(REFUSE_V6),
+        REFUSE => Ok(REFUSE_V4),
         v => Ok(v),
     }
 }
@@ -134,7 +151,10 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
 #[inline(never)]
 fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let rk = conntrack::key(p, CT_RSNAT);
-    if let Some(v) = conntrack::lookup(&rk) {
+    if let Some(v) = conntrack::may_be_snat_reply(p)
+        .then(|| conntrack::lookup(&rk))
+        .flatten()
+    {
         conntrack::touch(&rk, &v, p.tcp_flags);
         let snat_port = p.dport;
         if rewrite_dst(ctx, p, v.addr, v.port).is_ok() {

@@ -32,7 +32,8 @@ const TRANSLATE: u32 = u32::MAX;
 /// backend. Not inlined: its key gets a frame of its own.
 #[inline(never)]
 fn is_snat_reply(p: &Pkt) -> u32 {
-    conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some() as u32
+    (conntrack::may_be_snat_reply(p) && conntrack::lookup(&conntrack::key(p, CT_RSNAT)).is_some())
+        as u32
 }
 
 /// A packet to an external frontend without a forward entry: a new flow
@@ -148,8 +149,9 @@ fn parse(ctx: &XdpContext, out: &mut Pkt) -> i32 {
 }
 
 /// Rewrites the destination to `addr`:`port` (network order in the low 16
-/// bits) with incremental checksums. Inlined, as `parse`.
-#[inline(always)]
+/// bits) with incremental checksums. Not inlined: its temporaries stay
+/// out of the frame under which the flow lookups run.
+#[inline(never)]
 fn dnat(ctx: &XdpContext, p: &Pkt, addr: &NetAddr, port: u32) -> i32 {
     match try_dnat(ctx, p, addr, BeU16(port as u16)) {
         Some(()) => 0,

@@ -43,6 +43,8 @@ fn decode(raw: u64) -> Insn {
 
 const FP: u8 = 10;
 const CALL: u8 = 0x85;
+const GOTO: u8 = 0x05;
+const EXIT: u8 = 0x95;
 const PSEUDO_CALL: u8 = 1;
 const LD_IMM64: u8 = 0x18;
 
@@ -90,6 +92,13 @@ fn frame_depths(insns: &[Insn], starts: &[usize]) -> Vec<u32> {
                 // Calls clobber r0-r5.
                 5 if x.code == CALL => {
                     for r in fp_off.iter_mut().take(6) {
+                        *r = None;
+                    }
+                }
+                // What follows a goto or an exit is reached only by a
+                // jump: nothing the straight line knew holds there.
+                5 if x.code == GOTO || x.code == EXIT => {
+                    for r in fp_off.iter_mut().take(FP as usize) {
                         *r = None;
                     }
                 }
@@ -209,6 +218,30 @@ fn the_scan_counts_frames_through_registers_and_calls() {
     let (chain, frames) = max_chain(&prog);
     assert_eq!(frames, [16, 112]);
     assert_eq!(chain, 128);
+}
+
+#[test]
+fn a_register_is_not_followed_past_a_goto_or_an_exit() {
+    let enc = |code: u8, dst: u8, src: u8, off: i16, imm: i32| {
+        let mut b = [0u8; 8];
+        b[0] = code;
+        b[1] = (src << 4) | dst;
+        b[2..4].copy_from_slice(&off.to_le_bytes());
+        b[4..8].copy_from_slice(&imm.to_le_bytes());
+        u64::from_le_bytes(b)
+    };
+    for end in [GOTO, EXIT] {
+        let prog = [
+            enc(0xbf, 2, FP, 0, 0),         // r2 = fp
+            enc(0x07, 2, 0, 0, -8),         // r2 += -8
+            enc(0x7b, 2, 1, 0, 0),          // *(u64 *)(r2 + 0) = r1
+            enc(end, 0, 0, 2, 0),           // goto +2 (or exit)
+            enc(0x07, 2, 0, 0, -1_000_000), // reached by a jump: r2 is a number here
+            enc(0x7b, 6, 2, 0, 0),          // *(u64 *)(r6 + 0) = r2
+            enc(0x95, 0, 0, 0, 0),          // exit
+        ];
+        assert_eq!(max_chain(&prog), (16, vec![16]), "ended by {end:#x}");
+    }
 }
 
 #[test]
