@@ -5,7 +5,15 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{BeU16, NetAddr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
+use crate::frame::Frame;
 use crate::packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
+
+/// The `T` at `off`, as the Service parser reads it (straight from the
+/// linear data where it can).
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    Frame::load(ctx, off)
+}
 
 /// What the parser made of a packet.
 pub(super) const KIND_PASS: u8 = 0;
@@ -33,7 +41,7 @@ pub struct Flow {
 #[inline(never)]
 pub(super) fn parse(ctx: &TcContext, f: &mut Flow) {
     f.kind = KIND_PASS;
-    let Ok(eth) = ctx.load::<u16>(12) else {
+    let Some(eth) = load::<u16>(ctx, 12) else {
         return;
     };
     let l4 = match u16::from_be(eth) {
@@ -52,12 +60,12 @@ pub(super) fn parse(ctx: &TcContext, f: &mut Flow) {
     }
     match f.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            if let Ok(ports) = ctx.load::<[u16; 2]>(l4) {
+            if let Some(ports) = load::<[u16; 2]>(ctx, l4) {
                 f.sport = BeU16(ports[0]);
                 f.dport = BeU16(ports[1]);
             }
             if f.proto == PROTO_TCP {
-                f.tcp_flags = ctx.load::<u8>(l4 + 13).unwrap_or(0);
+                f.tcp_flags = load::<u8>(ctx, l4 + 13).unwrap_or(0);
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => icmp(ctx, l4, f),
@@ -70,11 +78,11 @@ pub(super) fn parse(ctx: &TcContext, f: &mut Flow) {
 /// the quoted packet's tuple; neighbour discovery always passes.
 #[inline(always)]
 fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
-    let Ok(hdr) = ctx.load::<[u8; 2]>(l4) else {
+    let Some(hdr) = load::<[u8; 2]>(ctx, l4) else {
         return;
     };
     let ty = hdr[0];
-    let id = ctx.load::<u16>(l4 + 4).unwrap_or(0);
+    let id = load::<u16>(ctx, l4 + 4).unwrap_or(0);
     let v6 = f.proto == PROTO_ICMPV6;
     match (v6, ty) {
         (false, 8) | (true, 128) => f.sport = BeU16(id),
@@ -87,7 +95,7 @@ fn icmp(ctx: &TcContext, l4: usize, f: &mut Flow) {
                 ip4(ctx, l4 + 8, &mut inner)
             };
             if let Some((il4, _)) = quoted {
-                if let Ok(ports) = ctx.load::<[u16; 2]>(il4) {
+                if let Some(ports) = load::<[u16; 2]>(ctx, il4) {
                     inner.sport = BeU16(ports[0]);
                     inner.dport = BeU16(ports[1]);
                 }
@@ -130,14 +138,14 @@ fn ip6(ctx: &TcContext, off: usize, f: &mut Flow) -> Option<(usize, bool)> {
         match next {
             // Hop-by-hop, routing, destination options.
             0 | 43 | 60 => {
-                let h = ctx.load::<[u8; 2]>(l4).ok()?;
+                let h = load::<[u8; 2]>(ctx, l4)?;
                 next = h[0];
                 l4 += (h[1] as usize + 1) * 8;
             }
             // Fragment header: behind a later fragment's lies payload,
             // not headers.
             44 => {
-                let h = ctx.load::<[u8; 4]>(l4).ok()?;
+                let h = load::<[u8; 4]>(ctx, l4)?;
                 next = h[0];
                 first = (u16::from_be_bytes([h[2], h[3]]) >> 3) == 0;
                 l4 += 8;
