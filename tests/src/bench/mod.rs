@@ -151,13 +151,20 @@ pub struct Results {
     /// thing (which, when, with what command), said at the report's top.
     #[serde(default)]
     pub remeasured: Vec<String>,
+    /// The CPU and kernel the run itself measured on (a report written
+    /// later, elsewhere, still names them).
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// Runs every variant at every size; writes the report.
 pub fn run(opts: &Options) -> anyhow::Result<Results> {
     crate::require_kernel();
     let topo = topo::Topology::up()?;
-    let mut res = Results::default();
+    let mut res = Results {
+        machine: Some(report::machine()),
+        ..Results::default()
+    };
     for &n in &opts.sizes {
         eprintln!("bench: {n} Services");
         variants::all(&topo, n, opts, &mut res)?;

@@ -31,6 +31,16 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// This machine's CPU, cores and kernel, as the report names them.
+pub fn machine() -> String {
+    format!(
+        "{} ({} cores); kernel {}",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cmd_out("uname", &["-r"]),
+    )
+}
+
 /// What one variant measured through `path` in `mode` at `n` Services
 /// (direct: to the backend itself).
 fn measured(r: &Results, n: usize, v: Variant, path: Path, mode: Mode) -> Option<&super::Measured> {
@@ -143,16 +153,16 @@ fn markdown(opts: &Options, r: &Results) -> String {
     let _ = writeln!(
         s,
         "# Benchmarks\n\nWritten by `{cmd}` (`tests/src/bench/`); every figure below comes from the same run, on this machine:\n\n\
-         - CPU: {} ({} cores); kernel {}\n- {}; {}\n- {} s per measurement; client and server each pinned to a CPU of their own\n",
-        cpu_model(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cmd_out("uname", &["-r"]),
+         - CPU: {}\n- {}; {}\n- {} s per measurement; client and server each pinned to a CPU of their own\n",
+        r.machine.clone().unwrap_or_else(machine),
         cmd_out("iptables", &["-V"]),
         cmd_out("nft", &["-v"]),
         opts.secs,
     );
     if !r.remeasured.is_empty() {
-        s.push_str("Figures measured again after that run, replacing its own (same machine):\n\n");
+        s.push_str(
+            "Figures measured again after that run, replacing its own (on the same machine unless the note names another):\n\n",
+        );
         for m in &r.remeasured {
             let _ = writeln!(s, "- {m}");
         }
