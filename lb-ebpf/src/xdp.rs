@@ -42,7 +42,8 @@ fn is_snat_reply(p: &Pkt) -> u32 {
 /// Not inlined (stack).
 #[inline(never)]
 fn open_flow(p: &Pkt, to: &mut Choice) -> u32 {
-    // A reply to an SNAT'd flow can carry a nodePort as its port: TC's.
+    // A reply to an SNAT'd flow can carry a frontend's port (a node address
+    // as externalIP, on a port SNAT hands out): TC's.
     if is_snat_reply(p) != 0 {
         return PASS_ON;
     }
