@@ -26,6 +26,16 @@ fn icmp_errors_about_a_flow_the_pod_has_cross_its_isolation_and_others_are_dropp
             None,
             "an ICMP error quoting the whole packet of the pod's flow",
         );
+        // Cut right after the ports, so they end at the frame's last byte:
+        // read through bpf_skb_load_bytes, not straight from the data.
+        let ip_hdr = if out[12..14] == [0x86, 0xdd] { 40 } else { 20 };
+        bed.check(
+            TO,
+            &unreachable(n.other, n.pod, &out[14..14 + ip_hdr + 4]),
+            OK,
+            None,
+            "an ICMP error quoting the pod's flow up to its ports only",
+        );
         let unknown = syn(n.pod, 40001, n.peer, 80);
         bed.check(
             TO,
