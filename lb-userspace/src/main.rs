@@ -108,9 +108,15 @@ enum Cmd {
         /// wrote (read only now: translations live in socket storage).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REV_MAX, env = "LB_MAX_SOCK_REV")]
         max_sock_rev: u32,
-        /// Capacity of the packet-level conntrack LRU.
-        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_MAX_CT")]
-        max_ct: u32,
+        /// Capacity of the packet-level conntrack LRU, fixed. Without it the
+        /// map starts at --ct-initial entries (or the size it grew to
+        /// before) and grows while the agent runs when a sweep finds it
+        /// more than three quarters full.
+        #[arg(long, env = "LB_MAX_CT")]
+        max_ct: Option<u32>,
+        /// The conntrack map's first size when --max-ct does not fix it.
+        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_CT_INITIAL")]
+        ct_initial: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
@@ -274,6 +280,7 @@ fn main() -> anyhow::Result<()> {
             max_backends,
             max_sock_rev,
             max_ct,
+            ct_initial,
             devices,
             pod_ifaces,
             ct_timeout_tcp,
@@ -340,7 +347,12 @@ fn main() -> anyhow::Result<()> {
                         .max(lb_common::DEFAULT_SRC_RANGES_MAX),
                         grow_ranges: true,
                         sock_rev: max_sock_rev,
-                        ct: max_ct,
+                        ct: max_ct.unwrap_or_else(|| {
+                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_CT)
+                                .unwrap_or(0)
+                                .max(ct_initial)
+                        }),
+                        grow_ct: max_ct.is_none(),
                     },
                 },
                 poll: Duration::from_millis(100),

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 
+mod ct_growth;
 mod left_out;
 pub mod memory;
 mod node;
@@ -200,14 +201,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
+    let mut ct_growth = ct_growth::CtGrowth::default();
     let sweeper = {
         let health = health.clone();
+        let record = ct_growth.recorder();
         crate::datapath::Sweeper::spawn(
             opts.load.pin_dir.clone(),
             opts.ct_timeouts,
             crate::compute::ct_sweep::SWEEP_EVERY,
             move |r| match r {
-                Ok(r) => health.metrics.swept(&r),
+                Ok(r) => {
+                    record(r.kept);
+                    health.metrics.swept(&r);
+                }
                 Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
             },
         )
@@ -228,6 +234,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
                 let t = std::time::Instant::now();
+                if ct_growth.grow_if_full(&mut dp) {
+                    record_capacity(&health, dp.sizes());
+                }
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {

@@ -1,13 +1,15 @@
 //! Growing the services, backends and loadBalancerSourceRanges maps while
 //! the agent runs, when the cluster outgrows them and no `--max-*` flag
-//! fixed their size: the
+//! fixed their size (and the conntrack map, when a sweep finds it nearly
+//! full; its carry looks up the old map on a miss until the second copy,
+//! `migrate::bridge`): the
 //! object is loaded again with bigger maps, which get every entry before
 //! any of its programs runs (see `migrate`), and its programs are swapped
 //! in under the pinned links (cgroup, tcx, XDP) as a restarted agent's
 //! are, so no lookup ever misses. Only the agent writes these maps, so
 //! the copy is complete.
 
-use lb_common::{MAP_BACKENDS, MAP_SERVICES, MAP_SRC_RANGES};
+use lb_common::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SRC_RANGES};
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 
@@ -50,6 +52,18 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
     (to != sizes).then_some(to)
 }
 
+/// The sizes to grow to when a conntrack sweep left `kept` entries in the
+/// map: more than three quarters full, the LRU is about to evict live
+/// flows (or already does). None when the map may not grow, has room, or
+/// is as big as a map grows.
+pub fn ct_grown(sizes: MapSizes, kept: u64) -> Option<MapSizes> {
+    if !sizes.grow_ct || kept.saturating_mul(4) <= u64::from(sizes.ct) * 3 {
+        return None;
+    }
+    let ct = with_headroom(kept).max(sizes.ct);
+    (ct != sizes.ct).then_some(MapSizes { ct, ..sizes })
+}
+
 impl Datapath {
     /// The sizes the maps were loaded with.
     pub fn sizes(&self) -> MapSizes {
@@ -86,7 +100,7 @@ impl Datapath {
         let mut new = match super::load_with(&opts, &names) {
             Ok(new) => new,
             Err(e) => {
-                for name in [MAP_SERVICES, MAP_BACKENDS, MAP_SRC_RANGES] {
+                for name in [MAP_SERVICES, MAP_BACKENDS, MAP_SRC_RANGES, MAP_CT] {
                     migrate::undo(&self.pin_dir, name);
                 }
                 self.carried = under_way;
@@ -119,6 +133,7 @@ impl Datapath {
             services = sizes.services,
             backends = sizes.backends,
             source_ranges = sizes.ranges,
+            conntrack = sizes.ct,
             "maps grown while running: every program now uses them"
         );
         *self = new;
@@ -178,5 +193,29 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn conntrack_grows_past_three_quarters_full_unless_fixed() {
+        let auto = MapSizes {
+            ct: 256,
+            grow_ct: true,
+            ..Default::default()
+        };
+        assert_eq!(ct_grown(auto, 192), None, "three quarters: room left");
+        assert_eq!(ct_grown(auto, 193).map(|s| s.ct), Some(512));
+        assert_eq!(ct_grown(auto, 256).map(|s| s.ct), Some(512), "full");
+        let g = ct_grown(auto, 256).unwrap();
+        assert_eq!(MapSizes { ct: 256, ..g }, auto, "nothing else changes");
+        let fixed = MapSizes {
+            grow_ct: false,
+            ..auto
+        };
+        assert_eq!(ct_grown(fixed, 256), None, "--max-ct fixes it");
+        let biggest = MapSizes {
+            ct: GROW_MAX,
+            ..auto
+        };
+        assert_eq!(ct_grown(biggest, u64::from(GROW_MAX)), None);
     }
 }

@@ -20,7 +20,7 @@ mod sweeper;
 mod sys;
 mod writer;
 
-pub use grow::{GROW_MAX, Wanted, grown};
+pub use grow::{GROW_MAX, Wanted, ct_grown, grown};
 #[cfg(feature = "lab")]
 pub use lab::xdp_pass_on;
 use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};

@@ -18,6 +18,9 @@ pub struct MapSizes {
     /// The loadBalancerSourceRanges trie, and whether it grows.
     pub ranges: u32,
     pub grow_ranges: bool,
+    /// The conntrack map grows while the agent runs when a sweep finds it
+    /// more than three quarters full (no `--max-ct`).
+    pub grow_ct: bool,
 }
 
 impl Default for MapSizes {
@@ -31,6 +34,7 @@ impl Default for MapSizes {
             grow_backends: false,
             ranges: lb_common::DEFAULT_SRC_RANGES_MAX,
             grow_ranges: false,
+            grow_ct: false,
         }
     }
 }

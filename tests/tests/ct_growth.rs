@@ -1,0 +1,93 @@
+//! A conntrack map the flows outgrow while the agent runs: a sweep finds it
+//! more than three quarters full and the agent grows it (the entries
+//! carried, the old map looked up on a miss until the second copy), under
+//! connections through a NodePort (TC), none of which may fail (a connect
+//! times out after 1 s: a lost SYN-ACK fails it).
+
+use std::time::Duration;
+
+use lb_tests::bench::{
+    topo::{self, Client, NODE_OUTSIDE, NODE_PORT, Topology},
+    variants::Agent,
+};
+
+fn ct_max_entries(agent: &Agent) -> Option<u64> {
+    agent.proc.status()?["maps"]["LB_CT_V1"]["max_entries"].as_u64()
+}
+
+#[test]
+fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connection() {
+    lb_tests::require_kernel();
+    let t = Topology::up().expect("topology");
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctgrow")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // Closed flows keep their entries (600 s), so a burst fills the map.
+    let args = ["--ct-initial=2048", "--ct-timeout-tcp-closing=600"];
+    let mut agent = Agent::start(&t, 3, &dir.0, &args).expect("agent");
+    assert_eq!(ct_max_entries(&agent), Some(2048), "the initial size");
+    let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
+    let burst = t
+        .client(Client::Outside, &["connections", &node_port, "2"])
+        .unwrap();
+    assert!(
+        burst["ok"].as_u64().unwrap() > 1024,
+        "enough flows to fill 2,048 entries: {burst}"
+    );
+
+    let mut loops = [
+        t.spawn_client(Client::Outside, &["connections", &node_port, "35"]),
+        t.spawn_client(Client::Outside, &["requests", &node_port, "35"]),
+    ];
+    for p in loops.iter_mut() {
+        topo::wait_first_ok(p).unwrap();
+    }
+    // A sweep every 10 s, the sync loop's look at it every 10 s.
+    agent
+        .proc
+        .wait_until(Duration::from_secs(30), "the conntrack map's growth", |a| {
+            a.status()
+                .and_then(|s| s["maps"]["LB_CT_V1"]["max_entries"].as_u64())
+                .is_some_and(|m| m > 2048)
+        });
+    for (name, p) in ["NodePort connections", "a NodePort connection's requests"]
+        .iter()
+        .zip(loops.iter_mut())
+    {
+        let r = topo::client_result(p).unwrap();
+        assert!(r["ok"].as_u64().unwrap() > 0, "{name}: {r}");
+        assert_eq!(r["failed"], 0, "{name} failed across the growth: {r}");
+    }
+    let log = agent.proc.log_text();
+    assert!(
+        log.contains("conntrack map grown from 2048 to"),
+        "the growth and its reason are logged:\n{log}"
+    );
+    assert!(!log.contains("growing the conntrack map"), "{log}");
+}
+
+#[test]
+fn a_conntrack_map_max_ct_fixes_is_named_once_when_full_and_never_grown() {
+    lb_tests::require_kernel();
+    let t = Topology::up().expect("topology");
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctfixed")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let args = ["--max-ct=2048", "--ct-timeout-tcp-closing=600"];
+    let mut agent = Agent::start(&t, 3, &dir.0, &args).expect("agent");
+    let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
+    let burst = t
+        .client(Client::Outside, &["connections", &node_port, "2"])
+        .unwrap();
+    assert!(burst["ok"].as_u64().unwrap() > 1024, "{burst}");
+    let said = "the conntrack map holds";
+    agent.proc.wait_until(
+        Duration::from_secs(30),
+        "the full map named in the log",
+        |a| a.log_text().contains(said),
+    );
+    // Two sweeps later: still named once, still its size.
+    std::thread::sleep(Duration::from_secs(21));
+    let log = agent.proc.log_text();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(log.contains("--max-ct fixes its size"), "{log}");
+    assert_eq!(ct_max_entries(&agent), Some(2048));
+}
