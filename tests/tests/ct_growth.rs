@@ -15,15 +15,16 @@ fn ct_max_entries(agent: &Agent) -> Option<u64> {
     agent.proc.status()?["maps"]["LB_CT_V1"]["max_entries"].as_u64()
 }
 
-#[test]
-fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connection() {
+/// An agent whose conntrack map (`size`: 2,048 entries) a burst of
+/// NodePort connections has filled: closed flows keep their entries
+/// (600 s).
+fn filled(size: &str) -> (Topology, lb_tests::testbed::TempDir, Agent) {
     lb_tests::require_kernel();
     let t = Topology::up().expect("topology");
     let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctgrow")));
     std::fs::create_dir_all(&dir.0).unwrap();
-    // Closed flows keep their entries (600 s), so a burst fills the map.
-    let args = ["--ct-initial=2048", "--ct-timeout-tcp-closing=600"];
-    let mut agent = Agent::start(&t, 3, &dir.0, &args).expect("agent");
+    let args = [size, "--ct-timeout-tcp-closing=600"];
+    let agent = Agent::start(&t, 3, &dir.0, &args).expect("agent");
     assert_eq!(ct_max_entries(&agent), Some(2048), "the initial size");
     let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
     let burst = t
@@ -33,6 +34,13 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
         burst["ok"].as_u64().unwrap() > 1024,
         "enough flows to fill 2,048 entries: {burst}"
     );
+    (t, dir, agent)
+}
+
+#[test]
+fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connection() {
+    let (t, _dir, mut agent) = filled("--ct-initial=2048");
+    let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
 
     let mut loops = [
         t.spawn_client(Client::Outside, &["connections", &node_port, "35"]),
@@ -67,17 +75,7 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
 
 #[test]
 fn a_conntrack_map_max_ct_fixes_is_named_once_when_full_and_never_grown() {
-    lb_tests::require_kernel();
-    let t = Topology::up().expect("topology");
-    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctfixed")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let args = ["--max-ct=2048", "--ct-timeout-tcp-closing=600"];
-    let mut agent = Agent::start(&t, 3, &dir.0, &args).expect("agent");
-    let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
-    let burst = t
-        .client(Client::Outside, &["connections", &node_port, "2"])
-        .unwrap();
-    assert!(burst["ok"].as_u64().unwrap() > 1024, "{burst}");
+    let (_t, _dir, mut agent) = filled("--max-ct=2048");
     let said = "the conntrack map holds";
     agent.proc.wait_until(
         Duration::from_secs(30),

@@ -196,16 +196,18 @@ fn jit_frames(fd: std::os::fd::BorrowedFd<'_>) -> Vec<u32> {
     frames
 }
 
+/// One instruction, encoded.
+fn enc(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | dst;
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    u64::from_le_bytes(b)
+}
+
 #[test]
 fn the_scan_counts_frames_through_registers_and_calls() {
-    let enc = |code: u8, dst: u8, src: u8, off: i16, imm: i32| {
-        let mut b = [0u8; 8];
-        b[0] = code;
-        b[1] = (src << 4) | dst;
-        b[2..4].copy_from_slice(&off.to_le_bytes());
-        b[4..8].copy_from_slice(&imm.to_le_bytes());
-        u64::from_le_bytes(b)
-    };
     let prog = [
         enc(0x7b, FP, 1, -8, 0),         // *(u64 *)(fp - 8) = r1
         enc(CALL, 0, PSEUDO_CALL, 1, 1), // call the function at 3
@@ -222,14 +224,6 @@ fn the_scan_counts_frames_through_registers_and_calls() {
 
 #[test]
 fn a_register_is_not_followed_past_a_goto_or_an_exit() {
-    let enc = |code: u8, dst: u8, src: u8, off: i16, imm: i32| {
-        let mut b = [0u8; 8];
-        b[0] = code;
-        b[1] = (src << 4) | dst;
-        b[2..4].copy_from_slice(&off.to_le_bytes());
-        b[4..8].copy_from_slice(&imm.to_le_bytes());
-        u64::from_le_bytes(b)
-    };
     for end in [GOTO, EXIT] {
         let prog = [
             enc(0xbf, 2, FP, 0, 0),         // r2 = fp
