@@ -112,10 +112,10 @@ enum Cmd {
         /// map starts at --ct-initial entries (or the size it grew to
         /// before) and grows while the agent runs when a sweep finds it
         /// more than three quarters full.
-        #[arg(long, env = "LB_MAX_CT")]
+        #[arg(long, env = "LB_MAX_CT", value_parser = clap::value_parser!(u32).range(1..))]
         max_ct: Option<u32>,
         /// The conntrack map's first size when --max-ct does not fix it.
-        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_CT_INITIAL")]
+        #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_CT_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         ct_initial: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
@@ -400,5 +400,36 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Cmd};
+
+    fn run(args: &[&str]) -> Result<Cmd, clap::Error> {
+        let argv = [&["lb-agent", "run", "--source", "kube"][..], args].concat();
+        Cli::try_parse_from(argv).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn conntrack_sizes_are_refused_at_zero_and_max_ct_is_optional() {
+        for flag in ["--ct-initial=0", "--max-ct=0"] {
+            let e = run(&[flag]).err().expect(flag);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
+        }
+        let Ok(Cmd::Run {
+            max_ct, ct_initial, ..
+        }) = run(&[])
+        else {
+            panic!("run without conntrack flags");
+        };
+        assert_eq!((max_ct, ct_initial), (None, lb_common::DEFAULT_CT_MAX));
+        let Ok(Cmd::Run { max_ct, .. }) = run(&["--max-ct=4096"]) else {
+            panic!("--max-ct=4096");
+        };
+        assert_eq!(max_ct, Some(4096));
     }
 }
