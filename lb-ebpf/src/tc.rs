@@ -151,9 +151,8 @@ fn try_ingress(ctx: &TcContext, from_pod: bool) -> Result<i32, i64> {
 #[inline(never)]
 fn known_flow(ctx: &TcContext, p: &mut Pkt) -> u32 {
     let rk = conntrack::key(p, CT_RSNAT);
-    if let Some(v) = conntrack::may_be_snat_reply(p)
-        .then(|| conntrack::lookup(&rk))
-        .flatten()
+    if conntrack::may_be_snat_reply(p)
+        && let Some(v) = conntrack::lookup(&rk)
     {
         conntrack::touch(&rk, &v, p.tcp_flags);
         let snat_port = p.dport;
