@@ -166,3 +166,128 @@ fn a_device_without_ethernet_headers_is_refused_by_name_and_the_others_attached(
     );
     agent.assert_running("after refusing tun0");
 }
+
+/// (pin name, program id) of every link pinned under `pins`.
+fn link_progs(pins: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut progs = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(pins.join("links")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            continue;
+        }
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(e.path())
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["prog_id"].as_u64().unwrap_or_else(|| panic!("{v}"));
+        progs.insert(e.file_name().to_string_lossy().into_owned(), id);
+    }
+    progs
+}
+
+/// An agent restarted into a carry (another conntrack size) with one
+/// device fewer and without XDP: no link keeps the earlier programs (the
+/// dropped device's run this agent's, the XDP ones go), and only then
+/// does the carry end.
+#[test]
+fn a_carry_ends_once_no_pinned_link_runs_the_earlier_programs() {
+    let mut n = one_node(
+        "tcs",
+        "ip link add eth1 type veth peer name eth1p; ip link set eth1 up; ip link set eth1p up",
+        &["--devices=eth0,eth1", "--xdp=generic", "--max-ct=4096"],
+    );
+    let OneNode {
+        agent,
+        m,
+        pins,
+        node,
+        ..
+    } = &mut n;
+    let before = link_progs(pins);
+    for l in ["tc-ingress-eth1", "tc-egress-eth1", "xdp-eth0", "xdp-eth1"] {
+        assert!(before.contains_key(l), "{l} pinned: {before:?}");
+    }
+
+    agent.kill9();
+    agent.extra = vec![
+        "--devices=eth0".into(),
+        "--max-ct=8192".into(),
+        "--node-name=n1".into(),
+    ];
+    agent.start();
+    let g = m.commit();
+    agent.wait_synced(g);
+    let after = link_progs(pins);
+    let log = agent.log_text();
+    assert!(
+        !after.keys().any(|l| l.starts_with("xdp-")),
+        "the XDP links went with --xdp off: {after:?}\n{log}"
+    );
+    assert!(
+        !node.sh_output("ip link show").contains("xdp"),
+        "no XDP program left on a device"
+    );
+    for dir in ["ingress", "egress"] {
+        let (eth0, eth1) = (format!("tc-{dir}-eth0"), format!("tc-{dir}-eth1"));
+        assert_ne!(after[&eth0], before[&eth0], "{eth0}: this agent's program");
+        assert_eq!(
+            after[&eth1], after[&eth0],
+            "{eth1}, a device this agent was not given, runs its program too:\n{log}"
+        );
+    }
+    let previous: Vec<String> = std::fs::read_dir(&*pins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_PREVIOUS"))
+        .collect();
+    assert!(previous.is_empty(), "the carry ended: {previous:?}\n{log}");
+    agent.assert_running("after the carry");
+}
+
+/// A device given in `--devices` that does not exist yet is named, and
+/// gets its programs at the agent's next periodic tick once it appears
+/// (a bond or VLAN made after the agent started), with no restart.
+#[test]
+fn a_device_that_appears_later_gets_its_programs() {
+    let mut n = one_node("tcl", "", &["--devices=eth0,eth1"]);
+    let OneNode {
+        agent, pins, node, ..
+    } = &mut n;
+    let links = || link_progs(pins);
+    assert!(
+        links().contains_key("tc-ingress-eth0"),
+        "eth0 attached: {:?}",
+        links()
+    );
+    assert!(!links().contains_key("tc-ingress-eth1"));
+    let log = agent.log_text();
+    assert!(log.contains("eth1"), "the missing device is named:\n{log}");
+
+    node.sh(
+        "ip link add eth1 type veth peer name eth1p; ip link set eth1 up; ip link set eth1p up",
+    );
+    // The periodic tick comes every 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    while !(links().contains_key("tc-ingress-eth1") && links().contains_key("tc-egress-eth1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "eth1 never got its programs: {:?}\n{}",
+            links(),
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let l = links();
+    assert_eq!(
+        l["tc-ingress-eth1"], l["tc-ingress-eth0"],
+        "the same program"
+    );
+    agent.assert_running("after attaching eth1");
+}

@@ -13,7 +13,7 @@ mod node;
 use left_out::{
     destroy_left_udp, grow_for_left_out, log_left_out, publish_left_out, record_capacity,
 };
-use node::{local_addrs, node_setup, sync_pod_ifaces};
+use node::{local_addrs, sync_pod_ifaces};
 
 use crate::{
     compute::plan::{Mirror, Op},
@@ -198,7 +198,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // What the source holds and cannot read (the file source's list).
     let mut source_rejected: Vec<crate::source::Rejected> = Vec::new();
     let mut last_report = None;
-    let mut node_addrs: Option<Vec<std::net::IpAddr>> = None;
+    let mut node = node::NodeDevices::default();
     let mut health_checks = crate::serve::health_check::HealthChecks::default();
 
     let mut ct_growth = ct_growth::CtGrowth::default();
@@ -238,6 +238,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     record_capacity(&health, dp.sizes());
                 }
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
+                node.retry(&mut dp, &opts.devices, &opts.pod_ifaces);
+                dp.finish_carry();
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
                         health.metrics.datapath_packets.get_or_create(&crate::serve::health::ReasonLabel { reason: name.into() }).set(v as i64);
@@ -371,15 +373,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tracing::warn!("policy report: {e:#}");
                 }
                 health_checks.update(&rec.health_checks);
-                if let Err(e) = node_setup(
-                    &mut dp,
-                    &rec,
-                    &opts.devices,
-                    &opts.pod_ifaces,
-                    &mut node_addrs,
-                ) {
-                    tracing::error!("packet datapath: {e:#}");
-                }
+                node.sync(&mut dp, &rec, &opts.devices, &opts.pod_ifaces);
                 // Pods come with their objects: their interfaces are new now.
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 // This agent's programs now run under every link.

@@ -33,21 +33,79 @@ pub(super) fn sync_pod_ifaces(dp: &mut Datapath, patterns: &[String]) {
     }
 }
 
-/// When this node's addresses change: the SNAT source in the config map,
-/// and the packet programs on the devices (given, or those holding the
-/// addresses).
-pub(super) fn node_setup(
-    dp: &mut Datapath,
-    rec: &Reconciler,
-    devices: &[String],
-    pod_ifaces: &[String],
-    seen: &mut Option<Vec<std::net::IpAddr>>,
-) -> anyhow::Result<()> {
-    let addrs = &rec.snapshot.node.addrs;
-    if seen.as_ref() == Some(addrs) {
-        return Ok(());
+/// The node's devices as the agent last set them up: set up again when
+/// the node's addresses change, and on every periodic tick while a device
+/// is missing its programs.
+#[derive(Default)]
+pub(super) struct NodeDevices {
+    addrs: Option<Vec<std::net::IpAddr>>,
+    devices: Vec<String>,
+    /// The last failure, as said: a retry that fails the same way is not
+    /// said again.
+    failed: Option<String>,
+}
+
+impl NodeDevices {
+    /// After a change set: the SNAT source in the config map and the
+    /// packet programs on the devices (given, or those holding the node's
+    /// addresses), when the node's addresses changed.
+    pub(super) fn sync(
+        &mut self,
+        dp: &mut Datapath,
+        rec: &Reconciler,
+        devices: &[String],
+        pod_ifaces: &[String],
+    ) {
+        let addrs = &rec.snapshot.node.addrs;
+        if self.addrs.as_ref() == Some(addrs) {
+            return;
+        }
+        self.addrs = Some(addrs.clone());
+        let r = set_config(dp, addrs).and_then(|()| {
+            self.devices = node_devices(addrs, devices, pod_ifaces)?;
+            dp.attach_devices(&self.devices)
+        });
+        self.said(r);
     }
-    *seen = Some(addrs.clone());
+
+    /// The periodic retry: devices without their programs (an attach that
+    /// failed here or while the maps grew) get them, and a config that
+    /// failed to write is written. Nothing to do costs no syscall.
+    pub(super) fn retry(&mut self, dp: &mut Datapath, devices: &[String], pod_ifaces: &[String]) {
+        let Some(addrs) = self.addrs.clone() else {
+            return;
+        };
+        let r = if self.failed.is_some() {
+            set_config(dp, &addrs).and_then(|()| {
+                self.devices = node_devices(&addrs, devices, pod_ifaces)?;
+                Ok(())
+            })
+        } else {
+            Ok(())
+        };
+        let r = r.and_then(|()| dp.attach_devices(&self.devices));
+        self.said(r);
+    }
+
+    fn said(&mut self, r: anyhow::Result<()>) {
+        match r {
+            Ok(()) => {
+                if self.failed.take().is_some() {
+                    tracing::info!(devices = ?self.devices, "packet datapath: every device has its programs now");
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.failed.as_ref() != Some(&e) {
+                    tracing::error!("packet datapath (tried again every periodic tick): {e}");
+                }
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
+fn set_config(dp: &mut Datapath, addrs: &[std::net::IpAddr]) -> anyhow::Result<()> {
     let mut cfg = lb_common::Config::default();
     if let Some(v4) = addrs.iter().find(|a| a.is_ipv4()) {
         cfg.node_ip4 = crate::compute::desired::net_addr(*v4);
@@ -57,8 +115,17 @@ pub(super) fn node_setup(
         cfg.node_ip6 = crate::compute::desired::net_addr(*v6);
         cfg.flags |= lb_common::CONFIG_HAS_IP6;
     }
-    dp.set_config(cfg)?;
-    let devs = if devices.is_empty() {
+    dp.set_config(cfg)
+}
+
+/// The external devices: those given, or those holding the node's
+/// addresses.
+fn node_devices(
+    addrs: &[std::net::IpAddr],
+    devices: &[String],
+    pod_ifaces: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let devs: Vec<String> = if devices.is_empty() {
         // A pod interface keeps its own programs (and its pod's policy)
         // even when it carries a node address (a gateway address, say).
         crate::datapath::host::interfaces_with(addrs)?
@@ -77,5 +144,5 @@ pub(super) fn node_setup(
             "no external device found for this node's addresses {addrs:?}; pass --devices"
         );
     }
-    dp.attach_devices(&devs)
+    Ok(devs)
 }

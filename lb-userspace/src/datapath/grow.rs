@@ -114,16 +114,22 @@ impl Datapath {
         }
         let finish_now = under_way.is_empty();
         new.carried.extend(under_way);
-        // The socket programs switched in `load`; the packet programs
-        // switch as their links are adopted here.
-        new.attach_devices(&self.devices)?;
+        new.refused_ifaces = std::mem::take(&mut self.refused_ifaces);
+        // The socket programs switched in `load`, so from here on the new
+        // maps are the ones in use: a link that fails to switch below
+        // keeps the carry open (its old program's maps still looked up on
+        // a miss) and is tried again, never a reason to go back.
+        if let Err(e) = new.attach_devices(&self.devices) {
+            tracing::error!("packet programs of the grown maps: {e:#}");
+        }
         let pods: Vec<(String, u32)> = self
             .pod_ifaces
             .iter()
             .map(|(n, i)| (n.clone(), *i))
             .collect();
-        new.sync_pod_ifaces(&pods)?;
-        new.refused_ifaces = std::mem::take(&mut self.refused_ifaces);
+        if let Err(e) = new.sync_pod_ifaces(&pods) {
+            tracing::error!("pod interfaces of the grown maps: {e:#}");
+        }
         // The Maglev map is the same pinned map: its tables are still ours.
         new.maglev_tables = std::mem::take(&mut self.maglev_tables);
         if finish_now {

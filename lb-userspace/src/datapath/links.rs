@@ -50,37 +50,51 @@ pub(super) fn adopt_link(
 impl Datapath {
     /// Attaches the packet programs (tcx links, pinned) to `devices`, once
     /// each; a pinned link of an earlier agent gets the new program instead.
-    /// A device without Ethernet headers is refused (named in the error)
-    /// and the others still get their programs.
+    /// A device without Ethernet headers is refused, named once. A device
+    /// that fails does not keep the others from their programs: the error
+    /// names each, and a later call tries them again.
     pub fn attach_devices(&mut self, devices: &[String]) -> anyhow::Result<()> {
-        let mut refused = Vec::new();
         let mut fresh = Vec::new();
         for dev in devices {
             if self.devices.contains(dev) {
                 continue;
             }
             if let Err(e) = crate::datapath::host::check_ethernet(dev) {
-                refused.push(format!("{e:#}"));
+                if self.refused_ifaces.insert(dev.clone()) {
+                    tracing::warn!(device = %dev, "not attached: {e:#}");
+                }
                 continue;
             }
             fresh.push(dev.clone());
         }
+        let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
         // Every device's answering hook before any device's starting one
         // (see TC_PROGRAMS): a flow may come in on one device and answer
         // out of another.
         for program in TC_PROGRAMS {
             for dev in &fresh {
-                self.attach_tc(dev, std::slice::from_ref(program))?;
+                if failed.iter().any(|(d, _)| d == dev) {
+                    continue;
+                }
+                if let Err(e) = self.attach_tc(dev, std::slice::from_ref(program)) {
+                    failed.push((dev.clone(), e));
+                }
             }
         }
         if self.xdp != XdpAttach::Off {
             for dev in &fresh {
-                self.attach_xdp(dev)?;
+                if !failed.iter().any(|(d, _)| d == dev)
+                    && let Err(e) = self.attach_xdp(dev)
+                {
+                    failed.push((dev.clone(), e));
+                }
             }
         }
+        fresh.retain(|d| !failed.iter().any(|(f, _)| f == d));
         self.devices.extend(fresh);
-        if !refused.is_empty() {
-            anyhow::bail!("{}", refused.join("; "));
+        if !failed.is_empty() {
+            let said: Vec<String> = failed.iter().map(|(_, e)| format!("{e:#}")).collect();
+            anyhow::bail!("{}", said.join("; "));
         }
         Ok(())
     }

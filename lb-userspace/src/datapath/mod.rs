@@ -15,6 +15,7 @@ mod pinned;
 pub mod policy;
 mod sock_destroy;
 mod specs;
+mod stale_links;
 mod sweep;
 mod sweeper;
 mod sys;
@@ -154,6 +155,9 @@ pub struct Datapath {
     /// Maps carried from an earlier agent's pins, finished once this
     /// agent's programs run under every link (`finish_carry`).
     carried: Vec<migrate::Carry>,
+    /// Why the carry is still open (the links running other programs),
+    /// as last said: said again only when it changes.
+    carry_held: String,
     pin_dir: PathBuf,
     /// Time spent writing plans into the maps since `take_write_time`.
     write_time: std::time::Duration,
@@ -324,17 +328,37 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         policy,
         cgroup: opts.cgroup.clone(),
         carried,
+        carry_held: String::new(),
         pin_dir: opts.pin_dir.clone(),
         write_time: Default::default(),
     })
 }
 
 impl Datapath {
-    /// Ends the carrying of an earlier agent's maps (see `migrate`): call
-    /// once this agent's programs have replaced the earlier ones under
-    /// every link (after the first change set's devices and pod
-    /// interfaces). Does nothing the second time.
+    /// Ends the carrying of an earlier agent's maps (see `migrate`) once
+    /// this agent's programs run under every pinned link: call after the
+    /// first change set's devices and pod interfaces, and again later
+    /// while `carrying`. A link still running an earlier program gets this
+    /// agent's; one that cannot keeps the carry open (the earlier maps
+    /// still looked up on a miss), named once. Does nothing once done.
     pub fn finish_carry(&mut self) {
+        if self.carried.is_empty() {
+            return;
+        }
+        let stale = self.adopt_stale_links();
+        if !stale.is_empty() {
+            let held = stale.join("; ");
+            if held != self.carry_held {
+                let maps: Vec<&str> = self.carried.iter().map(|c| c.name).collect();
+                tracing::warn!(
+                    ?maps,
+                    "the carry of the earlier agent's maps stays open until these links run this agent's programs: {held}"
+                );
+                self.carry_held = held;
+            }
+            return;
+        }
+        self.carry_held.clear();
         for c in std::mem::take(&mut self.carried) {
             migrate::finish(&self.pin_dir, &self.ebpf, c);
         }
@@ -342,6 +366,10 @@ impl Datapath {
 
     /// Destroys the connected UDP sockets that reach one of `doomed`'s
     /// backends through its frontend; returns how many.
+    pub fn carrying(&self) -> bool {
+        !self.carried.is_empty()
+    }
+
     pub fn destroy_udp_sockets(&self, doomed: &[lb_common::SockDoomedKey]) -> anyhow::Result<u64> {
         let Some(Map::LruHashMap(rev)) = self.ebpf.map(MAP_SOCK_REV) else {
             bail!("map {MAP_SOCK_REV} missing from the object");

@@ -20,6 +20,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -100,6 +101,25 @@ pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         cgroup_id: info[2],
         attach_type: info[3] as u32,
     })
+}
+
+/// The name a loaded program was given (struct bpf_prog_info: name at
+/// byte 64, 16 bytes, NUL-padded), found by its id.
+pub fn prog_name_by_id(id: u32) -> io::Result<String> {
+    let mut a = Attr::new();
+    a.put_u32(0, id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?;
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = [0u64; 32];
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, std::mem::size_of_val(&info) as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let name: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 /// The instructions of a loaded program as the verifier left them
