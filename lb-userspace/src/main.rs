@@ -297,6 +297,13 @@ fn main() -> anyhow::Result<()> {
             log_format,
         } => {
             init_logs(log_format);
+            // A map no flag sizes starts at its default or at the size it
+            // grew to before.
+            let grown_or = |name: &str, default: u32| {
+                datapath::pinned_max_entries(&pinned.pin_dir, name)
+                    .unwrap_or(0)
+                    .max(default)
+            };
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => datapath::host::cgroup2_root()?,
@@ -326,33 +333,30 @@ fn main() -> anyhow::Result<()> {
                     tc_attach,
                     sizes: datapath::MapSizes {
                         services: max_services.unwrap_or_else(|| {
-                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_SERVICES)
-                                .unwrap_or(0)
-                                .max(lb_common::DEFAULT_SERVICES_MAX)
+                            grown_or(lb_common::MAP_SERVICES, lb_common::DEFAULT_SERVICES_MAX)
                         }),
                         backends: max_backends.unwrap_or_else(|| {
-                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_BACKENDS)
-                                .unwrap_or(0)
-                                .max(lb_common::DEFAULT_BACKENDS_MAX)
+                            grown_or(lb_common::MAP_BACKENDS, lb_common::DEFAULT_BACKENDS_MAX)
                         }),
                         grow_services: max_services.is_none(),
                         grow_backends: max_backends.is_none(),
                         // No flag sizes it: it starts at its default (or
                         // what it grew to) and grows.
-                        ranges: datapath::pinned_max_entries(
-                            &pinned.pin_dir,
+                        ranges: grown_or(
                             lb_common::MAP_SRC_RANGES,
-                        )
-                        .unwrap_or(0)
-                        .max(lb_common::DEFAULT_SRC_RANGES_MAX),
+                            lb_common::DEFAULT_SRC_RANGES_MAX,
+                        ),
                         grow_ranges: true,
                         sock_rev: max_sock_rev,
-                        ct: max_ct.unwrap_or_else(|| {
-                            datapath::pinned_max_entries(&pinned.pin_dir, lb_common::MAP_CT)
-                                .unwrap_or(0)
-                                .max(ct_initial)
-                        }),
+                        ct: max_ct.unwrap_or_else(|| grown_or(lb_common::MAP_CT, ct_initial)),
                         grow_ct: max_ct.is_none(),
+                        ipcache: grown_or(lb_common::MAP_IPCACHE, lb_common::DEFAULT_IPCACHE_MAX),
+                        pol_entries: grown_or(lb_common::MAP_POLICY, lb_common::DEFAULT_POLICY_MAX),
+                        pol_cidrs: grown_or(
+                            lb_common::MAP_POL_CIDR,
+                            lb_common::DEFAULT_POL_CIDR_MAX,
+                        ),
+                        grow_policy: true,
                     },
                 },
                 poll: Duration::from_millis(100),

@@ -264,3 +264,82 @@ fn a_restarted_agent_keeps_enforcing_with_no_window() {
         "allowed connections failed across a restart: {sum}"
     );
 }
+
+/// A NetworkPolicy whose ipBlocks need more CIDR entries than the map's
+/// first 16,384: the map grows before the pod's entries are written, so
+/// the pod is never isolated for want of room, and an allowed client's
+/// connection loop does not fail across the growth.
+#[test]
+fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
+    let mut bed = Bed::new();
+    plug(&bed.node, &bed.pod, "lxc000002", POD_IP);
+    bed.serve();
+    bed.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
+    bed.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    let status = bed.cli_json(&["status"]);
+    assert_eq!(
+        status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 16384,
+        "{status}"
+    );
+    let stop = bed.dir.0.join("stop");
+    let mut cmd = Command::new(lb_tests::helper_bin());
+    cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
+    let mut tcp = Proc::spawn(cmd, Some(&bed.cgroup.path), Some(&bed.client.path()));
+    assert_eq!(tcp.read_line().trim(), "started");
+
+    let blocks: String = (0..17_000u32)
+        .map(|i| {
+            format!(
+                "    - ipBlock: {{cidr: 172.16.{}.{}/32}}\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    bed.apply(
+        "blocks.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: blocks, namespace: back}}\n\
+             spec:\n  podSelector: {{}}\n  ingress:\n  - from:\n{blocks}"
+        ),
+    );
+    std::fs::write(&stop, "").unwrap();
+    let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
+    let log = bed.agent.log_text();
+    assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
+    assert_eq!(
+        sum["failed"], 0,
+        "allowed connections failed while the map grew: {sum}\n{log}"
+    );
+    let status = bed.cli_json(&["status"]);
+    let cidrs = &status["maps"]["LB_POL_CIDR_V1"];
+    assert_eq!(cidrs["max_entries"], 32768, "{status}");
+    assert!(
+        cidrs["entries"].as_u64().unwrap() >= 17_000,
+        "every block written: {status}"
+    );
+    assert!(
+        log.contains("NetworkPolicy maps grown for the cluster"),
+        "{log}"
+    );
+    assert!(!log.contains("do not fit"), "nothing reported short: {log}");
+    let eps = bed.cli_json(&["endpoint", "list"]);
+    let new = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pod"] == "back/new")
+        .unwrap_or_else(|| panic!("{eps}"));
+    assert!(new["error"].is_null(), "{new}");
+    // A restarted agent keeps the grown size.
+    bed.agent.kill9();
+    bed.agent.start();
+    let g = bed.m.commit();
+    bed.agent.wait_synced(g);
+    let status = bed.cli_json(&["status"]);
+    assert_eq!(
+        status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 32768,
+        "{status}"
+    );
+}

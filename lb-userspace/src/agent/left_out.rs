@@ -84,6 +84,7 @@ fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
         services: m.services().len() as u64 + services,
         backends: m.backends().len() as u64 + backends,
         ranges: m.range_entries() as u64 + ranges,
+        ..Default::default()
     };
     let Some(sizes) = crate::datapath::grown(dp.sizes(), wanted) else {
         return false;
@@ -206,6 +207,9 @@ pub(super) fn record_capacity(health: &crate::serve::health::Health, sizes: MapS
         (lb_common::MAP_SRC_RANGES, sizes.ranges),
         (lb_common::MAP_CT, sizes.ct),
         (lb_common::MAP_SOCK_REV, sizes.sock_rev),
+        (lb_common::MAP_IPCACHE, sizes.ipcache),
+        (lb_common::MAP_POLICY, sizes.pol_entries),
+        (lb_common::MAP_POL_CIDR, sizes.pol_cidrs),
     ] {
         health
             .metrics

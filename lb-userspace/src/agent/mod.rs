@@ -72,6 +72,15 @@ impl Writer for Datapath {
     fn capacity(&self) -> crate::compute::reconcile::Capacity {
         Datapath::capacity(self)
     }
+    fn policy_capacity(&self) -> crate::compute::policy::Capacity {
+        Datapath::policy_capacity(self)
+    }
+    fn grow_policy(
+        &mut self,
+        wanted: &crate::compute::policy::Capacity,
+    ) -> Option<crate::compute::policy::Capacity> {
+        self.grow_policy_maps(wanted)
+    }
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         Datapath::apply(self, ops)
     }

@@ -173,6 +173,18 @@ impl PolicySync {
         );
     }
 
+    /// The maps' capacities from now on; true when they changed (the next
+    /// change set is then computed in full: the incremental state was
+    /// kept against the old ones).
+    pub fn set_capacity(&mut self, cap: Capacity) -> bool {
+        if cap == self.capacity {
+            return false;
+        }
+        self.capacity = cap;
+        self.in_step = false;
+        true
+    }
+
     /// The writer applied `ops`.
     pub fn applied(&mut self, ops: &[PolicyOp]) {
         policy_plan::apply(&mut self.mirror, ops);

@@ -9,7 +9,9 @@
 //! are, so no lookup ever misses. Only the agent writes these maps, so
 //! the copy is complete.
 
-use lb_common::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SRC_RANGES};
+use lb_common::{
+    MAP_BACKENDS, MAP_CT, MAP_IPCACHE, MAP_POL_CIDR, MAP_POLICY, MAP_SERVICES, MAP_SRC_RANGES,
+};
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 
@@ -31,6 +33,9 @@ pub struct Wanted {
     pub services: u64,
     pub backends: u64,
     pub ranges: u64,
+    pub ipcache: u64,
+    pub pol_entries: u64,
+    pub pol_cidrs: u64,
 }
 
 /// The sizes to grow to, when a map that may grow needs more than it has.
@@ -47,6 +52,9 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
         services: grow(sizes.grow_services, wanted.services, sizes.services),
         backends: grow(sizes.grow_backends, wanted.backends, sizes.backends),
         ranges: grow(sizes.grow_ranges, wanted.ranges, sizes.ranges),
+        ipcache: grow(sizes.grow_policy, wanted.ipcache, sizes.ipcache),
+        pol_entries: grow(sizes.grow_policy, wanted.pol_entries, sizes.pol_entries),
+        pol_cidrs: grow(sizes.grow_policy, wanted.pol_cidrs, sizes.pol_cidrs),
         ..sizes
     };
     (to != sizes).then_some(to)
@@ -65,6 +73,58 @@ pub fn ct_grown(sizes: MapSizes, kept: u64) -> Option<MapSizes> {
 }
 
 impl Datapath {
+    /// How many entries the NetworkPolicy maps the agent writes hold.
+    pub fn policy_capacity(&self) -> crate::compute::policy::Capacity {
+        crate::compute::policy::Capacity {
+            ipcache: self.sizes.ipcache as usize,
+            entries: self.sizes.pol_entries as usize,
+            cidrs: self.sizes.pol_cidrs as usize,
+        }
+    }
+
+    /// Grows the NetworkPolicy maps to hold `wanted` (with headroom), before
+    /// a policy state that does not fit is written: the capacity now, or
+    /// None when nothing grew (room enough, as big as a map grows, or the
+    /// growth failed, said here).
+    pub fn grow_policy_maps(
+        &mut self,
+        wanted: &crate::compute::policy::Capacity,
+    ) -> Option<crate::compute::policy::Capacity> {
+        let from = self.sizes;
+        let sizes = grown(
+            from,
+            Wanted {
+                ipcache: wanted.ipcache as u64,
+                pol_entries: wanted.entries as u64,
+                pol_cidrs: wanted.cidrs as u64,
+                ..Default::default()
+            },
+        )?;
+        match self.grow(sizes) {
+            Ok(()) => {
+                tracing::info!(
+                    "NetworkPolicy maps grown for the cluster: ipcache {} -> {} entries, policy entries {} -> {}, CIDR entries {} -> {} (the policy state needs {}, {} and {})",
+                    from.ipcache,
+                    sizes.ipcache,
+                    from.pol_entries,
+                    sizes.pol_entries,
+                    from.pol_cidrs,
+                    sizes.pol_cidrs,
+                    wanted.ipcache,
+                    wanted.entries,
+                    wanted.cidrs,
+                );
+                Some(self.policy_capacity())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "growing the NetworkPolicy maps failed: {e:#}; what does not fit stays reported"
+                );
+                None
+            }
+        }
+    }
+
     /// The sizes the maps were loaded with.
     pub fn sizes(&self) -> MapSizes {
         self.sizes
@@ -100,7 +160,15 @@ impl Datapath {
         let mut new = match super::load_with(&opts, &names) {
             Ok(new) => new,
             Err(e) => {
-                for name in [MAP_SERVICES, MAP_BACKENDS, MAP_SRC_RANGES, MAP_CT] {
+                for name in [
+                    MAP_SERVICES,
+                    MAP_BACKENDS,
+                    MAP_SRC_RANGES,
+                    MAP_CT,
+                    MAP_IPCACHE,
+                    MAP_POLICY,
+                    MAP_POL_CIDR,
+                ] {
                     migrate::undo(&self.pin_dir, name);
                 }
                 self.carried = under_way;
@@ -140,6 +208,9 @@ impl Datapath {
             backends = sizes.backends,
             source_ranges = sizes.ranges,
             conntrack = sizes.ct,
+            ipcache = sizes.ipcache,
+            policy_entries = sizes.pol_entries,
+            policy_cidrs = sizes.pol_cidrs,
             "maps grown while running: every program now uses them"
         );
         *self = new;
@@ -156,6 +227,7 @@ mod tests {
             services,
             backends,
             ranges,
+            ..Default::default()
         }
     }
 
@@ -198,6 +270,31 @@ mod tests {
                 wanted(u64::MAX, 0, 0)
             ),
             None
+        );
+    }
+
+    #[test]
+    fn the_policy_maps_grow_only_when_allowed_and_short() {
+        let sizes = MapSizes::default();
+        let short = Wanted {
+            ipcache: 70_000,
+            pol_cidrs: 17_000,
+            ..Default::default()
+        };
+        assert_eq!(grown(sizes, short), None, "grow_policy off: fixed");
+        let auto = MapSizes {
+            grow_policy: true,
+            ..sizes
+        };
+        let g = grown(auto, short).unwrap();
+        assert_eq!(
+            (g.ipcache, g.pol_entries, g.pol_cidrs),
+            (131_072, sizes.pol_entries, 32_768),
+            "the short maps, with headroom; the other as it was"
+        );
+        assert_eq!(
+            (g.services, g.backends, g.ct),
+            (sizes.services, sizes.backends, sizes.ct)
         );
     }
 

@@ -226,6 +226,9 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
         .map_max_entries(MAP_CT, opts.sizes.ct)
         .map_max_entries(lb_common::MAP_SRC_RANGES, opts.sizes.ranges)
+        .map_max_entries(lb_common::MAP_IPCACHE, opts.sizes.ipcache)
+        .map_max_entries(lb_common::MAP_POLICY, opts.sizes.pol_entries)
+        .map_max_entries(lb_common::MAP_POL_CIDR, opts.sizes.pol_cidrs)
         .load(OBJECT)
         .context("loading the eBPF object")?;
     // Before any program of this object runs: the carried maps hold

@@ -55,11 +55,8 @@ impl Pinned {
         fn hash<K: aya::Pod, V: aya::Pod>(m: Map, max: usize) -> anyhow::Result<usize> {
             Ok(bounded(HashMap::<_, K, V>::try_from(m)?.keys(), max))
         }
-        fn trie(m: Map, max: usize) -> anyhow::Result<usize> {
-            Ok(bounded(
-                LpmTrie::<_, SrcRangeData, u8>::try_from(m)?.keys(),
-                max,
-            ))
+        fn trie<K: aya::Pod, V: aya::Pod>(m: Map, max: usize) -> anyhow::Result<usize> {
+            Ok(bounded(LpmTrie::<_, K, V>::try_from(m)?.keys(), max))
         }
         let fill = |name: &'static str, count: fn(Map, usize) -> anyhow::Result<usize>| {
             let max_entries = MapInfo::from_pin(self.pin_dir.join(name))?.max_entries();
@@ -80,7 +77,10 @@ impl Pinned {
                 entries: self.maglev_ids()?.len(),
                 max_entries: lb_common::DEFAULT_MAGLEV_MAX,
             },
-            fill(lb_common::MAP_SRC_RANGES, trie)?,
+            fill(lb_common::MAP_SRC_RANGES, trie::<SrcRangeData, u8>)?,
+            fill(lb_common::MAP_IPCACHE, trie::<lb_common::IpcacheData, u32>)?,
+            fill(lb_common::MAP_POLICY, trie::<lb_common::PolicyData, u32>)?,
+            fill(lb_common::MAP_POL_CIDR, trie::<lb_common::PolCidrData, u32>)?,
         ])
     }
 

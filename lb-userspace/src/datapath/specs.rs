@@ -21,6 +21,14 @@ pub struct MapSizes {
     /// The conntrack map grows while the agent runs when a sweep finds it
     /// more than three quarters full (no `--max-ct`).
     pub grow_ct: bool,
+    /// The NetworkPolicy maps the agent alone writes: the ipcache (pod
+    /// addresses), the allow entries and the CIDR entries of this node's
+    /// pods. No flag sizes them: they start at their defaults (or what
+    /// they grew to) and grow when the policy state needs more room.
+    pub ipcache: u32,
+    pub pol_entries: u32,
+    pub pol_cidrs: u32,
+    pub grow_policy: bool,
 }
 
 impl Default for MapSizes {
@@ -35,6 +43,10 @@ impl Default for MapSizes {
             ranges: lb_common::DEFAULT_SRC_RANGES_MAX,
             grow_ranges: false,
             grow_ct: false,
+            ipcache: lb_common::DEFAULT_IPCACHE_MAX,
+            pol_entries: lb_common::DEFAULT_POLICY_MAX,
+            pol_cidrs: lb_common::DEFAULT_POL_CIDR_MAX,
+            grow_policy: false,
         }
     }
 }
@@ -57,7 +69,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::LpmTrie,
             key_size: 4 + size_of::<lb_common::IpcacheData>() as u32,
             value_size: 4,
-            max_entries: lb_common::DEFAULT_IPCACHE_MAX,
+            max_entries: sizes.ipcache,
         },
         MapSpec {
             name: lb_common::MAP_POL_EP,
@@ -71,14 +83,14 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::LpmTrie,
             key_size: 4 + size_of::<lb_common::PolicyData>() as u32,
             value_size: 4,
-            max_entries: lb_common::DEFAULT_POLICY_MAX,
+            max_entries: sizes.pol_entries,
         },
         MapSpec {
             name: lb_common::MAP_POL_CIDR,
             map_type: MapType::LpmTrie,
             key_size: 4 + size_of::<lb_common::PolCidrData>() as u32,
             value_size: 4,
-            max_entries: lb_common::DEFAULT_POL_CIDR_MAX,
+            max_entries: sizes.pol_cidrs,
         },
         MapSpec {
             name: lb_common::MAP_POL_CT,

@@ -94,11 +94,47 @@ pub fn compute(
 }
 
 /// How many entries the maps hold (their `max_entries`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     pub ipcache: usize,
     pub entries: usize,
     pub cidrs: usize,
+}
+
+impl Capacity {
+    /// What the maps would need to hold what `problems` left out for want
+    /// of room (a little more, at most: every pod that did not fit counts
+    /// whole); None when nothing was left out for room.
+    pub fn wanted(&self, problems: &[PolicyProblem]) -> Option<Capacity> {
+        let mut w = *self;
+        let (mut short, mut entries, mut cidrs, mut entries_used, mut cidrs_used) =
+            (false, 0, 0, 0, 0);
+        for p in problems {
+            match p {
+                PolicyProblem::IpcacheFull { left_out, capacity } => {
+                    short = true;
+                    w.ipcache = w.ipcache.max(capacity + left_out);
+                }
+                PolicyProblem::EntriesDoNotFit {
+                    entries: e,
+                    cidrs: c,
+                    entries_used: eu,
+                    cidrs_used: cu,
+                    ..
+                } => {
+                    short = true;
+                    entries += e;
+                    cidrs += c;
+                    entries_used = entries_used.max(*eu);
+                    cidrs_used = cidrs_used.max(*cu);
+                }
+                _ => {}
+            }
+        }
+        w.entries = w.entries.max(entries_used + entries);
+        w.cidrs = w.cidrs.max(cidrs_used + cidrs);
+        short.then_some(w)
+    }
 }
 
 impl Default for Capacity {

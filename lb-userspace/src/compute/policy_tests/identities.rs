@@ -266,6 +266,51 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
     assert!(b.ingress_isolated && b.egress_isolated && b.error.is_some());
 }
 
+/// The room `Capacity::wanted` asks for what a computation left out for
+/// want of it is enough to compute it whole, and grows only the maps that
+/// were short.
+#[test]
+fn the_room_wanted_for_what_did_not_fit_holds_it() {
+    let mut c = cluster(&[
+        pod("x/a", "app=a", "10.0.1.1"),
+        pod("x/b", "app=b", "10.0.1.2"),
+        pod("y/c", "app=c", "10.0.2.1"),
+        netpol(
+            "x/allow",
+            "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}, {port: 81}, {port: 82}]}]}",
+        ),
+    ]);
+    let cap = crate::compute::policy::Capacity {
+        ipcache: 3,
+        entries: 10,
+        cidrs: 10,
+    };
+    let mut compute = |cap: &crate::compute::policy::Capacity| {
+        crate::compute::policy::compute_within(
+            &c.snap,
+            &c.host_addrs,
+            &std::collections::HashMap::new(),
+            &mut c.ids,
+            &mut c.ep_ids,
+            cap,
+        )
+        .errors
+    };
+    let short = compute(&cap);
+    let labels: Vec<&str> = short.iter().map(|e| e.label()).collect();
+    assert!(
+        labels.contains(&"policy_ipcache_full") && labels.contains(&"policy_entries_do_not_fit"),
+        "{short:?}"
+    );
+    let wanted = cap.wanted(&short).expect("something was left out for room");
+    assert!(wanted.ipcache > cap.ipcache, "{wanted:?}");
+    assert!(wanted.entries > cap.entries, "{wanted:?}");
+    assert_eq!(wanted.cidrs, cap.cidrs, "the CIDR map was not short");
+    let fits = compute(&wanted);
+    assert_eq!(fits, vec![], "with that room nothing is left out");
+    assert_eq!(wanted.wanted(&fits), None);
+}
+
 #[test]
 fn each_pod_interface_names_its_endpoint_for_source_validation() {
     let mut c = cluster(&[

@@ -38,6 +38,18 @@ pub trait Writer {
     fn capacity(&self) -> Capacity {
         Capacity::default()
     }
+    /// The capacity of the NetworkPolicy maps (default: the defaults).
+    fn policy_capacity(&self) -> crate::compute::policy::Capacity {
+        crate::compute::policy::Capacity::default()
+    }
+    /// Room for a policy state that needs `wanted`, made before it is
+    /// written: the new capacity, or None when nothing grew (default).
+    fn grow_policy(
+        &mut self,
+        _wanted: &crate::compute::policy::Capacity,
+    ) -> Option<crate::compute::policy::Capacity> {
+        None
+    }
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()>;
     fn read_mirror(&self) -> anyhow::Result<Mirror>;
     fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()>;
@@ -231,6 +243,9 @@ impl Reconciler {
             }
         }
         self.capacity = w.capacity();
+        if self.policy.set_capacity(w.policy_capacity()) {
+            self.snapshot.policy_dirty = true;
+        }
         let mut ops = Vec::new();
         self.sync_services(touched, &mut ops, &mut out.errors);
         if full {
@@ -325,9 +340,23 @@ impl Reconciler {
         self.snapshot.policy_dirty = false;
         let changes = std::mem::take(&mut self.snapshot.policy_changes);
         let mut said = Vec::new();
-        let ops = self
+        let mut ops = self
             .policy
             .plan_changes(&self.snapshot, &changes, full, &mut said);
+        if let Some(wanted) = self.policy.capacity.wanted(&said)
+            && let Some(cap) = w.grow_policy(&wanted)
+        {
+            // Nothing is written yet: with the room made, no pod is
+            // isolated (or peer seen as world) for want of it.
+            self.policy.set_capacity(cap);
+            said.clear();
+            ops = self.policy.plan_changes(
+                &self.snapshot,
+                &crate::model::snapshot::PolicyChanges::default(),
+                true,
+                &mut said,
+            );
+        }
         errors.extend(said.into_iter().map(Problem::Policy));
         if let Err(e) = w.apply_policy(&ops) {
             self.policy.reload(w.read_policy()?);
@@ -349,6 +378,7 @@ impl Reconciler {
         let mut out = Outcome::default();
         let mut ops = Vec::new();
         self.capacity = w.capacity();
+        self.policy.set_capacity(w.policy_capacity());
         self.sync_services(all, &mut ops, &mut out.errors);
         self.remove_unclaimed(&mut ops);
         self.retry_not_programmed(&mut ops, &mut out.errors);
