@@ -24,8 +24,10 @@
 //! counters) of another shape start again from zero.
 
 mod bridge;
+mod copy;
 
 pub use bridge::bridge;
+use copy::copy;
 
 use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
@@ -247,40 +249,6 @@ fn count(map: BorrowedFd<'_>, key_size: u32) -> anyhow::Result<usize> {
         n += 1;
     }
     Ok(n)
-}
-
-/// Copies every entry of `old` into `new`, values zero-extended to the new
-/// layout; with BPF_NOEXIST entries already there are kept. A hash map
-/// written meanwhile can make the walk start over: it is bounded by twice
-/// the old map's capacity.
-fn copy(
-    old: BorrowedFd<'_>,
-    new: BorrowedFd<'_>,
-    from: Layout,
-    to: Layout,
-    flags: u64,
-) -> anyhow::Result<usize> {
-    let (mut key, mut next) = (
-        vec![0u8; from.key_size as usize],
-        vec![0u8; from.key_size as usize],
-    );
-    let mut value = vec![0u8; to.value_size as usize];
-    let (mut copied, mut walked) = (0, 0u64);
-    let limit = 2 * u64::from(from.max_entries.max(1));
-    while walked < limit && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)? {
-        std::mem::swap(&mut key, &mut next);
-        walked += 1;
-        value.fill(0);
-        if !sys::map_lookup_raw(old, &key, &mut value[..from.value_size as usize])? {
-            continue;
-        }
-        match sys::map_update_flags(new, &key, &value, flags) {
-            Ok(()) => copied += 1,
-            Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(copied)
 }
 
 /// After the object is loaded (this agent's map created and pinned),

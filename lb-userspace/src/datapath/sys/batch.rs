@@ -7,12 +7,140 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::{Attr, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, bpf};
 
+/// Room the kernel writes whole entries into, end to end: a vector of a
+/// map's own key or value type, or `Raw` bytes of a size known at run time
+/// (a pinned map of an earlier layout).
+pub trait Entries {
+    fn count(&self) -> usize;
+    /// Room for `n` more entries: where the next one goes.
+    fn room(&mut self, n: usize) -> *mut u8;
+    /// # Safety
+    /// The kernel wrote `n` whole entries into `room`'s space.
+    unsafe fn wrote(&mut self, n: usize);
+}
+
+impl<T: aya::Pod> Entries for Vec<T> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn room(&mut self, n: usize) -> *mut u8 {
+        self.reserve(n);
+        self.spare_capacity_mut().as_mut_ptr().cast()
+    }
+    unsafe fn wrote(&mut self, n: usize) {
+        // SAFETY: the caller's promise: `n` whole entries past the length,
+        // inside the room reserved; any bytes are a valid `T` (Pod).
+        unsafe { self.set_len(self.len() + n) }
+    }
+}
+
+/// Entries of `size` bytes each, end to end.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Raw {
+    pub bytes: Vec<u8>,
+    pub size: usize,
+}
+
+impl Raw {
+    pub fn new(size: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            size: size.max(1),
+        }
+    }
+}
+
+impl Entries for Raw {
+    fn count(&self) -> usize {
+        self.bytes.len() / self.size
+    }
+    fn room(&mut self, n: usize) -> *mut u8 {
+        self.bytes.room(n * self.size)
+    }
+    unsafe fn wrote(&mut self, n: usize) {
+        // SAFETY: the caller's promise, in bytes.
+        unsafe { self.bytes.wrote(n * self.size) }
+    }
+}
+
+/// A walk of a hash map with BPF_MAP_LOOKUP_BATCH, resumed call after
+/// call from where the kernel stopped. A map being written may show an
+/// entry twice or miss one, as a walk would.
+#[derive(Default)]
+pub struct BatchWalk {
+    token: [u64; 8],
+    started: bool,
+    /// After ENOSPC (one bucket holds more than the call had room for): at
+    /// least this much room, even past what was asked.
+    floor: usize,
+    over: bool,
+}
+
+impl BatchWalk {
+    /// Appends about `want` more entries (more when one bucket holds more)
+    /// to `keys` and `values`; false once the walk is over.
+    pub fn next(
+        &mut self,
+        map: BorrowedFd<'_>,
+        want: usize,
+        keys: &mut impl Entries,
+        values: &mut impl Entries,
+    ) -> io::Result<bool> {
+        while !self.over {
+            let want = want.max(self.floor).max(1);
+            // The kernel fills the room it is given: nothing to zero first.
+            let (kp, vp) = (keys.room(want), values.room(want));
+            let mut next = [0u64; 8];
+            let mut a = Attr::new();
+            if self.started {
+                a.put_u64(0, self.token.as_ptr() as u64);
+            }
+            a.put_u64(8, next.as_mut_ptr() as u64);
+            a.put_u64(16, kp as u64);
+            a.put_u64(24, vp as u64);
+            a.put_u32(32, want as u32);
+            a.put_u32(36, map.as_raw_fd() as u32);
+            let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+            // The kernel writes the count back once it walks; an error
+            // before (an old kernel without the command, a refused map)
+            // leaves ours.
+            let walked = match &r {
+                Ok(_) => true,
+                Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOSPC)),
+            };
+            let n = if walked {
+                (u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize).min(want)
+            } else {
+                0
+            };
+            // SAFETY: after a walk the kernel wrote `n` whole entries (the
+            // count it returns) into the room just made; otherwise `n` is 0.
+            unsafe {
+                keys.wrote(n);
+                values.wrote(n);
+            }
+            match r {
+                Ok(_) => self.floor = 0,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.over = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && want < 1 << 22 => {
+                    self.floor = want * 4;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.token = next;
+            self.started = true;
+            return Ok(!self.over);
+        }
+        Ok(false)
+    }
+}
+
 /// Every entry of a hash map (`K`, `V` its exact key and value types), at
 /// most `max`, read with BPF_MAP_LOOKUP_BATCH into `keys` and `values`
 /// (emptied first): a few system calls for a million entries instead of
 /// two per entry. The keys, and the values in the same order: the kernel
-/// writes straight into them. A map being written may show an entry twice
-/// or miss one, as a walk would. A caller reading the same map again keeps
+/// writes straight into them. A caller reading the same map again keeps
 /// the vectors: fresh pages for a million entries cost more to fault in
 /// than the kernel's walk.
 pub fn lookup_batch_into<K: aya::Pod, V: aya::Pod>(
@@ -23,65 +151,17 @@ pub fn lookup_batch_into<K: aya::Pod, V: aya::Pod>(
 ) -> io::Result<()> {
     keys.clear();
     values.clear();
+    let mut walk = BatchWalk::default();
     // Big calls: each one costs the kernel an allocation of its size and a
     // walk of the buckets since the last, whatever it finds.
-    let chunk = 1usize << 16;
-    // After ENOSPC (one bucket holds more than the call had room for): at
-    // least this much room, even past `max` (cut below).
-    let mut floor = 0usize;
-    let mut token = [0u64; 8];
-    let mut first = true;
-    while keys.len() < max {
-        let at = keys.len();
-        let want = chunk.min(max - at).max(floor);
-        // The kernel fills the room it is given: nothing to zero first.
-        keys.reserve(want);
-        values.reserve(want);
-        let mut next = [0u64; 8];
-        let mut a = Attr::new();
-        if !first {
-            a.put_u64(0, token.as_ptr() as u64);
-        }
-        a.put_u64(8, next.as_mut_ptr() as u64);
-        a.put_u64(16, keys.spare_capacity_mut().as_mut_ptr() as u64);
-        a.put_u64(24, values.spare_capacity_mut().as_mut_ptr() as u64);
-        a.put_u32(32, want as u32);
-        a.put_u32(36, map.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
-        // The kernel writes the count back once it walks; an error before
-        // (an old kernel without the command, a refused map) leaves ours.
-        let walked = match &r {
-            Ok(_) => true,
-            Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOSPC)),
-        };
-        let n = if walked {
-            u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize
-        } else {
-            0
-        };
-        // SAFETY: after a walk the kernel wrote `n` whole entries (the
-        // count it returns) into the room reserved past `at`; otherwise `n`
-        // is 0. Any bytes are a valid `K` and `V` (Pod).
-        unsafe {
-            keys.set_len(at + n.min(want));
-            values.set_len(at + n.min(want));
-        }
-        match r {
-            Ok(_) => floor = 0,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && want < 1 << 22 => {
-                floor = want * 4;
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        token = next;
-        first = false;
-    }
+    while keys.len() < max && walk.next(map, CHUNK.min(max - keys.len()), keys, values)? {}
     keys.truncate(max);
     values.truncate(max);
     Ok(())
 }
+
+/// Entries per batch call.
+pub const CHUNK: usize = 1 << 16;
 
 /// The sums over CPUs of each of the first `len` entries of a per-CPU
 /// array of u64, in one batch read (the verdict counters of thousands of
@@ -130,40 +210,111 @@ pub fn update_batch<K: aya::Pod, V: aya::Pod>(
     values: &[V],
 ) -> Result<(), PartialWrite> {
     assert_eq!(keys.len(), values.len());
-    write_in_batches(map, BPF_MAP_UPDATE_BATCH, keys, Some(values), None)
+    let keys = Strided::of(keys);
+    write_in_batches(
+        map,
+        BPF_MAP_UPDATE_BATCH,
+        keys,
+        Some(Strided::of(values)),
+        0,
+        None,
+    )
+    .map(drop)
+}
+
+/// [`update_batch`] of entries of sizes known at run time, with the
+/// kernel's `elem_flags` (it takes BPF_F_LOCK only). Returns how many were
+/// written.
+pub fn update_batch_raw(
+    map: BorrowedFd<'_>,
+    keys: &Raw,
+    values: &Raw,
+    elem_flags: u64,
+) -> Result<usize, PartialWrite> {
+    let n = keys.count();
+    assert_eq!(n, values.count());
+    let strided = |r: &Raw| Strided {
+        at: r.bytes.as_ptr(),
+        size: r.size,
+        len: n,
+    };
+    write_in_batches(
+        map,
+        BPF_MAP_UPDATE_BATCH,
+        strided(keys),
+        Some(strided(values)),
+        elem_flags,
+        None,
+    )?;
+    Ok(n)
 }
 
 /// BPF_MAP_DELETE_BATCH: `keys` deleted in order, in a few calls. A key
 /// that is not there stops the kernel's pass; it is skipped, as deleting
 /// it was meant to leave it absent, and the pass goes on after it.
 pub fn delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), PartialWrite> {
-    write_in_batches::<K, K>(map, BPF_MAP_DELETE_BATCH, keys, None, Some(libc::ENOENT))
+    write_in_batches(
+        map,
+        BPF_MAP_DELETE_BATCH,
+        Strided::of(keys),
+        None,
+        0,
+        Some(libc::ENOENT),
+    )
+    .map(drop)
+}
+
+/// `len` entries of `size` bytes from `at`, end to end, borrowed.
+#[derive(Clone, Copy)]
+struct Strided {
+    at: *const u8,
+    size: usize,
+    len: usize,
+}
+
+impl Strided {
+    fn of<T>(s: &[T]) -> Self {
+        Self {
+            at: s.as_ptr().cast(),
+            size: size_of::<T>(),
+            len: s.len(),
+        }
+    }
+    fn from(self, i: usize) -> u64 {
+        self.at.wrapping_add(i * self.size) as u64
+    }
 }
 
 /// The calls of a batch write `cmd`, each from where the kernel stopped:
 /// a call it interrupted goes on after what it took, an entry failing with
-/// `skip` is passed over, any other error ends the write.
-fn write_in_batches<K, V>(
+/// `skip` is passed over, any other error ends the write. Returns how many
+/// were passed over.
+fn write_in_batches(
     map: BorrowedFd<'_>,
     cmd: libc::c_long,
-    keys: &[K],
-    values: Option<&[V]>,
+    keys: Strided,
+    values: Option<Strided>,
+    elem_flags: u64,
     skip: Option<i32>,
-) -> Result<(), PartialWrite> {
-    let mut done = 0;
-    while done < keys.len() {
+) -> Result<usize, PartialWrite> {
+    let (mut done, mut passed) = (0, 0);
+    while done < keys.len {
         let mut a = Attr::new();
-        a.put_u64(16, keys[done..].as_ptr() as u64);
+        a.put_u64(16, keys.from(done));
         if let Some(v) = values {
-            a.put_u64(24, v[done..].as_ptr() as u64);
+            a.put_u64(24, v.from(done));
         }
-        a.put_u32(32, (keys.len() - done) as u32);
+        a.put_u32(32, (keys.len - done) as u32);
         a.put_u32(36, map.as_raw_fd() as u32);
+        a.put_u64(40, elem_flags);
         let r = bpf(cmd, &mut a);
         let n = u32::from_ne_bytes(a.0[32..36].try_into().expect("4 bytes")) as usize;
         match r {
-            Ok(_) => return Ok(()),
-            Err(e) if skip.is_some() && e.raw_os_error() == skip => done += n + 1,
+            Ok(_) => return Ok(passed),
+            Err(e) if skip.is_some() && e.raw_os_error() == skip => {
+                done += n + 1;
+                passed += 1;
+            }
             Err(e) if n > 0 && e.kind() == io::ErrorKind::Interrupted => done += n,
             Err(error) => {
                 return Err(PartialWrite {
@@ -173,7 +324,7 @@ fn write_in_batches<K, V>(
             }
         }
     }
-    Ok(())
+    Ok(passed)
 }
 
 /// [`lookup_batch_into`] into new vectors.

@@ -4,7 +4,10 @@
 #![expect(unsafe_code, reason = "raw bpf(2) syscalls aya does not wrap")]
 
 mod batch;
-pub use batch::{delete_batch, lookup_batch_into, percpu_u64_sums, update_batch};
+pub use batch::{
+    BatchWalk, CHUNK, Raw, delete_batch, lookup_batch_into, percpu_u64_sums, update_batch,
+    update_batch_raw,
+};
 
 use std::{
     ffi::CString,
