@@ -117,6 +117,16 @@ enum Cmd {
         /// The conntrack map's first size when --max-ct does not fix it.
         #[arg(long, default_value_t = lb_common::DEFAULT_CT_MAX, env = "LB_CT_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         ct_initial: u32,
+        /// Capacity of the policy conntrack LRU (flows a NetworkPolicy
+        /// allowed), fixed. Without it the map starts at
+        /// --policy-ct-initial entries (or the size it grew to before) and
+        /// grows as the conntrack map does.
+        #[arg(long, env = "LB_MAX_POLICY_CT", value_parser = clap::value_parser!(u32).range(1..))]
+        max_policy_ct: Option<u32>,
+        /// The policy conntrack map's first size when --max-policy-ct does
+        /// not fix it.
+        #[arg(long, default_value_t = lb_common::DEFAULT_POL_CT_MAX, env = "LB_POLICY_CT_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
+        policy_ct_initial: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
@@ -281,6 +291,8 @@ fn main() -> anyhow::Result<()> {
             max_sock_rev,
             max_ct,
             ct_initial,
+            max_policy_ct,
+            policy_ct_initial,
             devices,
             pod_ifaces,
             ct_timeout_tcp,
@@ -350,6 +362,9 @@ fn main() -> anyhow::Result<()> {
                         sock_rev: max_sock_rev,
                         ct: max_ct.unwrap_or_else(|| grown_or(lb_common::MAP_CT, ct_initial)),
                         grow_ct: max_ct.is_none(),
+                        pol_ct: max_policy_ct
+                            .unwrap_or_else(|| grown_or(lb_common::MAP_POL_CT, policy_ct_initial)),
+                        grow_pol_ct: max_policy_ct.is_none(),
                         ipcache: grown_or(lb_common::MAP_IPCACHE, lb_common::DEFAULT_IPCACHE_MAX),
                         pol_entries: grown_or(lb_common::MAP_POLICY, lb_common::DEFAULT_POLICY_MAX),
                         pol_cidrs: grown_or(
@@ -420,7 +435,12 @@ mod tests {
 
     #[test]
     fn conntrack_sizes_are_refused_at_zero_and_max_ct_is_optional() {
-        for flag in ["--ct-initial=0", "--max-ct=0"] {
+        for flag in [
+            "--ct-initial=0",
+            "--max-ct=0",
+            "--policy-ct-initial=0",
+            "--max-policy-ct=0",
+        ] {
             let e = run(&[flag]).err().expect(flag);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
         }
@@ -435,5 +455,14 @@ mod tests {
             panic!("--max-ct=4096");
         };
         assert_eq!(max_ct, Some(4096));
+        let Ok(Cmd::Run {
+            max_policy_ct,
+            policy_ct_initial,
+            ..
+        }) = run(&["--policy-ct-initial=64"])
+        else {
+            panic!("--policy-ct-initial=64");
+        };
+        assert_eq!((max_policy_ct, policy_ct_initial), (None, 64));
     }
 }

@@ -67,10 +67,10 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
     }
     let log = agent.proc.log_text();
     assert!(
-        log.contains("conntrack map grown from 2048 to"),
+        log.contains("conntrack maps grown: packet path 2048 -> "),
         "the growth and its reason are logged:\n{log}"
     );
-    assert!(!log.contains("growing the conntrack map"), "{log}");
+    assert!(!log.contains("growing the conntrack maps"), "{log}");
 }
 
 #[test]

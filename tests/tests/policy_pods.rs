@@ -88,6 +88,11 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::with(&[])
+    }
+
+    /// With these agent flags too.
+    fn with(flags: &[&str]) -> Self {
         lb_tests::require_kernel();
         let prefix = lb_tests::unique("pp");
         let dir = TempDir(std::env::temp_dir().join(&prefix));
@@ -114,6 +119,7 @@ impl Bed {
         );
         agent.netns = Some(node.path());
         agent.extra = vec!["--node-name=n1".into()];
+        agent.extra.extend(flags.iter().map(|f| f.to_string()));
         agent.start();
         agent.wait_synced(g);
         Self {
@@ -341,5 +347,57 @@ fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
     assert_eq!(
         status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 32768,
         "{status}"
+    );
+}
+
+/// A policy conntrack map the allowed flows outgrow (64 entries at
+/// first; closed flows keep theirs for 600 s) grows while the agent runs,
+/// after a sweep finds it more than three quarters full, with no failed
+/// connection from the allowed client across the growth.
+#[test]
+fn the_policy_conntrack_map_grows_while_running() {
+    let mut bed = Bed::with(&["--policy-ct-initial=64", "--ct-timeout-tcp-closing=600"]);
+    plug(&bed.node, &bed.pod, "lxc000002", POD_IP);
+    bed.serve();
+    bed.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
+    bed.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    // The map's pin is replaced while it grows: a status read then may
+    // fail, and is read again.
+    let size = |bed: &Bed| {
+        bed.agent.status().map_or(Value::Null, |s| {
+            s["maps"]["LB_POL_CT_V1"]["max_entries"].clone()
+        })
+    };
+    assert_eq!(size(&bed), 64, "the initial size");
+    let stop = bed.dir.0.join("stop");
+    let mut cmd = Command::new(lb_tests::helper_bin());
+    cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
+    let mut tcp = Proc::spawn(cmd, Some(&bed.cgroup.path), Some(&bed.client.path()));
+    assert_eq!(tcp.read_line().trim(), "started");
+    // A sweep every 10 s, the sync loop's look at it every 10 s (later
+    // when a busy machine stretches the sweeps).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while size(&bed).as_u64().unwrap_or(0) <= 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy conntrack map never grew: {:?}\n{}",
+            bed.agent.status().map(|s| s["maps"].clone()),
+            bed.agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // Connections go on across the swap of every link's program.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::fs::write(&stop, "").unwrap();
+    let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
+    let log = bed.agent.log_text();
+    assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
+    assert_eq!(
+        sum["failed"], 0,
+        "connections failed across the growth: {sum}\n{log}"
+    );
+    assert!(
+        log.contains("policy 64 -> "),
+        "the growth is logged:\n{log}"
     );
 }

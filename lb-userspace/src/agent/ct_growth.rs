@@ -1,50 +1,42 @@
-//! The conntrack map grows while the agent runs when a sweep finds it more
-//! than three quarters full (`datapath::ct_grown`): a full LRU evicts live
-//! flows to make room. A map `--max-ct` fixes is named once when it gets
-//! that full, and so is a growth that failed (the map then stays as it is
+//! The conntrack maps the programs write (the packet path's and the
+//! policy's) grow while the agent runs when a sweep finds one more than
+//! three quarters full (`datapath::ct_grown`): a full LRU evicts live
+//! flows to make room. A map a flag fixes is named once when it gets that
+//! full, and so is a growth that failed (the maps then stay as they are
 //! until a restart: no retry every sweep).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex};
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, Kept, MapSizes, nearly_full};
 
 #[derive(Default)]
 pub(super) struct CtGrowth {
-    /// The entries the latest sweep left in the map, written by the
-    /// sweeper's thread: its count plus one, 0 when taken.
-    last: Arc<AtomicU64>,
-    said_full: bool,
+    /// What the latest sweep left in the maps, written by the sweeper's
+    /// thread; None once taken.
+    last: Arc<Mutex<Option<Kept>>>,
+    said_full: [bool; 2],
     failed: bool,
 }
 
 impl CtGrowth {
     /// What the sweeper's report callback records each sweep with.
-    pub(super) fn recorder(&self) -> impl Fn(usize) + Send + 'static {
+    pub(super) fn recorder(&self) -> impl Fn(Kept) + Send + 'static {
         let last = self.last.clone();
-        move |kept| last.store(kept as u64 + 1, Ordering::Relaxed)
+        move |kept| {
+            if let Ok(mut l) = last.lock() {
+                *l = Some(kept);
+            }
+        }
     }
 
-    /// After a sweep: grows the conntrack map when it may and must; true
-    /// when it grew.
+    /// After a sweep: grows the conntrack maps that may and must; true
+    /// when they grew.
     pub(super) fn grow_if_full(&mut self, dp: &mut Datapath) -> bool {
-        let kept = match self.last.swap(0, Ordering::Relaxed) {
-            0 => return false,
-            n => n - 1,
+        let Some(kept) = self.last.lock().ok().and_then(|mut l| l.take()) else {
+            return false;
         };
         let sizes = dp.sizes();
-        if !sizes.grow_ct {
-            if !self.said_full && kept.saturating_mul(4) > u64::from(sizes.ct) * 3 {
-                self.said_full = true;
-                tracing::warn!(
-                    "the conntrack map holds {kept} of its {} entries after a sweep: a full map evicts live flows; --max-ct fixes its size (raise it at the next restart, or leave it out and the map grows)",
-                    sizes.ct
-                );
-            }
-            return false;
-        }
+        self.say_fixed_full(sizes, kept);
         if self.failed {
             return false;
         }
@@ -54,21 +46,48 @@ impl CtGrowth {
         match dp.grow(to) {
             Ok(()) => {
                 tracing::info!(
-                    "conntrack map grown from {} to {} entries: a sweep left {kept} in it, more than three quarters",
+                    "conntrack maps grown: packet path {} -> {} entries (a sweep left {}), policy {} -> {} (left {}); more than three quarters full grows",
                     sizes.ct,
-                    to.ct
+                    to.ct,
+                    kept.ct,
+                    sizes.pol_ct,
+                    to.pol_ct,
+                    kept.pol_ct
                 );
                 true
             }
             Err(e) => {
                 self.failed = true;
                 tracing::error!(
-                    "growing the conntrack map from {} to {} entries failed: {e:#}; it stays at {} until a restart (--ct-initial or --max-ct size it then)",
+                    "growing the conntrack maps (packet path {} -> {} entries, policy {} -> {}) failed: {e:#}; they stay as they are until a restart (--ct-initial, --max-ct, --policy-ct-initial, --max-policy-ct size them then)",
                     sizes.ct,
                     to.ct,
-                    sizes.ct
+                    sizes.pol_ct,
+                    to.pol_ct
                 );
                 false
+            }
+        }
+    }
+
+    /// A map a flag fixes, nearly full: said once per map.
+    fn say_fixed_full(&mut self, sizes: MapSizes, kept: Kept) {
+        let maps = [
+            (sizes.grow_ct, sizes.ct, kept.ct, "conntrack", "--max-ct"),
+            (
+                sizes.grow_pol_ct,
+                sizes.pol_ct,
+                kept.pol_ct,
+                "policy conntrack",
+                "--max-policy-ct",
+            ),
+        ];
+        for ((grows, cap, kept, map, flag), said) in maps.into_iter().zip(&mut self.said_full) {
+            if !grows && !*said && nearly_full(cap, kept) {
+                *said = true;
+                tracing::warn!(
+                    "the {map} map holds {kept} of its {cap} entries after a sweep: a full map evicts live flows; {flag} fixes its size (raise it at the next restart, or leave it out and the map grows)"
+                );
             }
         }
     }

@@ -220,7 +220,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             crate::compute::ct_sweep::SWEEP_EVERY,
             move |r| match r {
                 Ok(r) => {
-                    record(r.kept);
+                    record(crate::datapath::Kept {
+                        ct: r.kept as u64,
+                        pol_ct: r.policy_kept as u64,
+                    });
                     health.metrics.swept(&r);
                 }
                 Err(e) => tracing::warn!("conntrack sweep: {e:#}"),

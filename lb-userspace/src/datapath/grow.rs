@@ -10,7 +10,8 @@
 //! the copy is complete.
 
 use lb_common::{
-    MAP_BACKENDS, MAP_CT, MAP_IPCACHE, MAP_POL_CIDR, MAP_POLICY, MAP_SERVICES, MAP_SRC_RANGES,
+    MAP_BACKENDS, MAP_CT, MAP_IPCACHE, MAP_POL_CIDR, MAP_POL_CT, MAP_POLICY, MAP_SERVICES,
+    MAP_SRC_RANGES,
 };
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
@@ -60,16 +61,36 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
     (to != sizes).then_some(to)
 }
 
-/// The sizes to grow to when a conntrack sweep left `kept` entries in the
-/// map: more than three quarters full, the LRU is about to evict live
-/// flows (or already does). None when the map may not grow, has room, or
-/// is as big as a map grows.
-pub fn ct_grown(sizes: MapSizes, kept: u64) -> Option<MapSizes> {
-    if !sizes.grow_ct || kept.saturating_mul(4) <= u64::from(sizes.ct) * 3 {
-        return None;
-    }
-    let ct = with_headroom(kept).max(sizes.ct);
-    (ct != sizes.ct).then_some(MapSizes { ct, ..sizes })
+/// What the latest sweep left in the conntrack maps the programs write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub ct: u64,
+    pub pol_ct: u64,
+}
+
+/// More than three quarters full: an LRU is about to evict live flows (or
+/// already does).
+pub fn nearly_full(capacity: u32, kept: u64) -> bool {
+    kept.saturating_mul(4) > u64::from(capacity) * 3
+}
+
+/// The sizes to grow to when a sweep left `kept` entries in the conntrack
+/// maps: each one nearly full grows. None when none may grow, has room,
+/// or is as big as a map grows.
+pub fn ct_grown(sizes: MapSizes, kept: Kept) -> Option<MapSizes> {
+    let grow = |may: bool, has: u32, kept: u64| {
+        if may && nearly_full(has, kept) {
+            with_headroom(kept).max(has)
+        } else {
+            has
+        }
+    };
+    let to = MapSizes {
+        ct: grow(sizes.grow_ct, sizes.ct, kept.ct),
+        pol_ct: grow(sizes.grow_pol_ct, sizes.pol_ct, kept.pol_ct),
+        ..sizes
+    };
+    (to != sizes).then_some(to)
 }
 
 impl Datapath {
@@ -165,6 +186,7 @@ impl Datapath {
                     MAP_BACKENDS,
                     MAP_SRC_RANGES,
                     MAP_CT,
+                    MAP_POL_CT,
                     MAP_IPCACHE,
                     MAP_POLICY,
                     MAP_POL_CIDR,
@@ -208,6 +230,7 @@ impl Datapath {
             backends = sizes.backends,
             source_ranges = sizes.ranges,
             conntrack = sizes.ct,
+            policy_conntrack = sizes.pol_ct,
             ipcache = sizes.ipcache,
             policy_entries = sizes.pol_entries,
             policy_cidrs = sizes.pol_cidrs,
@@ -305,20 +328,45 @@ mod tests {
             grow_ct: true,
             ..Default::default()
         };
-        assert_eq!(ct_grown(auto, 192), None, "three quarters: room left");
-        assert_eq!(ct_grown(auto, 193).map(|s| s.ct), Some(512));
-        assert_eq!(ct_grown(auto, 256).map(|s| s.ct), Some(512), "full");
-        let g = ct_grown(auto, 256).unwrap();
+        let ct = |ct| Kept { ct, pol_ct: 0 };
+        assert_eq!(ct_grown(auto, ct(192)), None, "three quarters: room left");
+        assert_eq!(ct_grown(auto, ct(193)).map(|s| s.ct), Some(512));
+        assert_eq!(ct_grown(auto, ct(256)).map(|s| s.ct), Some(512), "full");
+        let g = ct_grown(auto, ct(256)).unwrap();
         assert_eq!(MapSizes { ct: 256, ..g }, auto, "nothing else changes");
         let fixed = MapSizes {
             grow_ct: false,
             ..auto
         };
-        assert_eq!(ct_grown(fixed, 256), None, "--max-ct fixes it");
+        assert_eq!(ct_grown(fixed, ct(256)), None, "--max-ct fixes it");
         let biggest = MapSizes {
             ct: GROW_MAX,
             ..auto
         };
-        assert_eq!(ct_grown(biggest, u64::from(GROW_MAX)), None);
+        assert_eq!(ct_grown(biggest, ct(u64::from(GROW_MAX))), None);
+        // The policy conntrack by its own count and flag, with the other.
+        let both = MapSizes {
+            pol_ct: 100,
+            grow_pol_ct: true,
+            ..auto
+        };
+        let pol = |pol_ct| Kept { ct: 0, pol_ct };
+        assert_eq!(ct_grown(both, pol(75)), None);
+        let g = ct_grown(both, pol(76)).unwrap();
+        assert_eq!((g.ct, g.pol_ct), (256, 128));
+        let g = ct_grown(
+            both,
+            Kept {
+                ct: 200,
+                pol_ct: 90,
+            },
+        )
+        .unwrap();
+        assert_eq!((g.ct, g.pol_ct), (512, 256), "both in one growth");
+        let fixed = MapSizes {
+            grow_pol_ct: false,
+            ..both
+        };
+        assert_eq!(ct_grown(fixed, pol(100)), None, "--max-policy-ct fixes it");
     }
 }

@@ -21,7 +21,7 @@ mod sweeper;
 mod sys;
 mod writer;
 
-pub use grow::{GROW_MAX, Wanted, ct_grown, grown};
+pub use grow::{GROW_MAX, Kept, Wanted, ct_grown, grown, nearly_full};
 #[cfg(feature = "lab")]
 pub use lab::xdp_pass_on;
 use links::{CLSACT_RECORD, adopt_link, detach_netlink_filters};
@@ -226,6 +226,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         .map_max_entries(MAP_SOCK_REV, opts.sizes.sock_rev)
         .map_max_entries(MAP_CT, opts.sizes.ct)
         .map_max_entries(lb_common::MAP_SRC_RANGES, opts.sizes.ranges)
+        .map_max_entries(lb_common::MAP_POL_CT, opts.sizes.pol_ct)
         .map_max_entries(lb_common::MAP_IPCACHE, opts.sizes.ipcache)
         .map_max_entries(lb_common::MAP_POLICY, opts.sizes.pol_entries)
         .map_max_entries(lb_common::MAP_POL_CIDR, opts.sizes.pol_cidrs)

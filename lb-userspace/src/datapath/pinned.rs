@@ -72,6 +72,10 @@ impl Pinned {
             fill(MAP_BACKENDS, hash::<u32, Backend>)?,
             fill(MAP_SOCK_REV, hash::<SockRevKey, SockRevValue>)?,
             fill(MAP_CT, hash::<CtKey, CtValue>)?,
+            fill(
+                lb_common::MAP_POL_CT,
+                hash::<lb_common::PolCtKey, lb_common::PolCtValue>,
+            )?,
             MapFill {
                 name: MAP_MAGLEV,
                 entries: self.maglev_ids()?.len(),

@@ -21,6 +21,10 @@ pub struct MapSizes {
     /// The conntrack map grows while the agent runs when a sweep finds it
     /// more than three quarters full (no `--max-ct`).
     pub grow_ct: bool,
+    /// The policy conntrack (flows a policy allowed), which the programs
+    /// write: it grows as the conntrack map does (no `--max-policy-ct`).
+    pub pol_ct: u32,
+    pub grow_pol_ct: bool,
     /// The NetworkPolicy maps the agent alone writes: the ipcache (pod
     /// addresses), the allow entries and the CIDR entries of this node's
     /// pods. No flag sizes them: they start at their defaults (or what
@@ -43,6 +47,8 @@ impl Default for MapSizes {
             ranges: lb_common::DEFAULT_SRC_RANGES_MAX,
             grow_ranges: false,
             grow_ct: false,
+            pol_ct: lb_common::DEFAULT_POL_CT_MAX,
+            grow_pol_ct: false,
             ipcache: lb_common::DEFAULT_IPCACHE_MAX,
             pol_entries: lb_common::DEFAULT_POLICY_MAX,
             pol_cidrs: lb_common::DEFAULT_POL_CIDR_MAX,
@@ -97,7 +103,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::LruHash,
             key_size: size_of::<lb_common::PolCtKey>() as u32,
             value_size: size_of::<lb_common::PolCtValue>() as u32,
-            max_entries: lb_common::DEFAULT_POL_CT_MAX,
+            max_entries: sizes.pol_ct,
         },
         MapSpec {
             name: lb_common::MAP_POL_STATE,
