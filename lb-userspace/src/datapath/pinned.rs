@@ -9,15 +9,25 @@ pub struct Pinned {
 }
 
 pub(super) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    open_pinned_sized(pin_dir, name).map(|(m, _)| m)
+}
+
+/// The pinned map `name` and its capacity. While the agent grows or
+/// carries it (milliseconds) the pin is the moved-aside `NAME_PREVIOUS`
+/// until the new map is pinned: that one is read meanwhile.
+pub(super) fn open_pinned_sized(pin_dir: &Path, name: &str) -> anyhow::Result<(Map, u32)> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is an agent running with --pin-dir {}?)",
-            path.display(),
-            pin_dir.display()
-        )
-    })?;
-    Ok(Map::from_map_data(data)?)
+    let data = MapData::from_pin(&path)
+        .or_else(|e| MapData::from_pin(pin_dir.join(format!("{name}_PREVIOUS"))).map_err(|_| e))
+        .with_context(|| {
+            format!(
+                "opening {} (is an agent running with --pin-dir {}?)",
+                path.display(),
+                pin_dir.display()
+            )
+        })?;
+    let max_entries = data.info()?.max_entries();
+    Ok((Map::from_map_data(data)?, max_entries))
 }
 
 pub struct MapFill {
@@ -59,8 +69,8 @@ impl Pinned {
             Ok(bounded(LpmTrie::<_, K, V>::try_from(m)?.keys(), max))
         }
         let fill = |name: &'static str, count: fn(Map, usize) -> anyhow::Result<usize>| {
-            let max_entries = MapInfo::from_pin(self.pin_dir.join(name))?.max_entries();
-            let entries = count(open_pinned(&self.pin_dir, name)?, max_entries as usize)?;
+            let (map, max_entries) = open_pinned_sized(&self.pin_dir, name)?;
+            let entries = count(map, max_entries as usize)?;
             anyhow::Ok(MapFill {
                 name,
                 entries,
@@ -118,9 +128,9 @@ impl Pinned {
     /// Conntrack entries, bounded by the map's size (a key walk over an LRU
     /// being written can restart).
     pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
-        let max = MapInfo::from_pin(self.pin_dir.join(MAP_CT))?.max_entries() as usize;
-        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(open_pinned(&self.pin_dir, MAP_CT)?)?;
-        Ok(m.iter().take(max).filter_map(Result::ok).collect())
+        let (map, max) = open_pinned_sized(&self.pin_dir, MAP_CT)?;
+        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(map)?;
+        Ok(m.iter().take(max as usize).filter_map(Result::ok).collect())
     }
 
     /// Datapath counters summed over CPUs, by name.
@@ -197,4 +207,43 @@ pub fn reset(pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// written can restart.
 fn bounded<T, E>(keys: impl Iterator<Item = Result<T, E>>, max: usize) -> usize {
     keys.take(max).filter(Result::is_ok).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The few milliseconds a grown or carried map's pin is its
+    /// moved-aside name: readers (`lb-agent status`, the sweeper) open that.
+    #[test]
+    fn a_map_being_carried_is_read_from_its_moved_aside_pin() {
+        assert!(
+            crate::datapath::host::is_root(),
+            "pinning a BPF map needs root: run through `cargo xtask test`"
+        );
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Remove(PathBuf::from(format!(
+            "/sys/fs/bpf/lbt-pinned-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&dir.0).expect("a directory in bpffs");
+        let made = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(dir.0.join("LB_X_PREVIOUS"))
+            .args([
+                "type", "hash", "key", "4", "value", "4", "entries", "8", "name", "x",
+            ])
+            .status()
+            .expect("bpftool");
+        assert!(made.success());
+        let (_, max) = open_pinned_sized(&dir.0, "LB_X").expect("the moved-aside pin");
+        assert_eq!(max, 8);
+        let e = open_pinned_sized(&dir.0, "LB_Y").expect_err("neither pin");
+        assert!(format!("{e:#}").contains("LB_Y"), "{e:#}");
+    }
 }

@@ -141,8 +141,8 @@ impl State {
                 .or_insert_with(|| backends.get(&v.backend_id, 0).ok());
             !b.is_some_and(|b| b.addr == v.addr && b.port == v.port)
         };
-        let mut ct = pinned::open_pinned(dir, MAP_CT)?;
-        let max = MapInfo::from_pin(dir.join(MAP_CT))?.max_entries() as usize;
+        let (mut ct, max) = pinned::open_pinned_sized(dir, MAP_CT)?;
+        let max = max as usize;
         let (removed, kept, flows) = sweep::sweep_ct(
             &mut ct,
             &mut self.ct,
@@ -153,8 +153,8 @@ impl State {
             DELETE_BUDGET,
         )?;
         self.left_before = std::mem::take(&mut self.left_now);
-        let mut pol = pinned::open_pinned(dir, lb_common::MAP_POL_CT)?;
-        let max = MapInfo::from_pin(dir.join(lb_common::MAP_POL_CT))?.max_entries() as usize;
+        let (mut pol, max) = pinned::open_pinned_sized(dir, lb_common::MAP_POL_CT)?;
+        let max = max as usize;
         let (policy_removed, policy_kept) = sweep::sweep_policy_ct(
             &mut pol,
             &mut self.policy_walk,
