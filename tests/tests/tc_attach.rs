@@ -242,11 +242,7 @@ fn a_carry_ends_once_no_pinned_link_runs_the_earlier_programs() {
             "{eth1}, a device this agent was not given, runs its program too:\n{log}"
         );
     }
-    let previous: Vec<String> = std::fs::read_dir(&*pins)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with("_PREVIOUS"))
-        .collect();
+    let previous = previous_pins(pins);
     assert!(previous.is_empty(), "the carry ended: {previous:?}\n{log}");
     agent.assert_running("after the carry");
 }
@@ -290,4 +286,87 @@ fn a_device_that_appears_later_gets_its_programs() {
         "the same program"
     );
     agent.assert_running("after attaching eth1");
+}
+
+fn previous_pins(pins: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(pins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_PREVIOUS"))
+        .collect()
+}
+
+/// Restarted without XDP and with the same map layouts (nothing carried):
+/// the earlier agent's XDP programs still go.
+#[test]
+fn an_earlier_agents_xdp_links_go_when_restarted_without_xdp() {
+    let mut n = one_node("tcx", "", &["--xdp=generic"]);
+    let OneNode {
+        agent,
+        m,
+        pins,
+        node,
+        ..
+    } = &mut n;
+    assert!(link_progs(pins).contains_key("xdp-eth0"));
+    agent.kill9();
+    agent.extra = vec!["--node-name=n1".into()];
+    agent.start();
+    let g = m.commit();
+    agent.wait_synced(g);
+    let after = link_progs(pins);
+    assert!(
+        !after.contains_key("xdp-eth0"),
+        "{after:?}\n{}",
+        agent.log_text()
+    );
+    assert!(!node.sh_output("ip link show eth0").contains("xdp"));
+}
+
+/// A device deleted while no agent ran leaves pins of links that run
+/// nothing: the next agent's carry still ends, and those pins go.
+#[test]
+fn a_carry_ends_past_the_links_of_a_device_that_is_gone() {
+    let mut n = one_node(
+        "tcg",
+        "ip link add eth1 type veth peer name eth1p; ip link set eth1 up; ip link set eth1p up",
+        &[
+            "--devices=eth0,eth1",
+            "--max-ct=4096",
+            "--xdp=generic",
+            "--pod-ifaces=",
+        ],
+    );
+    let OneNode {
+        agent,
+        m,
+        pins,
+        node,
+        ..
+    } = &mut n;
+    assert!(link_progs(pins).contains_key("xdp-eth1"));
+    agent.kill9();
+    node.sh("ip link del eth1");
+    // No pod interfaces: nothing else looks for pins of vanished ones.
+    agent.extra = vec![
+        "--devices=eth0".into(),
+        "--max-ct=8192".into(),
+        "--xdp=generic".into(),
+        "--pod-ifaces=".into(),
+        "--node-name=n1".into(),
+    ];
+    agent.start();
+    let g = m.commit();
+    agent.wait_synced(g);
+    let log = agent.log_text();
+    assert_eq!(
+        previous_pins(pins),
+        Vec::<String>::new(),
+        "the carry ended:\n{log}"
+    );
+    let after = link_progs(pins);
+    assert!(
+        !after.keys().any(|l| l.ends_with("-eth1")),
+        "the dead links' pins went: {after:?}\n{log}"
+    );
 }

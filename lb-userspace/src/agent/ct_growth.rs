@@ -37,7 +37,9 @@ impl CtGrowth {
         };
         let sizes = dp.sizes();
         self.say_fixed_full(sizes, kept);
-        if self.failed {
+        // A carry under way reuses those maps' pins as they are: they grow
+        // at the first sweep after it ends.
+        if self.failed || dp.carrying_written() {
             return false;
         }
         let Some(to) = crate::datapath::ct_grown(sizes, kept) else {

@@ -250,8 +250,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     record_capacity(&health, dp.sizes());
                 }
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
-                node.retry(&mut dp, &opts.devices, &opts.pod_ifaces);
-                dp.finish_carry();
+                // Not before the first change set: it attaches the devices
+                // in the order a swap needs, and the first tick comes at once.
+                if health.is_synced() {
+                    node.retry(&mut dp, &opts.devices, &opts.pod_ifaces);
+                    dp.finish_carry();
+                }
                 if let Ok(counters) = pinned.counters() {
                     for (name, v) in counters {
                         health.metrics.datapath_packets.get_or_create(&crate::serve::health::ReasonLabel { reason: name.into() }).set(v as i64);

@@ -70,7 +70,8 @@ impl NodeDevices {
 
     /// The periodic retry: devices without their programs (an attach that
     /// failed here or while the maps grew) get them, and a config that
-    /// failed to write is written. Nothing to do costs no syscall.
+    /// failed to write is written. With every device attached it costs a
+    /// look at the list (and a link-type read per refused device).
     pub(super) fn retry(&mut self, dp: &mut Datapath, devices: &[String], pod_ifaces: &[String]) {
         let Some(addrs) = self.addrs.clone() else {
             return;

@@ -158,6 +158,9 @@ pub struct Datapath {
     /// Why the carry is still open (the links running other programs),
     /// as last said: said again only when it changes.
     carry_held: String,
+    /// Every pinned link ran this agent's programs at the last look: with
+    /// nothing carried, nothing to look at again.
+    links_settled: bool,
     pin_dir: PathBuf,
     /// Time spent writing plans into the maps since `take_write_time`.
     write_time: std::time::Duration,
@@ -333,6 +336,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         cgroup: opts.cgroup.clone(),
         carried,
         carry_held: String::new(),
+        links_settled: false,
         pin_dir: opts.pin_dir.clone(),
         write_time: Default::default(),
     })
@@ -341,12 +345,12 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
 impl Datapath {
     /// Ends the carrying of an earlier agent's maps (see `migrate`) once
     /// this agent's programs run under every pinned link: call after the
-    /// first change set's devices and pod interfaces, and again later
-    /// while `carrying`. A link still running an earlier program gets this
-    /// agent's; one that cannot keeps the carry open (the earlier maps
+    /// first change set's devices and pod interfaces, and again later. A
+    /// link still running an earlier program gets this agent's (with no
+    /// carry too); one that cannot keeps the carry open (the earlier maps
     /// still looked up on a miss), named once. Does nothing once done.
     pub fn finish_carry(&mut self) {
-        if self.carried.is_empty() {
+        if self.carried.is_empty() && self.links_settled {
             return;
         }
         let stale = self.adopt_stale_links();
@@ -356,24 +360,27 @@ impl Datapath {
                 let maps: Vec<&str> = self.carried.iter().map(|c| c.name).collect();
                 tracing::warn!(
                     ?maps,
-                    "the carry of the earlier agent's maps stays open until these links run this agent's programs: {held}"
+                    "links still running an earlier agent's programs (the carry of these maps stays open meanwhile; tried again every periodic tick): {held}"
                 );
                 self.carry_held = held;
             }
             return;
         }
         self.carry_held.clear();
+        self.links_settled = true;
         for c in std::mem::take(&mut self.carried) {
             migrate::finish(&self.pin_dir, &self.ebpf, c);
         }
     }
 
-    /// Destroys the connected UDP sockets that reach one of `doomed`'s
-    /// backends through its frontend; returns how many.
-    pub fn carrying(&self) -> bool {
-        !self.carried.is_empty()
+    /// Maps the programs write are being carried (their old maps still
+    /// looked up on a miss): they cannot be resized until that ends.
+    pub fn carrying_written(&self) -> bool {
+        self.carried.iter().any(migrate::Carry::written_by_programs)
     }
 
+    /// Destroys the connected UDP sockets that reach one of `doomed`'s
+    /// backends through its frontend; returns how many.
     pub fn destroy_udp_sockets(&self, doomed: &[lb_common::SockDoomedKey]) -> anyhow::Result<u64> {
         let Some(Map::LruHashMap(rev)) = self.ebpf.map(MAP_SOCK_REV) else {
             bail!("map {MAP_SOCK_REV} missing from the object");

@@ -1,7 +1,9 @@
-//! Pinned links still running another agent's programs. While one runs,
-//! the maps those programs write are still being written, so their carry
-//! (see `migrate`) ends only once none is left: a link whose swap failed,
-//! or one on a device this agent was not told to serve.
+//! Pinned links still running another agent's programs: a link whose swap
+//! failed, one on a device this agent was not told to serve, an XDP link
+//! when this agent runs without XDP. While one runs, the maps those
+//! programs write are still being written, so their carry (see `migrate`)
+//! ends only once none is left; without a carry they would run an older
+//! version's code, or XDP the operator turned off.
 
 use super::*;
 
@@ -21,16 +23,20 @@ impl Datapath {
             Ok(e) => e,
             Err(e) => return vec![format!("reading {}: {e}", self.links_dir.display())],
         };
+        // The clsact records are directories; their filters are replaced
+        // in place by slot, never left running (see links).
+        let mut pins: Vec<(u8, String)> = entries
+            .flatten()
+            .filter(|e| !e.path().is_dir())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (swap_order(&name), name)
+            })
+            .collect();
+        pins.sort();
         let mut stale = Vec::new();
-        for entry in entries.flatten() {
-            let pin = entry.path();
-            // The clsact records are directories; their filters are
-            // replaced in place by slot, never left running (see links).
-            if pin.is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Err(e) = self.adopt_one(&pin, &name, &ours) {
+        for (_, name) in pins {
+            if let Err(e) = self.adopt_one(&self.links_dir.join(&name), &name, &ours) {
                 stale.push(format!("{name}: {e:#}"));
             }
         }
@@ -67,13 +73,36 @@ impl Datapath {
         let fd = prog
             .fd()
             .with_context(|| format!("{prog_name} is not loaded"))?;
-        sys::link_update(link.as_fd(), fd.as_fd())
-            .with_context(|| format!("swapping {prog_name} in"))?;
+        match sys::link_update(link.as_fd(), fd.as_fd()) {
+            Ok(()) => {}
+            // Its device is gone: the link runs nothing any more.
+            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                std::fs::remove_file(pin).context("removing the pin of a defunct link")?;
+                tracing::info!(link = name, "unpinned a link whose device is gone");
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("swapping {prog_name} in")),
+        }
         tracing::info!(
             link = name,
             program = prog_name,
             "adopted a link still running an earlier program"
         );
         Ok(())
+    }
+}
+
+/// The order links are swapped in, as `TC_PROGRAMS` says: every answering
+/// hook (egress) before any starting one (ingress), XDP after TC, so a
+/// flow a new program starts is never answered by an old one.
+fn swap_order(pin: &str) -> u8 {
+    if pin.starts_with("tc-egress-") {
+        0
+    } else if pin.starts_with("tc-ingress-") {
+        1
+    } else if pin.starts_with("xdp-") {
+        2
+    } else {
+        3
     }
 }

@@ -103,8 +103,10 @@ pub struct Capacity {
 
 impl Capacity {
     /// What the maps would need to hold what `problems` left out for want
-    /// of room (a little more, at most: every pod that did not fit counts
-    /// whole); None when nothing was left out for room.
+    /// of room: what each pod that did not fit needs, beyond the most in
+    /// use when one was tried (a floor: pods that fitted after the last
+    /// one add to it, so a caller may need another round); None when
+    /// nothing was left out for room.
     pub fn wanted(&self, problems: &[PolicyProblem]) -> Option<Capacity> {
         let mut w = *self;
         let (mut short, mut entries, mut cidrs, mut entries_used, mut cidrs_used) =

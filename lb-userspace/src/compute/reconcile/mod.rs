@@ -343,11 +343,16 @@ impl Reconciler {
         let mut ops = self
             .policy
             .plan_changes(&self.snapshot, &changes, full, &mut said);
-        if let Some(wanted) = self.policy.capacity.wanted(&said)
-            && let Some(cap) = w.grow_policy(&wanted)
-        {
-            // Nothing is written yet: with the room made, no pod is
-            // isolated (or peer seen as world) for want of it.
+        // Nothing is written yet: with the room made, no pod is isolated
+        // (or peer seen as world) for want of it. What a pod that did not
+        // fit shows of the others is a floor: a round may not be enough.
+        for _ in 0..3 {
+            let Some(wanted) = self.policy.capacity.wanted(&said) else {
+                break;
+            };
+            let Some(cap) = w.grow_policy(&wanted) else {
+                break;
+            };
             self.policy.set_capacity(cap);
             said.clear();
             ops = self.policy.plan_changes(
