@@ -204,3 +204,66 @@ fn source_ranges_that_do_not_fit_leave_their_service_out_whole_until_room_frees(
     assert!(out.not_programmed[0].previous_state_kept);
     assert_eq!(r.mirror().range_entries(), 3);
 }
+
+/// A policy state that outgrows the policy maps: they grow (here to just
+/// what is asked, so it may take rounds) before anything is written, so
+/// no pod is written isolated for want of room and nothing is reported.
+#[test]
+fn policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
+    let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+    let small = crate::compute::policy::Capacity {
+        ipcache: 3,
+        entries: 4,
+        cidrs: 4,
+    };
+    let mut w = Fake {
+        policy_capacity: small,
+        policy_grows: true,
+        ..Default::default()
+    };
+    let mut y: String = (1..=6)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: a}}}}\n\
+                 spec: {{nodeName: n1, containers: [{{name: c, image: i}}]}}\n\
+                 status: {{phase: Running, podIP: 10.244.0.{i}, podIPs: [{{ip: 10.244.0.{i}}}]}}\n---\n"
+            )
+        })
+        .collect();
+    y += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+          spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}, {ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: 80}, {port: 81}]}]}\n";
+    let out = r.apply(&objs(&y), true, &mut w).unwrap();
+    let short: Vec<String> = out
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .filter(|e| e.contains("do not fit"))
+        .collect();
+    assert_eq!(short, Vec::<String>::new(), "{:?}", w.policy_capacity);
+    assert!(w.policy_growths >= 1, "{:?}", w.policy_capacity);
+    assert_eq!(w.policy_writes, 1, "one write, after the growth");
+    assert!(w.policy_capacity.ipcache >= 6 && w.policy_capacity.entries > small.entries);
+    assert_eq!(w.policy.endpoints.len(), 6);
+    assert!(
+        w.policy
+            .endpoints
+            .values()
+            .all(|e| e.flags & lb_common::EP_F_EGRESS_ISOLATED == 0),
+        "no pod isolated both ways for want of room: {:?}",
+        w.policy.endpoints
+    );
+    // The maps fixed: the same state does not fit and is reported.
+    let mut r = Reconciler::new(Mirror::from_entries([], []), Some("n1".into()));
+    let mut fixed = Fake {
+        policy_capacity: small,
+        ..Default::default()
+    };
+    let out = r.apply(&objs(&y), true, &mut fixed).unwrap();
+    assert!(
+        out.errors
+            .iter()
+            .any(|e| e.to_string().contains("do not fit")),
+        "{:?}",
+        out.errors
+    );
+}

@@ -12,10 +12,30 @@ struct Fake {
     applied: Vec<Op>,
     policy: PolicyMaps,
     capacity: Capacity,
+    /// The policy maps' capacity, and whether they grow (to exactly what
+    /// is asked) and how often they did; and how many policy writes came.
+    policy_capacity: crate::compute::policy::Capacity,
+    policy_grows: bool,
+    policy_growths: usize,
+    policy_writes: usize,
 }
 impl Writer for Fake {
     fn capacity(&self) -> Capacity {
         self.capacity
+    }
+    fn policy_capacity(&self) -> crate::compute::policy::Capacity {
+        self.policy_capacity
+    }
+    fn grow_policy(
+        &mut self,
+        wanted: &crate::compute::policy::Capacity,
+    ) -> Option<crate::compute::policy::Capacity> {
+        if !self.policy_grows || *wanted == self.policy_capacity {
+            return None;
+        }
+        self.policy_growths += 1;
+        self.policy_capacity = *wanted;
+        Some(*wanted)
     }
     fn apply(&mut self, ops: &[Op]) -> anyhow::Result<()> {
         self.applied.extend_from_slice(ops);
@@ -25,6 +45,7 @@ impl Writer for Fake {
         Ok(self.mirror.clone())
     }
     fn apply_policy(&mut self, ops: &[PolicyOp]) -> anyhow::Result<()> {
+        self.policy_writes += 1;
         crate::compute::policy_plan::apply(&mut self.policy, ops);
         Ok(())
     }
