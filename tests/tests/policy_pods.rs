@@ -148,6 +148,17 @@ impl Bed {
         self.servers.push(p);
     }
 
+    /// New TCP connections from the client to the pod back to back, until
+    /// the returned file is written.
+    fn tcp_loop(&self) -> (std::path::PathBuf, Proc) {
+        let stop = self.dir.0.join("stop");
+        let mut cmd = Command::new(lb_tests::helper_bin());
+        cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
+        let mut tcp = Proc::spawn(cmd, Some(&self.cgroup.path), Some(&self.client.path()));
+        assert_eq!(tcp.read_line().trim(), "started");
+        (stop, tcp)
+    }
+
     fn cli_json(&self, args: &[&str]) -> Value {
         let mut a: Vec<&str> = args.to_vec();
         a.push("-o");
@@ -243,11 +254,7 @@ fn a_restarted_agent_keeps_enforcing_with_no_window() {
     }
     // TCP 8080 is allowed (new connections back to back until told to
     // stop), UDP 8080 is not: both run across two restarts.
-    let stop = bed.dir.0.join("stop");
-    let mut cmd = Command::new(lb_tests::helper_bin());
-    cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
-    let mut tcp = Proc::spawn(cmd, Some(&bed.cgroup.path), Some(&bed.client.path()));
-    assert_eq!(tcp.read_line().trim(), "started");
+    let (stop, mut tcp) = bed.tcp_loop();
     let n_udp = 30;
     let mut udp = probes(&bed.client, &bed.cgroup.path, "udp", n_udp, 100);
     for _ in 0..2 {
@@ -287,11 +294,7 @@ fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
         status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 16384,
         "{status}"
     );
-    let stop = bed.dir.0.join("stop");
-    let mut cmd = Command::new(lb_tests::helper_bin());
-    cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
-    let mut tcp = Proc::spawn(cmd, Some(&bed.cgroup.path), Some(&bed.client.path()));
-    assert_eq!(tcp.read_line().trim(), "started");
+    let (stop, mut tcp) = bed.tcp_loop();
 
     let blocks: String = (0..17_000u32)
         .map(|i| {
@@ -369,11 +372,7 @@ fn the_policy_conntrack_map_grows_while_running() {
         })
     };
     assert_eq!(size(&bed), 64, "the initial size");
-    let stop = bed.dir.0.join("stop");
-    let mut cmd = Command::new(lb_tests::helper_bin());
-    cmd.args(["loop", &format!("{POD_IP}:8080"), &stop.to_string_lossy()]);
-    let mut tcp = Proc::spawn(cmd, Some(&bed.cgroup.path), Some(&bed.client.path()));
-    assert_eq!(tcp.read_line().trim(), "started");
+    let (stop, mut tcp) = bed.tcp_loop();
     // A sweep every 10 s, the sync loop's look at it every 10 s (later
     // when a busy machine stretches the sweeps).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

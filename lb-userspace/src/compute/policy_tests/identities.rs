@@ -214,9 +214,10 @@ fn egress_named_ports_of_pods_sharing_an_identity_stay_per_pod() {
     );
 }
 
-#[test]
-fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
-    let mut c = cluster(&[
+/// Two pods of x and one of y, x's pods allowing every namespace on three
+/// ports: 3 identities x 3 ports = 9 entries per pod of x.
+fn three_pods_allowed_three_ports() -> Cluster {
+    cluster(&[
         pod("x/a", "app=a", "10.0.1.1"),
         pod("x/b", "app=b", "10.0.1.2"),
         pod("y/c", "app=c", "10.0.2.1"),
@@ -224,7 +225,12 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
             "x/allow",
             "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}, {port: 81}, {port: 82}]}]}",
         ),
-    ]);
+    ])
+}
+
+#[test]
+fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
+    let mut c = three_pods_allowed_three_ports();
     let cap = crate::compute::policy::Capacity {
         ipcache: 100,
         entries: 10,
@@ -271,15 +277,7 @@ fn a_pod_whose_entries_do_not_fit_is_isolated_with_nothing_allowed_and_named() {
 /// were short.
 #[test]
 fn the_room_wanted_for_what_did_not_fit_holds_it() {
-    let mut c = cluster(&[
-        pod("x/a", "app=a", "10.0.1.1"),
-        pod("x/b", "app=b", "10.0.1.2"),
-        pod("y/c", "app=c", "10.0.2.1"),
-        netpol(
-            "x/allow",
-            "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}, {port: 81}, {port: 82}]}]}",
-        ),
-    ]);
+    let mut c = three_pods_allowed_three_ports();
     let cap = crate::compute::policy::Capacity {
         ipcache: 3,
         entries: 10,

@@ -12,7 +12,7 @@ pub use batch::{
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
@@ -89,15 +89,21 @@ pub struct CgroupLinkInfo {
 
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
-pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
-    // struct bpf_link_info: type, id, prog_id, then a union at offset 16
-    // whose cgroup member is { __u64 cgroup_id; __u32 attach_type; }.
+/// BPF_OBJ_GET_INFO_BY_FD: the first 256 bytes of the object's info.
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u64; 32]> {
     let mut info = [0u64; 32];
     let mut a = Attr::new();
     a.put_u32(0, fd.as_raw_fd() as u32);
     a.put_u32(4, std::mem::size_of_val(&info) as u32);
     a.put_u64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
+}
+
+pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    // struct bpf_link_info: type, id, prog_id, then a union at offset 16
+    // whose cgroup member is { __u64 cgroup_id; __u32 attach_type; }.
+    let info = obj_info(fd)?;
     Ok(CgroupLinkInfo {
         link_type: info[0] as u32,
         prog_id: info[1] as u32,
@@ -114,12 +120,7 @@ pub fn prog_name_by_id(id: u32) -> io::Result<String> {
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?;
     // SAFETY: the kernel just returned this fd to us and nobody else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut info = [0u64; 32];
-    let mut a = Attr::new();
-    a.put_u32(0, fd.as_raw_fd() as u32);
-    a.put_u32(4, std::mem::size_of_val(&info) as u32);
-    a.put_u64(8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let info = obj_info(fd.as_fd())?;
     let name: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..end]).into_owned())
