@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// The link runs the program of id `prog`.
+fn runs(link: &std::os::fd::OwnedFd, prog: u32) -> bool {
+    sys::cgroup_link_info(link.as_fd()).is_ok_and(|i| i.prog_id == prog)
+}
+
 /// The clsact filter slot the agent owns: a fixed priority and handle, so
 /// a restarted agent finds (and replaces in place) its predecessor's
 /// filter, and `reset` removes it.
@@ -174,6 +179,11 @@ impl Datapath {
             if pin.exists() {
                 let link = sys::obj_get(&pin)
                     .with_context(|| format!("opening pinned link {}", pin.display()))?;
+                // Already this program (a device tried again after its XDP
+                // failed): nothing to swap, nothing to say.
+                if runs(&link, prog.info()?.id()) {
+                    continue;
+                }
                 let prog_fd = prog.fd()?;
                 if sys::link_update(link.as_fd(), prog_fd.as_fd()).is_ok() {
                     tracing::info!(link = %pin.display(), "adopted pinned link");
