@@ -148,6 +148,15 @@ impl Bed {
         self.servers.push(p);
     }
 
+    /// The pod plugged in and serving, its Pod object known, TCP 8080
+    /// allowed to it from namespace front.
+    fn serve_allowed(&mut self) {
+        plug(&self.node, &self.pod, "lxc000002", POD_IP);
+        self.serve();
+        self.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
+        self.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    }
+
     /// New TCP connections from the client to the pod back to back, until
     /// the returned file is written.
     fn tcp_loop(&self) -> (std::path::PathBuf, Proc) {
@@ -240,10 +249,7 @@ fn a_pod_created_under_default_deny_never_answers_from_its_first_packet() {
 #[test]
 fn a_restarted_agent_keeps_enforcing_with_no_window() {
     let mut bed = Bed::new();
-    plug(&bed.node, &bed.pod, "lxc000002", POD_IP);
-    bed.serve();
-    bed.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
-    bed.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    bed.serve_allowed();
     for r in results(&mut probes(&bed.client, &bed.cgroup.path, "udp", 3, 200), 3) {
         assert_eq!(
             r["ok"],
@@ -285,10 +291,7 @@ fn a_restarted_agent_keeps_enforcing_with_no_window() {
 #[test]
 fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
     let mut bed = Bed::new();
-    plug(&bed.node, &bed.pod, "lxc000002", POD_IP);
-    bed.serve();
-    bed.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
-    bed.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    bed.serve_allowed();
     let status = bed.cli_json(&["status"]);
     assert_eq!(
         status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 16384,
@@ -360,10 +363,7 @@ fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
 #[test]
 fn the_policy_conntrack_map_grows_while_running() {
     let mut bed = Bed::with(&["--policy-ct-initial=64", "--ct-timeout-tcp-closing=600"]);
-    plug(&bed.node, &bed.pod, "lxc000002", POD_IP);
-    bed.serve();
-    bed.apply("new.yaml", &pod_yaml("back", "new", POD_IP));
-    bed.apply("allow.yaml", ALLOW_TCP_FROM_FRONT);
+    bed.serve_allowed();
     // The map's pin is replaced while it grows: a status read then may
     // fail, and is read again.
     let size = |bed: &Bed| {

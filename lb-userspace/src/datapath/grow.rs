@@ -1,18 +1,15 @@
-//! Growing the services, backends and loadBalancerSourceRanges maps while
-//! the agent runs, when the cluster outgrows them and no `--max-*` flag
-//! fixed their size (and the conntrack map, when a sweep finds it nearly
-//! full; its carry looks up the old map on a miss until the second copy,
-//! `migrate::bridge`): the
-//! object is loaded again with bigger maps, which get every entry before
-//! any of its programs runs (see `migrate`), and its programs are swapped
-//! in under the pinned links (cgroup, tcx, XDP) as a restarted agent's
-//! are, so no lookup ever misses. Only the agent writes these maps, so
-//! the copy is complete.
-
-use lb_common::{
-    MAP_BACKENDS, MAP_CT, MAP_IPCACHE, MAP_POL_CIDR, MAP_POL_CT, MAP_POLICY, MAP_SERVICES,
-    MAP_SRC_RANGES,
-};
+//! Growing maps while the agent runs, when no flag fixed their size: the
+//! services, backends and loadBalancerSourceRanges maps when the cluster
+//! outgrows them, the NetworkPolicy maps the agent writes before a policy
+//! state that does not fit them is written, and the two conntrack maps
+//! when a sweep finds one nearly full. The object is loaded again with
+//! bigger maps, which get every entry before any of its programs runs
+//! (see `migrate`), and its programs are swapped in under the pinned
+//! links (cgroup, tcx, XDP) as a restarted agent's are. Only the agent
+//! writes the first kinds, so their copy is complete and no lookup ever
+//! misses; the conntrack maps get a second copy after the swap (the
+//! packet path's looked up in the old map on a miss until then,
+//! `migrate::bridge`).
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 
@@ -181,17 +178,12 @@ impl Datapath {
         let mut new = match super::load_with(&opts, &names) {
             Ok(new) => new,
             Err(e) => {
-                for name in [
-                    MAP_SERVICES,
-                    MAP_BACKENDS,
-                    MAP_SRC_RANGES,
-                    MAP_CT,
-                    MAP_POL_CT,
-                    MAP_IPCACHE,
-                    MAP_POLICY,
-                    MAP_POL_CIDR,
-                ] {
-                    migrate::undo(&self.pin_dir, name);
+                // Every map this load moved aside goes back; a carry still
+                // under way keeps the earlier agent's map aside.
+                for spec in super::map_specs(sizes) {
+                    if !names.contains(&spec.name) {
+                        migrate::undo(&self.pin_dir, spec.name);
+                    }
                 }
                 self.carried = under_way;
                 return Err(e.context("loading the programs with the grown maps"));

@@ -50,7 +50,7 @@ fn copy_batched(
     let mut walk = sys::BatchWalk::default();
     let mut keys = sys::Raw::new(from.key_size as usize);
     let mut read = sys::Raw::new(from.value_size as usize);
-    let mut values = sys::Raw::new(to.value_size as usize);
+    let mut wide = sys::Raw::new(to.value_size as usize);
     let (mut copied, mut first) = (0, true);
     loop {
         keys.bytes.clear();
@@ -61,23 +61,26 @@ fn copy_batched(
             Err(e) => return Err(Batched::Failed(anyhow::Error::new(e).context("reading"))),
         };
         first = false;
-        // Zero-extended to the new layout (the same bytes when it did not
-        // change).
-        values.bytes.clear();
-        for v in read.bytes.chunks_exact(read.size) {
-            values.bytes.extend_from_slice(v);
-            values
-                .bytes
-                .resize(values.bytes.len() + values.size - read.size, 0);
-        }
+        // Zero-extended to the new layout, when it changed.
+        let values = if wide.size == read.size {
+            &read
+        } else {
+            wide.bytes.clear();
+            for v in read.bytes.chunks_exact(read.size) {
+                wide.bytes.extend_from_slice(v);
+                wide.bytes
+                    .resize(wide.bytes.len() + wide.size - read.size, 0);
+            }
+            &wide
+        };
         copied += if flags == sys::BPF_NOEXIST {
             // Batch writes take no BPF_NOEXIST (only BPF_F_LOCK), and
             // entries the new programs made since must stay: one call each
             // (about as fast as reading the new map's keys first to skip
             // them, measured at a million entries).
-            write_absent(new, &keys, &values).map_err(Batched::Failed)?
+            write_absent(new, &keys, values).map_err(Batched::Failed)?
         } else {
-            sys::update_batch_raw(new, &keys, &values, flags)
+            sys::update_batch_raw(new, &keys, values, flags)
                 .map_err(|w| Batched::Failed(anyhow::Error::new(w.error).context("writing")))?
         };
         if !more {
@@ -213,6 +216,16 @@ mod tests {
             assert_eq!(got.len(), n as usize + 1);
             assert_eq!(got[&7], [9; 8], "kept");
             assert_eq!(got[&n], [1, 1, 1, 1, 0, 0, 0, 0], "added");
+            // Another size only (values as they are).
+            let same = sys::map_create(t, 8, 4, 4 * n as u32).unwrap();
+            let to = layout(map_type, 4, 4 * n as u32);
+            assert_eq!(
+                copy(old.as_fd(), same.as_fd(), from, to, 0).unwrap(),
+                n as usize + 1
+            );
+            let got = entries(same.as_fd(), 4);
+            assert_eq!(got[&n], [1; 4]);
+            assert_eq!(got[&3], 4u32.to_ne_bytes());
         }
         let old = sys::map_create(ARRAY, 4, 4, 10).unwrap();
         let new = sys::map_create(ARRAY, 4, 8, 10).unwrap();
