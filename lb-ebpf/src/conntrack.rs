@@ -85,7 +85,7 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
     clippy::needless_borrows_for_generic_args,
     reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
 )]
-fn adopt_carried(k: &CtKey) -> bool {
+pub fn adopt_carried(k: &CtKey) -> bool {
     const BPF_NOEXIST: u64 = 1;
     let Some(v) = LB_CT_CARRIED.get_value_ptr_mut(0, k) else {
         return false;

@@ -214,6 +214,10 @@ fn snat_port(k: &mut CtKey, client: &NetAddr, cport: u32, h: u32) -> u32 {
     let mut i = 0u32;
     while i < SNAT_TRIES {
         k.dport = BeU16::from_host(snat_port_at((start + i) % SNAT_PORTS) as u16);
+        // While a conntrack map is carried, the earlier agent's programs
+        // may have handed this port out after the copy: their entry comes
+        // over first, so the claim below finds the port taken.
+        conntrack::adopt_carried(k);
         if conntrack::put_new(k, client, cport) == 0 {
             return 0;
         }

@@ -2,7 +2,9 @@
 //! another size): a flow the earlier agent's programs start after the
 //! first copy is found by this agent's programs in the old map, at once.
 
-use lb_common::{CT_FWD, CT_REV, CtKey, DEFAULT_CT_MAX, MAP_CT, TCP_ACK, TCP_SYN};
+use lb_common::{
+    CT_FWD, CT_REV, CT_RSNAT, CtKey, CtValue, DEFAULT_CT_MAX, MAP_CT, TCP_ACK, TCP_SYN,
+};
 
 use super::test_run::{Bed, dst4, src4, tcp4, tcp4_flags};
 
@@ -72,5 +74,72 @@ fn a_handshake_the_earlier_programs_began_completes_under_a_carried_conntrack_ma
     assert!(
         !new.pin_dir().join(format!("{MAP_CT}_PREVIOUS")).exists(),
         "the old pin is gone"
+    );
+}
+
+/// The SNAT port a new flow from the client's `port` claimed in `bed`.
+fn snat_port_of(bed: &Bed, port: u16) -> u16 {
+    let client = super::test_run::ip("10.100.0.200");
+    bed.ct()
+        .iter()
+        .find(|(k, v)| k.kind == CT_RSNAT && v.addr == client && v.port.to_host() == port)
+        .map(|(k, _)| k.dport.to_host())
+        .expect("an SNAT'd flow claims a port")
+}
+
+#[test]
+fn a_port_the_earlier_programs_handed_out_during_a_carry_is_not_handed_out_again() {
+    let remote = |bed: &mut Bed| {
+        bed.service(
+            "10.100.0.1",
+            30080,
+            lb_common::PROTO_TCP,
+            Some(("10.244.2.10", 8080, 0)),
+        )
+    };
+    let syn = tcp4(CLIENT, 40001, NODE, 30080, true);
+    // Where this flow's probe for a port starts.
+    let mut probe = Bed::new("snatprobe");
+    remote(&mut probe);
+    probe.run("lb_tc_ingress", &syn);
+    let first = snat_port_of(&probe, 40001);
+
+    let mut old = Bed::new("carrysnat");
+    remote(&mut old);
+    let (new, _carry) = old.carrying_ct(2 * DEFAULT_CT_MAX);
+    // The earlier programs hand that port to another client after the
+    // first copy: its reverse SNAT entry is in the old map only.
+    let held = CtKey {
+        saddr: super::test_run::ip("10.244.2.10"),
+        daddr: super::test_run::ip("10.100.0.1"),
+        sport: lb_common::BeU16::from_host(8080),
+        dport: lb_common::BeU16::from_host(first),
+        proto: lb_common::PROTO_TCP,
+        kind: CT_RSNAT,
+        _pad: [0; 2],
+    };
+    let other = CtValue {
+        addr: super::test_run::ip("10.100.0.201"),
+        port: lb_common::BeU16::from_host(50000),
+        flags: lb_common::CT_F_PORT_KEYED,
+        last_seen: crate::datapath::host::monotonic_s(),
+        ..Default::default()
+    };
+    let mut m: aya::maps::HashMap<_, CtKey, CtValue> =
+        aya::maps::HashMap::try_from(old.ebpf.map_mut(MAP_CT).unwrap()).unwrap();
+    m.insert(held, other, 0).unwrap();
+
+    let (verdict, _) = new.run("lb_tc_ingress", &syn);
+    assert_eq!(verdict, super::test_run::TC_ACT_OK, "the flow goes through");
+    assert_ne!(
+        snat_port_of(&new, 40001),
+        first,
+        "the port the earlier programs hold for another client"
+    );
+    let theirs = new.ct().into_iter().find(|(k, _)| *k == held);
+    assert_eq!(
+        theirs.map(|(_, v)| v.addr),
+        Some(other.addr),
+        "their entry stays theirs"
     );
 }
