@@ -71,6 +71,22 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
         "the growth and its reason are logged:\n{log}"
     );
     assert!(!log.contains("growing the conntrack maps"), "{log}");
+    // The entries come over after the swap, on a thread of their own (the
+    // sync loop never waits for them), and the carry then ends.
+    assert!(
+        log.contains("copying the earlier map's entries on a thread of their own"),
+        "{log}"
+    );
+    agent
+        .proc
+        .wait_until(Duration::from_secs(10), "the end of the carry", |a| {
+            a.log_text()
+                .contains("entries of the earlier map copied after the swap")
+        });
+    assert!(
+        !agent.proc.pin_dir.join("LB_CT_V1_PREVIOUS").exists(),
+        "the old map's pin goes with the carry"
+    );
 }
 
 #[test]

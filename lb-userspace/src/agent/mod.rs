@@ -267,6 +267,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 health.alive();
+                // A grown conntrack map's copy runs on its thread: the
+                // carry ends soon after it is done.
+                if dp.carry_copying() {
+                    dp.finish_carry();
+                }
                 if needs_resync && resync.due() {
                     let resynced = rec.resync(&mut dp);
                     let resynced = grow_for_left_out(&mut dp, &mut rec, resynced);

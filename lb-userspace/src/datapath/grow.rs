@@ -7,9 +7,11 @@
 //! (see `migrate`), and its programs are swapped in under the pinned
 //! links (cgroup, tcx, XDP) as a restarted agent's are. Only the agent
 //! writes the first kinds, so their copy is complete and no lookup ever
-//! misses; the conntrack maps get a second copy after the swap (the
-//! packet path's looked up in the old map on a miss until then,
-//! `migrate::bridge`).
+//! misses. The packet path's conntrack map is copied after the swap only,
+//! on a thread of its own, its programs looking up the old map on a miss
+//! until the copy is done (`migrate::bridge`): the sync loop never waits
+//! for a million entries. The policy conntrack, which has no such lookup,
+//! is copied before the swap and again after it.
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 
@@ -175,7 +177,7 @@ impl Datapath {
             migrate::finish(&self.pin_dir, &self.ebpf, c);
         }
         let names: Vec<&str> = under_way.iter().map(|c| c.name).collect();
-        let mut new = match super::load_with(&opts, &names) {
+        let mut new = match super::load_with(&opts, &names, super::Fill::AfterSwap) {
             Ok(new) => new,
             Err(e) => {
                 // Every map this load moved aside goes back; a carry still
@@ -189,7 +191,8 @@ impl Datapath {
                 return Err(e.context("loading the programs with the grown maps"));
             }
         };
-        for c in &under_way {
+        let mut under_way = under_way;
+        for c in &mut under_way {
             if let Err(e) = migrate::bridge(&new.ebpf, c) {
                 tracing::warn!(map = c.name, "{e:#}");
             }

@@ -181,13 +181,25 @@ pub const TC_PROGRAMS: &[(&str, &str)] =
 pub const POD_PROGRAMS: &[(&str, &str)] = &[("lb_pod_to", "egress"), ("lb_pod_from", "ingress")];
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
-    load_with(opts, &[])
+    load_with(opts, &[], Fill::Now)
+}
+
+/// When a carried map the new programs look up on a miss (`bridge`) gets
+/// the old one's entries.
+#[derive(Clone, Copy, PartialEq)]
+enum Fill {
+    /// Before any program of the object runs, and again after the swap
+    /// (a restart: the first change set waits anyway).
+    Now,
+    /// After the swap only, on a thread of its own (a growth while
+    /// running: the sync loop does not wait for a million entries).
+    AfterSwap,
 }
 
 /// `load`, but the maps named in `under_way` are being carried by this
 /// agent already (see `grow`): their pins are this agent's maps, reused as
 /// they are, not a carry an earlier agent left to start again.
-fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath> {
+fn load_with(opts: &LoadOptions, under_way: &[&str], fill: Fill) -> anyhow::Result<Datapath> {
     crate::datapath::host::check_kernel()?;
     crate::datapath::host::ensure_pin_dir(&opts.pin_dir)?;
     let links_dir = opts.pin_dir.join("links");
@@ -236,14 +248,16 @@ fn load_with(opts: &LoadOptions, under_way: &[&str]) -> anyhow::Result<Datapath>
         .load(OBJECT)
         .context("loading the eBPF object")?;
     // Before any program of this object runs: the carried maps hold
-    // everything the old ones did.
-    for c in &carried {
-        migrate::fill(&opts.pin_dir, c)?;
+    // everything the old ones did, or find it there on a miss.
+    for c in &mut carried {
         if let Err(e) = migrate::bridge(&ebpf, c) {
             tracing::warn!(
                 map = c.name,
                 "{e:#}: flows the earlier programs start before the swap come with the second copy"
             );
+        }
+        if !(fill == Fill::AfterSwap && c.bridged()) {
+            migrate::fill(&opts.pin_dir, c)?;
         }
     }
 
@@ -353,7 +367,12 @@ impl Datapath {
         if self.carried.is_empty() && self.links_settled {
             return;
         }
-        let stale = self.adopt_stale_links();
+        // Links settle once per datapath: after that only copies remain.
+        let stale = if self.links_settled {
+            vec![]
+        } else {
+            self.adopt_stale_links()
+        };
         if !stale.is_empty() {
             let held = stale.join("; ");
             if held != self.carry_held {
@@ -368,9 +387,16 @@ impl Datapath {
         }
         self.carry_held.clear();
         self.links_settled = true;
-        for c in std::mem::take(&mut self.carried) {
-            migrate::finish(&self.pin_dir, &self.ebpf, c);
-        }
+        self.carried = std::mem::take(&mut self.carried)
+            .into_iter()
+            .filter_map(|c| migrate::finish(&self.pin_dir, &self.ebpf, c))
+            .collect();
+    }
+
+    /// A carried map's copy after the swap runs (or ran) on its thread:
+    /// `finish_carry` ends the carry once it is done.
+    pub fn carry_copying(&self) -> bool {
+        self.carried.iter().any(migrate::Carry::copying)
     }
 
     /// Maps the programs write are being carried (their old maps still
@@ -400,7 +426,7 @@ impl Datapath {
 /// interrupted carry left), if any: a map that grew keeps its size across
 /// restarts.
 pub fn pinned_max_entries(pin_dir: &Path, name: &str) -> Option<u32> {
-    [pin_dir.join(format!("{name}_PREVIOUS")), pin_dir.join(name)]
+    [migrate::old_pin(pin_dir, name), pin_dir.join(name)]
         .iter()
         .find(|p| p.exists())
         .and_then(|p| MapInfo::from_pin(p).ok())

@@ -18,7 +18,7 @@ pub(super) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
 pub(super) fn open_pinned_sized(pin_dir: &Path, name: &str) -> anyhow::Result<(Map, u32)> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path)
-        .or_else(|e| MapData::from_pin(pin_dir.join(format!("{name}_PREVIOUS"))).map_err(|_| e))
+        .or_else(|e| MapData::from_pin(super::migrate::old_pin(pin_dir, name)).map_err(|_| e))
         .with_context(|| {
             format!(
                 "opening {} (is an agent running with --pin-dir {}?)",

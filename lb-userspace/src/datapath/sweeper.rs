@@ -152,6 +152,11 @@ impl State {
             &self.timeouts,
             DELETE_BUDGET,
         )?;
+        if migrate::old_pin(dir, MAP_CT).exists() {
+            // A carried map fills as its copy runs: no eviction is judged
+            // from its counts until a sweep after the carry.
+            self.ct.evictions.forget();
+        }
         self.left_before = std::mem::take(&mut self.left_now);
         let (mut pol, max) = pinned::open_pinned_sized(dir, lb_common::MAP_POL_CT)?;
         let max = max as usize;

@@ -46,6 +46,12 @@ impl Evictions {
         self.observe_flows(new_entries, &flows, &doomed);
     }
 
+    /// The next sweep judges nothing, only counts again (the map it
+    /// walked was not the whole map).
+    pub fn forget(&mut self) {
+        self.primed = false;
+    }
+
     /// [`Self::observe`] on a walk already grouped; `doomed` as indices.
     pub fn observe_flows(&mut self, new_entries: u64, flows: &Flows<'_>, doomed: &[u32]) {
         let mut gone = vec![false; flows.len()];

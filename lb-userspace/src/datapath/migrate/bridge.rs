@@ -1,7 +1,9 @@
 //! While a map the programs write is carried (see `migrate`): this
 //! agent's programs look the old map up on a miss, through a slot of
 //! their object (`LB_CT_CARRIED` for conntrack), so a flow the earlier
-//! agent's programs start after the first copy is found at once.
+//! agent's programs start after the first copy is found at once, and a
+//! map grown while running needs no first copy at all (its entries come
+//! over as they are looked up, the rest with the copy after the swap).
 
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
@@ -33,7 +35,7 @@ fn slot_fd<'a>(ebpf: &'a Ebpf, slot: &str) -> anyhow::Result<BorrowedFd<'a>> {
 /// only at the second copy. The slot takes a map of this agent's key and
 /// value sizes only: a carry into a changed value layout keeps the window
 /// until the second copy, and says so.
-pub fn bridge(ebpf: &Ebpf, c: &Carry) -> anyhow::Result<()> {
+pub fn bridge(ebpf: &Ebpf, c: &mut Carry) -> anyhow::Result<()> {
     let Some(slot) = carried_slot(c.name) else {
         return Ok(());
     };
@@ -52,7 +54,9 @@ pub fn bridge(ebpf: &Ebpf, c: &Carry) -> anyhow::Result<()> {
         &0u32.to_ne_bytes(),
         &(c.old_fd.as_raw_fd() as u32).to_ne_bytes(),
     )
-    .with_context(|| format!("putting the earlier {} in {slot}", c.name))
+    .with_context(|| format!("putting the earlier {} in {slot}", c.name))?;
+    c.bridged = true;
+    Ok(())
 }
 
 /// The end of `bridge`: the programs stop looking in the old map (which

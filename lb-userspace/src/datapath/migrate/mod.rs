@@ -43,7 +43,8 @@ use lb_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_POL_COUNT, MAP_SERVICES,
 
 use super::{MapSpec, sys};
 
-fn old_pin(pin_dir: &Path, name: &str) -> PathBuf {
+/// Where a carried map's old pin is while the carry is open.
+pub fn old_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(format!("{name}_PREVIOUS"))
 }
 
@@ -155,6 +156,12 @@ pub struct Carry {
     old_fd: OwnedFd,
     pub from: Layout,
     pub to: Layout,
+    /// This agent's programs look the old map up on a miss (`bridge`).
+    bridged: bool,
+    /// The copy after the swap of a bridged map, on a thread of its own:
+    /// nothing is missing meanwhile, and a million entries take seconds
+    /// the sync loop must not wait out.
+    second: Option<std::thread::JoinHandle<anyhow::Result<usize>>>,
 }
 
 impl Carry {
@@ -162,6 +169,17 @@ impl Carry {
     /// copied again once they are gone.
     pub fn written_by_programs(&self) -> bool {
         self.to.map_type == Some(MapType::LruHash)
+    }
+
+    /// Its programs find every entry of the old map on a miss, so its
+    /// first copy may wait for the second (`fill_later`).
+    pub fn bridged(&self) -> bool {
+        self.bridged
+    }
+
+    /// The copy after the swap runs (or ran) on its thread.
+    pub fn copying(&self) -> bool {
+        self.second.is_some()
     }
 }
 
@@ -238,6 +256,8 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
         old_fd,
         from,
         to,
+        bridged: false,
+        second: None,
     }))
 }
 
@@ -298,25 +318,32 @@ pub fn undo(pin_dir: &Path, name: &str) {
 /// agent's programs wrote since the copy comes along (never replacing an
 /// entry), this agent's programs stop looking in the old map, and the old
 /// pin goes (the map itself lives while a program of the earlier agent
-/// still holds it).
-pub fn finish(pin_dir: &Path, ebpf: &Ebpf, c: Carry) {
+/// still holds it). A bridged map's copy runs on a thread of its own (its
+/// programs find the old entries meanwhile): the carry comes back while
+/// it runs, to be finished again later.
+pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
     if c.written_by_programs() {
-        let new_pin = pin_dir.join(c.name);
-        let r = sys::obj_get(&new_pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|new| {
-                copy(
-                    c.old_fd.as_fd(),
-                    new.as_fd(),
-                    c.from,
-                    c.to,
-                    sys::BPF_NOEXIST,
-                )
-            });
-        match r {
+        let copied = match c.second.take() {
+            Some(t) if !t.is_finished() => {
+                c.second = Some(t);
+                return Some(c);
+            }
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the copy's thread panicked"))),
+            None if c.bridged => match second_copy(pin_dir, &c) {
+                Ok(t) => {
+                    c.second = Some(t);
+                    return Some(c);
+                }
+                Err(e) => Err(e),
+            },
+            None => copy_missing(pin_dir, c.name, c.old_fd.as_fd(), c.from, c.to),
+        };
+        match copied {
             Ok(n) => tracing::info!(
                 map = c.name,
-                "{n} entries the earlier programs made during the swap copied"
+                "{n} entries of the earlier map copied after the swap (none replacing one of this agent's)"
             ),
             Err(e) => tracing::warn!(
                 map = c.name,
@@ -332,6 +359,41 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, c: Carry) {
     if let Err(e) = std::fs::remove_file(&c.old) {
         tracing::warn!("removing {}: {e}", c.old.display());
     }
+    None
+}
+
+/// Every entry of the old map this agent's lacks, one call each
+/// (BPF_NOEXIST: a batch write takes no such flag).
+fn copy_missing(
+    pin_dir: &Path,
+    name: &str,
+    old: BorrowedFd<'_>,
+    from: Layout,
+    to: Layout,
+) -> anyhow::Result<usize> {
+    let new_pin = pin_dir.join(name);
+    let new = sys::obj_get(&new_pin).with_context(|| format!("opening {}", new_pin.display()))?;
+    copy(old, new.as_fd(), from, to, sys::BPF_NOEXIST)
+}
+
+/// `copy_missing` on a thread of its own.
+fn second_copy(
+    pin_dir: &Path,
+    c: &Carry,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<usize>>> {
+    let old = c
+        .old_fd
+        .try_clone()
+        .context("duplicating the old map's fd")?;
+    let (dir, name, from, to) = (pin_dir.to_path_buf(), c.name, c.from, c.to);
+    tracing::info!(
+        map = name,
+        "copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile"
+    );
+    std::thread::Builder::new()
+        .name("carry-copy".into())
+        .spawn(move || copy_missing(&dir, name, old.as_fd(), from, to))
+        .context("starting the copy's thread")
 }
 
 #[cfg(test)]

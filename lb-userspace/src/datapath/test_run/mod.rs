@@ -82,7 +82,7 @@ impl Bed {
         .into_iter()
         .find(|s| s.name == lb_common::MAP_CT)
         .unwrap();
-        let carry = super::migrate::prepare(&self.dir, &spec)
+        let mut carry = super::migrate::prepare(&self.dir, &spec)
             .expect("prepare")
             .expect("a conntrack map of another size is carried");
         let ebpf = EbpfLoader::new()
@@ -91,7 +91,7 @@ impl Bed {
             .load(OBJECT)
             .expect("load");
         super::migrate::fill(&self.dir, &carry).expect("fill");
-        super::migrate::bridge(&ebpf, &carry).expect("bridge");
+        super::migrate::bridge(&ebpf, &mut carry).expect("bridge");
         (Self::programs_loaded(ebpf, self.dir.clone()), carry)
     }
 
