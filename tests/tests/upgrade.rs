@@ -72,13 +72,24 @@ fn bpftool_create(pin: &std::path::Path, args: &[&str]) {
     bpftool(&all);
 }
 
+/// The old pins a carry left 10 s after it could end (a carried
+/// conntrack map's copy after the swap runs on a thread, a moment after
+/// the change set).
 fn old_pins_left(agent: &Agent) -> Vec<String> {
-    std::fs::read_dir(&agent.proc.pin_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with("_PREVIOUS"))
-        .collect()
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&agent.proc.pin_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("_PREVIOUS"))
+            .collect()
+    };
+    let _ = lb_tests::try_wait_until(
+        std::time::Duration::from_secs(10),
+        "the carry's end",
+        || Ok(left().is_empty()),
+    );
+    left()
 }
 
 #[test]
