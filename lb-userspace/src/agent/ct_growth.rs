@@ -1,9 +1,11 @@
 //! The conntrack maps the programs write (the packet path's and the
 //! policy's) grow while the agent runs when a sweep finds one more than
 //! three quarters full (`datapath::ct_grown`): a full LRU evicts live
-//! flows to make room. A map a flag fixes is named once when it gets that
-//! full, and so is a growth that failed (the maps then stay as they are
-//! until a restart: no retry every sweep).
+//! flows to make room. The object with the bigger maps loads on a thread
+//! (`datapath::background_growth`), so changes keep flowing meanwhile. A
+//! map a flag fixes is named once when it gets that full, and so is a
+//! growth that failed (the maps then stay as they are until a restart: no
+//! retry every sweep).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +18,9 @@ pub(super) struct CtGrowth {
     last: Arc<Mutex<Option<Kept>>>,
     said_full: [bool; 2],
     failed: bool,
+    /// A growth loading: the sizes it started from and grows to, and what
+    /// the sweep left.
+    pending: Option<(MapSizes, MapSizes, Kept)>,
 }
 
 impl CtGrowth {
@@ -29,47 +34,71 @@ impl CtGrowth {
         }
     }
 
-    /// After a sweep: grows the conntrack maps that may and must; true
-    /// when they grew.
-    pub(super) fn grow_if_full(&mut self, dp: &mut Datapath) -> bool {
+    /// After a sweep: starts growing the conntrack maps that may and must
+    /// (loaded on a thread: `ended` says when they grew).
+    pub(super) fn grow_if_full(&mut self, dp: &mut Datapath) {
         let Some(kept) = self.last.lock().ok().and_then(|mut l| l.take()) else {
-            return false;
+            return;
         };
         let sizes = dp.sizes();
         self.say_fixed_full(sizes, kept);
         // A carry under way reuses those maps' pins as they are: they grow
         // at the first sweep after it ends.
-        if self.failed || dp.carrying_written() {
-            return false;
+        if self.failed || self.pending.is_some() || dp.carrying_written() {
+            return;
         }
         let Some(to) = crate::datapath::ct_grown(sizes, kept) else {
+            return;
+        };
+        match dp.grow_in_background(to) {
+            Ok(true) => self.pending = Some((sizes, to, kept)),
+            Ok(false) => {}
+            Err(e) => self.failure(sizes, to, &e),
+        }
+    }
+
+    /// A growth `grow_if_full` started, once it ended (in its load's own
+    /// time, or because another growth had to wait for it): true when the
+    /// maps grew.
+    pub(super) fn ended(&mut self, dp: &mut Datapath) -> bool {
+        let Some((from, to, kept)) = self.pending else {
             return false;
         };
-        match dp.grow(to) {
-            Ok(()) => {
-                tracing::info!(
-                    "conntrack maps grown: packet path {} -> {} entries (a sweep left {}), policy {} -> {} (left {}); more than three quarters full grows",
-                    sizes.ct,
-                    to.ct,
-                    kept.ct,
-                    sizes.pol_ct,
-                    to.pol_ct,
-                    kept.pol_ct
-                );
-                true
-            }
-            Err(e) => {
-                self.failed = true;
-                tracing::error!(
-                    "growing the conntrack maps (packet path {} -> {} entries, policy {} -> {}) failed: {e:#}; they stay as they are until a restart (--ct-initial, --max-ct, --policy-ct-initial, --max-policy-ct size them then)",
-                    sizes.ct,
-                    to.ct,
-                    sizes.pol_ct,
-                    to.pol_ct
-                );
-                false
-            }
+        let outcome = dp.poll_background_growth();
+        if outcome.is_none() && dp.growing() {
+            return false;
         }
+        self.pending = None;
+        let now = dp.sizes();
+        if now.ct >= to.ct && now.pol_ct >= to.pol_ct {
+            tracing::info!(
+                "conntrack maps grown: packet path {} -> {} entries (a sweep left {}), policy {} -> {} (left {}); more than three quarters full grows",
+                from.ct,
+                now.ct,
+                kept.ct,
+                from.pol_ct,
+                now.pol_ct,
+                kept.pol_ct
+            );
+            return true;
+        }
+        let e = match outcome {
+            Some(Err(e)) => e,
+            _ => anyhow::anyhow!("the maps kept their sizes"),
+        };
+        self.failure(from, to, &e);
+        false
+    }
+
+    fn failure(&mut self, from: MapSizes, to: MapSizes, e: &anyhow::Error) {
+        self.failed = true;
+        tracing::error!(
+            "growing the conntrack maps (packet path {} -> {} entries, policy {} -> {}) failed: {e:#}; they stay as they are until a restart (--ct-initial, --max-ct, --policy-ct-initial, --max-policy-ct size them then)",
+            from.ct,
+            to.ct,
+            from.pol_ct,
+            to.pol_ct
+        );
     }
 
     /// A map a flag fixes, nearly full: said once per map.

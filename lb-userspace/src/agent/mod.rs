@@ -246,9 +246,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let mut batch = tokio::select! {
             _ = gc.tick() => {
                 let t = std::time::Instant::now();
-                if ct_growth.grow_if_full(&mut dp) {
-                    record_capacity(&health, dp.sizes());
-                }
+                ct_growth.grow_if_full(&mut dp);
                 sync_pod_ifaces(&mut dp, &opts.pod_ifaces);
                 // Not before the first change set: it attaches the devices
                 // in the order a swap needs, and the first tick comes at once.
@@ -267,8 +265,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 health.alive();
-                // A grown conntrack map's copy runs on its thread: the
-                // carry ends soon after it is done.
+                // A conntrack growth loads on a thread, and the grown map's
+                // copy runs on one: each ends soon after it is done.
+                if ct_growth.ended(&mut dp) {
+                    record_capacity(&health, dp.sizes());
+                }
                 if dp.carry_copying() {
                     dp.finish_carry();
                 }

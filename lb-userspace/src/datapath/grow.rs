@@ -150,18 +150,33 @@ impl Datapath {
         self.sizes
     }
 
-    /// Loads the object again with maps of `sizes` (their entries
-    /// carried), adopts every link this datapath holds, and becomes the new
-    /// datapath. On failure this one stays as it was, every pin with it.
-    pub fn grow(&mut self, sizes: MapSizes) -> anyhow::Result<()> {
-        let opts = LoadOptions {
+    /// What `load` needs to load this datapath's object again with maps
+    /// of `sizes`.
+    pub(super) fn options(&self, sizes: MapSizes) -> LoadOptions {
+        LoadOptions {
             pin_dir: self.pin_dir.clone(),
             maglev_size: self.maglev_size,
             cgroup: self.cgroup.clone(),
             xdp: self.xdp,
             tc_attach: self.tc_attach,
             sizes,
+        }
+    }
+
+    /// Loads the object again with maps of `sizes` (their entries
+    /// carried), adopts every link this datapath holds, and becomes the new
+    /// datapath. On failure this one stays as it was, every pin with it.
+    pub fn grow(&mut self, sizes: MapSizes) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        // A growth loading on a thread ends first (two loads would move
+        // the same pins aside); the conntrack maps never shrink.
+        self.end_background_growth();
+        let sizes = MapSizes {
+            ct: sizes.ct.max(self.sizes.ct),
+            pol_ct: sizes.pol_ct.max(self.sizes.pol_ct),
+            ..sizes
         };
+        let opts = self.options(sizes);
         // A carry from an earlier agent still under way (growth in the
         // first change set): the maps only the agent writes hold all of it
         // now, with this change set's writes, so their carries end here and
@@ -177,21 +192,29 @@ impl Datapath {
             migrate::finish(&self.pin_dir, &self.ebpf, c);
         }
         let names: Vec<&str> = under_way.iter().map(|c| c.name).collect();
-        let mut new = match super::load_with(&opts, &names, super::Fill::AfterSwap) {
-            Ok(new) => new,
-            Err(e) => {
-                // Every map this load moved aside goes back; a carry still
-                // under way keeps the earlier agent's map aside.
-                for spec in super::map_specs(sizes) {
-                    if !names.contains(&spec.name) {
-                        migrate::undo(&self.pin_dir, spec.name);
-                    }
-                }
-                self.carried = under_way;
-                return Err(e.context("loading the programs with the grown maps"));
+        match super::load_with(&opts, &names, super::Fill::AfterSwap) {
+            Ok(new) => {
+                self.become_grown(new, under_way, started);
+                Ok(())
             }
-        };
-        let mut under_way = under_way;
+            Err(e) => {
+                undo_load(&self.pin_dir, sizes, &names);
+                self.carried = under_way;
+                Err(e.context("loading the programs with the grown maps"))
+            }
+        }
+    }
+
+    /// The rest of a growth once `new` is loaded: it takes over this
+    /// datapath's links, devices, pod interfaces and Maglev tables (and
+    /// `under_way`, carries of an earlier agent's maps), and becomes it.
+    pub(super) fn become_grown(
+        &mut self,
+        mut new: Datapath,
+        mut under_way: Vec<migrate::Carry>,
+        started: std::time::Instant,
+    ) {
+        let swap = std::time::Instant::now();
         for c in &mut under_way {
             if let Err(e) = migrate::bridge(&new.ebpf, c) {
                 tracing::warn!(map = c.name, "{e:#}");
@@ -220,6 +243,7 @@ impl Datapath {
         if finish_now {
             new.finish_carry();
         }
+        let sizes = new.sizes;
         tracing::info!(
             services = sizes.services,
             backends = sizes.backends,
@@ -229,10 +253,22 @@ impl Datapath {
             ipcache = sizes.ipcache,
             policy_entries = sizes.pol_entries,
             policy_cidrs = sizes.pol_cidrs,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            swap_ms = swap.elapsed().as_secs_f64() * 1e3,
             "maps grown while running: every program now uses them"
         );
         *self = new;
-        Ok(())
+    }
+}
+
+/// After a load of `sizes` that failed: every map it moved aside goes
+/// back, but those named in `keep` (a carry still under way keeps the
+/// earlier agent's map aside).
+pub(super) fn undo_load(pin_dir: &std::path::Path, sizes: MapSizes, keep: &[&str]) {
+    for spec in super::map_specs(sizes) {
+        if !keep.contains(&spec.name) {
+            migrate::undo(pin_dir, spec.name);
+        }
     }
 }
 

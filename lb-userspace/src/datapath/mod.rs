@@ -2,6 +2,7 @@
 //! object, its pins and links, writing plans into the maps and reading them
 //! back. No other module imports aya.
 
+mod background_growth;
 mod btf;
 mod grow;
 pub mod host;
@@ -164,6 +165,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Time spent writing plans into the maps since `take_write_time`.
     write_time: std::time::Duration,
+    /// A growth of the conntrack maps loading on a thread.
+    loading: Option<background_growth::Loading>,
 }
 
 /// The packet programs of external devices, with their direction, in the
@@ -353,6 +356,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str], fill: Fill) -> anyhow::Resu
         links_settled: false,
         pin_dir: opts.pin_dir.clone(),
         write_time: Default::default(),
+        loading: None,
     })
 }
 

@@ -243,18 +243,32 @@ fn fill(
     }
     let mut ct: HashMap<_, CtKey, CtValue> =
         HashMap::try_from(ebpf.map_mut(MAP_CT).context("conntrack")?)?;
-    // Live flows, as the datapath makes them: a forward entry and its
-    // reverse, seen now, so a sweep keeps them all. An odd count ends with
-    // a forward entry alone.
+    let of = |k: usize| {
+        let id = (k % services.max(1)) as u32 + 1;
+        let b = mirror.get(&id).copied().unwrap_or_default();
+        (net_addr(frontend(k % services.max(1)).into()), id, b)
+    };
+    for (k, v) in live_flows(ct_entries, of) {
+        ct.insert(k, v, 0)?;
+    }
+    Ok(mirror)
+}
+
+/// `entries` conntrack entries of live flows, as the datapath makes them:
+/// a forward entry and its reverse, seen now, so a sweep keeps them all
+/// (an odd count ends with a forward entry alone). `of(k)`: the `k`th
+/// flow's frontend, backend id and backend.
+fn live_flows(
+    entries: usize,
+    of: impl Fn(usize) -> (lb_common::NetAddr, u32, Backend),
+) -> impl Iterator<Item = (CtKey, CtValue)> {
     let now = super::host::monotonic_s();
-    for k in 0..ct_entries.div_ceil(2) {
+    (0..entries.div_ceil(2)).flat_map(move |k| {
         let client = net_addr(
             Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + (k / 60000) as u32).into(),
         );
         let cport = BeU16::from_host(1024 + (k % 60000) as u16);
-        let fe = net_addr(frontend(k % services.max(1)).into());
-        let id = (k % services.max(1)) as u32 + 1;
-        let b = mirror.get(&id).copied().unwrap_or_default();
+        let (fe, id, b) = of(k);
         let entry = |saddr, sport, daddr, dport, kind, addr, port| {
             let key = CtKey {
                 saddr,
@@ -276,14 +290,34 @@ fn fill(
             (key, v)
         };
         let http = BeU16::from_host(80);
-        let (fk, fv) = entry(client, cport, fe, http, CT_FWD, b.addr, b.port);
-        ct.insert(fk, fv, 0)?;
-        if 2 * k + 1 < ct_entries {
-            let (rk, rv) = entry(b.addr, b.port, client, cport, lb_common::CT_REV, fe, http);
-            ct.insert(rk, rv, 0)?;
-        }
+        let fwd = entry(client, cport, fe, http, CT_FWD, b.addr, b.port);
+        let rev = (2 * k + 1 < entries)
+            .then(|| entry(b.addr, b.port, client, cport, lb_common::CT_REV, fe, http));
+        std::iter::once(fwd).chain(rev)
+    })
+}
+
+/// Fills the pinned conntrack map of a running agent (`pin_dir`) with
+/// `entries` entries of live flows to `frontend` through one of its
+/// backends: what a node with that many flows holds. For the bench of a
+/// conntrack map's growth while running.
+pub fn fill_pinned_ct(
+    pin_dir: &std::path::Path,
+    entries: usize,
+    frontend: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    let backends: HashMap<_, u32, Backend> =
+        HashMap::try_from(super::pinned::open_pinned(pin_dir, MAP_BACKENDS)?)?;
+    let (backend_id, b) = backends
+        .iter()
+        .next()
+        .context("no backend in the agent's backends map")??;
+    let mut ct: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(super::pinned::open_pinned(pin_dir, MAP_CT)?)?;
+    for (k, v) in live_flows(entries, |_| (net_addr(frontend), backend_id, b)) {
+        ct.insert(k, v, 0)?;
     }
-    Ok(mirror)
+    Ok(())
 }
 
 /// The per-packet costs with `services` frontends and `ct_entries`

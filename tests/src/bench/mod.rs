@@ -7,6 +7,7 @@
 //! namespaces), `load` (client and server), `variants` (bringing each
 //! variant up and measuring through it), `report` (the files).
 
+pub mod ct_growth;
 pub mod load;
 pub mod report;
 pub mod rules;

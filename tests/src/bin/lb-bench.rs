@@ -6,6 +6,7 @@
 //!   lb-bench client connections|requests ADDR:PORT SECS [SRC]
 //!   lb-bench packets SERVICES CT_ENTRIES REPEAT   (the per-packet figures alone)
 //!   lb-bench control SERVICES CHANGES   (cold start, memory and churn alone)
+//!   lb-bench ct-growth ENTRIES   (a conntrack map holding ENTRIES grown while running)
 
 use anyhow::{Context as _, bail};
 use lb_tests::bench;
@@ -60,6 +61,12 @@ fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&res)?);
             Ok(())
         }
+        ["ct-growth", entries] => {
+            let topo = bench::topo::Topology::up()?;
+            let g = bench::ct_growth::measure(&topo, entries.parse().context("ENTRIES")?)?;
+            println!("{}", serde_json::to_string(&g)?);
+            Ok(())
+        }
         ["run", rest @ ..] => {
             let (mut quick, mut rewrite) = (false, false);
             let mut out = std::path::PathBuf::from(".");
@@ -109,7 +116,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: {USAGE_RUN} | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT | control SERVICES CHANGES"
+            "usage: {USAGE_RUN} | server PORT | client connections|requests ADDR:PORT SECS [SRC] | packets SERVICES CT_ENTRIES REPEAT | control SERVICES CHANGES | ct-growth ENTRIES"
         ),
     }
 }

@@ -161,7 +161,7 @@ pub struct Carry {
     /// The copy after the swap of a bridged map, on a thread of its own:
     /// nothing is missing meanwhile, and a million entries take seconds
     /// the sync loop must not wait out.
-    second: Option<std::thread::JoinHandle<anyhow::Result<usize>>>,
+    second: Option<std::thread::JoinHandle<anyhow::Result<Copied>>>,
 }
 
 impl Carry {
@@ -341,9 +341,10 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
             None => copy_missing(pin_dir, c.name, c.old_fd.as_fd(), c.from, c.to),
         };
         match copied {
-            Ok(n) => tracing::info!(
+            Ok(Copied { entries, took }) => tracing::info!(
                 map = c.name,
-                "{n} entries of the earlier map copied after the swap (none replacing one of this agent's)"
+                took_ms = took.as_secs_f64() * 1e3,
+                "{entries} entries of the earlier map copied after the swap (none replacing one of this agent's)"
             ),
             Err(e) => tracing::warn!(
                 map = c.name,
@@ -362,6 +363,12 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
     None
 }
 
+/// What a copy after the swap did.
+struct Copied {
+    entries: usize,
+    took: std::time::Duration,
+}
+
 /// Every entry of the old map this agent's lacks, one call each
 /// (BPF_NOEXIST: a batch write takes no such flag).
 fn copy_missing(
@@ -370,17 +377,22 @@ fn copy_missing(
     old: BorrowedFd<'_>,
     from: Layout,
     to: Layout,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Copied> {
+    let started = std::time::Instant::now();
     let new_pin = pin_dir.join(name);
     let new = sys::obj_get(&new_pin).with_context(|| format!("opening {}", new_pin.display()))?;
-    copy(old, new.as_fd(), from, to, sys::BPF_NOEXIST)
+    let entries = copy(old, new.as_fd(), from, to, sys::BPF_NOEXIST)?;
+    Ok(Copied {
+        entries,
+        took: started.elapsed(),
+    })
 }
 
 /// `copy_missing` on a thread of its own.
 fn second_copy(
     pin_dir: &Path,
     c: &Carry,
-) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<usize>>> {
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Copied>>> {
     let old = c
         .old_fd
         .try_clone()
