@@ -148,6 +148,10 @@ pub struct Results {
     pub churn: Vec<Churn>,
     /// Per packet, by BPF_PROG_TEST_RUN (see `lb_agent::datapath::packet_cost`).
     pub packets: Vec<lb_agent::datapath::packet_cost::Costs>,
+    /// A conntrack map of `ct_entries` grown while the agent runs (not in
+    /// a quick run).
+    #[serde(default)]
+    pub ct_growth: Vec<ct_growth::CtGrowth>,
     /// Figures replaced after the run by a later measurement of the same
     /// thing (which, when, with what command), said at the report's top.
     #[serde(default)]
@@ -176,6 +180,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         }
         // Written after every size: a long run stopped early still leaves
         // what it measured.
+        report::write(opts, &res)?;
+    }
+    if !opts.quick {
+        eprintln!(
+            "bench: a conntrack map of {} entries grown while running",
+            opts.ct_entries
+        );
+        res.ct_growth
+            .push(ct_growth::measure(&topo, opts.ct_entries)?);
         report::write(opts, &res)?;
     }
     Ok(res)

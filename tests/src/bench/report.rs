@@ -276,6 +276,23 @@ fn markdown(opts: &Options, r: &Results) -> String {
             },
         );
     }
+    if !r.ct_growth.is_empty() {
+        s.push_str(
+            "\n## Conntrack growth while running\n\nAn agent whose conntrack map (a power of two) holds live flows' entries past three quarters of it \
+             (`lb-bench ct-growth ENTRIES`): the next sweep finds it so and the map grows. The object with the bigger map loads on a thread; \
+             the sync loop, which applies changes, waits only for the swap of the programs under the links; \
+             the old map's entries then come over on another thread, the programs taking each one over from the old map on its first miss until then.\n\n\
+             | entries | map size | grown to | load on a thread ms | the sync loop's wait ms | copy after the swap ms |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for g in &r.ct_growth {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.1} | {:.0} |",
+                g.entries, g.from, g.to, g.load_ms, g.sync_loop_ms, g.copy_ms
+            );
+        }
+    }
     s.push_str("\n## What this means\n\n");
     s.push_str(&meaning(r));
     s
