@@ -77,15 +77,15 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
         log.contains("copying the earlier map's entries on a thread of their own"),
         "{log}"
     );
-    agent
-        .proc
-        .wait_until(Duration::from_secs(10), "the end of the carry", |a| {
+    let old_pin = agent.proc.pin_dir.join("LB_CT_V1_PREVIOUS");
+    agent.proc.wait_until(
+        Duration::from_secs(10),
+        "the end of the carry: the copy done, the old map's pin gone",
+        |a| {
             a.log_text()
                 .contains("entries of the earlier map copied after the swap")
-        });
-    assert!(
-        !agent.proc.pin_dir.join("LB_CT_V1_PREVIOUS").exists(),
-        "the old map's pin goes with the carry"
+                && !old_pin.exists()
+        },
     );
 }
 
@@ -104,4 +104,52 @@ fn a_conntrack_map_max_ct_fixes_is_named_once_when_full_and_never_grown() {
     assert_eq!(log.matches(said).count(), 1, "{log}");
     assert!(log.contains("--max-ct fixes its size"), "{log}");
     assert_eq!(ct_max_entries(&agent), Some(2048));
+}
+
+/// SIGTERM while a grown conntrack map's half million entries are still
+/// being copied after the swap: the agent finishes the copy and the carry
+/// before it exits, so the next agent finds the grown map and no carry
+/// to start over from the old one (which would drop what the programs
+/// wrote in the grown map since the swap).
+#[test]
+fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
+    lb_tests::require_kernel();
+    let t = Topology::up().expect("topology");
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctstop")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut agent = Agent::start(&t, 3, &dir.0, &["--ct-initial=524288"]).expect("agent");
+    let pins = agent.proc.pin_dir.clone();
+    lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 500_000, "10.96.0.10".parse().unwrap())
+        .expect("the conntrack map filled");
+    agent.proc.wait_until(
+        Duration::from_secs(60),
+        "the copy after the swap starting",
+        |a| {
+            a.log_text()
+                .contains("copying the earlier map's entries on a thread of their own")
+        },
+    );
+    let pid = agent.proc.pid().expect("running").to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    lb_tests::wait_until(Duration::from_secs(60), "the agent's exit", || {
+        agent.proc.exited().is_some()
+    });
+    let log = agent.proc.log_text();
+    assert!(
+        log.contains("500000 entries of the earlier map copied after the swap"),
+        "the copy ran to its end:\n{log}"
+    );
+    assert!(
+        !pins.join("LB_CT_V1_PREVIOUS").exists(),
+        "the carry ended before the exit:\n{log}"
+    );
+    assert_eq!(
+        lb_agent::datapath::pinned_max_entries(&pins, "LB_CT_V1"),
+        Some(1_048_576),
+        "the grown map stays pinned"
+    );
 }

@@ -270,7 +270,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if ct_growth.ended(&mut dp) {
                     record_capacity(&health, dp.sizes());
                 }
-                if dp.carry_copying() {
+                if dp.carry_copied() {
                     dp.finish_carry();
                 }
                 if needs_resync && resync.due() {
@@ -332,7 +332,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = term.recv() => {
+                dp.settle();
+                break;
+            }
             b = batches.recv() => match b {
                 Some(b) => b,
                 None => anyhow::bail!("the source stopped"),

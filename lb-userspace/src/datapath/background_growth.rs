@@ -23,12 +23,17 @@ pub(super) struct Loading {
 impl Datapath {
     /// Starts growing the conntrack maps to `sizes` (only the maps the
     /// programs write may differ from this datapath's): true when it
-    /// started, false while another growth or a carry is under way (the
-    /// next sweep asks again). `poll_background_growth` ends it.
+    /// started, false while another growth or a carry of a map the
+    /// programs write is under way (the next sweep asks again).
+    /// `poll_background_growth` ends it.
     pub fn grow_in_background(&mut self, sizes: MapSizes) -> anyhow::Result<bool> {
-        if self.loading.is_some() || !self.carried.is_empty() {
+        if self.loading.is_some() || self.carrying_written() {
             return Ok(false);
         }
+        // An earlier agent's carries of maps only the agent writes (held
+        // open by a link not swapped yet) end here, as in `grow`.
+        let none_under_way = self.end_agent_written_carries();
+        debug_assert!(none_under_way.is_empty());
         debug_assert_eq!(
             MapSizes {
                 ct: self.sizes.ct,

@@ -170,7 +170,9 @@ impl Datapath {
         let started = std::time::Instant::now();
         // A growth loading on a thread ends first (two loads would move
         // the same pins aside); the conntrack maps never shrink.
-        self.end_background_growth();
+        if let Some(Err(e)) = self.end_background_growth() {
+            tracing::error!("the conntrack maps' growth, loading when another growth began: {e:#}");
+        }
         let sizes = MapSizes {
             ct: sizes.ct.max(self.sizes.ct),
             pol_ct: sizes.pol_ct.max(self.sizes.pol_ct),
@@ -185,12 +187,7 @@ impl Datapath {
         // the new programs too) until the carry ends after the change set's
         // devices are attached; loading them as an unfinished carry would
         // start over from the earlier agent's map.
-        let (under_way, done): (Vec<_>, Vec<_>) = std::mem::take(&mut self.carried)
-            .into_iter()
-            .partition(migrate::Carry::written_by_programs);
-        for c in done {
-            migrate::finish(&self.pin_dir, &self.ebpf, c);
-        }
+        let under_way = self.end_agent_written_carries();
         let names: Vec<&str> = under_way.iter().map(|c| c.name).collect();
         match super::load_with(&opts, &names, super::Fill::AfterSwap) {
             Ok(new) => {
@@ -203,6 +200,20 @@ impl Datapath {
                 Err(e.context("loading the programs with the grown maps"))
             }
         }
+    }
+
+    /// Before a load: the carries of maps only the agent writes end (those
+    /// maps hold everything now, this agent's writes included, which a
+    /// load would otherwise carry again from the earlier map); those of
+    /// maps the programs write are taken out, still under way.
+    pub(super) fn end_agent_written_carries(&mut self) -> Vec<migrate::Carry> {
+        let (under_way, done): (Vec<_>, Vec<_>) = std::mem::take(&mut self.carried)
+            .into_iter()
+            .partition(migrate::Carry::written_by_programs);
+        for c in done {
+            migrate::finish(&self.pin_dir, &self.ebpf, c);
+        }
+        under_way
     }
 
     /// The rest of a growth once `new` is loaded: it takes over this

@@ -397,10 +397,29 @@ impl Datapath {
             .collect();
     }
 
-    /// A carried map's copy after the swap runs (or ran) on its thread:
-    /// `finish_carry` ends the carry once it is done.
-    pub fn carry_copying(&self) -> bool {
-        self.carried.iter().any(migrate::Carry::copying)
+    /// A carried map's copy after the swap is done on its thread (every
+    /// link already runs this agent's programs): `finish_carry` ends the
+    /// carry. Cheap: the sync loop asks at every tick.
+    pub fn carry_copied(&self) -> bool {
+        self.links_settled && self.carried.iter().any(migrate::Carry::copied)
+    }
+
+    /// Before the agent exits: a growth loading on its thread is swapped
+    /// in, and the copies after a swap end with their carries, so the next
+    /// agent finds no half-done growth (it would start a carry again from
+    /// the old map and lose what the programs wrote in the grown one).
+    pub fn settle(&mut self) {
+        if let Some(Err(e)) = self.end_background_growth() {
+            tracing::error!("{e:#}");
+        }
+        if !self.carried.iter().any(migrate::Carry::copying) {
+            return;
+        }
+        tracing::info!("finishing the copy of a carried map before exiting");
+        while self.carried.iter().any(|c| c.copying() && !c.copied()) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.finish_carry();
     }
 
     /// Maps the programs write are being carried (their old maps still

@@ -141,6 +141,11 @@ impl State {
                 .or_insert_with(|| backends.get(&v.backend_id, 0).ok());
             !b.is_some_and(|b| b.addr == v.addr && b.port == v.port)
         };
+        if migrate::old_pin(dir, MAP_CT).exists() {
+            // A carried map fills as its copy runs: no eviction is judged
+            // from what this walk finds (nor from the next while it fills).
+            self.ct.evictions.forget();
+        }
         let (mut ct, max) = pinned::open_pinned_sized(dir, MAP_CT)?;
         let max = max as usize;
         let (removed, kept, flows) = sweep::sweep_ct(
@@ -152,11 +157,6 @@ impl State {
             &self.timeouts,
             DELETE_BUDGET,
         )?;
-        if migrate::old_pin(dir, MAP_CT).exists() {
-            // A carried map fills as its copy runs: no eviction is judged
-            // from its counts until a sweep after the carry.
-            self.ct.evictions.forget();
-        }
         self.left_before = std::mem::take(&mut self.left_now);
         let (mut pol, max) = pinned::open_pinned_sized(dir, lb_common::MAP_POL_CT)?;
         let max = max as usize;

@@ -18,12 +18,24 @@ pub struct CtGrowth {
     /// Its size, and the size it grew to.
     pub from: u32,
     pub to: u64,
-    /// The load of the object with the bigger maps, on a thread.
+    /// From the growth's start to the swap: the load of the object with
+    /// the bigger maps on a thread, the tick that finds it done (100 ms
+    /// at most), the swap.
     pub load_ms: f64,
     /// The sync loop's wait, the swap: changes wait this long.
     pub sync_loop_ms: f64,
     /// The copy after the swap, on a thread of its own.
     pub copy_ms: f64,
+}
+
+/// The number a log line says came before `what`.
+fn count_before(line: &str, what: &str) -> Option<usize> {
+    line.split(what)
+        .next()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// An agent whose conntrack map of the next power of two above `entries`
@@ -51,18 +63,25 @@ pub fn measure(topo: &Topology, entries: usize) -> anyhow::Result<CtGrowth> {
         "maps grown while running",
         Duration::from_secs(90),
     )?;
-    let copied = logged(
+    let copied_line = logged(
         &mut agent,
         "entries of the earlier map copied after the swap",
         Duration::from_secs(120),
     )?;
+    // A sweep in the middle of the fill could start the growth before the
+    // last entries went in: then the row would not be what it says.
+    let what = " entries of the earlier map copied after the swap";
+    let copied = count_before(&copied_line, what).context("the copied count")?;
+    if copied != entries {
+        bail!("the copy after the swap brought {copied} entries, not the {entries} filled");
+    }
     Ok(CtGrowth {
         entries,
         from,
         to: field(&grown, "conntrack")?,
         load_ms: field(&grown, "took_ms")?,
         sync_loop_ms: field(&grown, "swap_ms")?,
-        copy_ms: field(&copied, "took_ms")?,
+        copy_ms: field(&copied_line, "took_ms")?,
     })
 }
 

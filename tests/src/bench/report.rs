@@ -282,7 +282,7 @@ fn markdown(opts: &Options, r: &Results) -> String {
              (`lb-bench ct-growth ENTRIES`): the next sweep finds it so and the map grows. The object with the bigger map loads on a thread; \
              the sync loop, which applies changes, waits only for the swap of the programs under the links; \
              the old map's entries then come over on another thread, the programs taking each one over from the old map on its first miss until then.\n\n\
-             | entries | map size | grown to | load on a thread ms | the sync loop's wait ms | copy after the swap ms |\n\
+             | entries | map size | grown to | start to swap ms (the load on a thread) | the sync loop's wait (the swap) ms | copy after the swap ms |\n\
              |---|---|---|---|---|---|\n",
         );
         for g in &r.ct_growth {

@@ -46,8 +46,8 @@ impl Evictions {
         self.observe_flows(new_entries, &flows, &doomed);
     }
 
-    /// The next sweep judges nothing, only counts again (the map it
-    /// walked was not the whole map).
+    /// The next observation judges nothing, only counts again (the map it
+    /// walks is not the whole map: a carried one, filling).
     pub fn forget(&mut self) {
         self.primed = false;
     }

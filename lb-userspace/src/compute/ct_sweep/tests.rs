@@ -174,6 +174,26 @@ fn evictions_are_what_the_map_lost_that_no_sweep_removed() {
 }
 
 #[test]
+fn a_walk_of_a_map_still_filling_judges_no_eviction() {
+    let now = 100_000;
+    let e = CT_F_ESTABLISHED;
+    let a = snat_flow_on(40001, 61001, [e, e], [now, now]);
+    let b = snat_flow_on(40002, 61002, [e, e], [now, now]);
+    let mut ev = Evictions::default();
+    let all: Vec<_> = [a.clone(), b.clone()].concat();
+    ev.observe(8, &all, &[]);
+    // A grown map, its entries not all copied yet: b not in it so far.
+    ev.forget();
+    ev.observe(8, &a, &[]);
+    assert_eq!((ev.entries_total, ev.answered_flows_total), (0, 0));
+    // The copy done, the next walk is judged against that one.
+    ev.observe(8, &all, &[]);
+    assert_eq!((ev.entries_total, ev.answered_flows_total), (0, 0));
+    ev.observe(8, &a, &[]);
+    assert_eq!((ev.entries_total, ev.answered_flows_total), (4, 1));
+}
+
+#[test]
 fn a_flow_closed_by_the_client_goes_whole_after_the_closing_timeout() {
     let t = Timeouts::default();
     let now = 100_000;

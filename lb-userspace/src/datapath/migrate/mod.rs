@@ -162,6 +162,8 @@ pub struct Carry {
     /// nothing is missing meanwhile, and a million entries take seconds
     /// the sync loop must not wait out.
     second: Option<std::thread::JoinHandle<anyhow::Result<Copied>>>,
+    /// That copy failed once (said once; tried again).
+    copy_failed: bool,
 }
 
 impl Carry {
@@ -175,6 +177,11 @@ impl Carry {
     /// first copy may wait for the second (`fill_later`).
     pub fn bridged(&self) -> bool {
         self.bridged
+    }
+
+    /// The copy after the swap ran on its thread: `finish` ends the carry.
+    pub fn copied(&self) -> bool {
+        self.second.as_ref().is_some_and(|t| t.is_finished())
     }
 
     /// The copy after the swap runs (or ran) on its thread.
@@ -258,6 +265,7 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
         to,
         bridged: false,
         second: None,
+        copy_failed: false,
     }))
 }
 
@@ -346,6 +354,18 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
                 took_ms = took.as_secs_f64() * 1e3,
                 "{entries} entries of the earlier map copied after the swap (none replacing one of this agent's)"
             ),
+            // The programs still find the old entries through the bridge:
+            // the carry stays open and the copy is tried again.
+            Err(e) if c.bridged => {
+                if !c.copy_failed {
+                    c.copy_failed = true;
+                    tracing::warn!(
+                        map = c.name,
+                        "copying the earlier map's entries after the swap: {e:#}; the carry stays open (the old map looked up on a miss), the copy tried again every periodic tick"
+                    );
+                }
+                return Some(c);
+            }
             Err(e) => tracing::warn!(
                 map = c.name,
                 "copying the entries made during the swap: {e:#}"
