@@ -153,3 +153,54 @@ fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
         "the grown map stays pinned"
     );
 }
+
+/// SIGKILL while a grown conntrack map's entries are still being copied
+/// after the swap: the next agent keeps the grown map, with what the
+/// programs wrote in it since the swap, and merges the old map's entries
+/// into it without replacing any (it used to drop the grown map and carry
+/// the old one again).
+#[test]
+fn an_agent_killed_during_a_growths_copy_leaves_the_grown_map_to_the_next() {
+    lb_tests::require_kernel();
+    let t = Topology::up().expect("topology");
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctkill")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut agent = Agent::start(&t, 3, &dir.0, &["--ct-initial=524288"]).expect("agent");
+    let pins = agent.proc.pin_dir.clone();
+    lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 500_000, "10.96.0.10".parse().unwrap())
+        .expect("the conntrack map filled");
+    agent.proc.wait_until(
+        Duration::from_secs(60),
+        "the copy after the swap starting",
+        |a| {
+            a.log_text()
+                .contains("copying the earlier map's entries on a thread of their own")
+        },
+    );
+    // A flow the grown map's programs made after the swap (another
+    // frontend: one forward entry the old map lacks).
+    lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 1, "10.96.0.99".parse().unwrap())
+        .expect("a flow after the swap");
+    agent.proc.kill9();
+    assert!(
+        pins.join("LB_CT_V1_PREVIOUS").exists(),
+        "killed while the carry was open"
+    );
+    agent.proc.start();
+    let old_pin = pins.join("LB_CT_V1_PREVIOUS");
+    agent
+        .proc
+        .wait_until(Duration::from_secs(60), "the carry's end", |_| {
+            !old_pin.exists()
+        });
+    let st = agent.proc.status().expect("status");
+    assert_eq!(
+        (
+            st["maps"]["LB_CT_V1"]["max_entries"].as_u64(),
+            st["maps"]["LB_CT_V1"]["entries"].as_u64()
+        ),
+        (Some(1_048_576), Some(500_001)),
+        "the grown map, its flow made after the swap, every old entry:\n{}",
+        agent.proc.log_text()
+    );
+}

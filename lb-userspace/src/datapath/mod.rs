@@ -260,7 +260,9 @@ fn load_with(opts: &LoadOptions, under_way: &[&str], fill: Fill) -> anyhow::Resu
                 "{e:#}: flows the earlier programs start before the swap come with the second copy"
             );
         }
-        if !(fill == Fill::AfterSwap && c.bridged()) {
+        // A kept map's copy (no entry replaced) is one call an entry: for
+        // a bridged one, after the swap on its thread like a growth's.
+        if !(c.bridged() && (fill == Fill::AfterSwap || c.kept())) {
             migrate::fill(&opts.pin_dir, c)?;
         }
     }
@@ -379,15 +381,15 @@ impl Datapath {
     }
 }
 
-/// The capacity of the pinned map `name` in `pin_dir` (or of the copy an
-/// interrupted carry left), if any: a map that grew keeps its size across
-/// restarts.
+/// The capacity of the pinned map `name` in `pin_dir`, or of the map an
+/// interrupted carry moved aside if that is bigger: a map that grew keeps
+/// its size across restarts, a growth cut short by a crash included.
 pub fn pinned_max_entries(pin_dir: &Path, name: &str) -> Option<u32> {
     [migrate::old_pin(pin_dir, name), pin_dir.join(name)]
         .iter()
-        .find(|p| p.exists())
-        .and_then(|p| MapInfo::from_pin(p).ok())
+        .filter_map(|p| MapInfo::from_pin(p).ok())
         .map(|i| i.max_entries())
+        .max()
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {

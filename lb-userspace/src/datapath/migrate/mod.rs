@@ -163,6 +163,9 @@ pub struct Carry {
     second: Option<std::thread::JoinHandle<anyhow::Result<finish::Copied>>>,
     /// That copy failed once (said once; tried again).
     copy_failed: bool,
+    /// This agent's map is one an interrupted carry left: it may hold
+    /// entries newer than the old map's, so no copy replaces any.
+    kept: bool,
 }
 
 impl Carry {
@@ -173,9 +176,14 @@ impl Carry {
     }
 
     /// Its programs find every entry of the old map on a miss, so its
-    /// first copy may wait for the second (`fill_later`).
+    /// first copy may wait for the second (`Fill::AfterSwap`).
     pub fn bridged(&self) -> bool {
         self.bridged
+    }
+
+    /// This agent's map is one an interrupted carry left (see `prepare`).
+    pub fn kept(&self) -> bool {
+        self.kept
     }
 
     /// The copy after the swap ran on its thread: `finish` ends the carry.
@@ -247,12 +255,23 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
             );
         }
     }
-    if interrupted {
-        if path.exists() {
-            // The copy the earlier agent was making: made again.
+    let mut kept = false;
+    if interrupted && path.exists() {
+        // A map the programs write, of this agent's layout, that an
+        // interrupted carry or growth left (its programs may have run on
+        // it since their swap: entries newer than the old map's) is kept,
+        // the old entries merged in without replacing any; any other is
+        // the copy the earlier agent was making, made again.
+        kept = to.map_type == Some(MapType::LruHash) && Layout::of_pin(&path).ok() == Some(to);
+        if kept {
+            tracing::info!(
+                map = spec.name,
+                "kept the map an interrupted carry left in place; the old map's entries are merged in, none replacing one of it"
+            );
+        } else {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
-    } else {
+    } else if !interrupted {
         std::fs::rename(&path, &old).with_context(|| format!("moving {} aside", path.display()))?;
     }
     let old_fd = sys::obj_get(&old).with_context(|| format!("opening {}", old.display()))?;
@@ -265,6 +284,7 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
         bridged: false,
         second: None,
         copy_failed: false,
+        kept,
     }))
 }
 
@@ -283,7 +303,8 @@ fn count(map: BorrowedFd<'_>, key_size: u32) -> anyhow::Result<usize> {
 pub fn fill(pin_dir: &Path, c: &Carry) -> anyhow::Result<()> {
     let new_pin = pin_dir.join(c.name);
     let new = sys::obj_get(&new_pin).with_context(|| format!("opening {}", new_pin.display()))?;
-    let n = copy(c.old_fd.as_fd(), new.as_fd(), c.from, c.to, 0)
+    let flags = if c.kept { sys::BPF_NOEXIST } else { 0 };
+    let n = copy(c.old_fd.as_fd(), new.as_fd(), c.from, c.to, flags)
         .with_context(|| format!("copying {} into this agent's map", c.name))?;
     let what = if c.from.value_size != c.to.value_size {
         format!(
