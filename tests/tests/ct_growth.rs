@@ -106,21 +106,20 @@ fn a_conntrack_map_max_ct_fixes_is_named_once_when_full_and_never_grown() {
     assert_eq!(ct_max_entries(&agent), Some(2048));
 }
 
-/// SIGTERM while a grown conntrack map's half million entries are still
-/// being copied after the swap: the agent finishes the copy and the carry
-/// before it exits, so the next agent finds the grown map and no carry
-/// to start over from the old one (which would drop what the programs
-/// wrote in the grown map since the swap).
-#[test]
-fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
+/// An agent whose conntrack map of 524,288 entries, filled with 500,000,
+/// has grown: the copy after the swap has just started on its thread.
+fn copying_after_a_growth() -> (Topology, lb_tests::testbed::TempDir, Agent) {
     lb_tests::require_kernel();
     let t = Topology::up().expect("topology");
-    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctstop")));
+    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctcopy")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut agent = Agent::start(&t, 3, &dir.0, &["--ct-initial=524288"]).expect("agent");
-    let pins = agent.proc.pin_dir.clone();
-    lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 500_000, "10.96.0.10".parse().unwrap())
-        .expect("the conntrack map filled");
+    lb_agent::datapath::packet_cost::fill_pinned_ct(
+        &agent.proc.pin_dir,
+        500_000,
+        "10.96.0.10".parse().unwrap(),
+    )
+    .expect("the conntrack map filled");
     agent.proc.wait_until(
         Duration::from_secs(60),
         "the copy after the swap starting",
@@ -129,6 +128,18 @@ fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
                 .contains("copying the earlier map's entries on a thread of their own")
         },
     );
+    (t, dir, agent)
+}
+
+/// SIGTERM while a grown conntrack map's half million entries are still
+/// being copied after the swap: the agent finishes the copy and the carry
+/// before it exits, so the next agent finds the grown map and no carry
+/// to start over from the old one (which would drop what the programs
+/// wrote in the grown map since the swap).
+#[test]
+fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
+    let (_t, _dir, mut agent) = copying_after_a_growth();
+    let pins = agent.proc.pin_dir.clone();
     let pid = agent.proc.pid().expect("running").to_string();
     let term = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -161,22 +172,8 @@ fn an_agent_stopped_during_a_growths_copy_finishes_it_before_exiting() {
 /// the old one again).
 #[test]
 fn an_agent_killed_during_a_growths_copy_leaves_the_grown_map_to_the_next() {
-    lb_tests::require_kernel();
-    let t = Topology::up().expect("topology");
-    let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("ctkill")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let mut agent = Agent::start(&t, 3, &dir.0, &["--ct-initial=524288"]).expect("agent");
+    let (_t, _dir, mut agent) = copying_after_a_growth();
     let pins = agent.proc.pin_dir.clone();
-    lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 500_000, "10.96.0.10".parse().unwrap())
-        .expect("the conntrack map filled");
-    agent.proc.wait_until(
-        Duration::from_secs(60),
-        "the copy after the swap starting",
-        |a| {
-            a.log_text()
-                .contains("copying the earlier map's entries on a thread of their own")
-        },
-    );
     // A flow the grown map's programs made after the swap (another
     // frontend: one forward entry the old map lacks).
     lb_agent::datapath::packet_cost::fill_pinned_ct(&pins, 1, "10.96.0.99".parse().unwrap())
