@@ -168,6 +168,18 @@ impl Bed {
         (stop, tcp)
     }
 
+    /// Stops a `tcp_loop`: it made connections and none failed `while`.
+    fn no_failures(&self, (stop, mut tcp): (std::path::PathBuf, Proc), while_: &str) {
+        std::fs::write(&stop, "").unwrap();
+        let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
+        let log = self.agent.log_text();
+        assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
+        assert_eq!(
+            sum["failed"], 0,
+            "allowed connections failed {while_}: {sum}\n{log}"
+        );
+    }
+
     fn cli_json(&self, args: &[&str]) -> Value {
         let mut a: Vec<&str> = args.to_vec();
         a.push("-o");
@@ -260,7 +272,7 @@ fn a_restarted_agent_keeps_enforcing_with_no_window() {
     }
     // TCP 8080 is allowed (new connections back to back until told to
     // stop), UDP 8080 is not: both run across two restarts.
-    let (stop, mut tcp) = bed.tcp_loop();
+    let looping = bed.tcp_loop();
     let n_udp = 30;
     let mut udp = probes(&bed.client, &bed.cgroup.path, "udp", n_udp, 100);
     for _ in 0..2 {
@@ -275,13 +287,7 @@ fn a_restarted_agent_keeps_enforcing_with_no_window() {
             "denied traffic passed across a restart: {r}"
         );
     }
-    std::fs::write(&stop, "").unwrap();
-    let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
-    assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
-    assert_eq!(
-        sum["failed"], 0,
-        "allowed connections failed across a restart: {sum}"
-    );
+    bed.no_failures(looping, "across a restart");
 }
 
 /// A NetworkPolicy whose ipBlocks need more CIDR entries than the map's
@@ -297,7 +303,7 @@ fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
         status["maps"]["LB_POL_CIDR_V1"]["max_entries"], 16384,
         "{status}"
     );
-    let (stop, mut tcp) = bed.tcp_loop();
+    let looping = bed.tcp_loop();
 
     let blocks: String = (0..17_000u32)
         .map(|i| {
@@ -316,14 +322,8 @@ fn the_policy_maps_grow_before_a_state_that_does_not_fit_is_written() {
              spec:\n  podSelector: {{}}\n  ingress:\n  - from:\n{blocks}"
         ),
     );
-    std::fs::write(&stop, "").unwrap();
-    let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
+    bed.no_failures(looping, "while the map grew");
     let log = bed.agent.log_text();
-    assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
-    assert_eq!(
-        sum["failed"], 0,
-        "allowed connections failed while the map grew: {sum}\n{log}"
-    );
     let status = bed.cli_json(&["status"]);
     let cidrs = &status["maps"]["LB_POL_CIDR_V1"];
     assert_eq!(cidrs["max_entries"], 32768, "{status}");
@@ -372,7 +372,7 @@ fn the_policy_conntrack_map_grows_while_running() {
         })
     };
     assert_eq!(size(&bed), 64, "the initial size");
-    let (stop, mut tcp) = bed.tcp_loop();
+    let looping = bed.tcp_loop();
     // A sweep every 10 s, the sync loop's look at it every 10 s (later
     // when a busy machine stretches the sweeps).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -387,14 +387,8 @@ fn the_policy_conntrack_map_grows_while_running() {
     }
     // Connections go on across the swap of every link's program.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    std::fs::write(&stop, "").unwrap();
-    let sum: Value = serde_json::from_str(&tcp.read_line()).unwrap();
+    bed.no_failures(looping, "across the growth");
     let log = bed.agent.log_text();
-    assert!(sum["ok"].as_u64().unwrap() > 0, "{sum}");
-    assert_eq!(
-        sum["failed"], 0,
-        "connections failed across the growth: {sum}\n{log}"
-    );
     assert!(
         log.contains("policy 64 -> "),
         "the growth is logged:\n{log}"
