@@ -13,7 +13,12 @@ pub const MAP_CT: &str = "LB_CT_V1";
 pub const MAP_CONFIG: &str = "LB_CONFIG_V1";
 pub const MAP_COUNTERS: &str = "LB_COUNTERS_V3";
 /// Maps of the object that are not pinned: each loaded object has its own.
-pub const UNPINNED_MAPS: &[&str] = &["LB_ICMP_BUDGET", "LB_FRAG", MAP_CT_CARRIED];
+pub const UNPINNED_MAPS: &[&str] = &[
+    "LB_ICMP_BUDGET",
+    "LB_FRAG",
+    MAP_CT_CARRIED,
+    crate::policy::MAP_POL_CT_CARRIED,
+];
 /// Slot 0: the conntrack map being carried from an earlier agent, looked
 /// up on a miss until the carry ends (an array of maps, per object).
 pub const MAP_CT_CARRIED: &str = "LB_CT_CARRIED";

@@ -20,6 +20,9 @@ pub const MAP_POLICY: &str = "LB_POLICY_V1";
 pub const MAP_POL_CIDR: &str = "LB_POL_CIDR_V1";
 /// Flows a policy allowed, by endpoint and direction. Kernel-written.
 pub const MAP_POL_CT: &str = "LB_POL_CT_V1";
+/// Slot 0: the policy conntrack map being carried from an earlier agent,
+/// looked up on a miss until the carry ends (an array of maps, per object).
+pub const MAP_POL_CT_CARRIED: &str = "LB_POL_CT_CARRIED";
 /// The policy revision (one entry). Agent-owned.
 pub const MAP_POL_STATE: &str = "LB_POL_STATE_V1";
 /// Verdicts per endpoint and reason (per-CPU u64, `ep_id * POL_REASONS + reason`).

@@ -158,6 +158,14 @@ pub static LB_POL_CIDR_V1: LpmTrie<PolCidrData, u32> = LpmTrie::pinned(DEFAULT_P
 pub static LB_POL_CT_V1: LruHashMap<PolCtKey, PolCtValue> =
     LruHashMap::pinned(DEFAULT_POL_CT_MAX, 0);
 
+/// While the agent carries an earlier agent's policy conntrack map of
+/// another size: that map, in slot 0, so a flow the earlier programs
+/// allowed after the first copy is known here on a miss (as
+/// `LB_CT_CARRIED`). Not pinned.
+#[btf_map]
+pub static LB_POL_CT_CARRIED: ArrayOfMaps<btf_maps::LruHashMap<PolCtKey, PolCtValue, 1>, 1> =
+    ArrayOfMaps::new();
+
 /// The policy revision and flags. Agent-owned.
 #[map]
 pub static LB_POL_STATE_V1: Array<PolicyState> = Array::pinned(1, 0);

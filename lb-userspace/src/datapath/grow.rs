@@ -7,11 +7,10 @@
 //! (see `migrate`), and its programs are swapped in under the pinned
 //! links (cgroup, tcx, XDP) as a restarted agent's are. Only the agent
 //! writes the first kinds, so their copy is complete and no lookup ever
-//! misses. The packet path's conntrack map is copied after the swap only,
-//! on a thread of its own, its programs looking up the old map on a miss
+//! misses. The two conntrack maps are copied after the swap only, on a
+//! thread of their own, their programs looking up the old map on a miss
 //! until the copy is done (`migrate::bridge`): the sync loop never waits
-//! for a million entries. The policy conntrack, which has no such lookup,
-//! is copied before the swap and again after it.
+//! for a million entries.
 
 use super::{Datapath, LoadOptions, MapSizes, migrate};
 

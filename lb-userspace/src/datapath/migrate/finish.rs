@@ -1,6 +1,5 @@
-//! The end of a carry (see `migrate`): the copy after the swap (on a
-//! thread of its own for a map its programs look up on a miss), then the
-//! old pin goes.
+//! The end of a carry (see `migrate`): the copy after the swap, on a
+//! thread of its own, then the old pin goes.
 
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
@@ -16,9 +15,10 @@ use super::{Carry, Layout, bridge, copy, sys};
 /// agent's programs wrote since the copy comes along (never replacing an
 /// entry), this agent's programs stop looking in the old map, and the old
 /// pin goes (the map itself lives while a program of the earlier agent
-/// still holds it). A bridged map's copy runs on a thread of its own (its
-/// programs find the old entries meanwhile): the carry comes back while
-/// it runs, to be finished again later.
+/// still holds it). The copy runs on a thread of its own (a million
+/// entries take seconds the sync loop must not wait out; a bridged map's
+/// programs find the old entries meanwhile): the carry comes back while it
+/// runs, to be finished again later.
 pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
     if c.written_by_programs() {
         let copied = match c.second.take() {
@@ -29,14 +29,13 @@ pub fn finish(pin_dir: &Path, ebpf: &Ebpf, mut c: Carry) -> Option<Carry> {
             Some(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the copy's thread panicked"))),
-            None if c.bridged => match second_copy(pin_dir, &c) {
+            None => match second_copy(pin_dir, &c) {
                 Ok(t) => {
                     c.second = Some(t);
                     return Some(c);
                 }
                 Err(e) => Err(e),
             },
-            None => copy_missing(pin_dir, c.name, c.old_fd.as_fd(), c.from, c.to),
         };
         match copied {
             Ok(Copied { entries, took }) => tracing::info!(

@@ -157,9 +157,9 @@ pub struct Carry {
     pub to: Layout,
     /// This agent's programs look the old map up on a miss (`bridge`).
     bridged: bool,
-    /// The copy after the swap of a bridged map, on a thread of its own:
-    /// nothing is missing meanwhile, and a million entries take seconds
-    /// the sync loop must not wait out.
+    /// The copy after the swap, on a thread of its own: a million entries
+    /// take seconds the sync loop must not wait out (and a bridged map
+    /// misses nothing meanwhile).
     second: Option<std::thread::JoinHandle<anyhow::Result<finish::Copied>>>,
     /// That copy failed once (said once; tried again).
     copy_failed: bool,

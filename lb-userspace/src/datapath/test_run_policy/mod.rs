@@ -7,6 +7,7 @@
 //! networks; `packets` builds the frames; the tests sit in one file per
 //! concern.
 
+mod carry;
 mod entries;
 mod fragments;
 mod icmp;
@@ -170,10 +171,42 @@ impl Bed {
             net.name
         ));
         crate::datapath::host::ensure_pin_dir(&dir).expect("bpffs");
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(OBJECT)
             .expect("load");
+        Self::programs_loaded(ebpf, dir, net)
+    }
+
+    /// A second bed on this one's pins, its policy conntrack map `size`
+    /// slots: the earlier map carried into it (`migrate`), filled and
+    /// looked up on a miss, as an agent restarted with another size finds
+    /// it. The carry is this bed's to finish.
+    fn carrying_pol_ct(&self, size: u32) -> (Self, super::migrate::Carry) {
+        let spec = super::map_specs(super::MapSizes {
+            pol_ct: size,
+            ..Default::default()
+        })
+        .into_iter()
+        .find(|s| s.name == lb_common::MAP_POL_CT)
+        .unwrap();
+        let mut carry = super::migrate::prepare(&self.dir, &spec)
+            .expect("prepare")
+            .expect("a policy conntrack map of another size is carried");
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&self.dir)
+            .map_max_entries(lb_common::MAP_POL_CT, size)
+            .load(OBJECT)
+            .expect("load");
+        super::migrate::fill(&self.dir, &carry).expect("fill");
+        super::migrate::bridge(&ebpf, &mut carry).expect("bridge");
+        (
+            Self::programs_loaded(ebpf, self.dir.clone(), self.net),
+            carry,
+        )
+    }
+
+    fn programs_loaded(mut ebpf: Ebpf, dir: PathBuf, net: &'static Net) -> Self {
         for name in [FROM, TO] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("{name}: {e:?}"));
