@@ -17,8 +17,12 @@ pub const UNPINNED_MAPS: &[&str] = &[
     "LB_ICMP_BUDGET",
     "LB_FRAG",
     MAP_CT_CARRIED,
+    MAP_AFFINITY_CARRIED,
     crate::policy::MAP_POL_CT_CARRIED,
 ];
+/// Slot 0: the affinity map being carried from an earlier agent, looked up
+/// on a miss until the carry ends (as `MAP_CT_CARRIED`).
+pub const MAP_AFFINITY_CARRIED: &str = "LB_AFFINITY_CARRIED";
 /// Slot 0: the conntrack map being carried from an earlier agent, looked
 /// up on a miss until the carry ends (an array of maps, per object).
 pub const MAP_CT_CARRIED: &str = "LB_CT_CARRIED";
@@ -92,8 +96,15 @@ pub struct AffinityValue {
     pub slot: u16,
     pub _pad: u16,
     pub last_used_s: u32,
-    pub _pad2: u32,
+    /// The Service's `timeoutSeconds` when the entry was last used, so the
+    /// agent's sweep knows when it expired (0 from programs before this
+    /// field: [`AFFINITY_TIMEOUT_MAX`]).
+    pub timeout_s: u32,
 }
+
+/// The longest `sessionAffinityConfig.clientIP.timeoutSeconds` the API
+/// accepts (one day).
+pub const AFFINITY_TIMEOUT_MAX: u32 = 86400;
 
 pub const DEFAULT_SERVICES_MAX: u32 = 65536;
 pub const DEFAULT_BACKENDS_MAX: u32 = 65536;

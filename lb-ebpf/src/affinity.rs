@@ -6,14 +6,18 @@ use lb_common::{AffinityKey, AffinityValue, NetAddr, ServiceKey, ServiceValue};
 
 use crate::{
     conntrack::now_s,
-    maps::{LB_AFFINITY_V1, LB_SERVICES_V1},
+    maps::{LB_AFFINITY_CARRIED, LB_AFFINITY_V1, LB_SERVICES_V1},
 };
 
 /// The remembered slot for `client`, if still valid.
 #[inline(always)]
 pub fn lookup(key: &AffinityKey, front: &ServiceKey, fe: &ServiceValue) -> Option<u16> {
-    // SAFETY: copied out at once.
-    let v = unsafe { LB_AFFINITY_V1.get(key) }.copied()?;
+    let v = get(key).or_else(|| {
+        if !adopt_carried(key) {
+            return None;
+        }
+        get(key)
+    })?;
     if now_s().wrapping_sub(v.last_used_s) > fe.affinity_timeout || v.slot == 0 || v.slot > fe.count
     {
         return None;
@@ -24,13 +28,43 @@ pub fn lookup(key: &AffinityKey, front: &ServiceKey, fe: &ServiceValue) -> Optio
 }
 
 #[inline(always)]
-pub fn remember(key: &AffinityKey, slot: u16, backend_id: u32) {
+fn get(key: &AffinityKey) -> Option<AffinityValue> {
+    // SAFETY: copied out at once.
+    unsafe { LB_AFFINITY_V1.get(key) }.copied()
+}
+
+/// On a miss while the agent carries an affinity map of another size: the
+/// entry the earlier agent's programs made there since the agent's first
+/// copy becomes this map's (never replacing one of its own), so the client
+/// keeps its backend. True when there was one. Not inlined: a miss is the
+/// rare path, and stack.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
+)]
+fn adopt_carried(key: &AffinityKey) -> bool {
+    const BPF_NOEXIST: u64 = 1;
+    let Some(v) = LB_AFFINITY_CARRIED.get_value_ptr_mut(0, key) else {
+        return false;
+    };
+    // SAFETY: `v` points at a live value of the carried map (the agent
+    // fills the slot only with a map of this value size), read by the
+    // helper before this program can touch that map again.
+    let _ = LB_AFFINITY_V1.insert(key, unsafe { &*v }, BPF_NOEXIST);
+    true
+}
+
+/// Remembers the client's backend, with the Service's timeout (the agent's
+/// sweep removes the entry once that passed).
+#[inline(always)]
+pub fn remember(key: &AffinityKey, slot: u16, backend_id: u32, timeout_s: u32) {
     let v = AffinityValue {
         backend_id,
         slot,
         _pad: 0,
         last_used_s: now_s(),
-        _pad2: 0,
+        timeout_s,
     };
     let _ = LB_AFFINITY_V1.insert(key, v, 0);
 }

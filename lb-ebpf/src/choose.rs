@@ -80,11 +80,12 @@ fn pick_slot(p: &Pkt, skey: &ServiceKey, fe: &lb_common::ServiceValue) -> u32 {
 }
 
 #[inline(never)]
-fn remember_client(p: &Pkt, service_id: u32, slot: u32, backend_id: u32) -> i32 {
+fn remember_client(p: &Pkt, fe: &lb_common::ServiceValue, slot: u32, backend_id: u32) -> i32 {
     affinity::remember(
-        &affinity::key(p.saddr, service_id, AFF_CLIENT),
+        &affinity::key(p.saddr, fe.service_id, AFF_CLIENT),
         slot as u16,
         backend_id,
+        fe.affinity_timeout,
     );
     0
 }
@@ -170,7 +171,7 @@ pub fn choose(p: &Pkt, from_pod: u32, out: &mut Choice) -> i32 {
         return NO_BACKEND;
     }
     if fe.affinity_timeout > 0 {
-        remember_client(p, fe.service_id, slot as u32, sv.backend_id);
+        remember_client(p, &fe, slot as u32, sv.backend_id);
     }
     // From outside, with a source only a pod of this node may use:
     // spoofed, and it must not get the hairpin SNAT a pod would.

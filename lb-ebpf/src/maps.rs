@@ -113,6 +113,15 @@ pub static LB_ICMP_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 pub static LB_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
 
+/// While the agent carries an earlier agent's affinity map of another
+/// size: that map, in slot 0, so a client the earlier programs remembered
+/// after the first copy keeps its backend (as `LB_CT_CARRIED`). Not pinned.
+#[btf_map]
+pub static LB_AFFINITY_CARRIED: ArrayOfMaps<
+    btf_maps::LruHashMap<AffinityKey, AffinityValue, 1>,
+    1,
+> = ArrayOfMaps::new();
+
 /// loadBalancerSourceRanges: (LoadBalancer frontend, client prefix). Agent-owned.
 #[map]
 pub static LB_SRCRANGE_V1: LpmTrie<SrcRangeData, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_MAX, 0);

@@ -91,7 +91,7 @@ pub fn lookup(
     };
     let backend_id = slot_value.backend_id;
     if let Some(a) = &aff {
-        affinity::remember(a, slot, backend_id);
+        affinity::remember(a, slot, backend_id, fe.affinity_timeout);
     }
     // SAFETY: as above.
     match unsafe { LB_BACKENDS_V1.get(backend_id) } {

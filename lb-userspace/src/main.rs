@@ -127,6 +127,16 @@ enum Cmd {
         /// not fix it.
         #[arg(long, default_value_t = lb_common::DEFAULT_POL_CT_MAX, env = "LB_POLICY_CT_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         policy_ct_initial: u32,
+        /// Capacity of the sessionAffinity LRU (a client's backend per
+        /// Service with ClientIP affinity), fixed. Without it the map
+        /// starts at --affinity-initial entries (or the size it grew to
+        /// before) and grows as the conntrack map does.
+        #[arg(long, env = "LB_MAX_AFFINITY", value_parser = clap::value_parser!(u32).range(1..))]
+        max_affinity: Option<u32>,
+        /// The affinity map's first size when --max-affinity does not fix
+        /// it.
+        #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_MAX, env = "LB_AFFINITY_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
+        affinity_initial: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
@@ -293,6 +303,8 @@ fn main() -> anyhow::Result<()> {
             ct_initial,
             max_policy_ct,
             policy_ct_initial,
+            max_affinity,
+            affinity_initial,
             devices,
             pod_ifaces,
             ct_timeout_tcp,
@@ -365,6 +377,9 @@ fn main() -> anyhow::Result<()> {
                         pol_ct: max_policy_ct
                             .unwrap_or_else(|| grown_or(lb_common::MAP_POL_CT, policy_ct_initial)),
                         grow_pol_ct: max_policy_ct.is_none(),
+                        affinity: max_affinity
+                            .unwrap_or_else(|| grown_or(lb_common::MAP_AFFINITY, affinity_initial)),
+                        grow_affinity: max_affinity.is_none(),
                         ipcache: grown_or(lb_common::MAP_IPCACHE, lb_common::DEFAULT_IPCACHE_MAX),
                         pol_entries: grown_or(lb_common::MAP_POLICY, lb_common::DEFAULT_POLICY_MAX),
                         pol_cidrs: grown_or(
@@ -440,6 +455,8 @@ mod tests {
             "--max-ct=0",
             "--policy-ct-initial=0",
             "--max-policy-ct=0",
+            "--affinity-initial=0",
+            "--max-affinity=0",
         ] {
             let e = run(&[flag]).err().expect(flag);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
@@ -464,5 +481,14 @@ mod tests {
             panic!("--policy-ct-initial=64");
         };
         assert_eq!((max_policy_ct, policy_ct_initial), (None, 64));
+        let Ok(Cmd::Run {
+            max_affinity,
+            affinity_initial,
+            ..
+        }) = run(&["--affinity-initial=64"])
+        else {
+            panic!("--affinity-initial=64");
+        };
+        assert_eq!((max_affinity, affinity_initial), (None, 64));
     }
 }

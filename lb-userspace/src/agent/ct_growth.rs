@@ -1,7 +1,7 @@
-//! The conntrack maps the programs write (the packet path's and the
-//! policy's) grow while the agent runs when a sweep finds one more than
-//! three quarters full (`datapath::ct_grown`): a full LRU evicts live
-//! flows to make room. The object with the bigger maps loads on a thread
+//! The maps the programs write (the packet path's conntrack, the
+//! policy's, the sessionAffinity clients) grow while the agent runs when a
+//! sweep finds one more than three quarters full (`datapath::ct_grown`): a
+//! full LRU evicts live flows (or clients' backends) to make room. The object with the bigger maps loads on a thread
 //! (`datapath::background_growth`), so changes keep flowing meanwhile. A
 //! map a flag fixes is named once when it gets that full, and so is a
 //! growth that failed (the maps then stay as they are until a restart: no
@@ -16,7 +16,7 @@ pub(super) struct CtGrowth {
     /// What the latest sweep left in the maps, written by the sweeper's
     /// thread; None once taken.
     last: Arc<Mutex<Option<Kept>>>,
-    said_full: [bool; 2],
+    said_full: [bool; 3],
     failed: bool,
     /// A growth loading: the sizes it started from and grows to, and what
     /// the sweep left.
@@ -70,15 +70,18 @@ impl CtGrowth {
         }
         self.pending = None;
         let now = dp.sizes();
-        if now.ct >= to.ct && now.pol_ct >= to.pol_ct {
+        if now.ct >= to.ct && now.pol_ct >= to.pol_ct && now.affinity >= to.affinity {
             tracing::info!(
-                "conntrack maps grown: packet path {} -> {} entries (a sweep left {}), policy {} -> {} (left {}); more than three quarters full grows",
+                "conntrack maps grown: packet path {} -> {} entries (a sweep left {}), policy {} -> {} (left {}), affinity {} -> {} (left {}); more than three quarters full grows",
                 from.ct,
                 now.ct,
                 kept.ct,
                 from.pol_ct,
                 now.pol_ct,
-                kept.pol_ct
+                kept.pol_ct,
+                from.affinity,
+                now.affinity,
+                kept.affinity
             );
             return true;
         }
@@ -93,11 +96,13 @@ impl CtGrowth {
     fn failure(&mut self, from: MapSizes, to: MapSizes, e: &anyhow::Error) {
         self.failed = true;
         tracing::error!(
-            "growing the conntrack maps (packet path {} -> {} entries, policy {} -> {}) failed: {e:#}; they stay as they are until a restart (--ct-initial, --max-ct, --policy-ct-initial, --max-policy-ct size them then)",
+            "growing the conntrack maps (packet path {} -> {} entries, policy {} -> {}, affinity {} -> {}) failed: {e:#}; they stay as they are until a restart (--ct-initial, --max-ct, --policy-ct-initial, --max-policy-ct, --affinity-initial, --max-affinity size them then)",
             from.ct,
             to.ct,
             from.pol_ct,
-            to.pol_ct
+            to.pol_ct,
+            from.affinity,
+            to.affinity
         );
     }
 
@@ -112,12 +117,19 @@ impl CtGrowth {
                 "policy conntrack",
                 "--max-policy-ct",
             ),
+            (
+                sizes.grow_affinity,
+                sizes.affinity,
+                kept.affinity,
+                "affinity",
+                "--max-affinity",
+            ),
         ];
         for ((grows, cap, kept, map, flag), said) in maps.into_iter().zip(&mut self.said_full) {
             if !grows && !*said && nearly_full(cap, kept) {
                 *said = true;
                 tracing::warn!(
-                    "the {map} map holds {kept} of its {cap} entries after a sweep: a full map evicts live flows; {flag} fixes its size (raise it at the next restart, or leave it out and the map grows)"
+                    "the {map} map holds {kept} of its {cap} entries after a sweep: a full map evicts live entries; {flag} fixes its size (raise it at the next restart, or leave it out and the map grows)"
                 );
             }
         }

@@ -207,6 +207,7 @@ pub(super) fn record_capacity(health: &crate::serve::health::Health, sizes: MapS
         (lb_common::MAP_SRC_RANGES, sizes.ranges),
         (lb_common::MAP_CT, sizes.ct),
         (lb_common::MAP_POL_CT, sizes.pol_ct),
+        (lb_common::MAP_AFFINITY, sizes.affinity),
         (lb_common::MAP_SOCK_REV, sizes.sock_rev),
         (lb_common::MAP_IPCACHE, sizes.ipcache),
         (lb_common::MAP_POLICY, sizes.pol_entries),

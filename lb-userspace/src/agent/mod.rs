@@ -223,6 +223,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     record(crate::datapath::Kept {
                         ct: r.kept as u64,
                         pol_ct: r.policy_kept as u64,
+                        affinity: r.affinity_kept as u64,
                     });
                     health.metrics.swept(&r);
                 }

@@ -1,6 +1,6 @@
-//! Conntrack idle timeouts, and which policy conntrack entries go. (The
-//! packet path's flows are judged in `ct_sweep`.) Pure; the sweep in
-//! `datapath` applies it.
+//! Conntrack idle timeouts, and which policy conntrack and affinity
+//! entries go. (The packet path's flows are judged in `ct_sweep`.) Pure;
+//! the sweep in `datapath` applies it.
 
 use lb_common::PROTO_TCP;
 
@@ -47,6 +47,18 @@ pub fn policy_expired(
     idle > limit
 }
 
+/// A client's affinity entry whose Service's `timeoutSeconds` passed since
+/// its last connection: the programs pick a backend anew for it anyway.
+/// An entry of programs that did not record the timeout lives the longest
+/// the API allows.
+pub fn affinity_expired(v: &lb_common::AffinityValue, now: u32) -> bool {
+    let limit = match v.timeout_s {
+        0 => lb_common::AFFINITY_TIMEOUT_MAX,
+        t => t,
+    };
+    now.saturating_sub(v.last_used_s) > limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +82,21 @@ mod tests {
         assert!(!policy_expired(&k(PROTO_TCP), &v(now - 5, 0x04), now, &t));
         assert!(policy_expired(&k(17), &v(now - 61, 0), now, &t));
         assert!(!policy_expired(&k(17), &v(now - 59, 0), now, &t));
+    }
+
+    #[test]
+    fn affinity_entries_expire_after_their_services_timeout_or_a_day_without_one() {
+        let v = |last_used_s, timeout_s| lb_common::AffinityValue {
+            last_used_s,
+            timeout_s,
+            ..Default::default()
+        };
+        let now = 100_000;
+        assert!(!affinity_expired(&v(now - 10800, 10800), now));
+        assert!(affinity_expired(&v(now - 10801, 10800), now));
+        assert!(affinity_expired(&v(now - 61, 60), now));
+        assert!(!affinity_expired(&v(now - 86400, 0), now));
+        assert!(affinity_expired(&v(now - 86401, 0), now));
+        assert!(!affinity_expired(&v(now + 5, 60), now), "a clock ahead");
     }
 }

@@ -38,10 +38,11 @@ impl Datapath {
             MapSizes {
                 ct: self.sizes.ct,
                 pol_ct: self.sizes.pol_ct,
+                affinity: self.sizes.affinity,
                 ..sizes
             },
             self.sizes,
-            "only the conntrack maps grow in the background"
+            "only the maps the programs write grow in the background"
         );
         let opts = self.options(sizes);
         let thread = std::thread::Builder::new()

@@ -64,6 +64,7 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
 pub struct Kept {
     pub ct: u64,
     pub pol_ct: u64,
+    pub affinity: u64,
 }
 
 /// More than three quarters full: an LRU is about to evict live flows (or
@@ -86,6 +87,7 @@ pub fn ct_grown(sizes: MapSizes, kept: Kept) -> Option<MapSizes> {
     let to = MapSizes {
         ct: grow(sizes.grow_ct, sizes.ct, kept.ct),
         pol_ct: grow(sizes.grow_pol_ct, sizes.pol_ct, kept.pol_ct),
+        affinity: grow(sizes.grow_affinity, sizes.affinity, kept.affinity),
         ..sizes
     };
     (to != sizes).then_some(to)
@@ -175,6 +177,7 @@ impl Datapath {
         let sizes = MapSizes {
             ct: sizes.ct.max(self.sizes.ct),
             pol_ct: sizes.pol_ct.max(self.sizes.pol_ct),
+            affinity: sizes.affinity.max(self.sizes.affinity),
             ..sizes
         };
         let opts = self.options(sizes);
@@ -260,6 +263,7 @@ impl Datapath {
             source_ranges = sizes.ranges,
             conntrack = sizes.ct,
             policy_conntrack = sizes.pol_ct,
+            affinity = sizes.affinity,
             ipcache = sizes.ipcache,
             policy_entries = sizes.pol_entries,
             policy_cidrs = sizes.pol_cidrs,
@@ -369,7 +373,10 @@ mod tests {
             grow_ct: true,
             ..Default::default()
         };
-        let ct = |ct| Kept { ct, pol_ct: 0 };
+        let ct = |ct| Kept {
+            ct,
+            ..Default::default()
+        };
         assert_eq!(ct_grown(auto, ct(192)), None, "three quarters: room left");
         assert_eq!(ct_grown(auto, ct(193)).map(|s| s.ct), Some(512));
         assert_eq!(ct_grown(auto, ct(256)).map(|s| s.ct), Some(512), "full");
@@ -391,7 +398,10 @@ mod tests {
             grow_pol_ct: true,
             ..auto
         };
-        let pol = |pol_ct| Kept { ct: 0, pol_ct };
+        let pol = |pol_ct| Kept {
+            pol_ct,
+            ..Default::default()
+        };
         assert_eq!(ct_grown(both, pol(75)), None);
         let g = ct_grown(both, pol(76)).unwrap();
         assert_eq!((g.ct, g.pol_ct), (256, 128));
@@ -400,6 +410,7 @@ mod tests {
             Kept {
                 ct: 200,
                 pol_ct: 90,
+                affinity: 0,
             },
         )
         .unwrap();
@@ -409,5 +420,28 @@ mod tests {
             ..both
         };
         assert_eq!(ct_grown(fixed, pol(100)), None, "--max-policy-ct fixes it");
+        // The affinity map too, by its own count and flag.
+        let aff = MapSizes {
+            affinity: 64,
+            grow_affinity: true,
+            ..Default::default()
+        };
+        let clients = |affinity| Kept {
+            affinity,
+            ..Default::default()
+        };
+        assert_eq!(ct_grown(aff, clients(48)), None);
+        let g = ct_grown(aff, clients(49)).unwrap();
+        assert_eq!(MapSizes { affinity: 64, ..g }, aff, "nothing else changes");
+        assert_eq!(g.affinity, 128);
+        let fixed = MapSizes {
+            grow_affinity: false,
+            ..aff
+        };
+        assert_eq!(
+            ct_grown(fixed, clients(64)),
+            None,
+            "--max-affinity fixes it"
+        );
     }
 }

@@ -33,6 +33,8 @@ pub use sweeper::{SweepReport, Sweeper};
 #[cfg(test)]
 mod test_run;
 #[cfg(test)]
+mod test_run_affinity;
+#[cfg(test)]
 mod test_run_carry;
 #[cfg(test)]
 mod test_run_conntrack;
@@ -246,6 +248,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str], fill: Fill) -> anyhow::Resu
         .map_max_entries(MAP_CT, opts.sizes.ct)
         .map_max_entries(lb_common::MAP_SRC_RANGES, opts.sizes.ranges)
         .map_max_entries(lb_common::MAP_POL_CT, opts.sizes.pol_ct)
+        .map_max_entries(MAP_AFFINITY, opts.sizes.affinity)
         .map_max_entries(lb_common::MAP_IPCACHE, opts.sizes.ipcache)
         .map_max_entries(lb_common::MAP_POLICY, opts.sizes.pol_entries)
         .map_max_entries(lb_common::MAP_POL_CIDR, opts.sizes.pol_cidrs)

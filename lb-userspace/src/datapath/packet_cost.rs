@@ -320,6 +320,34 @@ pub fn fill_pinned_ct(
     Ok(())
 }
 
+/// Remembers `clients` more clients in the pinned affinity map of a
+/// running agent (`pin_dir`), each as the programs remembered the one
+/// client already there (its Service, backend and timeout; used now): what
+/// a node with that many clients of a sessionAffinity Service holds.
+pub fn remember_clients(pin_dir: &std::path::Path, clients: u32) -> anyhow::Result<()> {
+    use lb_common::{AFF_NETNS, AffinityKey, AffinityValue, MAP_AFFINITY, NetAddr};
+    let mut m: HashMap<_, AffinityKey, AffinityValue> =
+        HashMap::try_from(super::pinned::open_pinned(pin_dir, MAP_AFFINITY)?)?;
+    let (k, v) = m
+        .iter()
+        .next()
+        .context("no client in the agent's affinity map")??;
+    let v = AffinityValue {
+        last_used_s: crate::datapath::host::monotonic_s(),
+        ..v
+    };
+    for i in 0..clients {
+        // Network namespace cookies no namespace of this host has.
+        let k = AffinityKey {
+            client: NetAddr([i, u32::MAX, 0, 0]),
+            kind: AFF_NETNS,
+            ..k
+        };
+        m.insert(k, v, 0)?;
+    }
+    Ok(())
+}
+
 /// The per-packet costs with `services` frontends and `ct_entries`
 /// conntrack entries, each the kernel's mean over `repeat` runs.
 pub fn measure(services: usize, ct_entries: usize, repeat: u32) -> anyhow::Result<Costs> {

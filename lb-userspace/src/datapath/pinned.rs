@@ -86,6 +86,10 @@ impl Pinned {
                 lb_common::MAP_POL_CT,
                 hash::<lb_common::PolCtKey, lb_common::PolCtValue>,
             )?,
+            fill(
+                lb_common::MAP_AFFINITY,
+                hash::<lb_common::AffinityKey, lb_common::AffinityValue>,
+            )?,
             MapFill {
                 name: MAP_MAGLEV,
                 entries: self.maglev_ids()?.len(),

@@ -25,6 +25,11 @@ pub struct MapSizes {
     /// write: it grows as the conntrack map does (no `--max-policy-ct`).
     pub pol_ct: u32,
     pub grow_pol_ct: bool,
+    /// The sessionAffinity map (a client's backend per Service), which the
+    /// programs write: it grows as the conntrack map does (no
+    /// `--max-affinity`).
+    pub affinity: u32,
+    pub grow_affinity: bool,
     /// The NetworkPolicy maps the agent alone writes: the ipcache (pod
     /// addresses), the allow entries and the CIDR entries of this node's
     /// pods. No flag sizes them: they start at their defaults (or what
@@ -49,6 +54,8 @@ impl Default for MapSizes {
             grow_ct: false,
             pol_ct: lb_common::DEFAULT_POL_CT_MAX,
             grow_pol_ct: false,
+            affinity: lb_common::DEFAULT_AFFINITY_MAX,
+            grow_affinity: false,
             ipcache: lb_common::DEFAULT_IPCACHE_MAX,
             pol_entries: lb_common::DEFAULT_POLICY_MAX,
             pol_cidrs: lb_common::DEFAULT_POL_CIDR_MAX,
@@ -194,7 +201,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::LruHash,
             key_size: size_of::<lb_common::AffinityKey>() as u32,
             value_size: size_of::<lb_common::AffinityValue>() as u32,
-            max_entries: lb_common::DEFAULT_AFFINITY_MAX,
+            max_entries: sizes.affinity,
         },
         MapSpec {
             name: lb_common::MAP_SRC_RANGES,

@@ -104,6 +104,33 @@ pub fn sweep_ct(
     Ok((n, seen - n, stats))
 }
 
+/// The same sweep over the affinity map: clients whose Service's timeout
+/// passed since their last connection go (the programs would not use
+/// them, and they would count towards the map's growth), at most `budget`.
+pub fn sweep_affinity(
+    map: &mut Map,
+    walk: &mut Walk<lb_common::AffinityKey, lb_common::AffinityValue>,
+    max: usize,
+    budget: usize,
+) -> anyhow::Result<(usize, usize)> {
+    use crate::compute::conntrack_gc::affinity_expired;
+    use lb_common::{AffinityKey, AffinityValue};
+    let now = crate::datapath::host::monotonic_s();
+    let (keys, values) = walk.read(map, max)?;
+    let mut m: HashMap<_, AffinityKey, AffinityValue> = HashMap::try_from(map)?;
+    let n = keys
+        .iter()
+        .zip(values)
+        .filter(|(_, v)| affinity_expired(v, now))
+        .take(budget)
+        .filter(|(k, walked)| {
+            m.get(k, 0)
+                .is_ok_and(|v| v.last_used_s == walked.last_used_s && m.remove(k).is_ok())
+        })
+        .count();
+    Ok((n, keys.len() - n))
+}
+
 /// The same sweep over the policy conntrack: idle entries go, at most
 /// `budget` of them.
 pub fn sweep_policy_ct(

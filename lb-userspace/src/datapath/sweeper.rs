@@ -34,6 +34,8 @@ pub struct SweepReport {
     pub evicted_answered_flows_total: u64,
     pub policy_removed: usize,
     pub policy_kept: usize,
+    pub affinity_removed: usize,
+    pub affinity_kept: usize,
     pub took: Duration,
 }
 
@@ -61,6 +63,7 @@ impl Sweeper {
                     timeouts,
                     ct: sweep::CtSweep::default(),
                     policy_walk: sweep::Walk::default(),
+                    affinity_walk: sweep::Walk::default(),
                     left_now: HashSet::new(),
                     left_before: HashSet::new(),
                     sweeps: 0,
@@ -114,6 +117,7 @@ struct State {
     /// walk's buffers).
     ct: sweep::CtSweep,
     policy_walk: sweep::Walk<lb_common::PolCtKey, lb_common::PolCtValue>,
+    affinity_walk: sweep::Walk<lb_common::AffinityKey, lb_common::AffinityValue>,
     /// Ids deleted since the last sweep, and before it: a flow made just
     /// before its backend left may come after the walk that looked.
     left_now: HashSet<u32>,
@@ -167,6 +171,13 @@ impl State {
             &self.timeouts,
             DELETE_BUDGET,
         )?;
+        let (mut aff, max) = pinned::open_pinned_sized(dir, lb_common::MAP_AFFINITY)?;
+        let (affinity_removed, affinity_kept) = sweep::sweep_affinity(
+            &mut aff,
+            &mut self.affinity_walk,
+            max as usize,
+            DELETE_BUDGET,
+        )?;
         Ok(SweepReport {
             removed,
             kept,
@@ -175,6 +186,8 @@ impl State {
             evicted_answered_flows_total: self.ct.evictions.answered_flows_total,
             policy_removed,
             policy_kept,
+            affinity_removed,
+            affinity_kept,
             took: started.elapsed(),
         })
     }
@@ -294,5 +307,52 @@ mod tests {
         assert_eq!((removed, kept), (2, 8));
         let (removed, kept, flows) = sweep(&mut l, &mut ev, 100);
         assert_eq!((removed, kept, flows.orphans), (8, 0, 0));
+    }
+
+    #[test]
+    fn clients_go_from_the_affinity_map_once_their_services_timeout_passed() {
+        use lb_common::{AffinityKey, AffinityValue};
+        assert!(
+            crate::datapath::host::is_root(),
+            "pinned BPF maps need root: run through `cargo xtask test`"
+        );
+        let mut l = super::super::packet_cost::load(1, 10).expect("maps");
+        let now = crate::datapath::host::monotonic_s();
+        // (client, idle seconds, the Service's timeout; 0: programs that
+        // did not record it, so a day), and whether the sweep keeps it.
+        let clients = [
+            (1, 30, 60, true),
+            (2, 61, 60, false),
+            (3, 100, 0, true),
+            (4, 100, 10800, true),
+            (5, 90, 30, false),
+        ];
+        let key = |c: u32| AffinityKey {
+            client: lb_common::NetAddr([c, 0, 0, 0]),
+            service_id: 1,
+            kind: lb_common::AFF_CLIENT,
+        };
+        let map = l.ebpf.map_mut(lb_common::MAP_AFFINITY).unwrap();
+        {
+            let mut m: HashMap<_, AffinityKey, AffinityValue> =
+                HashMap::try_from(&mut *map).unwrap();
+            for (c, idle, timeout_s, _) in clients {
+                let v = AffinityValue {
+                    backend_id: 1,
+                    slot: 1,
+                    last_used_s: now.checked_sub(idle).expect("up for two minutes"),
+                    timeout_s,
+                    ..Default::default()
+                };
+                m.insert(key(c), v, 0).unwrap();
+            }
+        }
+        let mut walk = sweep::Walk::default();
+        let (removed, kept) = sweep::sweep_affinity(map, &mut walk, 100, 100).unwrap();
+        assert_eq!((removed, kept), (2, 3));
+        let m: HashMap<_, AffinityKey, AffinityValue> = HashMap::try_from(&*map).unwrap();
+        for (c, _, _, keeps) in clients {
+            assert_eq!(m.get(&key(c), 0).is_ok(), keeps, "client {c}");
+        }
     }
 }

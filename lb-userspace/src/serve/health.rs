@@ -71,6 +71,7 @@ impl Health {
             datapath_packets: Family::default(),
             policy_verdicts: Family::default(),
             policy_conntrack_entries: Gauge::default(),
+            affinity_entries: Gauge::default(),
             services_not_programmed: Gauge::default(),
             rejected_objects: Gauge::default(),
         };
@@ -154,6 +155,11 @@ impl Health {
             "policy_conntrack_entries",
             "Flows NetworkPolicy allowed and tracks (replies pass)",
             metrics.policy_conntrack_entries.clone(),
+        );
+        r.register(
+            "affinity_entries",
+            "Clients remembered for sessionAffinity: ClientIP (a client per Service)",
+            metrics.affinity_entries.clone(),
         );
         r.register(
             "policy_verdicts",

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub conntrack_evicted_entries: Gauge,
     pub conntrack_evicted_answered_flows: Gauge,
     pub policy_conntrack_entries: Gauge,
+    pub affinity_entries: Gauge,
     pub watch_restarts: Counter,
     /// What change sets could not do, by kind (`Problem::label`).
     pub sync_problems: Family<KindLabel, Counter>,
@@ -108,12 +109,15 @@ impl Metrics {
         self.conntrack_evicted_answered_flows
             .set(r.evicted_answered_flows_total as i64);
         self.policy_conntrack_entries.set(r.policy_kept as i64);
-        if r.removed + r.policy_removed > 0 {
+        self.affinity_entries.set(r.affinity_kept as i64);
+        if r.removed + r.policy_removed + r.affinity_removed > 0 {
             tracing::debug!(
                 removed = r.removed,
                 kept = r.kept,
                 policy_removed = r.policy_removed,
                 policy_kept = r.policy_kept,
+                affinity_removed = r.affinity_removed,
+                affinity_kept = r.affinity_kept,
                 took_ms = r.took.as_millis() as u64,
                 "conntrack sweep"
             );

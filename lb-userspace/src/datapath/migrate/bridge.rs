@@ -1,6 +1,7 @@
 //! While a map the programs write is carried (see `migrate`): this
 //! agent's programs look the old map up on a miss, through a slot of
-//! their object (`LB_CT_CARRIED`, `LB_POL_CT_CARRIED`), so a flow the earlier
+//! their object (`LB_CT_CARRIED`, `LB_POL_CT_CARRIED`,
+//! `LB_AFFINITY_CARRIED`), so a flow the earlier
 //! agent's programs start after the first copy is found at once, and a
 //! map grown while running needs no first copy at all (its entries come
 //! over as they are looked up, the rest with the copy after the swap).
@@ -9,7 +10,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use anyhow::{Context as _, bail};
 use aya::Ebpf;
-use lb_common::{MAP_CT, MAP_CT_CARRIED, MAP_POL_CT, MAP_POL_CT_CARRIED};
+use lb_common::{
+    MAP_AFFINITY, MAP_AFFINITY_CARRIED, MAP_CT, MAP_CT_CARRIED, MAP_POL_CT, MAP_POL_CT_CARRIED,
+};
 
 use super::{super::sys, Carry};
 
@@ -19,6 +22,7 @@ fn carried_slot(name: &str) -> Option<&'static str> {
     match name {
         MAP_CT => Some(MAP_CT_CARRIED),
         MAP_POL_CT => Some(MAP_POL_CT_CARRIED),
+        MAP_AFFINITY => Some(MAP_AFFINITY_CARRIED),
         _ => None,
     }
 }

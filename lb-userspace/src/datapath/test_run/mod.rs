@@ -75,19 +75,33 @@ impl Bed {
     /// this bed's programs still run on the old one. The carry is the
     /// caller's to finish.
     pub(super) fn carrying_ct(&self, ct: u32) -> (Bed, super::migrate::Carry) {
-        let spec = super::map_specs(super::MapSizes {
-            ct,
-            ..Default::default()
-        })
-        .into_iter()
-        .find(|s| s.name == lb_common::MAP_CT)
-        .unwrap();
+        self.carrying(
+            lb_common::MAP_CT,
+            super::MapSizes {
+                ct,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The same with `map` of the size `sizes` gives it (the other maps of
+    /// their defaults).
+    pub(super) fn carrying(
+        &self,
+        map: &str,
+        sizes: super::MapSizes,
+    ) -> (Bed, super::migrate::Carry) {
+        let spec = super::map_specs(sizes)
+            .into_iter()
+            .find(|s| s.name == map)
+            .unwrap();
         let mut carry = super::migrate::prepare(&self.dir, &spec)
             .expect("prepare")
-            .expect("a conntrack map of another size is carried");
+            .unwrap_or_else(|| panic!("{map} of another size is carried"));
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&self.dir)
-            .map_max_entries(lb_common::MAP_CT, ct)
+            .map_max_entries(lb_common::MAP_CT, sizes.ct)
+            .map_max_entries(lb_common::MAP_AFFINITY, sizes.affinity)
             .load(OBJECT)
             .expect("load");
         super::migrate::fill(&self.dir, &carry).expect("fill");
