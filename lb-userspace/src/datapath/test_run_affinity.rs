@@ -96,12 +96,6 @@ fn a_client_the_earlier_programs_remembered_during_a_carry_keeps_its_backend() {
         Some(v.backend_id),
         "adopted by the new map"
     );
-    let mut open = Some(carry);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Some(c) = open {
-        assert!(std::time::Instant::now() < deadline, "the copy ends");
-        open = super::migrate::finish(new.pin_dir(), &new.ebpf, c);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    super::test_run::end_carry(new.pin_dir(), &new.ebpf, carry);
     assert_eq!(backend_of(&new, 40200), chosen, "after the carry");
 }

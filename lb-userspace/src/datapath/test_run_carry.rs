@@ -61,13 +61,7 @@ fn a_handshake_the_earlier_programs_began_completes_under_a_carried_conntrack_ma
     // The carry ends: the second copy brings what is left, then the
     // programs stop looking in the old map.
     let (_, _) = old.run("lb_tc_ingress", &tcp4(CLIENT, 40003, NODE, 30080, true));
-    let mut open = Some(carry);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Some(c) = open {
-        assert!(std::time::Instant::now() < deadline, "the copy ends");
-        open = super::migrate::finish(new.pin_dir(), &new.ebpf, c);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    super::test_run::end_carry(new.pin_dir(), &new.ebpf, carry);
     assert_eq!(kinds(&new, 40003), [CT_FWD, CT_REV], "the second copy");
     let (_, _) = old.run("lb_tc_ingress", &tcp4(CLIENT, 40004, NODE, 30080, true));
     let synack = tcp4_flags(BACKEND, 8080, CLIENT, 40004, TCP_SYN | TCP_ACK);

@@ -50,6 +50,18 @@ impl Drop for Bed {
     }
 }
 
+/// Ends a carry as the agent's ticks do: the copy after the swap (on its
+/// thread), then the old map's pin goes. Within 10 s.
+pub(super) fn end_carry(pin_dir: &std::path::Path, ebpf: &Ebpf, carry: super::migrate::Carry) {
+    let mut open = Some(carry);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Some(c) = open {
+        assert!(std::time::Instant::now() < deadline, "the copy ends");
+        open = super::migrate::finish(pin_dir, ebpf, c);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub(super) fn ip(s: &str) -> lb_common::NetAddr {
     net_addr(s.parse::<IpAddr>().unwrap())
 }

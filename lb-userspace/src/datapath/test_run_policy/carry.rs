@@ -72,13 +72,7 @@ fn a_reply_to_a_flow_the_earlier_programs_allowed_during_a_carry_passes_at_once(
             Some((EP, AllowedEgress)),
             "a flow out just before the carry ends",
         );
-        let mut open = Some(carry);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while let Some(c) = open {
-            assert!(std::time::Instant::now() < deadline, "the copy ends");
-            open = super::super::migrate::finish(&new.dir, &new.ebpf, c);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        super::super::test_run::end_carry(&new.dir, &new.ebpf, carry);
         assert!(
             new.ct_entry(&out(40002)).is_some(),
             "{}: the second copy",
