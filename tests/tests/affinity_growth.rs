@@ -61,4 +61,9 @@ fn an_affinity_map_the_clients_fill_grows_and_its_clients_keep_their_backends() 
     );
     let log = bed.agent.log_text();
     assert!(log.contains("affinity 4096 -> 8192 (left 3200)"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("LB_AFFINITY_V1")
+            && l.contains("copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile")),
+        "{log}"
+    );
 }

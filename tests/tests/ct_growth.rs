@@ -74,7 +74,7 @@ fn a_conntrack_map_the_flows_fill_grows_while_running_without_a_failed_connectio
     // The entries come over after the swap, on a thread of their own (the
     // sync loop never waits for them), and the carry then ends.
     assert!(
-        log.contains("copying the earlier map's entries on a thread of their own"),
+        log.contains("copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile"),
         "{log}"
     );
     let old_pin = agent.proc.pin_dir.join("LB_CT_V1_PREVIOUS");

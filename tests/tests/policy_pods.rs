@@ -393,12 +393,12 @@ fn the_policy_conntrack_map_grows_while_running() {
         log.contains("policy 64 -> "),
         "the growth is logged:\n{log}"
     );
-    // Its entries come over after the swap on a thread of their own (the
-    // programs look in the old map on a miss meanwhile), and the carry
+    // Its entries come over after the swap on a thread of their own, the
+    // programs looking in the old map on a miss meanwhile, and the carry
     // then ends.
     assert!(
         log.lines().any(|l| l.contains("LB_POL_CT_V1")
-            && l.contains("copying the earlier map's entries on a thread of their own")),
+            && l.contains("copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile")),
         "{log}"
     );
     let old_pin = bed.agent.pin_dir.join("LB_POL_CT_V1_PREVIOUS");

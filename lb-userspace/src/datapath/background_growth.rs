@@ -1,4 +1,5 @@
-//! Growing the conntrack maps without holding up the sync loop: the
+//! Growing the maps the programs write (conntrack, policy conntrack,
+//! affinity) without holding up the sync loop: the
 //! object is loaded with the bigger maps on a thread of its own (the
 //! verifier takes a good part of a second), while the sync loop goes on
 //! writing through this datapath; the maps the agent writes keep their
@@ -21,7 +22,7 @@ pub(super) struct Loading {
 }
 
 impl Datapath {
-    /// Starts growing the conntrack maps to `sizes` (only the maps the
+    /// Starts growing the maps the programs write to `sizes` (only they
     /// programs write may differ from this datapath's): true when it
     /// started, false while another growth or a carry of a map the
     /// programs write is under way (the next sweep asks again).

@@ -1,14 +1,15 @@
 //! Growing maps while the agent runs, when no flag fixed their size: the
 //! services, backends and loadBalancerSourceRanges maps when the cluster
 //! outgrows them, the NetworkPolicy maps the agent writes before a policy
-//! state that does not fit them is written, and the two conntrack maps
-//! when a sweep finds one nearly full. The object is loaded again with
+//! state that does not fit them is written, and the maps the programs
+//! write (the two conntrack maps, the affinity map) when a sweep finds one
+//! nearly full. The object is loaded again with
 //! bigger maps, which get every entry before any of its programs runs
 //! (see `migrate`), and its programs are swapped in under the pinned
 //! links (cgroup, tcx, XDP) as a restarted agent's are. Only the agent
 //! writes the first kinds, so their copy is complete and no lookup ever
-//! misses. The two conntrack maps are copied after the swap only, on a
-//! thread of their own, their programs looking up the old map on a miss
+//! misses. The maps the programs write are copied after the swap only, on
+//! a thread of their own, their programs looking up the old map on a miss
 //! until the copy is done (`migrate::bridge`): the sync loop never waits
 //! for a million entries.
 
@@ -59,7 +60,7 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
     (to != sizes).then_some(to)
 }
 
-/// What the latest sweep left in the conntrack maps the programs write.
+/// What the latest sweep left in the maps the programs write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Kept {
     pub ct: u64,
@@ -170,9 +171,11 @@ impl Datapath {
     pub fn grow(&mut self, sizes: MapSizes) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         // A growth loading on a thread ends first (two loads would move
-        // the same pins aside); the conntrack maps never shrink.
+        // the same pins aside); the maps the programs write never shrink.
         if let Some(Err(e)) = self.end_background_growth() {
-            tracing::error!("the conntrack maps' growth, loading when another growth began: {e:#}");
+            tracing::error!(
+                "the growth of the maps the programs write, loading when another growth began: {e:#}"
+            );
         }
         let sizes = MapSizes {
             ct: sizes.ct.max(self.sizes.ct),

@@ -168,7 +168,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Time spent writing plans into the maps since `take_write_time`.
     write_time: std::time::Duration,
-    /// A growth of the conntrack maps loading on a thread.
+    /// A growth of the maps the programs write, loading on a thread.
     loading: Option<background_growth::Loading>,
 }
 
@@ -195,7 +195,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Datapath> {
 #[derive(Clone, Copy, PartialEq)]
 enum Fill {
     /// Before any program of the object runs, and again after the swap
-    /// (a restart: the first change set waits anyway).
+    /// (a restart: no change set has been written yet).
     Now,
     /// After the swap only, on a thread of its own (a growth while
     /// running: the sync loop does not wait for a million entries).

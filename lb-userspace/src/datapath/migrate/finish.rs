@@ -107,10 +107,17 @@ fn second_copy(
         .try_clone()
         .context("duplicating the old map's fd")?;
     let (dir, name, from, to) = (pin_dir.to_path_buf(), c.name, c.from, c.to);
-    tracing::info!(
-        map = name,
-        "copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile"
-    );
+    if c.bridged {
+        tracing::info!(
+            map = name,
+            "copying the earlier map's entries on a thread of their own; the programs look them up there meanwhile"
+        );
+    } else {
+        tracing::info!(
+            map = name,
+            "copying the earlier map's entries on a thread of their own; what the earlier programs wrote there since the first copy is missing here until it ends"
+        );
+    }
     std::thread::Builder::new()
         .name("carry-copy".into())
         .spawn(move || copy_missing(&dir, name, old.as_fd(), from, to))

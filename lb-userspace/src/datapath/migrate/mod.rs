@@ -10,11 +10,11 @@
 //! layouts change: new fields go last, zero meaning "not known"). The
 //! running programs of the earlier agent keep their maps until this agent
 //! swaps its programs in under their links; maps those programs write
-//! (conntrack, affinity) are copied once more after that, without
-//! replacing anything, so flows they made meanwhile come along. Until
-//! then this agent's programs find those flows on a conntrack miss in the
-//! old map itself (`bridge`: `LB_CT_CARRIED`), so a handshake that began
-//! under the earlier programs completes under these. Then the old pin
+//! (conntrack, policy conntrack, affinity) are copied once more after
+//! that, without replacing anything, so flows they made meanwhile come
+//! along. Until then this agent's programs find those entries on a miss in
+//! the old map itself (`bridge`: `LB_CT_CARRIED` and its likes), so a
+//! handshake that began under the earlier programs completes under these. Then the old pin
 //! goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
 //! the next one starts the copy again from it.
 //!
@@ -53,6 +53,8 @@ fn flag(map: &str) -> Option<&'static str> {
         MAP_SERVICES => Some("--max-services"),
         MAP_BACKENDS => Some("--max-backends"),
         MAP_CT => Some("--max-ct"),
+        lb_common::MAP_POL_CT => Some("--max-policy-ct"),
+        lb_common::MAP_AFFINITY => Some("--max-affinity"),
         MAP_SOCK_REV => Some("--max-sock-rev"),
         _ => None,
     }

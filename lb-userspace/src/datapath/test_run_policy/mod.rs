@@ -179,10 +179,11 @@ impl Bed {
     }
 
     /// A second bed on this one's pins, its policy conntrack map `size`
-    /// slots: the earlier map carried into it (`migrate`), filled and
-    /// looked up on a miss, as an agent restarted with another size finds
-    /// it. The carry is this bed's to finish.
-    fn carrying_pol_ct(&self, size: u32) -> (Self, super::migrate::Carry) {
+    /// slots: the earlier map carried into it (`migrate`) and looked up on
+    /// a miss, filled first as an agent restarted with another size finds
+    /// it, or not as a growth while running leaves it (`fill`). The carry
+    /// is this bed's to finish.
+    fn carrying_pol_ct(&self, size: u32, fill: bool) -> (Self, super::migrate::Carry) {
         let spec = super::map_specs(super::MapSizes {
             pol_ct: size,
             ..Default::default()
@@ -198,7 +199,9 @@ impl Bed {
             .map_max_entries(lb_common::MAP_POL_CT, size)
             .load(OBJECT)
             .expect("load");
-        super::migrate::fill(&self.dir, &carry).expect("fill");
+        if fill {
+            super::migrate::fill(&self.dir, &carry).expect("fill");
+        }
         super::migrate::bridge(&ebpf, &mut carry).expect("bridge");
         (
             Self::programs_loaded(ebpf, self.dir.clone(), self.net),
