@@ -107,6 +107,7 @@ pub fn sweep_ct(
 /// The same sweep over the affinity map: clients whose Service's timeout
 /// passed since their last connection go (the programs would not use
 /// them, and they would count towards the map's growth), at most `budget`.
+/// Returns how many went and how many live entries stay.
 pub fn sweep_affinity(
     map: &mut Map,
     walk: &mut Walk<lb_common::AffinityKey, lb_common::AffinityValue>,
@@ -114,21 +115,15 @@ pub fn sweep_affinity(
     budget: usize,
 ) -> anyhow::Result<(usize, usize)> {
     use crate::compute::conntrack_gc::affinity_expired;
-    use lb_common::{AffinityKey, AffinityValue};
     let now = crate::datapath::host::monotonic_s();
-    let (keys, values) = walk.read(map, max)?;
-    let mut m: HashMap<_, AffinityKey, AffinityValue> = HashMap::try_from(map)?;
-    let n = keys
-        .iter()
-        .zip(values)
-        .filter(|(_, v)| affinity_expired(v, now))
-        .take(budget)
-        .filter(|(k, walked)| {
-            m.get(k, 0)
-                .is_ok_and(|v| v.last_used_s == walked.last_used_s && m.remove(k).is_ok())
-        })
-        .count();
-    Ok((n, keys.len() - n))
+    remove_expired(
+        map,
+        walk,
+        max,
+        budget,
+        |_, v| affinity_expired(v, now),
+        |v| v.last_used_s,
+    )
 }
 
 /// The same sweep over the policy conntrack: idle entries go, at most
@@ -141,19 +136,45 @@ pub fn sweep_policy_ct(
     budget: usize,
 ) -> anyhow::Result<(usize, usize)> {
     use crate::compute::conntrack_gc::policy_expired;
-    use lb_common::{PolCtKey, PolCtValue};
     let now = crate::datapath::host::monotonic_s();
+    remove_expired(
+        map,
+        walk,
+        max,
+        budget,
+        |k, v| policy_expired(k, v, now, t),
+        |v| v.last_seen,
+    )
+}
+
+/// Removes the entries `expired` judges so, at most `budget` of them, each
+/// only if its time (`stamp`) is still the one read (nothing used it
+/// since). Returns how many went and how many entries were not expired:
+/// what counts towards a growth (expired ones past the budget go at the
+/// next sweep).
+fn remove_expired<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &mut Map,
+    walk: &mut Walk<K, V>,
+    max: usize,
+    budget: usize,
+    expired: impl Fn(&K, &V) -> bool,
+    stamp: impl Fn(&V) -> u32,
+) -> anyhow::Result<(usize, usize)> {
     let (keys, values) = walk.read(map, max)?;
-    let mut ct: HashMap<_, PolCtKey, PolCtValue> = HashMap::try_from(map)?;
-    let n = keys
-        .iter()
-        .zip(values)
-        .filter(|(k, v)| policy_expired(k, v, now, t))
-        .take(budget)
-        .filter(|(k, walked)| {
-            ct.get(k, 0)
-                .is_ok_and(|v| v.last_seen == walked.last_seen && ct.remove(k).is_ok())
-        })
-        .count();
-    Ok((n, keys.len() - n))
+    let mut m: HashMap<_, K, V> = HashMap::try_from(map)?;
+    let mut expired_n = 0;
+    let mut removed = 0;
+    for (k, walked) in keys.iter().zip(values) {
+        if !expired(k, walked) {
+            continue;
+        }
+        expired_n += 1;
+        if expired_n <= budget
+            && m.get(k, 0)
+                .is_ok_and(|v| stamp(&v) == stamp(walked) && m.remove(k).is_ok())
+        {
+            removed += 1;
+        }
+    }
+    Ok((removed, keys.len() - expired_n))
 }

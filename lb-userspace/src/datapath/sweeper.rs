@@ -33,8 +33,11 @@ pub struct SweepReport {
     pub evicted_entries_total: u64,
     pub evicted_answered_flows_total: u64,
     pub policy_removed: usize,
+    /// Policy conntrack entries not expired (those past the deletion
+    /// budget go at the next sweep).
     pub policy_kept: usize,
     pub affinity_removed: usize,
+    /// Affinity clients not expired (as above).
     pub affinity_kept: usize,
     pub took: Duration,
 }
@@ -348,8 +351,12 @@ mod tests {
             }
         }
         let mut walk = sweep::Walk::default();
-        let (removed, kept) = sweep::sweep_affinity(map, &mut walk, 100, 100).unwrap();
-        assert_eq!((removed, kept), (2, 3));
+        // One deletion's budget: the other expired client waits for the
+        // next sweep, and counts as no live entry meanwhile.
+        let (removed, live) = sweep::sweep_affinity(map, &mut walk, 100, 1).unwrap();
+        assert_eq!((removed, live), (1, 3));
+        let (removed, live) = sweep::sweep_affinity(map, &mut walk, 100, 100).unwrap();
+        assert_eq!((removed, live), (1, 3));
         let m: HashMap<_, AffinityKey, AffinityValue> = HashMap::try_from(&*map).unwrap();
         for (c, _, _, keeps) in clients {
             assert_eq!(m.get(&key(c), 0).is_ok(), keeps, "client {c}");
