@@ -5,6 +5,7 @@
 use lb_common::{AffinityKey, AffinityValue, NetAddr, ServiceKey, ServiceValue};
 
 use crate::{
+    carried,
     conntrack::now_s,
     maps::{LB_AFFINITY_CARRIED, LB_AFFINITY_V1, LB_SERVICES_V1},
 };
@@ -13,7 +14,7 @@ use crate::{
 #[inline(always)]
 pub fn lookup(key: &AffinityKey, front: &ServiceKey, fe: &ServiceValue) -> Option<u16> {
     let v = get(key).or_else(|| {
-        if !adopt_carried(key) {
+        if !(carried::open(&LB_AFFINITY_CARRIED) && adopt_carried(key)) {
             return None;
         }
         get(key)
@@ -33,26 +34,12 @@ fn get(key: &AffinityKey) -> Option<AffinityValue> {
     unsafe { LB_AFFINITY_V1.get(key) }.copied()
 }
 
-/// On a miss while the agent carries an affinity map of another size: the
-/// entry the earlier agent's programs made there since the agent's first
-/// copy becomes this map's (never replacing one of its own), so the client
-/// keeps its backend. True when there was one. Not inlined: a miss is the
-/// rare path, and stack.
+/// On a miss while the agent carries an affinity map (`carried`): a client
+/// the earlier agent's programs remembered since the agent's first copy
+/// keeps its backend. Not inlined: a miss during a carry is the rare path.
 #[inline(never)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
-)]
 fn adopt_carried(key: &AffinityKey) -> bool {
-    const BPF_NOEXIST: u64 = 1;
-    let Some(v) = LB_AFFINITY_CARRIED.get_value_ptr_mut(0, key) else {
-        return false;
-    };
-    // SAFETY: `v` points at a live value of the carried map (the agent
-    // fills the slot only with a map of this value size), read by the
-    // helper before this program can touch that map again.
-    let _ = LB_AFFINITY_V1.insert(key, unsafe { &*v }, BPF_NOEXIST);
-    true
+    carried::adopt!(LB_AFFINITY_CARRIED, LB_AFFINITY_V1, key)
 }
 
 /// Remembers the client's backend, with the Service's timeout (the agent's

@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use crate::{
+    carried,
     maps::{LB_CT_CARRIED, LB_CT_V1, count},
     packet::Pkt,
 };
@@ -75,26 +76,19 @@ pub fn lookup(k: &CtKey) -> Option<CtValue> {
     unsafe { LB_CT_V1.get(k) }.copied()
 }
 
-/// On a miss while the agent carries a conntrack map of another size: the
-/// entry the earlier agent's programs made there since the agent's first
-/// copy becomes this map's (never replacing one of its own), so a
-/// handshake that began under the earlier programs completes under these.
-/// True when there was one. Not inlined: a miss is the rare path.
-#[inline(never)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
-)]
+/// On a miss while the agent carries a conntrack map (`carried`): the
+/// entry the earlier agent's programs made since the agent's first copy
+/// becomes this map's, so a handshake that began under the earlier
+/// programs completes under these. True when there was one.
+#[inline(always)]
 pub fn adopt_carried(k: &CtKey) -> bool {
-    const BPF_NOEXIST: u64 = 1;
-    let Some(v) = LB_CT_CARRIED.get_value_ptr_mut(0, k) else {
-        return false;
-    };
-    // SAFETY: `v` points at a live value of the carried map (same layout:
-    // the agent fills the slot only with a map of this value size), read
-    // by the helper before this program can touch that map again.
-    let _ = LB_CT_V1.insert(k, unsafe { &*v }, BPF_NOEXIST);
-    true
+    carried::open(&LB_CT_CARRIED) && take_over(k)
+}
+
+/// Not inlined: a miss during a carry is the rare path.
+#[inline(never)]
+fn take_over(k: &CtKey) -> bool {
+    carried::adopt!(LB_CT_CARRIED, LB_CT_V1, k)
 }
 
 /// Refreshes the last-seen time (at most once a second) and marks the

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod affinity;
+mod carried;
 mod choose;
 mod conntrack;
 mod csum;

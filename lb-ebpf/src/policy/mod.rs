@@ -26,6 +26,7 @@ use lb_common::{
 };
 
 use crate::{
+    carried,
     conntrack::now_s,
     maps::{
         LB_IPCACHE_V1, LB_POL_CIDR_V1, LB_POL_COUNT_V1, LB_POL_CT_CARRIED, LB_POL_CT_V1,
@@ -331,33 +332,20 @@ fn ct_get(k: &PolCtKey) -> Option<PolCtValue> {
     if let Some(v) = unsafe { LB_POL_CT_V1.get(k) } {
         return Some(*v);
     }
-    if !adopt_carried(k) {
+    if !(carried::open(&LB_POL_CT_CARRIED) && adopt_carried(k)) {
         return None;
     }
     // SAFETY: as above.
     unsafe { LB_POL_CT_V1.get(k) }.copied()
 }
 
-/// On a miss while the agent carries a policy conntrack map of another
-/// size: the entry the earlier agent's programs made there since the
-/// agent's first copy becomes this map's (never replacing one of its own),
-/// so a reply to a flow they allowed is known at once. True when there
-/// was one. Not inlined: a miss is the rare path, and stack.
+/// On a miss while the agent carries a policy conntrack map (`carried`):
+/// a reply to a flow the earlier agent's programs allowed since the
+/// agent's first copy is known at once. Not inlined: a miss during a carry
+/// is the rare path.
 #[inline(never)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the helper gets the carried map's value pointer itself, not a copy in this frame"
-)]
 fn adopt_carried(k: &PolCtKey) -> bool {
-    const BPF_NOEXIST: u64 = 1;
-    let Some(v) = LB_POL_CT_CARRIED.get_value_ptr_mut(0, k) else {
-        return false;
-    };
-    // SAFETY: `v` points at a live value of the carried map (the agent
-    // fills the slot only with a map of this value size), read by the
-    // helper before this program can touch that map again.
-    let _ = LB_POL_CT_V1.insert(k, unsafe { &*v }, BPF_NOEXIST);
-    true
+    carried::adopt!(LB_POL_CT_CARRIED, LB_POL_CT_V1, k)
 }
 
 #[inline(always)]
