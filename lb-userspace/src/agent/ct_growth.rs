@@ -1,7 +1,8 @@
 //! The maps the programs write (the packet path's conntrack, the
 //! policy's, the sessionAffinity clients) grow while the agent runs when a
 //! sweep finds one more than three quarters full (`datapath::ct_grown`): a
-//! full LRU evicts live flows (or clients' backends) to make room. The object with the bigger maps loads on a thread
+//! full LRU evicts live flows (or clients' backends) to make room. The
+//! object with the bigger maps loads on a thread
 //! (`datapath::background_growth`), so changes keep flowing meanwhile. A
 //! map a flag fixes is named once when it gets that full, and so is a
 //! growth that failed (the maps then stay as they are until a restart: no

@@ -14,8 +14,8 @@
 //! that, without replacing anything, so flows they made meanwhile come
 //! along. Until then this agent's programs find those entries on a miss in
 //! the old map itself (`bridge`: `LB_CT_CARRIED` and its likes), so a
-//! handshake that began under the earlier programs completes under these. Then the old pin
-//! goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
+//! handshake that began under the earlier programs completes under these.
+//! Then the old pin goes. An agent that dies in between leaves `NAME_PREVIOUS`, and
 //! the next one starts the copy again from it.
 //!
 //! What cannot be carried is refused by name with the way out: another key,
