@@ -50,6 +50,19 @@ fn the_bench_topology_carries_connections_through_every_variant() {
         );
         assert!(r.churn.iter().any(|c| c.variant == v), "{:?}", r.churn);
     }
+    // The kube source's churn ran on its schedule with connections to the
+    // measured Service through both paths, none failed.
+    let kube = r.churn.iter().find(|c| c.variant == Variant::AgentKube);
+    let kube = kube.expect("a kube churn row");
+    assert!(kube.rate_per_s.is_some_and(|r| r > 0.0), "{kube:?}");
+    let paths: Vec<Path> = kube.meanwhile.iter().map(|m| m.0).collect();
+    assert_eq!(paths, [Path::ClusterIp, Path::NodePort], "{kube:?}");
+    assert!(
+        kube.meanwhile
+            .iter()
+            .all(|&(_, ok, failed)| ok > 0 && failed == 0),
+        "{kube:?}"
+    );
     assert_eq!(r.packets.len(), 2, "{:?}", r.packets);
     let md = std::fs::read_to_string(out.0.join("BENCHMARKS.md")).expect("BENCHMARKS.md");
     assert!(md.contains("| 3 |"), "{md}");

@@ -48,6 +48,14 @@ impl Pinned {
         Ok(m.iter().collect::<Result<_, _>>()?)
     }
 
+    /// The services map itself, kept open to look entries up.
+    pub fn services_map(&self) -> anyhow::Result<HashMap<MapData, ServiceKey, ServiceValue>> {
+        Ok(HashMap::try_from(open_pinned(
+            &self.pin_dir,
+            MAP_SERVICES,
+        )?)?)
+    }
+
     /// Frontend service ids that have a Maglev table.
     pub fn maglev_ids(&self) -> anyhow::Result<std::collections::BTreeSet<u32>> {
         let m: HashOfMaps<_, u32, MapData> =

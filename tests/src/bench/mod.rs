@@ -7,6 +7,7 @@
 //! namespaces), `load` (client and server), `variants` (bringing each
 //! variant up and measuring through it), `report` (the files).
 
+pub mod churn;
 pub mod ct_growth;
 pub mod load;
 pub mod report;
@@ -139,6 +140,13 @@ pub struct Churn {
     pub changes: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Changes written per second (none: one written, awaited, the next).
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    /// Connections to the measured Service while the others churned: by
+    /// path, how many completed and how many failed.
+    #[serde(default)]
+    pub meanwhile: Vec<(Path, u64, u64)>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

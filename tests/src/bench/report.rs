@@ -226,11 +226,17 @@ fn markdown(opts: &Options, r: &Results) -> String {
         );
     }
     s.push_str(
-        "\n## One EndpointSlice changed\n\nFrom the change written (files: the GENERATION file of a change set; kube: \
-         the object written to the API server) to the agent's own synced timestamp, one change set per change. The \
-         changed Service is a NodePort Service (nine and ten endpoints in turn; at 1 Service, none and one): a change \
-         rewrites its Maglev table too. The file source polls every 100 ms and reads the changed file; the kube source is told by its watch and applies \
-         at once (what arrives while the agent is busy gathers into its next change set).\n\n| Services | source | changes | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+        "\n## EndpointSlices changed\n\n\
+         Files: one change set at a time, each awaited, timed from its GENERATION file written to the agent's own synced timestamp; \
+         the changed Service is a NodePort Service (nine and ten endpoints in turn; at 1 Service, none and one), so a change rewrites \
+         its Maglev table too. The file source polls every 100 ms. \
+         Kube: EndpointSlices written to the API server on a fixed schedule of 100 a second (a change waits only while the same \
+         Service's last one has not shown yet), in turn to up to ten Services other than the measured one (the first a NodePort \
+         Service, the rest ClusterIP; each nine and ten endpoints in turn), each timed from its write to the moment the services \
+         map holds its new endpoint count, read by the bench every 0.2 ms. Meanwhile new connections run back to back to the \
+         measured Service through its ClusterIP (the socket path) and its NodePort (TC): the target is no failed one. At 1 Service \
+         that Service itself changes and nothing is connected.\n\n\
+         | Services | source | changes | changes/s | p50 ms | p99 ms | connections meanwhile: ok / failed |\n|---|---|---|---|---|---|---|\n",
     );
     for c in &r.churn {
         let src = if c.variant == Variant::AgentKube {
@@ -238,9 +244,21 @@ fn markdown(opts: &Options, r: &Results) -> String {
         } else {
             "files"
         };
+        let rate = c
+            .rate_per_s
+            .map_or("one at a time".into(), |r| format!("{r:.0}"));
+        let meanwhile = if c.meanwhile.is_empty() {
+            "-".to_string()
+        } else {
+            c.meanwhile
+                .iter()
+                .map(|(p, ok, failed)| format!("{} {ok} / {failed}", path_name(*p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let _ = writeln!(
             s,
-            "| {} | {src} | {} | {:.1} | {:.1} |",
+            "| {} | {src} | {} | {rate} | {:.1} | {:.1} | {meanwhile} |",
             c.services, c.changes, c.p50_ms, c.p99_ms
         );
     }
@@ -447,4 +465,12 @@ pub fn write(opts: &Options, r: &Results) -> anyhow::Result<()> {
     plot(&opts.out_dir.join(PLOT), r)?;
     std::fs::write(opts.out_dir.join(RESULTS), serde_json::to_string_pretty(r)?)?;
     Ok(())
+}
+
+fn path_name(p: Path) -> &'static str {
+    match p {
+        Path::ClusterIp => "ClusterIP",
+        Path::NodePort => "NodePort",
+        Path::Backend => "direct",
+    }
 }

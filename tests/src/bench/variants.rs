@@ -134,7 +134,9 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
         .push(agent.churn(n, if opts.quick { 10 } else { 50 })?);
     drop(agent);
 
-    let (cold, churn) = kube(topo, n, &dir.0, if opts.quick { 10 } else { 50 })?;
+    // Five seconds of churn at its rate (one in a quick run).
+    let changes = if opts.quick { 100 } else { 500 };
+    let (cold, churn) = kube(topo, n, &dir.0, changes)?;
     res.cold.push(cold);
     res.churn.push(churn);
 
@@ -232,6 +234,8 @@ impl Agent {
             changes,
             p50_ms: pct(0.5),
             p99_ms: pct(0.99),
+            rate_per_s: None,
+            meanwhile: Vec::new(),
         })
     }
 }
@@ -385,6 +389,7 @@ fn kube(
     // Listening in the node's namespace, where the agent runs.
     let api = topo.in_node(crate::apiserver::ApiServer::start)?;
     api.apply_yaml(&rules::manifests(n));
+    // The manifests leave the file source's churned slice out.
     api.apply_yaml(&rules::slice_yaml(
         n,
         rules::CHURNED,
@@ -411,10 +416,9 @@ fn kube(
     let t = Instant::now();
     let started = unix_ms();
     proc.start();
-    let mut last = wait_status(&mut proc, COLD_LIMIT, "its first sync", |s| {
+    wait_status(&mut proc, COLD_LIMIT, "its first sync", |s| {
         s.synced_at_unix_ms >= started
-    })?
-    .synced_at_unix_ms;
+    })?;
     let cold = Cold {
         services: n,
         variant: Variant::AgentKube,
@@ -422,42 +426,9 @@ fn kube(
         rss_mib: proc.pid().and_then(rss_mib),
         writing_secs: writing_secs(&proc),
     };
-    let i = rules::CHURNED;
-    let full = if i == target(n) {
-        1
-    } else {
-        rules::ENDPOINTS_PER_SERVICE
-    };
-    let mut took = Vec::new();
-    for k in 0..changes {
-        let count = if k % 2 == 0 { full - 1 } else { full };
-        // Timestamps are in milliseconds: a change written in the
-        // millisecond of the last sync would look synced already.
-        while unix_ms() <= last {
-            std::thread::yield_now();
-        }
-        let written = unix_ms();
-        api.apply_yaml(&rules::slice_yaml(n, i, count));
-        let s = wait_status(&mut proc, Duration::from_secs(60), "the change", |s| {
-            s.synced_at_unix_ms >= written
-        })?;
-        last = s.synced_at_unix_ms;
-        took.push(s.synced_at_unix_ms.saturating_sub(written) as f64);
-    }
-    eprintln!("bench:   churn (kube source), ms per change in order: {took:?}");
-    took.sort_by(f64::total_cmp);
-    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    let churn = super::churn::kube(topo, &api, &proc.pin_dir, n, changes)?;
     drop(proc);
     // Its drop wakes its listener by connecting to it: from where it listens.
     topo.in_node(move || drop(api))?;
-    Ok((
-        cold,
-        Churn {
-            services: n,
-            variant: Variant::AgentKube,
-            changes,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
-        },
-    ))
+    Ok((cold, churn))
 }
