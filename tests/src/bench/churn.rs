@@ -110,7 +110,7 @@ pub fn kube(
             && !pending.iter().any(|p| p.key == key)
         {
             // Each Service alternates between one endpoint fewer and all.
-            let count = full(n, i) - usize::from(made[s] % 2 == 0);
+            let count = full(n, i) - usize::from(made[s].is_multiple_of(2));
             made[s] += 1;
             let written = Instant::now();
             api.apply_yaml(&rules::slice_yaml(n, i, count));
