@@ -137,6 +137,13 @@ enum Cmd {
         /// it.
         #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_MAX, env = "LB_AFFINITY_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         affinity_initial: u32,
+        /// Capacity of the Maglev map: how many tables (one per external
+        /// frontend with backends). Fixed while the agent runs, as each
+        /// table is kernel memory (64 KiB at the default table size); a
+        /// restart with another size keeps every table. Without it: 65,536,
+        /// or the size an earlier agent gave the map.
+        #[arg(long, env = "LB_MAX_MAGLEV_TABLES", value_parser = clap::value_parser!(u32).range(1..))]
+        max_maglev_tables: Option<u32>,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
@@ -305,6 +312,7 @@ fn main() -> anyhow::Result<()> {
             policy_ct_initial,
             max_affinity,
             affinity_initial,
+            max_maglev_tables,
             devices,
             pod_ifaces,
             ct_timeout_tcp,
@@ -380,6 +388,9 @@ fn main() -> anyhow::Result<()> {
                         affinity: max_affinity
                             .unwrap_or_else(|| grown_or(lb_common::MAP_AFFINITY, affinity_initial)),
                         grow_affinity: max_affinity.is_none(),
+                        maglev: max_maglev_tables.unwrap_or_else(|| {
+                            grown_or(lb_common::MAP_MAGLEV, lb_common::DEFAULT_MAGLEV_MAX)
+                        }),
                         ipcache: grown_or(lb_common::MAP_IPCACHE, lb_common::DEFAULT_IPCACHE_MAX),
                         pol_entries: grown_or(lb_common::MAP_POLICY, lb_common::DEFAULT_POLICY_MAX),
                         pol_cidrs: grown_or(
@@ -457,6 +468,7 @@ mod tests {
             "--max-policy-ct=0",
             "--affinity-initial=0",
             "--max-affinity=0",
+            "--max-maglev-tables=0",
         ] {
             let e = run(&[flag]).err().expect(flag);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
@@ -490,5 +502,12 @@ mod tests {
             panic!("--affinity-initial=64");
         };
         assert_eq!((max_affinity, affinity_initial), (None, 64));
+        let Ok(Cmd::Run {
+            max_maglev_tables, ..
+        }) = run(&["--max-maglev-tables=8"])
+        else {
+            panic!("--max-maglev-tables=8");
+        };
+        assert_eq!(max_maglev_tables, Some(8));
     }
 }

@@ -33,15 +33,6 @@ fn many(range: std::ops::Range<usize>, backends: usize) -> String {
     y
 }
 
-fn not_programmed(st: &Value) -> Vec<String> {
-    st["not_programmed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no not_programmed list: {st}"))
-        .iter()
-        .map(|r| r["service"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
 /// Waits (on the agent's synced generation, never a sleep) through
 /// `rounds` change sets.
 fn sync_rounds(bed: &mut Testbed, rounds: usize) {
@@ -49,25 +40,6 @@ fn sync_rounds(bed: &mut Testbed, rounds: usize) {
         let g = bed.manifests.commit();
         bed.agent.wait_synced(g);
     }
-}
-
-/// A connection loop to `target`, started; it stops when `stop` exists.
-fn start_loop(bed: &Testbed, target: &str, stop: &std::path::Path) -> lb_tests::spawn::Proc {
-    let mut lp = bed.client_proc(&["loop", target, stop.to_str().unwrap()]);
-    assert_eq!(lp.read_line().trim(), "started");
-    lp
-}
-
-/// Stops the loop `lp` (through `stop`) and checks that it connected and
-/// no connection failed `during` what the test did.
-fn no_failures(stop: &std::path::Path, lp: &mut lb_tests::spawn::Proc, during: &str) {
-    std::fs::write(stop, "").unwrap();
-    let summary: Value = serde_json::from_str(&lp.read_line()).unwrap();
-    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(
-        summary["failed"], 0,
-        "connections failed {during}: {summary}"
-    );
 }
 
 #[test]

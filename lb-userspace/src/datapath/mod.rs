@@ -249,6 +249,7 @@ fn load_with(opts: &LoadOptions, under_way: &[&str], fill: Fill) -> anyhow::Resu
         .map_max_entries(lb_common::MAP_SRC_RANGES, opts.sizes.ranges)
         .map_max_entries(lb_common::MAP_POL_CT, opts.sizes.pol_ct)
         .map_max_entries(MAP_AFFINITY, opts.sizes.affinity)
+        .map_max_entries(MAP_MAGLEV, opts.sizes.maglev)
         .map_max_entries(lb_common::MAP_IPCACHE, opts.sizes.ipcache)
         .map_max_entries(lb_common::MAP_POLICY, opts.sizes.pol_entries)
         .map_max_entries(lb_common::MAP_POL_CIDR, opts.sizes.pol_cidrs)

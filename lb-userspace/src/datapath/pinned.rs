@@ -101,7 +101,7 @@ impl Pinned {
             MapFill {
                 name: MAP_MAGLEV,
                 entries: self.maglev_ids()?.len(),
-                max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+                max_entries: open_pinned_sized(&self.pin_dir, MAP_MAGLEV)?.1,
             },
             fill(lb_common::MAP_SRC_RANGES, trie::<SrcRangeData, u8>)?,
             fill(lb_common::MAP_IPCACHE, trie::<lb_common::IpcacheData, u32>)?,

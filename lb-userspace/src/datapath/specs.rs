@@ -30,6 +30,10 @@ pub struct MapSizes {
     /// `--max-affinity`).
     pub affinity: u32,
     pub grow_affinity: bool,
+    /// Maglev tables (`--max-maglev-tables`): fixed while the agent runs
+    /// (each table is kernel memory: 64 KiB at the default table size);
+    /// a restart with another size carries every table over.
+    pub maglev: u32,
     /// The NetworkPolicy maps the agent alone writes: the ipcache (pod
     /// addresses), the allow entries and the CIDR entries of this node's
     /// pods. No flag sizes them: they start at their defaults (or what
@@ -56,6 +60,7 @@ impl Default for MapSizes {
             grow_pol_ct: false,
             affinity: lb_common::DEFAULT_AFFINITY_MAX,
             grow_affinity: false,
+            maglev: lb_common::DEFAULT_MAGLEV_MAX,
             ipcache: lb_common::DEFAULT_IPCACHE_MAX,
             pol_entries: lb_common::DEFAULT_POLICY_MAX,
             pol_cidrs: lb_common::DEFAULT_POL_CIDR_MAX,
@@ -145,7 +150,7 @@ pub fn map_specs(sizes: MapSizes) -> [MapSpec; 20] {
             map_type: MapType::HashOfMaps,
             key_size: 4,
             value_size: 4,
-            max_entries: lb_common::DEFAULT_MAGLEV_MAX,
+            max_entries: sizes.maglev,
         },
         MapSpec {
             name: MAP_SERVICES,

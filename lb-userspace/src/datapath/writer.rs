@@ -51,7 +51,7 @@ fn describe_op(op: &Op, sizes: &MapSizes) -> String {
         Op::PutMaglev { service_id, table } => format!(
             "writing the Maglev table ({} entries) of service id {service_id} into {MAP_MAGLEV} ({} tables)",
             table.len(),
-            lb_common::DEFAULT_MAGLEV_MAX
+            sizes.maglev
         ),
         Op::DelMaglev { service_id } => {
             format!("removing the Maglev table of service id {service_id} from {MAP_MAGLEV}")
@@ -77,7 +77,7 @@ impl Datapath {
         crate::compute::reconcile::Capacity {
             services: Some(self.sizes.services),
             backends: Some(self.sizes.backends),
-            maglev: Some(lb_common::DEFAULT_MAGLEV_MAX),
+            maglev: Some(self.sizes.maglev),
             ranges: Some(self.sizes.ranges),
         }
     }

@@ -18,6 +18,9 @@ pub(super) fn copy(
     to: Layout,
     flags: u64,
 ) -> anyhow::Result<usize> {
+    if from.map_type == Some(MapType::HashOfMaps) {
+        return copy_inner_maps(old, new, from, flags);
+    }
     if matches!(from.map_type, Some(MapType::Hash | MapType::LruHash)) {
         match copy_batched(old, new, from, to, flags) {
             Ok(n) => return Ok(n),
@@ -111,6 +114,46 @@ fn write_absent(new: BorrowedFd<'_>, keys: &sys::Raw, values: &sys::Raw) -> anyh
         }
     }
     Ok(n)
+}
+
+/// A map of maps into another of its kind: each key gets the same inner
+/// map (the Maglev tables are kept, not rebuilt), one entry at a time.
+fn copy_inner_maps(
+    old: BorrowedFd<'_>,
+    new: BorrowedFd<'_>,
+    from: Layout,
+    flags: u64,
+) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let (mut key, mut next) = (
+        vec![0u8; from.key_size as usize],
+        vec![0u8; from.key_size as usize],
+    );
+    let mut id = [0u8; 4];
+    let mut copied = 0;
+    let mut walked = 0u64;
+    let limit = 2 * u64::from(from.max_entries.max(1));
+    while walked < limit && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)? {
+        std::mem::swap(&mut key, &mut next);
+        walked += 1;
+        if !sys::map_lookup_raw(old, &key, &mut id)? {
+            continue;
+        }
+        let inner = match sys::map_fd_by_id(u32::from_ne_bytes(id)) {
+            Ok(fd) => fd,
+            // Freed since the lookup: its key went from the old map too.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context("opening an inner map")),
+        };
+        let fd = inner.as_fd().as_raw_fd().to_ne_bytes();
+        match sys::map_update_flags(new, &key, &fd, flags) {
+            Ok(()) => copied += 1,
+            Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).context("writing an inner map"),
+        }
+    }
+    Ok(copied)
 }
 
 /// [`copy`] one entry at a time. A hash map written meanwhile can make the

@@ -19,8 +19,9 @@
 //! the next one starts the copy again from it.
 //!
 //! What cannot be carried is refused by name with the way out: another key,
-//! a value that shrank, another map type, socket storage and the Maglev
-//! map of maps (their entries are kernel objects). Statistics (per-CPU
+//! a value that shrank, another map type, socket storage. The Maglev map
+//! of maps is carried into another size with the same inner maps (its
+//! tables are kept). Statistics (per-CPU
 //! counters) of another shape start again from zero.
 
 mod bridge;
@@ -56,6 +57,7 @@ fn flag(map: &str) -> Option<&'static str> {
         lb_common::MAP_POL_CT => Some("--max-policy-ct"),
         lb_common::MAP_AFFINITY => Some("--max-affinity"),
         MAP_SOCK_REV => Some("--max-sock-rev"),
+        lb_common::MAP_MAGLEV => Some("--max-maglev-tables"),
         _ => None,
     }
 }
@@ -115,7 +117,13 @@ pub fn verdict(name: &str, from: Layout, to: Layout) -> Verdict {
     }
     let copyable = matches!(
         to.map_type,
-        Some(MapType::Hash | MapType::LruHash | MapType::Array | MapType::LpmTrie)
+        Some(
+            MapType::Hash
+                | MapType::LruHash
+                | MapType::Array
+                | MapType::LpmTrie
+                | MapType::HashOfMaps
+        )
     );
     if from.map_type != to.map_type {
         return Verdict::Refuse(format!(
@@ -133,6 +141,12 @@ pub fn verdict(name: &str, from: Layout, to: Layout) -> Verdict {
         return Verdict::Refuse(format!(
             "its keys are {} bytes, this agent's {}",
             from.key_size, to.key_size
+        ));
+    }
+    if to.map_type == Some(MapType::HashOfMaps) && from.value_size != to.value_size {
+        return Verdict::Refuse(format!(
+            "its values are {} bytes, this agent's {} (a map of maps holds map ids)",
+            from.value_size, to.value_size
         ));
     }
     if from.value_size > to.value_size {
@@ -245,7 +259,7 @@ pub fn prepare(pin_dir: &Path, spec: &MapSpec) -> anyhow::Result<Option<Carry>> 
             )),
         ),
     }
-    if matches!(to.map_type, Some(MapType::Hash)) {
+    if matches!(to.map_type, Some(MapType::Hash | MapType::HashOfMaps)) {
         let fd = sys::obj_get(source).with_context(|| format!("opening {}", source.display()))?;
         let held = count(fd.as_fd(), from.key_size)?;
         if held > to.max_entries as usize {
@@ -421,6 +435,12 @@ mod tests {
                 "LB_MAGLEV_V2",
                 l(HashOfMaps, 4, 4, 10),
                 l(HashOfMaps, 4, 4, 20),
+                Carry,
+            ),
+            (
+                "LB_MAGLEV_V2",
+                l(HashOfMaps, 4, 4, 10),
+                l(HashOfMaps, 4, 8, 10),
                 Refuse(String::new()),
             ),
             (
