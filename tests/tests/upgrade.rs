@@ -16,11 +16,26 @@ use lb_tests::{
 /// The status value before `source` (64 bytes) was added at its end.
 const OLD_STATUS_VALUE: usize = std::mem::size_of::<lb_common::Status>() - 64;
 
-fn ct_entries(agent: &Agent) -> u64 {
-    let st = agent.proc.status().expect("status");
-    st["maps"]["LB_CT_V1"]["entries"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{st}"))
+/// The conntrack map's keys.
+fn ct_keys(agent: &Agent) -> std::collections::HashSet<lb_common::CtKey> {
+    let pinned = lb_agent::datapath::Pinned {
+        pin_dir: agent.proc.pin_dir.clone(),
+    };
+    let entries = pinned.conntrack().expect("the conntrack map");
+    entries.into_iter().map(|(k, _)| k).collect()
+}
+
+/// Every entry of `before` is in the conntrack map still.
+fn assert_kept(agent: &Agent, before: &std::collections::HashSet<lb_common::CtKey>, during: &str) {
+    let after = ct_keys(agent);
+    let lost = before.difference(&after).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} conntrack entries lost across {during} ({} after)",
+        before.len(),
+        after.len()
+    );
 }
 
 /// Each loop has completed a connection (or request): the load runs
@@ -99,9 +114,10 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
     let dir = lb_tests::testbed::TempDir(std::env::temp_dir().join(lb_tests::unique("upgrade")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let n = 3;
-    // Closed flows keep their entries through the test.
+    // Closed flows keep their entries through the test, and the map has
+    // room for every flow the loops make (no LRU eviction).
     let keep = "--ct-timeout-tcp-closing=600";
-    let mut agent = Agent::start(&t, n, &dir.0, &["--max-ct=65536", keep]).expect("agent");
+    let mut agent = Agent::start(&t, n, &dir.0, &["--max-ct=262144", keep]).expect("agent");
     let node_port = format!("{NODE_OUTSIDE}:{NODE_PORT}");
     let cluster = format!("{}:{SERVICE_PORT}", cluster_ip(target(n)));
     // Flows that end before the upgrade: their entries stay idle through it.
@@ -109,10 +125,11 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
         .client(Client::Outside, &["connections", &node_port, "0.5"])
         .unwrap();
     assert!(burst["ok"].as_u64().unwrap() > 10, "{burst}");
-    let before = ct_entries(&agent);
+    let before = ct_keys(&agent);
     assert!(
-        before > 10,
-        "conntrack entries before the upgrade: {before}"
+        before.len() > 10,
+        "conntrack entries before the upgrade: {}",
+        before.len()
     );
 
     // An upgrade: the earlier agent's status map lacks the last field.
@@ -165,11 +182,7 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
     agent.proc.start();
     agent.proc.wait_synced(1);
     assert_none_failed(&mut loops, "the upgrade");
-    let after = ct_entries(&agent);
-    assert!(
-        after >= before,
-        "the earlier flows' conntrack entries are kept: {before} before, {after} after"
-    );
+    assert_kept(&agent, &before, "the upgrade");
     let log = agent.proc.log_text();
     assert!(
         log.contains("LB_STATUS_V1 carried into this agent's layout"),
@@ -197,24 +210,22 @@ fn maps_of_an_earlier_layout_or_size_are_carried_without_a_failed_connection() {
         ),
     ];
     wait_running(&mut loops);
-    let before = ct_entries(&agent);
+    let before = ct_keys(&agent);
     agent.proc.kill9();
     agent.proc.extra.retain(|a| !a.starts_with("--max-ct"));
-    agent.proc.extra.push("--max-ct=131072".into());
+    agent.proc.extra.push("--max-ct=524288".into());
     agent.proc.start();
     agent.proc.wait_synced(1);
     assert_none_failed(&mut loops, "the conntrack map's growth");
     let st = agent.proc.status().unwrap();
-    assert_eq!(st["maps"]["LB_CT_V1"]["max_entries"], 131072, "{st}");
-    let after = ct_entries(&agent);
-    assert!(
-        after >= before,
-        "conntrack entries carried: {before} before, {after} after"
-    );
+    assert_eq!(st["maps"]["LB_CT_V1"]["max_entries"], 524288, "{st}");
+    // The copy after the swap runs on a thread: every entry is there once
+    // the carry ended.
+    assert_eq!(old_pins_left(&agent), Vec::<String>::new());
+    assert_kept(&agent, &before, "the conntrack map's growth");
     let log = agent.proc.log_text();
     assert!(
-        log.contains("LB_CT_V1 grown from 65536 to 131072 entries"),
+        log.contains("LB_CT_V1 grown from 262144 to 524288 entries"),
         "{log}"
     );
-    assert_eq!(old_pins_left(&agent), Vec::<String>::new());
 }
