@@ -143,6 +143,18 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
     let _xdp_peer = topo.xdp_pass_on_client()?;
     let agent = Agent::start(topo, n, &dir.0, &["--xdp=native"])?;
     measure_paths(topo, n, Variant::AgentXdp, &[Path::NodePort], opts, res)?;
+    // The XDP rows are XDP's only if it translated the packets (TC behind
+    // it would carry them too).
+    let counters = lb_agent::datapath::Pinned {
+        pin_dir: agent.proc.pin_dir.clone(),
+    }
+    .counters()?;
+    let xdp_dnat = counters.iter().find(|(name, _)| *name == "xdp_dnat");
+    if !xdp_dnat.is_some_and(|(_, n)| *n > 0) {
+        bail!(
+            "XDP native translated no packet at {n} Services (counters: {counters:?}): the XDP rows would be TC's"
+        );
+    }
     drop(agent);
     Ok(())
 }
