@@ -101,17 +101,43 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The file source, polled: its change sets go to the sync loop.
 /// The file source, on a thread of its own: reading and parsing a big
 /// manifest takes seconds, which the sync loop's runtime must not wait out.
+/// Read when its directory changes (inotify), and every `every` besides.
 /// Ends when the agent stops taking batches.
 fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch>) {
     let mut source = FileSource::new(&dir);
     let mut last_error: Option<String> = None;
+    let mut watch = match crate::source::dir_watch::DirWatch::new(&dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "source {}: its changes are not watched ({e}); read every {every:?}",
+                dir.display()
+            );
+            None
+        }
+    };
     let mut next = std::time::Instant::now();
     loop {
-        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
-        next = (next + every).max(std::time::Instant::now());
+        let left = next.saturating_duration_since(std::time::Instant::now());
+        match &watch {
+            Some(w) => match w.wait(left) {
+                // Files written together wake it once: what follows
+                // within a millisecond is read with them.
+                Ok(true) => while matches!(w.wait(Duration::from_millis(1)), Ok(true)) {},
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "source {}: watching its changes failed ({e}); read every {every:?}",
+                        dir.display()
+                    );
+                    watch = None;
+                }
+            },
+            None => std::thread::sleep(left),
+        }
+        next = std::time::Instant::now() + every;
         match source.poll() {
             Ok(Some(batch)) => {
                 if last_error.take().is_some() {

@@ -6,6 +6,7 @@
 pub const QUEUED: usize = 1;
 
 mod batch;
+pub mod dir_watch;
 pub mod file;
 pub mod kube;
 pub mod manifest;
