@@ -150,7 +150,7 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
     }
     .counters()?;
     let xdp_dnat = counters.iter().find(|(name, _)| *name == "xdp_dnat");
-    if !xdp_dnat.is_some_and(|(_, n)| *n > 0) {
+    if xdp_dnat.is_none_or(|(_, n)| *n == 0) {
         bail!(
             "XDP native translated no packet at {n} Services (counters: {counters:?}): the XDP rows would be TC's"
         );
