@@ -229,7 +229,7 @@ fn markdown(opts: &Options, r: &Results) -> String {
         "\n## EndpointSlices changed\n\n\
          Files: one change set at a time, each awaited, timed from its GENERATION file written to the agent's own synced timestamp; \
          the changed Service is a NodePort Service (nine and ten endpoints in turn; at 1 Service, none and one), so a change rewrites \
-         its Maglev table too. The file source polls every 100 ms. \
+         its Maglev table too. The file source is woken by its directory's change (inotify) and reads it every 100 ms besides. \
          Kube: EndpointSlices written to the API server on a fixed schedule of 100 a second (a change waits only while the same \
          Service's last one has not shown yet), in turn to up to ten Services other than the measured one (the first a NodePort \
          Service, the rest ClusterIP; each nine and ten endpoints in turn), each timed from its write to the moment the services \
