@@ -138,12 +138,17 @@ enum Cmd {
         #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_MAX, env = "LB_AFFINITY_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         affinity_initial: u32,
         /// Capacity of the Maglev map: how many tables (one per external
-        /// frontend with backends). Fixed while the agent runs, as each
-        /// table is kernel memory (64 KiB at the default table size); a
-        /// restart with another size keeps every table. Without it: 65,536,
-        /// or the size an earlier agent gave the map.
+        /// frontend with backends, each 64 KiB of kernel memory at the
+        /// default table size), fixed. Without it the map starts at
+        /// --maglev-tables-initial (or the size it grew to before) and
+        /// grows as the services map does; every table is kept through a
+        /// growth or a restart with another size.
         #[arg(long, env = "LB_MAX_MAGLEV_TABLES", value_parser = clap::value_parser!(u32).range(1..))]
         max_maglev_tables: Option<u32>,
+        /// The Maglev map's first size when --max-maglev-tables does not
+        /// fix it.
+        #[arg(long, default_value_t = lb_common::DEFAULT_MAGLEV_MAX, env = "LB_MAGLEV_TABLES_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
+        maglev_tables_initial: u32,
         /// External devices for the packet programs, comma-separated
         /// (default: the interfaces holding this node's addresses).
         #[arg(long, value_delimiter = ',', env = "LB_DEVICES")]
@@ -313,6 +318,7 @@ fn main() -> anyhow::Result<()> {
             max_affinity,
             affinity_initial,
             max_maglev_tables,
+            maglev_tables_initial,
             devices,
             pod_ifaces,
             ct_timeout_tcp,
@@ -389,8 +395,9 @@ fn main() -> anyhow::Result<()> {
                             .unwrap_or_else(|| grown_or(lb_common::MAP_AFFINITY, affinity_initial)),
                         grow_affinity: max_affinity.is_none(),
                         maglev: max_maglev_tables.unwrap_or_else(|| {
-                            grown_or(lb_common::MAP_MAGLEV, lb_common::DEFAULT_MAGLEV_MAX)
+                            grown_or(lb_common::MAP_MAGLEV, maglev_tables_initial)
                         }),
+                        grow_maglev: max_maglev_tables.is_none(),
                         ipcache: grown_or(lb_common::MAP_IPCACHE, lb_common::DEFAULT_IPCACHE_MAX),
                         pol_entries: grown_or(lb_common::MAP_POLICY, lb_common::DEFAULT_POLICY_MAX),
                         pol_cidrs: grown_or(
@@ -469,6 +476,7 @@ mod tests {
             "--affinity-initial=0",
             "--max-affinity=0",
             "--max-maglev-tables=0",
+            "--maglev-tables-initial=0",
         ] {
             let e = run(&[flag]).err().expect(flag);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");

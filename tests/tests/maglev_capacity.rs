@@ -119,3 +119,35 @@ fn a_full_maglev_map_names_the_rest_and_a_bigger_restart_keeps_every_table() {
         "the resize is logged:\n{log}"
     );
 }
+
+#[test]
+fn the_maglev_map_grows_live_when_the_cluster_outgrows_it_and_keeps_every_table() {
+    let mut bed = Testbed::with_agent_args(2, &["--maglev-tables-initial=2"]);
+    bed.apply("svc.yaml", &external_services(2));
+    let before = table_ids(&bed);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let stop = bed.dir.0.join("stop");
+    let mut lp = start_loop(&bed, &format!("{}:80", cluster_ip(0)), &stop);
+
+    // A third external Service: the change set grows the map and
+    // programs it.
+    bed.apply("svc.yaml", &external_services(3));
+    let st = bed.agent.status().unwrap();
+    assert_eq!(st["clean"], true, "{st}");
+    assert_eq!(st["services_not_programmed"], 0, "{st}");
+    assert_eq!(st["maps"][lb_common::MAP_MAGLEV]["max_entries"], 4, "{st}");
+    assert_eq!(st["maps"][lb_common::MAP_MAGLEV]["entries"], 3, "{st}");
+    let after = table_ids(&bed);
+    assert!(
+        after.is_superset(&before),
+        "the tables are the ones from before the growth: {before:?} before, {after:?} after"
+    );
+    served(&bed.probe(&format!("{}:80", cluster_ip(2)), "tcp", 2, "-", false));
+    no_failures(&stop, &mut lp, "across the growth");
+    let log = bed.agent.log_text();
+    assert!(log.contains("Maglev tables 2 -> 4"), "{log}");
+    assert!(
+        !log.contains("Service t/s2 not programmed"),
+        "the growth came first:\n{log}"
+    );
+}

@@ -69,14 +69,15 @@ fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
     if rec.not_programmed.is_empty() {
         return false;
     }
-    let (services, backends, ranges) =
+    let (services, backends, ranges, maglev) =
         rec.not_programmed
             .values()
-            .fold((0, 0, 0), |(s, b, r), np| {
+            .fold((0, 0, 0, 0), |(s, b, r, t), np| {
                 (
                     s + np.need.services,
                     b + np.need.backends,
                     r + np.need.ranges,
+                    t + np.need.maglev,
                 )
             });
     let m = rec.mirror();
@@ -84,6 +85,7 @@ fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
         services: m.services().len() as u64 + services,
         backends: m.backends().len() as u64 + backends,
         ranges: m.range_entries() as u64 + ranges,
+        maglev: m.maglev_tables() as u64 + maglev,
         ..Default::default()
     };
     let Some(sizes) = crate::datapath::grown(dp.sizes(), wanted) else {
@@ -93,13 +95,15 @@ fn grow_if_short(dp: &mut Datapath, rec: &Reconciler) -> bool {
     match dp.grow(sizes) {
         Ok(()) => {
             tracing::info!(
-                "maps grown for the cluster: services {} -> {} entries, backends {} -> {}, loadBalancerSourceRanges {} -> {} ({} Services left out needed {services} services, {backends} backends and {ranges} source range entries)",
+                "maps grown for the cluster: services {} -> {} entries, backends {} -> {}, loadBalancerSourceRanges {} -> {}, Maglev tables {} -> {} ({} Services left out needed {services} services, {backends} backends, {ranges} source range entries and {maglev} Maglev tables)",
                 from.services,
                 sizes.services,
                 from.backends,
                 sizes.backends,
                 from.ranges,
                 sizes.ranges,
+                from.maglev,
+                sizes.maglev,
                 rec.not_programmed.len(),
             );
             true
@@ -205,6 +209,7 @@ pub(super) fn record_capacity(health: &crate::serve::health::Health, sizes: MapS
         (lb_common::MAP_SERVICES, sizes.services),
         (lb_common::MAP_BACKENDS, sizes.backends),
         (lb_common::MAP_SRC_RANGES, sizes.ranges),
+        (lb_common::MAP_MAGLEV, sizes.maglev),
         (lb_common::MAP_CT, sizes.ct),
         (lb_common::MAP_POL_CT, sizes.pol_ct),
         (lb_common::MAP_AFFINITY, sizes.affinity),

@@ -1,6 +1,6 @@
 //! Growing maps while the agent runs, when no flag fixed their size: the
-//! services, backends and loadBalancerSourceRanges maps when the cluster
-//! outgrows them, the NetworkPolicy maps the agent writes before a policy
+//! services, backends, Maglev and loadBalancerSourceRanges maps when the
+//! cluster outgrows them, the NetworkPolicy maps the agent writes before a policy
 //! state that does not fit them is written, and the maps the programs
 //! write (the two conntrack maps, the affinity map) when a sweep finds one
 //! nearly full. The object is loaded again with
@@ -33,6 +33,7 @@ pub struct Wanted {
     pub services: u64,
     pub backends: u64,
     pub ranges: u64,
+    pub maglev: u64,
     pub ipcache: u64,
     pub pol_entries: u64,
     pub pol_cidrs: u64,
@@ -52,6 +53,7 @@ pub fn grown(sizes: MapSizes, wanted: Wanted) -> Option<MapSizes> {
         services: grow(sizes.grow_services, wanted.services, sizes.services),
         backends: grow(sizes.grow_backends, wanted.backends, sizes.backends),
         ranges: grow(sizes.grow_ranges, wanted.ranges, sizes.ranges),
+        maglev: grow(sizes.grow_maglev, wanted.maglev, sizes.maglev),
         ipcache: grow(sizes.grow_policy, wanted.ipcache, sizes.ipcache),
         pol_entries: grow(sizes.grow_policy, wanted.pol_entries, sizes.pol_entries),
         pol_cidrs: grow(sizes.grow_policy, wanted.pol_cidrs, sizes.pol_cidrs),
@@ -264,6 +266,7 @@ impl Datapath {
             services = sizes.services,
             backends = sizes.backends,
             source_ranges = sizes.ranges,
+            maglev_tables = sizes.maglev,
             conntrack = sizes.ct,
             policy_conntrack = sizes.pol_ct,
             affinity = sizes.affinity,
@@ -342,6 +345,21 @@ mod tests {
             ),
             None
         );
+        // The Maglev map: tables wanted past its size, when no flag fixed it.
+        let tables = Wanted {
+            maglev: 3,
+            ..Default::default()
+        };
+        let two = MapSizes { maglev: 2, ..fixed };
+        assert_eq!(grown(two, tables), None, "--max-maglev-tables fixes it");
+        let g = grown(
+            MapSizes {
+                grow_maglev: true,
+                ..two
+            },
+            tables,
+        );
+        assert_eq!(g.map(|g| (g.maglev, g.services)), Some((4, 100)));
     }
 
     #[test]

@@ -30,10 +30,11 @@ pub struct MapSizes {
     /// `--max-affinity`).
     pub affinity: u32,
     pub grow_affinity: bool,
-    /// Maglev tables (`--max-maglev-tables`): fixed while the agent runs
-    /// (each table is kernel memory: 64 KiB at the default table size);
-    /// a restart with another size carries every table over.
+    /// Maglev tables, one per external frontend with backends: the map
+    /// of maps grows like the services map (no `--max-maglev-tables`),
+    /// its inner maps carried, so every table stays as it is.
     pub maglev: u32,
+    pub grow_maglev: bool,
     /// The NetworkPolicy maps the agent alone writes: the ipcache (pod
     /// addresses), the allow entries and the CIDR entries of this node's
     /// pods. No flag sizes them: they start at their defaults (or what
@@ -61,6 +62,7 @@ impl Default for MapSizes {
             affinity: lb_common::DEFAULT_AFFINITY_MAX,
             grow_affinity: false,
             maglev: lb_common::DEFAULT_MAGLEV_MAX,
+            grow_maglev: false,
             ipcache: lb_common::DEFAULT_IPCACHE_MAX,
             pol_entries: lb_common::DEFAULT_POLICY_MAX,
             pol_cidrs: lb_common::DEFAULT_POL_CIDR_MAX,

@@ -2,7 +2,10 @@
 //! change set is read within a millisecond of its GENERATION file being
 //! written instead of at the next poll. The poll stays as the fallback:
 //! for files in subdirectories, and where inotify is refused.
-#![expect(unsafe_code, reason = "inotify(7) and poll(2) have no safe wrapper in std")]
+#![expect(
+    unsafe_code,
+    reason = "inotify(7) and poll(2) have no safe wrapper in std"
+)]
 
 use std::{
     io,
