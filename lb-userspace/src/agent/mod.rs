@@ -6,6 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 mod ct_growth;
+mod files;
 mod left_out;
 pub mod memory;
 mod node;
@@ -21,7 +22,7 @@ use crate::{
     compute::{policy::PolicyMaps, policy_plan::PolicyOp, policy_sync::PolicySync},
     datapath::{self, Datapath, LoadOptions},
     source,
-    source::{Batch, file::FileSource},
+    source::Batch,
 };
 
 #[derive(Clone, Debug)]
@@ -101,68 +102,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The file source, on a thread of its own: reading and parsing a big
-/// manifest takes seconds, which the sync loop's runtime must not wait out.
-/// Read when its directory changes (inotify), and every `every` besides.
-/// Ends when the agent stops taking batches.
-fn poll_files(dir: PathBuf, every: Duration, tx: tokio::sync::mpsc::Sender<Batch>) {
-    let mut source = FileSource::new(&dir);
-    let mut last_error: Option<String> = None;
-    let mut watch = match crate::source::dir_watch::DirWatch::new(&dir) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(
-                "source {}: its changes are not watched ({e}); read every {every:?}",
-                dir.display()
-            );
-            None
-        }
-    };
-    let mut next = std::time::Instant::now();
-    loop {
-        let left = next.saturating_duration_since(std::time::Instant::now());
-        match &watch {
-            Some(w) => match w.wait(left) {
-                // Files written together wake it once: what follows
-                // within a millisecond is read with them.
-                Ok(true) => while matches!(w.wait(Duration::from_millis(1)), Ok(true)) {},
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(
-                        "source {}: watching its changes failed ({e}); read every {every:?}",
-                        dir.display()
-                    );
-                    watch = None;
-                }
-            },
-            None => std::thread::sleep(left),
-        }
-        next = std::time::Instant::now() + every;
-        match source.poll() {
-            Ok(Some(batch)) => {
-                if last_error.take().is_some() {
-                    tracing::info!("source {} readable again", dir.display());
-                }
-                if tx.blocking_send(batch).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Polled every tick: say it once, not ten times a second.
-                let msg = format!("{e:#}");
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(
-                        "source {}: {msg}; keeping the last applied state",
-                        dir.display()
-                    );
-                    last_error = Some(msg);
-                }
-            }
-        }
-    }
-}
-
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::datapath::host::check_ephemeral_ports();
     let health = crate::serve::health::Health::new();
@@ -172,7 +111,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             let (polled, every) = (dir.clone(), opts.poll);
             std::thread::Builder::new()
                 .name("file-source".into())
-                .spawn(move || poll_files(polled, every, tx))
+                .spawn(move || files::poll_files(polled, every, tx))
                 .context("starting the file source's thread")?;
             format!("file:{}", dir.display())
         }

@@ -47,9 +47,9 @@ impl DirWatch {
         Ok(Self { fd })
     }
 
-    /// Waits at most `timeout` for a change; true if one came (every event
-    /// waiting is consumed: one read of the directory answers them all).
-    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+    /// Waits at most `timeout` for a change. Every event waiting is
+    /// consumed (one read of the directory answers them all).
+    pub fn wait(&self, timeout: Duration) -> io::Result<Woke> {
         let mut p = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -61,24 +61,54 @@ impl DirWatch {
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
+                Ok(Woke::Timeout)
             } else {
                 Err(e)
             };
         }
         if n == 0 {
-            return Ok(false);
+            return Ok(Woke::Timeout);
         }
+        let mut woke = Woke::Changed;
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: `buf` is writable for its whole length.
             let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if r <= 0 {
+            let Ok(len) = usize::try_from(r) else { break };
+            if len == 0 {
                 break;
             }
+            if ended(&buf[..len]) {
+                woke = Woke::Ended;
+            }
         }
-        Ok(true)
+        Ok(woke)
     }
+}
+
+/// What a wait ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke {
+    Timeout,
+    Changed,
+    /// The watch is gone (the directory deleted or moved away): a new one
+    /// is needed to see changes again.
+    Ended,
+}
+
+/// Whether the events in `buf` (struct inotify_event, each 16 bytes and
+/// its name) say the watch ended.
+fn ended(buf: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(head) = buf.get(at..at + 16) {
+        let mask = u32::from_ne_bytes(head[4..8].try_into().expect("4 bytes"));
+        let len = u32::from_ne_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
+        if mask & libc::IN_IGNORED != 0 {
+            return true;
+        }
+        at += 16 + len;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -98,29 +128,24 @@ mod tests {
         let _gone = Gone(dir.clone());
         std::fs::write(dir.join("before"), "x").unwrap();
         let w = DirWatch::new(&dir).unwrap();
-        assert!(!w.wait(Duration::from_millis(20)).unwrap(), "no change yet");
+        let short = Duration::from_millis(20);
+        let long = Duration::from_secs(10);
+        assert_eq!(w.wait(short).unwrap(), Woke::Timeout, "no change yet");
         // Reading a file is no change.
         std::fs::read(dir.join("before")).unwrap();
-        assert!(
-            !w.wait(Duration::from_millis(20)).unwrap(),
-            "a read woke it"
-        );
+        assert_eq!(w.wait(short).unwrap(), Woke::Timeout, "a read woke it");
         std::fs::write(dir.join("GENERATION"), "1").unwrap();
-        assert!(
-            w.wait(Duration::from_secs(10)).unwrap(),
-            "a write did not wake it"
-        );
+        assert_eq!(w.wait(long).unwrap(), Woke::Changed, "a write");
         // Its events were consumed.
-        assert!(!w.wait(Duration::from_millis(20)).unwrap());
+        assert_eq!(w.wait(short).unwrap(), Woke::Timeout);
         std::fs::rename(dir.join("before"), dir.join("after")).unwrap();
-        assert!(
-            w.wait(Duration::from_secs(10)).unwrap(),
-            "a rename did not wake it"
-        );
+        assert_eq!(w.wait(long).unwrap(), Woke::Changed, "a rename");
         std::fs::remove_file(dir.join("after")).unwrap();
-        assert!(
-            w.wait(Duration::from_secs(10)).unwrap(),
-            "a deletion did not wake it"
-        );
+        assert_eq!(w.wait(long).unwrap(), Woke::Changed, "a deletion");
+        // The directory itself gone: the watch says it ended.
+        std::fs::remove_file(dir.join("GENERATION")).unwrap();
+        let _ = w.wait(short);
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(w.wait(long).unwrap(), Woke::Ended, "the directory removed");
     }
 }
