@@ -138,7 +138,7 @@ enum Cmd {
         #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_MAX, env = "LB_AFFINITY_INITIAL", value_parser = clap::value_parser!(u32).range(1..))]
         affinity_initial: u32,
         /// Capacity of the Maglev map: how many tables (one per external
-        /// frontend with backends, each 64 KiB of kernel memory at the
+        /// frontend with backends, each 128 KiB of kernel memory at the
         /// default table size), fixed. Without it the map starts at
         /// --maglev-tables-initial (or the size it grew to before) and
         /// grows as the services map does; every table is kept through a

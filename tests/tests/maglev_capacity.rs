@@ -1,8 +1,11 @@
 //! The Maglev map at capacity with a real agent: a Service whose table does
-//! not fit is left out whole and named with the flag that sizes the map,
-//! and a restart with a bigger `--max-maglev-tables` keeps every table (the
-//! same inner maps, so flows keep their backends) and programs the rest,
-//! with no failed connection.
+//! not fit is left out whole and named with the flag that sizes the map;
+//! a restart with a bigger `--max-maglev-tables`, or a growth while the
+//! agent runs, keeps every table (the same inner maps, which the packet
+//! programs read: their flows keep their backends) and programs the rest.
+//! A connection loop through a ClusterIP (the socket path) checks that
+//! nothing else is disturbed meanwhile; that the tables are the same maps
+//! is checked by their ids.
 
 mod common;
 
@@ -42,18 +45,14 @@ fn external_services(n: usize) -> String {
 /// The ids of the inner maps (the tables) the pinned Maglev map holds.
 fn table_ids(bed: &Testbed) -> BTreeSet<u64> {
     let pin = bed.agent.pin_dir.join(lb_common::MAP_MAGLEV);
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {}",
-        pin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let out = common::bpftool(&[
+        "-j".as_ref(),
+        "map".as_ref(),
+        "dump".as_ref(),
+        "pinned".as_ref(),
+        pin.as_ref(),
+    ]);
+    let v: Value = serde_json::from_slice(&out).expect("bpftool's JSON");
     v.as_array()
         .unwrap_or_else(|| panic!("{v}"))
         .iter()

@@ -4,6 +4,9 @@
 //! ClusterIP (socket hooks) and a NodePort (TC), none of which may fail
 //! (a connect times out after 1 s: a lost SYN-ACK fails it).
 
+mod common;
+
+use common::bpftool;
 use lb_tests::{
     bench::{
         rules::{cluster_ip, target},
@@ -52,20 +55,6 @@ fn assert_none_failed(loops: &mut [(&str, Proc)], during: &str) {
         assert!(r["ok"].as_u64().unwrap() > 0, "{name}: {r}");
         assert_eq!(r["failed"], 0, "{name} failed across {during}: {r}");
     }
-}
-
-/// bpftool's output for `args`, which must succeed.
-fn bpftool(args: &[&std::ffi::OsStr]) -> Vec<u8> {
-    let out = std::process::Command::new("bpftool")
-        .args(args)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// The kernel's id of the map pinned at `pin`.

@@ -256,7 +256,8 @@ impl Datapath {
         if let Err(e) = new.sync_pod_ifaces(&pods) {
             tracing::error!("pod interfaces of the grown maps: {e:#}");
         }
-        // The Maglev map is the same pinned map: its tables are still ours.
+        // The tables are the same inner maps (a grown Maglev map holds
+        // them too), so their ids, which the bookkeeping keys, still hold.
         new.maglev_tables = std::mem::take(&mut self.maglev_tables);
         if finish_now {
             new.finish_carry();

@@ -48,6 +48,11 @@ impl Pinned {
         Ok(m.iter().collect::<Result<_, _>>()?)
     }
 
+    /// The status map itself, kept open to read it often.
+    pub fn status_map(&self) -> anyhow::Result<Array<MapData, Status>> {
+        Ok(Array::try_from(open_pinned(&self.pin_dir, MAP_STATUS)?)?)
+    }
+
     /// The services map itself, kept open to look entries up.
     pub fn services_map(&self) -> anyhow::Result<HashMap<MapData, ServiceKey, ServiceValue>> {
         Ok(HashMap::try_from(open_pinned(

@@ -12,9 +12,9 @@ use lb_common::{BeU16, ServiceKey};
 
 use super::{
     Churn, Path, Variant,
-    rules::{self, ENDPOINTS_PER_SERVICE, cluster_ip, target},
+    rules::{self, cluster_ip, full_endpoints, target},
     topo::{SERVICE_PORT, Topology, client_result, wait_first_ok},
-    variants::{client_at, target_of},
+    variants::{client_at, target_of, unix_ms},
 };
 
 /// Changes written per second.
@@ -35,24 +35,23 @@ pub fn churned(n: usize) -> Vec<usize> {
     }
 }
 
-fn full(n: usize, i: usize) -> usize {
-    if i == target(n) {
-        1
-    } else {
-        ENDPOINTS_PER_SERVICE
-    }
-}
-
-/// A change written and not yet seen in the map.
+/// A change written and not yet seen in the maps.
 struct Pending {
+    service: usize,
     key: ServiceKey,
     count: u16,
-    written: Instant,
+    /// Its slot in the schedule: a change held back (its Service's last
+    /// one not shown yet) counts from when it should have been written.
+    due: Instant,
+    written_unix_ms: u64,
 }
 
 /// `changes` slice changes at `RATE` through `api` to the agent pinned at
 /// `pin_dir`, with connection loops to the measured Service meanwhile.
-/// The churned Services' slices must be in the API server at full size.
+/// A change counts as written once the services map holds its endpoint
+/// count and the agent has recorded a sync since its write (the change
+/// set's other writes, a Maglev table's swap among them, come before
+/// that record). The churned Services' slices must be in the API server.
 pub fn kube(
     topo: &Topology,
     api: &crate::apiserver::ApiServer,
@@ -63,8 +62,7 @@ pub fn kube(
     let services = churned(n);
     let connected = !services.contains(&target(n));
     let period = Duration::from_secs(1) / RATE;
-    // The loops outlast the churn; a change's wait is at most a period
-    // behind, except at the end.
+    // The loops outlast the churn by two seconds of slack (checked).
     let secs = (period * changes as u32 + Duration::from_secs(2)).as_secs_f64();
     let mut loops = Vec::new();
     if connected {
@@ -76,55 +74,67 @@ pub fn kube(
             loops.push((path, p));
         }
     }
-    let map = lb_agent::datapath::Pinned {
+    let pinned = lb_agent::datapath::Pinned {
         pin_dir: pin_dir.to_path_buf(),
-    }
-    .services_map()?;
+    };
+    let (map, status) = (pinned.services_map()?, pinned.status_map()?);
     let mut made = vec![0usize; services.len()];
     let mut pending: Vec<Pending> = Vec::new();
     let mut took = Vec::with_capacity(changes);
     let start = Instant::now();
     let mut k = 0;
     while k < changes || !pending.is_empty() {
+        let synced_ms = status.get(&0, 0).map_or(0, |s| s.synced_at_unix_ms);
+        let mut late = None;
         pending.retain(|p| {
-            let shown = map.get(&p.key, 0).is_ok_and(|v| v.count == p.count);
-            if shown {
-                took.push(p.written.elapsed().as_secs_f64() * 1e3);
+            let count = map.get(&p.key, 0).map(|v| v.count).ok();
+            if count == Some(p.count) && synced_ms >= p.written_unix_ms {
+                took.push(p.due.elapsed().as_secs_f64() * 1e3);
+                return false;
             }
-            !shown
+            if p.due.elapsed() > SHOW_LIMIT {
+                late = Some(format!(
+                    "Service s{}'s change to {} endpoints was not in the maps after {SHOW_LIMIT:?} (the services map holds {count:?}, the agent's last sync {synced_ms} ms, the write {} ms)",
+                    p.service, p.count, p.written_unix_ms
+                ));
+            }
+            true
         });
-        if let Some(p) = pending.iter().find(|p| p.written.elapsed() > SHOW_LIMIT) {
-            bail!(
-                "a change to {:?} did not show in the services map within {SHOW_LIMIT:?}",
-                p.key
-            );
+        if let Some(late) = late {
+            bail!(late);
         }
         let s = k % services.len();
         let i = services[s];
         let key = frontend(i);
+        let due = start + period * k as u32;
         // The next change to a Service waits until its last one shows
-        // (telling them apart needs one at a time): a slow agent slows
-        // the churn, which the rate reported says.
-        if k < changes
-            && start.elapsed() >= period * k as u32
-            && !pending.iter().any(|p| p.key == key)
-        {
+        // (telling them apart needs one at a time); it still counts from
+        // its slot, so a slow agent shows in the figures.
+        if k < changes && Instant::now() >= due && !pending.iter().any(|p| p.key == key) {
             // Each Service alternates between one endpoint fewer and all.
-            let count = full(n, i) - usize::from(made[s].is_multiple_of(2));
+            let count = full_endpoints(n, i) - usize::from(made[s].is_multiple_of(2));
             made[s] += 1;
-            let written = Instant::now();
+            let written_unix_ms = unix_ms();
             api.apply_yaml(&rules::slice_yaml(n, i, count));
             pending.push(Pending {
+                service: i,
                 key,
                 count: count as u16,
-                written,
+                due,
+                written_unix_ms,
             });
             k += 1;
         } else {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    let rate = changes as f64 / start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed();
+    if connected && elapsed.as_secs_f64() > secs - 0.5 {
+        bail!(
+            "the churn took {elapsed:?}, past the connection loops' {secs} s: they did not run throughout"
+        );
+    }
+    let rate = changes as f64 / elapsed.as_secs_f64();
     let mut meanwhile = Vec::new();
     for (path, mut p) in loops {
         let m: super::load::Measured = serde_json::from_value(client_result(&mut p)?)?;
@@ -137,16 +147,10 @@ pub fn kube(
     eprintln!(
         "bench:   churn (kube source, {rate:.0} changes/s), ms per change in order: {took:.1?}"
     );
-    took.sort_by(f64::total_cmp);
-    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
     Ok(Churn {
-        services: n,
-        variant: Variant::AgentKube,
-        changes,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
         rate_per_s: Some(rate),
         meanwhile,
+        ..Churn::of(n, Variant::AgentKube, took)
     })
 }
 

@@ -149,6 +149,23 @@ pub struct Churn {
     pub meanwhile: Vec<(Path, u64, u64)>,
 }
 
+impl Churn {
+    /// A churn's row from each change's milliseconds.
+    pub fn of(services: usize, variant: Variant, mut took: Vec<f64>) -> Self {
+        took.sort_by(f64::total_cmp);
+        let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+        Self {
+            services,
+            variant,
+            changes: took.len(),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            rate_per_s: None,
+            meanwhile: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub rows: Vec<Row>,

@@ -232,8 +232,9 @@ fn markdown(opts: &Options, r: &Results) -> String {
          its Maglev table too. The file source is woken by its directory's change (inotify) and reads it every 100 ms besides. \
          Kube: EndpointSlices written to the API server on a fixed schedule of 100 a second (a change waits only while the same \
          Service's last one has not shown yet), in turn to up to ten Services other than the measured one (the first a NodePort \
-         Service, the rest ClusterIP; each nine and ten endpoints in turn), each timed from its write to the moment the services \
-         map holds its new endpoint count, read by the bench every 0.2 ms. Meanwhile new connections run back to back to the \
+         Service, the rest ClusterIP; each nine and ten endpoints in turn), each timed from its slot in the schedule to the moment \
+         the services map holds its new endpoint count and the agent has recorded a sync since its write (the change set's Maglev \
+         table swap comes before that record), read by the bench every 0.2 ms. Meanwhile new connections run back to back to the \
          measured Service through its ClusterIP (the socket path) and its NodePort (TC): the target is no failed one. At 1 Service \
          that Service itself changes and nothing is connected.\n\n\
          | Services | source | changes | changes/s | p50 ms | p99 ms | connections meanwhile: ok / failed |\n|---|---|---|---|---|---|---|\n",

@@ -24,6 +24,16 @@ pub fn cluster_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
 }
 
+/// How many endpoints Service `i` has when whole (the churn takes one
+/// away and gives it back).
+pub fn full_endpoints(n: usize, i: usize) -> usize {
+    if i == target(n) {
+        1
+    } else {
+        ENDPOINTS_PER_SERVICE
+    }
+}
+
 /// The measured Service: the last of `n`.
 pub fn target(n: usize) -> usize {
     n - 1

@@ -149,7 +149,8 @@ pub fn all(topo: &Topology, n: usize, opts: &Options, res: &mut Results) -> anyh
         pin_dir: agent.proc.pin_dir.clone(),
     }
     .counters()?;
-    let xdp_dnat = counters.iter().find(|(name, _)| *name == "xdp_dnat");
+    let xdp_dnat = lb_common::reasons::Reason::XdpDnat.name();
+    let xdp_dnat = counters.iter().find(|(name, _)| *name == xdp_dnat);
     if xdp_dnat.is_none_or(|(_, n)| *n == 0) {
         bail!(
             "XDP native translated no packet at {n} Services (counters: {counters:?}): the XDP rows would be TC's"
@@ -224,11 +225,7 @@ impl Agent {
         let i = rules::CHURNED;
         let mut took = Vec::new();
         for k in 0..changes {
-            let full = if i == target(n) {
-                1
-            } else {
-                rules::ENDPOINTS_PER_SERVICE
-            };
+            let full = rules::full_endpoints(n, i);
             let count = if k % 2 == 0 { full - 1 } else { full };
             self.manifests
                 .write(rules::CHURN_FILE, &rules::slice_yaml(n, i, count));
@@ -238,21 +235,11 @@ impl Agent {
             took.push(s.synced_at_unix_ms.saturating_sub(written) as f64);
         }
         eprintln!("bench:   churn (file source), ms per change in order: {took:?}");
-        took.sort_by(f64::total_cmp);
-        let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
-        Ok(Churn {
-            services: n,
-            variant: Variant::Agent,
-            changes,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
-            rate_per_s: None,
-            meanwhile: Vec::new(),
-        })
+        Ok(Churn::of(n, Variant::Agent, took))
     }
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -143,3 +143,17 @@ impl Drop for DumpDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// bpftool's output for `args`, which must succeed.
+pub fn bpftool(args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -177,7 +177,7 @@ impl Reconciler {
                 m.maglev_tables(),
                 self.capacity.maglev,
                 "one Maglev table per external frontend with backends",
-                "raise --max-maglev-tables (a restart carries every table over; each takes 64 KiB of kernel memory at the default table size) or do without tables with --maglev-table-size 0",
+                "raise --max-maglev-tables (a restart carries every table over; each takes 128 KiB of kernel memory at the default table size) or do without tables with --maglev-table-size 0",
             ),
             (
                 lb_common::MAP_SRC_RANGES,

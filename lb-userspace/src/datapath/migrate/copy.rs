@@ -2,6 +2,7 @@
 
 use std::os::fd::BorrowedFd;
 
+use anyhow::Context as _;
 use aya::maps::MapType;
 
 use super::{Layout, sys};
@@ -124,40 +125,31 @@ fn copy_inner_maps(
     from: Layout,
     flags: u64,
 ) -> anyhow::Result<usize> {
-    use anyhow::Context as _;
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let (mut key, mut next) = (
-        vec![0u8; from.key_size as usize],
-        vec![0u8; from.key_size as usize],
-    );
-    let mut id = [0u8; 4];
-    let mut copied = 0;
-    let mut walked = 0u64;
-    let limit = 2 * u64::from(from.max_entries.max(1));
-    while walked < limit && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)? {
-        std::mem::swap(&mut key, &mut next);
-        walked += 1;
-        if !sys::map_lookup_raw(old, &key, &mut id)? {
-            continue;
-        }
-        let inner = match sys::map_fd_by_id(u32::from_ne_bytes(id)) {
-            Ok(fd) => fd,
-            // Freed since the lookup: its key went from the old map too.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(anyhow::Error::new(e).context("opening an inner map")),
+    each_entry(old, from, from.value_size as usize, |key, value| {
+        // A lookup from user space answers with the inner map's id; an
+        // update takes an fd.
+        let id = u32::from_ne_bytes(value.try_into().context("an inner map id of 4 bytes")?);
+        let inner = match aya::maps::MapData::from_id(id) {
+            Ok(m) => m,
+            // Freed since the lookup: its key left the old map too.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening inner map id {id} (key {key:02x?})")));
+            }
         };
-        let fd = inner.as_fd().as_raw_fd().to_ne_bytes();
-        match sys::map_update_flags(new, &key, &fd, flags) {
-            Ok(()) => copied += 1,
-            Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e).context("writing an inner map"),
-        }
-    }
-    Ok(copied)
+        let fd = inner.fd().as_fd().as_raw_fd().to_ne_bytes();
+        write(new, key, &fd, flags)
+            .with_context(|| format!("writing inner map id {id} (key {key:02x?})"))
+    })
 }
 
-/// [`copy`] one entry at a time. A hash map written meanwhile can make the
-/// walk start over: it is bounded by twice the old map's capacity.
+/// [`copy`] one entry at a time.
 fn copy_each(
     old: BorrowedFd<'_>,
     new: BorrowedFd<'_>,
@@ -165,24 +157,48 @@ fn copy_each(
     to: Layout,
     flags: u64,
 ) -> anyhow::Result<usize> {
+    each_entry(old, from, to.value_size as usize, |key, value| {
+        Ok(write(new, key, value, flags)?)
+    })
+}
+
+/// One entry written into `new`; false when BPF_NOEXIST found it there.
+fn write(new: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> std::io::Result<bool> {
+    match sys::map_update_flags(new, key, value, flags) {
+        Ok(()) => Ok(true),
+        Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of `old`, its value zero-extended to `value_len` bytes,
+/// given to `put`, which says whether it wrote it; returns how many it
+/// did. A hash map written meanwhile can make the walk start over: it is
+/// bounded by twice the old map's capacity.
+fn each_entry(
+    old: BorrowedFd<'_>,
+    from: Layout,
+    value_len: usize,
+    mut put: impl FnMut(&[u8], &[u8]) -> anyhow::Result<bool>,
+) -> anyhow::Result<usize> {
     let (mut key, mut next) = (
         vec![0u8; from.key_size as usize],
         vec![0u8; from.key_size as usize],
     );
-    let mut value = vec![0u8; to.value_size as usize];
+    let mut value = vec![0u8; value_len];
     let (mut copied, mut walked) = (0, 0u64);
     let limit = 2 * u64::from(from.max_entries.max(1));
-    while walked < limit && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)? {
+    while walked < limit
+        && sys::map_next_key(old, (walked > 0).then_some(&key[..]), &mut next)
+            .context("walking the old map's keys")?
+    {
         std::mem::swap(&mut key, &mut next);
         walked += 1;
         value.fill(0);
-        if !sys::map_lookup_raw(old, &key, &mut value[..from.value_size as usize])? {
-            continue;
-        }
-        match sys::map_update_flags(new, &key, &value, flags) {
-            Ok(()) => copied += 1,
-            Err(e) if flags == sys::BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e.into()),
+        let found = sys::map_lookup_raw(old, &key, &mut value[..from.value_size as usize])
+            .context("reading the old map")?;
+        if found && put(&key, &value)? {
+            copied += 1;
         }
     }
     Ok(copied)

@@ -24,7 +24,6 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -111,16 +110,6 @@ pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         cgroup_id: info[2],
         attach_type: info[3] as u32,
     })
-}
-
-/// A map found by its id: the inner map a map of maps holds (a lookup
-/// from user space answers with the id; an update takes an fd).
-pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
-    let mut a = Attr::new();
-    a.put_u32(0, id);
-    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut a)?;
-    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The name a loaded program was given (struct bpf_prog_info: name at
