@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use lb_tests::testbed::{Testbed, backend_ip4, ready, service, slice};
+use lb_tests::testbed::{Testbed, service};
 use serde_json::Value;
 
 use common::socket::*;
@@ -30,13 +30,7 @@ fn external_services(n: usize) -> String {
         y += &service(&name, &[&cluster_ip(i)], &[TCP]);
         y += &format!("  externalIPs: [\"203.0.113.{}\"]\n", 1 + i);
         y += "---\n";
-        y += &slice(
-            &format!("{name}-1"),
-            &name,
-            "IPv4",
-            &[("http", 8080, "TCP")],
-            &ready([backend_ip4(i % 2)]),
-        );
+        y += &one_endpoint(&name, i % 2);
         y += "---\n";
     }
     y

@@ -21,13 +21,7 @@ fn many(range: std::ops::Range<usize>, backends: usize) -> String {
         let name = format!("s{i}");
         y += &service(&name, &[&many_ip(i)], &[TCP]);
         y += "---\n";
-        y += &slice(
-            &format!("{name}-1"),
-            &name,
-            "IPv4",
-            &[("http", 8080, "TCP")],
-            &ready([backend_ip4(i % backends)]),
-        );
+        y += &one_endpoint(&name, i % backends);
         y += "---\n";
     }
     y
@@ -405,13 +399,7 @@ fn the_source_ranges_map_grows_live_when_the_cluster_outgrows_it() {
             "status: {{loadBalancer: {{ingress: [{{ip: 10.210.0.{}}}]}}}}\n---\n",
             i + 1
         );
-        y += &slice(
-            &format!("{name}-1"),
-            &name,
-            "IPv4",
-            &[("http", 8080, "TCP")],
-            &ready([backend_ip4(i % 2)]),
-        );
+        y += &one_endpoint(&name, i % 2);
         y += "---\n";
     }
     bed.manifests.write("ranges.yaml", &y);

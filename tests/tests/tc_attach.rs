@@ -2,6 +2,8 @@
 //! outlive it, a restarted agent replaces them in place (one filter per
 //! direction, a new program), and `lb-agent reset` removes them.
 
+mod common;
+
 use lb_tests::{
     agent::{AgentProc, Manifests, pin_path},
     netns::{Netns, veth},
@@ -175,17 +177,15 @@ fn link_progs(pins: &std::path::Path) -> std::collections::BTreeMap<String, u64>
         if e.path().is_dir() {
             continue;
         }
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "link", "show", "pinned"])
-            .arg(e.path())
-            .output()
-            .expect("bpftool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let path = e.path();
+        let out = common::bpftool(&[
+            "-j".as_ref(),
+            "link".as_ref(),
+            "show".as_ref(),
+            "pinned".as_ref(),
+            path.as_ref(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let id = v["prog_id"].as_u64().unwrap_or_else(|| panic!("{v}"));
         progs.insert(e.file_name().to_string_lossy().into_owned(), id);
     }

@@ -74,3 +74,15 @@ pub fn no_failures(stop: &std::path::Path, lp: &mut lb_tests::spawn::Proc, durin
         "connections failed {during}: {summary}"
     );
 }
+
+/// The EndpointSlice of Service `name`: TCP `http` 8080 on one ready
+/// endpoint, backend `backend`.
+pub fn one_endpoint(name: &str, backend: usize) -> String {
+    slice(
+        &format!("{name}-1"),
+        name,
+        "IPv4",
+        &[("http", 8080, "TCP")],
+        &ready([backend_ip4(backend)]),
+    )
+}
