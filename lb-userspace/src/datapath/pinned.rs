@@ -81,6 +81,12 @@ impl Pinned {
         fn trie<K: aya::Pod, V: aya::Pod>(m: Map, max: usize) -> anyhow::Result<usize> {
             Ok(bounded(LpmTrie::<_, K, V>::try_from(m)?.keys(), max))
         }
+        fn of_maps(m: Map, max: usize) -> anyhow::Result<usize> {
+            Ok(bounded(
+                HashOfMaps::<_, u32, MapData>::try_from(m)?.keys(),
+                max,
+            ))
+        }
         let fill = |name: &'static str, count: fn(Map, usize) -> anyhow::Result<usize>| {
             let (map, max_entries) = open_pinned_sized(&self.pin_dir, name)?;
             let entries = count(map, max_entries as usize)?;
@@ -103,11 +109,7 @@ impl Pinned {
                 lb_common::MAP_AFFINITY,
                 hash::<lb_common::AffinityKey, lb_common::AffinityValue>,
             )?,
-            MapFill {
-                name: MAP_MAGLEV,
-                entries: self.maglev_ids()?.len(),
-                max_entries: open_pinned_sized(&self.pin_dir, MAP_MAGLEV)?.1,
-            },
+            fill(MAP_MAGLEV, of_maps)?,
             fill(lb_common::MAP_SRC_RANGES, trie::<SrcRangeData, u8>)?,
             fill(lb_common::MAP_IPCACHE, trie::<lb_common::IpcacheData, u32>)?,
             fill(lb_common::MAP_POLICY, trie::<lb_common::PolicyData, u32>)?,

@@ -108,10 +108,8 @@ fn write_absent(new: BorrowedFd<'_>, keys: &sys::Raw, values: &sys::Raw) -> anyh
         .chunks_exact(keys.size)
         .zip(values.bytes.chunks_exact(values.size))
     {
-        match sys::map_update_flags(new, k, v, sys::BPF_NOEXIST) {
-            Ok(()) => n += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("writing")),
+        if write(new, k, v, sys::BPF_NOEXIST).context("writing")? {
+            n += 1;
         }
     }
     Ok(n)
